@@ -1,0 +1,60 @@
+//! Records the kernel sends to user space through ring buffers.
+
+use core::mem::size_of;
+
+/// `DENIED_EVENTS`: one denied (or, in audit mode, would-be-denied) attempt.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeniedEvent {
+    /// CLOCK_BOOTTIME nanoseconds.
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    pub endpoint: u32,
+    /// `Reason` code.
+    pub reason: u32,
+    /// `Hook` code.
+    pub hook: u32,
+    /// Thread-group id when the hook runs in process context, else 0.
+    pub tgid: u32,
+    /// 1 if the attempt was let through (audit mode).
+    pub audit: u8,
+    pub proto: u8,
+    /// Destination port, network byte order.
+    pub dport: [u8; 2],
+    pub _pad: [u8; 4],
+    /// Destination, IPv6 or IPv4-mapped.
+    pub daddr: [u8; 16],
+    /// `comm` of the current task when known, NUL padded.
+    pub comm: [u8; 16],
+}
+const _: () = assert!(size_of::<DeniedEvent>() == 72);
+
+/// Largest DNS answer packet (IP header included) the hold path carries.
+pub const DNS_MAX_PACKET: usize = 4096 + 64;
+
+/// `DNS_HOLD`: a DNS answer held back in `cgroup_skb/ingress`. The agent
+/// learns from it, then re-injects `data[..len]` marked with `inject_mark`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DnsHeldPacket {
+    pub ts_ns: u64,
+    pub netns_cookie: u64,
+    pub socket_cookie: u64,
+    pub cgroup_id: u64,
+    pub endpoint: u32,
+    pub tgid: u32,
+    /// Bytes of `data` in use; the packet starts at the IP header.
+    pub len: u32,
+    /// 4 or 6.
+    pub family: u32,
+    pub data: [u8; DNS_MAX_PACKET],
+}
+const _: () = assert!(size_of::<DnsHeldPacket>() == 48 + DNS_MAX_PACKET);
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: repr(C), no implicit padding (size asserted), any bit pattern valid.
+    unsafe impl aya::Pod for DeniedEvent {}
+    unsafe impl aya::Pod for DnsHeldPacket {}
+}

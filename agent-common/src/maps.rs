@@ -1,0 +1,174 @@
+//! Keys and values of the policy maps. Kernel side: `agent-ebpf/src/maps.rs`.
+//!
+//! The maps are keyed by *endpoint id* (a pod or an `exec`'d command), never by
+//! cgroup id directly: cgroup hooks resolve cgroup -> endpoint, and a later TC
+//! mode can resolve ifindex/pod IP -> endpoint and reuse every policy map.
+
+use core::mem::size_of;
+
+/// `ENDPOINTS`: cgroup id -> endpoint. Also the value of the resolution cache.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointInfo {
+    /// 0 means "not a managed endpoint" (cached negative lookups).
+    pub endpoint: u32,
+    /// `ENDPOINT_F_*` bits.
+    pub flags: u32,
+    /// `Config::generation` when a cache entry was computed.
+    pub generation: u64,
+}
+const _: () = assert!(size_of::<EndpointInfo>() == 16);
+
+/// Audit mode: record what would be denied, deny nothing.
+pub const ENDPOINT_F_AUDIT: u32 = 1;
+
+/// `LEARNED`: (endpoint, protocol, port, IP) learned from an allowed DNS answer.
+/// `proto = proto::ANY, port = 0` means all protocols and ports.
+/// `port = 0` with a real protocol means all ports of that protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LearnedKey {
+    pub endpoint: u32,
+    pub proto: u8,
+    pub _pad: u8,
+    /// Destination port, network byte order.
+    pub port: [u8; 2],
+    /// IPv6, or IPv4-mapped IPv6.
+    pub ip: [u8; 16],
+}
+const _: () = assert!(size_of::<LearnedKey>() == 24);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LearnedValue {
+    /// CLOCK_BOOTTIME nanoseconds after which new connections are refused.
+    pub expires_ns: u64,
+}
+const _: () = assert!(size_of::<LearnedValue>() == 8);
+
+/// `CIDRS` LPM trie key data: endpoint (big endian, so it forms the first 32
+/// bits of the prefix) then the address. Prefix length = 32 + IP prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CidrKey {
+    pub endpoint_be: [u8; 4],
+    pub ip: [u8; 16],
+}
+const _: () = assert!(size_of::<CidrKey>() == 20);
+
+/// One allowed protocol + port range of a CIDR rule. Ports in host order
+/// because they are compared, not matched.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRange {
+    /// `proto::ANY` matches every protocol (then the ports are ignored).
+    pub proto: u8,
+    pub _pad: u8,
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub _pad2: u16,
+}
+const _: () = assert!(size_of::<PortRange>() == 8);
+
+pub const CIDR_MAX_PORTS: usize = 8;
+
+/// Kind of a `CIDRS` entry.
+pub const CIDR_KIND_ALLOW: u32 = 1;
+/// An always-denied range, copied into every endpoint so one lookup answers.
+pub const CIDR_KIND_DENY_RANGE: u32 = 2;
+/// A range that is allowed only on the workload's own loopback (127/8, ::1):
+/// denied when the socket lives in the host's network namespace.
+pub const CIDR_KIND_LOOPBACK: u32 = 3;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CidrValue {
+    pub kind: u32,
+    /// 1 when this allow entry lies inside an always-denied range, so a port
+    /// mismatch reports `DeniedRange` instead of `DeniedDefault`.
+    pub inside_deny_range: u32,
+    /// Number of valid entries in `ports`; 0 with `kind == ALLOW` is invalid.
+    pub nports: u32,
+    pub _pad: u32,
+    pub ports: [PortRange; CIDR_MAX_PORTS],
+}
+const _: () = assert!(size_of::<CidrValue>() == 80);
+
+/// `DNS_SERVERS`: (endpoint, resolver IP, port) trusted for UDP and TCP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DnsServerKey {
+    pub endpoint: u32,
+    /// Network byte order.
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
+    pub ip: [u8; 16],
+}
+const _: () = assert!(size_of::<DnsServerKey>() == 24);
+
+/// `DNS_SOCKS`: socket cookie -> the process and network namespace that sent a
+/// DNS query on it, recorded by the connect/sendmsg hooks (process context) so
+/// the agent can re-inject the held answer into the right namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsSockInfo {
+    pub tgid: u32,
+    pub endpoint: u32,
+    pub netns_cookie: u64,
+}
+const _: () = assert!(size_of::<DnsSockInfo>() == 16);
+
+/// `CONFIG[0]`: runtime knobs the agent may change at any time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Bumped whenever `ENDPOINTS` changes; invalidates `EP_CACHE` entries.
+    pub generation: u64,
+    /// Network-namespace cookie of the host (the agent's own namespace).
+    pub host_netns_cookie: u64,
+    /// `skb->mark` the agent puts on re-injected DNS answers.
+    pub inject_mark: u32,
+    /// 1: cgroups below an attach point that are not endpoints pass.
+    pub unmanaged_allow: u32,
+    /// Denied-attempt events per endpoint per second and CPU (token refill).
+    pub events_per_sec: u32,
+    /// Burst size of the denied-attempt event bucket.
+    pub events_burst: u32,
+    /// 1 once the agent is consuming `DNS_HOLD`; answers are held only then.
+    /// (0 still drops answers: fail closed, counted as `DnsHoldFailed`.)
+    pub agent_ready: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Config>() == 40);
+
+/// `EVENT_RATE`: per-CPU token bucket per endpoint (indexed by endpoint id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateState {
+    pub last_ns: u64,
+    pub tokens: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<RateState>() == 16);
+
+/// Largest endpoint id (also the size of `EVENT_RATE`).
+pub const MAX_ENDPOINTS: u32 = 16384;
+/// How many ancestors of a cgroup are searched for an endpoint.
+pub const MAX_CGROUP_DEPTH: u32 = 16;
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all types are repr(C), have no implicit padding (asserted by the
+    // size checks above) and every bit pattern is valid.
+    unsafe impl aya::Pod for EndpointInfo {}
+    unsafe impl aya::Pod for LearnedKey {}
+    unsafe impl aya::Pod for LearnedValue {}
+    unsafe impl aya::Pod for CidrKey {}
+    unsafe impl aya::Pod for PortRange {}
+    unsafe impl aya::Pod for CidrValue {}
+    unsafe impl aya::Pod for DnsServerKey {}
+    unsafe impl aya::Pod for DnsSockInfo {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for RateState {}
+}

@@ -1,0 +1,155 @@
+//! Stable verdict reason codes, like cilium's `drop_reasons.h`: these numbers
+//! are part of the log and metrics ABI. Never renumber; only append.
+
+/// Why a hook reached its verdict. Values below 64 index the counter map.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Destination IP+port was learned from an allowed DNS answer.
+    AllowedFqdn = 1,
+    /// Destination matched a static CIDR rule.
+    AllowedCidr = 2,
+    /// DNS traffic to one of the endpoint's trusted resolvers.
+    AllowedDns = 3,
+    /// The cgroup is below an attach point but is not a managed endpoint.
+    AllowedUnmanaged = 4,
+    /// Traffic on the workload's own loopback (its own network namespace).
+    AllowedLoopback = 5,
+    /// A DNS answer re-injected by the agent after it learned from it.
+    AllowedInjected = 6,
+    /// Ingress packet that needs no decision (not a DNS answer).
+    AllowedIngress = 7,
+    /// Reply traffic of a connection the workload accepted.
+    AllowedInbound = 8,
+
+    /// Destination is in an always-denied range (private, metadata, ...).
+    DeniedRange = 20,
+    /// Nothing in the policy allows the destination.
+    DeniedDefault = 21,
+    /// DNS (port 53) to a server that is not a trusted resolver.
+    DeniedDnsServer = 22,
+    /// The packet could not be parsed (truncated header, unknown family).
+    DeniedMalformed = 23,
+    /// A DNS answer was held for learning (the agent re-injects it).
+    DnsHeld = 24,
+    /// A DNS answer could not be handed to the agent (buffer full, no
+    /// owner, too large): dropped, so nothing unlearned reaches the workload.
+    DnsHoldFailed = 25,
+    /// An internal error (map update failed): denied, fail closed.
+    DeniedInternal = 26,
+}
+
+impl Reason {
+    pub const MAX: u32 = 64;
+
+    pub const fn is_allowed(self) -> bool {
+        (self as u32) < 20
+    }
+
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::AllowedFqdn,
+            2 => Self::AllowedCidr,
+            3 => Self::AllowedDns,
+            4 => Self::AllowedUnmanaged,
+            5 => Self::AllowedLoopback,
+            6 => Self::AllowedInjected,
+            7 => Self::AllowedIngress,
+            8 => Self::AllowedInbound,
+            20 => Self::DeniedRange,
+            21 => Self::DeniedDefault,
+            22 => Self::DeniedDnsServer,
+            23 => Self::DeniedMalformed,
+            24 => Self::DnsHeld,
+            25 => Self::DnsHoldFailed,
+            26 => Self::DeniedInternal,
+            _ => return None,
+        })
+    }
+
+    /// The name used in logs and metric labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::AllowedFqdn => "allowed-fqdn",
+            Self::AllowedCidr => "allowed-cidr",
+            Self::AllowedDns => "allowed-dns",
+            Self::AllowedUnmanaged => "allowed-unmanaged",
+            Self::AllowedLoopback => "allowed-loopback",
+            Self::AllowedInjected => "allowed-injected",
+            Self::AllowedIngress => "allowed-ingress",
+            Self::AllowedInbound => "allowed-inbound",
+            Self::DeniedRange => "denied-range",
+            Self::DeniedDefault => "denied-default",
+            Self::DeniedDnsServer => "denied-dns-server",
+            Self::DeniedMalformed => "denied-malformed",
+            Self::DnsHeld => "dns-held",
+            Self::DnsHoldFailed => "dns-hold-failed",
+            Self::DeniedInternal => "denied-internal",
+        }
+    }
+}
+
+/// The hook that produced a verdict; second dimension of the counter map.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Connect4 = 0,
+    Connect6 = 1,
+    Sendmsg4 = 2,
+    Sendmsg6 = 3,
+    SkbEgress = 4,
+    SkbIngress = 5,
+}
+
+impl Hook {
+    pub const COUNT: u32 = 6;
+
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            0 => Self::Connect4,
+            1 => Self::Connect6,
+            2 => Self::Sendmsg4,
+            3 => Self::Sendmsg6,
+            4 => Self::SkbEgress,
+            5 => Self::SkbIngress,
+            _ => return None,
+        })
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect4 => "connect4",
+            Self::Connect6 => "connect6",
+            Self::Sendmsg4 => "sendmsg4",
+            Self::Sendmsg6 => "sendmsg6",
+            Self::SkbEgress => "skb-egress",
+            Self::SkbIngress => "skb-ingress",
+        }
+    }
+}
+
+/// Index into the `COUNTERS` per-CPU array.
+#[inline(always)]
+pub const fn counter_index(hook: Hook, reason: Reason) -> u32 {
+    (hook as u32) * Reason::MAX + (reason as u32)
+}
+
+/// Extra counters that are not verdicts (event losses), after the verdict block.
+pub mod loss {
+    use super::{Hook, Reason};
+    pub const BASE: u32 = Hook::COUNT * Reason::MAX;
+    /// A denied-attempt event was suppressed by the per-endpoint rate limit.
+    pub const EVENT_RATE_LIMITED: u32 = BASE;
+    /// A denied-attempt event was lost because the ring buffer was full.
+    pub const EVENT_RINGBUF_FULL: u32 = BASE + 1;
+    /// A DNS answer was dropped because the hold ring buffer was full.
+    pub const DNS_RINGBUF_FULL: u32 = BASE + 2;
+    /// A DNS answer was dropped because no owning process was recorded.
+    pub const DNS_NO_OWNER: u32 = BASE + 3;
+    /// A DNS answer was dropped because it is larger than `DNS_MAX_PACKET`.
+    pub const DNS_TOO_LARGE: u32 = BASE + 4;
+    pub const COUNT: u32 = 5;
+}
+
+/// Number of entries in the `COUNTERS` map.
+pub const COUNTERS_LEN: u32 = loss::BASE + loss::COUNT;
