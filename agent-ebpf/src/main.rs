@@ -1,2 +1,59 @@
+//! Kernel programs of Portcullis. Thin entry points around the logic in the
+//! modules; every map is in `maps.rs`. See docs/ARCHITECTURE.md.
 #![no_std]
 #![no_main]
+
+mod endpoint;
+mod events;
+mod maps;
+mod parse;
+mod skb;
+mod sock;
+mod verdict;
+
+use agent_common::Hook;
+use aya_ebpf::{
+    macros::{cgroup_skb, cgroup_sock_addr},
+    programs::{SkBuffContext, SockAddrContext},
+};
+
+#[cgroup_sock_addr(connect4)]
+pub fn pc_connect4(ctx: SockAddrContext) -> i32 {
+    sock::handle(&ctx, Hook::Connect4, false)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn pc_connect6(ctx: SockAddrContext) -> i32 {
+    sock::handle(&ctx, Hook::Connect6, true)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn pc_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::handle(&ctx, Hook::Sendmsg4, false)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn pc_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock::handle(&ctx, Hook::Sendmsg6, true)
+}
+
+#[cgroup_skb(egress)]
+pub fn pc_egress(ctx: SkBuffContext) -> i32 {
+    skb::egress(&ctx)
+}
+
+#[cgroup_skb(ingress)]
+pub fn pc_ingress(ctx: SkBuffContext) -> i32 {
+    skb::ingress(&ctx)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach this.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,86 @@
+//! Counters and denied-attempt events. Every verdict bumps exactly one
+//! per-CPU counter; denied (and audited) verdicts also try to emit an event,
+//! rate-limited per endpoint, with every loss counted.
+
+use agent_common::{counter_index, loss, Config, DeniedEvent, Hook, Reason, MAX_ENDPOINTS};
+use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
+
+use crate::maps::{COUNTERS, DENIED_EVENTS, EVENT_RATE};
+
+#[inline(always)]
+pub fn bump(index: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count(hook: Hook, reason: Reason) {
+    bump(counter_index(hook, reason));
+}
+
+/// Per-CPU token bucket per endpoint: `events_per_sec` refill, `events_burst` cap.
+#[inline(always)]
+fn take_token(cfg: &Config, endpoint: u32, now: u64) -> bool {
+    if endpoint >= MAX_ENDPOINTS {
+        return false;
+    }
+    let Some(st) = EVENT_RATE.get_ptr_mut(endpoint) else { return false };
+    // SAFETY: per-CPU slot.
+    let st = unsafe { &mut *st };
+    let elapsed = now.saturating_sub(st.last_ns);
+    let refill = elapsed / 1_000_000_000 * cfg.events_per_sec as u64
+        + (elapsed % 1_000_000_000) * cfg.events_per_sec as u64 / 1_000_000_000;
+    if refill > 0 {
+        let t = st.tokens as u64 + refill;
+        st.tokens = if t > cfg.events_burst as u64 { cfg.events_burst } else { t as u32 };
+        st.last_ns = now;
+    }
+    if st.tokens == 0 {
+        return false;
+    }
+    st.tokens -= 1;
+    true
+}
+
+pub struct Attempt {
+    pub cgroup_id: u64,
+    pub endpoint: u32,
+    pub hook: Hook,
+    pub reason: Reason,
+    pub audit: bool,
+    pub proto: u8,
+    pub dport: [u8; 2],
+    pub daddr: [u8; 16],
+    pub tgid: u32,
+    pub comm: [u8; 16],
+}
+
+#[inline(always)]
+pub fn emit(cfg: &Config, a: &Attempt) {
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if !take_token(cfg, a.endpoint, now) {
+        bump(loss::EVENT_RATE_LIMITED);
+        return;
+    }
+    let Some(mut entry) = DENIED_EVENTS.reserve::<DeniedEvent>(0) else {
+        bump(loss::EVENT_RINGBUF_FULL);
+        return;
+    };
+    entry.write(DeniedEvent {
+        ts_ns: now,
+        cgroup_id: a.cgroup_id,
+        endpoint: a.endpoint,
+        reason: a.reason as u32,
+        hook: a.hook as u32,
+        tgid: a.tgid,
+        audit: a.audit as u8,
+        proto: a.proto,
+        dport: a.dport,
+        _pad: [0; 4],
+        daddr: a.daddr,
+        comm: a.comm,
+    });
+    entry.submit(0);
+}

@@ -1,0 +1,60 @@
+//! Every map of the kernel side, in one place (cilium `lib/maps.h`).
+//! Names stay within 15 characters: the kernel truncates object names.
+
+use agent_common::{
+    CidrKey, CidrValue, Config, DnsServerKey, DnsSockInfo, EndpointInfo, LearnedKey,
+    LearnedValue, RateState, COUNTERS_LEN, MAX_ENDPOINTS,
+};
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+
+/// Runtime knobs, one entry (see `agent_common::Config`).
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// cgroup id -> endpoint, written by the agent for each endpoint cgroup.
+#[map]
+pub static ENDPOINTS: HashMap<u64, EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+/// cgroup id -> endpoint found by walking ancestors; stale when its
+/// `generation` differs from `CONFIG.generation`.
+#[map]
+pub static EP_CACHE: LruHashMap<u64, EndpointInfo> = LruHashMap::with_max_entries(65536, 0);
+
+/// (endpoint, proto, port, IP) learned from DNS, with expiry. Exact-match
+/// hash: the per-packet path never scans.
+#[map]
+pub static LEARNED: HashMap<LearnedKey, LearnedValue> = HashMap::with_max_entries(262144, 0);
+
+/// Per-endpoint CIDR rules merged with the always-denied ranges.
+#[map]
+pub static CIDRS: LpmTrie<CidrKey, CidrValue> =
+    LpmTrie::with_max_entries(65536, BPF_F_NO_PREALLOC);
+
+/// Trusted resolvers per endpoint.
+#[map]
+pub static DNS_SERVERS: HashMap<DnsServerKey, u32> = HashMap::with_max_entries(16384, 0);
+
+/// socket cookie -> process + netns that sent DNS on it (for re-injection).
+#[map]
+pub static DNS_SOCKS: LruHashMap<u64, DnsSockInfo> = LruHashMap::with_max_entries(65536, 0);
+
+/// Verdict counters by (hook, reason), then loss counters.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+
+/// Per-endpoint, per-CPU token bucket for denied-attempt events.
+#[map]
+pub static EVENT_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(MAX_ENDPOINTS, 0);
+
+/// Denied (or audited) attempts for the blocked-connection log.
+#[map]
+pub static DENIED_EVENTS: RingBuf =
+    RingBuf::with_byte_size(256 * 1024, 0);
+
+/// DNS answers held back until the agent has learned from them.
+#[map]
+pub static DNS_HOLD: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);

@@ -1,0 +1,94 @@
+//! `cgroup/connect{4,6}` and `cgroup/sendmsg{4,6}`: refuse a denied
+//! destination at the syscall, so the caller gets EPERM at once instead of
+//! a timeout. These run in process context, so they also record which
+//! process and network namespace sent DNS on a socket (`DNS_SOCKS`): the
+//! agent needs both to re-inject the held answer.
+
+use agent_common::{proto, v4_mapped, DnsSockInfo, Hook, Reason, ENDPOINT_F_AUDIT};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        generated::{
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_netns_cookie,
+            bpf_get_socket_cookie,
+        },
+    },
+    programs::SockAddrContext,
+    EbpfContext as _,
+};
+
+use crate::{
+    endpoint,
+    events::{count, emit, Attempt},
+    maps::{CONFIG, DNS_SOCKS},
+    verdict::{decide, Dest},
+};
+
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+
+#[inline(always)]
+pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
+    let Some(cfg) = CONFIG.get(0) else {
+        count(hook, Reason::DeniedInternal);
+        return DENY;
+    };
+    let cgid = unsafe { bpf_get_current_cgroup_id() };
+    let Some(ep) =
+        endpoint::resolve(cfg, cgid, |l| unsafe { bpf_get_current_ancestor_cgroup_id(l) })
+    else {
+        return if cfg.unmanaged_allow != 0 {
+            count(hook, Reason::AllowedUnmanaged);
+            ALLOW
+        } else {
+            count(hook, Reason::DeniedDefault);
+            DENY
+        };
+    };
+    // SAFETY: the kernel hands us a valid bpf_sock_addr for the whole run.
+    let sa = unsafe { &*ctx.sock_addr };
+    let ip = if v6 {
+        let w = sa.user_ip6;
+        let (a, b, c, d) = (w[0].to_ne_bytes(), w[1].to_ne_bytes(), w[2].to_ne_bytes(), w[3].to_ne_bytes());
+        [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3]]
+    } else {
+        v4_mapped(sa.user_ip4.to_ne_bytes())
+    };
+    // user_port holds the __be16 port zero-extended; its low half in memory
+    // order is already network order.
+    let dest = Dest { proto: sa.protocol as u8, port: (sa.user_port as u16).to_ne_bytes(), ip };
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let reason = decide(&ep, &dest, netns == cfg.host_netns_cookie);
+    count(hook, reason);
+    if reason == Reason::AllowedDns {
+        let info = DnsSockInfo {
+            tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+            endpoint: ep.endpoint,
+            netns_cookie: netns,
+        };
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        // If this fails, the answer is later dropped for lack of an owner
+        // (counted as DNS_NO_OWNER): fail closed, never unlearned.
+        let _ = DNS_SOCKS.insert(&cookie, &info, 0);
+    }
+    if reason.is_allowed() {
+        return ALLOW;
+    }
+    let audit = ep.flags & ENDPOINT_F_AUDIT != 0;
+    emit(
+        cfg,
+        &Attempt {
+            cgroup_id: cgid,
+            endpoint: ep.endpoint,
+            hook,
+            reason,
+            audit,
+            proto: if dest.proto == 0 { proto::TCP } else { dest.proto },
+            dport: dest.port,
+            daddr: dest.ip,
+            tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        },
+    );
+    if audit { ALLOW } else { DENY }
+}

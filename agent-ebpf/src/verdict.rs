@@ -1,0 +1,99 @@
+//! The policy decision shared by every hook: (endpoint, protocol, destination
+//! IP, destination port) -> `Reason`. Order matters and is documented in
+//! docs/ARCHITECTURE.md ("Verdict order").
+
+use agent_common::{
+    proto, CidrKey, DnsServerKey, EndpointInfo, LearnedKey, Reason, CIDR_KIND_ALLOW,
+    CIDR_KIND_DENY_RANGE, CIDR_KIND_LOOPBACK, CIDR_MAX_PORTS,
+};
+use aya_ebpf::{helpers::generated::bpf_ktime_get_boot_ns, maps::lpm_trie::Key};
+
+use crate::maps::{CIDRS, DNS_SERVERS, LEARNED};
+
+pub struct Dest {
+    pub proto: u8,
+    /// Network byte order.
+    pub port: [u8; 2],
+    /// IPv6 or IPv4-mapped.
+    pub ip: [u8; 16],
+}
+
+const DNS_PORT_BE: [u8; 2] = 53u16.to_be_bytes();
+
+#[inline(always)]
+fn is_trusted_resolver(ep: u32, d: &Dest) -> bool {
+    let key = DnsServerKey { endpoint: ep, port: d.port, _pad: [0; 2], ip: d.ip };
+    DNS_SERVERS.get_ptr(&key).is_some()
+}
+
+#[inline(always)]
+fn learned(ep: u32, d: &Dest) -> bool {
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let mut key = LearnedKey { endpoint: ep, proto: d.proto, _pad: 0, port: d.port, ip: d.ip };
+    if let Some(v) = LEARNED.get_ptr(&key) {
+        // SAFETY: plain u64 read from a map value.
+        if unsafe { (*v).expires_ns } > now {
+            return true;
+        }
+    }
+    key.proto = proto::ANY;
+    key.port = [0, 0];
+    match LEARNED.get_ptr(&key) {
+        Some(v) => (unsafe { (*v).expires_ns }) > now,
+        None => false,
+    }
+}
+
+/// `host_netns`: whether the socket lives in the host's network namespace
+/// (then loopback reaches host services and is denied).
+#[inline(always)]
+pub fn decide(ep: &EndpointInfo, d: &Dest, host_netns: bool) -> Reason {
+    let l4_dns = d.proto == proto::TCP || d.proto == proto::UDP;
+    // DNS only to trusted resolvers: port 53 anywhere else is refused even if
+    // a rule would allow the IP, so the resolver is the only DNS path.
+    if l4_dns && d.port == DNS_PORT_BE {
+        return if is_trusted_resolver(ep.endpoint, d) {
+            Reason::AllowedDns
+        } else {
+            Reason::DeniedDnsServer
+        };
+    }
+    // The agent never learns an always-denied address, so a hit here cannot
+    // open a denied range (checked in user space before every insert).
+    if learned(ep.endpoint, d) {
+        return Reason::AllowedFqdn;
+    }
+    // Resolvers on a non-standard port (tests, node-local caches).
+    if l4_dns && is_trusted_resolver(ep.endpoint, d) {
+        return Reason::AllowedDns;
+    }
+    let key = Key::new(32 + 128, CidrKey { endpoint_be: ep.endpoint.to_be_bytes(), ip: d.ip });
+    let Some(v) = CIDRS.get(&key) else {
+        return Reason::DeniedDefault;
+    };
+    match v.kind {
+        CIDR_KIND_ALLOW => {
+            let port = u16::from_be_bytes(d.port);
+            let n = if (v.nports as usize) < CIDR_MAX_PORTS { v.nports as usize } else { CIDR_MAX_PORTS };
+            let mut i = 0;
+            while i < CIDR_MAX_PORTS {
+                if i >= n {
+                    break;
+                }
+                let r = &v.ports[i];
+                if r.proto == proto::ANY
+                    || (r.proto == d.proto && r.port_lo <= port && port <= r.port_hi)
+                {
+                    return Reason::AllowedCidr;
+                }
+                i += 1;
+            }
+            if v.inside_deny_range != 0 { Reason::DeniedRange } else { Reason::DeniedDefault }
+        }
+        CIDR_KIND_LOOPBACK => {
+            if host_netns { Reason::DeniedRange } else { Reason::AllowedLoopback }
+        }
+        CIDR_KIND_DENY_RANGE => Reason::DeniedRange,
+        _ => Reason::DeniedInternal,
+    }
+}

@@ -1,0 +1,168 @@
+//! Loads the embedded eBPF object and attaches its six programs to a cgroup.
+//!
+//! Programs are attached with `BPF_F_ALLOW_MULTI` (`AllowMultiple`): the
+//! kernel then runs ours *and* any other agent's (Cilium's) programs on the
+//! same hierarchy and a packet passes only if all of them allow it, so
+//! Portcullis composes with another CNI instead of replacing its hooks.
+
+use std::{
+    fs::File,
+    os::fd::{AsFd, AsRawFd},
+    path::{Path, PathBuf},
+};
+
+use agent_common::Config;
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, RingBuf},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError,
+    },
+};
+use thiserror::Error;
+
+use super::maps::PolicyMaps;
+
+/// The compiled kernel programs (built by `agent/build.rs`).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
+
+const SOCK_PROGRAMS: [&str; 4] = ["pc_connect4", "pc_connect6", "pc_sendmsg4", "pc_sendmsg6"];
+const SKB_PROGRAMS: [(&str, CgroupSkbAttachType); 2] =
+    [("pc_egress", CgroupSkbAttachType::Egress), ("pc_ingress", CgroupSkbAttachType::Ingress)];
+
+/// Every program name, for tests and `bpftool` checks.
+pub const PROGRAM_NAMES: [&str; 6] =
+    ["pc_connect4", "pc_connect6", "pc_sendmsg4", "pc_sendmsg6", "pc_egress", "pc_ingress"];
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("this build has no eBPF object (built with PORTCULLIS_SKIP_EBPF=1)")]
+    NoObject,
+    #[error("loading the eBPF object failed (need root or CAP_BPF+CAP_NET_ADMIN): {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program { name: &'static str, source: ProgramError },
+    #[error("program {0} missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("map {0} missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, source: aya::maps::MapError },
+    #[error("opening cgroup {path}: {source}")]
+    Cgroup { path: PathBuf, source: std::io::Error },
+    #[error("reading the host network namespace cookie: {0}")]
+    NetnsCookie(std::io::Error),
+}
+
+/// A loaded datapath: programs (attached or not), policy maps, ring buffers.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pub maps: PolicyMaps,
+    denied_events: Option<RingBuf<MapData>>,
+    dns_hold: Option<RingBuf<MapData>>,
+}
+
+impl Datapath {
+    /// Loads and verifies every program; attaches nothing yet.
+    pub fn load(config: Config) -> Result<Self, LoadError> {
+        if OBJECT.is_empty() {
+            return Err(LoadError::NoObject);
+        }
+        let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+        for name in SOCK_PROGRAMS {
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            prog.load().map_err(|source| LoadError::Program { name, source })?;
+        }
+        for (name, _) in SKB_PROGRAMS {
+            let prog: &mut CgroupSkb = program(&mut ebpf, name)?;
+            prog.load().map_err(|source| LoadError::Program { name, source })?;
+        }
+        let mut maps = PolicyMaps::take(&mut ebpf)?;
+        maps.set_config(&config)?;
+        let denied_events = Some(ring(&mut ebpf, "DENIED_EVENTS")?);
+        let dns_hold = Some(ring(&mut ebpf, "DNS_HOLD")?);
+        Ok(Self { ebpf, maps, denied_events, dns_hold })
+    }
+
+    /// Attaches all programs to the cgroup directory `cgroup`. The links live
+    /// as long as this `Datapath`: dropping it detaches everything.
+    pub fn attach(&mut self, cgroup: &Path) -> Result<(), LoadError> {
+        let file = File::open(cgroup)
+            .map_err(|source| LoadError::Cgroup { path: cgroup.to_owned(), source })?;
+        for name in SOCK_PROGRAMS {
+            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+            prog.attach(file.as_fd(), CgroupAttachMode::AllowMultiple)
+                .map_err(|source| LoadError::Program { name, source })?;
+        }
+        for (name, kind) in SKB_PROGRAMS {
+            let prog: &mut CgroupSkb = program(&mut self.ebpf, name)?;
+            prog.attach(file.as_fd(), kind, CgroupAttachMode::AllowMultiple)
+                .map_err(|source| LoadError::Program { name, source })?;
+        }
+        Ok(())
+    }
+
+    pub fn take_denied_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.denied_events.take()
+    }
+
+    pub fn take_dns_hold(&mut self) -> Option<RingBuf<MapData>> {
+        self.dns_hold.take()
+    }
+
+    /// The `cgroup_skb/egress` program, for `BPF_PROG_TEST_RUN` tests.
+    pub fn egress_program(&self) -> Option<&CgroupSkb> {
+        self.ebpf.program("pc_egress").and_then(|p| p.try_into().ok())
+    }
+
+    /// The `cgroup_skb/ingress` program, for `BPF_PROG_TEST_RUN` tests.
+    pub fn ingress_program(&self) -> Option<&CgroupSkb> {
+        self.ebpf.program("pc_ingress").and_then(|p| p.try_into().ok())
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(LoadError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| LoadError::Program { name, source })
+}
+
+fn ring(ebpf: &mut Ebpf, name: &'static str) -> Result<RingBuf<MapData>, LoadError> {
+    let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
+    RingBuf::try_from(map).map_err(|source| LoadError::Map { name, source })
+}
+
+/// `SO_NETNS_COOKIE` (Linux 5.14): the cookie `bpf_get_netns_cookie` returns.
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// The network-namespace cookie of a socket (so of the namespace it was made in).
+pub fn netns_cookie_of(sock: &impl AsRawFd) -> std::io::Result<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid fd, out-pointers sized for a u64.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+/// The cookie of the calling thread's network namespace.
+pub fn current_netns_cookie() -> Result<u64, LoadError> {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0")
+        .or_else(|_| std::net::UdpSocket::bind("[::1]:0"))
+        .map_err(LoadError::NetnsCookie)?;
+    netns_cookie_of(&sock).map_err(LoadError::NetnsCookie)
+}

@@ -1,0 +1,126 @@
+//! Typed access to the policy maps (the firezone "Program facade"). The
+//! agent is the only writer; the kernel only reads these (and writes caches).
+
+use agent_common::{
+    CidrKey, CidrValue, Config, DnsServerKey, EndpointInfo, LearnedKey, LearnedValue,
+    COUNTERS_LEN,
+};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
+};
+
+use super::loader::LoadError;
+
+pub struct PolicyMaps {
+    config: Array<MapData, Config>,
+    endpoints: HashMap<MapData, u64, EndpointInfo>,
+    learned: HashMap<MapData, LearnedKey, LearnedValue>,
+    cidrs: LpmTrie<MapData, CidrKey, CidrValue>,
+    dns_servers: HashMap<MapData, DnsServerKey, u32>,
+    counters: PerCpuArray<MapData, u64>,
+    current: Config,
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, LoadError> {
+    let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| LoadError::Map { name, source })
+}
+
+impl PolicyMaps {
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
+        Ok(Self {
+            config: take(ebpf, "CONFIG")?,
+            endpoints: take(ebpf, "ENDPOINTS")?,
+            learned: take(ebpf, "LEARNED")?,
+            cidrs: take(ebpf, "CIDRS")?,
+            dns_servers: take(ebpf, "DNS_SERVERS")?,
+            counters: take(ebpf, "COUNTERS")?,
+            current: Config::default(),
+        })
+    }
+
+    pub fn config(&self) -> Config {
+        self.current
+    }
+
+    pub fn set_config(&mut self, cfg: &Config) -> Result<(), LoadError> {
+        self.config
+            .set(0, cfg, 0)
+            .map_err(|source| LoadError::Map { name: "CONFIG", source })?;
+        self.current = *cfg;
+        Ok(())
+    }
+
+    /// Registers `cgroup_id` as `endpoint` and invalidates the kernel's
+    /// ancestor-walk cache (new generation).
+    pub fn add_endpoint(&mut self, cgroup_id: u64, info: EndpointInfo) -> Result<(), MapError> {
+        self.endpoints.insert(cgroup_id, info, 0)?;
+        self.bump_generation()
+    }
+
+    pub fn remove_endpoint(&mut self, cgroup_id: u64) -> Result<(), MapError> {
+        match self.endpoints.remove(&cgroup_id) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(e),
+        }
+        self.bump_generation()
+    }
+
+    fn bump_generation(&mut self) -> Result<(), MapError> {
+        let mut cfg = self.current;
+        cfg.generation += 1;
+        self.config.set(0, cfg, 0)?;
+        self.current = cfg;
+        Ok(())
+    }
+
+    pub fn insert_learned(&mut self, key: LearnedKey, value: LearnedValue) -> Result<(), MapError> {
+        self.learned.insert(key, value, 0)
+    }
+
+    pub fn remove_learned(&mut self, key: &LearnedKey) -> Result<(), MapError> {
+        match self.learned.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn learned_keys(&self) -> Vec<LearnedKey> {
+        self.learned.keys().filter_map(Result::ok).collect()
+    }
+
+    pub fn insert_cidr(&mut self, endpoint: u32, ip: [u8; 16], prefix: u8, value: CidrValue) -> Result<(), MapError> {
+        let key = Key::new(32 + u32::from(prefix), CidrKey { endpoint_be: endpoint.to_be_bytes(), ip });
+        self.cidrs.insert(&key, value, 0)
+    }
+
+    pub fn remove_cidr(&mut self, endpoint: u32, ip: [u8; 16], prefix: u8) -> Result<(), MapError> {
+        let key = Key::new(32 + u32::from(prefix), CidrKey { endpoint_be: endpoint.to_be_bytes(), ip });
+        match self.cidrs.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn insert_dns_server(&mut self, key: DnsServerKey) -> Result<(), MapError> {
+        self.dns_servers.insert(key, 1, 0)
+    }
+
+    pub fn remove_dns_server(&mut self, key: &DnsServerKey) -> Result<(), MapError> {
+        match self.dns_servers.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sum over CPUs of every counter (index = `agent_common::counter_index`).
+    pub fn counters(&self) -> Result<Vec<u64>, MapError> {
+        (0..COUNTERS_LEN)
+            .map(|i| self.counters.get(&i, 0).map(|v| v.iter().sum()))
+            .collect()
+    }
+}

@@ -1,0 +1,8 @@
+//! The kernel side as seen from user space: loading and attaching the
+//! programs (`loader`) and typed access to their maps (`maps`).
+
+pub mod loader;
+pub mod maps;
+
+pub use loader::{Datapath, LoadError};
+pub use maps::PolicyMaps;
