@@ -2,6 +2,16 @@
 //! learned from DNS in user space before the workload sees the answer.
 //! Start with docs/ARCHITECTURE.md.
 
+pub mod cgroup;
+pub mod check;
+pub mod cli;
 pub mod dns;
 pub mod ebpf;
+pub mod events;
+pub mod exec;
+pub mod gate;
+pub mod inject;
 pub mod policy;
+pub mod run;
+pub mod runtime;
+pub mod state;

@@ -1,1 +1,51 @@
-fn main(){}
+//! `portcullis`: see `portcullis --help` and docs/ARCHITECTURE.md.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use portcullis::{
+    check::{self, BadPolicy},
+    cli::{Cli, Command},
+    exec, run,
+};
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG_LEVEL")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Exec(args) => {
+            init_tracing(false);
+            exec::run(args)
+        }
+        Command::Run(args) => {
+            init_tracing(true);
+            run::run(args).map(|()| 0)
+        }
+        Command::CheckPolicy(args) => check::run(args).map(|()| 0).map_err(Into::into),
+    };
+    match result {
+        Ok(code) => exit(code),
+        Err(e) if e.downcast_ref::<BadPolicy>().is_some() => {
+            eprintln!("portcullis: invalid policy: {e:#}");
+            exit(2)
+        }
+        Err(e) => {
+            eprintln!("portcullis: {e:#}");
+            exit(exec::EXIT_AGENT_FAILED)
+        }
+    }
+}

@@ -1,9 +1,12 @@
 //! Loads the embedded eBPF object and attaches its six programs to a cgroup.
 //!
-//! Programs are attached with `BPF_F_ALLOW_MULTI` (`AllowMultiple`): the
-//! kernel then runs ours *and* any other agent's (Cilium's) programs on the
-//! same hierarchy and a packet passes only if all of them allow it, so
-//! Portcullis composes with another CNI instead of replacing its hooks.
+//! Programs are attached as `bpf_link`s (Linux 5.7). Cgroup links always
+//! behave like `BPF_F_ALLOW_MULTI` (the kernel refuses the flag itself, so
+//! the mode passed is `Single` = no flags): the kernel runs ours *and* any
+//! other agent's (Cilium's) programs on the hierarchy, and a packet passes
+//! only if all of them allow it. Portcullis composes with another CNI
+//! instead of replacing its hooks, and a crashed agent's links go away with
+//! its file descriptors.
 
 use std::{
     fs::File,
@@ -57,7 +60,7 @@ pub enum LoadError {
 /// A loaded datapath: programs (attached or not), policy maps, ring buffers.
 pub struct Datapath {
     ebpf: Ebpf,
-    pub maps: PolicyMaps,
+    maps: Option<PolicyMaps>,
     denied_events: Option<RingBuf<MapData>>,
     dns_hold: Option<RingBuf<MapData>>,
 }
@@ -81,7 +84,7 @@ impl Datapath {
         maps.set_config(&config)?;
         let denied_events = Some(ring(&mut ebpf, "DENIED_EVENTS")?);
         let dns_hold = Some(ring(&mut ebpf, "DNS_HOLD")?);
-        Ok(Self { ebpf, maps, denied_events, dns_hold })
+        Ok(Self { ebpf, maps: Some(maps), denied_events, dns_hold })
     }
 
     /// Attaches all programs to the cgroup directory `cgroup`. The links live
@@ -91,15 +94,20 @@ impl Datapath {
             .map_err(|source| LoadError::Cgroup { path: cgroup.to_owned(), source })?;
         for name in SOCK_PROGRAMS {
             let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-            prog.attach(file.as_fd(), CgroupAttachMode::AllowMultiple)
+            prog.attach(file.as_fd(), CgroupAttachMode::Single)
                 .map_err(|source| LoadError::Program { name, source })?;
         }
         for (name, kind) in SKB_PROGRAMS {
             let prog: &mut CgroupSkb = program(&mut self.ebpf, name)?;
-            prog.attach(file.as_fd(), kind, CgroupAttachMode::AllowMultiple)
+            prog.attach(file.as_fd(), kind, CgroupAttachMode::Single)
                 .map_err(|source| LoadError::Program { name, source })?;
         }
         Ok(())
+    }
+
+    /// The policy maps; taken once by the agent's `State`.
+    pub fn take_maps(&mut self) -> Option<PolicyMaps> {
+        self.maps.take()
     }
 
     pub fn take_denied_events(&mut self) -> Option<RingBuf<MapData>> {

@@ -1,0 +1,160 @@
+//! cgroup v2 helpers: find the hierarchy, create an endpoint cgroup that is
+//! removed on drop (also on panic), move a process into it.
+//!
+//! On hybrid systems v2 is mounted at `/sys/fs/cgroup/unified`, elsewhere at
+//! `/sys/fs/cgroup`: never hard-code it, read `/proc/self/mountinfo`.
+
+use std::{
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum CgroupError {
+    #[error("no cgroup v2 hierarchy is mounted (looked for fstype cgroup2 in /proc/self/mountinfo)")]
+    NoCgroup2,
+    #[error("{op} {path}: {source}")]
+    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{0} is not a cgroup v2 directory")]
+    NotCgroup(PathBuf),
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CgroupError + 'a {
+    move |source| CgroupError::Io { op, path: path.to_owned(), source }
+}
+
+/// Mount point of the cgroup v2 hierarchy, from a mountinfo text.
+pub fn find_cgroup2_in(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        // "<id> <parent> <maj:min> <root> <mount point> <opts> ... - <fstype> <src> <opts>"
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        (fstype == "cgroup2").then(|| left.split_whitespace().nth(4).map(unescape))?
+    })
+}
+
+/// mountinfo escapes spaces and friends as octal (`\040`).
+fn unescape(s: &str) -> PathBuf {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\\' {
+            let oct: String = it.by_ref().take(3).collect();
+            if let Ok(v) = u8::from_str_radix(&oct, 8) {
+                out.push(v as char);
+                continue;
+            }
+            out.push('\\');
+            out.push_str(&oct);
+        } else {
+            out.push(c);
+        }
+    }
+    PathBuf::from(out)
+}
+
+pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
+    let p = Path::new("/proc/self/mountinfo");
+    let text = fs::read_to_string(p).map_err(io("reading", p))?;
+    find_cgroup2_in(&text).ok_or(CgroupError::NoCgroup2)
+}
+
+/// The cgroup id the kernel reports (`bpf_get_current_cgroup_id`): the
+/// inode number of the cgroup's directory in cgroupfs (kernfs node id).
+pub fn cgroup_id(path: &Path) -> Result<u64, CgroupError> {
+    if !path.join("cgroup.procs").exists() {
+        return Err(CgroupError::NotCgroup(path.to_owned()));
+    }
+    Ok(fs::metadata(path).map_err(io("stat", path))?.ino())
+}
+
+/// PIDs currently in a cgroup.
+pub fn procs(path: &Path) -> Vec<u32> {
+    fs::read_to_string(path.join("cgroup.procs"))
+        .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// A cgroup this process created; on drop every process left in it is
+/// killed (`cgroup.kill`, Linux 5.14) and the directory removed.
+pub struct OwnedCgroup {
+    path: PathBuf,
+    id: u64,
+}
+
+impl OwnedCgroup {
+    pub fn create(parent: &Path, name: &str) -> Result<Self, CgroupError> {
+        let path = parent.join(name);
+        fs::create_dir(&path).map_err(io("creating cgroup", &path))?;
+        let id = match cgroup_id(&path) {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = fs::remove_dir(&path);
+                return Err(e);
+            }
+        };
+        Ok(Self { path, id })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Kills what is left in the cgroup and removes it; idempotent.
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        if !self.path.exists() {
+            return Ok(());
+        }
+        // Leftover daemons of the exec'd command must not outlive it
+        // unenforced: once we detach, they would be free.
+        let _ = fs::write(self.path.join("cgroup.kill"), "1");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match fs::remove_dir(&self.path) {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() < deadline && e.raw_os_error() == Some(libc::EBUSY) => {
+                    thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(CgroupError::Io { op: "removing cgroup", path: self.path.clone(), source: e }),
+            }
+        }
+    }
+}
+
+impl Drop for OwnedCgroup {
+    fn drop(&mut self) {
+        if let Err(e) = self.remove() {
+            tracing::warn!(error = %e, "cgroup cleanup failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_hybrid_and_unified_mounts() {
+        let hybrid = "30 25 0:26 / /sys/fs/cgroup/cpu rw,relatime shared:9 - cgroup cgroup rw,cpu\n\
+                      35 25 0:31 / /sys/fs/cgroup/unified rw,relatime shared:14 - cgroup2 cgroup2 rw\n";
+        assert_eq!(find_cgroup2_in(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        let unified = "29 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(find_cgroup2_in(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(find_cgroup2_in("22 1 0:5 / /proc rw - proc proc rw\n"), None);
+    }
+
+    #[test]
+    fn unescapes_octal() {
+        let info = "35 25 0:31 / /mnt/my\\040cg rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(find_cgroup2_in(info), Some(PathBuf::from("/mnt/my cg")));
+    }
+}

@@ -1,0 +1,120 @@
+//! Command line (clap derive; every flag also reads an environment variable).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Per-pod egress enforcement in the kernel: hostname allowlists learned from DNS before the workload sees the answer",
+    long_about = None,
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one command under an egress allowlist.
+    #[command(after_help = EXEC_EXAMPLES)]
+    Exec(ExecArgs),
+    /// Standalone node mode: enforce policies on existing cgroups until a signal.
+    #[command(after_help = RUN_EXAMPLES)]
+    Run(RunArgs),
+    /// Validate a policy file and print what it compiles to.
+    #[command(after_help = CHECK_EXAMPLES)]
+    CheckPolicy(CheckArgs),
+}
+
+const EXEC_EXAMPLES: &str = "\
+Examples:
+  # Allow only api.openai.com on 443, resolve through 198.51.100.53:
+  portcullis exec --allow-fqdn api.openai.com:443 --dns-server 198.51.100.53 -- python3 agent.py
+
+  # A policy file, blocked attempts to a file, the command in a pod network namespace:
+  portcullis exec --policy agent-policy.yaml --log blocked.jsonl -- nsenter --net=/run/netns/pod curl https://api.openai.com/
+
+  # Audit: let everything through, log what would be blocked:
+  portcullis exec --policy agent-policy.yaml --audit -- ./agent
+
+Exit status: the command's own (128+N if it died of signal N); 2 for a bad policy or
+bad flags; 125 if the agent itself failed (not root, no cgroup v2, program load failed).";
+
+const RUN_EXAMPLES: &str = "\
+Examples:
+  portcullis run --config /etc/portcullis/node.yaml
+
+node.yaml:
+  log: /var/log/portcullis/blocked.jsonl     # default: stderr
+  endpoints:
+    - name: agent-a
+      namespace: team-a
+      pod: agent-a-0
+      cgroup: /sys/fs/cgroup/kubepods.slice/kubepods-pod1234.slice
+      policyFile: /etc/portcullis/agent-a.yaml   # or an inline `policy:` block
+      audit: false";
+
+const CHECK_EXAMPLES: &str = "\
+Examples:
+  portcullis check-policy deploy/examples/agent-policy.yaml
+  portcullis check-policy --allow-fqdn '*.slack.com:443' p.yaml";
+
+/// Flags shared by commands that take a policy.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// Policy file (YAML; the `spec` of an EgressPolicy).
+    #[arg(long, env = "PORTCULLIS_POLICY", value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Also allow a host name or pattern, optionally on one TCP port.
+    #[arg(long = "allow-fqdn", value_name = "NAME[:PORT]")]
+    pub allow_fqdn: Vec<String>,
+    /// Also allow a CIDR, optionally on one TCP port (IPv6: [2001:db8::/32]:443).
+    #[arg(long = "allow-cidr", value_name = "CIDR[:PORT]")]
+    pub allow_cidr: Vec<String>,
+    /// Trusted resolver (replaces the policy's and /etc/resolv.conf's).
+    #[arg(long = "dns-server", value_name = "IP[:PORT]")]
+    pub dns_server: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Record what would be blocked, block nothing.
+    #[arg(long, env = "PORTCULLIS_AUDIT")]
+    pub audit: bool,
+    /// Write blocked attempts as JSON lines here (default: stderr).
+    #[arg(long, env = "PORTCULLIS_LOG", value_name = "FILE")]
+    pub log: Option<PathBuf>,
+    /// Shortest time a learned IP stays allowed, whatever the DNS TTL.
+    #[arg(long, env = "PORTCULLIS_MIN_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub min_ttl: std::time::Duration,
+    /// Longest time a learned IP stays allowed, whatever the DNS TTL.
+    #[arg(long, env = "PORTCULLIS_MAX_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub max_ttl: std::time::Duration,
+    /// Name of the endpoint in logs (default: exec-<pid>).
+    #[arg(long, env = "PORTCULLIS_NAME")]
+    pub name: Option<String>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Node configuration (endpoints and their policies).
+    #[arg(long, env = "PORTCULLIS_CONFIG", value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Policy file (same as --policy).
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
+}

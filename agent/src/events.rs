@@ -1,0 +1,137 @@
+//! The blocked-connection log: denied (and audited) attempts from the
+//! kernel's ring buffer, enriched with who (endpoint, namespace, pod) and
+//! which host name the IP came from, written as one JSON object per line.
+
+use std::{
+    io::Write,
+    net::{IpAddr, Ipv6Addr},
+    os::fd::AsRawFd as _,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use agent_common::{DeniedEvent, Hook, Reason, proto};
+use aya::maps::{MapData, RingBuf};
+use serde::Serialize;
+
+use crate::{
+    gate::poll_readable,
+    state::{State, boot_ns},
+};
+
+/// One line of the blocked-connection log.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct BlockedRecord {
+    /// RFC 3339 wall-clock time of the attempt.
+    pub time: String,
+    /// "blocked", or "audit" when audit mode let it through.
+    pub verdict: &'static str,
+    pub reason: &'static str,
+    pub endpoint: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    pub protocol: String,
+    pub dst: IpAddr,
+    pub dport: u16,
+    /// The DNS name this endpoint last resolved to `dst`, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    pub hook: &'static str,
+    pub cgroup_id: u64,
+}
+
+pub fn protocol_name(p: u8) -> String {
+    match p {
+        proto::TCP => "tcp".into(),
+        proto::UDP => "udp".into(),
+        proto::ICMP => "icmp".into(),
+        proto::ICMPV6 => "icmpv6".into(),
+        proto::SCTP => "sctp".into(),
+        other => format!("ip-proto-{other}"),
+    }
+}
+
+/// IPv4-mapped addresses are shown as plain IPv4.
+pub fn display_ip(raw: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(raw);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+fn wall_time(ts_boot_ns: u64) -> String {
+    let age = Duration::from_nanos(boot_ns().saturating_sub(ts_boot_ns));
+    let t = SystemTime::now().checked_sub(age).unwrap_or(SystemTime::now());
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Builds the record for a raw event using the endpoint table.
+pub fn record(ev: &DeniedEvent, st: &State) -> BlockedRecord {
+    let dst = display_ip(ev.daddr);
+    let ep = st.endpoint(ev.endpoint);
+    let comm_len = ev.comm.iter().position(|b| *b == 0).unwrap_or(ev.comm.len());
+    BlockedRecord {
+        time: wall_time(ev.ts_ns),
+        verdict: if ev.audit != 0 { "audit" } else { "blocked" },
+        reason: Reason::from_u32(ev.reason).map_or("unknown", Reason::as_str),
+        endpoint: ep.map_or_else(|| format!("endpoint-{}", ev.endpoint), |e| e.identity.name.clone()),
+        namespace: ep.and_then(|e| e.identity.namespace.clone()),
+        pod: ep.and_then(|e| e.identity.pod.clone()),
+        protocol: protocol_name(ev.proto),
+        dst,
+        dport: u16::from_be_bytes(ev.dport),
+        host: ep.and_then(|e| e.name_for(dst)).map(str::to_owned),
+        pid: (ev.tgid != 0).then_some(ev.tgid),
+        comm: (comm_len > 0).then(|| String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned()),
+        hook: Hook::from_u32(ev.hook).map_or("unknown", Hook::as_str),
+        cgroup_id: ev.cgroup_id,
+    }
+}
+
+fn decode(bytes: &[u8]) -> Option<DeniedEvent> {
+    (bytes.len() >= size_of::<DeniedEvent>())
+        // SAFETY: length checked; DeniedEvent is Pod.
+        .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}
+
+/// Consumes denied-attempt events and writes JSON lines to `out` until
+/// `stop` is set, then drains what is left.
+pub fn run(
+    mut ring: RingBuf<MapData>,
+    state: Arc<Mutex<State>>,
+    mut out: Box<dyn Write + Send>,
+    stop: Arc<AtomicBool>,
+) {
+    let fd = ring.as_raw_fd();
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        while let Some(item) = ring.next() {
+            let Some(ev) = decode(&item) else { continue };
+            let rec = {
+                let st = match state.lock() {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                };
+                record(&ev, &st)
+            };
+            if let Ok(line) = serde_json::to_string(&rec) {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+        let _ = out.flush();
+        if stopping {
+            return;
+        }
+        poll_readable(fd, 100);
+    }
+}

@@ -1,0 +1,114 @@
+//! `portcullis exec`: a fresh cgroup, the programs attached to it, the
+//! command run inside it, its exit status passed through, and everything
+//! removed on every exit path (normal exit, error, Ctrl-C, SIGTERM).
+
+use std::{
+    fs::{File, OpenOptions},
+    io::Write,
+    os::{fd::AsRawFd as _, unix::process::{CommandExt as _, ExitStatusExt as _}},
+    process::Command,
+    sync::{Arc, atomic::{AtomicI32, Ordering}},
+    thread,
+};
+
+use anyhow::{Context as _, Result};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::unistd::Pid;
+
+use crate::{
+    cgroup::{OwnedCgroup, cgroup2_mount},
+    check::load_policy,
+    cli::ExecArgs,
+    runtime::{Agent, AgentOptions},
+    state::{Identity, TtlBounds},
+};
+
+/// Signals forwarded to the command instead of killing the agent.
+const FORWARDED: [Signal; 4] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT];
+
+fn forwarded_set() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in FORWARDED {
+        set.add(s);
+    }
+    set
+}
+
+/// Exit status of `portcullis exec` when the agent itself fails.
+pub const EXIT_AGENT_FAILED: i32 = 125;
+
+pub fn run(args: &ExecArgs) -> Result<i32> {
+    let policy = load_policy(args.policy.policy.as_deref(), &args.policy)?;
+    // Block the forwarded signals before any thread exists, so every thread
+    // inherits the mask and only our sigwait thread ever sees them.
+    forwarded_set().thread_block().context("blocking signals")?;
+    let log: Box<dyn Write + Send> = match &args.log {
+        Some(path) => Box::new(
+            OpenOptions::new().create(true).append(true).open(path)
+                .with_context(|| format!("opening log {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stderr()),
+    };
+    let mount = cgroup2_mount()?;
+    let pid = std::process::id();
+    let cgroup = OwnedCgroup::create(&mount, &format!("portcullis-exec-{pid}"))?;
+    let mut agent = Agent::start(AgentOptions {
+        ttl: TtlBounds { min: args.min_ttl, max: args.max_ttl.max(args.min_ttl) },
+        log,
+        unmanaged_allow: false,
+        events_per_sec: 50,
+        events_burst: 200,
+    })?;
+    let name = args.name.clone().unwrap_or_else(|| format!("exec-{pid}"));
+    let result = (|| -> Result<i32> {
+        agent.add_endpoint(Identity { name, ..Default::default() }, cgroup.id(), policy, args.audit)?;
+        agent.attach(cgroup.path())?;
+        spawn_and_wait(args, &cgroup)
+    })();
+    agent.shutdown();
+    cgroup.remove()?;
+    result
+}
+
+fn spawn_and_wait(args: &ExecArgs, cgroup: &OwnedCgroup) -> Result<i32> {
+    let procs_path = cgroup.path().join("cgroup.procs");
+    let procs = File::options().write(true).open(&procs_path)
+        .with_context(|| format!("opening {}", procs_path.display()))?;
+    let procs_fd = procs.as_raw_fd();
+    let (program, rest) = args.command.split_first().context("no command given")?;
+    let mut cmd = Command::new(program);
+    cmd.args(rest);
+    // SAFETY: only async-signal-safe calls between fork and exec: write(2)
+    // to join the cgroup (before the command opens any socket: a socket
+    // keeps the cgroup it was created in), sigprocmask to undo our mask.
+    unsafe {
+        cmd.pre_exec(move || {
+            let zero = b"0";
+            if libc::write(procs_fd, zero.as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&raw mut empty);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &raw const empty, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().with_context(|| format!("starting {program}"))?;
+    drop(procs);
+    let child_pid = Arc::new(AtomicI32::new(child.id() as i32));
+    {
+        let child_pid = child_pid.clone();
+        thread::Builder::new().name("signals".into()).spawn(move || {
+            let set = forwarded_set();
+            while let Ok(sig) = set.wait() {
+                let pid = child_pid.load(Ordering::Relaxed);
+                if pid > 0 {
+                    let _ = kill(Pid::from_raw(pid), sig);
+                }
+            }
+        })?;
+    }
+    let status = child.wait().context("waiting for the command")?;
+    child_pid.store(0, Ordering::Relaxed);
+    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}

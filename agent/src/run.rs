@@ -1,0 +1,141 @@
+//! `portcullis run`: standalone node mode without Kubernetes. A config file
+//! lists existing cgroups, each with a policy; all are enforced until
+//! SIGINT/SIGTERM. The whole config is validated before anything attaches.
+
+use std::{
+    fs::OpenOptions,
+    io::Write,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use nix::sys::signal::{SigSet, Signal};
+use serde::Deserialize;
+use tracing::info;
+
+use crate::{
+    cgroup::cgroup_id,
+    check::BadPolicy,
+    cli::RunArgs,
+    policy::{CompiledPolicy, Policy, PolicySpec, compile, system_resolvers},
+    runtime::{Agent, AgentOptions, lock},
+    state::{Identity, TtlBounds},
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeConfig {
+    /// Blocked-connection log (JSON lines); default stderr.
+    #[serde(default)]
+    pub log: Option<PathBuf>,
+    #[serde(default = "default_min_ttl")]
+    pub min_ttl_seconds: u64,
+    #[serde(default = "default_max_ttl")]
+    pub max_ttl_seconds: u64,
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+fn default_min_ttl() -> u64 {
+    30
+}
+fn default_max_ttl() -> u64 {
+    3600
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EndpointConfig {
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub pod: Option<String>,
+    /// An existing cgroup v2 directory; its descendants are covered too.
+    pub cgroup: PathBuf,
+    #[serde(default)]
+    pub policy_file: Option<PathBuf>,
+    #[serde(default)]
+    pub policy: Option<PolicySpec>,
+    #[serde(default)]
+    pub audit: bool,
+}
+
+struct Prepared {
+    identity: Identity,
+    cgroup: PathBuf,
+    cgroup_id: u64,
+    policy: CompiledPolicy,
+    audit: bool,
+}
+
+fn prepare(cfg: &NodeConfig, base: &Path) -> Result<Vec<Prepared>> {
+    if cfg.endpoints.is_empty() {
+        bail!("endpoints: at least one endpoint is needed");
+    }
+    let mut out = Vec::new();
+    for (i, ep) in cfg.endpoints.iter().enumerate() {
+        let field = format!("endpoints[{i}] ({})", ep.name);
+        let policy = match (&ep.policy_file, &ep.policy) {
+            (Some(f), None) => Policy::from_file(base.join(f)).map_err(|e| BadPolicy(anyhow::anyhow!("{field}: {e}")))?,
+            (None, Some(spec)) => Policy::from_spec(spec, &field).map_err(|e| BadPolicy(e.into()))?,
+            _ => return Err(BadPolicy(anyhow::anyhow!("{field}: exactly one of policyFile and policy is required")).into()),
+        };
+        let compiled = compile(&policy, system_resolvers).map_err(|e| BadPolicy(anyhow::anyhow!("{field}: {e}")))?;
+        let cgroup_id = cgroup_id(&ep.cgroup).with_context(|| format!("{field}: cgroup"))?;
+        out.push(Prepared {
+            identity: Identity { name: ep.name.clone(), namespace: ep.namespace.clone(), pod: ep.pod.clone() },
+            cgroup: ep.cgroup.clone(),
+            cgroup_id,
+            policy: compiled,
+            audit: ep.audit,
+        });
+    }
+    Ok(out)
+}
+
+pub fn load_config(path: &Path) -> Result<NodeConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_saphyr::from_str(&text)
+        .map_err(|e| BadPolicy(anyhow::anyhow!("{}: {e}", path.display())).into())
+}
+
+pub fn run(args: &RunArgs) -> Result<()> {
+    let cfg = load_config(&args.config)?;
+    let base = args.config.parent().unwrap_or(Path::new("."));
+    let endpoints = prepare(&cfg, base)?;
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block().context("blocking signals")?;
+    let log: Box<dyn Write + Send> = match &cfg.log {
+        Some(p) => Box::new(OpenOptions::new().create(true).append(true).open(p)
+            .with_context(|| format!("opening log {}", p.display()))?),
+        None => Box::new(std::io::stderr()),
+    };
+    let mut agent = Agent::start(AgentOptions {
+        ttl: TtlBounds {
+            min: Duration::from_secs(cfg.min_ttl_seconds),
+            max: Duration::from_secs(cfg.max_ttl_seconds.max(cfg.min_ttl_seconds)),
+        },
+        log,
+        unmanaged_allow: true,
+        events_per_sec: 50,
+        events_burst: 200,
+    })?;
+    let result = (|| -> Result<()> {
+        for ep in endpoints {
+            let id = agent.add_endpoint(ep.identity.clone(), ep.cgroup_id, ep.policy, ep.audit)?;
+            agent.attach(&ep.cgroup)?;
+            info!(endpoint = %ep.identity.name, id, cgroup = %ep.cgroup.display(), "enforcing");
+        }
+        info!("ready");
+        let sig = set.wait().context("waiting for a signal")?;
+        info!(signal = %sig, "stopping");
+        let st = lock(&agent.state);
+        info!(endpoints = st.endpoints().count(), "shutting down");
+        Ok(())
+    })();
+    agent.shutdown();
+    result
+}

@@ -1,0 +1,134 @@
+//! A running agent: loaded datapath, shared state, and the three worker
+//! threads (DNS gate, blocked-connection log, expiry). Used by both
+//! `portcullis exec` and `portcullis run`.
+
+use std::{
+    io::Write,
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::Duration,
+};
+
+use agent_common::Config;
+use anyhow::{Context as _, Result};
+use tracing::warn;
+
+use crate::{
+    ebpf::{Datapath, loader::current_netns_cookie},
+    events,
+    gate::{Gate, GateStats},
+    state::{Identity, State, TtlBounds},
+    policy::CompiledPolicy,
+};
+
+pub struct AgentOptions {
+    pub ttl: TtlBounds,
+    /// Where blocked-connection records go (JSON lines).
+    pub log: Box<dyn Write + Send>,
+    /// Let cgroups below an attach point that are not endpoints pass.
+    pub unmanaged_allow: bool,
+    /// Denied-attempt events per endpoint per second (per CPU) and burst.
+    pub events_per_sec: u32,
+    pub events_burst: u32,
+}
+
+pub struct Agent {
+    pub state: Arc<Mutex<State>>,
+    pub gate_stats: Arc<GateStats>,
+    datapath: Datapath,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// A random non-zero mark for re-injected answers: a workload cannot guess
+/// it, and no other agent on the node uses it.
+fn random_mark() -> u32 {
+    let mut b = [0u8; 4];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_err()
+    {
+        b = (std::process::id() ^ 0x5043_4c53).to_ne_bytes();
+    }
+    u32::from_ne_bytes(b) | 0x8000_0000
+}
+
+impl Agent {
+    pub fn start(opts: AgentOptions) -> Result<Self> {
+        let mut cfg = Config {
+            host_netns_cookie: current_netns_cookie()?,
+            inject_mark: random_mark(),
+            unmanaged_allow: u32::from(opts.unmanaged_allow),
+            events_per_sec: opts.events_per_sec,
+            events_burst: opts.events_burst,
+            ..Config::default()
+        };
+        let mut datapath = Datapath::load(cfg).context("loading the eBPF programs")?;
+        let maps = datapath.take_maps().context("policy maps already taken")?;
+        let hold = datapath.take_dns_hold().context("DNS hold ring missing")?;
+        let denied = datapath.take_denied_events().context("event ring missing")?;
+        let state = Arc::new(Mutex::new(State::new(maps, opts.ttl)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let gate = Gate::new(state.clone(), cfg.inject_mark);
+        let gate_stats = gate.stats.clone();
+        let mut threads = Vec::new();
+        {
+            let stop = stop.clone();
+            threads.push(thread::Builder::new().name("dns-gate".into()).spawn(move || gate.run(hold, stop))?);
+        }
+        {
+            let (stop, state) = (stop.clone(), state.clone());
+            let log = opts.log;
+            threads.push(
+                thread::Builder::new().name("blocked-log".into()).spawn(move || events::run(denied, state, log, stop))?,
+            );
+        }
+        {
+            let (stop, state) = (stop.clone(), state.clone());
+            threads.push(thread::Builder::new().name("expiry".into()).spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    thread::sleep(Duration::from_millis(250));
+                    if let Err(e) = lock(&state).expire() {
+                        warn!(error = %e, "expiring learned IPs failed");
+                    }
+                }
+            })?);
+        }
+        // Only now may the kernel hold answers for us: someone is listening.
+        {
+            let mut st = lock(&state);
+            cfg = st.maps.config();
+            cfg.agent_ready = 1;
+            st.maps.set_config(&cfg)?;
+        }
+        Ok(Self { state, gate_stats, datapath, stop, threads })
+    }
+
+    pub fn add_endpoint(&self, identity: Identity, cgroup_id: u64, policy: CompiledPolicy, audit: bool) -> Result<u32> {
+        Ok(lock(&self.state).add_endpoint(identity, cgroup_id, policy, audit)?)
+    }
+
+    pub fn attach(&mut self, cgroup: &Path) -> Result<()> {
+        self.datapath.attach(cgroup).with_context(|| format!("attaching to {}", cgroup.display()))
+    }
+
+    /// Stops the workers (the log drains what is queued) and detaches.
+    pub fn shutdown(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        drop(self.datapath);
+    }
+}
+
+pub fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    match state.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}

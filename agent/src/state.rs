@@ -1,0 +1,231 @@
+//! The agent's view of what it enforces: endpoints, their compiled policies,
+//! what each learned from DNS (with expiry), and the names it saw per IP (so
+//! the blocked-connection log can say which host an IP was for).
+//!
+//! One `Mutex<State>` guards it together with the map handles: every change
+//! of kernel state goes through here, so user-space bookkeeping and maps
+//! never disagree.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use agent_common::{DnsServerKey, ENDPOINT_F_AUDIT, EndpointInfo, LearnedKey, LearnedValue, MAX_ENDPOINTS};
+use aya::maps::MapError;
+use thiserror::Error;
+
+use crate::{
+    ebpf::PolicyMaps,
+    policy::{CompiledPolicy, PortKey, canonical, is_always_denied},
+};
+
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("too many endpoints (max {MAX_ENDPOINTS})")]
+    TooManyEndpoints,
+    #[error("cgroup {0} is already an endpoint")]
+    DuplicateCgroup(u64),
+    #[error("updating kernel map {map}: {source}")]
+    Map { map: &'static str, source: MapError },
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> StateError {
+    move |source| StateError::Map { map, source }
+}
+
+/// Who an endpoint is, for logs and metrics.
+#[derive(Clone, Debug, Default)]
+pub struct Identity {
+    pub name: String,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+}
+
+pub struct Endpoint {
+    pub id: u32,
+    pub identity: Identity,
+    pub cgroup_id: u64,
+    pub policy: CompiledPolicy,
+    pub audit: bool,
+    /// Last DNS name seen for an IP (allowed or not), bounded.
+    names: HashMap<IpAddr, String>,
+}
+
+const MAX_REMEMBERED_NAMES: usize = 8192;
+
+impl Endpoint {
+    pub fn name_for(&self, ip: IpAddr) -> Option<&str> {
+        self.names.get(&IpAddr::V6(canonical(ip))).map(String::as_str)
+    }
+
+    pub fn remember(&mut self, ip: IpAddr, name: &str) {
+        if self.names.len() >= MAX_REMEMBERED_NAMES {
+            self.names.clear();
+        }
+        self.names.insert(IpAddr::V6(canonical(ip)), name.to_owned());
+    }
+}
+
+/// TTL clamp for learned IPs.
+#[derive(Clone, Copy, Debug)]
+pub struct TtlBounds {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl Default for TtlBounds {
+    fn default() -> Self {
+        Self { min: Duration::from_secs(30), max: Duration::from_secs(3600) }
+    }
+}
+
+/// Outcome of learning one DNS answer.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LearnOutcome {
+    /// Addresses now allowed (on the name's ports).
+    pub allowed: Vec<IpAddr>,
+    /// Addresses refused because they are in an always-denied range.
+    pub denied_range: Vec<IpAddr>,
+}
+
+pub struct State {
+    pub maps: PolicyMaps,
+    endpoints: HashMap<u32, Endpoint>,
+    learned: HashMap<LearnedKey, u64>,
+    pub ttl: TtlBounds,
+}
+
+pub fn boot_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+fn key_bytes(ip: IpAddr) -> [u8; 16] {
+    canonical(ip).octets()
+}
+
+impl State {
+    pub fn new(maps: PolicyMaps, ttl: TtlBounds) -> Self {
+        Self { maps, endpoints: HashMap::new(), learned: HashMap::new(), ttl }
+    }
+
+    pub fn endpoint(&self, id: u32) -> Option<&Endpoint> {
+        self.endpoints.get(&id)
+    }
+
+    pub fn endpoint_mut(&mut self, id: u32) -> Option<&mut Endpoint> {
+        self.endpoints.get_mut(&id)
+    }
+
+    pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.endpoints.values()
+    }
+
+    /// Installs an endpoint: CIDR entries and resolvers first, the cgroup
+    /// mapping last, so the kernel never sees a half-configured endpoint.
+    pub fn add_endpoint(
+        &mut self,
+        identity: Identity,
+        cgroup_id: u64,
+        policy: CompiledPolicy,
+        audit: bool,
+    ) -> Result<u32, StateError> {
+        if self.endpoints.values().any(|e| e.cgroup_id == cgroup_id) {
+            return Err(StateError::DuplicateCgroup(cgroup_id));
+        }
+        let id = (1..MAX_ENDPOINTS)
+            .find(|i| !self.endpoints.contains_key(i))
+            .ok_or(StateError::TooManyEndpoints)?;
+        for e in &policy.cidr_entries {
+            self.maps
+                .insert_cidr(id, e.net.addr().octets(), e.net.prefix_len(), e.value)
+                .map_err(map_err("CIDRS"))?;
+        }
+        for s in &policy.dns_servers {
+            self.maps.insert_dns_server(dns_key(id, *s)).map_err(map_err("DNS_SERVERS"))?;
+        }
+        let info = EndpointInfo { endpoint: id, flags: if audit { ENDPOINT_F_AUDIT } else { 0 }, generation: 0 };
+        self.maps.add_endpoint(cgroup_id, info).map_err(map_err("ENDPOINTS"))?;
+        self.endpoints.insert(id, Endpoint { id, identity, cgroup_id, policy, audit, names: HashMap::new() });
+        Ok(id)
+    }
+
+    /// Removes an endpoint and everything it put into the kernel.
+    pub fn remove_endpoint(&mut self, id: u32) -> Result<(), StateError> {
+        let Some(ep) = self.endpoints.remove(&id) else { return Ok(()) };
+        self.maps.remove_endpoint(ep.cgroup_id).map_err(map_err("ENDPOINTS"))?;
+        for e in &ep.policy.cidr_entries {
+            self.maps.remove_cidr(id, e.net.addr().octets(), e.net.prefix_len()).map_err(map_err("CIDRS"))?;
+        }
+        for s in &ep.policy.dns_servers {
+            self.maps.remove_dns_server(&dns_key(id, *s)).map_err(map_err("DNS_SERVERS"))?;
+        }
+        let keys: Vec<_> = self.learned.keys().filter(|k| k.endpoint == id).copied().collect();
+        for k in keys {
+            self.maps.remove_learned(&k).map_err(map_err("LEARNED"))?;
+            self.learned.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Learns the addresses of one DNS answer for endpoint `id`: for an
+    /// allowed `qname`, each address that is not always-denied is allowed on
+    /// the name's ports until its (clamped) TTL runs out. Every address is
+    /// remembered for the log. Map writes finish before this returns, which
+    /// is what makes releasing the answer afterwards race-free.
+    pub fn learn(&mut self, id: u32, qname: &str, addrs: &[(IpAddr, u32)]) -> Result<LearnOutcome, StateError> {
+        let mut out = LearnOutcome::default();
+        let Some(ep) = self.endpoints.get_mut(&id) else { return Ok(out) };
+        for (ip, _) in addrs {
+            ep.remember(*ip, qname);
+        }
+        let ports: Vec<PortKey> = ep.policy.ports_for_name(qname);
+        if ports.is_empty() {
+            return Ok(out);
+        }
+        let now = boot_ns();
+        for &(ip, ttl) in addrs {
+            if is_always_denied(ip) {
+                out.denied_range.push(ip);
+                continue;
+            }
+            let ttl = Duration::from_secs(u64::from(ttl)).clamp(self.ttl.min, self.ttl.max);
+            let expires = now + ttl.as_nanos() as u64;
+            for p in &ports {
+                let key = LearnedKey { endpoint: id, proto: p.proto, _pad: 0, port: p.port.to_be_bytes(), ip: key_bytes(ip) };
+                let e = self.learned.entry(key).or_insert(0);
+                if expires > *e {
+                    self.maps
+                        .insert_learned(key, LearnedValue { expires_ns: expires })
+                        .map_err(map_err("LEARNED"))?;
+                    *e = expires;
+                }
+            }
+            out.allowed.push(ip);
+        }
+        Ok(out)
+    }
+
+    /// Drops expired learned entries from the maps (the kernel already
+    /// refuses them; this keeps the maps small). Returns how many went.
+    pub fn expire(&mut self) -> Result<usize, StateError> {
+        let now = boot_ns();
+        let dead: Vec<_> = self.learned.iter().filter(|(_, e)| **e <= now).map(|(k, _)| *k).collect();
+        for k in &dead {
+            self.maps.remove_learned(k).map_err(map_err("LEARNED"))?;
+            self.learned.remove(k);
+        }
+        Ok(dead.len())
+    }
+
+    pub fn learned_count(&self, id: u32) -> usize {
+        self.learned.keys().filter(|k| k.endpoint == id).count()
+    }
+}
+
+fn dns_key(endpoint: u32, s: SocketAddr) -> DnsServerKey {
+    DnsServerKey { endpoint, port: s.port().to_be_bytes(), _pad: [0; 2], ip: key_bytes(s.ip()) }
+}
