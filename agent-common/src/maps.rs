@@ -151,6 +151,34 @@ pub struct RateState {
 }
 const _: () = assert!(size_of::<RateState>() == 16);
 
+/// `LIVE_FLOWS`: socket cookie -> destination a `connect()` was allowed to
+/// through a learned name. Lets established connections outlive the TTL.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LiveFlow {
+    pub ip: [u8; 16],
+    pub endpoint: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<LiveFlow>() == 24);
+
+/// `INBOUND`: a peer that opened a connection (TCP SYN) or sent a datagram
+/// to the endpoint; replies to it from that local port are allowed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InboundKey {
+    pub endpoint: u32,
+    pub proto: u8,
+    pub _pad: u8,
+    /// Network byte order.
+    pub peer_port: [u8; 2],
+    /// Network byte order.
+    pub local_port: [u8; 2],
+    pub _pad2: [u8; 2],
+    pub peer_ip: [u8; 16],
+}
+const _: () = assert!(size_of::<InboundKey>() == 28);
+
 /// Largest endpoint id (also the size of `EVENT_RATE`).
 pub const MAX_ENDPOINTS: u32 = 16384;
 /// How many ancestors of a cgroup are searched for an endpoint.
@@ -171,4 +199,6 @@ mod user {
     unsafe impl aya::Pod for DnsSockInfo {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for RateState {}
+    unsafe impl aya::Pod for LiveFlow {}
+    unsafe impl aya::Pod for InboundKey {}
 }

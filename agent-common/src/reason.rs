@@ -21,6 +21,9 @@ pub enum Reason {
     AllowedIngress = 7,
     /// Reply traffic of a connection the workload accepted.
     AllowedInbound = 8,
+    /// A packet of a connection allowed at connect time (its learned IP
+    /// may have expired since; live connections keep going).
+    AllowedEstablished = 9,
 
     /// Destination is in an always-denied range (private, metadata, ...).
     DeniedRange = 20,
@@ -56,6 +59,7 @@ impl Reason {
             6 => Self::AllowedInjected,
             7 => Self::AllowedIngress,
             8 => Self::AllowedInbound,
+            9 => Self::AllowedEstablished,
             20 => Self::DeniedRange,
             21 => Self::DeniedDefault,
             22 => Self::DeniedDnsServer,
@@ -78,6 +82,7 @@ impl Reason {
             Self::AllowedInjected => "allowed-injected",
             Self::AllowedIngress => "allowed-ingress",
             Self::AllowedInbound => "allowed-inbound",
+            Self::AllowedEstablished => "allowed-established",
             Self::DeniedRange => "denied-range",
             Self::DeniedDefault => "denied-default",
             Self::DeniedDnsServer => "denied-dns-server",

@@ -2,7 +2,7 @@
 //! Names stay within 15 characters: the kernel truncates object names.
 
 use agent_common::{
-    CidrKey, CidrValue, Config, DnsServerKey, DnsSockInfo, EndpointInfo, LearnedKey,
+    CidrKey, CidrValue, Config, InboundKey, LiveFlow, DnsServerKey, DnsSockInfo, EndpointInfo, LearnedKey,
     LearnedValue, RateState, COUNTERS_LEN, MAX_ENDPOINTS,
 };
 use aya_ebpf::{
@@ -58,3 +58,11 @@ pub static DENIED_EVENTS: RingBuf =
 /// DNS answers held back until the agent has learned from them.
 #[map]
 pub static DNS_HOLD: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// Sockets whose connect() was allowed through a learned name.
+#[map]
+pub static LIVE_FLOWS: LruHashMap<u64, LiveFlow> = LruHashMap::with_max_entries(262144, 0);
+
+/// Peers that contacted the endpoint; replies to them are allowed.
+#[map]
+pub static INBOUND: LruHashMap<InboundKey, u64> = LruHashMap::with_max_entries(262144, 0);

@@ -13,8 +13,13 @@ pub struct Flow {
     /// non-first fragment).
     pub sport: [u8; 2],
     pub dport: [u8; 2],
+    /// TCP flags byte (0 for other protocols).
+    pub tcp_flags: u8,
     pub v6: bool,
 }
+
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
 
 const MAX_EXT_HEADERS: usize = 6;
 
@@ -24,9 +29,14 @@ fn has_ports(p: u8) -> bool {
 }
 
 #[inline(always)]
-fn ports(ctx: &SkBuffContext, off: usize) -> Result<([u8; 2], [u8; 2]), ()> {
+fn l4(ctx: &SkBuffContext, f: &mut Flow, off: usize) -> Result<(), ()> {
     let p: [u8; 4] = ctx.load(off).map_err(|_| ())?;
-    Ok(([p[0], p[1]], [p[2], p[3]]))
+    f.sport = [p[0], p[1]];
+    f.dport = [p[2], p[3]];
+    if f.proto == proto::TCP {
+        f.tcp_flags = ctx.load(off + 13).map_err(|_| ())?;
+    }
+    Ok(())
 }
 
 #[inline(always)]
@@ -53,10 +63,11 @@ fn parse_v4(ctx: &SkBuffContext) -> Result<Flow, ()> {
         dst: v4_mapped([h[16], h[17], h[18], h[19]]),
         sport: [0; 2],
         dport: [0; 2],
+        tcp_flags: 0,
         v6: false,
     };
     if frag_off == 0 && has_ports(f.proto) {
-        (f.sport, f.dport) = ports(ctx, ihl)?;
+        l4(ctx, &mut f, ihl)?;
     }
     Ok(f)
 }
@@ -97,9 +108,9 @@ fn parse_v6(ctx: &SkBuffContext) -> Result<Flow, ()> {
         }
         i += 1;
     }
-    let mut f = Flow { proto: nh, src, dst, sport: [0; 2], dport: [0; 2], v6: true };
+    let mut f = Flow { proto: nh, src, dst, sport: [0; 2], dport: [0; 2], tcp_flags: 0, v6: true };
     if first_fragment && has_ports(nh) {
-        (f.sport, f.dport) = ports(ctx, off)?;
+        l4(ctx, &mut f, off)?;
     }
     Ok(f)
 }

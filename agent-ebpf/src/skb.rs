@@ -6,7 +6,10 @@
 //! `cgroup_skb/ingress`: holds back DNS answers from trusted resolvers until
 //! the agent has learned from them (see `dns_hold`).
 
-use agent_common::{loss, proto, DnsHeldPacket, Hook, Reason, DNS_MAX_PACKET, ENDPOINT_F_AUDIT};
+use agent_common::{
+    loss, proto, DnsHeldPacket, EndpointInfo, Hook, InboundKey, Reason, DNS_MAX_PACKET,
+    ENDPOINT_F_AUDIT,
+};
 use aya_ebpf::{
     helpers::generated::{
         bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_skb_ancestor_cgroup_id,
@@ -19,8 +22,8 @@ use aya_ebpf::{
 use crate::{
     endpoint,
     events::{bump, count, emit, Attempt},
-    maps::{CONFIG, DNS_HOLD, DNS_SOCKS},
-    parse::parse,
+    maps::{CONFIG, DNS_HOLD, DNS_SOCKS, INBOUND, LIVE_FLOWS},
+    parse::{parse, Flow, TCP_ACK, TCP_SYN},
     verdict::{decide, Dest},
 };
 
@@ -49,7 +52,11 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
         Ok(f) => {
             let d = Dest { proto: f.proto, port: f.dport, ip: f.dst };
             let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-            (decide(&ep, &d, netns == cfg.host_netns_cookie), d)
+            let mut r = decide(&ep, &d, netns == cfg.host_netns_cookie);
+            if !r.is_allowed() {
+                r = established(ctx, &ep, &f).unwrap_or(r);
+            }
+            (r, d)
         }
         Err(()) => (Reason::DeniedMalformed, Dest { proto: 0, port: [0; 2], ip: [0; 16] }),
     };
@@ -76,6 +83,58 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     if audit { PASS } else { DROP }
 }
 
+/// Second chance for a packet the policy alone denies, checked only on that
+/// (cold) path: part of a connection allowed at connect time whose learned
+/// IP has since expired, or a reply to a peer that contacted the endpoint.
+#[inline(always)]
+fn established(ctx: &SkBuffContext, ep: &EndpointInfo, f: &Flow) -> Option<Reason> {
+    if f.proto != proto::TCP && f.proto != proto::UDP {
+        return None;
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if let Some(flow) = unsafe { LIVE_FLOWS.get(&cookie) } {
+        if flow.endpoint == ep.endpoint && flow.ip == f.dst {
+            return Some(Reason::AllowedEstablished);
+        }
+    }
+    let key = InboundKey {
+        endpoint: ep.endpoint,
+        proto: f.proto,
+        _pad: 0,
+        peer_port: f.dport,
+        local_port: f.sport,
+        _pad2: [0; 2],
+        peer_ip: f.dst,
+    };
+    INBOUND.get_ptr(&key).map(|_| Reason::AllowedInbound)
+}
+
+/// Remembers a peer that opened a TCP connection to, or sent a datagram to,
+/// the endpoint, so that replies pass the egress default deny (stateful
+/// egress, like conntrack: kubelet probes, Prometheus scrapes).
+#[inline(always)]
+fn note_inbound(ep: &EndpointInfo, f: &Flow) {
+    let opens = match f.proto {
+        proto::TCP => f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+        proto::UDP => true,
+        _ => false,
+    };
+    if !opens {
+        return;
+    }
+    let key = InboundKey {
+        endpoint: ep.endpoint,
+        proto: f.proto,
+        _pad: 0,
+        peer_port: f.sport,
+        local_port: f.dport,
+        _pad2: [0; 2],
+        peer_ip: f.src,
+    };
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let _ = INBOUND.insert(&key, &now, 0);
+}
+
 pub fn ingress(ctx: &SkBuffContext) -> i32 {
     let hook = Hook::SkbIngress;
     let Some(cfg) = CONFIG.get(0) else {
@@ -92,7 +151,7 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
         count(hook, Reason::AllowedIngress);
         return PASS;
     };
-    if f.proto != proto::UDP {
+    if f.proto != proto::UDP && !(f.proto == proto::TCP && f.tcp_flags & TCP_SYN != 0) {
         count(hook, Reason::AllowedIngress);
         return PASS;
     }
@@ -105,7 +164,8 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
     };
     // Is this an answer from one of the endpoint's trusted resolvers?
     let from = Dest { proto: proto::UDP, port: f.sport, ip: f.src };
-    if decide(&ep, &from, false) != Reason::AllowedDns {
+    if f.proto != proto::UDP || decide(&ep, &from, false) != Reason::AllowedDns {
+        note_inbound(&ep, &f);
         count(hook, Reason::AllowedIngress);
         return PASS;
     }

@@ -4,7 +4,7 @@
 //! process and network namespace sent DNS on a socket (`DNS_SOCKS`): the
 //! agent needs both to re-inject the held answer.
 
-use agent_common::{proto, v4_mapped, DnsSockInfo, Hook, Reason, ENDPOINT_F_AUDIT};
+use agent_common::{proto, v4_mapped, DnsSockInfo, Hook, LiveFlow, Reason, ENDPOINT_F_AUDIT};
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
@@ -20,7 +20,7 @@ use aya_ebpf::{
 use crate::{
     endpoint,
     events::{count, emit, Attempt},
-    maps::{CONFIG, DNS_SOCKS},
+    maps::{CONFIG, DNS_SOCKS, LIVE_FLOWS},
     verdict::{decide, Dest},
 };
 
@@ -70,6 +70,14 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
         // If this fails, the answer is later dropped for lack of an owner
         // (counted as DNS_NO_OWNER): fail closed, never unlearned.
         let _ = DNS_SOCKS.insert(&cookie, &info, 0);
+    }
+    if reason == Reason::AllowedFqdn && (hook == Hook::Connect4 || hook == Hook::Connect6) {
+        // The learned IP may expire while the connection lives on; the
+        // per-packet path then finds the socket here. A failed insert only
+        // means a long connection can be cut at expiry: fail closed.
+        let flow = LiveFlow { ip: dest.ip, endpoint: ep.endpoint, _pad: 0 };
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        let _ = LIVE_FLOWS.insert(&cookie, &flow, 0);
     }
     if reason.is_allowed() {
         return ALLOW;

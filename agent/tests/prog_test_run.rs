@@ -1,0 +1,260 @@
+//! `BPF_PROG_TEST_RUN` tests of the `cgroup_skb` verdicts on crafted IPv4 and
+//! IPv6 packets. Maps are filled through the real path (policy YAML ->
+//! compile -> `State`), nothing is attached anywhere: the kernel runs the
+//! program on a synthetic skb whose socket belongs to this test's cgroup
+//! (net/bpf/test_run.c allocates it in the caller's cgroup), so registering
+//! that cgroup as an endpoint is enough.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
+
+use agent_common::{Config, Hook, Reason, counter_index, loss};
+use aya::programs::{CgroupSkb, TestRun as _, TestRunOptions};
+use etherparse::PacketBuilder;
+use portcullis::{
+    cgroup::{cgroup2_mount, cgroup_id},
+    ebpf::Datapath,
+    policy::{Policy, compile},
+    state::{Identity, State, TtlBounds},
+};
+
+const POLICY: &str = r#"
+egress:
+  - toFQDNs: [{matchName: api.example.test}]
+    ports: [{port: 443}]
+  - toFQDNs: [{matchPattern: "*.any.test"}]
+  - toCIDRs: ["10.1.0.0/16"]
+    ports: [{port: 8080}]
+dns:
+  servers: ["198.51.100.53", "[2001:db8:53::53]:53"]
+"#;
+
+fn privileged() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    let required = std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var_os("PORTCULLIS_REQUIRE_PRIVILEGED").is_some();
+    assert!(!required, "privileged test cannot run: not root (CI requires it)");
+    eprintln!("SKIP: BPF_PROG_TEST_RUN needs root");
+    false
+}
+
+fn own_cgroup_id() -> u64 {
+    let text = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::")).expect("cgroup v2 entry");
+    let path = cgroup2_mount().expect("cgroup2 mount").join(rel.trim_start_matches('/'));
+    cgroup_id(&path).expect("cgroup id")
+}
+
+struct Harness {
+    dp: Datapath,
+    state: State,
+    ep: u32,
+    cfg: Config,
+}
+
+const MARK: u32 = 0x8000_1234;
+
+fn harness(unmanaged_allow: bool) -> Option<Harness> {
+    if !privileged() {
+        return None;
+    }
+    let cfg = Config {
+        // Not the real cookie: the synthetic skb's socket is in our netns.
+        host_netns_cookie: u64::MAX,
+        inject_mark: MARK,
+        unmanaged_allow: u32::from(unmanaged_allow),
+        events_per_sec: 100,
+        events_burst: 100,
+        agent_ready: 1,
+        ..Config::default()
+    };
+    let mut dp = Datapath::load(cfg).expect("load programs");
+    let maps = dp.take_maps().expect("maps");
+    let mut state = State::new(maps, TtlBounds { min: Duration::ZERO, max: Duration::from_secs(3600) });
+    let policy = Policy::from_yaml_str(POLICY, "test").expect("policy");
+    let compiled = compile(&policy, || Ok::<_, std::io::Error>(vec![])).expect("compile");
+    let ep = state
+        .add_endpoint(Identity { name: "t".into(), ..Default::default() }, own_cgroup_id(), compiled, false)
+        .expect("endpoint");
+    Some(Harness { dp, state, ep, cfg })
+}
+
+enum L4 {
+    Tcp(u16),
+    Udp(u16),
+    Icmp,
+}
+
+fn packet(src: IpAddr, dst: IpAddr, l4: L4) -> Vec<u8> {
+    let eth = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+    let ip = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("mixed families"),
+    };
+    let mut out = Vec::new();
+    let payload = b"hello";
+    match l4 {
+        L4::Tcp(p) => ip.tcp(40000, p, 1, 65535).syn().write(&mut out, payload),
+        L4::Udp(p) => ip.udp(40000, p).write(&mut out, payload),
+        L4::Icmp if dst.is_ipv4() => ip.icmpv4_echo_request(1, 1).write(&mut out, payload),
+        L4::Icmp => ip.icmpv6_echo_request(1, 1).write(&mut out, payload),
+    }
+    .expect("build packet");
+    out
+}
+
+fn run(prog: &CgroupSkb, pkt: &[u8], mark: u32) -> u32 {
+    // __sk_buff with only `mark` set (offset 8): test_run accepts it as ctx_in.
+    let mut ctx = [0u8; 192];
+    ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
+    let opts = TestRunOptions { data_in: Some(pkt), ctx_in: Some(&ctx[..]), ..TestRunOptions::default() };
+    prog.test_run(opts).expect("test_run").return_value
+}
+
+impl Harness {
+    fn egress(&self, dst: &str, l4: L4) -> u32 {
+        let dst: IpAddr = dst.parse().unwrap();
+        let src: IpAddr = if dst.is_ipv4() { "198.18.1.2".parse().unwrap() } else { "2001:db8:ff01::2".parse().unwrap() };
+        run(self.dp.egress_program().unwrap(), &packet(src, dst, l4), 0)
+    }
+
+    fn counter(&self, hook: Hook, reason: Reason) -> u64 {
+        self.state.maps.counters().unwrap()[counter_index(hook, reason) as usize]
+    }
+
+    fn learn(&mut self, name: &str, ip: &str, ttl: u32) {
+        let ip: IpAddr = ip.parse().unwrap();
+        self.state.learn(self.ep, name, &[(ip, ttl)]).unwrap();
+    }
+}
+
+const ALLOW: u32 = 1;
+const DROP: u32 = 0;
+
+#[test]
+fn learned_name_only_on_its_port() {
+    let Some(mut h) = harness(false) else { return };
+    assert_eq!(h.egress("203.0.113.10", L4::Tcp(443)), DROP, "nothing learned yet");
+    h.learn("api.example.test", "203.0.113.10", 60);
+    assert_eq!(h.egress("203.0.113.10", L4::Tcp(443)), ALLOW);
+    assert_eq!(h.egress("203.0.113.10", L4::Tcp(80)), DROP);
+    assert_eq!(h.egress("203.0.113.10", L4::Udp(443)), DROP, "rule is TCP only");
+    assert_eq!(h.egress("203.0.113.10", L4::Icmp), DROP);
+    assert_eq!(h.egress("203.0.113.11", L4::Tcp(443)), DROP, "IP never learned");
+    assert_eq!(h.counter(Hook::SkbEgress, Reason::AllowedFqdn), 1);
+    assert!(h.counter(Hook::SkbEgress, Reason::DeniedDefault) >= 4);
+}
+
+#[test]
+fn learned_ipv6_and_ipv4_mapped_forms() {
+    let Some(mut h) = harness(false) else { return };
+    h.learn("api.example.test", "2001:db8:100::10", 60);
+    assert_eq!(h.egress("2001:db8:100::10", L4::Tcp(443)), ALLOW);
+    assert_eq!(h.egress("2001:db8:100::10", L4::Tcp(22)), DROP);
+    h.learn("api.example.test", "203.0.113.10", 60);
+    // A v6 socket talking to the v4-mapped form hits the same key.
+    assert_eq!(h.egress("::ffff:203.0.113.10", L4::Tcp(443)), ALLOW);
+}
+
+#[test]
+fn rule_without_ports_allows_every_protocol() {
+    let Some(mut h) = harness(false) else { return };
+    h.learn("x.any.test", "203.0.113.50", 60);
+    assert_eq!(h.egress("203.0.113.50", L4::Tcp(22)), ALLOW);
+    assert_eq!(h.egress("203.0.113.50", L4::Udp(9999)), ALLOW);
+    assert_eq!(h.egress("203.0.113.50", L4::Icmp), ALLOW);
+}
+
+#[test]
+fn always_denied_ranges_even_when_dns_says_so() {
+    let Some(mut h) = harness(false) else { return };
+    for ip in ["169.254.169.254", "10.96.0.10", "100.100.100.200", "fd00:ec2::254", "::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe"] {
+        h.learn("api.example.test", ip, 60);
+        let l4 = L4::Tcp(443);
+        assert_eq!(h.egress(ip, l4), DROP, "{ip} must stay denied");
+    }
+    assert!(h.counter(Hook::SkbEgress, Reason::DeniedRange) >= 6);
+    assert_eq!(h.state.learned_count(h.ep), 0, "no denied address is ever learned");
+}
+
+#[test]
+fn explicit_cidr_opens_a_hole_in_a_denied_range() {
+    let Some(h) = harness(false) else { return };
+    assert_eq!(h.egress("10.1.2.3", L4::Tcp(8080)), ALLOW);
+    assert_eq!(h.egress("10.1.2.3", L4::Tcp(22)), DROP);
+    assert_eq!(h.egress("10.2.0.1", L4::Tcp(8080)), DROP);
+    assert_eq!(h.counter(Hook::SkbEgress, Reason::AllowedCidr), 1);
+    assert_eq!(h.counter(Hook::SkbEgress, Reason::DeniedRange), 2);
+}
+
+#[test]
+fn dns_only_to_trusted_resolvers() {
+    let Some(h) = harness(false) else { return };
+    assert_eq!(h.egress("198.51.100.53", L4::Udp(53)), ALLOW);
+    assert_eq!(h.egress("198.51.100.53", L4::Tcp(53)), ALLOW);
+    assert_eq!(h.egress("2001:db8:53::53", L4::Udp(53)), ALLOW);
+    assert_eq!(h.egress("198.51.100.99", L4::Udp(53)), DROP);
+    assert_eq!(h.egress("8.8.8.8", L4::Tcp(53)), DROP);
+    assert_eq!(h.counter(Hook::SkbEgress, Reason::DeniedDnsServer), 2);
+}
+
+#[test]
+fn expired_learned_ip_is_refused() {
+    let Some(mut h) = harness(false) else { return };
+    h.learn("api.example.test", "203.0.113.10", 0);
+    assert_eq!(h.egress("203.0.113.10", L4::Tcp(443)), DROP);
+}
+
+#[test]
+fn malformed_packets_are_dropped() {
+    let Some(h) = harness(false) else { return };
+    let good = packet("198.18.1.2".parse().unwrap(), "203.0.113.10".parse().unwrap(), L4::Tcp(443));
+    // IPv4 header intact but only 2 bytes of TCP header: no destination port.
+    let mut short_tcp = good[..14 + 20 + 2].to_vec();
+    short_tcp[16..18].copy_from_slice(&22u16.to_be_bytes());
+    // IHL below 5 words.
+    let mut bad_ihl = good.clone();
+    bad_ihl[14] = 0x43;
+    for pkt in [short_tcp, bad_ihl] {
+        assert_eq!(run(h.dp.egress_program().unwrap(), &pkt, 0), DROP);
+    }
+    assert_eq!(h.counter(Hook::SkbEgress, Reason::DeniedMalformed), 2);
+}
+
+#[test]
+fn unmanaged_cgroups_follow_config() {
+    for (allow, expect) in [(false, DROP), (true, ALLOW)] {
+        let Some(mut h) = harness(allow) else { return };
+        let cg = own_cgroup_id();
+        h.state.remove_endpoint(h.ep).unwrap();
+        assert_eq!(h.egress("203.0.113.10", L4::Tcp(443)), expect, "unmanaged_allow={allow} (cgroup {cg})");
+        let _ = h.cfg;
+    }
+}
+
+#[test]
+fn dns_answer_without_owner_is_held_back() {
+    let Some(h) = harness(false) else { return };
+    let ingress = h.dp.ingress_program().unwrap();
+    let answer = packet("198.51.100.53".parse().unwrap(), "198.18.1.2".parse().unwrap(), L4::Udp(40000));
+    // The synthetic socket never sent a query: no owner, fail closed.
+    let mut answer_from_53 = answer.clone();
+    answer_from_53[34..36].copy_from_slice(&53u16.to_be_bytes());
+    assert_eq!(run(ingress, &answer_from_53, 0), DROP);
+    let c = h.state.maps.counters().unwrap();
+    assert_eq!(c[loss::DNS_NO_OWNER as usize], 1);
+    assert_eq!(c[counter_index(Hook::SkbIngress, Reason::DnsHoldFailed) as usize], 1);
+    // The agent's re-injected copy carries the mark and passes.
+    assert_eq!(run(ingress, &answer_from_53, MARK), ALLOW);
+    // A different mark does not.
+    assert_eq!(run(ingress, &answer_from_53, MARK ^ 1), DROP);
+    // Other traffic in is never held.
+    let other = packet("203.0.113.10".parse().unwrap(), "198.18.1.2".parse().unwrap(), L4::Udp(40000));
+    assert_eq!(run(ingress, &other, 0), ALLOW);
+    let _ = (Ipv4Addr::LOCALHOST, Ipv6Addr::LOCALHOST);
+}
