@@ -1,0 +1,309 @@
+//! Compiles a validated `Policy` into what the agent writes into the kernel
+//! maps: FQDN rules (consulted in user space when a DNS answer is learned),
+//! one `CIDRS` entry list per endpoint, and the trusted resolvers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::error::Error as StdError;
+use std::net::SocketAddr;
+
+use agent_common::{CIDR_KIND_ALLOW, CIDR_MAX_PORTS, CidrValue, PortRange, proto};
+use ipnet::{IpNet, Ipv6Net};
+use thiserror::Error;
+
+use super::PolicyError;
+use super::model::{Destination, Policy, Port, Protocol, RuleOrigin};
+use super::names::NameSelector;
+use super::ranges::{canonical_net, kernel_deny_entries};
+
+/// A (protocol, port) an FQDN-learned address is allowed on, as keyed in
+/// `LEARNED`. `PortKey::ALL` = every protocol and port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortKey {
+    pub proto: u8,
+    pub port: u16,
+}
+
+impl PortKey {
+    pub const ALL: PortKey = PortKey {
+        proto: proto::ANY,
+        port: 0,
+    };
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FqdnRule {
+    pub origin: RuleOrigin,
+    pub selectors: Vec<NameSelector>,
+    /// Sorted, deduplicated; `[PortKey::ALL]` when the rule lists no ports.
+    pub ports: Vec<PortKey>,
+}
+
+/// One `CIDRS` LPM entry (the agent adds the endpoint id to the key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CidrEntry {
+    /// Canonical: IPv4 as `::ffff:a.b.c.d/(96+n)`, host bits clear.
+    pub net: Ipv6Net,
+    pub value: CidrValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledPolicy {
+    pub fqdn_rules: Vec<FqdnRule>,
+    /// Sorted by prefix; no two entries share a prefix.
+    pub cidr_entries: Vec<CidrEntry>,
+    /// Deduplicated, in policy order.
+    pub dns_servers: Vec<SocketAddr>,
+    pub dns_allow_names: Vec<NameSelector>,
+}
+
+#[derive(Debug, Error)]
+pub enum CompileError {
+    #[error(
+        "{rule} ({net}) needs {needed} port ranges{inherited}; the kernel holds at most {CIDR_MAX_PORTS} per CIDR"
+    )]
+    TooManyPorts {
+        rule: String,
+        net: IpNet,
+        needed: usize,
+        inherited: String,
+    },
+    #[error("dns.servers is not set and reading the system resolvers failed: {0}")]
+    DefaultDns(#[source] Box<dyn StdError + Send + Sync>),
+    #[error("dns.servers is not set and the system resolver configuration lists no nameservers")]
+    NoDefaultDns,
+}
+
+impl CompiledPolicy {
+    /// Sorted, deduplicated (proto, port) keys an IP learned for `name` is
+    /// allowed on (union over all matching rules); empty = name not allowed.
+    /// If any matching rule allows everything, the result is just
+    /// `[PortKey::ALL]`: the kernel checks that key anyway, more are waste.
+    pub fn ports_for_name(&self, name: &str) -> Vec<PortKey> {
+        let mut out: Vec<PortKey> = Vec::new();
+        for rule in &self.fqdn_rules {
+            if rule.selectors.iter().any(|s| s.matches(name)) {
+                if rule.ports.contains(&PortKey::ALL) {
+                    return vec![PortKey::ALL];
+                }
+                out.extend_from_slice(&rule.ports);
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Name may be resolved (any fqdn rule or dns.allowNames matches).
+    pub fn may_resolve(&self, name: &str) -> bool {
+        self.fqdn_rules
+            .iter()
+            .flat_map(|r| &r.selectors)
+            .any(|s| s.matches(name))
+            || self.dns_allow_names.iter().any(|s| s.matches(name))
+    }
+}
+
+/// Compiles `policy`. `default_dns` is called only when the policy does not
+/// list `dns.servers` (normally `resolvconf::system_resolvers`).
+///
+/// CIDR semantics — "only an explicit CIDR rule may open a hole": the kernel
+/// does one longest-prefix-match lookup, and the always-denied ranges are in
+/// the same trie, so
+/// * a rule broader than a denied range (e.g. `0.0.0.0/0`) does not open it:
+///   the longer deny prefix wins;
+/// * a rule exactly equal to a denied range (e.g. `10.0.0.0/8`) replaces that
+///   deny entry and opens it, on the rule's ports;
+/// * a rule inside a denied range opens just its prefix (`inside_deny_range`
+///   set, so a port mismatch is still reported as a denied range).
+///
+/// Because the lookup returns only the longest match, every allow entry
+/// carries the union of its own ports and those of each enclosing rule that
+/// reaches it, i.e. that is not cut off by a denied range lying between the
+/// two (`0.0.0.0/0:443` adds nothing to a `10.1.0.0/16:80` rule).
+pub fn compile<E>(
+    policy: &Policy,
+    default_dns: impl FnOnce() -> Result<Vec<SocketAddr>, E>,
+) -> Result<CompiledPolicy, PolicyError>
+where
+    E: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let mut fqdn_rules = Vec::new();
+    // Canonical prefix -> (port keys, source labels). Merges the same prefix
+    // written in several rules (or as IPv4 and as IPv4-mapped IPv6).
+    let mut allows: BTreeMap<Ipv6Net, (BTreeSet<PortKey>, Vec<String>)> = BTreeMap::new();
+    for rule in &policy.egress {
+        let keys = port_keys(&rule.ports);
+        match &rule.to {
+            Destination::Fqdns(sels) => fqdn_rules.push(FqdnRule {
+                origin: rule.origin.clone(),
+                selectors: sels.clone(),
+                ports: keys.into_iter().collect(),
+            }),
+            Destination::Cidrs(nets) => {
+                for (j, net) in nets.iter().enumerate() {
+                    let label = match &rule.origin {
+                        RuleOrigin::Policy(i) => format!("egress[{i}].toCIDRs[{j}]"),
+                        flag => flag.to_string(),
+                    };
+                    let slot = allows.entry(canonical_net(*net)).or_default();
+                    slot.0.extend(keys.iter().copied());
+                    slot.1.push(label);
+                }
+            }
+        }
+    }
+
+    let cidr_entries = cidr_entries(&allows)?;
+
+    let servers = match &policy.dns.servers {
+        Some(list) => list.clone(),
+        None => {
+            let list = default_dns().map_err(|e| CompileError::DefaultDns(e.into()))?;
+            if list.is_empty() {
+                return Err(CompileError::NoDefaultDns.into());
+            }
+            list
+        }
+    };
+    let mut dns_servers = Vec::with_capacity(servers.len());
+    for s in servers {
+        if !dns_servers.contains(&s) {
+            dns_servers.push(s);
+        }
+    }
+
+    Ok(CompiledPolicy {
+        fqdn_rules,
+        cidr_entries,
+        dns_servers,
+        dns_allow_names: policy.dns.allow_names.clone(),
+    })
+}
+
+/// A rule's ports as keys: none = `ALL`; protocol ANY = TCP, UDP and SCTP.
+fn port_keys(ports: &[Port]) -> BTreeSet<PortKey> {
+    if ports.is_empty() {
+        return BTreeSet::from([PortKey::ALL]);
+    }
+    let mut out = BTreeSet::new();
+    for p in ports {
+        let protos: &[u8] = match p.protocol {
+            Protocol::Tcp => &[proto::TCP],
+            Protocol::Udp => &[proto::UDP],
+            Protocol::Sctp => &[proto::SCTP],
+            Protocol::Any => &[proto::TCP, proto::UDP, proto::SCTP],
+        };
+        out.extend(protos.iter().map(|&proto| PortKey {
+            proto,
+            port: p.port,
+        }));
+    }
+    out
+}
+
+/// Deny entries plus allow entries, one per prefix (see `compile`).
+fn cidr_entries(
+    allows: &BTreeMap<Ipv6Net, (BTreeSet<PortKey>, Vec<String>)>,
+) -> Result<Vec<CidrEntry>, CompileError> {
+    let deny = kernel_deny_entries();
+    let mut out: Vec<CidrEntry> = deny
+        .iter()
+        .filter(|(net, _)| !allows.contains_key(net))
+        .map(|&(net, kind)| CidrEntry {
+            net,
+            value: CidrValue {
+                kind,
+                ..CidrValue::default()
+            },
+        })
+        .collect();
+
+    for (p, (own, labels)) in allows {
+        let mut keys = own.clone();
+        let mut inherited = Vec::new();
+        for (q, (q_keys, q_labels)) in allows {
+            if q == p || !q.contains(p) {
+                continue;
+            }
+            // A denied range D with Q ⊋ D ⊇ P cuts Q off from P.
+            let cut_off = deny.iter().any(|(d, _)| {
+                d.prefix_len() > q.prefix_len() && d.prefix_len() <= p.prefix_len() && d.contains(p)
+            });
+            if !cut_off {
+                keys.extend(q_keys.iter().copied());
+                inherited.extend(q_labels.iter().cloned());
+            }
+        }
+        let ranges = port_ranges(&keys);
+        if ranges.len() > CIDR_MAX_PORTS {
+            let inherited = if inherited.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (its own ports plus those of enclosing {})",
+                    inherited.join(", ")
+                )
+            };
+            return Err(CompileError::TooManyPorts {
+                rule: labels.join(", "),
+                net: display_net(*p),
+                needed: ranges.len(),
+                inherited,
+            });
+        }
+        let mut value = CidrValue {
+            kind: CIDR_KIND_ALLOW,
+            inside_deny_range: u32::from(deny.iter().any(|(d, _)| d.contains(p))),
+            // Bounded by CIDR_MAX_PORTS just above.
+            nports: ranges.len() as u32,
+            ..CidrValue::default()
+        };
+        value.ports[..ranges.len()].copy_from_slice(&ranges);
+        out.push(CidrEntry { net: *p, value });
+    }
+    out.sort_by_key(|e| e.net);
+    Ok(out)
+}
+
+/// Keys to kernel port ranges: `ALL` alone becomes one `ANY` range; else
+/// consecutive ports of one protocol merge into one range.
+fn port_ranges(keys: &BTreeSet<PortKey>) -> Vec<PortRange> {
+    if keys.contains(&PortKey::ALL) {
+        return vec![PortRange {
+            proto: proto::ANY,
+            port_lo: 0,
+            port_hi: u16::MAX,
+            ..PortRange::default()
+        }];
+    }
+    let mut out: Vec<PortRange> = Vec::new();
+    // BTreeSet order is (proto, port), so runs are adjacent.
+    for k in keys {
+        match out.last_mut() {
+            Some(r) if r.proto == k.proto && u32::from(r.port_hi) + 1 == u32::from(k.port) => {
+                r.port_hi = k.port
+            }
+            _ => out.push(PortRange {
+                proto: k.proto,
+                port_lo: k.port,
+                port_hi: k.port,
+                ..PortRange::default()
+            }),
+        }
+    }
+    out
+}
+
+/// A canonical prefix as the user would write it (IPv4 when mapped).
+fn display_net(n: Ipv6Net) -> IpNet {
+    match n.network().to_ipv4_mapped() {
+        Some(v4) if n.prefix_len() >= 96 => ipnet::Ipv4Net::new(v4, n.prefix_len() - 96)
+            .map(IpNet::V4)
+            .unwrap_or(IpNet::V6(n)),
+        _ => IpNet::V6(n),
+    }
+}
+
+#[cfg(test)]
+#[path = "compile_tests.rs"]
+mod tests;
