@@ -87,13 +87,30 @@ fn spawn_and_wait(args: &ExecArgs, cgroup: &OwnedCgroup) -> Result<i32> {
             if libc::write(procs_fd, zero.as_ptr().cast(), 1) != 1 {
                 return Err(std::io::Error::last_os_error());
             }
+            // If the agent dies (even SIGKILL), its links go and the command
+            // would run on unenforced: take the command down with it.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&raw mut empty);
             libc::pthread_sigmask(libc::SIG_SETMASK, &raw const empty, std::ptr::null_mut());
             Ok(())
         });
     }
-    let mut child = cmd.spawn().with_context(|| format!("starting {program}"))?;
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        // Like a shell: 127 not found, 126 found but not executable.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("portcullis: {program}: command not found");
+            return Ok(127);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            eprintln!("portcullis: {program}: {e}");
+            return Ok(126);
+        }
+        Err(e) => return Err(e).with_context(|| format!("starting {program}")),
+    };
     drop(procs);
     let child_pid = Arc::new(AtomicI32::new(child.id() as i32));
     {
