@@ -1,1 +1,69 @@
-fn main(){}
+//! `cargo xtask <command>` (alias in `.cargo/config.toml`).
+//!
+//! - `setup`: idempotent machine setup (rust-src, bpf-linker, Debian packages,
+//!   bpffs); every other command runs it first, quietly.
+//! - `test`: build, then unit tests, then the privileged integration tests one
+//!   at a time; ends with `summary: N passed, M failed`. CI runs it via
+//!   `.ci/run`.
+//! - `demo`, `bench`: see their modules.
+
+mod bench;
+mod demo;
+mod linker;
+mod load;
+mod setup;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Portcullis developer tasks", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need (idempotent; needs root for apt/mount).
+    Setup,
+    /// Build the workspace and run every test target once (see `.ci/run`).
+    Test(test::TestArgs),
+    /// Run the demo.
+    Demo(demo::DemoArgs),
+    /// Run the benchmarks.
+    Bench(bench::BenchArgs),
+    /// Benchmark workloads (run by `bench` inside the bench's namespaces).
+    #[command(hide = true)]
+    Load(load::LoadArgs),
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}`: the whole cause chain on one line, never a backtrace.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Setup => setup::run(setup::Mode::Verbose).map(drop),
+        Command::Test(args) => test::run(&args),
+        Command::Demo(args) => {
+            let env = setup::run(setup::Mode::Quiet)?;
+            demo::run(&args, &env)
+        }
+        Command::Load(args) => load::run(&args),
+        Command::Bench(args) => {
+            let env = setup::run(setup::Mode::Quiet)?;
+            bench::run(&args, &env)
+        }
+    }
+}
