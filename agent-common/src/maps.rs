@@ -158,9 +158,25 @@ const _: () = assert!(size_of::<RateState>() == 16);
 pub struct LiveFlow {
     pub ip: [u8; 16],
     pub endpoint: u32,
-    pub _pad: u32,
+    /// `FLOW_F_*` bits.
+    pub flags: u32,
 }
+
+/// The socket talks to a trusted resolver: its incoming answers must still
+/// be held, so ingress does not take the established fast path for it.
+pub const FLOW_F_DNS: u32 = 1;
 const _: () = assert!(size_of::<LiveFlow>() == 24);
+
+/// `SOCK_OWNERS`: socket cookie -> the process behind a deferred UDP
+/// `connect()`, so per-packet denials of its datagrams name it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOwner {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub comm: [u8; 16],
+}
+const _: () = assert!(size_of::<SockOwner>() == 24);
 
 /// `INBOUND`: a peer that opened a connection (TCP SYN) or sent a datagram
 /// to the endpoint; replies to it from that local port are allowed.
@@ -201,4 +217,5 @@ mod user {
     unsafe impl aya::Pod for RateState {}
     unsafe impl aya::Pod for LiveFlow {}
     unsafe impl aya::Pod for InboundKey {}
+    unsafe impl aya::Pod for SockOwner {}
 }

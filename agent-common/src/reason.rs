@@ -24,6 +24,10 @@ pub enum Reason {
     /// A packet of a connection allowed at connect time (its learned IP
     /// may have expired since; live connections keep going).
     AllowedEstablished = 9,
+    /// A UDP `connect()` the policy would deny: it sends nothing, so it is
+    /// let through and every datagram is judged per packet instead (keeps
+    /// glibc's RFC 6724 address-sorting probes out of the blocked log).
+    UdpConnectDeferred = 10,
 
     /// Destination is in an always-denied range (private, metadata, ...).
     DeniedRange = 20,
@@ -60,6 +64,7 @@ impl Reason {
             7 => Self::AllowedIngress,
             8 => Self::AllowedInbound,
             9 => Self::AllowedEstablished,
+            10 => Self::UdpConnectDeferred,
             20 => Self::DeniedRange,
             21 => Self::DeniedDefault,
             22 => Self::DeniedDnsServer,
@@ -83,6 +88,7 @@ impl Reason {
             Self::AllowedIngress => "allowed-ingress",
             Self::AllowedInbound => "allowed-inbound",
             Self::AllowedEstablished => "allowed-established",
+            Self::UdpConnectDeferred => "udp-connect-deferred",
             Self::DeniedRange => "denied-range",
             Self::DeniedDefault => "denied-default",
             Self::DeniedDnsServer => "denied-dns-server",

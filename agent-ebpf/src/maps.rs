@@ -2,11 +2,11 @@
 //! Names stay within 15 characters: the kernel truncates object names.
 
 use agent_common::{
-    CidrKey, CidrValue, Config, InboundKey, LiveFlow, DnsServerKey, DnsSockInfo, EndpointInfo, LearnedKey,
+    CidrKey, CidrValue, Config, InboundKey, LiveFlow, SockOwner, DnsServerKey, DnsSockInfo, EndpointInfo, LearnedKey,
     LearnedValue, RateState, COUNTERS_LEN, MAX_ENDPOINTS,
 };
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -22,7 +22,7 @@ pub static ENDPOINTS: HashMap<u64, EndpointInfo> = HashMap::with_max_entries(MAX
 /// cgroup id -> endpoint found by walking ancestors; stale when its
 /// `generation` differs from `CONFIG.generation`.
 #[map]
-pub static EP_CACHE: LruHashMap<u64, EndpointInfo> = LruHashMap::with_max_entries(65536, 0);
+pub static EP_CACHE: LruHashMap<u64, EndpointInfo> = LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
 
 /// (endpoint, proto, port, IP) learned from DNS, with expiry. Exact-match
 /// hash: the per-packet path never scans.
@@ -40,7 +40,10 @@ pub static DNS_SERVERS: HashMap<DnsServerKey, u32> = HashMap::with_max_entries(1
 
 /// socket cookie -> process + netns that sent DNS on it (for re-injection).
 #[map]
-pub static DNS_SOCKS: LruHashMap<u64, DnsSockInfo> = LruHashMap::with_max_entries(65536, 0);
+pub static DNS_SOCKS: LruHashMap<u64, DnsSockInfo> = LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
+
+// LRU maps use per-CPU LRU lists (BPF_F_NO_COMMON_LRU): inserts from the
+// connect hooks then never contend on the map-wide LRU lock.
 
 /// Verdict counters by (hook, reason), then loss counters.
 #[map]
@@ -59,10 +62,15 @@ pub static DENIED_EVENTS: RingBuf =
 #[map]
 pub static DNS_HOLD: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
-/// Sockets whose connect() was allowed through a learned name.
+/// Sockets whose connect() was allowed: their packets pass on this one
+/// lookup (a TCP socket cannot change its peer without connecting again).
 #[map]
-pub static LIVE_FLOWS: LruHashMap<u64, LiveFlow> = LruHashMap::with_max_entries(262144, 0);
+pub static LIVE_FLOWS: LruHashMap<u64, LiveFlow> = LruHashMap::with_max_entries(262144, BPF_F_NO_COMMON_LRU);
 
 /// Peers that contacted the endpoint; replies to them are allowed.
 #[map]
-pub static INBOUND: LruHashMap<InboundKey, u64> = LruHashMap::with_max_entries(262144, 0);
+pub static INBOUND: LruHashMap<InboundKey, u64> = LruHashMap::with_max_entries(262144, BPF_F_NO_COMMON_LRU);
+
+/// Who is behind a deferred UDP connect(), for the blocked log.
+#[map]
+pub static SOCK_OWNERS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);

@@ -1,6 +1,10 @@
 //! Header parsing for `cgroup_skb` programs, where packet data starts at the
-//! IP header. Every read goes through `bpf_skb_load_bytes` (via `load`), so
-//! short or odd packets fail cleanly instead of reading out of bounds.
+//! IP header. Reads use direct packet access (cgroup_skb may read
+//! `skb->data`..`data_end` with CAP_BPF, kernel 5.2+) and fall back to
+//! `bpf_skb_load_bytes` when a header is not in the linear part, so short or
+//! odd packets fail cleanly instead of reading out of bounds.
+
+use core::mem::size_of;
 
 use agent_common::{proto, v4_mapped};
 use aya_ebpf::programs::SkBuffContext;
@@ -28,32 +32,55 @@ fn has_ports(p: u8) -> bool {
     p == proto::TCP || p == proto::UDP || p == proto::SCTP
 }
 
+/// Reads a `T` at `off` from the IP header on.
+#[inline(always)]
+fn read<T: Copy>(ctx: &SkBuffContext, off: usize) -> Result<T, ()> {
+    // SAFETY: the kernel provides data/data_end for the duration of the run.
+    let (data, end) = unsafe { ((*ctx.skb.skb).data as usize, (*ctx.skb.skb).data_end as usize) };
+    if data + off + size_of::<T>() <= end {
+        // SAFETY: bounds checked against data_end just above.
+        return Ok(unsafe { core::ptr::read_unaligned((data + off) as *const T) });
+    }
+    ctx.load(off).map_err(|_| ())
+}
+
 #[inline(always)]
 fn l4(ctx: &SkBuffContext, f: &mut Flow, off: usize) -> Result<(), ()> {
-    let p: [u8; 4] = ctx.load(off).map_err(|_| ())?;
-    f.sport = [p[0], p[1]];
-    f.dport = [p[2], p[3]];
     if f.proto == proto::TCP {
-        f.tcp_flags = ctx.load(off + 13).map_err(|_| ())?;
+        // Ports (4 bytes) .. flags (byte 13) in one read.
+        let p: [u8; 14] = read(ctx, off)?;
+        f.tcp_flags = p[13];
+        f.sport = [p[0], p[1]];
+        f.dport = [p[2], p[3]];
+    } else {
+        let p: [u8; 4] = read(ctx, off)?;
+        f.sport = [p[0], p[1]];
+        f.dport = [p[2], p[3]];
     }
     Ok(())
 }
 
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+
 #[inline(always)]
 pub fn parse(ctx: &SkBuffContext) -> Result<Flow, ()> {
-    let first: u8 = ctx.load(0).map_err(|_| ())?;
-    match first >> 4 {
-        4 => parse_v4(ctx),
-        6 => parse_v6(ctx),
+    // skb->protocol is set by ip_output/ip6_output (and on receive) before
+    // the cgroup hooks run; the version nibble is checked again below, so a
+    // raw IPv4 socket writing an IPv6 header is malformed, not misread.
+    let protocol = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
+    match protocol {
+        ETH_P_IP => parse_v4(ctx),
+        ETH_P_IPV6 => parse_v6(ctx),
         _ => Err(()),
     }
 }
 
 #[inline(always)]
 fn parse_v4(ctx: &SkBuffContext) -> Result<Flow, ()> {
-    let h: [u8; 20] = ctx.load(0).map_err(|_| ())?;
+    let h: [u8; 20] = read(ctx, 0)?;
     let ihl = ((h[0] & 0x0f) as usize) * 4;
-    if ihl < 20 {
+    if h[0] >> 4 != 4 || ihl < 20 {
         return Err(());
     }
     let frag_off = (((h[6] & 0x1f) as u16) << 8) | h[7] as u16;
@@ -74,7 +101,10 @@ fn parse_v4(ctx: &SkBuffContext) -> Result<Flow, ()> {
 
 #[inline(always)]
 fn parse_v6(ctx: &SkBuffContext) -> Result<Flow, ()> {
-    let h: [u8; 40] = ctx.load(0).map_err(|_| ())?;
+    let h: [u8; 40] = read(ctx, 0)?;
+    if h[0] >> 4 != 6 {
+        return Err(());
+    }
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
     src.copy_from_slice(&h[8..24]);
@@ -110,7 +140,17 @@ fn parse_v6(ctx: &SkBuffContext) -> Result<Flow, ()> {
     }
     let mut f = Flow { proto: nh, src, dst, sport: [0; 2], dport: [0; 2], tcp_flags: 0, v6: true };
     if first_fragment && has_ports(nh) {
-        l4(ctx, &mut f, off)?;
+        if off == 40 {
+            l4(ctx, &mut f, 40)?;
+        } else {
+            // Variable offset after extension headers: helper reads only.
+            let p: [u8; 4] = ctx.load(off).map_err(|_| ())?;
+            f.sport = [p[0], p[1]];
+            f.dport = [p[2], p[3]];
+            if nh == proto::TCP {
+                f.tcp_flags = ctx.load(off + 13).map_err(|_| ())?;
+            }
+        }
     }
     Ok(f)
 }

@@ -8,7 +8,7 @@
 
 use agent_common::{
     loss, proto, DnsHeldPacket, EndpointInfo, Hook, InboundKey, Reason, DNS_MAX_PACKET,
-    ENDPOINT_F_AUDIT,
+    ENDPOINT_F_AUDIT, FLOW_F_DNS,
 };
 use aya_ebpf::{
     helpers::generated::{
@@ -22,9 +22,9 @@ use aya_ebpf::{
 use crate::{
     endpoint,
     events::{bump, count, emit, Attempt},
-    maps::{CONFIG, DNS_HOLD, DNS_SOCKS, INBOUND, LIVE_FLOWS},
+    maps::{CONFIG, DNS_HOLD, DNS_SOCKS, INBOUND, LIVE_FLOWS, SOCK_OWNERS},
     parse::{parse, Flow, TCP_ACK, TCP_SYN},
-    verdict::{decide, Dest},
+    verdict::{decide, is_trusted_resolver, Dest},
 };
 
 const PASS: i32 = 1;
@@ -32,6 +32,16 @@ const DROP: i32 = 0;
 
 pub fn egress(ctx: &SkBuffContext) -> i32 {
     let hook = Hook::SkbEgress;
+    // Hot path, one lookup: a socket whose connect() was allowed. Its peer
+    // cannot change without another connect() (judged by the hook), and a
+    // sendto() to another address meets the sendmsg hook, so neither the
+    // endpoint nor the packet needs looking at. Not counted per packet (it
+    // was counted at connect time): every extra map touched here is a cache
+    // miss on busy nodes.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if LIVE_FLOWS.get_ptr(&cookie).is_some() {
+        return PASS;
+    }
     let Some(cfg) = CONFIG.get(0) else {
         count(hook, Reason::DeniedInternal);
         return DROP;
@@ -51,10 +61,10 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     let (reason, dest) = match parse(ctx) {
         Ok(f) => {
             let d = Dest { proto: f.proto, port: f.dport, ip: f.dst };
-            let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-            let mut r = decide(&ep, &d, netns == cfg.host_netns_cookie);
-            if !r.is_allowed() {
-                r = established(ctx, &ep, &f).unwrap_or(r);
+            let host_netns = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == cfg.host_netns_cookie;
+            let mut r = decide(&ep, &d, host_netns);
+            if !r.is_allowed() && is_reply_to_inbound(&ep, &f) {
+                r = Reason::AllowedInbound;
             }
             (r, d)
         }
@@ -65,6 +75,8 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
         return PASS;
     }
     let audit = ep.flags & ENDPOINT_F_AUDIT != 0;
+    // Datagrams of a deferred UDP connect(): name the process behind them.
+    let owner = unsafe { SOCK_OWNERS.get(&cookie) };
     emit(
         cfg,
         &Attempt {
@@ -76,26 +88,19 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
             proto: dest.proto,
             dport: dest.port,
             daddr: dest.ip,
-            tgid: 0,
-            comm: [0; 16],
+            tgid: owner.map_or(0, |o| o.tgid),
+            comm: owner.map_or([0; 16], |o| o.comm),
         },
     );
     if audit { PASS } else { DROP }
 }
 
-/// Second chance for a packet the policy alone denies, checked only on that
-/// (cold) path: part of a connection allowed at connect time whose learned
-/// IP has since expired, or a reply to a peer that contacted the endpoint.
+/// A reply to a peer that contacted the endpoint (checked only for packets
+/// the policy denies): kubelet probes, Prometheus scrapes.
 #[inline(always)]
-fn established(ctx: &SkBuffContext, ep: &EndpointInfo, f: &Flow) -> Option<Reason> {
+fn is_reply_to_inbound(ep: &EndpointInfo, f: &Flow) -> bool {
     if f.proto != proto::TCP && f.proto != proto::UDP {
-        return None;
-    }
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if let Some(flow) = unsafe { LIVE_FLOWS.get(&cookie) } {
-        if flow.endpoint == ep.endpoint && flow.ip == f.dst {
-            return Some(Reason::AllowedEstablished);
-        }
+        return false;
     }
     let key = InboundKey {
         endpoint: ep.endpoint,
@@ -106,7 +111,7 @@ fn established(ctx: &SkBuffContext, ep: &EndpointInfo, f: &Flow) -> Option<Reaso
         _pad2: [0; 2],
         peer_ip: f.dst,
     };
-    INBOUND.get_ptr(&key).map(|_| Reason::AllowedInbound)
+    INBOUND.get_ptr(&key).is_some()
 }
 
 /// Remembers a peer that opened a TCP connection to, or sent a datagram to,
@@ -114,14 +119,6 @@ fn established(ctx: &SkBuffContext, ep: &EndpointInfo, f: &Flow) -> Option<Reaso
 /// egress, like conntrack: kubelet probes, Prometheus scrapes).
 #[inline(always)]
 fn note_inbound(ep: &EndpointInfo, f: &Flow) {
-    let opens = match f.proto {
-        proto::TCP => f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
-        proto::UDP => true,
-        _ => false,
-    };
-    if !opens {
-        return;
-    }
     let key = InboundKey {
         endpoint: ep.endpoint,
         proto: f.proto,
@@ -131,12 +128,25 @@ fn note_inbound(ep: &EndpointInfo, f: &Flow) {
         _pad2: [0; 2],
         peer_ip: f.src,
     };
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    let _ = INBOUND.insert(&key, &now, 0);
+    // Look before writing: a steady stream from one peer costs a lookup,
+    // not an LRU insert per datagram.
+    if INBOUND.get_ptr(&key).is_none() {
+        let now = unsafe { bpf_ktime_get_boot_ns() };
+        let _ = INBOUND.insert(&key, &now, 0);
+    }
 }
 
 pub fn ingress(ctx: &SkBuffContext) -> i32 {
     let hook = Hook::SkbIngress;
+    // Hot path: traffic into a socket whose connect() was allowed, unless it
+    // talks to a resolver (its answers are held below).
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if let Some(flow) = LIVE_FLOWS.get_ptr(&cookie) {
+        // SAFETY: plain u32 read from a map value.
+        if unsafe { (*flow).flags } & FLOW_F_DNS == 0 {
+            return PASS;
+        }
+    }
     let Some(cfg) = CONFIG.get(0) else {
         count(hook, Reason::DeniedInternal);
         return DROP;
@@ -151,7 +161,10 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
         count(hook, Reason::AllowedIngress);
         return PASS;
     };
-    if f.proto != proto::UDP && !(f.proto == proto::TCP && f.tcp_flags & TCP_SYN != 0) {
+    // Only a connection opening (SYN without ACK) or a datagram needs more
+    // than a counter: everything else in is an established flow.
+    let opens_tcp = f.proto == proto::TCP && f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if f.proto != proto::UDP && !opens_tcp {
         count(hook, Reason::AllowedIngress);
         return PASS;
     }
@@ -164,14 +177,13 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
     };
     // Is this an answer from one of the endpoint's trusted resolvers?
     let from = Dest { proto: proto::UDP, port: f.sport, ip: f.src };
-    if f.proto != proto::UDP || decide(&ep, &from, false) != Reason::AllowedDns {
+    if opens_tcp || !is_trusted_resolver(ep.endpoint, &from) {
         note_inbound(&ep, &f);
         count(hook, Reason::AllowedIngress);
         return PASS;
     }
     // Audit mode learns too (so audit shows what enforcement would allow).
-    let _ = ENDPOINT_F_AUDIT;
-    if hold(ctx, cfg.agent_ready, ep.endpoint, cgid, f.v6) {
+    if hold(ctx, cookie, cfg.agent_ready, ep.endpoint, cgid, f.v6) {
         count(hook, Reason::DnsHeld);
     } else {
         count(hook, Reason::DnsHoldFailed);
@@ -182,13 +194,12 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
 }
 
 #[inline(always)]
-fn hold(ctx: &SkBuffContext, agent_ready: u32, endpoint: u32, cgid: u64, v6: bool) -> bool {
+fn hold(ctx: &SkBuffContext, cookie: u64, agent_ready: u32, endpoint: u32, cgid: u64, v6: bool) -> bool {
     let len = ctx.len();
     if len == 0 || len as usize > DNS_MAX_PACKET {
         bump(loss::DNS_TOO_LARGE);
         return false;
     }
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let Some(owner) = (unsafe { DNS_SOCKS.get(&cookie) }) else {
         bump(loss::DNS_NO_OWNER);
         return false;

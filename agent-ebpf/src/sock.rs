@@ -4,7 +4,9 @@
 //! process and network namespace sent DNS on a socket (`DNS_SOCKS`): the
 //! agent needs both to re-inject the held answer.
 
-use agent_common::{proto, v4_mapped, DnsSockInfo, Hook, LiveFlow, Reason, ENDPOINT_F_AUDIT};
+use agent_common::{
+    proto, v4_mapped, DnsSockInfo, Hook, LiveFlow, Reason, SockOwner, ENDPOINT_F_AUDIT, FLOW_F_DNS,
+};
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
@@ -20,7 +22,7 @@ use aya_ebpf::{
 use crate::{
     endpoint,
     events::{count, emit, Attempt},
-    maps::{CONFIG, DNS_SOCKS, LIVE_FLOWS},
+    maps::{CONFIG, DNS_SOCKS, LIVE_FLOWS, SOCK_OWNERS},
     verdict::{decide, Dest},
 };
 
@@ -57,31 +59,43 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
     // user_port holds the __be16 port zero-extended; its low half in memory
     // order is already network order.
     let dest = Dest { proto: sa.protocol as u8, port: (sa.user_port as u16).to_ne_bytes(), ip };
-    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let reason = decide(&ep, &dest, netns == cfg.host_netns_cookie);
-    count(hook, reason);
-    if reason == Reason::AllowedDns {
-        let info = DnsSockInfo {
-            tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-            endpoint: ep.endpoint,
-            netns_cookie: netns,
-        };
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        // If this fails, the answer is later dropped for lack of an owner
-        // (counted as DNS_NO_OWNER): fail closed, never unlearned.
-        let _ = DNS_SOCKS.insert(&cookie, &info, 0);
-    }
-    if reason == Reason::AllowedFqdn && (hook == Hook::Connect4 || hook == Hook::Connect6) {
-        // The learned IP may expire while the connection lives on; the
-        // per-packet path then finds the socket here. A failed insert only
-        // means a long connection can be cut at expiry: fail closed.
-        let flow = LiveFlow { ip: dest.ip, endpoint: ep.endpoint, _pad: 0 };
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        let _ = LIVE_FLOWS.insert(&cookie, &flow, 0);
-    }
+    let netns = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let reason = decide(&ep, &dest, || netns() == cfg.host_netns_cookie);
+    let connect = hook == Hook::Connect4 || hook == Hook::Connect6;
     if reason.is_allowed() {
+        count(hook, reason);
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        if reason == Reason::AllowedDns {
+            let info = DnsSockInfo {
+                tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+                endpoint: ep.endpoint,
+                netns_cookie: netns(),
+            };
+            // If this fails, the answer is later dropped for lack of an owner
+            // (counted as DNS_NO_OWNER): fail closed, never unlearned.
+            let _ = DNS_SOCKS.insert(&cookie, &info, 0);
+        }
+        if connect {
+            // From now on the socket's packets pass on one lookup, also
+            // after a learned IP's TTL ran out (live connections go on).
+            // A failed insert only sends its packets down the full path.
+            let flags = if reason == Reason::AllowedDns { FLOW_F_DNS } else { 0 };
+            let flow = LiveFlow { ip: dest.ip, endpoint: ep.endpoint, flags };
+            let _ = LIVE_FLOWS.insert(&cookie, &flow, 0);
+        }
         return ALLOW;
     }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    if connect && dest.proto == proto::UDP {
+        // Nothing is sent by a UDP connect(); its datagrams meet the
+        // per-packet check (EPERM on send). Remember who it was for the log.
+        count(hook, Reason::UdpConnectDeferred);
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        let _ = SOCK_OWNERS.insert(&cookie, &SockOwner { tgid, _pad: 0, comm }, 0);
+        return ALLOW;
+    }
+    count(hook, reason);
     let audit = ep.flags & ENDPOINT_F_AUDIT != 0;
     emit(
         cfg,
@@ -94,8 +108,8 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
             proto: if dest.proto == 0 { proto::TCP } else { dest.proto },
             dport: dest.port,
             daddr: dest.ip,
-            tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+            tgid,
+            comm,
         },
     );
     if audit { ALLOW } else { DENY }

@@ -21,7 +21,7 @@ pub struct Dest {
 const DNS_PORT_BE: [u8; 2] = 53u16.to_be_bytes();
 
 #[inline(always)]
-fn is_trusted_resolver(ep: u32, d: &Dest) -> bool {
+pub fn is_trusted_resolver(ep: u32, d: &Dest) -> bool {
     let key = DnsServerKey { endpoint: ep, port: d.port, _pad: [0; 2], ip: d.ip };
     DNS_SERVERS.get_ptr(&key).is_some()
 }
@@ -45,9 +45,10 @@ fn learned(ep: u32, d: &Dest) -> bool {
 }
 
 /// `host_netns`: whether the socket lives in the host's network namespace
-/// (then loopback reaches host services and is denied).
+/// (then loopback reaches host services and is denied); asked only for
+/// loopback destinations, so the helper call stays off the common path.
 #[inline(always)]
-pub fn decide(ep: &EndpointInfo, d: &Dest, host_netns: bool) -> Reason {
+pub fn decide(ep: &EndpointInfo, d: &Dest, host_netns: impl FnOnce() -> bool) -> Reason {
     let l4_dns = d.proto == proto::TCP || d.proto == proto::UDP;
     // DNS only to trusted resolvers: port 53 anywhere else is refused even if
     // a rule would allow the IP, so the resolver is the only DNS path.
@@ -91,7 +92,7 @@ pub fn decide(ep: &EndpointInfo, d: &Dest, host_netns: bool) -> Reason {
             if v.inside_deny_range != 0 { Reason::DeniedRange } else { Reason::DeniedDefault }
         }
         CIDR_KIND_LOOPBACK => {
-            if host_netns { Reason::DeniedRange } else { Reason::AllowedLoopback }
+            if host_netns() { Reason::DeniedRange } else { Reason::AllowedLoopback }
         }
         CIDR_KIND_DENY_RANGE => Reason::DeniedRange,
         _ => Reason::DeniedInternal,

@@ -163,6 +163,7 @@ impl State {
         for s in &ep.policy.dns_servers {
             self.maps.remove_dns_server(&dns_key(id, *s)).map_err(map_err("DNS_SERVERS"))?;
         }
+        self.maps.purge_flows(id).map_err(map_err("LIVE_FLOWS"))?;
         let keys: Vec<_> = self.learned.keys().filter(|k| k.endpoint == id).copied().collect();
         for k in keys {
             self.maps.remove_learned(&k).map_err(map_err("LEARNED"))?;

@@ -41,16 +41,26 @@ enum LoadCmd {
         secs: f64,
         #[arg(long, default_value = "0")]
         prelearn: u32,
+        /// After prelearning print `prelearned` and wait for a line on
+        /// stdin, so the caller can snapshot counters around the workload.
+        #[arg(long)]
+        sync: bool,
     },
 }
 
 pub fn run(args: &LoadArgs) -> Result<()> {
     match &args.cmd {
         LoadCmd::Serve { crr, bulk } => serve(*crr, *bulk),
-        LoadCmd::Client { mode, target, secs, prelearn } => {
+        LoadCmd::Client { mode, target, secs, prelearn, sync } => {
             for n in 1..=*prelearn {
                 let _ = (format!("race-{n}.test"), 80).to_socket_addrs()
                     .with_context(|| format!("resolving race-{n}.test"))?;
+            }
+            if *sync {
+                println!("prelearned");
+                std::io::stdout().flush()?;
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
             }
             let d = Duration::from_secs_f64(*secs);
             match mode.as_str() {

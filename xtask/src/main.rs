@@ -8,6 +8,7 @@
 //! - `demo`, `bench`: see their modules.
 
 mod bench;
+mod calibrate;
 mod demo;
 mod linker;
 mod load;

@@ -2,8 +2,8 @@
 //! agent is the only writer; the kernel only reads these (and writes caches).
 
 use agent_common::{
-    CidrKey, CidrValue, Config, DnsServerKey, EndpointInfo, LearnedKey, LearnedValue,
-    COUNTERS_LEN,
+    CidrKey, CidrValue, Config, DnsServerKey, DnsSockInfo, EndpointInfo, InboundKey, LearnedKey,
+    LearnedValue, LiveFlow, COUNTERS_LEN,
 };
 use aya::{
     Ebpf,
@@ -19,6 +19,9 @@ pub struct PolicyMaps {
     cidrs: LpmTrie<MapData, CidrKey, CidrValue>,
     dns_servers: HashMap<MapData, DnsServerKey, u32>,
     counters: PerCpuArray<MapData, u64>,
+    live_flows: HashMap<MapData, u64, LiveFlow>,
+    dns_socks: HashMap<MapData, u64, DnsSockInfo>,
+    inbound: HashMap<MapData, InboundKey, u64>,
     current: Config,
 }
 
@@ -39,6 +42,9 @@ impl PolicyMaps {
             cidrs: take(ebpf, "CIDRS")?,
             dns_servers: take(ebpf, "DNS_SERVERS")?,
             counters: take(ebpf, "COUNTERS")?,
+            live_flows: take(ebpf, "LIVE_FLOWS")?,
+            dns_socks: take(ebpf, "DNS_SOCKS")?,
+            inbound: take(ebpf, "INBOUND")?,
             current: Config::default(),
         })
     }
@@ -117,10 +123,40 @@ impl PolicyMaps {
         }
     }
 
+    /// Forgets every socket and peer the kernel tracked for `endpoint`, so
+    /// its established connections lose their fast path (and, with the
+    /// endpoint gone, their allowance) once it is removed.
+    pub fn purge_flows(&mut self, endpoint: u32) -> Result<usize, MapError> {
+        let flows: Vec<u64> = self.live_flows.iter().filter_map(Result::ok)
+            .filter(|(_, f)| f.endpoint == endpoint).map(|(k, _)| k).collect();
+        let socks: Vec<u64> = self.dns_socks.iter().filter_map(Result::ok)
+            .filter(|(_, d)| d.endpoint == endpoint).map(|(k, _)| k).collect();
+        let peers: Vec<InboundKey> = self.inbound.keys().filter_map(Result::ok)
+            .filter(|k| k.endpoint == endpoint).collect();
+        let n = flows.len() + socks.len() + peers.len();
+        for k in flows {
+            ignore_missing(self.live_flows.remove(&k))?;
+        }
+        for k in socks {
+            ignore_missing(self.dns_socks.remove(&k))?;
+        }
+        for k in peers {
+            ignore_missing(self.inbound.remove(&k))?;
+        }
+        Ok(n)
+    }
+
     /// Sum over CPUs of every counter (index = `agent_common::counter_index`).
     pub fn counters(&self) -> Result<Vec<u64>, MapError> {
         (0..COUNTERS_LEN)
             .map(|i| self.counters.get(&i, 0).map(|v| v.iter().sum()))
             .collect()
+    }
+}
+
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(e),
     }
 }
