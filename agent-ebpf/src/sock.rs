@@ -112,5 +112,14 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
             comm,
         },
     );
-    if audit { ALLOW } else { DENY }
+    if !audit {
+        return DENY;
+    }
+    if connect {
+        // One audit record per connection, not one per packet.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        let flow = LiveFlow { ip: dest.ip, endpoint: ep.endpoint, flags: 0 };
+        let _ = LIVE_FLOWS.insert(&cookie, &flow, 0);
+    }
+    ALLOW
 }
