@@ -25,7 +25,7 @@ pub fn load_policy(file: Option<&Path>, args: &PolicyArgs) -> Result<CompiledPol
         };
         let overrides = Overrides::from_flags(&args.allow_fqdn, &args.allow_cidr, &args.dns_server)?;
         policy.apply_overrides(&overrides);
-        Ok(compile(&policy, system_resolvers).context("compiling the policy")?)
+        compile(&policy, system_resolvers).context("compiling the policy")
     };
     inner().map_err(BadPolicy)
 }

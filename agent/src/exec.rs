@@ -65,6 +65,9 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
         agent.attach(cgroup.path())?;
         spawn_and_wait(args, &cgroup)
     })();
+    for (what, n) in agent.losses() {
+        eprintln!("portcullis: {n} {what}");
+    }
     agent.shutdown();
     cgroup.remove()?;
     result

@@ -116,6 +116,23 @@ impl Agent {
         self.datapath.attach(cgroup).with_context(|| format!("attaching to {}", cgroup.display()))
     }
 
+    /// Kernel loss counters worth telling a human about, as (what, count).
+    pub fn losses(&self) -> Vec<(&'static str, u64)> {
+        use agent_common::loss;
+        let Ok(c) = lock(&self.state).maps.counters() else { return Vec::new() };
+        let at = |i: u32| c.get(i as usize).copied().unwrap_or(0);
+        [
+            ("blocked-attempt records suppressed by the rate limit", at(loss::EVENT_RATE_LIMITED)),
+            ("blocked-attempt records lost (ring buffer full)", at(loss::EVENT_RINGBUF_FULL)),
+            ("DNS answers dropped (hold buffer full)", at(loss::DNS_RINGBUF_FULL)),
+            ("DNS answers dropped (no owning process recorded)", at(loss::DNS_NO_OWNER)),
+            ("DNS answers dropped (larger than the hold buffer)", at(loss::DNS_TOO_LARGE)),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect()
+    }
+
     /// Stops the workers (the log drains what is queued) and detaches.
     pub fn shutdown(self) {
         self.stop.store(true, Ordering::Relaxed);
