@@ -19,7 +19,7 @@ use aya::maps::{MapData, RingBuf};
 use tracing::{debug, warn};
 
 use crate::{
-    dns::{build_udp, learnable, parse_message, parse_udp},
+    dns::{build_udp, learnable, parse_message, parse_udp, strip_addresses},
     inject::Injector,
     state::State,
 };
@@ -36,6 +36,8 @@ pub struct GateStats {
     pub dropped_inject_failed: AtomicU64,
     pub ips_learned: AtomicU64,
     pub ips_denied_range: AtomicU64,
+    /// Answers rewritten to remove addresses the workload may never reach.
+    pub answers_stripped: AtomicU64,
 }
 
 pub struct Gate {
@@ -78,23 +80,25 @@ impl Gate {
                 return false;
             }
         };
-        let learned = match parse_message(udp.payload).and_then(|m| learnable(&m, MAX_CNAME_CHAIN)) {
-            Ok(l) => l,
+        let parsed = parse_message(udp.payload).and_then(|m| Ok((learnable(&m, MAX_CNAME_CHAIN)?, m)));
+        let (learned, mut msg) = match parsed {
+            Ok(v) => v,
             Err(e) => {
                 debug!(error = %e, endpoint = held.endpoint, "dropping unparseable DNS answer");
                 self.stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
                 return false;
             }
         };
-        {
+        let stripped = {
             let mut st = match self.state.lock() {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             };
-            if st.endpoint(held.endpoint).is_none() {
+            let Some(ep) = st.endpoint(held.endpoint) else {
                 self.stats.dropped_unknown_endpoint.fetch_add(1, Ordering::Relaxed);
                 return false;
-            }
+            };
+            let stripped = strip_addresses(&mut msg, |ip| ep.unreachable(ip));
             if let Some(l) = &learned {
                 let addrs: Vec<(IpAddr, u32)> = l.addrs.iter().map(|a| (a.ip, a.ttl)).collect();
                 match st.learn(held.endpoint, &l.qname, &addrs) {
@@ -103,7 +107,7 @@ impl Gate {
                         self.stats.ips_denied_range.fetch_add(out.denied_range.len() as u64, Ordering::Relaxed);
                         if !out.denied_range.is_empty() {
                             warn!(endpoint = held.endpoint, name = %l.qname, ips = ?out.denied_range,
-                                "DNS answer points an allowed name at an always-denied range; not learned");
+                                "DNS answer points an allowed name at an always-denied range; not learned, stripped");
                         }
                     }
                     Err(e) => {
@@ -113,9 +117,26 @@ impl Gate {
                     }
                 }
             }
-        }
+            stripped
+        };
+        // The rewritten message, or the original bytes when nothing changed.
+        let rewritten;
+        let payload = if stripped.is_empty() {
+            udp.payload
+        } else {
+            self.stats.answers_stripped.fetch_add(1, Ordering::Relaxed);
+            rewritten = match msg.to_vec() {
+                Ok(v) => v,
+                Err(e) => {
+                    debug!(error = %e, "cannot re-encode stripped answer");
+                    self.stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+            };
+            &rewritten[..]
+        };
         // Rebuild: the captured UDP checksum may be a partial (offload) one.
-        let packet = match build_udp(udp.src, udp.dst, udp.payload, 64) {
+        let packet = match build_udp(udp.src, udp.dst, payload, 64) {
             Ok(p) => p,
             Err(e) => {
                 debug!(error = %e, "cannot rebuild answer");

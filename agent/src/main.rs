@@ -40,7 +40,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => exit(code),
         Err(e) if e.downcast_ref::<BadPolicy>().is_some() => {
-            eprintln!("portcullis: invalid policy: {e:#}");
+            eprintln!("portcullis: {e:#}");
             exit(2)
         }
         Err(e) => {

@@ -56,6 +56,23 @@ pub struct Endpoint {
 const MAX_REMEMBERED_NAMES: usize = 8192;
 
 impl Endpoint {
+    /// Whether the workload may never reach `ip` whatever DNS says: it is in
+    /// an always-denied range and no CIDR rule of this endpoint opens it
+    /// (the longest matching prefix decides, as in the kernel).
+    pub fn unreachable(&self, ip: IpAddr) -> bool {
+        if !is_always_denied(ip) {
+            return false;
+        }
+        let ip6 = canonical(ip);
+        let best = self
+            .policy
+            .cidr_entries
+            .iter()
+            .filter(|e| e.net.contains(&ip6))
+            .max_by_key(|e| e.net.prefix_len());
+        best.is_none_or(|e| e.value.kind != agent_common::CIDR_KIND_ALLOW)
+    }
+
     pub fn name_for(&self, ip: IpAddr) -> Option<&str> {
         self.names.get(&IpAddr::V6(canonical(ip))).map(String::as_str)
     }

@@ -14,6 +14,7 @@ use crate::{
 /// Debian packages the tests, demo and bench use.
 pub const PACKAGES: &[&str] = &[
     "iproute2",
+    "iputils-ping",
     "dnsmasq-base",
     "dnsutils",
     "curl",

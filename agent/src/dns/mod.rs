@@ -16,6 +16,7 @@
 
 pub mod answer;
 pub mod packet;
+pub mod rewrite;
 
 #[cfg(test)]
 pub mod testing;
@@ -30,6 +31,7 @@ pub use answer::{
     Learned, LearnedAddr, learnable, name_to_string, parse_message, question, transaction_id,
 };
 pub use packet::{UdpPacket, build_udp, parse_udp};
+pub use rewrite::strip_addresses;
 
 use std::net::SocketAddr;
 

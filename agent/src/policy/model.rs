@@ -167,15 +167,17 @@ pub enum FieldError {
 
 #[derive(Debug, Error)]
 pub enum LoadError {
-    #[error("reading policy file {}: {source}", path.display())]
+    // The underlying errors are part of the message, deliberately not a
+    // `source`: printing the chain (`{:#}`) would repeat them.
+    #[error("reading policy file {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("{origin}: invalid policy: {source}")]
+    #[error("{origin}: invalid policy: {error}")]
     Yaml {
         origin: String,
-        source: Box<serde_saphyr::Error>,
+        error: Box<serde_saphyr::Error>,
     },
     #[error("{origin}: the policy is empty (write `egress: []` to deny all egress but DNS)")]
     Empty { origin: String },
@@ -193,9 +195,9 @@ impl Policy {
     /// Reads and validates a YAML policy file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Policy, LoadError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Self::from_yaml_str(&text, &path.display().to_string())
     }
@@ -204,9 +206,9 @@ impl Policy {
     /// ns/name", ...) prefixes every error message.
     pub fn from_yaml_str(yaml: &str, origin: &str) -> Result<Policy, LoadError> {
         let spec: Option<PolicySpec> =
-            serde_saphyr::from_str(yaml).map_err(|source| LoadError::Yaml {
+            serde_saphyr::from_str(yaml).map_err(|error| LoadError::Yaml {
                 origin: origin.to_owned(),
-                source: Box::new(source),
+                error: Box::new(error),
             })?;
         // An empty document is more likely a broken mount or a truncated file
         // than a deliberate "deny all", which is spelled `egress: []`.

@@ -1,0 +1,371 @@
+//! Shared helpers of the end-to-end enforcement tests: run a command (or a
+//! script of client steps) under `portcullis exec` inside a bench pod, and
+//! inspect exit codes, outputs and the blocked-connection log.
+//!
+//! Every test builds its own [`Bench`]; the agent runs in the root namespace
+//! and puts the command into the pod (`ip netns exec`, so getaddrinfo uses the
+//! bench DNS; or `nsenter`, explicit DNS servers only).
+#![allow(dead_code)]
+
+use portcullis_tests::{Bench, ChildGuard, portcullis_bin, servers::python};
+use serde_json::Value;
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const SOCK_PY: &str = include_str!("../../clients/sock.py");
+pub const RACE_PY: &str = include_str!("../../clients/race.py");
+
+/// The trusted resolver's policy fragment, for policies written by tests.
+pub const DNS_TRUSTED: &str = "dns:\n  servers: [\"198.51.100.53\"]\n";
+
+/// Environment variables of the agent's CLI that must not leak in from the
+/// caller's environment.
+mod kernel;
+mod log;
+#[allow(unused_imports)]
+pub use kernel::*;
+#[allow(unused_imports)]
+pub use log::*;
+
+const AGENT_ENV: [&str; 8] = [
+    "PORTCULLIS_POLICY",
+    "PORTCULLIS_AUDIT",
+    "PORTCULLIS_LOG",
+    "PORTCULLIS_MIN_TTL",
+    "PORTCULLIS_MAX_TTL",
+    "PORTCULLIS_NAME",
+    "PORTCULLIS_CONFIG",
+    "PORTCULLIS_LOG_LEVEL",
+];
+
+pub(crate) static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh path `<dir>/<n>-<name>` (e.g. in the bench's work dir, which
+/// is removed with the bench).
+pub fn fresh_path(dir: &Path, name: &str) -> PathBuf {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!("{n}-{name}"))
+}
+
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = fresh_path(dir, name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A temp dir for tests that need no bench; removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("pc-e2e-{}-{n}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The agent command with a clean environment.
+pub fn agent_cmd() -> Command {
+    let bin = portcullis_bin().expect("agent binary (set PORTCULLIS_BIN)");
+    let mut cmd = Command::new(bin);
+    for v in AGENT_ENV {
+        cmd.env_remove(v);
+    }
+    cmd
+}
+
+/// Exit status as a shell reports it: the code, or 128+N for signal N.
+pub fn shell_code(st: ExitStatus) -> i32 {
+    st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0))
+}
+
+/// Runs `cmd` (stdout/stderr to files) with a deadline; on timeout the child
+/// is stopped (SIGTERM, then SIGKILL) and the test fails.
+pub fn run_with_deadline(dir: &Path, mut cmd: Command, limit: Duration) -> Ran {
+    let (out, err) = (fresh_path(dir, "stdout"), fresh_path(dir, "stderr"));
+    cmd.stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap());
+    let started = Instant::now();
+    let mut child = ChildGuard::spawn(cmd).expect("spawn");
+    let pid = child.pid();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if started.elapsed() > limit {
+            child.stop();
+            panic!(
+                "timed out after {limit:?}; stdout:\n{}\nstderr:\n{}",
+                read(&out),
+                read(&err)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Ran {
+        pid,
+        code: shell_code(status),
+        stdout: read(&out),
+        stderr: read(&err),
+        elapsed: started.elapsed(),
+    }
+}
+
+pub(crate) fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+#[derive(Debug)]
+pub struct Ran {
+    /// PID of the process run (for `portcullis exec`: its cgroup's suffix).
+    pub pid: u32,
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+/// How the command gets into the pod's network namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enter {
+    /// `ip netns exec <pod-ns> ...`: the bench resolv.conf applies.
+    NetnsExec,
+    /// `nsenter --net=/run/netns/<pod-ns> ...`: no resolv.conf.
+    Nsenter,
+    /// The command as given (it enters a namespace itself, or none).
+    AsIs,
+}
+
+/// One `portcullis exec` invocation.
+pub struct Exec<'b> {
+    bench: &'b Bench,
+    pod: String,
+    policy: Option<String>,
+    args: Vec<String>,
+    enter: Enter,
+    limit: Duration,
+}
+
+impl<'b> Exec<'b> {
+    pub fn new(bench: &'b Bench) -> Self {
+        Self {
+            bench,
+            pod: "pod".into(),
+            policy: None,
+            args: vec![],
+            enter: Enter::NetnsExec,
+            limit: Duration::from_secs(30),
+        }
+    }
+    /// Policy YAML, written to a file and passed as `--policy`.
+    pub fn policy(mut self, yaml: &str) -> Self {
+        self.policy = Some(yaml.to_owned());
+        self
+    }
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.to_owned());
+        self
+    }
+    pub fn args(mut self, a: &[&str]) -> Self {
+        self.args.extend(a.iter().map(|s| s.to_string()));
+        self
+    }
+    pub fn enter(mut self, e: Enter) -> Self {
+        self.enter = e;
+        self
+    }
+    pub fn pod(mut self, pod: &str) -> Self {
+        self.pod = pod.to_owned();
+        self
+    }
+    pub fn limit(mut self, d: Duration) -> Self {
+        self.limit = d;
+        self
+    }
+
+    /// Runs `portcullis exec [--policy P] --log L ARGS -- <enter> CMD...`.
+    pub fn run(&self, cmd: &[&str]) -> Outcome {
+        let work = self.bench.workdir();
+        let log = fresh_path(work, "blocked.jsonl");
+        let mut c = agent_cmd();
+        c.arg("exec");
+        if let Some(p) = &self.policy {
+            c.arg("--policy").arg(write_file(work, "policy.yaml", p));
+        }
+        c.arg("--log").arg(&log).args(&self.args).arg("--");
+        match self.enter {
+            Enter::NetnsExec => {
+                c.args(["ip", "netns", "exec", self.bench.pod_ns_name(&self.pod)]);
+            }
+            Enter::Nsenter => {
+                c.args(self.bench.nsenter_args(&self.pod));
+            }
+            Enter::AsIs => {}
+        }
+        c.args(cmd);
+        let ran = run_with_deadline(work, c, self.limit);
+        Outcome {
+            log: Log::read(&log),
+            ran,
+        }
+    }
+
+    /// Runs a script of named shell steps in one agent run; each step's
+    /// exit code, output and duration are collected separately. Steps see
+    /// `$PY` (python3), `$SOCK` (clients/sock.py) and `$RACE` (clients/race.py).
+    pub fn steps(&self, steps: &[(&str, &str)]) -> Steps {
+        let dir = fresh_path(self.bench.workdir(), "steps");
+        std::fs::create_dir(&dir).unwrap();
+        let mut sh = String::from("#!/bin/sh\n");
+        sh += &format!(
+            "PY={}\nSOCK={}\nRACE={}\n",
+            python().display(),
+            client(self.bench, "sock.py", SOCK_PY).display(),
+            client(self.bench, "race.py", RACE_PY).display()
+        );
+        for (i, (_, cmd)) in steps.iter().enumerate() {
+            let d = dir.display();
+            sh += &format!(
+                "s=$(date +%s%N); ( {cmd}\n) >{d}/{i}.out 2>{d}/{i}.err </dev/null; rc=$?; \
+                 e=$(date +%s%N); echo \"$rc $(( (e - s) / 1000000 ))\" >{d}/{i}.rc\n"
+            );
+        }
+        let script = dir.join("script.sh");
+        std::fs::write(&script, sh).unwrap();
+        let outcome = self.run(&["sh", script.to_str().unwrap()]);
+        let results = steps
+            .iter()
+            .enumerate()
+            .map(|(i, (name, cmd))| {
+                let rc = read(&dir.join(format!("{i}.rc")));
+                let (code, ms) = rc.trim().split_once(' ').unwrap_or_else(|| {
+                    panic!(
+                        "step {name} did not run (agent exit {}); stderr:\n{}",
+                        outcome.ran.code, outcome.ran.stderr
+                    )
+                });
+                Step {
+                    name: name.to_string(),
+                    cmd: cmd.to_string(),
+                    code: code.parse().unwrap(),
+                    ms: ms.parse().unwrap(),
+                    stdout: read(&dir.join(format!("{i}.out"))),
+                    stderr: read(&dir.join(format!("{i}.err"))),
+                }
+            })
+            .collect();
+        Steps { outcome, results }
+    }
+}
+
+/// Writes a client script into the bench's work dir (once per bench).
+pub fn client(bench: &Bench, name: &str, text: &str) -> PathBuf {
+    let p = bench.workdir().join(name);
+    if !p.exists() {
+        std::fs::write(&p, text).unwrap();
+    }
+    p
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub ran: Ran,
+    pub log: Log,
+}
+
+impl Outcome {
+    pub fn code(&self) -> i32 {
+        self.ran.code
+    }
+    /// Asserts the exit code, showing outputs and log otherwise.
+    pub fn expect_code(&self, want: i32) -> &Self {
+        assert_eq!(
+            self.ran.code, want,
+            "exit code; stdout:\n{}\nstderr:\n{}\nlog:\n{}",
+            self.ran.stdout, self.ran.stderr, self.log.raw
+        );
+        self
+    }
+}
+
+#[derive(Debug)]
+pub struct Step {
+    pub name: String,
+    pub cmd: String,
+    pub code: i32,
+    pub ms: u64,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+#[derive(Debug)]
+pub struct Steps {
+    pub outcome: Outcome,
+    pub results: Vec<Step>,
+}
+
+impl Steps {
+    pub fn get(&self, name: &str) -> &Step {
+        self.results
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no step {name}"))
+    }
+    pub fn log(&self) -> &Log {
+        &self.outcome.log
+    }
+    fn show(&self, s: &Step) -> String {
+        format!(
+            "step {} `{}`: exit {} after {} ms\nstdout: {}\nstderr: {}\nlog:\n{}",
+            s.name, s.cmd, s.code, s.ms, s.stdout, s.stderr, self.outcome.log.raw
+        )
+    }
+    /// The step succeeded and printed exactly `stdout`.
+    pub fn ok(&self, name: &str, stdout: &str) {
+        let s = self.get(name);
+        assert!(
+            s.code == 0 && s.stdout == stdout,
+            "want exit 0, stdout {stdout:?}; {}",
+            self.show(s)
+        );
+    }
+    /// The step exited with `code` within `max_ms`.
+    pub fn fails(&self, name: &str, code: i32, max_ms: u64) -> &Step {
+        let s = self.get(name);
+        assert!(
+            s.code == code && s.ms <= max_ms,
+            "want exit {code} within {max_ms} ms; {}",
+            self.show(s)
+        );
+        s
+    }
+    /// A `sock.py` step: its JSON result.
+    pub fn sock(&self, name: &str) -> Value {
+        let s = self.get(name);
+        serde_json::from_str(s.stdout.trim())
+            .unwrap_or_else(|e| panic!("sock.py output ({e}); {}", self.show(s)))
+    }
+    /// A `sock.py` step failed at `stage` with `errno` (e.g. EPERM).
+    pub fn sock_errno(&self, name: &str, stage: &str, errno: &str) {
+        let v = self.sock(name);
+        assert!(
+            v["ok"] == false && v["stage"] == stage && v["errno"] == errno,
+            "want {stage} failing with {errno}; {}",
+            self.show(self.get(name))
+        );
+    }
+}

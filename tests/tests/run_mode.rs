@@ -1,0 +1,192 @@
+//! `portcullis run --config node.yaml`: node mode on a cgroup the test
+//! created, with clients moved into that cgroup (and a child of it), until
+//! SIGTERM; then exit 0 and nothing attached.
+
+mod common;
+
+use common::{Log, TestCgroup, agent_cmd, attached, fresh_path, run_with_deadline, s, wait_for};
+use portcullis_tests::{Bench, ChildGuard, require_root};
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn config(log: &Path, cg: &Path) -> String {
+    format!(
+        r#"log: {log}
+endpoints:
+  - name: run-ep
+    namespace: team-a
+    pod: pod-a
+    cgroup: {cg}
+    policy:
+      egress:
+        - toFQDNs: [{{matchName: api.example.test}}]
+          ports: [{{port: 443}}]
+      dns:
+        servers: ["198.51.100.53"]
+"#,
+        log = log.display(),
+        cg = cg.display()
+    )
+}
+
+/// `sh -c 'echo $$ > CG/cgroup.procs; exec ip netns exec POD-NS ARGV...'`.
+fn in_cgroup(bench: &Bench, cg: &Path, argv: &str) -> common::Ran {
+    let mut c = Command::new("sh");
+    c.arg("-c").arg(format!(
+        "echo $$ > {}/cgroup.procs && exec ip netns exec {} {argv}",
+        cg.display(),
+        bench.pod_ns_name("pod")
+    ));
+    run_with_deadline(bench.workdir(), c, Duration::from_secs(10))
+}
+
+/// The agent's tracing lines (JSON) on stderr.
+fn tracing_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn run_mode_enforces_a_configured_cgroup_until_sigterm() {
+    if !require_root() {
+        return;
+    }
+    let bench = Bench::start().unwrap();
+    let cg = TestCgroup::create("run");
+    let child_cg = cg.path.join("container");
+    std::fs::create_dir(&child_cg).unwrap();
+    let log = fresh_path(bench.workdir(), "blocked.jsonl");
+    let cfg = common::write_file(bench.workdir(), "node.yaml", &config(&log, &cg.path));
+    let stderr = fresh_path(bench.workdir(), "run.stderr");
+    let mut c = agent_cmd();
+    c.args(["run", "--config"])
+        .arg(&cfg)
+        .env("PORTCULLIS_LOG_LEVEL", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap());
+    let mut agent = ChildGuard::spawn(c).unwrap();
+    wait_for(
+        "portcullis run to log \"ready\"",
+        Duration::from_secs(10),
+        || {
+            if let Some(st) = agent.try_wait().unwrap() {
+                panic!(
+                    "run exited early ({st}): {}",
+                    std::fs::read_to_string(&stderr).unwrap()
+                );
+            }
+            tracing_lines(&stderr)
+                .iter()
+                .any(|l| l["fields"]["message"] == "ready")
+                .then_some(())
+        },
+    );
+    let att = attached(&cg.path);
+    att.expect_all_hooks();
+
+    let curl = "curl -sS --max-time 3";
+    for where_ in [&cg.path, &child_cg] {
+        let ok = in_cgroup(
+            &bench,
+            where_,
+            &format!("{curl} -4 http://api.example.test:443/"),
+        );
+        assert_eq!(
+            (ok.code, ok.stdout.as_str()),
+            (0, "hello from 203.0.113.10:443\n"),
+            "{ok:?}"
+        );
+        for url in [
+            "-4 http://api.example.test:80/",
+            "-4 http://other.example.test:443/",
+            "http://169.254.169.254/",
+        ] {
+            let r = in_cgroup(&bench, where_, &format!("{curl} {url}"));
+            assert_eq!(r.code, 7, "{url} from {}: {r:?}", where_.display());
+        }
+        let dig = in_cgroup(
+            &bench,
+            where_,
+            "dig +short +time=1 +tries=1 @198.51.100.99 api.example.test",
+        );
+        assert_eq!(dig.code, 9, "{dig:?}");
+    }
+    // Outside the configured cgroup nothing changes.
+    let free = bench
+        .cmd_in_pod("pod", "curl")
+        .args(["-sS", "--max-time", "3", "http://169.254.169.254/"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&free.stdout),
+        "hello from 169.254.169.254:80\n"
+    );
+
+    // SIGTERM: clean exit, nothing attached, the log flushed.
+    // SAFETY: kill(2) on our own, not yet reaped child.
+    assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) }, 0);
+    let status = wait_for("run to exit", Duration::from_secs(10), || {
+        agent.try_wait().unwrap()
+    });
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{}",
+        std::fs::read_to_string(&stderr).unwrap()
+    );
+    att.expect_detached();
+    assert!(
+        cg.path.exists(),
+        "run must not remove a cgroup it did not create"
+    );
+
+    let log = Log::read(&log);
+    log.expect_well_formed("run-ep");
+    let who = [
+        ("endpoint", s("run-ep")),
+        ("namespace", s("team-a")),
+        ("pod", s("pod-a")),
+    ];
+    for (dst, port, reason) in [
+        ("203.0.113.10", 80, "denied-default"),
+        ("203.0.113.20", 443, "denied-default"),
+        ("169.254.169.254", 80, "denied-range"),
+        ("198.51.100.99", 53, "denied-dns-server"),
+    ] {
+        let mut want = who.to_vec();
+        want.push(("reason", s(reason)));
+        want.push(("verdict", s("blocked")));
+        // Once from the endpoint cgroup, once from its child.
+        let n = log
+            .to(dst, port)
+            .iter()
+            .filter(|r| r["reason"] == reason)
+            .count();
+        assert_eq!(n, 2, "{dst}:{port}: {}", log.raw);
+        log.expect(dst, port, &want);
+    }
+}
+
+#[test]
+fn run_mode_rejects_a_bad_config_before_attaching() {
+    if !require_root() {
+        return;
+    }
+    let bench = Bench::start().unwrap();
+    let cg = TestCgroup::create("runbad");
+    let log = fresh_path(bench.workdir(), "blocked.jsonl");
+    let bad = config(&log, &cg.path).replace("port: 443", "port: 443, protocl: TCP");
+    let cfg = common::write_file(bench.workdir(), "node.yaml", &bad);
+    let mut c = agent_cmd();
+    c.args(["run", "--config"]).arg(&cfg);
+    let r = run_with_deadline(bench.workdir(), c, Duration::from_secs(10));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("protocl"), "{}", r.stderr);
+    assert!(attached(&cg.path).progs.is_empty());
+}
