@@ -32,8 +32,15 @@ const _: () = assert!(size_of::<DeniedEvent>() == 72);
 /// Largest DNS answer packet (IP header included) the hold path carries.
 pub const DNS_MAX_PACKET: usize = 4096 + 64;
 
-/// `DNS_HOLD`: a DNS answer held back in `cgroup_skb/ingress`. The agent
-/// learns from it, then re-injects `data[..len]` marked with `inject_mark`.
+/// `DnsHeldPacket::kind`: an answer held in `cgroup_skb/ingress`.
+pub const DNS_KIND_ANSWER: u32 = 0;
+/// `DnsHeldPacket::kind`: a copy of a query seen in `cgroup_skb/egress`
+/// (the query itself goes on).
+pub const DNS_KIND_QUERY: u32 = 1;
+
+/// `DNS_HOLD`: a DNS answer held back (ingress: learned from, then
+/// re-injected marked with `inject_mark`), or a copy of a query (egress:
+/// recorded so the answer can be paired with it and checked).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct DnsHeldPacket {
@@ -47,9 +54,12 @@ pub struct DnsHeldPacket {
     pub len: u32,
     /// 4 or 6.
     pub family: u32,
+    /// `DNS_KIND_*`.
+    pub kind: u32,
+    pub _pad: u32,
     pub data: [u8; DNS_MAX_PACKET],
 }
-const _: () = assert!(size_of::<DnsHeldPacket>() == 48 + DNS_MAX_PACKET);
+const _: () = assert!(size_of::<DnsHeldPacket>() == 56 + DNS_MAX_PACKET);
 
 #[cfg(feature = "user")]
 mod user {

@@ -44,6 +44,10 @@ pub enum Reason {
     DnsHoldFailed = 25,
     /// An internal error (map update failed): denied, fail closed.
     DeniedInternal = 26,
+    /// A DNS query for a name the policy does not allow: answered by the
+    /// agent (NXDOMAIN by default), it never reaches a resolver. Set in user
+    /// space, which sees the query name.
+    DeniedDnsName = 27,
 }
 
 impl Reason {
@@ -72,6 +76,7 @@ impl Reason {
             24 => Self::DnsHeld,
             25 => Self::DnsHoldFailed,
             26 => Self::DeniedInternal,
+            27 => Self::DeniedDnsName,
             _ => return None,
         })
     }
@@ -96,6 +101,7 @@ impl Reason {
             Self::DnsHeld => "dns-held",
             Self::DnsHoldFailed => "dns-hold-failed",
             Self::DeniedInternal => "denied-internal",
+            Self::DeniedDnsName => "denied-dns-name",
         }
     }
 }

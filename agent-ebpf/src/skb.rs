@@ -7,8 +7,8 @@
 //! the agent has learned from them (see `dns_hold`).
 
 use agent_common::{
-    loss, proto, DnsHeldPacket, EndpointInfo, Hook, InboundKey, Reason, DNS_MAX_PACKET,
-    ENDPOINT_F_AUDIT, FLOW_F_DNS,
+    loss, proto, DnsHeldPacket, EndpointInfo, Hook, InboundKey, Reason, DNS_KIND_ANSWER,
+    DNS_KIND_QUERY, DNS_MAX_PACKET, ENDPOINT_F_AUDIT, FLOW_F_DNS,
 };
 use aya_ebpf::{
     helpers::generated::{
@@ -39,8 +39,12 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     // was counted at connect time): every extra map touched here is a cache
     // miss on busy nodes.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if LIVE_FLOWS.get_ptr(&cookie).is_some() {
-        return PASS;
+    if let Some(flow) = LIVE_FLOWS.get_ptr(&cookie) {
+        // Resolver sockets go on: their queries are held below.
+        // SAFETY: plain u32 read from a map value.
+        if unsafe { (*flow).flags } & FLOW_F_DNS == 0 {
+            return PASS;
+        }
     }
     let Some(cfg) = CONFIG.get(0) else {
         count(hook, Reason::DeniedInternal);
@@ -59,6 +63,21 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
         };
     };
     let (reason, dest) = match parse(ctx) {
+        Ok(f) if f.proto == proto::UDP && is_trusted_resolver(ep.endpoint, &Dest { proto: f.proto, port: f.dport, ip: f.dst }) => {
+            // A query to a trusted resolver: the agent gets a copy (in the
+            // same ring as the answers, so it always sees a query before its
+            // answer) to check the name and to pair the answer with it. The
+            // query itself goes on: a cgroup egress program cannot drop a
+            // packet silently (return 2 becomes -ENOBUFS, which glibc's
+            // resolver sockets, with IP_RECVERR, report as a send failure).
+            if hold(ctx, cookie, cfg.agent_ready, ep.endpoint, cgid, f.v6, DNS_KIND_QUERY) {
+                count(hook, Reason::AllowedDns);
+                return PASS;
+            }
+            // No copy, no answer will be accepted: fail now (EPERM).
+            count(hook, Reason::DnsHoldFailed);
+            return DROP;
+        }
         Ok(f) => {
             let d = Dest { proto: f.proto, port: f.dport, ip: f.dst };
             let host_netns = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == cfg.host_netns_cookie;
@@ -183,7 +202,7 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
         return PASS;
     }
     // Audit mode learns too (so audit shows what enforcement would allow).
-    if hold(ctx, cookie, cfg.agent_ready, ep.endpoint, cgid, f.v6) {
+    if hold(ctx, cookie, cfg.agent_ready, ep.endpoint, cgid, f.v6, DNS_KIND_ANSWER) {
         count(hook, Reason::DnsHeld);
     } else {
         count(hook, Reason::DnsHoldFailed);
@@ -194,7 +213,7 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
 }
 
 #[inline(always)]
-fn hold(ctx: &SkBuffContext, cookie: u64, agent_ready: u32, endpoint: u32, cgid: u64, v6: bool) -> bool {
+fn hold(ctx: &SkBuffContext, cookie: u64, agent_ready: u32, endpoint: u32, cgid: u64, v6: bool, kind: u32) -> bool {
     let len = ctx.len();
     if len == 0 || len as usize > DNS_MAX_PACKET {
         bump(loss::DNS_TOO_LARGE);
@@ -222,6 +241,8 @@ fn hold(ctx: &SkBuffContext, cookie: u64, agent_ready: u32, endpoint: u32, cgid:
         (*p).tgid = owner.tgid;
         (*p).len = len;
         (*p).family = if v6 { 6 } else { 4 };
+        (*p).kind = kind;
+        (*p)._pad = 0;
         // Bounded copy the verifier can follow: 1..=DNS_MAX_PACKET.
         // black_box: keep LLVM from folding this check into the one above,
         // which leaves the verifier without a bound on the helper's size.

@@ -95,6 +95,10 @@ pub struct ExecArgs {
     /// Longest time a learned IP stays allowed, whatever the DNS TTL.
     #[arg(long, env = "PORTCULLIS_MAX_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub max_ttl: std::time::Duration,
+    /// Answer to a query for a name the policy does not allow: nxdomain
+    /// (default; musl gives up the search list on refused) or refused.
+    #[arg(long, env = "PORTCULLIS_DNS_DENY_RCODE", default_value = "nxdomain", value_parser = crate::gate::parse_deny_rcode)]
+    pub dns_deny_rcode: hickory_proto::op::ResponseCode,
     /// Name of the endpoint in logs (default: exec-<pid>).
     #[arg(long, env = "PORTCULLIS_NAME")]
     pub name: Option<String>,

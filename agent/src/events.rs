@@ -22,6 +22,37 @@ use crate::{
     state::{State, boot_ns},
 };
 
+/// Where blocked-connection records go; shared by the kernel-event reader
+/// and the DNS gate (refused queries), so the log is one stream.
+pub type LogSink = Arc<Mutex<Box<dyn Write + Send>>>;
+
+pub fn log_sink(w: Box<dyn Write + Send>) -> LogSink {
+    Arc::new(Mutex::new(w))
+}
+
+/// Writes one JSON line (and flushes: the log is read while we run).
+pub fn write_record(sink: &LogSink, rec: &BlockedRecord) {
+    let Ok(line) = serde_json::to_string(rec) else { return };
+    let mut w = match sink.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    let _ = writeln!(w, "{line}");
+    let _ = w.flush();
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// The command name of a process, for records made in user space.
+pub fn proc_comm(tgid: u32) -> Option<String> {
+    (tgid != 0)
+        .then(|| std::fs::read_to_string(format!("/proc/{tgid}/comm")).ok())
+        .flatten()
+        .map(|s| s.trim_end().to_owned())
+}
+
 /// One line of the blocked-connection log.
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct BlockedRecord {
@@ -106,12 +137,7 @@ fn decode(bytes: &[u8]) -> Option<DeniedEvent> {
 
 /// Consumes denied-attempt events and writes JSON lines to `out` until
 /// `stop` is set, then drains what is left.
-pub fn run(
-    mut ring: RingBuf<MapData>,
-    state: Arc<Mutex<State>>,
-    mut out: Box<dyn Write + Send>,
-    stop: Arc<AtomicBool>,
-) {
+pub fn run(mut ring: RingBuf<MapData>, state: Arc<Mutex<State>>, out: LogSink, stop: Arc<AtomicBool>) {
     let fd = ring.as_raw_fd();
     loop {
         let stopping = stop.load(Ordering::Relaxed);
@@ -124,11 +150,8 @@ pub fn run(
                 };
                 record(&ev, &st)
             };
-            if let Ok(line) = serde_json::to_string(&rec) {
-                let _ = writeln!(out, "{line}");
-            }
+            write_record(&out, &rec);
         }
-        let _ = out.flush();
         if stopping {
             return;
         }

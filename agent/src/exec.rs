@@ -19,6 +19,7 @@ use crate::{
     cgroup::{OwnedCgroup, cgroup2_mount},
     check::load_policy,
     cli::ExecArgs,
+    gate::GateOptions,
     runtime::{Agent, AgentOptions},
     state::{Identity, TtlBounds},
 };
@@ -58,6 +59,7 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
         unmanaged_allow: false,
         events_per_sec: 50,
         events_burst: 200,
+        gate: GateOptions { deny_rcode: args.dns_deny_rcode },
     })?;
     let name = args.name.clone().unwrap_or_else(|| format!("exec-{pid}"));
     let result = (|| -> Result<i32> {

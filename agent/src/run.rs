@@ -18,6 +18,7 @@ use crate::{
     cgroup::cgroup_id,
     check::BadPolicy,
     cli::RunArgs,
+    gate::{GateOptions, parse_deny_rcode},
     policy::{CompiledPolicy, Policy, PolicySpec, compile, system_resolvers},
     runtime::{Agent, AgentOptions, lock},
     state::{Identity, TtlBounds},
@@ -33,6 +34,9 @@ pub struct NodeConfig {
     pub min_ttl_seconds: u64,
     #[serde(default = "default_max_ttl")]
     pub max_ttl_seconds: u64,
+    /// `nxdomain` (default) or `refused` for queries of names not allowed.
+    #[serde(default)]
+    pub dns_deny_rcode: Option<String>,
     pub endpoints: Vec<EndpointConfig>,
 }
 
@@ -104,6 +108,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let cfg = load_config(&args.config)?;
     let base = args.config.parent().unwrap_or(Path::new("."));
     let endpoints = prepare(&cfg, base)?;
+    let deny_rcode = match &cfg.dns_deny_rcode {
+        Some(s) => parse_deny_rcode(s).map_err(|e| BadPolicy(anyhow::anyhow!("dnsDenyRcode: {e}")))?,
+        None => GateOptions::default().deny_rcode,
+    };
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);
     set.add(Signal::SIGTERM);
@@ -122,6 +130,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         unmanaged_allow: true,
         events_per_sec: 50,
         events_burst: 200,
+        gate: GateOptions { deny_rcode },
     })?;
     let result = (|| -> Result<()> {
         for ep in endpoints {

@@ -20,7 +20,7 @@ use tracing::warn;
 use crate::{
     ebpf::{Datapath, loader::current_netns_cookie},
     events,
-    gate::{Gate, GateStats},
+    gate::{Gate, GateOptions, GateStats},
     state::{Identity, State, TtlBounds},
     policy::CompiledPolicy,
 };
@@ -34,6 +34,7 @@ pub struct AgentOptions {
     /// Denied-attempt events per endpoint per second (per CPU) and burst.
     pub events_per_sec: u32,
     pub events_burst: u32,
+    pub gate: GateOptions,
 }
 
 pub struct Agent {
@@ -73,7 +74,8 @@ impl Agent {
         let denied = datapath.take_denied_events().context("event ring missing")?;
         let state = Arc::new(Mutex::new(State::new(maps, opts.ttl)));
         let stop = Arc::new(AtomicBool::new(false));
-        let gate = Gate::new(state.clone(), cfg.inject_mark);
+        let log = events::log_sink(opts.log);
+        let gate = Gate::new(state.clone(), cfg.inject_mark, log.clone(), opts.gate);
         let gate_stats = gate.stats.clone();
         let mut threads = Vec::new();
         {
@@ -82,7 +84,6 @@ impl Agent {
         }
         {
             let (stop, state) = (stop.clone(), state.clone());
-            let log = opts.log;
             threads.push(
                 thread::Builder::new().name("blocked-log".into()).spawn(move || events::run(denied, state, log, stop))?,
             );

@@ -195,9 +195,13 @@ fn explicit_cidr_opens_a_hole_in_a_denied_range() {
 #[test]
 fn dns_only_to_trusted_resolvers() {
     let Some(h) = harness(false) else { return };
-    assert_eq!(h.egress("198.51.100.53", L4::Udp(53)), ALLOW);
     assert_eq!(h.egress("198.51.100.53", L4::Tcp(53)), ALLOW);
-    assert_eq!(h.egress("2001:db8:53::53", L4::Udp(53)), ALLOW);
+    // A UDP query is copied to the agent with its owner (recorded by the
+    // connect/sendmsg hooks) so the answer can be paired with it. The
+    // synthetic socket has none: the query fails closed.
+    assert_eq!(h.egress("198.51.100.53", L4::Udp(53)), DROP);
+    assert_eq!(h.egress("2001:db8:53::53", L4::Udp(53)), DROP);
+    assert_eq!(h.counter(Hook::SkbEgress, Reason::DnsHoldFailed), 2);
     assert_eq!(h.egress("198.51.100.99", L4::Udp(53)), DROP);
     assert_eq!(h.egress("8.8.8.8", L4::Tcp(53)), DROP);
     assert_eq!(h.counter(Hook::SkbEgress, Reason::DeniedDnsServer), 2);

@@ -16,6 +16,7 @@
 
 pub mod answer;
 pub mod packet;
+pub mod query;
 pub mod rewrite;
 
 #[cfg(test)]
@@ -31,6 +32,7 @@ pub use answer::{
     Learned, LearnedAddr, learnable, name_to_string, parse_message, question, transaction_id,
 };
 pub use packet::{UdpPacket, build_udp, parse_udp};
+pub use query::{Suspicion, parse_query, refusal, suspicion};
 pub use rewrite::strip_addresses;
 
 use std::net::SocketAddr;
@@ -41,6 +43,9 @@ use std::net::SocketAddr;
 /// then dropped or re-injected anyway is the caller's decision.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DnsError {
+    /// Not a standard query with exactly one question.
+    #[error("not a standard query with one question")]
+    NotAQuery,
     /// The IP header (or an extension header) is truncated, has an unknown
     /// version or a length field that does not fit the buffer.
     #[error("malformed IP packet: {0}")]

@@ -1,9 +1,11 @@
 //! Typed access to the policy maps (the firezone "Program facade"). The
 //! agent is the only writer; the kernel only reads these (and writes caches).
 
+use std::collections::{HashMap as StdHashMap, HashSet};
+
 use agent_common::{
     CidrKey, CidrValue, Config, DnsServerKey, DnsSockInfo, EndpointInfo, InboundKey, LearnedKey,
-    LearnedValue, LiveFlow, COUNTERS_LEN,
+    LearnedValue, LiveFlow, COUNTERS_LEN, FLOW_F_DNS,
 };
 use aya::{
     Ebpf,
@@ -144,6 +146,19 @@ impl PolicyMaps {
             ignore_missing(self.inbound.remove(&k))?;
         }
         Ok(n)
+    }
+
+    /// Destination IPs of the connections the kernel let through, per
+    /// endpoint (`LIVE_FLOWS`, resolver sockets left out). One iteration of
+    /// the map: call it rarely (learned-address caps call it only to evict).
+    pub fn live_ips(&self) -> StdHashMap<u32, HashSet<[u8; 16]>> {
+        let mut out: StdHashMap<u32, HashSet<[u8; 16]>> = StdHashMap::new();
+        for (_, f) in self.live_flows.iter().filter_map(Result::ok) {
+            if f.flags & FLOW_F_DNS == 0 {
+                out.entry(f.endpoint).or_default().insert(f.ip);
+            }
+        }
+        out
     }
 
     /// Sum over CPUs of every counter (index = `agent_common::counter_index`).

@@ -1,20 +1,27 @@
 //! The agent's view of what it enforces: endpoints, their compiled policies,
-//! what each learned from DNS (with expiry), and the names it saw per IP (so
-//! the blocked-connection log can say which host an IP was for).
+//! what each learned from DNS (with expiry and caps: `learned`), and the
+//! names it saw per IP (so the blocked-connection log can say which host an
+//! IP was for).
 //!
 //! One `Mutex<State>` guards it together with the map handles: every change
 //! of kernel state goes through here, so user-space bookkeeping and maps
 //! never disagree.
 
+mod learned;
+mod table;
+
 use std::{
     collections::HashMap,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     time::Duration,
 };
 
-use agent_common::{DnsServerKey, ENDPOINT_F_AUDIT, EndpointInfo, LearnedKey, LearnedValue, MAX_ENDPOINTS};
+use agent_common::{DnsServerKey, ENDPOINT_F_AUDIT, EndpointInfo, LearnedValue, MAX_ENDPOINTS};
 use aya::maps::MapError;
 use thiserror::Error;
+use tracing::warn;
+
+pub use learned::{CapStats, Caps, Changes, LEARNED_CAPACITY, LearnedTable};
 
 use crate::{
     ebpf::PolicyMaps,
@@ -105,12 +112,17 @@ pub struct LearnOutcome {
     pub allowed: Vec<IpAddr>,
     /// Addresses refused because they are in an always-denied range.
     pub denied_range: Vec<IpAddr>,
+    /// Addresses refused by a cap: every eviction candidate had a live
+    /// connection (fail closed).
+    pub refused: Vec<IpAddr>,
+    /// Learned (name, IP) pairs evicted by a cap to make room (any endpoint).
+    pub evicted: usize,
 }
 
 pub struct State {
     pub maps: PolicyMaps,
     endpoints: HashMap<u32, Endpoint>,
-    learned: HashMap<LearnedKey, u64>,
+    learned: LearnedTable,
     pub ttl: TtlBounds,
 }
 
@@ -125,8 +137,24 @@ fn key_bytes(ip: IpAddr) -> [u8; 16] {
 }
 
 impl State {
+    /// With the default `Caps`.
     pub fn new(maps: PolicyMaps, ttl: TtlBounds) -> Self {
-        Self { maps, endpoints: HashMap::new(), learned: HashMap::new(), ttl }
+        Self::with_caps(maps, ttl, Caps::default())
+    }
+
+    /// `caps` is clamped: every cap at least 1, the total at most the map's
+    /// capacity.
+    pub fn with_caps(maps: PolicyMaps, ttl: TtlBounds, caps: Caps) -> Self {
+        Self { maps, endpoints: HashMap::new(), learned: LearnedTable::new(caps), ttl }
+    }
+
+    pub fn caps(&self) -> Caps {
+        self.learned.caps()
+    }
+
+    /// Evictions and refusals by the caps since start.
+    pub fn cap_stats(&self) -> CapStats {
+        self.learned.stats()
     }
 
     pub fn endpoint(&self, id: u32) -> Option<&Endpoint> {
@@ -181,19 +209,36 @@ impl State {
             self.maps.remove_dns_server(&dns_key(id, *s)).map_err(map_err("DNS_SERVERS"))?;
         }
         self.maps.purge_flows(id).map_err(map_err("LIVE_FLOWS"))?;
-        let keys: Vec<_> = self.learned.keys().filter(|k| k.endpoint == id).copied().collect();
-        for k in keys {
-            self.maps.remove_learned(&k).map_err(map_err("LEARNED"))?;
-            self.learned.remove(&k);
+        let removes = self.learned.remove_endpoint(id);
+        self.apply(Changes { removes, inserts: Vec::new() })
+    }
+
+    /// Writes a table change to `LEARNED`: removals first, so the map never
+    /// holds more than the total cap. Goes on past a failure (the rest still
+    /// applies) and reports the first one. A failed insert leaves the address
+    /// denied in the kernel (fail closed); a failed removal leaves a key the
+    /// kernel refuses once its expiry passes.
+    fn apply(&mut self, changes: Changes) -> Result<(), StateError> {
+        let mut first = Ok(());
+        for k in &changes.removes {
+            if let Err(e) = self.maps.remove_learned(k) {
+                first = first.and(Err(map_err("LEARNED")(e)));
+            }
         }
-        Ok(())
+        for (k, expires_ns) in changes.inserts {
+            if let Err(e) = self.maps.insert_learned(k, LearnedValue { expires_ns }) {
+                first = first.and(Err(map_err("LEARNED")(e)));
+            }
+        }
+        first
     }
 
     /// Learns the addresses of one DNS answer for endpoint `id`: for an
     /// allowed `qname`, each address that is not always-denied is allowed on
-    /// the name's ports until its (clamped) TTL runs out. Every address is
-    /// remembered for the log. Map writes finish before this returns, which
-    /// is what makes releasing the answer afterwards race-free.
+    /// the name's ports until its (clamped) TTL runs out, within the `Caps`
+    /// (which may evict older learned addresses, or refuse this one). Every
+    /// address is remembered for the log. Map writes finish before this
+    /// returns, which is what makes releasing the answer afterwards race-free.
     pub fn learn(&mut self, id: u32, qname: &str, addrs: &[(IpAddr, u32)]) -> Result<LearnOutcome, StateError> {
         let mut out = LearnOutcome::default();
         let Some(ep) = self.endpoints.get_mut(&id) else { return Ok(out) };
@@ -205,42 +250,49 @@ impl State {
             return Ok(out);
         }
         let now = boot_ns();
+        let mut learnable = Vec::with_capacity(addrs.len());
         for &(ip, ttl) in addrs {
             if is_always_denied(ip) {
                 out.denied_range.push(ip);
                 continue;
             }
             let ttl = Duration::from_secs(u64::from(ttl)).clamp(self.ttl.min, self.ttl.max);
-            let expires = now + ttl.as_nanos() as u64;
-            for p in &ports {
-                let key = LearnedKey { endpoint: id, proto: p.proto, _pad: 0, port: p.port.to_be_bytes(), ip: key_bytes(ip) };
-                let e = self.learned.entry(key).or_insert(0);
-                if expires > *e {
-                    self.maps
-                        .insert_learned(key, LearnedValue { expires_ns: expires })
-                        .map_err(map_err("LEARNED"))?;
-                    *e = expires;
-                }
-            }
-            out.allowed.push(ip);
+            learnable.push((key_bytes(ip), now + ttl.as_nanos() as u64));
         }
+        let maps = &self.maps;
+        let done = self.learned.learn(id, qname, &ports, &learnable, now, || maps.live_ips());
+        // Report addresses as the caller gave them, not in the key form.
+        let given = |k: [u8; 16]| {
+            addrs.iter().map(|(ip, _)| *ip).find(|ip| key_bytes(*ip) == k).unwrap_or(IpAddr::V6(Ipv6Addr::from(k)))
+        };
+        out.allowed = done.allowed.into_iter().map(given).collect();
+        out.refused = done.refused.into_iter().map(given).collect();
+        out.evicted = done.evicted;
+        if !out.refused.is_empty() {
+            warn!(endpoint = id, name = qname, ips = ?out.refused,
+                "learned-address caps reached and every candidate has a live connection; not learned");
+        }
+        self.apply(done.changes)?;
         Ok(out)
     }
 
     /// Drops expired learned entries from the maps (the kernel already
-    /// refuses them; this keeps the maps small). Returns how many went.
+    /// refuses them; this keeps the maps small). Returns how many (name, IP)
+    /// pairs went.
     pub fn expire(&mut self) -> Result<usize, StateError> {
-        let now = boot_ns();
-        let dead: Vec<_> = self.learned.iter().filter(|(_, e)| **e <= now).map(|(k, _)| *k).collect();
-        for k in &dead {
-            self.maps.remove_learned(k).map_err(map_err("LEARNED"))?;
-            self.learned.remove(k);
-        }
-        Ok(dead.len())
+        let (n, changes) = self.learned.expire(boot_ns());
+        self.apply(changes)?;
+        Ok(n)
     }
 
+    /// Kernel `LEARNED` keys of one endpoint.
     pub fn learned_count(&self, id: u32) -> usize {
-        self.learned.keys().filter(|k| k.endpoint == id).count()
+        self.learned.keys_of(id)
+    }
+
+    /// Kernel `LEARNED` keys across all endpoints.
+    pub fn learned_total(&self) -> usize {
+        self.learned.total_keys()
     }
 }
 

@@ -1,0 +1,189 @@
+//! The DNS gate: consumes DNS packets held by the kernel and decides.
+//!
+//! - Queries (copies from `cgroup_skb/egress`; the query itself goes on):
+//!   remembered as pending, with whether the endpoint's policy lets it
+//!   resolve the name; names it may not resolve are logged.
+//! - Answers (held in `cgroup_skb/ingress`): only one that matches a pending
+//!   query (endpoint, client address, resolver, txid, question) is used.
+//!   For an allowed name the agent learns from it, strips addresses the
+//!   endpoint can never reach, and only then re-injects it, so the workload
+//!   never sees an answer before its allowed IPs are in the kernel maps. For
+//!   any other name the workload gets NXDOMAIN (configurable) instead.
+//!
+//! Anything that goes wrong (unparseable packet, unknown endpoint, no
+//! matching query, injection failure) drops the packet and counts it: fail
+//! closed, the client retries or fails, nothing unlearned passes.
+
+mod answer;
+mod pending;
+mod query;
+
+use std::{
+    collections::HashMap,
+    os::fd::AsRawFd as _,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use agent_common::{DNS_KIND_QUERY, DnsHeldPacket};
+use aya::maps::{MapData, RingBuf};
+use hickory_proto::op::ResponseCode;
+
+pub use self::pending::{PendingQueries, QueryKey};
+use crate::{events::LogSink, inject::Injector, state::State};
+
+/// Longest CNAME chain followed inside one answer.
+pub const MAX_CNAME_CHAIN: usize = 8;
+
+#[derive(Default)]
+pub struct GateStats {
+    pub held: AtomicU64,
+    pub released: AtomicU64,
+    pub dropped_malformed: AtomicU64,
+    pub dropped_unknown_endpoint: AtomicU64,
+    pub dropped_inject_failed: AtomicU64,
+    pub ips_learned: AtomicU64,
+    pub ips_denied_range: AtomicU64,
+    /// Answers rewritten to remove addresses the workload may never reach.
+    pub answers_stripped: AtomicU64,
+    /// Answers that matched no query the endpoint sent (forged, late).
+    pub answers_unsolicited: AtomicU64,
+    /// Answers replaced by NXDOMAIN/REFUSED (name not allowed).
+    pub queries_refused: AtomicU64,
+    /// Per endpoint: refused queries and suspicious names, for alerts.
+    pub per_endpoint: Mutex<HashMap<u32, EndpointDnsStats>>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointDnsStats {
+    pub refused: u64,
+    pub suspicious_long_label: u64,
+    pub suspicious_entropy: u64,
+    /// Queries beyond `QUERY_RATE_LIMIT` in one second.
+    pub high_rate: u64,
+}
+
+impl GateStats {
+    fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn endpoint(&self, id: u32) -> EndpointDnsStats {
+        self.per_endpoint.lock().map(|m| m.get(&id).copied().unwrap_or_default()).unwrap_or_default()
+    }
+
+    fn with_endpoint(&self, id: u32, f: impl FnOnce(&mut EndpointDnsStats)) {
+        if let Ok(mut m) = self.per_endpoint.lock() {
+            f(m.entry(id).or_default());
+        }
+    }
+}
+
+/// How the gate answers a query for a name the policy does not allow.
+#[derive(Clone, Copy, Debug)]
+pub struct GateOptions {
+    pub deny_rcode: ResponseCode,
+}
+
+impl Default for GateOptions {
+    fn default() -> Self {
+        Self { deny_rcode: ResponseCode::NXDomain }
+    }
+}
+
+/// `nxdomain` (default) or `refused`, for `--dns-deny-rcode`.
+pub fn parse_deny_rcode(s: &str) -> Result<ResponseCode, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "nxdomain" => Ok(ResponseCode::NXDomain),
+        "refused" => Ok(ResponseCode::Refused),
+        other => Err(format!("{other:?}: expected nxdomain or refused")),
+    }
+}
+
+pub struct Gate {
+    state: Arc<Mutex<State>>,
+    injector: Injector,
+    pending: PendingQueries,
+    log: LogSink,
+    opts: GateOptions,
+    /// Per endpoint: start of the current one-second window, queries in it.
+    rate: HashMap<u32, (Instant, u32)>,
+    pub stats: Arc<GateStats>,
+}
+
+/// Copies the fixed header and the packet out of a ring buffer record.
+fn decode(record: &[u8]) -> Option<(DnsHeldPacket, &[u8])> {
+    if record.len() < size_of::<DnsHeldPacket>() {
+        return None;
+    }
+    // SAFETY: the record is at least one DnsHeldPacket long; read_unaligned
+    // does not rely on the ring buffer's alignment.
+    let held: DnsHeldPacket = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+    let off = std::mem::offset_of!(DnsHeldPacket, data);
+    let data = record.get(off..off.checked_add(held.len as usize)?)?;
+    Some((held, data))
+}
+
+impl Gate {
+    pub fn new(state: Arc<Mutex<State>>, inject_mark: u32, log: LogSink, opts: GateOptions) -> Self {
+        Self {
+            state,
+            injector: Injector::new(inject_mark),
+            pending: PendingQueries::default(),
+            log,
+            opts,
+            rate: HashMap::new(),
+            stats: Arc::default(),
+        }
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Handles one held packet; returns whether something was sent on
+    /// (the query forwarded or answered, the answer delivered).
+    pub fn handle(&mut self, record: &[u8]) -> bool {
+        GateStats::bump(&self.stats.held);
+        let Some((held, data)) = decode(record) else {
+            GateStats::bump(&self.stats.dropped_malformed);
+            return false;
+        };
+        let sent = if held.kind == DNS_KIND_QUERY { self.handle_query(&held, data) } else { self.handle_answer(&held, data) };
+        if sent {
+            GateStats::bump(&self.stats.released);
+        }
+        sent
+    }
+
+    /// Consumes the hold ring buffer until `stop` is set.
+    pub fn run(mut self, mut ring: RingBuf<MapData>, stop: Arc<AtomicBool>) {
+        let fd = ring.as_raw_fd();
+        let mut last_sweep = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            while let Some(item) = ring.next() {
+                let record: &[u8] = &item;
+                self.handle(record);
+            }
+            if last_sweep.elapsed().as_secs() >= 5 {
+                last_sweep = Instant::now();
+                self.pending.expire(last_sweep);
+                self.rate.retain(|_, (t, _)| t.elapsed().as_secs() < 5);
+            }
+            poll_readable(fd, 100);
+        }
+    }
+}
+
+/// Waits up to `timeout_ms` for a ring buffer fd to have data.
+pub fn poll_readable(fd: i32, timeout_ms: i32) {
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&raw mut pfd, 1, timeout_ms) };
+}

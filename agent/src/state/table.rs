@@ -1,0 +1,158 @@
+//! The per-endpoint part of `LearnedTable`: (name, IP) pairs in LRU order,
+//! their expiry, which names hold an IP, and the kernel keys they need.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
+
+use agent_common::LearnedKey;
+
+use super::learned::Ip;
+use crate::policy::PortKey;
+
+pub(super) struct Pair {
+    pub(super) seq: u64,
+    pub(super) expires: u64,
+}
+
+pub(super) struct NameEntry {
+    /// Fixed per name (an endpoint's policy does not change).
+    pub(super) ports: Arc<[PortKey]>,
+    pub(super) ips: HashMap<Ip, Pair>,
+    /// seq -> IP, oldest first.
+    pub(super) lru: BTreeMap<u64, Ip>,
+    /// This name's key in `EndpointTable::name_lru` (its newest pair).
+    pub(super) seq: u64,
+}
+
+#[derive(Default)]
+pub(super) struct EndpointTable {
+    pub(super) names: HashMap<Arc<str>, NameEntry>,
+    /// Newest pair seq of a name -> name.
+    pub(super) name_lru: BTreeMap<u64, Arc<str>>,
+    /// seq -> pair, oldest first.
+    pub(super) lru: BTreeMap<u64, (Arc<str>, Ip)>,
+    /// (expires, seq) of every pair.
+    pub(super) by_expiry: BTreeSet<(u64, u64)>,
+    /// Names holding an IP.
+    pub(super) ip_names: HashMap<Ip, Vec<Arc<str>>>,
+    /// The kernel keys of this endpoint and their expiry.
+    pub(super) keys: HashMap<LearnedKey, u64>,
+}
+
+/// Before-values of the keys an operation touched.
+#[derive(Default)]
+pub(super) struct Tx(pub(super) HashMap<LearnedKey, Option<u64>>);
+
+impl Tx {
+    fn note(&mut self, key: LearnedKey, before: Option<u64>) {
+        self.0.entry(key).or_insert(before);
+    }
+}
+
+pub(super) fn learned_key(endpoint: u32, p: PortKey, ip: Ip) -> LearnedKey {
+    LearnedKey { endpoint, proto: p.proto, _pad: 0, port: p.port.to_be_bytes(), ip }
+}
+
+impl EndpointTable {
+    /// Brings the keys (endpoint, p, ip) for `ports` in line with the pairs
+    /// holding `ip`. Returns the change in the number of keys.
+    pub(super) fn sync(&mut self, id: u32, ip: Ip, ports: &[PortKey], tx: &mut Tx) -> isize {
+        let mut delta = 0;
+        for &p in ports {
+            let want = self.ip_names.get(&ip).into_iter().flatten().filter_map(|n| {
+                let ne = &self.names[n];
+                ne.ports.contains(&p).then(|| ne.ips[&ip].expires)
+            }).max();
+            let key = learned_key(id, p, ip);
+            let have = self.keys.get(&key).copied();
+            if want == have {
+                continue;
+            }
+            tx.note(key, have);
+            match want {
+                Some(e) => {
+                    self.keys.insert(key, e);
+                }
+                None => {
+                    self.keys.remove(&key);
+                }
+            }
+            delta += isize::from(want.is_some()) - isize::from(have.is_some());
+        }
+        delta
+    }
+
+    pub(super) fn renumber_name(&mut self, name: &Arc<str>) {
+        let Some(ne) = self.names.get_mut(name) else { return };
+        self.name_lru.remove(&ne.seq);
+        match ne.lru.last_key_value() {
+            Some((&seq, _)) => {
+                ne.seq = seq;
+                self.name_lru.insert(seq, name.clone());
+            }
+            None => {
+                self.names.remove(name);
+            }
+        }
+    }
+
+    /// Learns or refreshes (name, ip) as the newest pair.
+    pub(super) fn upsert(&mut self, id: u32, name: &Arc<str>, ports: &Arc<[PortKey]>, ip: Ip, expires: u64, seq: u64, tx: &mut Tx) -> isize {
+        let ne = self.names.entry(name.clone()).or_insert_with(|| NameEntry {
+            ports: ports.clone(),
+            ips: HashMap::new(),
+            lru: BTreeMap::new(),
+            seq: 0,
+        });
+        let expires = match ne.ips.get(&ip) {
+            Some(old) => {
+                ne.lru.remove(&old.seq);
+                self.lru.remove(&old.seq);
+                self.by_expiry.remove(&(old.expires, old.seq));
+                old.expires.max(expires)
+            }
+            None => {
+                self.ip_names.entry(ip).or_default().push(name.clone());
+                expires
+            }
+        };
+        ne.ips.insert(ip, Pair { seq, expires });
+        ne.lru.insert(seq, ip);
+        let ports = ne.ports.clone();
+        self.lru.insert(seq, (name.clone(), ip));
+        self.by_expiry.insert((expires, seq));
+        self.renumber_name(name);
+        self.sync(id, ip, &ports, tx)
+    }
+
+    pub(super) fn remove(&mut self, id: u32, name: &Arc<str>, ip: Ip, tx: &mut Tx) -> isize {
+        let Some(ne) = self.names.get_mut(name) else { return 0 };
+        let Some(pair) = ne.ips.remove(&ip) else { return 0 };
+        ne.lru.remove(&pair.seq);
+        let ports = ne.ports.clone();
+        self.lru.remove(&pair.seq);
+        self.by_expiry.remove(&(pair.expires, pair.seq));
+        if let Some(v) = self.ip_names.get_mut(&ip) {
+            v.retain(|n| n != name);
+            if v.is_empty() {
+                self.ip_names.remove(&ip);
+            }
+        }
+        self.renumber_name(name);
+        self.sync(id, ip, &ports, tx)
+    }
+
+    /// Removes a name with all its pairs; returns (pairs, key delta).
+    pub(super) fn remove_name(&mut self, id: u32, name: &Arc<str>, tx: &mut Tx) -> (usize, isize) {
+        let ips: Vec<Ip> = self.names.get(name).map(|ne| ne.ips.keys().copied().collect()).unwrap_or_default();
+        let delta = ips.iter().map(|ip| self.remove(id, name, *ip, tx)).sum();
+        (ips.len(), delta)
+    }
+
+    pub(super) fn has_pair(&self, name: &str, ip: &Ip) -> bool {
+        self.names.get(name).is_some_and(|ne| ne.ips.contains_key(ip))
+    }
+}
+
