@@ -2,10 +2,16 @@
 //! per-CPU counter; denied (and audited) verdicts also try to emit an event,
 //! rate-limited per endpoint, with every loss counted.
 
-use agent_common::{counter_index, loss, Config, DeniedEvent, Hook, Reason, MAX_ENDPOINTS};
+use agent_common::{
+    counter_index, loss, Config, DeniedEvent, EndpointInfo, Hook, Reason, ENDPOINT_F_AUDIT,
+    MAX_ENDPOINTS,
+};
 use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
 
-use crate::maps::{COUNTERS, DENIED_EVENTS, EVENT_RATE};
+use crate::{
+    maps::{COUNTERS, DENIED_EVENTS, EVENT_RATE},
+    verdict::Dest,
+};
 
 #[inline(always)]
 pub fn bump(index: u32) {
@@ -83,4 +89,37 @@ pub fn emit(cfg: &Config, a: &Attempt) {
         comm: a.comm,
     });
     entry.submit(0);
+}
+
+/// Reports a denied attempt (an event, rate-limited) and returns whether the
+/// endpoint is in audit mode, i.e. whether the caller must let it through.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn report(
+    cfg: &Config,
+    cgroup_id: u64,
+    ep: &EndpointInfo,
+    hook: Hook,
+    reason: Reason,
+    dest: &Dest,
+    tgid: u32,
+    comm: [u8; 16],
+) -> bool {
+    let audit = ep.flags & ENDPOINT_F_AUDIT != 0;
+    emit(
+        cfg,
+        &Attempt {
+            cgroup_id,
+            endpoint: ep.endpoint,
+            hook,
+            reason,
+            audit,
+            proto: dest.proto,
+            dport: dest.port,
+            daddr: dest.ip,
+            tgid,
+            comm,
+        },
+    );
+    audit
 }

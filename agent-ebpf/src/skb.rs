@@ -8,7 +8,7 @@
 
 use agent_common::{
     loss, proto, DnsHeldPacket, EndpointInfo, Hook, InboundKey, Reason, DNS_KIND_ANSWER,
-    DNS_KIND_QUERY, DNS_MAX_PACKET, ENDPOINT_F_AUDIT, FLOW_F_DNS,
+    DNS_KIND_QUERY, DNS_MAX_PACKET, FLOW_F_DNS,
 };
 use aya_ebpf::{
     helpers::generated::{
@@ -21,7 +21,7 @@ use aya_ebpf::{
 
 use crate::{
     endpoint,
-    events::{bump, count, emit, Attempt},
+    events::{bump, count, report},
     maps::{CONFIG, DNS_HOLD, DNS_SOCKS, INBOUND, LIVE_FLOWS, SOCK_OWNERS},
     parse::{parse, Flow, TCP_ACK, TCP_SYN},
     verdict::{decide, is_trusted_resolver, Dest},
@@ -29,6 +29,17 @@ use crate::{
 
 const PASS: i32 = 1;
 const DROP: i32 = 0;
+
+/// A socket whose connect() was allowed, not talking to a resolver (DNS
+/// sockets always take the full path: queries are copied, answers held).
+#[inline(always)]
+fn is_established(cookie: u64) -> bool {
+    match LIVE_FLOWS.get_ptr(&cookie) {
+        // SAFETY: plain u32 read from a map value.
+        Some(flow) => (unsafe { (*flow).flags } & FLOW_F_DNS) == 0,
+        None => false,
+    }
+}
 
 pub fn egress(ctx: &SkBuffContext) -> i32 {
     let hook = Hook::SkbEgress;
@@ -38,13 +49,10 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     // endpoint nor the packet needs looking at. Not counted per packet (it
     // was counted at connect time): every extra map touched here is a cache
     // miss on busy nodes.
+    // Resolver sockets go on: their queries are copied below.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if let Some(flow) = LIVE_FLOWS.get_ptr(&cookie) {
-        // Resolver sockets go on: their queries are held below.
-        // SAFETY: plain u32 read from a map value.
-        if unsafe { (*flow).flags } & FLOW_F_DNS == 0 {
-            return PASS;
-        }
+    if is_established(cookie) {
+        return PASS;
     }
     let Some(cfg) = CONFIG.get(0) else {
         count(hook, Reason::DeniedInternal);
@@ -93,25 +101,10 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     if reason.is_allowed() {
         return PASS;
     }
-    let audit = ep.flags & ENDPOINT_F_AUDIT != 0;
     // Datagrams of a deferred UDP connect(): name the process behind them.
     let owner = unsafe { SOCK_OWNERS.get(&cookie) };
-    emit(
-        cfg,
-        &Attempt {
-            cgroup_id: cgid,
-            endpoint: ep.endpoint,
-            hook,
-            reason,
-            audit,
-            proto: dest.proto,
-            dport: dest.port,
-            daddr: dest.ip,
-            tgid: owner.map_or(0, |o| o.tgid),
-            comm: owner.map_or([0; 16], |o| o.comm),
-        },
-    );
-    if audit { PASS } else { DROP }
+    let (tgid, comm) = owner.map_or((0, [0; 16]), |o| (o.tgid, o.comm));
+    if report(cfg, cgid, &ep, hook, reason, &dest, tgid, comm) { PASS } else { DROP }
 }
 
 /// A reply to a peer that contacted the endpoint (checked only for packets
@@ -160,11 +153,8 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
     // Hot path: traffic into a socket whose connect() was allowed, unless it
     // talks to a resolver (its answers are held below).
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if let Some(flow) = LIVE_FLOWS.get_ptr(&cookie) {
-        // SAFETY: plain u32 read from a map value.
-        if unsafe { (*flow).flags } & FLOW_F_DNS == 0 {
-            return PASS;
-        }
+    if is_established(cookie) {
+        return PASS;
     }
     let Some(cfg) = CONFIG.get(0) else {
         count(hook, Reason::DeniedInternal);

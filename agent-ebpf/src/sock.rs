@@ -5,7 +5,7 @@
 //! agent needs both to re-inject the held answer.
 
 use agent_common::{
-    proto, v4_mapped, DnsSockInfo, Hook, LiveFlow, Reason, SockOwner, ENDPOINT_F_AUDIT, FLOW_F_DNS,
+    proto, v4_mapped, DnsSockInfo, Hook, LiveFlow, Reason, SockOwner, FLOW_F_DNS,
 };
 use aya_ebpf::{
     helpers::{
@@ -21,7 +21,7 @@ use aya_ebpf::{
 
 use crate::{
     endpoint,
-    events::{count, emit, Attempt},
+    events::{count, report},
     maps::{CONFIG, DNS_SOCKS, LIVE_FLOWS, SOCK_OWNERS},
     verdict::{decide, Dest},
 };
@@ -96,22 +96,8 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
         return ALLOW;
     }
     count(hook, reason);
-    let audit = ep.flags & ENDPOINT_F_AUDIT != 0;
-    emit(
-        cfg,
-        &Attempt {
-            cgroup_id: cgid,
-            endpoint: ep.endpoint,
-            hook,
-            reason,
-            audit,
-            proto: if dest.proto == 0 { proto::TCP } else { dest.proto },
-            dport: dest.port,
-            daddr: dest.ip,
-            tgid,
-            comm,
-        },
-    );
+    let shown = Dest { proto: if dest.proto == 0 { proto::TCP } else { dest.proto }, port: dest.port, ip: dest.ip };
+    let audit = report(cfg, cgid, &ep, hook, reason, &shown, tgid, comm);
     if !audit {
         return DENY;
     }
