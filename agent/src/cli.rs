@@ -99,6 +99,16 @@ pub struct ExecArgs {
     /// (default; musl gives up the search list on refused) or refused.
     #[arg(long, env = "PORTCULLIS_DNS_DENY_RCODE", default_value = "nxdomain", value_parser = crate::gate::parse_deny_rcode)]
     pub dns_deny_rcode: hickory_proto::op::ResponseCode,
+    /// Most addresses the command may learn for one DNS name; over it the
+    /// least recently learned one without a live connection is forgotten.
+    #[arg(long, env = "PORTCULLIS_MAX_IPS_PER_NAME", default_value_t = 1000,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_ips_per_name: usize,
+    /// Most DNS names the command may hold learned addresses for; over it
+    /// the least recently used name without a live connection is forgotten.
+    #[arg(long = "max-names", env = "PORTCULLIS_MAX_NAMES", default_value_t = 10_000,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_names: usize,
     /// Name of the endpoint in logs (default: exec-<pid>).
     #[arg(long, env = "PORTCULLIS_NAME")]
     pub name: Option<String>,

@@ -21,7 +21,7 @@ use crate::{
     cli::ExecArgs,
     gate::GateOptions,
     runtime::{Agent, AgentOptions},
-    state::{Identity, TtlBounds},
+    state::{Caps, Identity, TtlBounds},
 };
 
 /// Signals forwarded to the command instead of killing the agent.
@@ -55,6 +55,7 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
     let cgroup = OwnedCgroup::create(&mount, &format!("portcullis-exec-{pid}"))?;
     let mut agent = Agent::start(AgentOptions {
         ttl: TtlBounds { min: args.min_ttl, max: args.max_ttl.max(args.min_ttl) },
+        caps: Caps { ips_per_name: args.max_ips_per_name, names_per_endpoint: args.max_names, ..Caps::default() },
         log,
         unmanaged_allow: false,
         events_per_sec: 50,

@@ -21,7 +21,7 @@ use crate::{
     gate::{GateOptions, parse_deny_rcode},
     policy::{CompiledPolicy, Policy, PolicySpec, compile, system_resolvers},
     runtime::{Agent, AgentOptions, lock},
-    state::{Identity, TtlBounds},
+    state::{Caps, Identity, TtlBounds},
 };
 
 #[derive(Debug, Deserialize)]
@@ -37,6 +37,12 @@ pub struct NodeConfig {
     /// `nxdomain` (default) or `refused` for queries of names not allowed.
     #[serde(default)]
     pub dns_deny_rcode: Option<String>,
+    /// Most addresses an endpoint may learn for one DNS name (LRU beyond).
+    #[serde(default = "default_max_ips_per_name")]
+    pub max_ips_per_name: usize,
+    /// Most DNS names an endpoint may hold learned addresses for (LRU beyond).
+    #[serde(default = "default_max_names")]
+    pub max_names_per_endpoint: usize,
     pub endpoints: Vec<EndpointConfig>,
 }
 
@@ -45,6 +51,12 @@ fn default_min_ttl() -> u64 {
 }
 fn default_max_ttl() -> u64 {
     3600
+}
+fn default_max_ips_per_name() -> usize {
+    Caps::default().ips_per_name
+}
+fn default_max_names() -> usize {
+    Caps::default().names_per_endpoint
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +88,9 @@ struct Prepared {
 fn prepare(cfg: &NodeConfig, base: &Path) -> Result<Vec<Prepared>> {
     if cfg.endpoints.is_empty() {
         bail!("endpoints: at least one endpoint is needed");
+    }
+    if cfg.max_ips_per_name == 0 || cfg.max_names_per_endpoint == 0 {
+        return Err(BadPolicy(anyhow::anyhow!("maxIpsPerName and maxNamesPerEndpoint must be at least 1")).into());
     }
     let mut out = Vec::new();
     for (i, ep) in cfg.endpoints.iter().enumerate() {
@@ -125,6 +140,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
         ttl: TtlBounds {
             min: Duration::from_secs(cfg.min_ttl_seconds),
             max: Duration::from_secs(cfg.max_ttl_seconds.max(cfg.min_ttl_seconds)),
+        },
+        caps: Caps {
+            ips_per_name: cfg.max_ips_per_name,
+            names_per_endpoint: cfg.max_names_per_endpoint,
+            ..Caps::default()
         },
         log,
         unmanaged_allow: true,

@@ -21,12 +21,14 @@ use crate::{
     ebpf::{Datapath, loader::current_netns_cookie},
     events,
     gate::{Gate, GateOptions, GateStats},
-    state::{Identity, State, TtlBounds},
+    state::{Caps, Identity, State, TtlBounds},
     policy::CompiledPolicy,
 };
 
 pub struct AgentOptions {
     pub ttl: TtlBounds,
+    /// Limits on what endpoints learn from DNS.
+    pub caps: Caps,
     /// Where blocked-connection records go (JSON lines).
     pub log: Box<dyn Write + Send>,
     /// Let cgroups below an attach point that are not endpoints pass.
@@ -72,7 +74,7 @@ impl Agent {
         let maps = datapath.take_maps().context("policy maps already taken")?;
         let hold = datapath.take_dns_hold().context("DNS hold ring missing")?;
         let denied = datapath.take_denied_events().context("event ring missing")?;
-        let state = Arc::new(Mutex::new(State::new(maps, opts.ttl)));
+        let state = Arc::new(Mutex::new(State::with_caps(maps, opts.ttl, opts.caps)));
         let stop = Arc::new(AtomicBool::new(false));
         let log = events::log_sink(opts.log);
         let gate = Gate::new(state.clone(), cfg.inject_mark, log.clone(), opts.gate);

@@ -29,7 +29,7 @@ use std::{
 
 use agent_common::LearnedKey;
 
-use super::table::{EndpointTable, Tx, learned_key};
+use super::table::{EndpointTable, Pair, Tx, learned_key};
 use crate::policy::PortKey;
 
 /// An address as the maps key it: IPv6, or IPv4-mapped IPv6.
@@ -241,7 +241,7 @@ impl LearnedTable {
                 continue;
             }
             let t = self.endpoints.get_mut(&endpoint).expect("created above");
-            let d = t.upsert(endpoint, &name, &ports, ip, expires, seq, &mut tx);
+            let d = t.upsert(endpoint, &name, &ports, ip, Pair { seq, expires }, &mut tx);
             self.apply_delta(d);
         }
         let t = &self.endpoints[&endpoint];

@@ -98,8 +98,10 @@ impl EndpointTable {
         }
     }
 
-    /// Learns or refreshes (name, ip) as the newest pair.
-    pub(super) fn upsert(&mut self, id: u32, name: &Arc<str>, ports: &Arc<[PortKey]>, ip: Ip, expires: u64, seq: u64, tx: &mut Tx) -> isize {
+    /// Learns or refreshes (name, ip) as the newest pair (`new.seq`); a
+    /// refresh keeps the later expiry.
+    pub(super) fn upsert(&mut self, id: u32, name: &Arc<str>, ports: &Arc<[PortKey]>, ip: Ip, new: Pair, tx: &mut Tx) -> isize {
+        let Pair { seq, expires } = new;
         let ne = self.names.entry(name.clone()).or_insert_with(|| NameEntry {
             ports: ports.clone(),
             ips: HashMap::new(),

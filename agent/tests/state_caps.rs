@@ -1,0 +1,113 @@
+//! Learned-address caps against the real kernel maps: `State` with
+//! `ips_per_name = 3` learns five addresses for one name, and
+//! `BPF_PROG_TEST_RUN` on `cgroup_skb/egress` shows only the last three are
+//! allowed. Harness as in prog_test_run.rs (the synthetic skb's socket
+//! belongs to this test's cgroup, registered as the endpoint).
+
+use std::{net::IpAddr, time::Duration};
+
+use agent_common::{Config, Hook, Reason, counter_index};
+use aya::programs::{CgroupSkb, TestRun as _, TestRunOptions};
+use etherparse::PacketBuilder;
+use portcullis::{
+    cgroup::{cgroup2_mount, cgroup_id},
+    ebpf::Datapath,
+    policy::{Policy, compile},
+    state::{Caps, Identity, State, TtlBounds},
+};
+
+const POLICY: &str = r#"
+egress:
+  - toFQDNs: [{matchName: api.example.test}]
+    ports: [{port: 443}]
+dns:
+  servers: ["198.51.100.53"]
+"#;
+
+const ALLOW: u32 = 1;
+const DROP: u32 = 0;
+
+fn privileged() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    let required = std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var_os("PORTCULLIS_REQUIRE_PRIVILEGED").is_some();
+    assert!(!required, "privileged test cannot run: not root (CI requires it)");
+    eprintln!("SKIP: BPF_PROG_TEST_RUN needs root");
+    false
+}
+
+fn own_cgroup_id() -> u64 {
+    let text = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::")).expect("cgroup v2 entry");
+    let path = cgroup2_mount().expect("cgroup2 mount").join(rel.trim_start_matches('/'));
+    cgroup_id(&path).expect("cgroup id")
+}
+
+fn tcp_syn(dst: IpAddr, dport: u16) -> Vec<u8> {
+    let (IpAddr::V4(s), IpAddr::V4(d)) = ("198.18.1.2".parse().unwrap(), dst) else { panic!("IPv4 only") };
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(s.octets(), d.octets(), 64)
+        .tcp(40000, dport, 1, 65535)
+        .syn()
+        .write(&mut out, b"hello")
+        .expect("build packet");
+    out
+}
+
+fn run(prog: &CgroupSkb, pkt: &[u8]) -> u32 {
+    // __sk_buff with mark 0 as ctx_in.
+    let ctx = [0u8; 192];
+    let opts = TestRunOptions { data_in: Some(pkt), ctx_in: Some(&ctx[..]), ..TestRunOptions::default() };
+    prog.test_run(opts).expect("test_run").return_value
+}
+
+#[test]
+fn ips_per_name_cap_keeps_the_last_learned_addresses() {
+    if !privileged() {
+        return;
+    }
+    let cfg = Config {
+        host_netns_cookie: u64::MAX,
+        inject_mark: 0x8000_1234,
+        events_per_sec: 100,
+        events_burst: 100,
+        agent_ready: 1,
+        ..Config::default()
+    };
+    let mut dp = Datapath::load(cfg).expect("load programs");
+    let maps = dp.take_maps().expect("maps");
+    let ttl = TtlBounds { min: Duration::ZERO, max: Duration::from_secs(3600) };
+    let mut state = State::with_caps(maps, ttl, Caps { ips_per_name: 3, ..Caps::default() });
+    let policy = Policy::from_yaml_str(POLICY, "test").expect("policy");
+    let compiled = compile(&policy, || Ok::<_, std::io::Error>(vec![])).expect("compile");
+    let ep = state
+        .add_endpoint(Identity { name: "t".into(), ..Default::default() }, own_cgroup_id(), compiled, false)
+        .expect("endpoint");
+    let egress = |ip: &IpAddr| run(dp.egress_program().unwrap(), &tcp_syn(*ip, 443));
+
+    let ips: Vec<IpAddr> = (1..=5).map(|n| format!("203.0.113.{n}").parse().unwrap()).collect();
+    let mut evicted = 0;
+    for ip in &ips {
+        let out = state.learn(ep, "api.example.test", &[(*ip, 60)]).expect("learn");
+        assert_eq!(out.allowed, vec![*ip]);
+        assert!(out.refused.is_empty());
+        evicted += out.evicted;
+    }
+    assert_eq!(evicted, 2);
+    assert_eq!(state.cap_stats().evicted_ips_per_name, 2);
+    assert_eq!(state.learned_count(ep), 3);
+    let verdicts: Vec<u32> = ips.iter().map(egress).collect();
+    assert_eq!(verdicts, [DROP, DROP, ALLOW, ALLOW, ALLOW], "only the last three learned stay allowed");
+
+    // A refresh makes .3 the most recent: the next address evicts .4.
+    state.learn(ep, "api.example.test", &[(ips[2], 60)]).expect("refresh");
+    let six: IpAddr = "203.0.113.6".parse().unwrap();
+    state.learn(ep, "api.example.test", &[(six, 60)]).expect("learn");
+    let verdicts: Vec<u32> = [ips[2], ips[3], ips[4], six].iter().map(egress).collect();
+    assert_eq!(verdicts, [ALLOW, DROP, ALLOW, ALLOW]);
+    let counters = state.maps.counters().expect("counters");
+    assert_eq!(counters[counter_index(Hook::SkbEgress, Reason::AllowedFqdn) as usize], 6);
+}
