@@ -13,8 +13,8 @@ mod verdict;
 
 use agent_common::Hook;
 use aya_ebpf::{
-    macros::{cgroup_skb, cgroup_sock_addr},
-    programs::{SkBuffContext, SockAddrContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr},
+    programs::{SkBuffContext, SockAddrContext, SockContext},
 };
 
 #[cgroup_sock_addr(connect4)]
@@ -45,6 +45,11 @@ pub fn pc_egress(ctx: SkBuffContext) -> i32 {
 #[cgroup_skb(ingress)]
 pub fn pc_ingress(ctx: SkBuffContext) -> i32 {
     skb::ingress(&ctx)
+}
+
+#[cgroup_sock(sock_release)]
+pub fn pc_release(ctx: SockContext) -> i32 {
+    sock::release(&ctx)
 }
 
 #[cfg(not(test))]

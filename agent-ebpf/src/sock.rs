@@ -15,7 +15,7 @@ use aya_ebpf::{
             bpf_get_socket_cookie,
         },
     },
-    programs::SockAddrContext,
+    programs::{SockAddrContext, SockContext},
     EbpfContext as _,
 };
 
@@ -107,5 +107,19 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
         let flow = LiveFlow { ip: dest.ip, endpoint: ep.endpoint, flags: 0 };
         let _ = LIVE_FLOWS.insert(&cookie, &flow, 0);
     }
+    ALLOW
+}
+
+/// `cgroup/sock_release`: a socket of the cgroup is closing. Its flow, DNS
+/// ownership and deferred-connect owner entries go with it, so "live
+/// connection" means live (the learned-IP caps never evict those) and the
+/// maps never fill with dead sockets. Always allows (the return value of
+/// this hook is ignored for release anyway).
+pub fn release(ctx: &SockContext) -> i32 {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // Missing entries are the common case (most sockets never had one).
+    let _ = LIVE_FLOWS.remove(&cookie);
+    let _ = DNS_SOCKS.remove(&cookie);
+    let _ = SOCK_OWNERS.remove(&cookie);
     ALLOW
 }

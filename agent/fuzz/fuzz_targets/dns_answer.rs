@@ -1,5 +1,5 @@
-//! DNS answers as the agent gets them: bytes a resolver (and whoever runs the
-//! queried zone) chose.
+//! DNS messages as the agent gets them: answers (bytes a resolver, and whoever
+//! runs the queried zone, chose) and query copies (bytes the workload chose).
 //!
 //! Each input is tried two ways:
 //! 1. as the IP packet the kernel holds (`parse_udp`), then its UDP payload
@@ -9,20 +9,27 @@
 //!    fuzzer reaches the DNS decoder without first having to forge IP and
 //!    UDP headers with matching length fields.
 //!
+//! A parsed message goes through both gate paths: as an answer
+//! (`learnable`), and as a query (`parse_query`, `suspicion`, `refusal`).
+//!
 //! Nothing may panic. Invariants checked besides:
 //! * a parsed packet rebuilds (`build_udp`) and re-parses to the same
 //!   addresses and payload;
 //! * a parsed DNS message framed by `build_udp` (IPv4 and IPv6) re-parses to
 //!   exactly the same payload;
 //! * `learnable` keeps its documented promises (chain length bound, owners on
-//!   the chain, same string form as the question).
+//!   the chain, same string form as the question);
+//! * the NXDOMAIN/REFUSED reply the agent builds for a query re-parses, with
+//!   the query's id and question.
 #![no_main]
 
 use std::net::SocketAddr;
 
+use hickory_proto::op::{Message, ResponseCode};
 use libfuzzer_sys::fuzz_target;
 use portcullis::dns::{
-    DnsError, Learned, build_udp, learnable, parse_message, parse_udp, question, transaction_id,
+    DnsError, Learned, build_udp, learnable, parse_message, parse_query, parse_udp, question,
+    refusal, suspicion, transaction_id,
 };
 use portcullis::gate::MAX_CNAME_CHAIN;
 use portcullis::policy::NameSelector;
@@ -82,7 +89,31 @@ fn dns(payload: &[u8]) -> bool {
             }
         }
     }
+    query(&msg);
     true
+}
+
+/// The query path of the gate: a workload's own question.
+fn query(msg: &Message) {
+    let Ok((qname, qtype)) = parse_query(msg) else {
+        return;
+    };
+    let _ = suspicion(&qname);
+    for sel in selectors() {
+        let _ = sel.matches(&qname);
+    }
+    for rcode in [ResponseCode::NXDomain, ResponseCode::Refused] {
+        let reply = refusal(msg, rcode);
+        let Ok(bytes) = reply.to_vec() else {
+            continue; // the gate drops the query then: allowed
+        };
+        let back = parse_message(&bytes)
+            .unwrap_or_else(|e| panic!("the agent's own {rcode:?} reply does not parse: {e}"));
+        assert_eq!(transaction_id(&back), transaction_id(msg));
+        assert_eq!(question(&back), Some((qname.clone(), qtype)));
+        assert_eq!(back.metadata.response_code, rcode);
+        assert!(back.answers.is_empty());
+    }
 }
 
 fn check_learned(l: &Learned, max: usize, q: Option<&(String, u16)>) {

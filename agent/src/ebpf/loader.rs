@@ -1,4 +1,4 @@
-//! Loads the embedded eBPF object and attaches its six programs to a cgroup.
+//! Loads the embedded eBPF object and attaches its seven programs to a cgroup.
 //!
 //! Programs are attached as `bpf_link`s (Linux 5.7). Cgroup links always
 //! behave like `BPF_F_ALLOW_MULTI` (the kernel refuses the flag itself, so
@@ -19,7 +19,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, ProgramError,
     },
 };
 use thiserror::Error;
@@ -33,9 +33,12 @@ const SOCK_PROGRAMS: [&str; 4] = ["pc_connect4", "pc_connect6", "pc_sendmsg4", "
 const SKB_PROGRAMS: [(&str, CgroupSkbAttachType); 2] =
     [("pc_egress", CgroupSkbAttachType::Egress), ("pc_ingress", CgroupSkbAttachType::Ingress)];
 
+/// Forgets closed sockets (`cgroup/sock_release`).
+const RELEASE_PROGRAM: &str = "pc_release";
+
 /// Every program name, for tests and `bpftool` checks.
-pub const PROGRAM_NAMES: [&str; 6] =
-    ["pc_connect4", "pc_connect6", "pc_sendmsg4", "pc_sendmsg6", "pc_egress", "pc_ingress"];
+pub const PROGRAM_NAMES: [&str; 7] =
+    ["pc_connect4", "pc_connect6", "pc_sendmsg4", "pc_sendmsg6", "pc_egress", "pc_ingress", "pc_release"];
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -80,6 +83,8 @@ impl Datapath {
             let prog: &mut CgroupSkb = program(&mut ebpf, name)?;
             prog.load().map_err(|source| LoadError::Program { name, source })?;
         }
+        let release: &mut CgroupSock = program(&mut ebpf, RELEASE_PROGRAM)?;
+        release.load().map_err(|source| LoadError::Program { name: RELEASE_PROGRAM, source })?;
         let mut maps = PolicyMaps::take(&mut ebpf)?;
         maps.set_config(&config)?;
         let denied_events = Some(ring(&mut ebpf, "DENIED_EVENTS")?);
@@ -102,6 +107,10 @@ impl Datapath {
             prog.attach(file.as_fd(), kind, CgroupAttachMode::Single)
                 .map_err(|source| LoadError::Program { name, source })?;
         }
+        let release: &mut CgroupSock = program(&mut self.ebpf, RELEASE_PROGRAM)?;
+        release
+            .attach(file.as_fd(), CgroupAttachMode::Single)
+            .map_err(|source| LoadError::Program { name: RELEASE_PROGRAM, source })?;
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! Answers: match, learn, strip, re-inject.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::atomic::Ordering::Relaxed};
 
 use agent_common::DnsHeldPacket;
 use tracing::{debug, warn};
@@ -59,21 +59,29 @@ impl Gate {
         let stripped = {
             let stats = self.stats.clone();
             let mut st = self.lock_state();
-            let Some(ep) = st.endpoint(held.endpoint) else {
+            if st.endpoint(held.endpoint).is_none() {
                 GateStats::bump(&stats.dropped_unknown_endpoint);
                 return false;
-            };
-            let stripped = strip_addresses(&mut msg, |ip| ep.unreachable(ip));
+            }
+            let mut refused = Vec::new();
             if let Some(l) = &learned {
                 let addrs: Vec<(IpAddr, u32)> = l.addrs.iter().map(|a| (a.ip, a.ttl)).collect();
                 match st.learn(held.endpoint, &l.qname, &addrs) {
                     Ok(out) => {
-                        stats.ips_learned.fetch_add(out.allowed.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                        stats.ips_denied_range.fetch_add(out.denied_range.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        let n = |v: usize| v as u64;
+                        stats.ips_learned.fetch_add(n(out.allowed.len()), Relaxed);
+                        stats.ips_denied_range.fetch_add(n(out.denied_range.len()), Relaxed);
+                        stats.ips_refused_cap.fetch_add(n(out.refused.len()), Relaxed);
+                        stats.ips_evicted.fetch_add(n(out.evicted), Relaxed);
                         if !out.denied_range.is_empty() {
                             warn!(endpoint = held.endpoint, name = %l.qname, ips = ?out.denied_range,
                                 "DNS answer points an allowed name at an always-denied range; not learned, stripped");
                         }
+                        if !out.refused.is_empty() {
+                            warn!(endpoint = held.endpoint, name = %l.qname, ips = ?out.refused,
+                                "learned-IP cap reached and every older entry has a live connection; not learned, stripped");
+                        }
+                        refused = out.refused;
                     }
                     Err(e) => {
                         warn!(error = %e, "learning failed; answer held back");
@@ -82,6 +90,13 @@ impl Gate {
                     }
                 }
             }
+            // Re-borrow: learning needed the state mutably.
+            let Some(ep) = st.endpoint(held.endpoint) else {
+                GateStats::bump(&stats.dropped_unknown_endpoint);
+                return false;
+            };
+            // The workload never holds an address it could not connect to.
+            let stripped = strip_addresses(&mut msg, |ip| ep.unreachable(ip) || refused.contains(&ip));
             stripped
         };
         // The rewritten message, or the original bytes when nothing changed.

@@ -47,6 +47,11 @@ pub struct GateStats {
     pub dropped_inject_failed: AtomicU64,
     pub ips_learned: AtomicU64,
     pub ips_denied_range: AtomicU64,
+    /// Addresses not learned because a cap was reached and nothing could be
+    /// evicted (every older entry had a live connection).
+    pub ips_refused_cap: AtomicU64,
+    /// Older learned addresses evicted to make room (caps).
+    pub ips_evicted: AtomicU64,
     /// Answers rewritten to remove addresses the workload may never reach.
     pub answers_stripped: AtomicU64,
     /// Answers that matched no query the endpoint sent (forged, late).
