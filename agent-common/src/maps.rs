@@ -165,6 +165,12 @@ pub struct LiveFlow {
 /// The socket talks to a trusted resolver: its incoming answers must still
 /// be held, so ingress does not take the established fast path for it.
 pub const FLOW_F_DNS: u32 = 1;
+/// The socket was released (closed by its owner). Its last packets (FIN,
+/// RST, retransmits) are still sent after `cgroup/sock_release` runs
+/// (`inet_release` calls the hook before `tcp_close`), so the entry stays
+/// valid for the fast path, but it no longer counts as a live connection;
+/// the LRU ages it out.
+pub const FLOW_F_CLOSING: u32 = 2;
 const _: () = assert!(size_of::<LiveFlow>() == 24);
 
 /// `SOCK_OWNERS`: socket cookie -> the process behind a deferred UDP

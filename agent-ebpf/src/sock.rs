@@ -5,7 +5,7 @@
 //! agent needs both to re-inject the held answer.
 
 use agent_common::{
-    proto, v4_mapped, DnsSockInfo, Hook, LiveFlow, Reason, SockOwner, FLOW_F_DNS,
+    proto, v4_mapped, DnsSockInfo, Hook, LiveFlow, Reason, SockOwner, FLOW_F_CLOSING, FLOW_F_DNS,
 };
 use aya_ebpf::{
     helpers::{
@@ -110,15 +110,18 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
     ALLOW
 }
 
-/// `cgroup/sock_release`: a socket of the cgroup is closing. Its flow, DNS
-/// ownership and deferred-connect owner entries go with it, so "live
-/// connection" means live (the learned-IP caps never evict those) and the
-/// maps never fill with dead sockets. Always allows (the return value of
-/// this hook is ignored for release anyway).
+/// `cgroup/sock_release`: a socket of the cgroup is closing. Its flow is
+/// marked closing (its FIN and retransmits still go out after this hook:
+/// `inet_release` runs it before `tcp_close`), so "live connection" means
+/// live for the learned-IP caps; its DNS ownership and deferred-connect
+/// owner entries go. Always allows (the return value is ignored on release).
 pub fn release(ctx: &SockContext) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if let Some(flow) = LIVE_FLOWS.get_ptr_mut(&cookie) {
+        // SAFETY: plain u32 in a map value; a racing reader sees either flag set.
+        unsafe { (*flow).flags |= FLOW_F_CLOSING };
+    }
     // Missing entries are the common case (most sockets never had one).
-    let _ = LIVE_FLOWS.remove(&cookie);
     let _ = DNS_SOCKS.remove(&cookie);
     let _ = SOCK_OWNERS.remove(&cookie);
     ALLOW

@@ -58,8 +58,8 @@ def cname(owner, target, ttl=300):
     return (owner, CNAME, lambda p, c: name(target, p, c), ttl)
 
 
-def message(qname, qtype, answers, rcode=0, tid=0x1234, compress=True, opt=False):
-    flags = 0x8000 | 0x0100 | 0x0080 | rcode  # QR, RD, RA
+def message(qname, qtype, answers, rcode=0, tid=0x1234, compress=True, opt=False, query=False):
+    flags = 0x0100 if query else 0x8000 | 0x0100 | 0x0080 | rcode  # (QR,) RD(, RA)
     ptrs = {} if compress else None
     out = struct.pack("!HHHHHH", tid, flags, 1, len(answers), 0, 1 if opt else 0)
     out += name(qname, ptrs, len(out)) + struct.pack("!HH", qtype, IN)
@@ -85,28 +85,39 @@ def udp(sport, dport, payload, pseudo):
     return struct.pack("!HHHH", sport, dport, length, c) + payload
 
 
-def v4(payload, src="10.96.0.10", dst="10.244.1.7"):
+def v4(payload, src="10.96.0.10", dst="10.244.1.7", sport=53, dport=41234):
     s, d = (bytes(int(x) for x in ip.split(".")) for ip in (src, dst))
-    u = udp(53, 41234, payload, lambda n: s + d + struct.pack("!BBH", 0, 17, n))
+    u = udp(sport, dport, payload, lambda n: s + d + struct.pack("!BBH", 0, 17, n))
     hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(u), 0, 0x4000, 64, 17, 0, s, d)
     hdr = hdr[:10] + struct.pack("!H", csum(hdr)) + hdr[12:]
     return hdr + u
 
 
-def v6(payload, src="fd00::a", dst="fd00:1::7", hop_by_hop=False):
+def v6(payload, src="fd00::a", dst="fd00:1::7", hop_by_hop=False, sport=53, dport=41234):
     import ipaddress
 
     s, d = ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed
-    u = udp(53, 41234, payload, lambda n: s + d + struct.pack("!I3xB", n, 17))
+    u = udp(sport, dport, payload, lambda n: s + d + struct.pack("!I3xB", n, 17))
     ext, nh = b"", 17
     if hop_by_hop:  # next header UDP, length 0 (8 bytes), PadN option
         ext, nh = bytes([17, 0, 1, 4, 0, 0, 0, 0]), 0
     return struct.pack("!IHBB16s16s", 6 << 28, len(ext) + len(u), nh, 64, s, d) + ext + u
 
 
-def held(packet, endpoint=1, family=4):
-    # ts_ns, netns_cookie, socket_cookie, cgroup_id, endpoint, tgid, len, family
-    return struct.pack("<QQQQIIII", 1, 4096, 77, 44, endpoint, 1234, len(packet), family) + packet
+DNS_KIND_ANSWER, DNS_KIND_QUERY = 0, 1
+
+
+def held(packet, endpoint=1, family=4, kind=DNS_KIND_ANSWER):
+    # ts_ns, netns_cookie, socket_cookie, cgroup_id, endpoint, tgid, len, family, kind, _pad
+    return struct.pack("<QQQQIIIIII", 1, 4096, 77, 44, endpoint, 1234, len(packet), family, kind, 0) + packet
+
+
+def query_v4(qname, qtype=A):
+    return v4(message(qname, qtype, [], query=True), src="10.244.1.7", dst="10.96.0.10", sport=41234, dport=53)
+
+
+def query_v6(qname, qtype=AAAA):
+    return v6(message(qname, qtype, [], query=True, opt=True), src="fd00:1::7", dst="fd00::a", sport=41234, dport=53)
 
 
 def write(target, files):
@@ -164,6 +175,8 @@ def main():
             "dns_cname_chain.bin": chain,
             "dns_cname_loop.bin": loop,
             "dns_cname_fork.bin": fork,
+            "v4_query.bin": query_v4("api.openai.com"),
+            "dns_query_tunnel.bin": message("c2VjcmV0LXBhc3N3b3JkLWZvci10aGUtcHJvZA.x.example", A, [], query=True),
         },
     )
     write(
@@ -172,7 +185,11 @@ def main():
             "v4_a.bin": held(v4(openai)),
             "v4_rebind.bin": held(v4(rebind), endpoint=2),
             "v6_cname.bin": held(v6(chain6), family=6),
+            "v4_cname_allowed.bin": held(v4(chain)),
+            "v4_nxdomain_not_allowed.bin": held(v4(nxdomain)),  # refusal path
             "v4_len_too_long.bin": held(p_chain)[:40] + struct.pack("<I", 0xFFFF) + held(p_chain)[44:],
+            "q_v4_allowed.bin": held(query_v4("api.openai.com"), kind=DNS_KIND_QUERY),
+            "q_v6_not_allowed.bin": held(query_v6("9f86d081884c7d659a2feaa0c55ad015.evil.example"), family=6, kind=DNS_KIND_QUERY),
         },
     )
     write(

@@ -12,6 +12,8 @@ targets, the 1,000 race addresses).
       ``HTTP/1.0 200 OK`` with body ``hello from <local-addr>:<port>\n``.
       The body names the address the client actually reached, which is how
       tests prove *where* a connection landed.
+  TCP echo (ports from --tcp-echo, default none): echoes everything back
+      until the client closes (a long-lived connection).
   UDP (port from --udp, default 9999): echoes each datagram back, sent *from*
       the address it was received on (IP_PKTINFO/IPV6_PKTINFO), otherwise a
       connected client socket would drop a reply coming from the inet
@@ -97,6 +99,22 @@ async def handle_tcp(reader, writer):
         pass
 
 
+async def handle_tcp_echo(reader, writer):
+    peer = writer.get_extra_info("peername")
+    log(f"tcp-echo from {fmt(unmap(peer[0]), peer[1])}")
+    try:
+        while True:
+            chunk = await reader.read(4096)
+            if not chunk:
+                break
+            writer.write(chunk)
+            await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+    except ConnectionError:
+        pass
+
+
 def on_udp_readable(sock):
     """Echo one datagram back, sourced from the address it was sent to."""
     while True:
@@ -127,6 +145,7 @@ async def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tcp", default="80,443,8080,8443", help="comma-separated TCP ports")
     parser.add_argument("--udp", default="9999", help="comma-separated UDP echo ports")
+    parser.add_argument("--tcp-echo", default="", help="comma-separated TCP echo ports")
     args = parser.parse_args()
     # Race tests hold ~1,000 connections at once; lift the soft fd limit.
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -136,6 +155,10 @@ async def main():
     for port in [int(p) for p in args.tcp.split(",") if p]:
         sock = dual_stack_socket(socket.SOCK_STREAM, port)
         servers.append(await asyncio.start_server(handle_tcp, sock=sock, backlog=4096))
+
+    for port in [int(p) for p in args.tcp_echo.split(",") if p]:
+        sock = dual_stack_socket(socket.SOCK_STREAM, port)
+        servers.append(await asyncio.start_server(handle_tcp_echo, sock=sock, backlog=128))
 
     loop = asyncio.get_running_loop()
     for port in [int(p) for p in args.udp.split(",") if p]:
@@ -147,7 +170,7 @@ async def main():
         servers.append(sock)  # keep a reference so it is not collected
 
     print("READY", flush=True)
-    log(f"listening tcp={args.tcp} udp={args.udp}")
+    log(f"listening tcp={args.tcp} udp={args.udp} tcp-echo={args.tcp_echo}")
     await asyncio.Event().wait()  # run until killed
 
 

@@ -19,6 +19,11 @@ pub const DNS_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 53);
 pub const DNS_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x53, 0, 0, 0, 0, 0x53);
 /// A "rogue" resolver a pod might try to bypass policy with (same dnsmasq).
 pub const ROGUE_DNS_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 99);
+/// The misbehaving resolver (`servers/baddns.py`, UDP 53 only), started only
+/// with [`crate::BenchBuilder::bad_dns`]. Inside the 198.51.100.0/24 AnyIP
+/// range, so no extra address or route is needed (it is also
+/// `race-307.test`'s address, which only hostd's TCP ports serve).
+pub const BAD_DNS_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 54);
 
 /// Deny targets: cloud metadata (v4 and AWS's v6), a cluster service IP,
 /// and Alibaba's metadata address.
@@ -64,6 +69,9 @@ pub const INET_HOSTS: [IpAddr; 11] = [
 /// TCP ports hostd answers HTTP on, and its UDP echo port.
 pub const TCP_PORTS: [u16; 4] = [80, 443, 8080, 8443];
 pub const UDP_ECHO_PORT: u16 = 9999;
+/// hostd's TCP echo port (a connection that stays open, answering every
+/// line), only with [`crate::BenchBuilder::tcp_echo`].
+pub const TCP_ECHO_PORT: u16 = 7;
 
 /// node ↔ inet link.
 pub const NODE_UPLINK_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);

@@ -42,6 +42,8 @@ pub struct Bench {
     pub(crate) dnsmasq_pid: u32,
     pub(crate) hostd_pid: u32,
     pub(crate) dns_ttl: u32,
+    /// baddns.py's mode file and log, when started.
+    pub(crate) bad_dns: Option<(PathBuf, PathBuf)>,
     pub(crate) td: Teardown,
 }
 
@@ -165,6 +167,26 @@ impl Bench {
     }
     pub fn dns_ttl(&self) -> u32 {
         self.dns_ttl
+    }
+
+    /// Selects baddns.py's behaviour for the following queries (see
+    /// `servers/baddns.py`: `normal`, `spoof-extra`, `unsolicited`,
+    /// `wrong-port`, `wrong-question`). Panics without
+    /// [`BenchBuilder::bad_dns`].
+    pub fn set_bad_dns_mode(&self, mode: &str) -> Result<()> {
+        let (file, _) = self
+            .bad_dns
+            .as_ref()
+            .expect("bench started without bad_dns(true)");
+        // Write then rename: the server never reads a half-written mode.
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, mode)?;
+        std::fs::rename(&tmp, file)?;
+        Ok(())
+    }
+    /// baddns.py's log (one line per query), when started.
+    pub fn bad_dns_log_path(&self) -> Option<&Path> {
+        self.bad_dns.as_ref().map(|(_, log)| log.as_path())
     }
 
     /// Hands a process to the bench: it is stopped at teardown, before the

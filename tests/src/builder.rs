@@ -11,13 +11,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 /// Configures a [`Bench`]. Defaults: one pod named `"pod"`, the default DNS
-/// records, no race names, TTL 60 s.
+/// records, no race names, TTL 60 s, no misbehaving resolver, no TCP echo.
 #[derive(Debug, Clone)]
 pub struct BenchBuilder {
     pods: Vec<String>,
     records: Vec<(String, Vec<IpAddr>)>,
     race_names: bool,
     dns_ttl: u32,
+    bad_dns: bool,
+    tcp_echo: bool,
 }
 
 impl Default for BenchBuilder {
@@ -27,6 +29,8 @@ impl Default for BenchBuilder {
             records: dns::default_records(),
             race_names: false,
             dns_ttl: 60,
+            bad_dns: false,
+            tcp_echo: false,
         }
     }
 }
@@ -55,6 +59,20 @@ impl BenchBuilder {
     /// TTL dnsmasq puts on every answer (`--local-ttl`).
     pub fn dns_ttl(mut self, secs: u32) -> Self {
         self.dns_ttl = secs;
+        self
+    }
+
+    /// Also start `servers/baddns.py` on [`addr::BAD_DNS_V4`]:53 (UDP), a
+    /// resolver whose misbehaviour [`Bench::set_bad_dns_mode`] selects. It
+    /// is up once `start` returns, but not part of the readiness probe.
+    pub fn bad_dns(mut self, on: bool) -> Self {
+        self.bad_dns = on;
+        self
+    }
+
+    /// Also let hostd echo TCP on [`addr::TCP_ECHO_PORT`] (every address).
+    pub fn tcp_echo(mut self, on: bool) -> Self {
+        self.tcp_echo = on;
         self
     }
 
@@ -142,9 +160,22 @@ impl BenchBuilder {
 
         let t_dns = started.elapsed();
         let hostd_log = workdir.join("hostd.log");
-        let hostd = crate::servers::spawn_hostd(&inet_ns, &workdir, &hostd_log)?;
+        let hostd =
+            crate::servers::spawn_hostd_with(&inet_ns, &workdir, &hostd_log, self.tcp_echo)?;
         let hostd_pid = hostd.pid();
         td.children.push(hostd);
+        let bad_dns_mode = workdir.join("baddns.mode");
+        let bad_dns_log = workdir.join("baddns.log");
+        if self.bad_dns {
+            let bad = crate::servers::spawn_baddns(
+                &inet_ns,
+                &workdir,
+                &bad_dns_log,
+                &bad_dns_mode,
+                self.dns_ttl,
+            )?;
+            td.children.push(bad);
+        }
 
         let mut bench = Bench {
             prefix,
@@ -157,6 +188,7 @@ impl BenchBuilder {
             dnsmasq_pid,
             hostd_pid,
             dns_ttl: self.dns_ttl,
+            bad_dns: self.bad_dns.then_some((bad_dns_mode, bad_dns_log)),
             td,
         };
         let t_hostd = started.elapsed();

@@ -7,6 +7,9 @@
 //! servers (`servers/hostd.py`) and a real dnsmasq resolver. Deny targets such
 //! as 169.254.169.254 are hosts *inside inet*, so a failed enforcement never
 //! lets a packet leave the machine. Nothing is added to the root namespace.
+//! Opt-in extras: a misbehaving resolver (`servers/baddns.py` on
+//! [`addr::BAD_DNS_V4`], [`BenchBuilder::bad_dns`]) and a TCP echo port
+//! ([`BenchBuilder::tcp_echo`]).
 //!
 //! ```no_run
 //! use portcullis_tests::{Bench, require_root};
@@ -36,13 +39,15 @@ pub use topology::{INET_DOWNLINK_IF, NODE_UPLINK_IF, POD_IF};
 use std::path::PathBuf;
 
 /// `true` when running as root. Otherwise a privileged test cannot run: under
-/// CI (`CI=true`) that is a failure (panic), locally the test prints a SKIP
-/// line and should return early.
+/// CI (`CI=true`, or `PORTCULLIS_REQUIRE_PRIVILEGED` set, as `cargo xtask
+/// test` does in CI) that is a failure (panic), locally the test prints a
+/// SKIP line and should return early.
 pub fn require_root() -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+        || std::env::var_os("PORTCULLIS_REQUIRE_PRIVILEGED").is_some();
     let what = std::thread::current().name().unwrap_or("test").to_owned();
     if ci {
         panic!("privileged test cannot run: {what} needs root (network namespaces), and CI=true");

@@ -1,4 +1,5 @@
-//! The "internet" hosts: `servers/hostd.py` run inside the inet namespace.
+//! The "internet" hosts: `servers/hostd.py` run inside the inet namespace,
+//! and (opt-in) the misbehaving resolver `servers/baddns.py`.
 
 use crate::addr;
 use crate::guard::ChildGuard;
@@ -12,6 +13,7 @@ use std::time::Duration;
 /// The script is compiled in and written to the bench's work dir, so a test
 /// binary does not depend on where the source tree is at run time.
 pub const HOSTD_PY: &str = include_str!("../servers/hostd.py");
+pub const BADDNS_PY: &str = include_str!("../servers/baddns.py");
 
 /// How long hostd may take to bind its sockets.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,6 +35,17 @@ pub fn python() -> PathBuf {
 /// Starts hostd in `inet_ns` and returns once it printed `READY` (all
 /// sockets bound). Its stderr log goes to `log`.
 pub fn spawn_hostd(inet_ns: &str, workdir: &Path, log: &Path) -> Result<ChildGuard> {
+    spawn_hostd_with(inet_ns, workdir, log, false)
+}
+
+/// [`spawn_hostd`], optionally with the TCP echo service on
+/// [`addr::TCP_ECHO_PORT`] (off by default).
+pub fn spawn_hostd_with(
+    inet_ns: &str,
+    workdir: &Path,
+    log: &Path,
+    tcp_echo: bool,
+) -> Result<ChildGuard> {
     let script = workdir.join("hostd.py");
     std::fs::write(&script, HOSTD_PY)?;
     let tcp = addr::TCP_PORTS.map(|p| p.to_string()).join(",");
@@ -42,17 +55,49 @@ pub fn spawn_hostd(inet_ns: &str, workdir: &Path, log: &Path) -> Result<ChildGua
         .arg("-u")
         .arg(&script)
         .arg(format!("--tcp={tcp}"))
-        .arg(format!("--udp={}", addr::UDP_ECHO_PORT))
-        .stdin(Stdio::null())
+        .arg(format!("--udp={}", addr::UDP_ECHO_PORT));
+    if tcp_echo {
+        cmd.arg(format!("--tcp-echo={}", addr::TCP_ECHO_PORT));
+    }
+    spawn_until_ready(cmd, log, "hostd.py")
+}
+
+/// Starts `servers/baddns.py` in `inet_ns` on [`addr::BAD_DNS_V4`]:53; it
+/// reads its mode from `mode_file` before every query.
+pub fn spawn_baddns(
+    inet_ns: &str,
+    workdir: &Path,
+    log: &Path,
+    mode_file: &Path,
+    ttl: u32,
+) -> Result<ChildGuard> {
+    let script = workdir.join("baddns.py");
+    std::fs::write(&script, BADDNS_PY)?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", inet_ns])
+        .arg(python())
+        .arg("-u")
+        .arg(&script)
+        .arg(format!("--addr={}", addr::BAD_DNS_V4))
+        .arg("--port=53")
+        .arg(format!("--ttl={ttl}"))
+        .arg("--mode-file")
+        .arg(mode_file);
+    spawn_until_ready(cmd, log, "baddns.py")
+}
+
+/// Spawns a server script (stderr to `log`) and waits for `READY` on stdout.
+fn spawn_until_ready(mut cmd: Command, log: &Path, what: &str) -> Result<ChildGuard> {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log)?);
     let mut guard = ChildGuard::spawn(cmd)
-        .context("spawn hostd.py")?
+        .with_context(|| format!("spawn {what}"))?
         .with_grace(Duration::ZERO);
 
     // Read stdout on a helper thread so the wait can time out; the thread then
     // keeps draining stdout until hostd exits so the pipe never fills.
-    let stdout = guard.child_mut().stdout.take().context("hostd stdout")?;
+    let stdout = guard.child_mut().stdout.take().context("server stdout")?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
@@ -68,7 +113,7 @@ pub fn spawn_hostd(inet_ns: &str, workdir: &Path, log: &Path) -> Result<ChildGua
         Ok(false) | Err(_) => {
             let status = guard.stop();
             let log_text = std::fs::read_to_string(log).unwrap_or_default();
-            bail!("hostd.py did not become ready (exit: {status:?}); log:\n{log_text}")
+            bail!("{what} did not become ready (exit: {status:?}); log:\n{log_text}")
         }
     }
 }

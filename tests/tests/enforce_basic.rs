@@ -1,6 +1,7 @@
 //! Names, ports and learned addresses end to end: allowed name on its port
-//! (v4 and v6), the same name on another port, a name outside the policy, a
-//! never-learned IP, matchPattern semantics, and the issue's nsenter form.
+//! (v4 and v6), the same name on another port, a name outside the policy
+//! (NXDOMAIN from the DNS gate, logged as `denied-dns-name`), a never-learned
+//! IP (refused at connect), matchPattern semantics, and the issue's nsenter form.
 
 mod common;
 
@@ -42,7 +43,16 @@ fn allowed_name_port_and_learned_ip_only() {
     r.outcome.expect_code(0);
     r.ok("v4", "hello from 203.0.113.10:443\n");
     r.ok("v6", "hello from [2001:db8:100::10]:443\n");
-    for step in ["direct", "port80", "port80v6", "other", "direct-after"] {
+    // A name outside the policy does not resolve (the gate answers
+    // NXDOMAIN): curl fails at once with exit 6, nothing is learned.
+    let st = r.fails("other", 6, 1000);
+    assert!(
+        st.stderr
+            .contains("Could not resolve host: other.example.test"),
+        "{}",
+        st.stderr
+    );
+    for step in ["direct", "port80", "port80v6", "direct-after"] {
         // EPERM at connect(): curl gives up at once (exit 7), no timeout.
         let st = r.fails(step, 7, 1000);
         assert!(
@@ -73,10 +83,16 @@ fn allowed_name_port_and_learned_ip_only() {
     let mut want = blocked("denied-default", "tcp", "connect6");
     want.push(("host", s("api.example.test")));
     log.expect("2001:db8:100::10", 8080, &want);
-    // The endpoint saw other.example.test's answer (not allowed: not learned).
-    let mut want = blocked("denied-default", "tcp", "connect4");
+    // The lookup of other.example.test (curl -4: one A query) is logged by
+    // the DNS gate, with the name and the resolver it was sent to.
+    let mut want = blocked("denied-dns-name", "dns", "dns-gate");
     want.push(("host", s("other.example.test")));
-    log.expect("203.0.113.20", 443, &want);
+    log.expect("198.51.100.53", 53, &want);
+    assert_eq!(log.only("dns").records.len(), 1, "{}", log.raw);
+    // Its answer was replaced, so the endpoint never saw 203.0.113.20 under
+    // that name: the direct connect after it is blocked, without a host.
+    let mut want = blocked("denied-default", "tcp", "connect4");
+    want.push(("host", serde_json::Value::Null));
     log.expect("203.0.113.20", 8443, &want);
     // Nothing logged for the allowed TCP connections, one record per blocked
     // one. (glibc's getaddrinfo also connect()s UDP sockets to rank the
@@ -84,9 +100,10 @@ fn allowed_name_port_and_learned_ip_only() {
     let tcp = log.only("tcp");
     assert!(tcp.to("203.0.113.10", 443).is_empty(), "{}", log.raw);
     assert!(tcp.to("2001:db8:100::10", 443).is_empty(), "{}", log.raw);
+    assert!(tcp.to("203.0.113.20", 443).is_empty(), "{}", log.raw);
     assert_eq!(
         tcp.records.len(),
-        5,
+        4,
         "one record per blocked attempt:\n{}",
         log.raw
     );
@@ -117,19 +134,39 @@ dns:
     r.ok("a.wild", "hello from 203.0.113.31:80\n");
     r.ok("x.deep", "hello from 203.0.113.41:80\n");
     r.ok("y.z.deep", "hello from 203.0.113.42:80\n");
-    for (step, ip, host) in [
-        ("b.c.wild", "203.0.113.32", "b.c.wild.test"),
-        ("wild", "203.0.113.33", "wild.test"),
-        ("other", "203.0.113.20", "other.example.test"),
+    // Names the patterns do not match do not resolve (exit 6); each lookup
+    // is logged once (curl -4: one A query), and nothing was connected to.
+    for (step, host) in [
+        ("b.c.wild", "b.c.wild.test"),
+        ("wild", "wild.test"),
+        ("other", "other.example.test"),
     ] {
-        r.fails(step, 7, 1000);
+        let st = r.fails(step, 6, 1000);
+        assert!(
+            st.stderr.contains("Could not resolve host"),
+            "{step}: {}",
+            st.stderr
+        );
+        let recs: Vec<_> = r
+            .log()
+            .records
+            .iter()
+            .filter(|x| x["host"] == host)
+            .collect();
+        assert_eq!(recs.len(), 1, "{host}: {}", r.log().raw);
         r.log().expect(
-            ip,
-            80,
-            &[("reason", s("denied-default")), ("host", s(host))],
+            "198.51.100.53",
+            53,
+            &[
+                ("reason", s("denied-dns-name")),
+                ("protocol", s("dns")),
+                ("hook", s("dns-gate")),
+                ("host", s(host)),
+            ],
         );
     }
-    assert_eq!(r.log().only("tcp").records.len(), 3, "{}", r.log().raw);
+    assert_eq!(r.log().only("dns").records.len(), 3, "{}", r.log().raw);
+    assert!(r.log().only("tcp").records.is_empty(), "{}", r.log().raw);
 
     // `*` alone matches every name.
     let star = "egress:\n  - toFQDNs: [{matchPattern: \"*\"}]\n    ports: [{port: 80}]\n"
@@ -146,12 +183,21 @@ dns:
     r.ok("other", "hello from 203.0.113.20:80\n");
     r.ok("b.c.wild", "hello from 203.0.113.32:80\n");
     r.fails("port443", 7, 1000);
-    r.log()
-        .expect("203.0.113.20", 443, &[("reason", s("denied-default"))]);
+    r.log().expect(
+        "203.0.113.20",
+        443,
+        &[
+            ("reason", s("denied-default")),
+            ("host", s("other.example.test")),
+        ],
+    );
+    assert!(r.log().only("dns").records.is_empty(), "{}", r.log().raw);
 }
 
 /// The issue's own form: the command enters the pod with nsenter (no bench
 /// resolv.conf), resolves with an explicit server, connects to the bare IP.
+/// A name outside the policy gets NXDOMAIN; its real address, used
+/// directly, is refused at connect.
 #[test]
 fn issue_form_nsenter_dig_then_curl_ip() {
     if !require_root() {
@@ -172,15 +218,38 @@ fn issue_form_nsenter_dig_then_curl_ip() {
     assert_eq!(ok.ran.stdout, "hello from 203.0.113.10:443\n");
     assert!(ok.log.records.is_empty(), "{}", ok.log.raw);
 
+    // dig shows the gate's NXDOMAIN (the resolver itself knows the name);
+    // the address the name really has, used directly, is still refused.
     let bad = Exec::new(&bench)
         .policy(POLICY)
         .enter(Enter::Nsenter)
-        .run(&["sh", "-c", &script("other.example.test")]);
+        .run(&[
+            "sh",
+            "-c",
+            "dig +time=2 +tries=1 @198.51.100.53 other.example.test A >&2; \
+             curl -sS --max-time 3 http://203.0.113.20:443/",
+        ]);
     bad.expect_code(7);
     assert!(
-        bad.ran.stderr.contains("ip=203.0.113.20"),
+        bad.ran.stderr.contains("status: NXDOMAIN"),
         "{}",
         bad.ran.stderr
+    );
+    assert!(bad.ran.stderr.contains("ANSWER: 0,"), "{}", bad.ran.stderr);
+    assert!(
+        !bad.ran.stderr.contains("203.0.113.20\n"),
+        "{}",
+        bad.ran.stderr
+    );
+    bad.log.expect(
+        "198.51.100.53",
+        53,
+        &[
+            ("verdict", s("blocked")),
+            ("reason", s("denied-dns-name")),
+            ("host", s("other.example.test")),
+            ("comm", s("dig")),
+        ],
     );
     bad.log.expect(
         "203.0.113.20",
@@ -188,8 +257,9 @@ fn issue_form_nsenter_dig_then_curl_ip() {
         &[
             ("verdict", s("blocked")),
             ("reason", s("denied-default")),
-            ("host", s("other.example.test")),
+            ("host", serde_json::Value::Null),
             ("comm", s("curl")),
         ],
     );
+    assert_eq!(bad.log.records.len(), 2, "{}", bad.log.raw);
 }

@@ -148,6 +148,8 @@ dns:
     r.outcome.expect_code(0);
     r.ok("api", "hello from 203.0.113.10:443\n");
     r.ok("meta", "hello from 169.254.169.254:80\n");
+    // Audit blocks nothing, so the answer keeps the metadata address
+    // (enforcement would strip it) and the connect is logged with the name.
     r.ok("meta-name", "hello from 169.254.169.254:443\n");
     r.ok("meta6", "hello from [fd00:ec2::254]:80\n");
     r.ok("other", "hello from 203.0.113.20:80\n");
@@ -170,6 +172,13 @@ dns:
         &audit("denied-range", "tcp", Some("meta.example.test")),
     );
     log.expect("fd00:ec2::254", 80, &audit("denied-range", "tcp", None));
+    // The name outside the policy: its lookup is logged (enforcement would
+    // answer NXDOMAIN), its real answer goes through, and the connect too.
+    log.expect(
+        "198.51.100.53",
+        53,
+        &audit("denied-dns-name", "dns", Some("other.example.test")),
+    );
     log.expect(
         "203.0.113.20",
         80,

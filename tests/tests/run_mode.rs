@@ -102,14 +102,22 @@ fn run_mode_enforces_a_configured_cgroup_until_sigterm() {
             (0, "hello from 203.0.113.10:443\n"),
             "{ok:?}"
         );
-        for url in [
-            "-4 http://api.example.test:80/",
-            "-4 http://other.example.test:443/",
-            "http://169.254.169.254/",
-        ] {
+        for url in ["-4 http://api.example.test:80/", "http://169.254.169.254/"] {
             let r = in_cgroup(&bench, where_, &format!("{curl} {url}"));
             assert_eq!(r.code, 7, "{url} from {}: {r:?}", where_.display());
         }
+        // A name outside the policy: the gate answers NXDOMAIN.
+        let r = in_cgroup(
+            &bench,
+            where_,
+            &format!("{curl} -4 http://other.example.test:443/"),
+        );
+        assert_eq!(
+            r.code,
+            6,
+            "other.example.test from {}: {r:?}",
+            where_.display()
+        );
         let dig = in_cgroup(
             &bench,
             where_,
@@ -153,9 +161,23 @@ fn run_mode_enforces_a_configured_cgroup_until_sigterm() {
         ("namespace", s("team-a")),
         ("pod", s("pod-a")),
     ];
+    // The refused lookup (one A query each time) names the host.
+    let dns: Vec<_> = log
+        .records
+        .iter()
+        .filter(|r| r["reason"] == "denied-dns-name")
+        .collect();
+    assert_eq!(dns.len(), 2, "{}", log.raw);
+    let mut want = who.to_vec();
+    want.extend([
+        ("host", s("other.example.test")),
+        ("hook", s("dns-gate")),
+        ("protocol", s("dns")),
+    ]);
+    log.expect("198.51.100.53", 53, &want);
+    assert!(log.to("203.0.113.20", 443).is_empty(), "{}", log.raw);
     for (dst, port, reason) in [
         ("203.0.113.10", 80, "denied-default"),
-        ("203.0.113.20", 443, "denied-default"),
         ("169.254.169.254", 80, "denied-range"),
         ("198.51.100.99", 53, "denied-dns-server"),
     ] {

@@ -45,7 +45,10 @@ fuzz_target!(|data: &[u8]| {
         let rebuilt = build_udp(udp.src, udp.dst, udp.payload, 64)
             .expect("a payload that came out of an IP packet fits a fresh one");
         let again = parse_udp(&rebuilt).expect("build_udp output re-parses");
-        assert_eq!((again.src, again.dst, again.payload), (udp.src, udp.dst, udp.payload));
+        assert_eq!(
+            (again.src, again.dst, again.payload),
+            (udp.src, udp.dst, udp.payload)
+        );
         dns(udp.payload);
     }
 
@@ -117,7 +120,11 @@ fn query(msg: &Message) {
 }
 
 fn check_learned(l: &Learned, max: usize, q: Option<&(String, u16)>) {
-    assert!(l.cname_chain.len() <= max, "chain {:?} longer than {max}", l.cname_chain);
+    assert!(
+        l.cname_chain.len() <= max,
+        "chain {:?} longer than {max}",
+        l.cname_chain
+    );
     let (qname, qtype) = q.expect("learnable found a question, so question() must too");
     assert_eq!((&l.qname, l.qtype), (qname, *qtype));
     for a in &l.addrs {
@@ -142,10 +149,15 @@ fn check_learned(l: &Learned, max: usize, q: Option<&(String, u16)>) {
 fn selectors() -> &'static [NameSelector] {
     static SELECTORS: std::sync::OnceLock<Vec<NameSelector>> = std::sync::OnceLock::new();
     SELECTORS.get_or_init(|| {
-        let mut v: Vec<NameSelector> = ["*", "*.slack.com", "**.githubusercontent.com", "api.openai.com"]
-            .into_iter()
-            .map(|p| NameSelector::pattern(p).unwrap())
-            .collect();
+        let mut v: Vec<NameSelector> = [
+            "*",
+            "*.slack.com",
+            "**.githubusercontent.com",
+            "api.openai.com",
+        ]
+        .into_iter()
+        .map(|p| NameSelector::pattern(p).unwrap())
+        .collect();
         v.push(NameSelector::exact("example.com.").unwrap());
         v
     })

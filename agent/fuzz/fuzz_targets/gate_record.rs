@@ -2,29 +2,40 @@
 //!
 //! `Gate::handle` needs kernel state (endpoint maps, a raw socket in the
 //! workload's namespace), so this target runs the same steps without it:
-//! decode the record, `parse_udp`, `parse_message` + `learnable(MAX_CNAME_CHAIN)`,
-//! ask a compiled policy about the question name, `strip_addresses` with the
-//! always-denied ranges, re-encode the rewritten message and `build_udp` the
-//! packet that would be re-injected.
+//! decode the record, dispatch on `kind`, then
+//! * a query copy (`DNS_KIND_QUERY`, bytes the workload chose):
+//!   `parse_udp`, `parse_message`, `parse_query`, `suspicion`, the policy's
+//!   `may_resolve`, `PendingQueries::insert`;
+//! * an answer (bytes the resolver chose): `parse_udp`, `parse_message` +
+//!   `learnable(MAX_CNAME_CHAIN)`, `question`, pairing with a pending query
+//!   (one is inserted first, as if the workload had asked exactly this, with
+//!   the policy's verdict on the name), then either the refusal reply or
+//!   `strip_addresses` with the always-denied ranges, re-encoding, and the
+//!   `build_udp` of the packet that would be injected.
 //!
-//! `gate.rs`'s `decode` is private, so [`decode`] below is a line-for-line
-//! copy of it; keep the two in sync (or make the original public and call it).
+//! `gate/mod.rs`'s `decode` is private, so [`decode`] below is a copy of it;
+//! keep the two in sync (or make the original public and call it).
 //!
 //! The kernel always reserves a whole `DnsHeldPacket`, so a shorter input is
 //! zero-padded to that size: the fuzzer then only has to produce the header
-//! and the packet, not 4 KiB of padding. `len` stays fuzzer-controlled.
+//! and the packet, not 4 KiB of padding. `len` and `kind` stay
+//! fuzzer-controlled.
 //!
-//! Invariants: the rebuilt packet re-parses to the same addresses and
-//! payload; stripping is idempotent; whatever the workload would receive,
-//! if it parses, teaches no always-denied address.
+//! Invariants: every packet the gate would send re-parses to the same
+//! addresses and payload; stripping is idempotent; whatever the workload
+//! would receive, if it parses, teaches no always-denied address.
 #![no_main]
 
-use std::net::IpAddr;
+use std::{net::IpAddr, time::Instant};
 
-use agent_common::DnsHeldPacket;
+use agent_common::{DNS_KIND_QUERY, DnsHeldPacket};
+use hickory_proto::op::ResponseCode;
 use libfuzzer_sys::fuzz_target;
-use portcullis::dns::{build_udp, learnable, parse_message, parse_udp, strip_addresses};
-use portcullis::gate::MAX_CNAME_CHAIN;
+use portcullis::dns::{
+    UdpPacket, build_udp, learnable, parse_message, parse_query, parse_udp, question, refusal,
+    strip_addresses, suspicion, transaction_id,
+};
+use portcullis::gate::{MAX_CNAME_CHAIN, PendingQueries, QueryKey};
 use portcullis::policy::{CompiledPolicy, Policy, compile, is_always_denied};
 
 /// Copy of `portcullis::gate::decode` (private there).
@@ -33,11 +44,10 @@ fn decode(record: &[u8]) -> Option<(DnsHeldPacket, &[u8])> {
         return None;
     }
     // SAFETY: the record is at least one DnsHeldPacket long; read_unaligned
-    // copes with the ring buffer's 8-byte alignment guarantee only.
+    // does not rely on the ring buffer's alignment.
     let held: DnsHeldPacket = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
     let off = std::mem::offset_of!(DnsHeldPacket, data);
-    let len = held.len as usize;
-    let data = record.get(off..off.checked_add(len)?)?;
+    let data = record.get(off..off.checked_add(held.len as usize)?)?;
     Some((held, data))
 }
 
@@ -46,9 +56,41 @@ fuzz_target!(|input: &[u8]| {
     if record.len() < size_of::<DnsHeldPacket>() {
         record.resize(size_of::<DnsHeldPacket>(), 0);
     }
-    let Some((_held, data)) = decode(&record) else {
+    let Some((held, data)) = decode(&record) else {
         return;
     };
+    if held.kind == DNS_KIND_QUERY {
+        handle_query(&held, data);
+    } else {
+        handle_answer(&held, data);
+    }
+});
+
+fn handle_query(held: &DnsHeldPacket, data: &[u8]) {
+    let Ok(udp) = parse_udp(data) else {
+        return;
+    };
+    let Ok(msg) = parse_message(udp.payload) else {
+        return;
+    };
+    let Ok((qname, qtype)) = parse_query(&msg) else {
+        return;
+    };
+    let _ = suspicion(&qname);
+    let allowed = policy().may_resolve(&qname);
+    let key = QueryKey {
+        endpoint: held.endpoint,
+        client: udp.src,
+        resolver: udp.dst,
+        txid: transaction_id(&msg),
+    };
+    let mut pending = PendingQueries::default();
+    pending.insert(key.clone(), &qname, qtype, allowed, Instant::now());
+    assert_eq!(pending.take(&key, &qname, qtype), Some(allowed));
+    assert!(pending.is_empty());
+}
+
+fn handle_answer(held: &DnsHeldPacket, data: &[u8]) {
     let Ok(udp) = parse_udp(data) else {
         return;
     };
@@ -58,10 +100,39 @@ fuzz_target!(|input: &[u8]| {
     let Ok(learned) = learnable(&msg, MAX_CNAME_CHAIN) else {
         return;
     };
+    let Some((qname, qtype)) = question(&msg) else {
+        return;
+    };
+    let key = QueryKey {
+        endpoint: held.endpoint,
+        client: udp.dst,
+        resolver: udp.src,
+        txid: transaction_id(&msg),
+    };
+    let p = policy();
+    let mut pending = PendingQueries::default();
+    pending.insert(
+        key.clone(),
+        &qname,
+        qtype,
+        p.may_resolve(&qname),
+        Instant::now(),
+    );
+    let allowed = pending
+        .take(&key, &qname, qtype)
+        .expect("the answer to the query just inserted pairs");
+    if !allowed {
+        // The gate replaces the answer; the workload must get a valid one.
+        let reply = refusal(&msg, ResponseCode::NXDomain);
+        if let Ok(bytes) = reply.to_vec() {
+            let sent = send(&udp, &bytes).expect("a refusal (header + one question) fits a packet");
+            let back = parse_message(&sent).expect("the agent's refusal re-parses");
+            assert_eq!(question(&back), Some((qname, qtype)));
+        }
+        return;
+    }
     if let Some(l) = &learned {
-        let p = policy();
         let _ = p.ports_for_name(&l.qname);
-        let _ = p.may_resolve(&l.qname);
     }
 
     let stripped = strip_addresses(&mut msg, is_always_denied);
@@ -70,38 +141,44 @@ fuzz_target!(|input: &[u8]| {
         strip_addresses(&mut msg, is_always_denied).is_empty(),
         "stripping twice removed more"
     );
-
-    let rewritten;
-    let payload = if stripped.is_empty() {
-        udp.payload
-    } else {
-        // The gate drops the answer when re-encoding fails: allowed here too.
-        let Ok(v) = msg.to_vec() else {
-            return;
-        };
-        rewritten = v;
-        // What the workload would see must not teach a denied address.
-        if let Ok(seen) = parse_message(&rewritten) {
-            if let Ok(Some(l)) = learnable(&seen, MAX_CNAME_CHAIN) {
-                let bad: Vec<IpAddr> =
-                    l.addrs.iter().map(|a| a.ip).filter(|ip| is_always_denied(*ip)).collect();
-                assert!(bad.is_empty(), "rewritten answer still carries {bad:?}");
-            }
-        }
-        &rewritten[..]
-    };
-    // A rewritten message may in theory grow (hickory re-compresses names
-    // its own way), so only the unchanged payload must always fit.
-    match build_udp(udp.src, udp.dst, payload, 64) {
-        Ok(packet) => {
-            let again = parse_udp(&packet).expect("build_udp output re-parses");
-            assert_eq!((again.src, again.dst, again.payload), (udp.src, udp.dst, payload));
-        }
-        Err(e) => assert!(!stripped.is_empty(), "unchanged payload does not fit again: {e}"),
+    if stripped.is_empty() {
+        send(&udp, udp.payload).expect("an unchanged payload fits a fresh packet");
+        return;
     }
-});
+    // The gate drops the answer when re-encoding fails: allowed here too.
+    let Ok(rewritten) = msg.to_vec() else {
+        return;
+    };
+    // What the workload would see must not teach a denied address.
+    if let Ok(seen) = parse_message(&rewritten)
+        && let Ok(Some(l)) = learnable(&seen, MAX_CNAME_CHAIN)
+    {
+        let bad: Vec<IpAddr> = l
+            .addrs
+            .iter()
+            .map(|a| a.ip)
+            .filter(|ip| is_always_denied(*ip))
+            .collect();
+        assert!(bad.is_empty(), "rewritten answer still carries {bad:?}");
+    }
+    // A rewritten message may in theory grow (hickory re-compresses names
+    // its own way); the gate drops it then, so a failure is allowed here.
+    let _ = send(&udp, &rewritten);
+}
 
-/// The demo policy plus a CIDR rule and a catch-all pattern, compiled once.
+/// `build_udp` as the gate does before injecting; a built packet must
+/// re-parse to the same addresses and payload. Returns the payload sent.
+fn send(udp: &UdpPacket<'_>, payload: &[u8]) -> Option<Vec<u8>> {
+    let packet = build_udp(udp.src, udp.dst, payload, 64).ok()?;
+    let again = parse_udp(&packet).expect("build_udp output re-parses");
+    assert_eq!(
+        (again.src, again.dst, again.payload),
+        (udp.src, udp.dst, payload)
+    );
+    Some(again.payload.to_vec())
+}
+
+/// The demo policy plus a CIDR rule and more patterns, compiled once.
 fn policy() -> &'static CompiledPolicy {
     static POLICY: std::sync::OnceLock<CompiledPolicy> = std::sync::OnceLock::new();
     POLICY.get_or_init(|| {
@@ -111,13 +188,13 @@ egress:
       - matchName: api.openai.com
       - matchPattern: "*.slack.com"
       - matchPattern: "**.githubusercontent.com"
+      - matchPattern: "**.example.com"
     ports: [{port: 443, protocol: TCP}]
-  - toFQDNs: [{matchPattern: "*"}]
-    ports: [{port: 53, protocol: UDP}]
   - toCIDRs: ["10.96.0.1/32"]
     ports: [{port: 443}]
 dns:
   servers: ["198.51.100.53"]
+  allowNames: ["*.example.net"]
 "#;
         let p = Policy::from_yaml_str(yaml, "fuzz").expect("fixed policy loads");
         compile(&p, || Ok::<_, std::io::Error>(vec![])).expect("fixed policy compiles")

@@ -92,9 +92,14 @@ fn round_trip(sel: &NameSelector) {
 fn fixed() -> &'static [NameSelector] {
     static FIXED: std::sync::OnceLock<Vec<NameSelector>> = std::sync::OnceLock::new();
     FIXED.get_or_init(|| {
-        ["*", "*.slack.com", "**.githubusercontent.com", "api.openai.com"]
-            .into_iter()
-            .map(|p| NameSelector::pattern(p).unwrap())
-            .collect()
+        [
+            "*",
+            "*.slack.com",
+            "**.githubusercontent.com",
+            "api.openai.com",
+        ]
+        .into_iter()
+        .map(|p| NameSelector::pattern(p).unwrap())
+        .collect()
     })
 }

@@ -14,7 +14,7 @@ use hickory_proto::{op::Message, rr::RData};
 
 /// Removes every A/AAAA record (answer and additional sections) whose
 /// address `deny` rejects. Returns the removed addresses.
-pub fn strip_addresses(msg: &mut Message, deny: impl Fn(IpAddr) -> bool) -> Vec<IpAddr> {
+pub fn strip_addresses(msg: &mut Message, mut deny: impl FnMut(IpAddr) -> bool) -> Vec<IpAddr> {
     let mut stripped = Vec::new();
     for section in [&mut msg.answers, &mut msg.additionals] {
         section.retain(|r| {

@@ -5,7 +5,7 @@ use std::collections::{HashMap as StdHashMap, HashSet};
 
 use agent_common::{
     CidrKey, CidrValue, Config, DnsServerKey, DnsSockInfo, EndpointInfo, InboundKey, LearnedKey,
-    LearnedValue, LiveFlow, COUNTERS_LEN, FLOW_F_DNS,
+    LearnedValue, LiveFlow, COUNTERS_LEN, FLOW_F_CLOSING, FLOW_F_DNS,
 };
 use aya::{
     Ebpf,
@@ -154,7 +154,7 @@ impl PolicyMaps {
     pub fn live_ips(&self) -> StdHashMap<u32, HashSet<[u8; 16]>> {
         let mut out: StdHashMap<u32, HashSet<[u8; 16]>> = StdHashMap::new();
         for (_, f) in self.live_flows.iter().filter_map(Result::ok) {
-            if f.flags & FLOW_F_DNS == 0 {
+            if f.flags & (FLOW_F_DNS | FLOW_F_CLOSING) == 0 {
                 out.entry(f.endpoint).or_default().insert(f.ip);
             }
         }

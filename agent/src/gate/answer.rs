@@ -6,7 +6,12 @@ use agent_common::DnsHeldPacket;
 use tracing::{debug, warn};
 
 use super::{Gate, GateStats, MAX_CNAME_CHAIN, QueryKey};
-use crate::dns::{build_udp, learnable, parse_message, parse_udp, question, refusal, strip_addresses, transaction_id};
+use agent_common::Reason;
+
+use crate::{
+    dns::{build_udp, learnable, parse_message, parse_udp, question, refusal, strip_addresses, transaction_id},
+    events::{BlockedRecord, now_rfc3339, proc_comm, write_record},
+};
 
 impl Gate {
     pub(super) fn handle_answer(&mut self, held: &DnsHeldPacket, data: &[u8]) -> bool {
@@ -95,8 +100,39 @@ impl Gate {
                 GateStats::bump(&stats.dropped_unknown_endpoint);
                 return false;
             };
-            // The workload never holds an address it could not connect to.
-            let stripped = strip_addresses(&mut msg, |ip| ep.unreachable(ip) || refused.contains(&ip));
+            // The workload never holds an address it could not connect to
+            // (in audit mode it does, and the log says what would happen).
+            let audit = ep.audit;
+            let mut would = Vec::new();
+            let stripped = strip_addresses(&mut msg, |ip| {
+                let deny = ep.unreachable(ip) || refused.contains(&ip);
+                if deny {
+                    would.push(ip);
+                }
+                deny && !audit
+            });
+            let rebinding: Vec<IpAddr> = would.iter().copied().filter(|ip| ep.unreachable(*ip)).collect();
+            if !rebinding.is_empty() {
+                let identity = ep.identity.clone();
+                for ip in rebinding {
+                    write_record(&self.log, &BlockedRecord {
+                        time: now_rfc3339(),
+                        verdict: if audit { "audit" } else { "blocked" },
+                        reason: Reason::DeniedRange.as_str(),
+                        endpoint: identity.name.clone(),
+                        namespace: identity.namespace.clone(),
+                        pod: identity.pod.clone(),
+                        protocol: "dns".into(),
+                        dst: ip,
+                        dport: 0,
+                        host: Some(qname.clone()),
+                        pid: (held.tgid != 0).then_some(held.tgid),
+                        comm: proc_comm(held.tgid),
+                        hook: "dns-gate",
+                        cgroup_id: held.cgroup_id,
+                    });
+                }
+            }
             stripped
         };
         // The rewritten message, or the original bytes when nothing changed.

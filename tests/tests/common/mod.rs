@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 pub const SOCK_PY: &str = include_str!("../../clients/sock.py");
 pub const RACE_PY: &str = include_str!("../../clients/race.py");
+pub const DNSQ_PY: &str = include_str!("../../clients/dnsq.py");
+pub const HOLD_PY: &str = include_str!("../../clients/hold.py");
 
 /// The trusted resolver's policy fragment, for policies written by tests.
 pub const DNS_TRUSTED: &str = "dns:\n  servers: [\"198.51.100.53\"]\n";
@@ -226,16 +228,19 @@ impl<'b> Exec<'b> {
 
     /// Runs a script of named shell steps in one agent run; each step's
     /// exit code, output and duration are collected separately. Steps see
-    /// `$PY` (python3), `$SOCK` (clients/sock.py) and `$RACE` (clients/race.py).
+    /// `$PY` (python3), `$SOCK` (clients/sock.py), `$RACE` (clients/race.py),
+    /// `$DNSQ` (clients/dnsq.py) and `$HOLD` (clients/hold.py).
     pub fn steps(&self, steps: &[(&str, &str)]) -> Steps {
         let dir = fresh_path(self.bench.workdir(), "steps");
         std::fs::create_dir(&dir).unwrap();
         let mut sh = String::from("#!/bin/sh\n");
         sh += &format!(
-            "PY={}\nSOCK={}\nRACE={}\n",
+            "PY={}\nSOCK={}\nRACE={}\nDNSQ={}\nHOLD={}\n",
             python().display(),
             client(self.bench, "sock.py", SOCK_PY).display(),
-            client(self.bench, "race.py", RACE_PY).display()
+            client(self.bench, "race.py", RACE_PY).display(),
+            client(self.bench, "dnsq.py", DNSQ_PY).display(),
+            client(self.bench, "hold.py", HOLD_PY).display()
         );
         for (i, (_, cmd)) in steps.iter().enumerate() {
             let d = dir.display();
