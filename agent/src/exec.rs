@@ -68,7 +68,7 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
         agent.attach(cgroup.path())?;
         spawn_and_wait(args, &cgroup)
     })();
-    for (what, n) in agent.losses() {
+    for (what, n) in agent.losses().into_iter().chain(agent.dns_findings()) {
         eprintln!("portcullis: {n} {what}");
     }
     agent.shutdown();

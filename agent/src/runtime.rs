@@ -136,6 +136,24 @@ impl Agent {
         .collect()
     }
 
+    /// DNS-gate findings worth telling a human about, as (what, count).
+    pub fn dns_findings(&self) -> Vec<(&'static str, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let g = &self.gate_stats;
+        let mut suspicious = 0;
+        if let Ok(m) = g.per_endpoint.lock() {
+            suspicious = m.values().map(|s| s.suspicious_long_label + s.suspicious_entropy + s.high_rate).sum();
+        }
+        [
+            ("DNS answers dropped: they matched no query (forged, unsolicited or late)", g.answers_unsolicited.load(Relaxed)),
+            ("DNS queries with names that look like tunnelled data, or too many per second", suspicious),
+            ("addresses not learned because a cap was reached and all older ones had live connections", g.ips_refused_cap.load(Relaxed)),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect()
+    }
+
     /// Stops the workers (the log drains what is queued) and detaches.
     pub fn shutdown(self) {
         self.stop.store(true, Ordering::Relaxed);
