@@ -5,22 +5,19 @@
 use std::{
     io::Write,
     net::{IpAddr, Ipv6Addr},
-    os::fd::AsRawFd as _,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
 
 use agent_common::{DeniedEvent, Hook, Reason, proto};
 use aya::maps::{MapData, RingBuf};
 use serde::Serialize;
-
-use crate::{
-    gate::poll_readable,
-    state::{State, boot_ns},
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::watch,
 };
+
+use crate::state::{State, boot_ns};
 
 /// Where blocked-connection records go; shared by the kernel-event reader
 /// and the DNS gate (refused queries), so the log is one stream.
@@ -135,26 +132,44 @@ fn decode(bytes: &[u8]) -> Option<DeniedEvent> {
         .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }
 
-/// Consumes denied-attempt events and writes JSON lines to `out` until
-/// `stop` is set, then drains what is left.
-pub fn run(mut ring: RingBuf<MapData>, state: Arc<Mutex<State>>, out: LogSink, stop: Arc<AtomicBool>) {
-    let fd = ring.as_raw_fd();
-    loop {
-        let stopping = stop.load(Ordering::Relaxed);
-        while let Some(item) = ring.next() {
-            let Some(ev) = decode(&item) else { continue };
-            let rec = {
-                let st = match state.lock() {
-                    Ok(g) => g,
-                    Err(p) => p.into_inner(),
-                };
-                record(&ev, &st)
+/// Writes every queued event as a record.
+fn drain(ring: &mut RingBuf<MapData>, state: &Mutex<State>, out: &LogSink) {
+    while let Some(item) = ring.next() {
+        let Some(ev) = decode(&item) else { continue };
+        let rec = {
+            let st = match state.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
             };
-            write_record(&out, &rec);
-        }
-        if stopping {
+            record(&ev, &st)
+        };
+        write_record(out, &rec);
+    }
+}
+
+/// Consumes denied-attempt events and writes JSON lines to `out` until
+/// `stop` turns true, then drains what is left (the ring buffer's fd is
+/// readable when records are queued: tokio's `AsyncFd`, as aya-template's
+/// log reader does).
+pub async fn run(ring: RingBuf<MapData>, state: Arc<Mutex<State>>, out: LogSink, mut stop: watch::Receiver<bool>) {
+    // SAFETY: the AsyncFd owns the RingBuf, which owns the fd, so the fd
+    // stays open for as long as it is registered.
+    let mut fd = match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the denied-event ring buffer; blocked attempts are not logged");
             return;
         }
-        poll_readable(fd, 100);
+    };
+    loop {
+        tokio::select! {
+            ready = fd.readable_mut() => {
+                let Ok(mut guard) = ready else { break };
+                drain(guard.get_inner_mut(), &state, &out);
+                guard.clear_ready();
+            }
+            _ = stop.changed() => break,
+        }
     }
+    drain(fd.get_mut(), &state, &out);
 }

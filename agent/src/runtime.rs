@@ -1,5 +1,5 @@
-//! A running agent: loaded datapath, shared state, and the three worker
-//! threads (DNS gate, blocked-connection log, expiry). Used by both
+//! A running agent: loaded datapath, shared state, the DNS gate thread and
+//! a small tokio runtime (blocked-connection log, expiry). Used by both
 //! `portcullis exec` and `portcullis run`.
 
 use std::{
@@ -15,6 +15,7 @@ use std::{
 
 use agent_common::Config;
 use anyhow::{Context as _, Result};
+use tokio::sync::watch;
 use tracing::warn;
 
 use crate::{
@@ -43,8 +44,27 @@ pub struct Agent {
     pub state: Arc<Mutex<State>>,
     pub gate_stats: Arc<GateStats>,
     datapath: Datapath,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    rt: tokio::runtime::Runtime,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop_gate: Arc<AtomicBool>,
+    gate_thread: JoinHandle<()>,
+}
+
+/// Drops expired learned IPs from the maps (the kernel refuses them at
+/// connect time already; this keeps the maps and bookkeeping small).
+async fn expire_learned(state: Arc<Mutex<State>>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = lock(&state).expire() {
+                    warn!(error = %e, "expiring learned IPs failed");
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// A random non-zero mark for re-injected answers: a workload cannot guess
@@ -75,32 +95,28 @@ impl Agent {
         let hold = datapath.take_dns_hold().context("DNS hold ring missing")?;
         let denied = datapath.take_denied_events().context("event ring missing")?;
         let state = Arc::new(Mutex::new(State::with_caps(maps, opts.ttl, opts.caps)));
-        let stop = Arc::new(AtomicBool::new(false));
         let log = events::log_sink(opts.log);
         let gate = Gate::new(state.clone(), cfg.inject_mark, log.clone(), opts.gate);
         let gate_stats = gate.stats.clone();
-        let mut threads = Vec::new();
-        {
-            let stop = stop.clone();
-            threads.push(thread::Builder::new().name("dns-gate".into()).spawn(move || gate.run(hold, stop))?);
-        }
-        {
-            let (stop, state) = (stop.clone(), state.clone());
-            threads.push(
-                thread::Builder::new().name("blocked-log".into()).spawn(move || events::run(denied, state, log, stop))?,
-            );
-        }
-        {
-            let (stop, state) = (stop.clone(), state.clone());
-            threads.push(thread::Builder::new().name("expiry".into()).spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    thread::sleep(Duration::from_millis(250));
-                    if let Err(e) = lock(&state).expire() {
-                        warn!(error = %e, "expiring learned IPs failed");
-                    }
-                }
-            })?);
-        }
+        // The DNS gate is on the latency-critical path of every lookup: a
+        // dedicated thread blocked in poll(2) on its ring. Everything else
+        // (the blocked log, expiry) runs on a small tokio runtime.
+        let stop_gate = Arc::new(AtomicBool::new(false));
+        let gate_thread = {
+            let stop = stop_gate.clone();
+            thread::Builder::new().name("dns-gate".into()).spawn(move || gate.run(hold, stop))?
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("portcullis-rt")
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?;
+        let (stop, stop_rx) = watch::channel(false);
+        let tasks = vec![
+            rt.spawn(events::run(denied, state.clone(), log, stop_rx.clone())),
+            rt.spawn(expire_learned(state.clone(), stop_rx)),
+        ];
         // Only now may the kernel hold answers for us: someone is listening.
         {
             let mut st = lock(&state);
@@ -108,7 +124,7 @@ impl Agent {
             cfg.agent_ready = 1;
             st.maps.set_config(&cfg)?;
         }
-        Ok(Self { state, gate_stats, datapath, stop, threads })
+        Ok(Self { state, gate_stats, datapath, rt, stop, tasks, stop_gate, gate_thread })
     }
 
     pub fn add_endpoint(&self, identity: Identity, cgroup_id: u64, policy: CompiledPolicy, audit: bool) -> Result<u32> {
@@ -156,10 +172,15 @@ impl Agent {
 
     /// Stops the workers (the log drains what is queued) and detaches.
     pub fn shutdown(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            let _ = t.join();
-        }
+        self.stop_gate.store(true, Ordering::Relaxed);
+        let _ = self.gate_thread.join();
+        let _ = self.stop.send(true);
+        let tasks = self.tasks;
+        self.rt.block_on(async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        });
         drop(self.datapath);
     }
 }
