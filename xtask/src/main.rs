@@ -6,10 +6,13 @@
 //!   at a time; ends with `summary: N passed, M failed`. CI runs it via
 //!   `.ci/run`.
 //! - `demo`, `bench`: see their modules.
+//! - `fuzz`: the cargo-fuzz targets of `agent/fuzz/`, bounded (`fuzz.rs`);
+//!   `test` runs them too.
 
 mod bench;
 mod calibrate;
 mod demo;
+mod fuzz;
 mod linker;
 mod load;
 mod setup;
@@ -37,6 +40,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run the benchmarks.
     Bench(bench::BenchArgs),
+    /// Run the fuzz targets (agent/fuzz) for a bounded time each.
+    Fuzz(fuzz::FuzzArgs),
     /// Benchmark workloads (run by `bench` inside the bench's namespaces).
     #[command(hide = true)]
     Load(load::LoadArgs),
@@ -62,6 +67,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             demo::run(&args, &env)
         }
         Command::Load(args) => load::run(&args),
+        Command::Fuzz(args) => {
+            setup::run(setup::Mode::Quiet)?;
+            fuzz::run(&args)
+        }
         Command::Bench(args) => {
             let env = setup::run(setup::Mode::Quiet)?;
             bench::run(&args, &env)

@@ -67,6 +67,7 @@ pub fn run(mode: Mode) -> anyhow::Result<Env> {
     let mut needs_root = Vec::new();
     rust_src(&mut r)?;
     linker::ensure(&mut r)?;
+    cargo_fuzz(&mut r)?;
     debian_packages(&mut r, root, &mut needs_root)?;
     let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
     bpffs(&mut r, root, &mounts, &mut needs_root)?;
@@ -109,6 +110,21 @@ fn rust_src(r: &mut Report) -> anyhow::Result<()> {
         ["component", "add", "rust-src", "--toolchain", "nightly"],
     ))?;
     r.act(STEP, "installed");
+    Ok(())
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz` and the fuzz step of `cargo xtask test`.
+fn cargo_fuzz(r: &mut Report) -> anyhow::Result<()> {
+    const STEP: &str = "cargo-fuzz";
+    if let Ok(version) = util::output(&mut cmd("cargo", ["fuzz", "--version"])) {
+        r.ok(STEP, version.trim());
+        return Ok(());
+    }
+    r.act(STEP, "installing (cargo install cargo-fuzz --locked)");
+    util::run(&mut cmd("cargo", ["install", "cargo-fuzz", "--locked"]))?;
+    let version = util::output(&mut cmd("cargo", ["fuzz", "--version"]))
+        .context("cargo-fuzz was installed but `cargo fuzz --version` still fails")?;
+    r.act(STEP, &format!("installed {}", version.trim()));
     Ok(())
 }
 

@@ -1,6 +1,8 @@
 //! `cargo xtask test`: setup, build, unit tests (parallel), then every
 //! integration-test target (privileged: namespaces, BPF programs) with
-//! `--test-threads=1`. Stops at the first failing step and always closes with
+//! `--test-threads=1`, then the fuzz targets for a bounded time each
+//! (`fuzz.rs`; also with `--no-privileged`, whatever `--filter` says).
+//! Stops at the first failing step and always closes with
 //! `summary: N passed, M failed`, summed from cargo's `test result:` lines.
 
 use std::{
@@ -239,7 +241,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
                     skipped.join(", ")
                 }
             );
-            return Ok(());
+            return crate::fuzz::test_step();
         }
         if !root {
             println!("xtask test: not root: privileged tests may skip themselves");
@@ -251,7 +253,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
             }
             cargo_counting(with_filter(c, true), &mut tally)?;
         }
-        Ok(())
+        crate::fuzz::test_step()
     })();
     if let Err(e) = &result {
         eprintln!("xtask test: {e:#}");

@@ -38,25 +38,13 @@ use portcullis::dns::{
 use portcullis::gate::{MAX_CNAME_CHAIN, PendingQueries, QueryKey};
 use portcullis::policy::{CompiledPolicy, Policy, compile, is_always_denied};
 
-/// Copy of `portcullis::gate::decode` (private there).
-fn decode(record: &[u8]) -> Option<(DnsHeldPacket, &[u8])> {
-    if record.len() < size_of::<DnsHeldPacket>() {
-        return None;
-    }
-    // SAFETY: the record is at least one DnsHeldPacket long; read_unaligned
-    // does not rely on the ring buffer's alignment.
-    let held: DnsHeldPacket = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
-    let off = std::mem::offset_of!(DnsHeldPacket, data);
-    let data = record.get(off..off.checked_add(held.len as usize)?)?;
-    Some((held, data))
-}
 
 fuzz_target!(|input: &[u8]| {
     let mut record = input.to_vec();
     if record.len() < size_of::<DnsHeldPacket>() {
         record.resize(size_of::<DnsHeldPacket>(), 0);
     }
-    let Some((held, data)) = decode(&record) else {
+    let Some((held, data)) = portcullis::gate::decode(&record) else {
         return;
     };
     if held.kind == DNS_KIND_QUERY {

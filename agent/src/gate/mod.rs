@@ -119,8 +119,9 @@ pub struct Gate {
     pub stats: Arc<GateStats>,
 }
 
-/// Copies the fixed header and the packet out of a ring buffer record.
-fn decode(record: &[u8]) -> Option<(DnsHeldPacket, &[u8])> {
+/// Copies the fixed header and the packet out of a ring buffer record
+/// (`None` if it is too short or its length field overruns it).
+pub fn decode(record: &[u8]) -> Option<(DnsHeldPacket, &[u8])> {
     if record.len() < size_of::<DnsHeldPacket>() {
         return None;
     }
