@@ -121,8 +121,13 @@ pub fn release(ctx: &SockContext) -> i32 {
         // SAFETY: plain u32 in a map value; a racing reader sees either flag set.
         unsafe { (*flow).flags |= FLOW_F_CLOSING };
     }
-    // Missing entries are the common case (most sockets never had one).
-    let _ = DNS_SOCKS.remove(&cookie);
-    let _ = SOCK_OWNERS.remove(&cookie);
+    // DNS ownership and deferred-connect owners are recorded for UDP
+    // sockets only (TCP DNS answers are not held): skip two cold map
+    // deletes on every TCP close.
+    // SAFETY: the kernel hands a valid bpf_sock for the whole run.
+    if unsafe { (*ctx.sock).protocol } == u32::from(proto::UDP) {
+        let _ = DNS_SOCKS.remove(&cookie);
+        let _ = SOCK_OWNERS.remove(&cookie);
+    }
     ALLOW
 }

@@ -19,7 +19,6 @@ use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     path::PathBuf,
     process::{Command, Stdio},
-    sync::{Arc, Mutex, atomic::{AtomicBool, Ordering}},
     thread,
     time::Duration,
 };
@@ -91,16 +90,29 @@ impl Ctx<'_> {
             let _ = child.kill();
             bail!("load client: expected `prelearned`, got {line:?}");
         }
-        let poller = (cfg == Config::Portcullis).then(|| StatsPoller::start(prog_snapshot()));
-        child.stdin.take().context("no stdin")?.write_all(b"go\n")?;
+        // Two snapshots of the programs' statistics, taken while the client
+        // waits: nothing else runs on these 2 cores during the workload.
+        let before = (cfg == Config::Portcullis).then(prog_snapshot);
+        let mut stdin = child.stdin.take().context("no stdin")?;
+        stdin.write_all(b"go\n")?;
+        let mut result = String::new();
+        out.read_line(&mut result)?;
+        line.clear();
+        out.read_line(&mut line)?;
+        if line.trim() != "done" {
+            let _ = child.kill();
+            bail!("load client: expected `done`, got {line:?} after {result:?}");
+        }
+        let stats = before.map(|b| prog_delta(&b, &prog_snapshot()));
+        stdin.write_all(b"bye\n")?;
+        drop(stdin);
         let mut rest = String::new();
         out.read_to_string(&mut rest)?;
         let status = child.wait()?;
-        let stats = poller.map(StatsPoller::finish);
         if !status.success() {
             bail!("load client failed: {status}");
         }
-        let last = rest.lines().last().context("client printed nothing")?;
+        let last = result.trim();
         Ok((serde_json::from_str(last).with_context(|| format!("client output {last}"))?, stats))
     }
 }
@@ -128,46 +140,16 @@ fn prog_snapshot() -> BTreeMap<u64, (String, u64, u64)> {
     m
 }
 
-/// Polls `bpftool prog show` while a workload runs and keeps the last
-/// (run_time_ns, run_cnt) per program id (programs unload when `portcullis
-/// exec` returns), minus the snapshot taken when the workload started.
-struct StatsPoller {
-    stop: Arc<AtomicBool>,
-    start: BTreeMap<u64, (String, u64, u64)>,
-    seen: Arc<Mutex<BTreeMap<u64, (String, u64, u64)>>>,
-    handle: Option<thread::JoinHandle<()>>,
-}
-
-impl StatsPoller {
-    fn start(start: BTreeMap<u64, (String, u64, u64)>) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen: Arc<Mutex<BTreeMap<u64, (String, u64, u64)>>> = Arc::new(Mutex::new(start.clone()));
-        let (s, m) = (stop.clone(), seen.clone());
-        let handle = thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                let snap = prog_snapshot();
-                m.lock().unwrap_or_else(|p| p.into_inner()).extend(snap);
-                thread::sleep(Duration::from_millis(50));
-            }
-        });
-        Self { stop, start, seen, handle: Some(handle) }
+/// ns per run and runs of each program between two snapshots.
+fn prog_delta(before: &BTreeMap<u64, (String, u64, u64)>, after: &BTreeMap<u64, (String, u64, u64)>) -> ProgStats {
+    let mut sums: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (id, (name, ns, cnt)) in after {
+        let (ns0, cnt0) = before.get(id).map_or((0, 0), |(_, n, c)| (*n, *c));
+        let e = sums.entry(name.clone()).or_default();
+        e.0 += ns.saturating_sub(ns0);
+        e.1 += cnt.saturating_sub(cnt0);
     }
-
-    /// ns per run and runs of each program during the workload.
-    fn finish(mut self) -> ProgStats {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-        let mut sums: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        for (id, (name, ns, cnt)) in self.seen.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let (ns0, cnt0) = self.start.get(id).map_or((0, 0), |(_, n, c)| (*n, *c));
-            let e = sums.entry(name.clone()).or_default();
-            e.0 += ns.saturating_sub(ns0);
-            e.1 += cnt.saturating_sub(cnt0);
-        }
-        sums.into_iter().map(|(n, (ns, cnt))| (n, (if cnt > 0 { ns as f64 / cnt as f64 } else { 0.0 }, cnt))).collect()
-    }
+    sums.into_iter().map(|(n, (ns, cnt))| (n, (if cnt > 0 { ns as f64 / cnt as f64 } else { 0.0 }, cnt))).collect()
 }
 
 /// Turns BPF run-time statistics on for the run and back to what they were.
@@ -306,6 +288,7 @@ fn report(
             let other = &results[&(mode, cfg)];
             let mut ratios: Vec<f64> = base.iter().zip(other).map(|(b, o)| o / b).collect();
             let (lo, hi) = ratios.iter().fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));
+            let rounds: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
             let med = median(&mut ratios);
             let (mut b, mut o) = (base.clone(), other.clone());
             println!(
@@ -315,6 +298,7 @@ fn report(
                 median(&mut b) / unit,
                 if cfg == Config::Portcullis { format!("  target >= {target}") } else { String::new() },
             );
+            println!("  {:<26} {:<10} per round: {}", "", "", rounds.join(" "));
         }
     }
     if let (Some((b50, b99)), Some((p50, p99))) = (dns.get(&Config::Baseline).cloned(), dns.get(&Config::Portcullis).cloned()) {

@@ -41,8 +41,9 @@ enum LoadCmd {
         secs: f64,
         #[arg(long, default_value = "0")]
         prelearn: u32,
-        /// After prelearning print `prelearned` and wait for a line on
-        /// stdin, so the caller can snapshot counters around the workload.
+        /// After prelearning print `prelearned`, after the workload `done`,
+        /// and each time wait for a line on stdin, so the caller can read
+        /// counters exactly around the workload.
         #[arg(long)]
         sync: bool,
     },
@@ -67,7 +68,16 @@ pub fn run(args: &LoadArgs) -> Result<()> {
                 "crr" => crr(target, d),
                 "bulk" => bulk(target, d),
                 _ => dns(target, d),
+            }?;
+            if *sync {
+                // Stay alive (the agent keeps its programs loaded) until the
+                // caller has read the kernel's statistics.
+                println!("done");
+                std::io::stdout().flush()?;
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
             }
+            Ok(())
         }
     }
 }
