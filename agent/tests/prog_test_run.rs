@@ -5,6 +5,9 @@
 //! (net/bpf/test_run.c allocates it in the caller's cgroup), so registering
 //! that cgroup as an endpoint is enough.
 
+mod common;
+
+use common::{own_cgroup_id, privileged};
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,
@@ -14,7 +17,6 @@ use agent_common::{Config, Hook, Reason, counter_index, loss};
 use aya::programs::{CgroupSkb, TestRun as _, TestRunOptions};
 use etherparse::PacketBuilder;
 use portcullis::{
-    cgroup::{cgroup2_mount, cgroup_id},
     ebpf::Datapath,
     policy::{Policy, compile},
     state::{Identity, State, TtlBounds},
@@ -31,23 +33,7 @@ dns:
   servers: ["198.51.100.53", "[2001:db8:53::53]:53"]
 "#;
 
-fn privileged() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    let required = std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var_os("PORTCULLIS_REQUIRE_PRIVILEGED").is_some();
-    assert!(!required, "privileged test cannot run: not root (CI requires it)");
-    eprintln!("SKIP: BPF_PROG_TEST_RUN needs root");
-    false
-}
 
-fn own_cgroup_id() -> u64 {
-    let text = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
-    let rel = text.lines().find_map(|l| l.strip_prefix("0::")).expect("cgroup v2 entry");
-    let path = cgroup2_mount().expect("cgroup2 mount").join(rel.trim_start_matches('/'));
-    cgroup_id(&path).expect("cgroup id")
-}
 
 struct Harness {
     dp: Datapath,

@@ -4,13 +4,15 @@
 //! allowed. Harness as in prog_test_run.rs (the synthetic skb's socket
 //! belongs to this test's cgroup, registered as the endpoint).
 
+mod common;
+
+use common::{own_cgroup_id, privileged};
 use std::{net::IpAddr, time::Duration};
 
 use agent_common::{Config, Hook, Reason, counter_index};
 use aya::programs::{CgroupSkb, TestRun as _, TestRunOptions};
 use etherparse::PacketBuilder;
 use portcullis::{
-    cgroup::{cgroup2_mount, cgroup_id},
     ebpf::Datapath,
     policy::{Policy, compile},
     state::{Caps, Identity, State, TtlBounds},
@@ -27,23 +29,7 @@ dns:
 const ALLOW: u32 = 1;
 const DROP: u32 = 0;
 
-fn privileged() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    let required = std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var_os("PORTCULLIS_REQUIRE_PRIVILEGED").is_some();
-    assert!(!required, "privileged test cannot run: not root (CI requires it)");
-    eprintln!("SKIP: BPF_PROG_TEST_RUN needs root");
-    false
-}
 
-fn own_cgroup_id() -> u64 {
-    let text = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
-    let rel = text.lines().find_map(|l| l.strip_prefix("0::")).expect("cgroup v2 entry");
-    let path = cgroup2_mount().expect("cgroup2 mount").join(rel.trim_start_matches('/'));
-    cgroup_id(&path).expect("cgroup id")
-}
 
 fn tcp_syn(dst: IpAddr, dport: u16) -> Vec<u8> {
     let (IpAddr::V4(s), IpAddr::V4(d)) = ("198.18.1.2".parse().unwrap(), dst) else { panic!("IPv4 only") };
