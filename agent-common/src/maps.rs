@@ -151,8 +151,9 @@ pub struct RateState {
 }
 const _: () = assert!(size_of::<RateState>() == 16);
 
-/// `LIVE_FLOWS`: socket cookie -> destination a `connect()` was allowed to
-/// through a learned name. Lets established connections outlive the TTL.
+/// `SK_FLOWS` (socket-local storage): the destination a `connect()` was
+/// allowed to. Lets established connections pass on one lookup and outlive
+/// their learned IP's TTL.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LiveFlow {
@@ -165,12 +166,6 @@ pub struct LiveFlow {
 /// The socket talks to a trusted resolver: its incoming answers must still
 /// be held, so ingress does not take the established fast path for it.
 pub const FLOW_F_DNS: u32 = 1;
-/// The socket was released (closed by its owner). Its last packets (FIN,
-/// RST, retransmits) are still sent after `cgroup/sock_release` runs
-/// (`inet_release` calls the hook before `tcp_close`), so the entry stays
-/// valid for the fast path, but it no longer counts as a live connection;
-/// the LRU ages it out.
-pub const FLOW_F_CLOSING: u32 = 2;
 const _: () = assert!(size_of::<LiveFlow>() == 24);
 
 /// `SOCK_OWNERS`: socket cookie -> the process behind a deferred UDP

@@ -7,7 +7,8 @@ use agent_common::{
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 
@@ -62,10 +63,13 @@ pub static DENIED_EVENTS: RingBuf =
 #[map]
 pub static DNS_HOLD: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
-/// Sockets whose connect() was allowed: their packets pass on this one
-/// lookup (a TCP socket cannot change its peer without connecting again).
-#[map]
-pub static LIVE_FLOWS: LruHashMap<u64, LiveFlow> = LruHashMap::with_max_entries(262144, BPF_F_NO_COMMON_LRU);
+/// Per UDP/ICMP socket (socket-local storage, freed with the socket): set
+/// when its connect() was allowed. Its packets pass on this one lookup,
+/// which starts at the socket itself (no hashing, no global table); a
+/// sendto() to another address meets the sendmsg hook. TCP sockets need no
+/// entry (see `skb::is_established`).
+#[btf_map]
+pub static SK_FLOWS: SkStorage<LiveFlow> = SkStorage::new();
 
 /// Peers that contacted the endpoint; replies to them are allowed.
 #[map]

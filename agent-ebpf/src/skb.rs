@@ -7,12 +7,13 @@
 //! the agent has learned from them (see `dns_hold`).
 
 use agent_common::{
-    loss, proto, DnsHeldPacket, EndpointInfo, Hook, InboundKey, Reason, DNS_KIND_ANSWER,
+    loss, proto, DnsHeldPacket, EndpointInfo, Hook, InboundKey, LiveFlow, Reason, DNS_KIND_ANSWER,
     DNS_KIND_QUERY, DNS_MAX_PACKET, FLOW_F_DNS,
 };
 use aya_ebpf::{
     helpers::generated::{
-        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_skb_ancestor_cgroup_id,
+        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_sk_fullsock,
+        bpf_sk_storage_get, bpf_skb_ancestor_cgroup_id,
         bpf_skb_cgroup_id, bpf_skb_load_bytes,
     },
     programs::SkBuffContext,
@@ -22,7 +23,7 @@ use aya_ebpf::{
 use crate::{
     endpoint,
     events::{bump, count, report},
-    maps::{CONFIG, DNS_HOLD, DNS_SOCKS, INBOUND, LIVE_FLOWS, SOCK_OWNERS},
+    maps::{CONFIG, DNS_HOLD, DNS_SOCKS, INBOUND, SK_FLOWS, SOCK_OWNERS},
     parse::{parse, Flow, TCP_ACK, TCP_SYN},
     verdict::{decide, is_trusted_resolver, Dest},
 };
@@ -30,15 +31,43 @@ use crate::{
 const PASS: i32 = 1;
 const DROP: i32 = 0;
 
-/// A socket whose connect() was allowed, not talking to a resolver (DNS
-/// sockets always take the full path: queries are copied, answers held).
+const SOCK_STREAM: u32 = 1;
+/// `BPF_TCP_LISTEN` in `bpf_sock.state`.
+const TCP_LISTEN: u32 = 10;
+
+/// A flow whose packets need no further look:
+/// - a TCP stream socket (not a listener): it can only send after a
+///   `connect()` the connect hook allowed (fast open and repair mode go
+///   through the same pre-connect hook, net/ipv4/af_inet.c
+///   `__inet_stream_connect`) or as an accepted connection (replies), so
+///   judging its packets again adds nothing; connections that were already
+///   open when the programs were attached are not cut either;
+/// - a UDP/ICMP socket whose `connect()` was allowed (socket-local
+///   `SK_FLOWS`), unless it talks to a resolver (queries are copied and
+///   answers held on the full path).
 #[inline(always)]
-fn is_established(cookie: u64) -> bool {
-    match LIVE_FLOWS.get_ptr(&cookie) {
-        // SAFETY: plain u32 read from a map value.
-        Some(flow) => (unsafe { (*flow).flags } & FLOW_F_DNS) == 0,
-        None => false,
+fn is_established(ctx: &SkBuffContext) -> bool {
+    // SAFETY: skb->sk is a kernel pointer or null; bpf_sk_fullsock checks it.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return false;
     }
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        // Request sockets (SYN-ACKs) take the full path and its INBOUND check.
+        return false;
+    }
+    // SAFETY: a full socket checked by the helper above.
+    let (ty, protocol, state) = unsafe { ((*full).type_, (*full).protocol, (*full).state) };
+    if ty == SOCK_STREAM && protocol == u32::from(proto::TCP) {
+        // A listener's SYNs are recorded as inbound peers on the full path.
+        return state != TCP_LISTEN;
+    }
+    // A map reference is the map definition's address (relocated at load).
+    let map = core::ptr::from_ref(&SK_FLOWS).cast_mut().cast();
+    let flow = unsafe { bpf_sk_storage_get(map, full.cast(), core::ptr::null_mut(), 0) }.cast::<LiveFlow>();
+    // SAFETY: non-null storage of this socket.
+    !flow.is_null() && unsafe { (*flow).flags } & FLOW_F_DNS == 0
 }
 
 pub fn egress(ctx: &SkBuffContext) -> i32 {
@@ -50,10 +79,10 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     // was counted at connect time): every extra map touched here is a cache
     // miss on busy nodes.
     // Resolver sockets go on: their queries are copied below.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if is_established(cookie) {
+    if is_established(ctx) {
         return PASS;
     }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let Some(cfg) = CONFIG.get(0) else {
         count(hook, Reason::DeniedInternal);
         return DROP;
@@ -152,10 +181,10 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
     let hook = Hook::SkbIngress;
     // Hot path: traffic into a socket whose connect() was allowed, unless it
     // talks to a resolver (its answers are held below).
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if is_established(cookie) {
+    if is_established(ctx) {
         return PASS;
     }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let Some(cfg) = CONFIG.get(0) else {
         count(hook, Reason::DeniedInternal);
         return DROP;

@@ -5,7 +5,7 @@
 //! agent needs both to re-inject the held answer.
 
 use agent_common::{
-    proto, v4_mapped, DnsSockInfo, Hook, LiveFlow, Reason, SockOwner, FLOW_F_CLOSING, FLOW_F_DNS,
+    proto, v4_mapped, DnsSockInfo, Hook, LiveFlow, Reason, SockOwner, FLOW_F_DNS,
 };
 use aya_ebpf::{
     helpers::{
@@ -22,7 +22,7 @@ use aya_ebpf::{
 use crate::{
     endpoint,
     events::{count, report},
-    maps::{CONFIG, DNS_SOCKS, LIVE_FLOWS, SOCK_OWNERS},
+    maps::{CONFIG, DNS_SOCKS, SK_FLOWS, SOCK_OWNERS},
     verdict::{decide, Dest},
 };
 
@@ -75,13 +75,13 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
             // (counted as DNS_NO_OWNER): fail closed, never unlearned.
             let _ = DNS_SOCKS.insert(&cookie, &info, 0);
         }
-        if connect {
+        if connect && dest.proto != proto::TCP {
             // From now on the socket's packets pass on one lookup, also
             // after a learned IP's TTL ran out (live connections go on).
-            // A failed insert only sends its packets down the full path.
+            // TCP needs nothing: see `skb::is_established`. A failed insert
+            // only sends its packets down the full path.
             let flags = if reason == Reason::AllowedDns { FLOW_F_DNS } else { 0 };
-            let flow = LiveFlow { ip: dest.ip, endpoint: ep.endpoint, flags };
-            let _ = LIVE_FLOWS.insert(&cookie, &flow, 0);
+            remember_flow(ctx, LiveFlow { ip: dest.ip, endpoint: ep.endpoint, flags });
         }
         return ALLOW;
     }
@@ -101,33 +101,35 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
     if !audit {
         return DENY;
     }
-    if connect {
+    if connect && dest.proto != proto::TCP {
         // One audit record per connection, not one per packet.
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        let flow = LiveFlow { ip: dest.ip, endpoint: ep.endpoint, flags: 0 };
-        let _ = LIVE_FLOWS.insert(&cookie, &flow, 0);
+        remember_flow(ctx, LiveFlow { ip: dest.ip, endpoint: ep.endpoint, flags: 0 });
     }
     ALLOW
 }
 
-/// `cgroup/sock_release`: a socket of the cgroup is closing. Its flow is
-/// marked closing (its FIN and retransmits still go out after this hook:
-/// `inet_release` runs it before `tcp_close`), so "live connection" means
-/// live for the learned-IP caps; its DNS ownership and deferred-connect
-/// owner entries go. Always allows (the return value is ignored on release).
+/// Stores (or overwrites, on a reconnect) the socket's flow.
+#[inline(always)]
+fn remember_flow(ctx: &SockAddrContext, mut flow: LiveFlow) {
+    // SAFETY: the kernel's sock pointer of this bpf_sock_addr.
+    let p = unsafe { SK_FLOWS.get_or_insert_ptr_mut(ctx, Some(&mut flow)) };
+    if !p.is_null() {
+        // SAFETY: non-null storage of this socket; overwrite an old value.
+        unsafe { *p = flow };
+    }
+}
+
+/// `cgroup/sock_release`: a socket of the cgroup is closing. Its DNS
+/// ownership and deferred-connect owner entries go (recorded for UDP
+/// sockets only; the flow itself is socket-local storage, freed with the
+/// socket). Always allows (the return value is ignored on release).
 pub fn release(ctx: &SockContext) -> i32 {
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if let Some(flow) = LIVE_FLOWS.get_ptr_mut(&cookie) {
-        // SAFETY: plain u32 in a map value; a racing reader sees either flag set.
-        unsafe { (*flow).flags |= FLOW_F_CLOSING };
-    }
-    // DNS ownership and deferred-connect owners are recorded for UDP
-    // sockets only (TCP DNS answers are not held): skip two cold map
-    // deletes on every TCP close.
     // SAFETY: the kernel hands a valid bpf_sock for the whole run.
-    if unsafe { (*ctx.sock).protocol } == u32::from(proto::UDP) {
-        let _ = DNS_SOCKS.remove(&cookie);
-        let _ = SOCK_OWNERS.remove(&cookie);
+    if unsafe { (*ctx.sock).protocol } != u32::from(proto::UDP) {
+        return ALLOW;
     }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let _ = DNS_SOCKS.remove(&cookie);
+    let _ = SOCK_OWNERS.remove(&cookie);
     ALLOW
 }

@@ -5,7 +5,7 @@ use std::collections::{HashMap as StdHashMap, HashSet};
 
 use agent_common::{
     CidrKey, CidrValue, Config, DnsServerKey, DnsSockInfo, EndpointInfo, InboundKey, LearnedKey,
-    LearnedValue, LiveFlow, COUNTERS_LEN, FLOW_F_CLOSING, FLOW_F_DNS,
+    LearnedValue, COUNTERS_LEN,
 };
 use aya::{
     Ebpf,
@@ -21,7 +21,6 @@ pub struct PolicyMaps {
     cidrs: LpmTrie<MapData, CidrKey, CidrValue>,
     dns_servers: HashMap<MapData, DnsServerKey, u32>,
     counters: PerCpuArray<MapData, u64>,
-    live_flows: HashMap<MapData, u64, LiveFlow>,
     dns_socks: HashMap<MapData, u64, DnsSockInfo>,
     inbound: HashMap<MapData, InboundKey, u64>,
     current: Config,
@@ -44,7 +43,6 @@ impl PolicyMaps {
             cidrs: take(ebpf, "CIDRS")?,
             dns_servers: take(ebpf, "DNS_SERVERS")?,
             counters: take(ebpf, "COUNTERS")?,
-            live_flows: take(ebpf, "LIVE_FLOWS")?,
             dns_socks: take(ebpf, "DNS_SOCKS")?,
             inbound: take(ebpf, "INBOUND")?,
             current: Config::default(),
@@ -125,20 +123,16 @@ impl PolicyMaps {
         }
     }
 
-    /// Forgets every socket and peer the kernel tracked for `endpoint`, so
-    /// its established connections lose their fast path (and, with the
-    /// endpoint gone, their allowance) once it is removed.
+    /// Forgets the DNS sockets and inbound peers the kernel tracked for
+    /// `endpoint` once it is removed. (Its connections' flows live in
+    /// socket-local storage and go with the sockets; the endpoint's cgroup
+    /// normally goes away with it.)
     pub fn purge_flows(&mut self, endpoint: u32) -> Result<usize, MapError> {
-        let flows: Vec<u64> = self.live_flows.iter().filter_map(Result::ok)
-            .filter(|(_, f)| f.endpoint == endpoint).map(|(k, _)| k).collect();
         let socks: Vec<u64> = self.dns_socks.iter().filter_map(Result::ok)
             .filter(|(_, d)| d.endpoint == endpoint).map(|(k, _)| k).collect();
         let peers: Vec<InboundKey> = self.inbound.keys().filter_map(Result::ok)
             .filter(|k| k.endpoint == endpoint).collect();
-        let n = flows.len() + socks.len() + peers.len();
-        for k in flows {
-            ignore_missing(self.live_flows.remove(&k))?;
-        }
+        let n = socks.len() + peers.len();
         for k in socks {
             ignore_missing(self.dns_socks.remove(&k))?;
         }
@@ -148,17 +142,14 @@ impl PolicyMaps {
         Ok(n)
     }
 
-    /// Destination IPs of the connections the kernel let through, per
-    /// endpoint (`LIVE_FLOWS`, resolver sockets left out). One iteration of
-    /// the map: call it rarely (learned-address caps call it only to evict).
+    /// Destination IPs the learned-address caps must not evict, per
+    /// endpoint. Always empty now: a connection's allowance lives in its
+    /// socket's own storage (`SK_FLOWS`), so evicting a learned IP can no
+    /// longer cut a live connection (only new connections to it are then
+    /// refused), and socket storage cannot be listed from user space anyway.
+    /// The caps keep the hook for a future source (a `bpf_iter` over it).
     pub fn live_ips(&self) -> StdHashMap<u32, HashSet<[u8; 16]>> {
-        let mut out: StdHashMap<u32, HashSet<[u8; 16]>> = StdHashMap::new();
-        for (_, f) in self.live_flows.iter().filter_map(Result::ok) {
-            if f.flags & (FLOW_F_DNS | FLOW_F_CLOSING) == 0 {
-                out.entry(f.endpoint).or_default().insert(f.ip);
-            }
-        }
-        out
+        StdHashMap::new()
     }
 
     /// Sum over CPUs of every counter (index = `agent_common::counter_index`).

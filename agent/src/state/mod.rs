@@ -208,7 +208,7 @@ impl State {
         for s in &ep.policy.dns_servers {
             self.maps.remove_dns_server(&dns_key(id, *s)).map_err(map_err("DNS_SERVERS"))?;
         }
-        self.maps.purge_flows(id).map_err(map_err("LIVE_FLOWS"))?;
+        self.maps.purge_flows(id).map_err(map_err("DNS_SOCKS/INBOUND"))?;
         let removes = self.learned.remove_endpoint(id);
         self.apply(Changes { removes, inserts: Vec::new() })
     }
