@@ -72,13 +72,10 @@ fn is_established(ctx: &SkBuffContext) -> bool {
 
 pub fn egress(ctx: &SkBuffContext) -> i32 {
     let hook = Hook::SkbEgress;
-    // Hot path, one lookup: a socket whose connect() was allowed. Its peer
-    // cannot change without another connect() (judged by the hook), and a
-    // sendto() to another address meets the sendmsg hook, so neither the
-    // endpoint nor the packet needs looking at. Not counted per packet (it
-    // was counted at connect time): every extra map touched here is a cache
-    // miss on busy nodes.
-    // Resolver sockets go on: their queries are copied below.
+    // Hot path (`is_established`): an established flow needs neither the
+    // endpoint nor the packet looked at. Not counted per packet (it was
+    // counted at connect time): every map touched here is a cache miss on
+    // busy nodes. Resolver sockets go on: their queries are copied below.
     if is_established(ctx) {
         return PASS;
     }
@@ -179,8 +176,8 @@ fn note_inbound(ep: &EndpointInfo, f: &Flow) {
 
 pub fn ingress(ctx: &SkBuffContext) -> i32 {
     let hook = Hook::SkbIngress;
-    // Hot path: traffic into a socket whose connect() was allowed, unless it
-    // talks to a resolver (its answers are held below).
+    // Hot path: traffic into an established flow, unless it talks to a
+    // resolver (its answers are held below) or is a listener (SYNs noted).
     if is_established(ctx) {
         return PASS;
     }
