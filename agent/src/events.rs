@@ -3,7 +3,9 @@
 //! which host name the IP came from, written as one JSON object per line.
 
 use std::{
+    fs::OpenOptions,
     io::Write,
+    path::Path,
     net::{IpAddr, Ipv6Addr},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
@@ -17,7 +19,10 @@ use tokio::{
     sync::watch,
 };
 
-use crate::state::{State, boot_ns};
+use crate::{
+    runtime::lock,
+    state::{State, boot_ns},
+};
 
 /// Where blocked-connection records go; shared by the kernel-event reader
 /// and the DNS gate (refused queries), so the log is one stream.
@@ -27,13 +32,24 @@ pub fn log_sink(w: Box<dyn Write + Send>) -> LogSink {
     Arc::new(Mutex::new(w))
 }
 
+/// The blocked-connection log's destination: a file (appended to) or stderr.
+pub fn open_log(path: Option<&Path>) -> Result<Box<dyn Write + Send>, std::io::Error> {
+    Ok(match path {
+        Some(p) => Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("opening log {}: {e}", p.display())))?,
+        ),
+        None => Box::new(std::io::stderr()),
+    })
+}
+
 /// Writes one JSON line (and flushes: the log is read while we run).
 pub fn write_record(sink: &LogSink, rec: &BlockedRecord) {
     let Ok(line) = serde_json::to_string(rec) else { return };
-    let mut w = match sink.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    };
+    let mut w = lock(sink);
     let _ = writeln!(w, "{line}");
     let _ = w.flush();
 }
@@ -136,13 +152,7 @@ fn decode(bytes: &[u8]) -> Option<DeniedEvent> {
 fn drain(ring: &mut RingBuf<MapData>, state: &Mutex<State>, out: &LogSink) {
     while let Some(item) = ring.next() {
         let Some(ev) = decode(&item) else { continue };
-        let rec = {
-            let st = match state.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-            record(&ev, &st)
-        };
+        let rec = record(&ev, &lock(state));
         write_record(out, &rec);
     }
 }

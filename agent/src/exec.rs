@@ -3,8 +3,7 @@
 //! removed on every exit path (normal exit, error, Ctrl-C, SIGTERM).
 
 use std::{
-    fs::{File, OpenOptions},
-    io::Write,
+    fs::File,
     os::{fd::AsRawFd as _, unix::process::{CommandExt as _, ExitStatusExt as _}},
     process::Command,
     sync::{Arc, atomic::{AtomicI32, Ordering}},
@@ -43,13 +42,7 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
     // Block the forwarded signals before any thread exists, so every thread
     // inherits the mask and only our sigwait thread ever sees them.
     forwarded_set().thread_block().context("blocking signals")?;
-    let log: Box<dyn Write + Send> = match &args.log {
-        Some(path) => Box::new(
-            OpenOptions::new().create(true).append(true).open(path)
-                .with_context(|| format!("opening log {}", path.display()))?,
-        ),
-        None => Box::new(std::io::stderr()),
-    };
+    let log = crate::events::open_log(args.log.as_deref())?;
     let mount = cgroup2_mount()?;
     let pid = std::process::id();
     let cgroup = OwnedCgroup::create(&mount, &format!("portcullis-exec-{pid}"))?;

@@ -3,8 +3,6 @@
 //! SIGINT/SIGTERM. The whole config is validated before anything attaches.
 
 use std::{
-    fs::OpenOptions,
-    io::Write,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -131,11 +129,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     set.add(Signal::SIGINT);
     set.add(Signal::SIGTERM);
     set.thread_block().context("blocking signals")?;
-    let log: Box<dyn Write + Send> = match &cfg.log {
-        Some(p) => Box::new(OpenOptions::new().create(true).append(true).open(p)
-            .with_context(|| format!("opening log {}", p.display()))?),
-        None => Box::new(std::io::stderr()),
-    };
+    let log = crate::events::open_log(cfg.log.as_deref())?;
     let mut agent = Agent::start(AgentOptions {
         ttl: TtlBounds {
             min: Duration::from_secs(cfg.min_ttl_seconds),

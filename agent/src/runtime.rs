@@ -185,8 +185,11 @@ impl Agent {
     }
 }
 
-pub fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
-    match state.lock() {
+/// Locks, recovering from a poisoned lock: a panic elsewhere must not stop
+/// enforcement bookkeeping or the blocked log (the data stays consistent:
+/// every writer finishes its map update before it could panic).
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
     }

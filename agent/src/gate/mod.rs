@@ -33,7 +33,7 @@ use aya::maps::{MapData, RingBuf};
 use hickory_proto::op::ResponseCode;
 
 pub use self::pending::{PendingQueries, QueryKey};
-use crate::{events::LogSink, inject::Injector, state::State};
+use crate::{events::LogSink, inject::Injector, runtime::lock, state::State};
 
 /// Longest CNAME chain followed inside one answer.
 pub const MAX_CNAME_CHAIN: usize = 8;
@@ -147,10 +147,7 @@ impl Gate {
     }
 
     fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
-        match self.state.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        lock(&self.state)
     }
 
     /// Handles one held packet; returns whether something was sent on
@@ -188,7 +185,7 @@ impl Gate {
 }
 
 /// Waits up to `timeout_ms` for a ring buffer fd to have data.
-pub fn poll_readable(fd: i32, timeout_ms: i32) {
+fn poll_readable(fd: i32, timeout_ms: i32) {
     let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd.
     unsafe { libc::poll(&raw mut pfd, 1, timeout_ms) };
