@@ -18,7 +18,7 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 /// cgroup id -> endpoint, written by the agent for each endpoint cgroup.
 #[map]
-pub static ENDPOINTS: HashMap<u64, EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+pub static ENDPOINTS: HashMap<u64, EndpointInfo> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
 
 /// cgroup id -> endpoint found by walking ancestors; stale when its
 /// `generation` differs from `CONFIG.generation`.
@@ -26,9 +26,11 @@ pub static ENDPOINTS: HashMap<u64, EndpointInfo> = HashMap::with_max_entries(MAX
 pub static EP_CACHE: LruHashMap<u64, EndpointInfo> = LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
 
 /// (endpoint, proto, port, IP) learned from DNS, with expiry. Exact-match
-/// hash: the per-packet path never scans.
+/// hash: the per-packet path never scans. Not preallocated, like
+/// `ENDPOINTS` (slab elements; memory grows with what is learned, not with
+/// the cap).
 #[map]
-pub static LEARNED: HashMap<LearnedKey, LearnedValue> = HashMap::with_max_entries(262144, 0);
+pub static LEARNED: HashMap<LearnedKey, LearnedValue> = HashMap::with_max_entries(262144, BPF_F_NO_PREALLOC);
 
 /// Per-endpoint CIDR rules merged with the always-denied ranges.
 #[map]

@@ -64,8 +64,10 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
     let connect = hook == Hook::Connect4 || hook == Hook::Connect6;
     if reason.is_allowed() {
         count(hook, reason);
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         if reason == Reason::AllowedDns {
+            // The cookie only when needed: its first use on a socket writes
+            // a fresh value into it (net/core/sock_diag.c `__sock_gen_cookie`).
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
             let info = DnsSockInfo {
                 tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
                 endpoint: ep.endpoint,
