@@ -24,6 +24,9 @@ pub enum Command {
     /// Standalone node mode: enforce policies on existing cgroups until a signal.
     #[command(after_help = RUN_EXAMPLES)]
     Run(RunArgs),
+    /// Stop the enforcement `run --pin-path` left in the kernel (uninstall).
+    #[command(after_help = UNPIN_EXAMPLES)]
+    Unpin(UnpinArgs),
     /// Validate a policy file and print what it compiles to.
     #[command(after_help = CHECK_EXAMPLES)]
     CheckPolicy(CheckArgs),
@@ -55,7 +58,17 @@ node.yaml:
       pod: agent-a-0
       cgroup: /sys/fs/cgroup/kubepods.slice/kubepods-pod1234.slice
       policyFile: /etc/portcullis/agent-a.yaml   # or an inline `policy:` block
-      audit: false";
+      audit: false
+
+  # DaemonSet mode: programs and maps pinned in bpffs keep enforcing while the
+  # agent is down; a new agent adopts them and takes over from a running one
+  # (rolling update with maxSurge: 1) without a DNS gap:
+  portcullis run --config node.yaml --pin-path /sys/fs/bpf/portcullis --state-dir /var/run/portcullis";
+
+const UNPIN_EXAMPLES: &str = "\
+Examples:
+  # Stop enforcing on every cgroup `run` pinned programs to, free the maps:
+  portcullis unpin --pin-path /sys/fs/bpf/portcullis --state-dir /var/run/portcullis";
 
 const CHECK_EXAMPLES: &str = "\
 Examples:
@@ -122,6 +135,25 @@ pub struct RunArgs {
     /// Node configuration (endpoints and their policies).
     #[arg(long, env = "PORTCULLIS_CONFIG", value_name = "FILE")]
     pub config: PathBuf,
+    /// Pin programs, links and maps here (on bpffs): enforcement outlives
+    /// the agent, and the next agent adopts it. Without it, enforcement
+    /// ends when the agent exits.
+    #[arg(long, env = "PORTCULLIS_PIN_PATH", value_name = "DIR")]
+    pub pin_path: Option<PathBuf>,
+    /// With --pin-path: the handover socket and learned-state snapshot
+    /// (a host directory that survives the agent's pod).
+    #[arg(long, env = "PORTCULLIS_STATE_DIR", value_name = "DIR", default_value = "/var/run/portcullis")]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct UnpinArgs {
+    /// The --pin-path `run` used.
+    #[arg(long, env = "PORTCULLIS_PIN_PATH", value_name = "DIR")]
+    pub pin_path: PathBuf,
+    /// The --state-dir `run` used (its snapshot is removed too).
+    #[arg(long, env = "PORTCULLIS_STATE_DIR", value_name = "DIR", default_value = "/var/run/portcullis")]
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

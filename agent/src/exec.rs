@@ -54,11 +54,14 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
         events_per_sec: 50,
         events_burst: 200,
         gate: GateOptions { deny_rcode: args.dns_deny_rcode },
+        pins: None,
+        state_dir: None,
     })?;
+    agent.go(None)?;
     let name = args.name.clone().unwrap_or_else(|| format!("exec-{pid}"));
     let result = (|| -> Result<i32> {
         agent.add_endpoint(Identity { name, ..Default::default() }, cgroup.id(), policy, args.audit)?;
-        agent.attach(cgroup.path())?;
+        agent.attach(cgroup.path(), cgroup.id())?;
         spawn_and_wait(args, &cgroup)
     })();
     for (what, n) in agent.losses().into_iter().chain(agent.dns_findings()) {

@@ -10,6 +10,7 @@ pub mod ebpf;
 pub mod events;
 pub mod exec;
 pub mod gate;
+pub mod handover;
 pub mod inject;
 pub mod policy;
 pub mod run;

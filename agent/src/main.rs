@@ -35,6 +35,10 @@ fn main() -> ExitCode {
             init_tracing(true);
             run::run(args).map(|()| 0)
         }
+        Command::Unpin(args) => {
+            init_tracing(false);
+            run::unpin(args).map(|()| 0)
+        }
         Command::CheckPolicy(args) => check::run(args).map(|()| 0).map_err(Into::into),
     };
     match result {

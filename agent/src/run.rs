@@ -15,7 +15,9 @@ use tracing::info;
 use crate::{
     cgroup::cgroup_id,
     check::BadPolicy,
-    cli::RunArgs,
+    cli::{RunArgs, UnpinArgs},
+    ebpf::{Pins, pin},
+    handover,
     gate::{GateOptions, parse_deny_rcode},
     policy::{CompiledPolicy, Policy, PolicySpec, compile, system_resolvers},
     runtime::{Agent, AgentOptions, lock},
@@ -130,6 +132,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     set.add(Signal::SIGTERM);
     set.thread_block().context("blocking signals")?;
     let log = crate::events::open_log(cfg.log.as_deref())?;
+    let pins = args.pin_path.as_deref().map(Pins::open).transpose().context("--pin-path")?;
     let mut agent = Agent::start(AgentOptions {
         ttl: TtlBounds {
             min: Duration::from_secs(cfg.min_ttl_seconds),
@@ -145,12 +148,22 @@ pub fn run(args: &RunArgs) -> Result<()> {
         events_per_sec: 50,
         events_burst: 200,
         gate: GateOptions { deny_rcode },
+        pins,
+        state_dir: args.pin_path.as_ref().map(|_| args.state_dir.clone()),
     })?;
     let result = (|| -> Result<()> {
-        for ep in endpoints {
-            let id = agent.add_endpoint(ep.identity.clone(), ep.cgroup_id, ep.policy, ep.audit)?;
-            agent.attach(&ep.cgroup)?;
-            info!(endpoint = %ep.identity.name, id, cgroup = %ep.cgroup.display(), "enforcing");
+        // Policy entries first (adopted endpoints keep their ids), then the
+        // handover (the old agent stops consuming), then consume, then swap
+        // programs into the links: the old programs enforce until the new
+        // ones replace them, and both feed the same pinned rings.
+        for ep in &endpoints {
+            agent.add_endpoint(ep.identity.clone(), ep.cgroup_id, ep.policy.clone(), ep.audit)?;
+        }
+        let handover = agent.take_over()?;
+        agent.go(handover.as_ref())?;
+        for ep in &endpoints {
+            agent.attach(&ep.cgroup, ep.cgroup_id)?;
+            info!(endpoint = %ep.identity.name, cgroup = %ep.cgroup.display(), "enforcing");
         }
         info!("ready");
         let sig = set.wait().context("waiting for a signal")?;
@@ -161,4 +174,19 @@ pub fn run(args: &RunArgs) -> Result<()> {
     })();
     agent.shutdown();
     result
+}
+
+/// `portcullis unpin`: removes what `run --pin-path` left pinned, so its
+/// programs detach and its maps are freed, and the state snapshot.
+pub fn unpin(args: &UnpinArgs) -> Result<()> {
+    pin::remove_all(&args.pin_path).with_context(|| format!("unpinning {}", args.pin_path.display()))?;
+    for f in [handover::SNAPSHOT, handover::SOCKET] {
+        match std::fs::remove_file(args.state_dir.join(f)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", args.state_dir.join(f).display())),
+        }
+    }
+    info!(pin_path = %args.pin_path.display(), "unpinned: enforcement stopped");
+    Ok(())
 }

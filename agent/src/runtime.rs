@@ -4,24 +4,27 @@
 
 use std::{
     io::Write,
-    path::Path,
+    os::unix::net::UnixListener,
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     thread::{self, JoinHandle},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use agent_common::Config;
 use anyhow::{Context as _, Result};
 use tokio::sync::watch;
-use tracing::warn;
+use aya::maps::{MapData, RingBuf};
+use tracing::{info, warn};
 
 use crate::{
-    ebpf::{Datapath, loader::current_netns_cookie},
-    events,
-    gate::{Gate, GateOptions, GateStats},
+    ebpf::{Datapath, Pins, loader::current_netns_cookie},
+    events::{self, LogSink},
+    gate::{Gate, GateOptions, GateStats, PendingQueries},
+    handover::{self, Handover},
     state::{Caps, Identity, State, TtlBounds},
     policy::CompiledPolicy,
 };
@@ -38,6 +41,53 @@ pub struct AgentOptions {
     pub events_per_sec: u32,
     pub events_burst: u32,
     pub gate: GateOptions,
+    /// Node mode: pin programs and maps here (they outlive the process) and
+    /// adopt what a previous agent pinned.
+    pub pins: Option<Pins>,
+    /// Node mode: the handover socket and the learned-state snapshot.
+    pub state_dir: Option<PathBuf>,
+}
+
+/// The consumers of the kernel's rings and the expiry task, while this
+/// agent is the one consuming.
+struct Consumers {
+    stop_gate: Arc<AtomicBool>,
+    gate_thread: JoinHandle<PendingQueries>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What `go` starts: built in `start`, so endpoints can be added first.
+struct Idle {
+    gate: Gate,
+    hold: RingBuf<MapData>,
+    denied: RingBuf<MapData>,
+    log: LogSink,
+}
+
+/// The part a handover request (from another thread) needs.
+struct Core {
+    state: Arc<Mutex<State>>,
+    running: Mutex<Option<Consumers>>,
+    rt: tokio::runtime::Handle,
+}
+
+impl Core {
+    /// Stops consuming (at a record boundary) and returns what the next
+    /// agent needs; `None` if this agent already handed over.
+    fn hand_over(&self) -> Option<Handover> {
+        let c = lock(&self.running).take()?;
+        c.stop_gate.store(true, Ordering::Relaxed);
+        let pending = c.gate_thread.join().map(|p| p.export(Instant::now())).unwrap_or_default();
+        let _ = c.stop.send(true);
+        self.rt.block_on(async {
+            for t in c.tasks {
+                let _ = t.await;
+            }
+        });
+        let learned = lock(&self.state).export_learned();
+        Some(Handover { pending, learned })
+    }
 }
 
 pub struct Agent {
@@ -45,21 +95,38 @@ pub struct Agent {
     pub gate_stats: Arc<GateStats>,
     datapath: Datapath,
     rt: tokio::runtime::Runtime,
-    stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    stop_gate: Arc<AtomicBool>,
-    gate_thread: JoinHandle<()>,
+    core: Arc<Core>,
+    idle: Option<Idle>,
+    pins: Option<Pins>,
+    state_dir: Option<PathBuf>,
+    /// The handover listener's thread and a flag that ends it.
+    listener: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
 }
 
 /// Drops expired learned IPs from the maps (the kernel refuses them at
-/// connect time already; this keeps the maps and bookkeeping small).
-async fn expire_learned(state: Arc<Mutex<State>>, mut stop: watch::Receiver<bool>) {
+/// connect time already; this keeps the maps and bookkeeping small) and,
+/// in node mode, snapshots learned state about once a second when it
+/// changed (for a restart after a crash).
+async fn expire_learned(state: Arc<Mutex<State>>, snapshot: Option<PathBuf>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let (mut written, mut n) = (None, 0u32);
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if let Err(e) = lock(&state).expire() {
+                let mut st = lock(&state);
+                if let Err(e) = st.expire() {
                     warn!(error = %e, "expiring learned IPs failed");
+                }
+                n += 1;
+                let Some(dir) = snapshot.as_deref() else { continue };
+                if n % 4 != 0 || written == Some(st.version()) {
+                    continue;
+                }
+                let h = Handover { pending: Vec::new(), learned: st.export_learned() };
+                written = Some(st.version());
+                drop(st);
+                if let Err(e) = handover::write_snapshot(dir, &h) {
+                    warn!(error = %e, "writing the learned-state snapshot failed");
                 }
             }
             _ = stop.changed() => return,
@@ -81,8 +148,10 @@ fn random_mark() -> u32 {
 }
 
 impl Agent {
+    /// Loads the datapath (adopting pinned maps and a previous agent's
+    /// endpoints in node mode). Nothing consumes the rings until `go`.
     pub fn start(opts: AgentOptions) -> Result<Self> {
-        let mut cfg = Config {
+        let cfg = Config {
             host_netns_cookie: current_netns_cookie()?,
             inject_mark: random_mark(),
             unmanaged_allow: u32::from(opts.unmanaged_allow),
@@ -90,14 +159,83 @@ impl Agent {
             events_burst: opts.events_burst,
             ..Config::default()
         };
-        let mut datapath = Datapath::load(cfg).context("loading the eBPF programs")?;
+        let mut datapath = Datapath::load(cfg, opts.pins.as_ref()).context("loading the eBPF programs")?;
         let maps = datapath.take_maps().context("policy maps already taken")?;
         let hold = datapath.take_dns_hold().context("DNS hold ring missing")?;
         let denied = datapath.take_denied_events().context("event ring missing")?;
-        let state = Arc::new(Mutex::new(State::with_caps(maps, opts.ttl, opts.caps)));
+        // A previous agent's mark when adopting: its re-injected answers
+        // and ours must both pass while the two overlap.
+        let mark = maps.config().inject_mark;
+        let mut st = State::with_caps(maps, opts.ttl, opts.caps);
+        if opts.pins.is_some() {
+            let n = st.adopt_kernel_endpoints();
+            if n > 0 {
+                info!(endpoints = n, "adopting pinned state of a previous agent");
+            }
+        }
+        let state = Arc::new(Mutex::new(st));
         let log = events::log_sink(opts.log);
-        let gate = Gate::new(state.clone(), cfg.inject_mark, log.clone(), opts.gate);
+        let gate = Gate::new(state.clone(), mark, log.clone(), opts.gate);
         let gate_stats = gate.stats.clone();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("portcullis-rt")
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?;
+        let core = Arc::new(Core { state: state.clone(), running: Mutex::new(None), rt: rt.handle().clone() });
+        Ok(Self {
+            state,
+            gate_stats,
+            datapath,
+            rt,
+            core,
+            idle: Some(Idle { gate, hold, denied, log }),
+            pins: opts.pins,
+            state_dir: opts.state_dir,
+            listener: None,
+        })
+    }
+
+    /// Node mode: takes over from the agent that ran before, if any: a live
+    /// one hands over over its socket (and stops consuming); else the
+    /// snapshot it left. Call after the endpoints are added, before `go`.
+    pub fn take_over(&mut self) -> Result<Option<Handover>> {
+        let Some(dir) = self.state_dir.clone() else { return Ok(None) };
+        let h = match handover::request(&dir)? {
+            Some(h) => {
+                info!(pending = h.pending.len(), learned = h.learned.len(), "took over from the running agent");
+                Some(h)
+            }
+            None => match handover::read_snapshot(&dir) {
+                Ok(h) => h,
+                Err(e) => {
+                    warn!(error = %e, "ignoring the learned-state snapshot");
+                    None
+                }
+            },
+        };
+        let mut st = lock(&self.state);
+        let gone = st.drop_unclaimed()?;
+        if let Some(p) = &self.pins {
+            for cg in gone {
+                p.unlink_cgroup(cg)?;
+            }
+        }
+        if let Some(h) = &h {
+            let n = st.adopt_learned(&h.learned)?;
+            info!(pairs = n, orphans = st.orphan_count(), "adopted learned names");
+        }
+        Ok(h)
+    }
+
+    /// Starts consuming: the DNS gate thread, the blocked log, expiry (and
+    /// in node mode the snapshot and the handover listener).
+    pub fn go(&mut self, handover: Option<&Handover>) -> Result<()> {
+        let Some(Idle { mut gate, hold, denied, log }) = self.idle.take() else { return Ok(()) };
+        if let Some(h) = handover {
+            gate.import_pending(&h.pending);
+        }
         // The DNS gate is on the latency-critical path of every lookup: a
         // dedicated thread blocked in poll(2) on its ring. Everything else
         // (the blocked log, expiry) runs on a small tokio runtime.
@@ -106,33 +244,38 @@ impl Agent {
             let stop = stop_gate.clone();
             thread::Builder::new().name("dns-gate".into()).spawn(move || gate.run(hold, stop))?
         };
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("portcullis-rt")
-            .enable_all()
-            .build()
-            .context("starting the tokio runtime")?;
         let (stop, stop_rx) = watch::channel(false);
         let tasks = vec![
-            rt.spawn(events::run(denied, state.clone(), log, stop_rx.clone())),
-            rt.spawn(expire_learned(state.clone(), stop_rx)),
+            self.rt.spawn(events::run(denied, self.state.clone(), log, stop_rx.clone())),
+            self.rt.spawn(expire_learned(self.state.clone(), self.state_dir.clone(), stop_rx)),
         ];
+        *lock(&self.core.running) = Some(Consumers { stop_gate, gate_thread, stop, tasks });
         // Only now may the kernel hold answers for us: someone is listening.
         {
-            let mut st = lock(&state);
-            cfg = st.maps.config();
+            let mut st = lock(&self.state);
+            let mut cfg = st.maps.config();
             cfg.agent_ready = 1;
             st.maps.set_config(&cfg)?;
         }
-        Ok(Self { state, gate_stats, datapath, rt, stop, tasks, stop_gate, gate_thread })
+        if let Some(dir) = &self.state_dir {
+            let listener = handover::listen(dir)?;
+            self.listener = Some(serve_handover(listener, self.core.clone())?);
+        }
+        Ok(())
     }
 
     pub fn add_endpoint(&self, identity: Identity, cgroup_id: u64, policy: CompiledPolicy, audit: bool) -> Result<u32> {
         Ok(lock(&self.state).add_endpoint(identity, cgroup_id, policy, audit)?)
     }
 
-    pub fn attach(&mut self, cgroup: &Path) -> Result<()> {
-        self.datapath.attach(cgroup).with_context(|| format!("attaching to {}", cgroup.display()))
+    /// Attaches the programs to `cgroup` (pinned links in node mode; a
+    /// previous agent's pinned links get this agent's programs).
+    pub fn attach(&mut self, cgroup: &Path, cgroup_id: u64) -> Result<()> {
+        match &self.pins {
+            Some(p) => self.datapath.attach_pinned(cgroup, cgroup_id, p),
+            None => self.datapath.attach(cgroup),
+        }
+        .with_context(|| format!("attaching to {}", cgroup.display()))
     }
 
     /// Kernel loss counters worth telling a human about, as (what, count).
@@ -170,19 +313,50 @@ impl Agent {
         .collect()
     }
 
-    /// Stops the workers (the log drains what is queued) and detaches.
-    pub fn shutdown(self) {
-        self.stop_gate.store(true, Ordering::Relaxed);
-        let _ = self.gate_thread.join();
-        let _ = self.stop.send(true);
-        let tasks = self.tasks;
-        self.rt.block_on(async {
-            for t in tasks {
-                let _ = t.await;
+    /// Stops the workers (the log drains what is queued). Unpinned, the
+    /// programs detach. Pinned, they stay and keep enforcing: the learned
+    /// state and the pending queries go to the snapshot for the next agent,
+    /// unless a next agent already took them over.
+    pub fn shutdown(mut self) {
+        if let Some((stop, t)) = self.listener.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = t.join();
+        }
+        let h = self.core.hand_over();
+        if let (Some(h), Some(dir)) = (h, &self.state_dir) {
+            if let Err(e) = handover::write_snapshot(dir, &h) {
+                warn!(error = %e, "writing the state snapshot failed; the next agent starts without it");
             }
-        });
+        }
         drop(self.datapath);
     }
+}
+
+/// Answers handover requests of the next agent until `stop`.
+fn serve_handover(listener: UnixListener, core: Arc<Core>) -> Result<(Arc<AtomicBool>, JoinHandle<()>)> {
+    listener.set_nonblocking(true)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let t = thread::Builder::new().name("handover".into()).spawn(move || {
+        while !flag.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((s, _)) => {
+                    let _ = s.set_nonblocking(false);
+                    match handover::serve(s, || core.hand_over().unwrap_or_default()) {
+                        Ok(true) => info!("handed over to the next agent; enforcement stays pinned"),
+                        Ok(false) => {}
+                        Err(e) => warn!(error = %e, "handover request failed"),
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(20)),
+                Err(e) => {
+                    warn!(error = %e, "handover socket failed");
+                    thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    })?;
+    Ok((stop, t))
 }
 
 /// Locks, recovering from a poisoned lock: a panic elsewhere must not stop

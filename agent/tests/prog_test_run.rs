@@ -58,7 +58,7 @@ fn harness(unmanaged_allow: bool) -> Option<Harness> {
         agent_ready: 1,
         ..Config::default()
     };
-    let mut dp = Datapath::load(cfg).expect("load programs");
+    let mut dp = Datapath::load(cfg, None).expect("load programs");
     let maps = dp.take_maps().expect("maps");
     let mut state = State::new(maps, TtlBounds { min: Duration::ZERO, max: Duration::from_secs(3600) });
     let policy = Policy::from_yaml_str(POLICY, "test").expect("policy");

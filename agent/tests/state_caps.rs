@@ -63,7 +63,7 @@ fn ips_per_name_cap_keeps_the_last_learned_addresses() {
         agent_ready: 1,
         ..Config::default()
     };
-    let mut dp = Datapath::load(cfg).expect("load programs");
+    let mut dp = Datapath::load(cfg, None).expect("load programs");
     let maps = dp.take_maps().expect("maps");
     let ttl = TtlBounds { min: Duration::ZERO, max: Duration::from_secs(3600) };
     let mut state = State::with_caps(maps, ttl, Caps { ips_per_name: 3, ..Caps::default() });

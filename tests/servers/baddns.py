@@ -16,6 +16,8 @@ or empty: "normal"), so a test switches behaviour without a restart:
                   port NNNN instead, then the correct answer to the real port
   wrong-question  the right txid, but the question (and answer) is
                   stolen.example.test -> 203.0.113.65; nothing else
+  slow            answer correctly after 300 ms (one query at a time, so
+                  queries from several clients wait in line)
 
 Zone (a leading pNNNN label is ignored): spoof.example.test 203.0.113.61,
 ok.example.test 203.0.113.67, big.example.test 192.0.2.1-200 (200 A
@@ -139,6 +141,8 @@ def serve(sock, mode_file, ttl):
                 decoy = (peer[0], int(first[1:]))
                 send(response(txid, rd, qname, qtype, [FORGED_WRONG_PORT], edns, ttl), decoy, "forged wrong-port")
                 time.sleep(0.05)
+        if mode == "slow":
+            time.sleep(0.3)
         send(response(txid, rd, qname, qtype, ips, edns, ttl))
         if mode == "spoof-extra":
             time.sleep(0.05)

@@ -1,12 +1,14 @@
 //! Loads the embedded eBPF object and attaches its seven programs to a cgroup.
 //!
-//! Programs are attached as `bpf_link`s (Linux 5.7). Cgroup links always
+//! Programs are attached as `bpf_link`s (Linux 5.7); in node mode with a
+//! pin path they are pinned with the maps (`pin`). Cgroup links always
 //! behave like `BPF_F_ALLOW_MULTI` (the kernel refuses the flag itself, so
 //! the mode passed is `Single` = no flags): the kernel runs ours *and* any
 //! other agent's (Cilium's) programs on the hierarchy, and a packet passes
 //! only if all of them allow it. Portcullis composes with another CNI
-//! instead of replacing its hooks, and a crashed agent's links go away with
-//! its file descriptors.
+//! instead of replacing its hooks. Unpinned (`exec`), a crashed agent's
+//! links go away with its file descriptors; pinned (`run --pin-path`), they
+//! stay and keep enforcing until a new agent swaps in its programs.
 
 use std::{
     fs::File,
@@ -19,12 +21,13 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
     programs::{
+        links::FdLink,
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, ProgramError,
     },
 };
 use thiserror::Error;
 
-use super::maps::PolicyMaps;
+use super::{maps::PolicyMaps, pin::{self, Pins}};
 
 /// The compiled kernel programs (built by `agent/build.rs`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
@@ -58,7 +61,15 @@ pub enum LoadError {
     Cgroup { path: PathBuf, source: std::io::Error },
     #[error("reading the host network namespace cookie: {0}")]
     NetnsCookie(std::io::Error),
+    #[error("pinning {what}: {source}")]
+    Pin { what: String, source: std::io::Error },
 }
+
+/// Every map of the object, pinned by name in node mode.
+pub const MAP_NAMES: [&str; 14] = [
+    "CONFIG", "ENDPOINTS", "EP_CACHE", "LEARNED", "CIDRS", "DNS_SERVERS", "DNS_SOCKS", "COUNTERS",
+    "EVENT_RATE", "DENIED_EVENTS", "DNS_HOLD", "SK_FLOWS", "INBOUND", "SOCK_OWNERS",
+];
 
 /// A loaded datapath: programs (attached or not), policy maps, ring buffers.
 pub struct Datapath {
@@ -69,12 +80,22 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Loads and verifies every program; attaches nothing yet.
-    pub fn load(config: Config) -> Result<Self, LoadError> {
+    /// Loads and verifies every program; attaches nothing yet. With `pins`,
+    /// the maps are the pinned ones if a previous agent left them (then the
+    /// kernel's config is kept, apart from the fields `config` sets below),
+    /// else created and pinned.
+    pub fn load(config: Config, pins: Option<&Pins>) -> Result<Self, LoadError> {
         if OBJECT.is_empty() {
             return Err(LoadError::NoObject);
         }
-        let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+        let adopting = pins.is_some_and(Pins::has_state);
+        let mut loader = EbpfLoader::new();
+        if let Some(p) = pins {
+            for name in MAP_NAMES {
+                loader.map_pin_path(name, p.map(name));
+            }
+        }
+        let mut ebpf = loader.load(OBJECT)?;
         for name in SOCK_PROGRAMS {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             prog.load().map_err(|source| LoadError::Program { name, source })?;
@@ -86,6 +107,14 @@ impl Datapath {
         let release: &mut CgroupSock = program(&mut ebpf, RELEASE_PROGRAM)?;
         release.load().map_err(|source| LoadError::Program { name: RELEASE_PROGRAM, source })?;
         let mut maps = PolicyMaps::take(&mut ebpf)?;
+        let config = if adopting {
+            // Keep what the running datapath relies on: the mark of
+            // re-injected answers, the cache generation, readiness.
+            let old = maps.read_config()?;
+            Config { generation: old.generation, inject_mark: old.inject_mark, agent_ready: old.agent_ready, ..config }
+        } else {
+            config
+        };
         maps.set_config(&config)?;
         let denied_events = Some(ring(&mut ebpf, "DENIED_EVENTS")?);
         let dns_hold = Some(ring(&mut ebpf, "DNS_HOLD")?);
@@ -111,6 +140,44 @@ impl Datapath {
         release
             .attach(file.as_fd(), CgroupAttachMode::Single)
             .map_err(|source| LoadError::Program { name: RELEASE_PROGRAM, source })?;
+        Ok(())
+    }
+
+    /// Attaches every program to `cgroup` with pinned links: where a link of
+    /// a previous agent is pinned, this agent's program replaces its program
+    /// atomically; else a new link is made and pinned. The links outlive
+    /// this process.
+    pub fn attach_pinned(&mut self, cgroup: &Path, cgroup_id: u64, pins: &Pins) -> Result<(), LoadError> {
+        let file = File::open(cgroup)
+            .map_err(|source| LoadError::Cgroup { path: cgroup.to_owned(), source })?;
+        let pin_err = |what: String| move |source| LoadError::Pin { what, source };
+        for name in PROGRAM_NAMES {
+            let path = pins.link(cgroup_id, name);
+            if path.exists() {
+                let prog = self.ebpf.program(name).ok_or(LoadError::MissingProgram(name))?;
+                let fd = prog.fd().map_err(|source| LoadError::Program { name, source })?;
+                pin::update_pinned_link(&path, fd).map_err(pin_err(path.display().to_string()))?;
+                continue;
+            }
+            let link: FdLink = if let Some((_, kind)) = SKB_PROGRAMS.iter().find(|(n, _)| *n == name) {
+                let prog: &mut CgroupSkb = program(&mut self.ebpf, name)?;
+                let id = prog.attach(file.as_fd(), *kind, CgroupAttachMode::Single)
+                    .map_err(|source| LoadError::Program { name, source })?;
+                prog.take_link(id).map_err(|source| LoadError::Program { name, source })?.try_into()
+            } else if name == RELEASE_PROGRAM {
+                let prog: &mut CgroupSock = program(&mut self.ebpf, name)?;
+                let id = prog.attach(file.as_fd(), CgroupAttachMode::Single)
+                    .map_err(|source| LoadError::Program { name, source })?;
+                prog.take_link(id).map_err(|source| LoadError::Program { name, source })?.try_into()
+            } else {
+                let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+                let id = prog.attach(file.as_fd(), CgroupAttachMode::Single)
+                    .map_err(|source| LoadError::Program { name, source })?;
+                prog.take_link(id).map_err(|source| LoadError::Program { name, source })?.try_into()
+            }
+            .map_err(|e: aya::programs::links::LinkError| LoadError::Pin { what: name.to_owned(), source: std::io::Error::other(e) })?;
+            link.pin(&path).map_err(|e| LoadError::Pin { what: path.display().to_string(), source: std::io::Error::other(e) })?;
+        }
         Ok(())
     }
 

@@ -49,6 +49,13 @@ impl PolicyMaps {
         })
     }
 
+    /// The config the kernel holds now (adopted from a previous agent).
+    pub fn read_config(&mut self) -> Result<Config, LoadError> {
+        let cfg = self.config.get(&0, 0).map_err(|source| LoadError::Map { name: "CONFIG", source })?;
+        self.current = cfg;
+        Ok(cfg)
+    }
+
     pub fn config(&self) -> Config {
         self.current
     }
@@ -150,6 +157,31 @@ impl PolicyMaps {
     /// The caps keep the hook for a future source (a `bpf_iter` over it).
     pub fn live_ips(&self) -> StdHashMap<u32, HashSet<[u8; 16]>> {
         StdHashMap::new()
+    }
+
+    /// Every cgroup -> endpoint mapping in the kernel (a previous agent's,
+    /// when adopting pinned maps).
+    pub fn kernel_endpoints(&self) -> Vec<(u64, EndpointInfo)> {
+        self.endpoints.iter().filter_map(Result::ok).collect()
+    }
+
+    /// (prefix length, address) of every CIDR entry of `endpoint`.
+    pub fn cidrs_of(&self, endpoint: u32) -> Vec<(u8, [u8; 16])> {
+        self.cidrs
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| u32::from_be_bytes(k.data().endpoint_be) == endpoint)
+            .map(|k| ((k.prefix_len().saturating_sub(32)) as u8, k.data().ip))
+            .collect()
+    }
+
+    pub fn dns_servers_of(&self, endpoint: u32) -> Vec<DnsServerKey> {
+        self.dns_servers.keys().filter_map(Result::ok).filter(|k| k.endpoint == endpoint).collect()
+    }
+
+    /// Every learned key with its expiry.
+    pub fn learned_entries(&self) -> Vec<(LearnedKey, u64)> {
+        self.learned.iter().filter_map(Result::ok).map(|(k, v)| (k, v.expires_ns)).collect()
     }
 
     /// Sum over CPUs of every counter (index = `agent_common::counter_index`).

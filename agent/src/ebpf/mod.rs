@@ -3,6 +3,8 @@
 
 pub mod loader;
 pub mod maps;
+pub mod pin;
 
 pub use loader::{Datapath, LoadError};
 pub use maps::PolicyMaps;
+pub use pin::Pins;

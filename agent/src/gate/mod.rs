@@ -165,22 +165,36 @@ impl Gate {
         sent
     }
 
-    /// Consumes the hold ring buffer until `stop` is set.
-    pub fn run(mut self, mut ring: RingBuf<MapData>, stop: Arc<AtomicBool>) {
+    /// Takes over the queries a previous agent was waiting on (`handover`).
+    pub fn import_pending(&mut self, records: &[crate::handover::PendingRecord]) {
+        self.pending.import(records, Instant::now());
+    }
+
+    /// Consumes the hold ring buffer until `stop` is set, at a record
+    /// boundary; returns the queries still waiting for answers (for the
+    /// next agent). The ring's consumer position lives in the map, so the
+    /// next consumer starts exactly after the last record handled here.
+    pub fn run(mut self, mut ring: RingBuf<MapData>, stop: Arc<AtomicBool>) -> PendingQueries {
         let fd = ring.as_raw_fd();
         let mut last_sweep = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             while let Some(item) = ring.next() {
                 let record: &[u8] = &item;
                 self.handle(record);
+                drop(item);
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
             }
             if last_sweep.elapsed().as_secs() >= 5 {
                 last_sweep = Instant::now();
                 self.pending.expire(last_sweep);
                 self.rate.retain(|_, (t, _)| t.elapsed().as_secs() < 5);
             }
-            poll_readable(fd, 100);
+            // Short: a stop (handover to the next agent) waits for this.
+            poll_readable(fd, 20);
         }
+        self.pending
     }
 }
 

@@ -10,6 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::handover::PendingRecord;
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct QueryKey {
     pub endpoint: u32,
@@ -66,6 +68,35 @@ impl PendingQueries {
         self.map.retain(|_, p| now.duration_since(p.at) < PENDING_TIMEOUT);
     }
 
+    /// Every pending query, for the next agent (`handover`).
+    pub fn export(&self, now: Instant) -> Vec<PendingRecord> {
+        self.map
+            .iter()
+            .map(|(k, p)| PendingRecord {
+                endpoint: k.endpoint,
+                client: k.client,
+                resolver: k.resolver,
+                txid: k.txid,
+                qname: p.qname.clone(),
+                qtype: p.qtype,
+                allowed: p.allowed,
+                age_ms: now.saturating_duration_since(p.at).as_millis() as u64,
+            })
+            .collect()
+    }
+
+    /// Takes over a previous agent's pending queries (too old ones dropped).
+    pub fn import(&mut self, records: &[PendingRecord], now: Instant) {
+        for r in records {
+            let age = Duration::from_millis(r.age_ms);
+            if age >= PENDING_TIMEOUT {
+                continue;
+            }
+            let key = QueryKey { endpoint: r.endpoint, client: r.client, resolver: r.resolver, txid: r.txid };
+            self.insert(key, &r.qname, r.qtype, r.allowed, now.checked_sub(age).unwrap_or(now));
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }
@@ -106,6 +137,23 @@ mod tests {
         assert_eq!(p.take(&key(7), "a.test", 1), Some(true));
         assert_eq!(p.take(&key(7), "a.test", 1), None, "a second answer is unsolicited");
         assert_eq!(p.take(&key(9), "evil.test", 1), Some(false), "refused names are remembered too");
+    }
+
+    #[test]
+    fn export_import_keeps_pairing_and_drops_stale() {
+        let t0 = Instant::now();
+        let mut old = PendingQueries::default();
+        old.insert(key(7), "a.test", 1, true, t0);
+        old.insert(key(9), "evil.test", 28, false, t0);
+        let mut records = old.export(t0 + Duration::from_millis(5));
+        records.push(PendingRecord { age_ms: PENDING_TIMEOUT.as_millis() as u64, ..records[0].clone() });
+        records.last_mut().unwrap().txid = 11;
+        let mut new = PendingQueries::default();
+        new.import(&records, Instant::now());
+        assert_eq!(new.len(), 2, "the stale one is dropped");
+        assert_eq!(new.take(&key(7), "a.test", 1), Some(true));
+        assert_eq!(new.take(&key(9), "evil.test", 28), Some(false));
+        assert_eq!(new.take(&key(11), "a.test", 1), None);
     }
 
     #[test]

@@ -179,6 +179,20 @@ impl LearnedTable {
         self.endpoints.get(&endpoint).map_or(0, |t| t.names.len())
     }
 
+    /// Every (endpoint, name, IP, expiry) pair, least recently used first
+    /// per endpoint (learning them in this order rebuilds the LRU order).
+    pub fn pairs(&self) -> Vec<(u32, Arc<str>, Ip, u64)> {
+        let mut out = Vec::new();
+        for (id, t) in &self.endpoints {
+            for (name, ip) in t.lru.values() {
+                if let Some(p) = t.names.get(name).and_then(|ne| ne.ips.get(ip)) {
+                    out.push((*id, name.clone(), *ip, p.expires));
+                }
+            }
+        }
+        out
+    }
+
     /// The addresses a name holds, oldest first.
     pub fn ips_of(&self, endpoint: u32, name: &str) -> Vec<Ip> {
         let Some(ne) = self.endpoints.get(&endpoint).and_then(|t| t.names.get(name)) else { return Vec::new() };

@@ -7,6 +7,7 @@
 //! of kernel state goes through here, so user-space bookkeeping and maps
 //! never disagree.
 
+mod adopt;
 mod learned;
 mod table;
 
@@ -124,6 +125,14 @@ pub struct State {
     endpoints: HashMap<u32, Endpoint>,
     learned: LearnedTable,
     pub ttl: TtlBounds,
+    /// A previous agent's endpoints found in pinned maps, by cgroup id, not
+    /// yet claimed by this agent's config (`adopt`).
+    adopted: HashMap<u64, EndpointInfo>,
+    /// Learned keys found in pinned maps that no adopted pair explains:
+    /// kept until their expiry, then removed.
+    orphans: Vec<(agent_common::LearnedKey, u64)>,
+    /// Bumped on every change of learned state (for snapshots).
+    version: u64,
 }
 
 pub fn boot_ns() -> u64 {
@@ -145,7 +154,15 @@ impl State {
     /// `caps` is clamped: every cap at least 1, the total at most the map's
     /// capacity.
     pub fn with_caps(maps: PolicyMaps, ttl: TtlBounds, caps: Caps) -> Self {
-        Self { maps, endpoints: HashMap::new(), learned: LearnedTable::new(caps), ttl }
+        Self {
+            maps,
+            endpoints: HashMap::new(),
+            learned: LearnedTable::new(caps),
+            ttl,
+            adopted: HashMap::new(),
+            orphans: Vec::new(),
+            version: 0,
+        }
     }
 
     pub fn caps(&self) -> Caps {
@@ -181,9 +198,15 @@ impl State {
         if self.endpoints.values().any(|e| e.cgroup_id == cgroup_id) {
             return Err(StateError::DuplicateCgroup(cgroup_id));
         }
-        let id = (1..MAX_ENDPOINTS)
-            .find(|i| !self.endpoints.contains_key(i))
-            .ok_or(StateError::TooManyEndpoints)?;
+        // A cgroup a previous agent enforced keeps its endpoint id: the
+        // kernel's entries stay valid while they are brought up to date.
+        let adopted = self.adopted.remove(&cgroup_id).map(|i| i.endpoint).filter(|i| !self.endpoints.contains_key(i));
+        let id = match adopted {
+            Some(id) => id,
+            None => (1..MAX_ENDPOINTS)
+                .find(|i| !self.endpoints.contains_key(i) && !self.adopted.values().any(|a| a.endpoint == *i))
+                .ok_or(StateError::TooManyEndpoints)?,
+        };
         for e in &policy.cidr_entries {
             self.maps
                 .insert_cidr(id, e.net.addr().octets(), e.net.prefix_len(), e.value)
@@ -194,6 +217,10 @@ impl State {
         }
         let info = EndpointInfo { endpoint: id, flags: if audit { ENDPOINT_F_AUDIT } else { 0 }, generation: 0 };
         self.maps.add_endpoint(cgroup_id, info).map_err(map_err("ENDPOINTS"))?;
+        if adopted.is_some() {
+            // New entries are in; only now drop what the old policy had.
+            self.prune_policy_entries(id, &policy)?;
+        }
         self.endpoints.insert(id, Endpoint { id, identity, cgroup_id, policy, audit, names: HashMap::new() });
         Ok(id)
     }
@@ -219,6 +246,9 @@ impl State {
     /// denied in the kernel (fail closed); a failed removal leaves a key the
     /// kernel refuses once its expiry passes.
     fn apply(&mut self, changes: Changes) -> Result<(), StateError> {
+        if !changes.removes.is_empty() || !changes.inserts.is_empty() {
+            self.version += 1;
+        }
         let mut first = Ok(());
         for k in &changes.removes {
             if let Err(e) = self.maps.remove_learned(k) {
@@ -280,8 +310,10 @@ impl State {
     /// refuses them; this keeps the maps small). Returns how many (name, IP)
     /// pairs went.
     pub fn expire(&mut self) -> Result<usize, StateError> {
-        let (n, changes) = self.learned.expire(boot_ns());
+        let now = boot_ns();
+        let (n, changes) = self.learned.expire(now);
         self.apply(changes)?;
+        self.expire_orphans(now)?;
         Ok(n)
     }
 

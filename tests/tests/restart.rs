@@ -1,0 +1,249 @@
+//! `portcullis run --pin-path`: enforcement outlives the agent, a restarted
+//! agent adopts the pinned state and its learned names, and a new agent
+//! takes over from a running one (a DaemonSet rolling update with
+//! `maxSurge: 1`) with no failed lookup and no broken connection.
+
+mod common;
+
+use common::{TestCgroup, agent_cmd, attached, fresh_path, run_with_deadline, wait_for};
+use portcullis_tests::{Bench, ChildGuard, require_root, servers::python};
+use serde_json::Value;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TAKEOVER_PY: &str = include_str!("../clients/takeover.py");
+
+/// A pin directory of this test under /sys/fs/bpf, removed on drop (also on
+/// panic): unpinning detaches whatever the agents left.
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn new(tag: &str) -> Self {
+        let p = PathBuf::from(format!("/sys/fs/bpf/portcullis-test-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        Self(p)
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn config(log: &Path, cg: &Path) -> String {
+    format!(
+        r#"log: {log}
+endpoints:
+  - name: pinned-ep
+    namespace: team-a
+    pod: pod-a
+    cgroup: {cg}
+    policy:
+      egress:
+        - toFQDNs: [{{matchName: api.example.test}}]
+          ports: [{{port: 443}}, {{port: 7}}]
+        - toFQDNs: [{{matchPattern: "*.test"}}, {{matchName: ok.example.test}}]
+          ports: [{{port: 443}}]
+      dns:
+        servers: ["198.51.100.53", "198.51.100.54"]
+"#,
+        log = log.display(),
+        cg = cg.display()
+    )
+}
+
+struct Agent {
+    child: ChildGuard,
+    stderr: PathBuf,
+}
+
+impl Agent {
+    /// Starts `run` and waits for "ready".
+    fn start(bench: &Bench, cfg: &Path, pins: &PinDir, state: &Path) -> Self {
+        let stderr = fresh_path(bench.workdir(), "run.stderr");
+        let mut c = agent_cmd();
+        c.args(["run", "--config"])
+            .arg(cfg)
+            .arg("--pin-path")
+            .arg(&pins.0)
+            .arg("--state-dir")
+            .arg(state)
+            .env("PORTCULLIS_LOG_LEVEL", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap());
+        let mut a = Self { child: ChildGuard::spawn(c).unwrap(), stderr };
+        a.wait_message("ready");
+        a
+    }
+
+    fn messages(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.stderr)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .map(|l| l["fields"].clone())
+            .collect()
+    }
+
+    fn wait_message(&mut self, msg: &str) -> Value {
+        let stderr = self.stderr.clone();
+        wait_for(&format!("agent to log {msg:?}"), Duration::from_secs(15), || {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                panic!("agent exited ({st}): {}", std::fs::read_to_string(&stderr).unwrap());
+            }
+            self.messages().into_iter().find(|l| l["message"] == msg)
+        })
+    }
+
+    fn sigterm(&mut self) {
+        // SAFETY: kill(2) on our own, not yet reaped child.
+        assert_eq!(unsafe { libc::kill(self.child.pid() as i32, libc::SIGTERM) }, 0);
+        let st = wait_for("agent to exit", Duration::from_secs(10), || self.child.try_wait().unwrap());
+        assert_eq!(st.code(), Some(0), "{}", std::fs::read_to_string(&self.stderr).unwrap());
+    }
+
+    fn sigkill(&mut self) {
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(self.child.pid() as i32, libc::SIGKILL) }, 0);
+        wait_for("agent to die", Duration::from_secs(10), || self.child.try_wait().unwrap());
+    }
+}
+
+/// `sh -c 'echo $$ > CG/cgroup.procs; exec ip netns exec POD argv...'`.
+fn in_cgroup_cmd(bench: &Bench, cg: &Path, argv: &str) -> Command {
+    let mut c = Command::new("sh");
+    c.arg("-c").arg(format!(
+        "echo $$ > {}/cgroup.procs && exec ip netns exec {} {argv}",
+        cg.display(),
+        bench.pod_ns_name("pod")
+    ));
+    c
+}
+
+fn curl(bench: &Bench, cg: &Path, url: &str) -> (i32, String) {
+    let c = in_cgroup_cmd(bench, cg, &format!("curl -sS --max-time 3 {url}"));
+    let r = run_with_deadline(bench.workdir(), c, Duration::from_secs(10));
+    (r.code, r.stdout)
+}
+
+fn setup(tag: &str, echo: bool) -> (Bench, TestCgroup, PinDir, PathBuf, PathBuf) {
+    let bench = Bench::builder().race_names(true).tcp_echo(echo).bad_dns(echo).start().unwrap();
+    let cg = TestCgroup::create(tag);
+    let pins = PinDir::new(tag);
+    let state = bench.workdir().join("state");
+    let log = fresh_path(bench.workdir(), "blocked.jsonl");
+    let cfg = common::write_file(bench.workdir(), "node.yaml", &config(&log, &cg.path));
+    (bench, cg, pins, state, cfg)
+}
+
+#[test]
+fn pinned_enforcement_outlives_the_agent_and_a_restart_adopts_it() {
+    if !require_root() {
+        return;
+    }
+    let (bench, cg, pins, state, cfg) = setup("pinrestart", false);
+    let mut a = Agent::start(&bench, &cfg, &pins, &state);
+    attached(&cg.path).expect_all_hooks();
+    let hello = "hello from 203.0.113.10:443\n".to_owned();
+    assert_eq!(curl(&bench, &cg.path, "-4 http://api.example.test:443/"), (0, hello.clone()));
+    // Let the snapshot (about once a second) see the learned name: a crash
+    // loses at most that second.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    a.sigkill();
+    // Down: the pinned programs still enforce. The learned address works
+    // for a new connection; everything else stays denied.
+    let att = attached(&cg.path);
+    att.expect_all_hooks();
+    assert_eq!(curl(&bench, &cg.path, "http://203.0.113.10:443/"), (0, hello.clone()), "learned IP while down");
+    for url in ["http://169.254.169.254/", "http://203.0.113.20:443/", "http://10.96.0.10/"] {
+        assert_eq!(curl(&bench, &cg.path, url).0, 7, "{url} while the agent is down");
+    }
+
+    // Restarted: adopts the pins (same programs' maps, the learned name).
+    let mut b = Agent::start(&bench, &cfg, &pins, &state);
+    let adopted = b.wait_message("adopted learned names");
+    assert!(adopted["pairs"].as_u64().unwrap() >= 1, "{adopted}");
+    let after = attached(&cg.path);
+    after.expect_all_hooks();
+    assert_eq!(after.maps, att.maps, "a restart must keep the pinned maps");
+    assert_eq!(curl(&bench, &cg.path, "http://203.0.113.10:443/"), (0, hello.clone()));
+    assert_eq!(curl(&bench, &cg.path, "-4 http://api.example.test:443/"), (0, hello));
+    assert_eq!(curl(&bench, &cg.path, "-4 http://race-7.test:443/").0, 0, "a new name learns");
+    assert_eq!(curl(&bench, &cg.path, "http://169.254.169.254/").0, 7);
+
+    // A clean stop leaves enforcement pinned; `unpin` ends it.
+    b.sigterm();
+    attached(&cg.path).expect_all_hooks();
+    assert_eq!(curl(&bench, &cg.path, "http://203.0.113.20:443/").0, 7);
+    let mut c = agent_cmd();
+    c.arg("unpin").arg("--pin-path").arg(&pins.0).arg("--state-dir").arg(&state);
+    let r = run_with_deadline(bench.workdir(), c, Duration::from_secs(10));
+    assert_eq!(r.code, 0, "{r:?}");
+    att.expect_detached();
+    assert!(!state.join("state.json").exists());
+}
+
+#[test]
+fn a_new_agent_takes_over_without_a_failed_lookup_or_a_broken_connection() {
+    if !require_root() {
+        return;
+    }
+    let (bench, cg, pins, state, cfg) = setup("takeover", true);
+    let mut old = Agent::start(&bench, &cfg, &pins, &state);
+    // Answers 300 ms late: two client threads keep a query to it pending.
+    bench.set_bad_dns_mode("slow").unwrap();
+    let script = common::client(&bench, "takeover.py", TAKEOVER_PY);
+    let mut c = in_cgroup_cmd(
+        &bench,
+        &cg.path,
+        &format!("{} {} 6 api.example.test 7 443 1 480 2 198.51.100.54", python().display(), script.display()),
+    );
+    c.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut client = ChildGuard::spawn(c).unwrap();
+    let mut out = BufReader::new(client.child_mut().stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "started", "client: {line:?}");
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // The rolling update: the new pod starts while the old one runs...
+    let mut new = Agent::start(&bench, &cfg, &pins, &state);
+    let took = new.wait_message("took over from the running agent");
+    old.wait_message("handed over to the next agent; enforcement stays pinned");
+    std::thread::sleep(Duration::from_millis(500));
+    // ...then the old pod is stopped.
+    old.sigterm();
+    let replaced_at = t0.elapsed();
+    assert!(replaced_at < Duration::from_secs(5), "takeover took too long for the client window: {replaced_at:?}");
+
+    line.clear();
+    let n = out.read_line(&mut line).unwrap();
+    assert!(n > 0, "client printed nothing");
+    let r: Value = serde_json::from_str(line.trim()).unwrap();
+    eprintln!("takeover: {took}; client: {r}");
+    if r["slow_failures"] != 0 {
+        eprintln!("old agent:\n{}\nnew agent:\n{}", std::fs::read_to_string(&old.stderr).unwrap(), std::fs::read_to_string(&new.stderr).unwrap());
+    }
+    let lookups = r["lookups"].as_u64().unwrap();
+    assert!(lookups >= 50, "too few lookups to judge: {r}");
+    assert_eq!(r["lookup_failures"], 0, "{r}");
+    assert_eq!(r["connect_failures"], 0, "{r}");
+    assert!(r["pings"].as_u64().unwrap() >= 50, "{r}");
+    assert_eq!(r["ping_failures"], 0, "established connection broken: {r}");
+    assert!(r["slow_queries"].as_u64().unwrap() >= 10, "{r}");
+    assert_eq!(r["slow_failures"], 0, "{r}");
+    // Queries the old agent let through were answered after the new one
+    // took over: it paired them with the handed-over pending queries.
+    assert!(took["pending"].as_u64().unwrap() >= 1, "{took}");
+
+    // The new agent consumes now: a fresh name still learns, denials hold.
+    assert_eq!(curl(&bench, &cg.path, "-4 http://race-499.test:443/").0, 0);
+    assert_eq!(curl(&bench, &cg.path, "http://169.254.169.254/").0, 7);
+    new.sigterm();
+}
