@@ -52,6 +52,7 @@ Examples:
 
 node.yaml:
   log: /var/log/portcullis/blocked.jsonl     # default: stderr
+  metricsAddr: 0.0.0.0:9464                  # Prometheus /metrics (optional)
   endpoints:
     - name: agent-a
       namespace: team-a
@@ -144,6 +145,10 @@ pub struct RunArgs {
     /// (a host directory that survives the agent's pod).
     #[arg(long, env = "PORTCULLIS_STATE_DIR", value_name = "DIR", default_value = "/var/run/portcullis")]
     pub state_dir: PathBuf,
+    /// Serve Prometheus metrics on this address (overrides the config's
+    /// metricsAddr), e.g. 0.0.0.0:9464.
+    #[arg(long, env = "PORTCULLIS_METRICS_ADDR", value_name = "IP:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]

@@ -56,6 +56,7 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
         gate: GateOptions { deny_rcode: args.dns_deny_rcode },
         pins: None,
         state_dir: None,
+        metrics_addr: None,
     })?;
     agent.go(None)?;
     let name = args.name.clone().unwrap_or_else(|| format!("exec-{pid}"));

@@ -30,6 +30,9 @@ pub struct NodeConfig {
     /// Blocked-connection log (JSON lines); default stderr.
     #[serde(default)]
     pub log: Option<PathBuf>,
+    /// Prometheus `/metrics` listen address (e.g. `0.0.0.0:9464`).
+    #[serde(default)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     #[serde(default = "default_min_ttl")]
     pub min_ttl_seconds: u64,
     #[serde(default = "default_max_ttl")]
@@ -150,6 +153,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         gate: GateOptions { deny_rcode },
         pins,
         state_dir: args.pin_path.as_ref().map(|_| args.state_dir.clone()),
+        metrics_addr: args.metrics_addr.or(cfg.metrics_addr),
     })?;
     let result = (|| -> Result<()> {
         // Policy entries first (adopted endpoints keep their ids), then the

@@ -25,6 +25,7 @@ use crate::{
     events::{self, LogSink},
     gate::{Gate, GateOptions, GateStats, PendingQueries},
     handover::{self, Handover},
+    metrics,
     state::{Caps, Identity, State, TtlBounds},
     policy::CompiledPolicy,
 };
@@ -46,6 +47,8 @@ pub struct AgentOptions {
     pub pins: Option<Pins>,
     /// Node mode: the handover socket and the learned-state snapshot.
     pub state_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics here (`metrics`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The consumers of the kernel's rings and the expiry task, while this
@@ -99,6 +102,7 @@ pub struct Agent {
     idle: Option<Idle>,
     pins: Option<Pins>,
     state_dir: Option<PathBuf>,
+    metrics_addr: Option<std::net::SocketAddr>,
     /// The handover listener's thread and a flag that ends it.
     listener: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
 }
@@ -193,6 +197,7 @@ impl Agent {
             idle: Some(Idle { gate, hold, denied, log }),
             pins: opts.pins,
             state_dir: opts.state_dir,
+            metrics_addr: opts.metrics_addr,
             listener: None,
         })
     }
@@ -245,10 +250,17 @@ impl Agent {
             thread::Builder::new().name("dns-gate".into()).spawn(move || gate.run(hold, stop))?
         };
         let (stop, stop_rx) = watch::channel(false);
-        let tasks = vec![
+        let mut tasks = vec![
             self.rt.spawn(events::run(denied, self.state.clone(), log, stop_rx.clone())),
-            self.rt.spawn(expire_learned(self.state.clone(), self.state_dir.clone(), stop_rx)),
+            self.rt.spawn(expire_learned(self.state.clone(), self.state_dir.clone(), stop_rx.clone())),
         ];
+        if let Some(addr) = self.metrics_addr {
+            let listener = {
+                let _rt = self.rt.enter();
+                metrics::bind(addr).with_context(|| format!("metrics address {addr}"))?
+            };
+            tasks.push(self.rt.spawn(metrics::serve(listener, self.state.clone(), self.gate_stats.clone(), stop_rx)));
+        }
         *lock(&self.core.running) = Some(Consumers { stop_gate, gate_thread, stop, tasks });
         // Only now may the kernel hold answers for us: someone is listening.
         {

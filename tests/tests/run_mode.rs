@@ -212,3 +212,79 @@ fn run_mode_rejects_a_bad_config_before_attaching() {
     assert!(r.stderr.contains("protocl"), "{}", r.stderr);
     assert!(attached(&cg.path).progs.is_empty());
 }
+
+/// GET `http://addr/metrics` (loopback of the root namespace, where the
+/// agent runs) with a plain socket.
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    text
+}
+
+/// The value of the series `name{labels}` (labels exactly as rendered).
+fn series(text: &str, name_labels: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_labels)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn run_mode_serves_per_endpoint_dns_counters_as_prometheus_metrics() {
+    if !require_root() {
+        return;
+    }
+    let bench = Bench::start().unwrap();
+    let cg = TestCgroup::create("runmetrics");
+    let log = fresh_path(bench.workdir(), "blocked.jsonl");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let text = config(&log, &cg.path).replacen("endpoints:", &format!("metricsAddr: {addr}\nendpoints:"), 1);
+    let cfg = common::write_file(bench.workdir(), "node.yaml", &text);
+    let stderr = fresh_path(bench.workdir(), "run.stderr");
+    let mut c = agent_cmd();
+    c.args(["run", "--config"])
+        .arg(&cfg)
+        .env("PORTCULLIS_LOG_LEVEL", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap());
+    let mut agent = ChildGuard::spawn(c).unwrap();
+    wait_for("portcullis run to log \"ready\"", Duration::from_secs(10), || {
+        if let Some(st) = agent.try_wait().unwrap() {
+            panic!("run exited early ({st}): {}", std::fs::read_to_string(&stderr).unwrap());
+        }
+        tracing_lines(&stderr).iter().any(|l| l["fields"]["message"] == "ready").then_some(())
+    });
+    let ep = r#"endpoint="run-ep",namespace="team-a",pod="pod-a""#;
+    let before = scrape(addr);
+    assert_eq!(series(&before, &format!("portcullis_dns_queries_refused_total{{{ep}}}")), Some(0.0), "{before}");
+
+    let curl = "curl -sS --max-time 3";
+    assert_eq!(in_cgroup(&bench, &cg.path, &format!("{curl} -4 http://api.example.test:443/")).code, 0);
+    for name in ["other.example.test", "denied.example.test"] {
+        let r = in_cgroup(&bench, &cg.path, &format!("dig +short +time=2 +tries=1 -t A {name}"));
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+    // A 50-character label: looks like data smuggled out in the name.
+    let long = format!("{}.example.test", "x".repeat(50));
+    in_cgroup(&bench, &cg.path, &format!("dig +short +time=2 +tries=1 -t A {long}"));
+    assert_eq!(in_cgroup(&bench, &cg.path, &format!("{curl} http://169.254.169.254/")).code, 7);
+
+    let after = scrape(addr);
+    let refused = series(&after, &format!("portcullis_dns_queries_refused_total{{{ep}}}")).unwrap();
+    assert_eq!(refused, 3.0, "two refused names and the long one: {after}");
+    let long_label = series(&after, &format!("portcullis_dns_suspicious_queries_total{{{ep},kind=\"long-label\"}}"));
+    assert_eq!(long_label, Some(1.0), "{after}");
+    assert!(series(&after, &format!("portcullis_learned_entries{{{ep}}}")).unwrap() >= 1.0, "{after}");
+    assert!(series(&after, r#"portcullis_verdicts_total{hook="connect4",reason="allowed-fqdn"}"#).unwrap() >= 1.0, "{after}");
+    assert!(series(&after, r#"portcullis_verdicts_total{hook="connect4",reason="denied-range"}"#).unwrap() >= 1.0, "{after}");
+    assert_eq!(series(&after, "portcullis_endpoints"), Some(1.0));
+    // SAFETY: kill(2) on our own, not yet reaped child.
+    assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) }, 0);
+    let st = wait_for("run to exit", Duration::from_secs(10), || agent.try_wait().unwrap());
+    assert_eq!(st.code(), Some(0));
+}

@@ -1,0 +1,187 @@
+//! Prometheus metrics (text exposition format 0.0.4) on `metricsAddr`:
+//! kernel verdicts by hook and reason, kernel-side losses, and per endpoint
+//! the DNS gate's refused and suspicious queries (for tunnelling alerts)
+//! and its learned entries.
+//!
+//! The listener sets `SO_REUSEPORT`, so during a takeover the new agent can
+//! bind the same port while the old one still has it; the old agent stops
+//! serving when it hands over (its metrics task is one of the consumers).
+
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{Arc, Mutex, atomic::Ordering::Relaxed},
+    time::Duration,
+};
+
+use agent_common::{Hook, Reason, counter_index, loss};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpSocket, TcpStream},
+    sync::watch,
+};
+use tracing::warn;
+
+use crate::{gate::GateStats, runtime::lock, state::State};
+
+/// Binds `addr` (with `SO_REUSEPORT`).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    sock.set_reuseaddr(true)?;
+    sock.set_reuseport(true)?;
+    sock.bind(addr)?;
+    sock.listen(64)
+}
+
+/// Serves `/metrics` until `stop`.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<Mutex<State>>,
+    gate: Arc<GateStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((conn, _)) => {
+                    let (state, gate) = (state.clone(), gate.clone());
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(Duration::from_secs(5), answer(conn, &state, &gate)).await;
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "metrics listener failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// One HTTP/1.x request: `GET /metrics` gets the metrics, anything else a
+/// 404; the connection then closes.
+async fn answer(mut conn: TcpStream, state: &Mutex<State>, gate: &GateStats) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 8192];
+    let mut n = 0;
+    while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+        let k = conn.read(&mut buf[n..]).await?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    let line = buf[..n].split(|b| *b == b'\n').next().unwrap_or_default();
+    let mut parts = line.split(|b| *b == b' ');
+    let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let (status, body) = if method == b"GET" && (path == b"/metrics" || path.starts_with(b"/metrics?")) {
+        ("200 OK", render(state, gate))
+    } else {
+        ("404 Not Found", "only /metrics here\n".to_owned())
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await?;
+    conn.write_all(body.as_bytes()).await?;
+    conn.shutdown().await
+}
+
+/// A label value, escaped as the exposition format wants.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// The whole exposition.
+pub fn render(state: &Mutex<State>, gate: &GateStats) -> String {
+    let mut out = String::new();
+    let st = lock(state);
+    let counters = st.maps.counters().unwrap_or_default();
+    let at = |i: u32| counters.get(i as usize).copied().unwrap_or(0);
+    family(&mut out, "portcullis_verdicts_total", "counter", "Kernel verdicts by hook and reason (allowed-* and denied-*).");
+    for h in 0..Hook::COUNT {
+        let Some(hook) = Hook::from_u32(h) else { continue };
+        for r in 0..Reason::MAX {
+            let Some(reason) = Reason::from_u32(r) else { continue };
+            let v = at(counter_index(hook, reason));
+            let _ = writeln!(out, "portcullis_verdicts_total{{hook=\"{}\",reason=\"{}\"}} {v}", hook.as_str(), reason.as_str());
+        }
+    }
+    family(&mut out, "portcullis_kernel_losses_total", "counter", "Records the kernel could not hand over (rate limit, full ring buffer, no owner, too large).");
+    for (what, i) in [
+        ("event-rate-limited", loss::EVENT_RATE_LIMITED),
+        ("event-ringbuf-full", loss::EVENT_RINGBUF_FULL),
+        ("dns-ringbuf-full", loss::DNS_RINGBUF_FULL),
+        ("dns-no-owner", loss::DNS_NO_OWNER),
+        ("dns-too-large", loss::DNS_TOO_LARGE),
+    ] {
+        let _ = writeln!(out, "portcullis_kernel_losses_total{{what=\"{what}\"}} {}", at(i));
+    }
+    family(&mut out, "portcullis_dns_answers_total", "counter", "DNS answers the gate handled, by outcome.");
+    for (outcome, c) in [
+        ("released", &gate.released),
+        ("unsolicited", &gate.answers_unsolicited),
+        ("stripped", &gate.answers_stripped),
+        ("refused", &gate.queries_refused),
+        ("malformed", &gate.dropped_malformed),
+        ("inject-failed", &gate.dropped_inject_failed),
+        ("unknown-endpoint", &gate.dropped_unknown_endpoint),
+    ] {
+        let _ = writeln!(out, "portcullis_dns_answers_total{{outcome=\"{outcome}\"}} {}", c.load(Relaxed));
+    }
+    family(&mut out, "portcullis_learned_ips_total", "counter", "Addresses from DNS answers, by what the gate did with them.");
+    for (what, c) in [
+        ("learned", &gate.ips_learned),
+        ("denied-range", &gate.ips_denied_range),
+        ("evicted", &gate.ips_evicted),
+        ("refused-cap", &gate.ips_refused_cap),
+    ] {
+        let _ = writeln!(out, "portcullis_learned_ips_total{{what=\"{what}\"}} {}", c.load(Relaxed));
+    }
+    let mut eps: Vec<_> = st.endpoints().collect();
+    eps.sort_by_key(|e| e.id);
+    let per = gate.per_endpoint.lock().map(|m| m.clone()).unwrap_or_default();
+    let labels = |e: &crate::state::Endpoint| {
+        format!(
+            "endpoint=\"{}\",namespace=\"{}\",pod=\"{}\"",
+            esc(&e.identity.name),
+            esc(e.identity.namespace.as_deref().unwrap_or("")),
+            esc(e.identity.pod.as_deref().unwrap_or(""))
+        )
+    };
+    family(&mut out, "portcullis_dns_queries_refused_total", "counter", "Queries for names the endpoint's policy does not allow.");
+    for e in &eps {
+        let s = per.get(&e.id).copied().unwrap_or_default();
+        let _ = writeln!(out, "portcullis_dns_queries_refused_total{{{}}} {}", labels(e), s.refused);
+    }
+    family(&mut out, "portcullis_dns_suspicious_queries_total", "counter", "Queries that look like tunnelled data (long label, high entropy) or exceed the per-second rate.");
+    for e in &eps {
+        let s = per.get(&e.id).copied().unwrap_or_default();
+        for (kind, v) in [("long-label", s.suspicious_long_label), ("entropy", s.suspicious_entropy), ("rate", s.high_rate)] {
+            let _ = writeln!(out, "portcullis_dns_suspicious_queries_total{{{},kind=\"{kind}\"}} {v}", labels(e));
+        }
+    }
+    family(&mut out, "portcullis_learned_entries", "gauge", "Kernel LEARNED entries (endpoint, protocol, port, address) held now.");
+    for e in &eps {
+        let _ = writeln!(out, "portcullis_learned_entries{{{}}} {}", labels(e), st.learned_count(e.id));
+    }
+    family(&mut out, "portcullis_endpoints", "gauge", "Endpoints enforced by this agent.");
+    let _ = writeln!(out, "portcullis_endpoints {}", eps.len());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::esc;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(esc("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert_eq!(esc("plain-pod-0"), "plain-pod-0");
+    }
+}
