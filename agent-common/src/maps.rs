@@ -106,6 +106,33 @@ pub struct DnsServerKey {
 }
 const _: () = assert!(size_of::<DnsServerKey>() == 24);
 
+/// `GATES` key: DNS over TCP from this network namespace and endpoint to
+/// this trusted resolver goes to the agent's gate instead (the connect hook
+/// rewrites the destination to the gate's loopback address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GateKey {
+    pub netns_cookie: u64,
+    pub endpoint: u32,
+    /// Resolver port, network byte order.
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
+    /// Resolver address, IPv6 or IPv4-mapped.
+    pub ip: [u8; 16],
+}
+const _: () = assert!(size_of::<GateKey>() == 32);
+
+/// `GATES` value: the gate's port on 127.0.0.1 (IPv4 resolver) or ::1
+/// (IPv6 resolver) in that namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GateValue {
+    /// Network byte order.
+    pub port: [u8; 2],
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(size_of::<GateValue>() == 8);
+
 /// `DNS_SOCKS`: socket cookie -> the process and network namespace that sent a
 /// DNS query on it, recorded by the connect/sendmsg hooks (process context) so
 /// the agent can re-inject the held answer into the right namespace.
@@ -217,6 +244,8 @@ mod user {
     unsafe impl aya::Pod for CidrValue {}
     unsafe impl aya::Pod for DnsServerKey {}
     unsafe impl aya::Pod for DnsSockInfo {}
+    unsafe impl aya::Pod for GateKey {}
+    unsafe impl aya::Pod for GateValue {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for RateState {}
     unsafe impl aya::Pod for LiveFlow {}

@@ -48,6 +48,10 @@ pub enum Reason {
     /// agent (NXDOMAIN by default), it never reaches a resolver. Set in user
     /// space, which sees the query name.
     DeniedDnsName = 27,
+    /// DNS over TCP from a network namespace the agent has no gate in yet
+    /// (see `GATES`): refused, since its answer could not be learned from
+    /// and its query could not be checked.
+    DeniedDnsNoGate = 28,
 }
 
 impl Reason {
@@ -77,6 +81,7 @@ impl Reason {
             25 => Self::DnsHoldFailed,
             26 => Self::DeniedInternal,
             27 => Self::DeniedDnsName,
+            28 => Self::DeniedDnsNoGate,
             _ => return None,
         })
     }
@@ -102,6 +107,7 @@ impl Reason {
             Self::DnsHoldFailed => "dns-hold-failed",
             Self::DeniedInternal => "denied-internal",
             Self::DeniedDnsName => "denied-dns-name",
+            Self::DeniedDnsNoGate => "denied-dns-no-gate",
         }
     }
 }

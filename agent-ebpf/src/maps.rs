@@ -2,7 +2,7 @@
 //! Names stay within 15 characters: the kernel truncates object names.
 
 use agent_common::{
-    CidrKey, CidrValue, Config, InboundKey, LiveFlow, SockOwner, DnsServerKey, DnsSockInfo, EndpointInfo, LearnedKey,
+    CidrKey, CidrValue, Config, GateKey, GateValue, InboundKey, LiveFlow, SockOwner, DnsServerKey, DnsSockInfo, EndpointInfo, LearnedKey,
     LearnedValue, RateState, COUNTERS_LEN, MAX_ENDPOINTS,
 };
 use aya_ebpf::{
@@ -40,6 +40,10 @@ pub static CIDRS: LpmTrie<CidrKey, CidrValue> =
 /// Trusted resolvers per endpoint.
 #[map]
 pub static DNS_SERVERS: HashMap<DnsServerKey, u32> = HashMap::with_max_entries(16384, 0);
+
+/// DNS-over-TCP gates of the agent, per (netns, endpoint, resolver).
+#[map]
+pub static GATES: HashMap<GateKey, GateValue> = HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
 
 /// socket cookie -> process + netns that sent DNS on it (for re-injection).
 #[map]

@@ -5,7 +5,7 @@
 //! agent needs both to re-inject the held answer.
 
 use agent_common::{
-    proto, v4_mapped, DnsSockInfo, Hook, LiveFlow, Reason, SockOwner, FLOW_F_DNS,
+    proto, v4_mapped, DnsSockInfo, GateKey, Hook, LiveFlow, Reason, SockOwner, FLOW_F_DNS,
 };
 use aya_ebpf::{
     helpers::{
@@ -22,7 +22,7 @@ use aya_ebpf::{
 use crate::{
     endpoint,
     events::{count, report},
-    maps::{CONFIG, DNS_SOCKS, SK_FLOWS, SOCK_OWNERS},
+    maps::{CONFIG, DNS_SOCKS, GATES, SK_FLOWS, SOCK_OWNERS},
     verdict::{decide, Dest},
 };
 
@@ -60,8 +60,16 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
     // order is already network order.
     let dest = Dest { proto: sa.protocol as u8, port: (sa.user_port as u16).to_ne_bytes(), ip };
     let netns = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let reason = decide(&ep, &dest, || netns() == cfg.host_netns_cookie);
+    let mut reason = decide(&ep, &dest, || netns() == cfg.host_netns_cookie);
     let connect = hook == Hook::Connect4 || hook == Hook::Connect6;
+    if reason == Reason::AllowedDns && dest.proto == proto::TCP {
+        // DNS over TCP goes through the agent's gate (a proxy in this
+        // namespace that checks the query and learns from the answer
+        // before the workload reads it), or nowhere.
+        if !redirect_to_gate(ctx, v6, netns(), ep.endpoint, &dest) {
+            reason = Reason::DeniedDnsNoGate;
+        }
+    }
     if reason.is_allowed() {
         count(hook, reason);
         if reason == Reason::AllowedDns {
@@ -108,6 +116,30 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
         remember_flow(ctx, LiveFlow { ip: dest.ip, endpoint: ep.endpoint, flags: 0 });
     }
     ALLOW
+}
+
+/// Rewrites a TCP connect to a trusted resolver into one to the agent's gate
+/// for (netns, endpoint, resolver): 127.0.0.1 for an IPv4 resolver
+/// (`::ffff:127.0.0.1` on an IPv6 socket), `::1` for an IPv6 one. The
+/// cgroup connect hooks may rewrite the address (net/ipv4/af_inet.c
+/// `__inet_stream_connect` reads it back after `pre_connect`).
+#[inline(always)]
+fn redirect_to_gate(ctx: &SockAddrContext, v6: bool, netns: u64, endpoint: u32, d: &Dest) -> bool {
+    let key = GateKey { netns_cookie: netns, endpoint, port: d.port, _pad: [0; 2], ip: d.ip };
+    // SAFETY: a plain-data value copied out at once.
+    let Some(gate) = (unsafe { GATES.get(&key) }).copied() else { return false };
+    // SAFETY: the kernel's bpf_sock_addr, writable in connect hooks.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let mapped = d.ip[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+    if !v6 {
+        sa.user_ip4 = u32::from_ne_bytes([127, 0, 0, 1]);
+    } else if mapped {
+        sa.user_ip6 = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes([127, 0, 0, 1])];
+    } else {
+        sa.user_ip6 = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
+    }
+    sa.user_port = u32::from(u16::from_ne_bytes(gate.port));
+    true
 }
 
 /// Stores (or overwrites, on a reconnect) the socket's flow.

@@ -158,3 +158,25 @@ mod tests {
         assert_eq!(find_cgroup2_in(info), Some(PathBuf::from("/mnt/my cg")));
     }
 }
+
+/// Processes in `dir` and its descendant cgroups (a bounded walk), at most
+/// one per network namespace is needed by callers, so the list is capped.
+pub fn procs_below(dir: &Path) -> Vec<u32> {
+    fn walk(dir: &Path, depth: u32, out: &mut Vec<u32>) {
+        if depth > 16 || out.len() >= 256 {
+            return;
+        }
+        if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            out.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&e.path(), depth + 1, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, 0, &mut out);
+    out.truncate(256);
+    out
+}

@@ -20,6 +20,7 @@ use tokio::{
 };
 
 use crate::{
+    proxy::TcpGates,
     runtime::lock,
     state::{State, boot_ns},
 };
@@ -148,12 +149,18 @@ fn decode(bytes: &[u8]) -> Option<DeniedEvent> {
         .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }
 
-/// Writes every queued event as a record.
-fn drain(ring: &mut RingBuf<MapData>, state: &Mutex<State>, out: &LogSink) {
+/// Writes every queued event as a record. DNS over TCP refused for want
+/// of a gate in the caller's namespace opens one there, so a retry works.
+fn drain(ring: &mut RingBuf<MapData>, state: &Mutex<State>, out: &LogSink, gates: Option<&TcpGates>) {
     while let Some(item) = ring.next() {
         let Some(ev) = decode(&item) else { continue };
         let rec = record(&ev, &lock(state));
         write_record(out, &rec);
+        if let Some(g) = gates.filter(|_| ev.reason == Reason::DeniedDnsNoGate as u32 && ev.tgid != 0) {
+            if let Err(e) = g.ensure(ev.tgid, None, ev.endpoint) {
+                tracing::debug!(error = %e, "cannot open a TCP DNS gate");
+            }
+        }
     }
 }
 
@@ -161,7 +168,13 @@ fn drain(ring: &mut RingBuf<MapData>, state: &Mutex<State>, out: &LogSink) {
 /// `stop` turns true, then drains what is left (the ring buffer's fd is
 /// readable when records are queued: tokio's `AsyncFd`, as aya-template's
 /// log reader does).
-pub async fn run(ring: RingBuf<MapData>, state: Arc<Mutex<State>>, out: LogSink, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    ring: RingBuf<MapData>,
+    state: Arc<Mutex<State>>,
+    out: LogSink,
+    gates: Option<Arc<TcpGates>>,
+    mut stop: watch::Receiver<bool>,
+) {
     // SAFETY: the AsyncFd owns the RingBuf, which owns the fd, so the fd
     // stays open for as long as it is registered.
     let mut fd = match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
@@ -175,11 +188,11 @@ pub async fn run(ring: RingBuf<MapData>, state: Arc<Mutex<State>>, out: LogSink,
         tokio::select! {
             ready = fd.readable_mut() => {
                 let Ok(mut guard) = ready else { break };
-                drain(guard.get_inner_mut(), &state, &out);
+                drain(guard.get_inner_mut(), &state, &out, gates.as_deref());
                 guard.clear_ready();
             }
             _ = stop.changed() => break,
         }
     }
-    drain(fd.get_mut(), &state, &out);
+    drain(fd.get_mut(), &state, &out, gates.as_deref());
 }

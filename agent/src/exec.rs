@@ -61,7 +61,9 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
     agent.go(None)?;
     let name = args.name.clone().unwrap_or_else(|| format!("exec-{pid}"));
     let result = (|| -> Result<i32> {
-        agent.add_endpoint(Identity { name, ..Default::default() }, cgroup.id(), policy, args.audit)?;
+        let id = agent.add_endpoint(Identity { name, ..Default::default() }, cgroup.id(), policy, args.audit)?;
+        // The command starts in our network namespace.
+        agent.open_tcp_gates(id, &[std::process::id()]);
         agent.attach(cgroup.path(), cgroup.id())?;
         spawn_and_wait(args, &cgroup)
     })();

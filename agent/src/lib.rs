@@ -14,6 +14,7 @@ pub mod handover;
 pub mod inject;
 pub mod metrics;
 pub mod policy;
+pub mod proxy;
 pub mod run;
 pub mod runtime;
 pub mod state;

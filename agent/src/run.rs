@@ -160,13 +160,15 @@ pub fn run(args: &RunArgs) -> Result<()> {
         // handover (the old agent stops consuming), then consume, then swap
         // programs into the links: the old programs enforce until the new
         // ones replace them, and both feed the same pinned rings.
+        let mut ids = Vec::with_capacity(endpoints.len());
         for ep in &endpoints {
-            agent.add_endpoint(ep.identity.clone(), ep.cgroup_id, ep.policy.clone(), ep.audit)?;
+            ids.push(agent.add_endpoint(ep.identity.clone(), ep.cgroup_id, ep.policy.clone(), ep.audit)?);
         }
         let handover = agent.take_over()?;
         agent.go(handover.as_ref())?;
-        for ep in &endpoints {
+        for (ep, id) in endpoints.iter().zip(ids) {
             agent.attach(&ep.cgroup, ep.cgroup_id)?;
+            agent.open_tcp_gates(id, &crate::cgroup::procs_below(&ep.cgroup));
             info!(endpoint = %ep.identity.name, cgroup = %ep.cgroup.display(), "enforcing");
         }
         info!("ready");

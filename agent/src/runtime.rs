@@ -26,6 +26,7 @@ use crate::{
     gate::{Gate, GateOptions, GateStats, PendingQueries},
     handover::{self, Handover},
     metrics,
+    proxy::TcpGates,
     state::{Caps, Identity, State, TtlBounds},
     policy::CompiledPolicy,
 };
@@ -100,6 +101,7 @@ pub struct Agent {
     rt: tokio::runtime::Runtime,
     core: Arc<Core>,
     idle: Option<Idle>,
+    tcp_gates: Arc<TcpGates>,
     pins: Option<Pins>,
     state_dir: Option<PathBuf>,
     metrics_addr: Option<std::net::SocketAddr>,
@@ -181,6 +183,8 @@ impl Agent {
         let log = events::log_sink(opts.log);
         let gate = Gate::new(state.clone(), mark, log.clone(), opts.gate);
         let gate_stats = gate.stats.clone();
+        let tcp_gates = Arc::new(TcpGates::new(gate.shared(), opts.gate.deny_rcode));
+        let gate = gate.with_tcp_gates(tcp_gates.clone());
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("portcullis-rt")
@@ -195,6 +199,7 @@ impl Agent {
             rt,
             core,
             idle: Some(Idle { gate, hold, denied, log }),
+            tcp_gates,
             pins: opts.pins,
             state_dir: opts.state_dir,
             metrics_addr: opts.metrics_addr,
@@ -221,6 +226,8 @@ impl Agent {
             },
         };
         let mut st = lock(&self.state);
+        // The previous agent's TCP DNS gates die with it; ours open below.
+        st.maps.clear_gates().map_err(|e| anyhow::anyhow!("clearing GATES: {e}"))?;
         let gone = st.drop_unclaimed()?;
         if let Some(p) = &self.pins {
             for cg in gone {
@@ -251,7 +258,7 @@ impl Agent {
         };
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = vec![
-            self.rt.spawn(events::run(denied, self.state.clone(), log, stop_rx.clone())),
+            self.rt.spawn(events::run(denied, self.state.clone(), log, Some(self.tcp_gates.clone()), stop_rx.clone())),
             self.rt.spawn(expire_learned(self.state.clone(), self.state_dir.clone(), stop_rx.clone())),
         ];
         if let Some(addr) = self.metrics_addr {
@@ -278,6 +285,17 @@ impl Agent {
 
     pub fn add_endpoint(&self, identity: Identity, cgroup_id: u64, policy: CompiledPolicy, audit: bool) -> Result<u32> {
         Ok(lock(&self.state).add_endpoint(identity, cgroup_id, policy, audit)?)
+    }
+
+    /// Opens the endpoint's TCP DNS gates in the network namespace of each
+    /// process given (DNS over TCP from a namespace without one is refused
+    /// until a UDP query from there opens it).
+    pub fn open_tcp_gates(&self, endpoint: u32, pids: &[u32]) {
+        for &pid in pids {
+            if let Err(e) = self.tcp_gates.ensure(pid, None, endpoint) {
+                warn!(error = %e, endpoint, pid, "cannot open a TCP DNS gate");
+            }
+        }
     }
 
     /// Attaches the programs to `cgroup` (pinned links in node mode; a
@@ -330,6 +348,7 @@ impl Agent {
     /// state and the pending queries go to the snapshot for the next agent,
     /// unless a next agent already took them over.
     pub fn shutdown(mut self) {
+        self.tcp_gates.shutdown();
         if let Some((stop, t)) = self.listener.take() {
             stop.store(true, Ordering::Relaxed);
             let _ = t.join();

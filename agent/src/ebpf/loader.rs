@@ -66,8 +66,8 @@ pub enum LoadError {
 }
 
 /// Every map of the object, pinned by name in node mode.
-pub const MAP_NAMES: [&str; 14] = [
-    "CONFIG", "ENDPOINTS", "EP_CACHE", "LEARNED", "CIDRS", "DNS_SERVERS", "DNS_SOCKS", "COUNTERS",
+pub const MAP_NAMES: [&str; 15] = [
+    "CONFIG", "ENDPOINTS", "EP_CACHE", "LEARNED", "CIDRS", "DNS_SERVERS", "GATES", "DNS_SOCKS", "COUNTERS",
     "EVENT_RATE", "DENIED_EVENTS", "DNS_HOLD", "SK_FLOWS", "INBOUND", "SOCK_OWNERS",
 ];
 

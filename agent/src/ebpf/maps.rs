@@ -4,7 +4,7 @@
 use std::collections::{HashMap as StdHashMap, HashSet};
 
 use agent_common::{
-    CidrKey, CidrValue, Config, DnsServerKey, DnsSockInfo, EndpointInfo, InboundKey, LearnedKey,
+    CidrKey, CidrValue, Config, DnsServerKey, DnsSockInfo, EndpointInfo, GateKey, GateValue, InboundKey, LearnedKey,
     LearnedValue, COUNTERS_LEN,
 };
 use aya::{
@@ -23,6 +23,7 @@ pub struct PolicyMaps {
     counters: PerCpuArray<MapData, u64>,
     dns_socks: HashMap<MapData, u64, DnsSockInfo>,
     inbound: HashMap<MapData, InboundKey, u64>,
+    gates: HashMap<MapData, GateKey, GateValue>,
     current: Config,
 }
 
@@ -45,6 +46,7 @@ impl PolicyMaps {
             counters: take(ebpf, "COUNTERS")?,
             dns_socks: take(ebpf, "DNS_SOCKS")?,
             inbound: take(ebpf, "INBOUND")?,
+            gates: take(ebpf, "GATES")?,
             current: Config::default(),
         })
     }
@@ -157,6 +159,19 @@ impl PolicyMaps {
     /// The caps keep the hook for a future source (a `bpf_iter` over it).
     pub fn live_ips(&self) -> StdHashMap<u32, HashSet<[u8; 16]>> {
         StdHashMap::new()
+    }
+
+    pub fn insert_gate(&mut self, key: GateKey, value: GateValue) -> Result<(), MapError> {
+        self.gates.insert(key, value, 0)
+    }
+
+    /// Forgets every TCP DNS gate (a previous agent's listeners are gone).
+    pub fn clear_gates(&mut self) -> Result<usize, MapError> {
+        let keys: Vec<GateKey> = self.gates.keys().filter_map(Result::ok).collect();
+        for k in &keys {
+            ignore_missing(self.gates.remove(k))?;
+        }
+        Ok(keys.len())
     }
 
     /// Every cgroup -> endpoint mapping in the kernel (a previous agent's,

@@ -1,16 +1,14 @@
 //! Answers: match, learn, strip, re-inject.
 
-use std::{net::IpAddr, sync::atomic::Ordering::Relaxed};
+use std::net::IpAddr;
 
 use agent_common::DnsHeldPacket;
 use tracing::{debug, warn};
 
-use super::{Gate, GateStats, MAX_CNAME_CHAIN, QueryKey};
-use agent_common::Reason;
+use super::{Gate, GateStats, MAX_CNAME_CHAIN, QueryKey, judge::vet_answer};
 
 use crate::{
-    dns::{build_udp, learnable, parse_message, parse_udp, question, refusal, strip_addresses, transaction_id},
-    events::{BlockedRecord, now_rfc3339, proc_comm, write_record},
+    dns::{build_udp, learnable, parse_message, parse_udp, question, refusal, transaction_id},
 };
 
 impl Gate {
@@ -61,79 +59,9 @@ impl Gate {
                 return false;
             }
         }
-        let stripped = {
-            let stats = self.stats.clone();
-            let mut st = self.lock_state();
-            if st.endpoint(held.endpoint).is_none() {
-                GateStats::bump(&stats.dropped_unknown_endpoint);
-                return false;
-            }
-            let mut refused = Vec::new();
-            if let Some(l) = &learned {
-                let addrs: Vec<(IpAddr, u32)> = l.addrs.iter().map(|a| (a.ip, a.ttl)).collect();
-                match st.learn(held.endpoint, &l.qname, &addrs) {
-                    Ok(out) => {
-                        let n = |v: usize| v as u64;
-                        stats.ips_learned.fetch_add(n(out.allowed.len()), Relaxed);
-                        stats.ips_denied_range.fetch_add(n(out.denied_range.len()), Relaxed);
-                        stats.ips_refused_cap.fetch_add(n(out.refused.len()), Relaxed);
-                        stats.ips_evicted.fetch_add(n(out.evicted), Relaxed);
-                        if !out.denied_range.is_empty() {
-                            warn!(endpoint = held.endpoint, name = %l.qname, ips = ?out.denied_range,
-                                "DNS answer points an allowed name at an always-denied range; not learned, stripped");
-                        }
-                        if !out.refused.is_empty() {
-                            warn!(endpoint = held.endpoint, name = %l.qname, ips = ?out.refused,
-                                "learned-IP cap reached and every older entry has a live connection; not learned, stripped");
-                        }
-                        refused = out.refused;
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "learning failed; answer held back");
-                        GateStats::bump(&stats.dropped_inject_failed);
-                        return false;
-                    }
-                }
-            }
-            // Re-borrow: learning needed the state mutably.
-            let Some(ep) = st.endpoint(held.endpoint) else {
-                GateStats::bump(&stats.dropped_unknown_endpoint);
-                return false;
-            };
-            // The workload never holds an address it could not connect to
-            // (in audit mode it does, and the log says what would happen).
-            let audit = ep.audit;
-            let mut would = Vec::new();
-            let stripped = strip_addresses(&mut msg, |ip| {
-                let deny = ep.unreachable(ip) || refused.contains(&ip);
-                if deny {
-                    would.push(ip);
-                }
-                deny && !audit
-            });
-            let rebinding: Vec<IpAddr> = would.iter().copied().filter(|ip| ep.unreachable(*ip)).collect();
-            if !rebinding.is_empty() {
-                let identity = ep.identity.clone();
-                for ip in rebinding {
-                    write_record(&self.log, &BlockedRecord {
-                        time: now_rfc3339(),
-                        verdict: if audit { "audit" } else { "blocked" },
-                        reason: Reason::DeniedRange.as_str(),
-                        endpoint: identity.name.clone(),
-                        namespace: identity.namespace.clone(),
-                        pod: identity.pod.clone(),
-                        protocol: "dns".into(),
-                        dst: ip,
-                        dport: 0,
-                        host: Some(qname.clone()),
-                        pid: (held.tgid != 0).then_some(held.tgid),
-                        comm: proc_comm(held.tgid),
-                        hook: "dns-gate",
-                        cgroup_id: held.cgroup_id,
-                    });
-                }
-            }
-            stripped
+        let Some(stripped) = vet_answer(&self.shared(), held.endpoint, held.tgid, held.cgroup_id, &qname, learned.as_ref(), &mut msg)
+        else {
+            return false;
         };
         // The rewritten message, or the original bytes when nothing changed.
         let rewritten;

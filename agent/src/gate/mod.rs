@@ -15,6 +15,7 @@
 //! closed, the client retries or fails, nothing unlearned passes.
 
 mod answer;
+pub mod judge;
 mod pending;
 mod query;
 
@@ -33,7 +34,7 @@ use aya::maps::{MapData, RingBuf};
 use hickory_proto::op::ResponseCode;
 
 pub use self::pending::{PendingQueries, QueryKey};
-use crate::{events::LogSink, inject::Injector, runtime::lock, state::State};
+use crate::{events::LogSink, inject::Injector, proxy::TcpGates, state::State};
 
 /// Longest CNAME chain followed inside one answer.
 pub const MAX_CNAME_CHAIN: usize = 8;
@@ -72,7 +73,7 @@ pub struct EndpointDnsStats {
 }
 
 impl GateStats {
-    fn bump(c: &AtomicU64) {
+    pub(crate) fn bump(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -80,7 +81,7 @@ impl GateStats {
         self.per_endpoint.lock().map(|m| m.get(&id).copied().unwrap_or_default()).unwrap_or_default()
     }
 
-    fn with_endpoint(&self, id: u32, f: impl FnOnce(&mut EndpointDnsStats)) {
+    pub(crate) fn with_endpoint(&self, id: u32, f: impl FnOnce(&mut EndpointDnsStats)) {
         if let Ok(mut m) = self.per_endpoint.lock() {
             f(m.entry(id).or_default());
         }
@@ -117,6 +118,8 @@ pub struct Gate {
     /// Per endpoint: start of the current one-second window, queries in it.
     rate: HashMap<u32, (Instant, u32)>,
     pub stats: Arc<GateStats>,
+    /// DNS over TCP; a gate is opened for every namespace queries come from.
+    tcp_gates: Option<Arc<TcpGates>>,
 }
 
 /// Copies the fixed header and the packet out of a ring buffer record
@@ -143,11 +146,20 @@ impl Gate {
             opts,
             rate: HashMap::new(),
             stats: Arc::default(),
+            tcp_gates: None,
         }
     }
 
-    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
-        lock(&self.state)
+    /// Opens TCP gates in the namespaces queries come from (before their
+    /// answers are released, so a truncated answer's TCP retry finds one).
+    pub fn with_tcp_gates(mut self, gates: Arc<TcpGates>) -> Self {
+        self.tcp_gates = Some(gates);
+        self
+    }
+
+    /// What the shared decisions (`judge`) need.
+    pub fn shared(&self) -> judge::Shared {
+        judge::Shared { state: self.state.clone(), stats: self.stats.clone(), log: self.log.clone() }
     }
 
     /// Handles one held packet; returns whether something was sent on

@@ -5,13 +5,15 @@
 
 use std::time::Instant;
 
-use agent_common::{DnsHeldPacket, Reason};
-use tracing::{debug, warn};
+use agent_common::DnsHeldPacket;
+use tracing::debug;
 
-use super::{Gate, GateStats, QueryKey};
+use super::{
+    Gate, GateStats, QueryKey,
+    judge::{judge_query, note_shape},
+};
 use crate::{
-    dns::{Suspicion, parse_message, parse_query, parse_udp, suspicion, transaction_id},
-    events::{BlockedRecord, now_rfc3339, proc_comm, write_record},
+    dns::{parse_message, parse_query, parse_udp, transaction_id},
 };
 
 /// Queries per endpoint per second above which the rate is counted as
@@ -35,37 +37,19 @@ impl Gate {
             }
         };
         self.note_rate_and_shape(held.endpoint, &qname);
-        let (allowed, audit, identity) = {
-            let st = self.lock_state();
-            let Some(ep) = st.endpoint(held.endpoint) else {
-                GateStats::bump(&self.stats.dropped_unknown_endpoint);
-                return false;
-            };
-            (ep.policy.may_resolve(&qname), ep.audit, ep.identity.clone())
-        };
-        if !allowed {
-            self.stats.with_endpoint(held.endpoint, |s| s.refused += 1);
-            let verdict = if audit { "audit" } else { "blocked" };
-            write_record(&self.log, &BlockedRecord {
-                time: now_rfc3339(),
-                verdict,
-                reason: Reason::DeniedDnsName.as_str(),
-                endpoint: identity.name,
-                namespace: identity.namespace,
-                pod: identity.pod,
-                protocol: "dns".into(),
-                dst: udp.dst.ip(),
-                dport: udp.dst.port(),
-                host: Some(qname.clone()),
-                pid: (held.tgid != 0).then_some(held.tgid),
-                comm: proc_comm(held.tgid),
-                hook: "dns-gate",
-                cgroup_id: held.cgroup_id,
-            });
+        if let Some(g) = &self.tcp_gates {
+            if let Err(e) = g.ensure(held.tgid, Some(held.netns_cookie), held.endpoint) {
+                // DNS over TCP from there stays refused (fail closed).
+                debug!(error = %e, endpoint = held.endpoint, "cannot open a TCP DNS gate");
+            }
         }
+        let Some(allowed) = judge_query(&self.shared(), held.endpoint, &qname, udp.dst, held.tgid, held.cgroup_id) else {
+            GateStats::bump(&self.stats.dropped_unknown_endpoint);
+            return false;
+        };
         let key = QueryKey { endpoint: held.endpoint, client: udp.src, resolver: udp.dst, txid: transaction_id(&msg) };
         // Audit mode lets the answer through; it was logged above.
-        self.pending.insert(key, &qname, qtype, allowed || audit, Instant::now());
+        self.pending.insert(key, &qname, qtype, allowed, Instant::now());
         true
     }
 
@@ -76,20 +60,9 @@ impl Gate {
             *w = (now, 0);
         }
         w.1 += 1;
-        let over = w.1 > QUERY_RATE_LIMIT;
-        let shape = suspicion(qname);
-        if over || shape.is_some() {
-            self.stats.with_endpoint(endpoint, |s| {
-                s.high_rate += u64::from(over);
-                match shape {
-                    Some(Suspicion::LongLabel) => s.suspicious_long_label += 1,
-                    Some(Suspicion::HighEntropy) => s.suspicious_entropy += 1,
-                    None => {}
-                }
-            });
+        if w.1 > QUERY_RATE_LIMIT {
+            self.stats.with_endpoint(endpoint, |s| s.high_rate += 1);
         }
-        if let Some(kind) = shape {
-            warn!(endpoint, name = %qname, ?kind, "suspicious DNS name (possible tunnelling)");
-        }
+        note_shape(&self.shared(), endpoint, qname);
     }
 }
