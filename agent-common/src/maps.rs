@@ -106,9 +106,9 @@ pub struct DnsServerKey {
 }
 const _: () = assert!(size_of::<DnsServerKey>() == 24);
 
-/// `GATES` key: DNS over TCP from this network namespace and endpoint to
-/// this trusted resolver goes to the agent's gate instead (the connect hook
-/// rewrites the destination to the gate's loopback address).
+/// `GATES` key: DNS from this network namespace and endpoint to this
+/// trusted resolver goes to the agent's gate instead (the connect and
+/// sendmsg hooks rewrite the destination to the gate's loopback address).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct GateKey {
@@ -122,16 +122,44 @@ pub struct GateKey {
 }
 const _: () = assert!(size_of::<GateKey>() == 32);
 
-/// `GATES` value: the gate's port on 127.0.0.1 (IPv4 resolver) or ::1
-/// (IPv6 resolver) in that namespace.
+/// `GATES` value: the gate's ports on 127.0.0.1 (IPv4 resolver) or ::1
+/// (IPv6 resolver) in that namespace; 0 = no gate for that protocol.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GateValue {
-    /// Network byte order.
+    /// TCP listener port, network byte order.
     pub port: [u8; 2],
-    pub _pad: [u8; 6],
+    /// UDP socket port, network byte order.
+    pub udp_port: [u8; 2],
+    pub _pad: [u8; 4],
 }
 const _: () = assert!(size_of::<GateValue>() == 8);
+
+/// `GATE_PORTS` key: a gate's loopback port in a namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GatePortKey {
+    pub netns_cookie: u64,
+    /// Network byte order.
+    pub port: [u8; 2],
+    pub proto: u8,
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(size_of::<GatePortKey>() == 16);
+
+/// `GATE_PORTS` value: the resolver the gate stands for, so `recvmsg`
+/// shows the workload the resolver's address, not the gate's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GatePortValue {
+    /// IPv6 or IPv4-mapped.
+    pub ip: [u8; 16],
+    /// Network byte order.
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
+    pub endpoint: u32,
+}
+const _: () = assert!(size_of::<GatePortValue>() == 24);
 
 /// `DNS_SOCKS`: socket cookie -> the process and network namespace that sent a
 /// DNS query on it, recorded by the connect/sendmsg hooks (process context) so
@@ -246,6 +274,8 @@ mod user {
     unsafe impl aya::Pod for DnsSockInfo {}
     unsafe impl aya::Pod for GateKey {}
     unsafe impl aya::Pod for GateValue {}
+    unsafe impl aya::Pod for GatePortKey {}
+    unsafe impl aya::Pod for GatePortValue {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for RateState {}
     unsafe impl aya::Pod for LiveFlow {}

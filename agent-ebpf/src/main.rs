@@ -37,6 +37,16 @@ pub fn pc_sendmsg6(ctx: SockAddrContext) -> i32 {
     sock::handle(&ctx, Hook::Sendmsg6, true)
 }
 
+#[cgroup_sock_addr(recvmsg4)]
+pub fn pc_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::recvmsg(&ctx, false)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn pc_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock::recvmsg(&ctx, true)
+}
+
 #[cgroup_skb(egress)]
 pub fn pc_egress(ctx: SkBuffContext) -> i32 {
     skb::egress(&ctx)

@@ -2,7 +2,7 @@
 //! Names stay within 15 characters: the kernel truncates object names.
 
 use agent_common::{
-    CidrKey, CidrValue, Config, GateKey, GateValue, InboundKey, LiveFlow, SockOwner, DnsServerKey, DnsSockInfo, EndpointInfo, LearnedKey,
+    CidrKey, CidrValue, Config, GateKey, GatePortKey, GatePortValue, GateValue, InboundKey, LiveFlow, SockOwner, DnsServerKey, DnsSockInfo, EndpointInfo, LearnedKey,
     LearnedValue, RateState, COUNTERS_LEN, MAX_ENDPOINTS,
 };
 use aya_ebpf::{
@@ -18,7 +18,7 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 /// cgroup id -> endpoint, written by the agent for each endpoint cgroup.
 #[map]
-pub static ENDPOINTS: HashMap<u64, EndpointInfo> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
+pub static ENDPOINTS: HashMap<u64, EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINTS, BPF_F_NO_PREALLOC);
 
 /// cgroup id -> endpoint found by walking ancestors; stale when its
 /// `generation` differs from `CONFIG.generation`.
@@ -44,6 +44,16 @@ pub static DNS_SERVERS: HashMap<DnsServerKey, u32> = HashMap::with_max_entries(1
 /// DNS-over-TCP gates of the agent, per (netns, endpoint, resolver).
 #[map]
 pub static GATES: HashMap<GateKey, GateValue> = HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
+
+/// Gate port in a namespace -> the resolver it stands for (recvmsg rewrite,
+/// egress pass to the gate).
+#[map]
+pub static GATE_PORTS: HashMap<GatePortKey, GatePortValue> = HashMap::with_max_entries(32768, BPF_F_NO_PREALLOC);
+
+/// (netns, client port) of a datagram sent to a UDP gate -> the process
+/// behind it (from `DNS_SOCKS`), for the blocked log's pid/comm.
+#[map]
+pub static GATE_CLIENTS: LruHashMap<GatePortKey, u32> = LruHashMap::with_max_entries(16384, BPF_F_NO_COMMON_LRU);
 
 /// socket cookie -> process + netns that sent DNS on it (for re-injection).
 #[map]

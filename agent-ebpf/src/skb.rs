@@ -7,7 +7,7 @@
 //! the agent has learned from them (see `dns_hold`).
 
 use agent_common::{
-    loss, proto, DnsHeldPacket, EndpointInfo, Hook, InboundKey, LiveFlow, Reason, DNS_KIND_ANSWER,
+    loss, proto, DnsHeldPacket, EndpointInfo, GatePortKey, Hook, InboundKey, LiveFlow, Reason, DNS_KIND_ANSWER,
     DNS_KIND_QUERY, DNS_MAX_PACKET, FLOW_F_DNS,
 };
 use aya_ebpf::{
@@ -23,7 +23,7 @@ use aya_ebpf::{
 use crate::{
     endpoint,
     events::{bump, count, report},
-    maps::{CONFIG, DNS_HOLD, DNS_SOCKS, INBOUND, SK_FLOWS, SOCK_OWNERS},
+    maps::{CONFIG, DNS_HOLD, DNS_SOCKS, GATE_CLIENTS, GATE_PORTS, INBOUND, SK_FLOWS, SOCK_OWNERS},
     parse::{parse, Flow, TCP_ACK, TCP_SYN},
     verdict::{decide, is_trusted_resolver, Dest},
 };
@@ -97,6 +97,10 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
         };
     };
     let (reason, dest) = match parse(ctx) {
+        Ok(f) if to_gate(ctx, cookie, &f) => {
+            count(hook, Reason::AllowedDns);
+            return PASS;
+        }
         Ok(f) if f.proto == proto::UDP && is_trusted_resolver(ep.endpoint, &Dest { proto: f.proto, port: f.dport, ip: f.dst }) => {
             // A query to a trusted resolver: the agent gets a copy (in the
             // same ring as the answers, so it always sees a query before its
@@ -131,6 +135,34 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     let owner = unsafe { SOCK_OWNERS.get(&cookie) };
     let (tgid, comm) = owner.map_or((0, [0; 16]), |o| (o.tgid, o.comm));
     if report(cfg, cgid, &ep, hook, reason, &dest, tgid, comm) { PASS } else { DROP }
+}
+
+/// A datagram or segment to one of the agent's DNS gates in this namespace
+/// (loopback, a port in `GATE_PORTS`). For UDP, the sending process is
+/// noted for the log (the gate sees only the client's port).
+#[inline(always)]
+fn to_gate(ctx: &SkBuffContext, cookie: u64, f: &Flow) -> bool {
+    if f.proto != proto::UDP && f.proto != proto::TCP {
+        return false;
+    }
+    let d = &f.dst;
+    let v4_lo = d[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] && d[12] == 127;
+    let v6_lo = d[..15] == [0; 15] && d[15] == 1;
+    if !v4_lo && !v6_lo {
+        return false;
+    }
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let key = GatePortKey { netns_cookie: netns, port: f.dport, proto: f.proto, _pad: [0; 5] };
+    if GATE_PORTS.get_ptr(&key).is_none() {
+        return false;
+    }
+    if f.proto == proto::UDP {
+        if let Some(owner) = unsafe { DNS_SOCKS.get(&cookie) } {
+            let client = GatePortKey { netns_cookie: netns, port: f.sport, proto: proto::UDP, _pad: [0; 5] };
+            let _ = GATE_CLIENTS.insert(&client, &owner.tgid, 0);
+        }
+    }
+    true
 }
 
 /// A reply to a peer that contacted the endpoint (checked only for packets

@@ -5,7 +5,7 @@
 //! agent needs both to re-inject the held answer.
 
 use agent_common::{
-    proto, v4_mapped, DnsSockInfo, GateKey, Hook, LiveFlow, Reason, SockOwner, FLOW_F_DNS,
+    proto, v4_mapped, DnsSockInfo, GateKey, GatePortKey, Hook, LiveFlow, Reason, SockOwner, FLOW_F_DNS,
 };
 use aya_ebpf::{
     helpers::{
@@ -22,7 +22,7 @@ use aya_ebpf::{
 use crate::{
     endpoint,
     events::{count, report},
-    maps::{CONFIG, DNS_SOCKS, GATES, SK_FLOWS, SOCK_OWNERS},
+    maps::{CONFIG, DNS_SOCKS, GATES, GATE_PORTS, SK_FLOWS, SOCK_OWNERS},
     verdict::{decide, Dest},
 };
 
@@ -62,11 +62,15 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
     let netns = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     let mut reason = decide(&ep, &dest, || netns() == cfg.host_netns_cookie);
     let connect = hook == Hook::Connect4 || hook == Hook::Connect6;
-    if reason == Reason::AllowedDns && dest.proto == proto::TCP {
-        // DNS over TCP goes through the agent's gate (a proxy in this
-        // namespace that checks the query and learns from the answer
-        // before the workload reads it), or nowhere.
-        if !redirect_to_gate(ctx, v6, netns(), ep.endpoint, &dest) {
+    if reason == Reason::AllowedDns {
+        // DNS goes through the agent's gate for this namespace, endpoint
+        // and resolver (a proxy in the workload's namespace that answers
+        // names the policy does not allow itself, and learns from answers
+        // before the workload reads them). Without a UDP gate, UDP takes
+        // the copy-and-hold path (`skb`); without a TCP gate, TCP is
+        // refused.
+        let gated = redirect_to_gate(ctx, v6, netns(), ep.endpoint, &dest);
+        if !gated && dest.proto == proto::TCP {
             reason = Reason::DeniedDnsNoGate;
         }
     }
@@ -128,6 +132,14 @@ fn redirect_to_gate(ctx: &SockAddrContext, v6: bool, netns: u64, endpoint: u32, 
     let key = GateKey { netns_cookie: netns, endpoint, port: d.port, _pad: [0; 2], ip: d.ip };
     // SAFETY: a plain-data value copied out at once.
     let Some(gate) = (unsafe { GATES.get(&key) }).copied() else { return false };
+    let port = match d.proto {
+        proto::TCP => gate.port,
+        proto::UDP => gate.udp_port,
+        _ => return false,
+    };
+    if port == [0, 0] {
+        return false;
+    }
     // SAFETY: the kernel's bpf_sock_addr, writable in connect hooks.
     let sa = unsafe { &mut *ctx.sock_addr };
     let mapped = d.ip[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
@@ -138,8 +150,52 @@ fn redirect_to_gate(ctx: &SockAddrContext, v6: bool, netns: u64, endpoint: u32, 
     } else {
         sa.user_ip6 = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
     }
-    sa.user_port = u32::from(u16::from_ne_bytes(gate.port));
+    sa.user_port = u32::from(u16::from_ne_bytes(port));
     true
+}
+
+/// `cgroup/recvmsg{4,6}`: a datagram from a UDP gate shows the resolver
+/// the workload asked as its source (stub resolvers check it: glibc
+/// `res_send.c` drops answers from another address). Always 1 (the
+/// return value must be 1 for these hooks).
+pub fn recvmsg(ctx: &SockAddrContext, v6: bool) -> i32 {
+    // SAFETY: the kernel's bpf_sock_addr, writable in recvmsg hooks.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let lo4 = u32::from_ne_bytes([127, 0, 0, 1]);
+    let (is_lo, mapped) = if v6 {
+        let w = sa.user_ip6;
+        let mapped = w[0] == 0 && w[1] == 0 && w[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]) && w[3] == lo4;
+        let lo6 = w[0] == 0 && w[1] == 0 && w[2] == 0 && w[3] == u32::from_ne_bytes([0, 0, 0, 1]);
+        (mapped || lo6, mapped)
+    } else {
+        (sa.user_ip4 == lo4, false)
+    };
+    if !is_lo {
+        return ALLOW;
+    }
+    let key = GatePortKey {
+        netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
+        port: (sa.user_port as u16).to_ne_bytes(),
+        proto: proto::UDP,
+        _pad: [0; 5],
+    };
+    // SAFETY: plain data copied out at once.
+    let Some(r) = (unsafe { GATE_PORTS.get(&key) }).copied() else { return ALLOW };
+    let ip = r.ip;
+    if !v6 {
+        sa.user_ip4 = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
+    } else if mapped {
+        sa.user_ip6 = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]])];
+    } else {
+        sa.user_ip6 = [
+            u32::from_ne_bytes([ip[0], ip[1], ip[2], ip[3]]),
+            u32::from_ne_bytes([ip[4], ip[5], ip[6], ip[7]]),
+            u32::from_ne_bytes([ip[8], ip[9], ip[10], ip[11]]),
+            u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
+        ];
+    }
+    sa.user_port = u32::from(u16::from_ne_bytes(r.port));
+    ALLOW
 }
 
 /// Stores (or overwrites, on a reconnect) the socket's flow.

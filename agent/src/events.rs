@@ -20,7 +20,7 @@ use tokio::{
 };
 
 use crate::{
-    proxy::TcpGates,
+    proxy::DnsGates,
     runtime::lock,
     state::{State, boot_ns},
 };
@@ -151,7 +151,7 @@ fn decode(bytes: &[u8]) -> Option<DeniedEvent> {
 
 /// Writes every queued event as a record. DNS over TCP refused for want
 /// of a gate in the caller's namespace opens one there, so a retry works.
-fn drain(ring: &mut RingBuf<MapData>, state: &Mutex<State>, out: &LogSink, gates: Option<&TcpGates>) {
+fn drain(ring: &mut RingBuf<MapData>, state: &Mutex<State>, out: &LogSink, gates: Option<&DnsGates>) {
     while let Some(item) = ring.next() {
         let Some(ev) = decode(&item) else { continue };
         let rec = record(&ev, &lock(state));
@@ -172,7 +172,7 @@ pub async fn run(
     ring: RingBuf<MapData>,
     state: Arc<Mutex<State>>,
     out: LogSink,
-    gates: Option<Arc<TcpGates>>,
+    gates: Option<Arc<DnsGates>>,
     mut stop: watch::Receiver<bool>,
 ) {
     // SAFETY: the AsyncFd owns the RingBuf, which owns the fd, so the fd

@@ -63,7 +63,7 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
     let result = (|| -> Result<i32> {
         let id = agent.add_endpoint(Identity { name, ..Default::default() }, cgroup.id(), policy, args.audit)?;
         // The command starts in our network namespace.
-        agent.open_tcp_gates(id, &[std::process::id()]);
+        agent.open_dns_gates(id, &[std::process::id()]);
         agent.attach(cgroup.path(), cgroup.id())?;
         spawn_and_wait(args, &cgroup)
     })();

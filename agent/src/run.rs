@@ -168,7 +168,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         agent.go(handover.as_ref())?;
         for (ep, id) in endpoints.iter().zip(ids) {
             agent.attach(&ep.cgroup, ep.cgroup_id)?;
-            agent.open_tcp_gates(id, &crate::cgroup::procs_below(&ep.cgroup));
+            agent.open_dns_gates(id, &crate::cgroup::procs_below(&ep.cgroup));
             info!(endpoint = %ep.identity.name, cgroup = %ep.cgroup.display(), "enforcing");
         }
         info!("ready");

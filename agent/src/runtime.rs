@@ -26,7 +26,7 @@ use crate::{
     gate::{Gate, GateOptions, GateStats, PendingQueries},
     handover::{self, Handover},
     metrics,
-    proxy::TcpGates,
+    proxy::DnsGates,
     state::{Caps, Identity, State, TtlBounds},
     policy::CompiledPolicy,
 };
@@ -101,7 +101,7 @@ pub struct Agent {
     rt: tokio::runtime::Runtime,
     core: Arc<Core>,
     idle: Option<Idle>,
-    tcp_gates: Arc<TcpGates>,
+    dns_gates: Arc<DnsGates>,
     pins: Option<Pins>,
     state_dir: Option<PathBuf>,
     metrics_addr: Option<std::net::SocketAddr>,
@@ -113,12 +113,18 @@ pub struct Agent {
 /// connect time already; this keeps the maps and bookkeeping small) and,
 /// in node mode, snapshots learned state about once a second when it
 /// changed (for a restart after a crash).
-async fn expire_learned(state: Arc<Mutex<State>>, snapshot: Option<PathBuf>, mut stop: watch::Receiver<bool>) {
+async fn expire_learned(
+    state: Arc<Mutex<State>>,
+    gates: Arc<DnsGates>,
+    snapshot: Option<PathBuf>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let (mut written, mut n) = (None, 0u32);
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                gates.sweep();
                 let mut st = lock(&state);
                 if let Err(e) = st.expire() {
                     warn!(error = %e, "expiring learned IPs failed");
@@ -183,8 +189,8 @@ impl Agent {
         let log = events::log_sink(opts.log);
         let gate = Gate::new(state.clone(), mark, log.clone(), opts.gate);
         let gate_stats = gate.stats.clone();
-        let tcp_gates = Arc::new(TcpGates::new(gate.shared(), opts.gate.deny_rcode));
-        let gate = gate.with_tcp_gates(tcp_gates.clone());
+        let dns_gates = Arc::new(DnsGates::new(gate.shared(), opts.gate.deny_rcode));
+        let gate = gate.with_dns_gates(dns_gates.clone());
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("portcullis-rt")
@@ -199,7 +205,7 @@ impl Agent {
             rt,
             core,
             idle: Some(Idle { gate, hold, denied, log }),
-            tcp_gates,
+            dns_gates,
             pins: opts.pins,
             state_dir: opts.state_dir,
             metrics_addr: opts.metrics_addr,
@@ -226,8 +232,9 @@ impl Agent {
             },
         };
         let mut st = lock(&self.state);
-        // The previous agent's TCP DNS gates die with it; ours open below.
-        st.maps.clear_gates().map_err(|e| anyhow::anyhow!("clearing GATES: {e}"))?;
+        // The previous agent's DNS gates die with it; ours open later.
+        let ports = st.maps.clear_gates().map_err(|e| anyhow::anyhow!("clearing GATES: {e}"))?;
+        self.dns_gates.retire_ports(ports);
         let gone = st.drop_unclaimed()?;
         if let Some(p) = &self.pins {
             for cg in gone {
@@ -258,8 +265,8 @@ impl Agent {
         };
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = vec![
-            self.rt.spawn(events::run(denied, self.state.clone(), log, Some(self.tcp_gates.clone()), stop_rx.clone())),
-            self.rt.spawn(expire_learned(self.state.clone(), self.state_dir.clone(), stop_rx.clone())),
+            self.rt.spawn(events::run(denied, self.state.clone(), log, Some(self.dns_gates.clone()), stop_rx.clone())),
+            self.rt.spawn(expire_learned(self.state.clone(), self.dns_gates.clone(), self.state_dir.clone(), stop_rx.clone())),
         ];
         if let Some(addr) = self.metrics_addr {
             let listener = {
@@ -290,9 +297,9 @@ impl Agent {
     /// Opens the endpoint's TCP DNS gates in the network namespace of each
     /// process given (DNS over TCP from a namespace without one is refused
     /// until a UDP query from there opens it).
-    pub fn open_tcp_gates(&self, endpoint: u32, pids: &[u32]) {
+    pub fn open_dns_gates(&self, endpoint: u32, pids: &[u32]) {
         for &pid in pids {
-            if let Err(e) = self.tcp_gates.ensure(pid, None, endpoint) {
+            if let Err(e) = self.dns_gates.ensure(pid, None, endpoint) {
                 warn!(error = %e, endpoint, pid, "cannot open a TCP DNS gate");
             }
         }
@@ -348,7 +355,7 @@ impl Agent {
     /// state and the pending queries go to the snapshot for the next agent,
     /// unless a next agent already took them over.
     pub fn shutdown(mut self) {
-        self.tcp_gates.shutdown();
+        self.dns_gates.shutdown();
         if let Some((stop, t)) = self.listener.take() {
             stop.store(true, Ordering::Relaxed);
             let _ = t.join();

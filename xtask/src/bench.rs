@@ -55,8 +55,10 @@ dns:
   servers: [\"198.51.100.53\"]
 ";
 
-const PROGRAMS: [&str; 7] =
-    ["pc_connect4", "pc_connect6", "pc_sendmsg4", "pc_sendmsg6", "pc_egress", "pc_ingress", "pc_release"];
+const PROGRAMS: [&str; 9] = [
+    "pc_connect4", "pc_connect6", "pc_sendmsg4", "pc_sendmsg6", "pc_recvmsg4", "pc_recvmsg6", "pc_egress", "pc_ingress",
+    "pc_release",
+];
 
 struct Ctx<'a> {
     bench: &'a Bench,

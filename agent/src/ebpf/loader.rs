@@ -32,7 +32,8 @@ use super::{maps::PolicyMaps, pin::{self, Pins}};
 /// The compiled kernel programs (built by `agent/build.rs`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
 
-const SOCK_PROGRAMS: [&str; 4] = ["pc_connect4", "pc_connect6", "pc_sendmsg4", "pc_sendmsg6"];
+const SOCK_PROGRAMS: [&str; 6] =
+    ["pc_connect4", "pc_connect6", "pc_sendmsg4", "pc_sendmsg6", "pc_recvmsg4", "pc_recvmsg6"];
 const SKB_PROGRAMS: [(&str, CgroupSkbAttachType); 2] =
     [("pc_egress", CgroupSkbAttachType::Egress), ("pc_ingress", CgroupSkbAttachType::Ingress)];
 
@@ -40,8 +41,10 @@ const SKB_PROGRAMS: [(&str, CgroupSkbAttachType); 2] =
 const RELEASE_PROGRAM: &str = "pc_release";
 
 /// Every program name, for tests and `bpftool` checks.
-pub const PROGRAM_NAMES: [&str; 7] =
-    ["pc_connect4", "pc_connect6", "pc_sendmsg4", "pc_sendmsg6", "pc_egress", "pc_ingress", "pc_release"];
+pub const PROGRAM_NAMES: [&str; 9] = [
+    "pc_connect4", "pc_connect6", "pc_sendmsg4", "pc_sendmsg6", "pc_recvmsg4", "pc_recvmsg6", "pc_egress", "pc_ingress",
+    "pc_release",
+];
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -66,8 +69,9 @@ pub enum LoadError {
 }
 
 /// Every map of the object, pinned by name in node mode.
-pub const MAP_NAMES: [&str; 15] = [
-    "CONFIG", "ENDPOINTS", "EP_CACHE", "LEARNED", "CIDRS", "DNS_SERVERS", "GATES", "DNS_SOCKS", "COUNTERS",
+pub const MAP_NAMES: [&str; 17] = [
+    "CONFIG", "ENDPOINTS", "EP_CACHE", "LEARNED", "CIDRS", "DNS_SERVERS", "GATES", "GATE_PORTS", "GATE_CLIENTS",
+    "DNS_SOCKS", "COUNTERS",
     "EVENT_RATE", "DENIED_EVENTS", "DNS_HOLD", "SK_FLOWS", "INBOUND", "SOCK_OWNERS",
 ];
 

@@ -4,7 +4,7 @@
 use std::collections::{HashMap as StdHashMap, HashSet};
 
 use agent_common::{
-    CidrKey, CidrValue, Config, DnsServerKey, DnsSockInfo, EndpointInfo, GateKey, GateValue, InboundKey, LearnedKey,
+    CidrKey, CidrValue, Config, DnsServerKey, DnsSockInfo, EndpointInfo, GateKey, GatePortKey, GatePortValue, GateValue, InboundKey, LearnedKey,
     LearnedValue, COUNTERS_LEN,
 };
 use aya::{
@@ -24,6 +24,8 @@ pub struct PolicyMaps {
     dns_socks: HashMap<MapData, u64, DnsSockInfo>,
     inbound: HashMap<MapData, InboundKey, u64>,
     gates: HashMap<MapData, GateKey, GateValue>,
+    gate_ports: HashMap<MapData, GatePortKey, GatePortValue>,
+    gate_clients: HashMap<MapData, GatePortKey, u32>,
     current: Config,
 }
 
@@ -47,6 +49,8 @@ impl PolicyMaps {
             dns_socks: take(ebpf, "DNS_SOCKS")?,
             inbound: take(ebpf, "INBOUND")?,
             gates: take(ebpf, "GATES")?,
+            gate_ports: take(ebpf, "GATE_PORTS")?,
+            gate_clients: take(ebpf, "GATE_CLIENTS")?,
             current: Config::default(),
         })
     }
@@ -165,13 +169,30 @@ impl PolicyMaps {
         self.gates.insert(key, value, 0)
     }
 
-    /// Forgets every TCP DNS gate (a previous agent's listeners are gone).
-    pub fn clear_gates(&mut self) -> Result<usize, MapError> {
+    pub fn insert_gate_port(&mut self, key: GatePortKey, value: GatePortValue) -> Result<(), MapError> {
+        self.gate_ports.insert(key, value, 0)
+    }
+
+    /// The process that last sent a datagram to a UDP gate from `port`.
+    pub fn gate_client(&self, netns_cookie: u64, port: u16) -> Option<u32> {
+        let key = GatePortKey { netns_cookie, port: port.to_be_bytes(), proto: agent_common::proto::UDP, _pad: [0; 5] };
+        self.gate_clients.get(&key, 0).ok()
+    }
+
+    /// Forgets every DNS gate of a previous agent: new DNS takes the hold
+    /// path (UDP) or is refused (TCP) until ours open. Returns its gate
+    /// ports, which must stay a while: answers to queries it forwarded are
+    /// still on their way, and `recvmsg` needs them to show the resolver.
+    pub fn clear_gates(&mut self) -> Result<Vec<GatePortKey>, MapError> {
         let keys: Vec<GateKey> = self.gates.keys().filter_map(Result::ok).collect();
         for k in &keys {
             ignore_missing(self.gates.remove(k))?;
         }
-        Ok(keys.len())
+        Ok(self.gate_ports.keys().filter_map(Result::ok).collect())
+    }
+
+    pub fn remove_gate_port(&mut self, key: &GatePortKey) -> Result<(), MapError> {
+        ignore_missing(self.gate_ports.remove(key))
     }
 
     /// Every cgroup -> endpoint mapping in the kernel (a previous agent's,

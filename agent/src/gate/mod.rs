@@ -34,7 +34,7 @@ use aya::maps::{MapData, RingBuf};
 use hickory_proto::op::ResponseCode;
 
 pub use self::pending::{PendingQueries, QueryKey};
-use crate::{events::LogSink, inject::Injector, proxy::TcpGates, state::State};
+use crate::{events::LogSink, inject::Injector, proxy::DnsGates, state::State};
 
 /// Longest CNAME chain followed inside one answer.
 pub const MAX_CNAME_CHAIN: usize = 8;
@@ -119,7 +119,7 @@ pub struct Gate {
     rate: HashMap<u32, (Instant, u32)>,
     pub stats: Arc<GateStats>,
     /// DNS over TCP; a gate is opened for every namespace queries come from.
-    tcp_gates: Option<Arc<TcpGates>>,
+    dns_gates: Option<Arc<DnsGates>>,
 }
 
 /// Copies the fixed header and the packet out of a ring buffer record
@@ -146,14 +146,14 @@ impl Gate {
             opts,
             rate: HashMap::new(),
             stats: Arc::default(),
-            tcp_gates: None,
+            dns_gates: None,
         }
     }
 
     /// Opens TCP gates in the namespaces queries come from (before their
     /// answers are released, so a truncated answer's TCP retry finds one).
-    pub fn with_tcp_gates(mut self, gates: Arc<TcpGates>) -> Self {
-        self.tcp_gates = Some(gates);
+    pub fn with_dns_gates(mut self, gates: Arc<DnsGates>) -> Self {
+        self.dns_gates = Some(gates);
         self
     }
 

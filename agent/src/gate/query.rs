@@ -37,7 +37,7 @@ impl Gate {
             }
         };
         self.note_rate_and_shape(held.endpoint, &qname);
-        if let Some(g) = &self.tcp_gates {
+        if let Some(g) = &self.dns_gates {
             if let Err(e) = g.ensure(held.tgid, Some(held.netns_cookie), held.endpoint) {
                 // DNS over TCP from there stays refused (fail closed).
                 debug!(error = %e, endpoint = held.endpoint, "cannot open a TCP DNS gate");

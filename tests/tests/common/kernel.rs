@@ -189,7 +189,7 @@ pub fn attached(cgroup: &Path) -> Attached {
 }
 
 impl Attached {
-    /// The seven programs, one per hook.
+    /// The nine programs, one per hook.
     pub fn expect_all_hooks(&self) {
         let mut got: Vec<(&str, &str)> = self
             .progs
@@ -204,6 +204,8 @@ impl Attached {
                 ("pc_connect6", "cgroup_inet6_connect"),
                 ("pc_egress", "cgroup_inet_egress"),
                 ("pc_ingress", "cgroup_inet_ingress"),
+                ("pc_recvmsg4", "cgroup_udp4_recvmsg"),
+                ("pc_recvmsg6", "cgroup_udp6_recvmsg"),
                 ("pc_release", "cgroup_inet_sock_release"),
                 ("pc_sendmsg4", "cgroup_udp4_sendmsg"),
                 ("pc_sendmsg6", "cgroup_udp6_sendmsg"),

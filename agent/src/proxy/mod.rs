@@ -1,0 +1,264 @@
+//! DNS gates: DNS from an endpoint to a trusted resolver goes through the
+//! agent, which checks each query and learns from each answer before the
+//! workload reads it.
+//!
+//! The connect and sendmsg hooks rewrite DNS to a trusted resolver into
+//! DNS to the gate for (network namespace, endpoint, resolver): a UDP
+//! socket and a TCP listener the agent opens on 127.0.0.1 (or ::1) *inside
+//! the workload's namespace* (a thread `setns`es there; threads it spawns
+//! stay there), so no address of the agent is needed anywhere; the recvmsg
+//! hooks show the workload the resolver's address as the source of the
+//! gate's answers. A name the policy does not allow is answered by the gate
+//! at once (NXDOMAIN by default) and the query never leaves the node; an
+//! allowed one goes to the resolver from the gate's own socket in the same
+//! namespace, and the answer is learned (and stripped of addresses the
+//! workload may never reach) before it is sent on (`udp`, `tcp`). Anything
+//! unexpected drops the answer or closes the connection: the client sees a
+//! failed lookup, never an answer the kernel does not know about.
+//!
+//! Without a gate in its namespace (one the agent has not seen yet), UDP
+//! takes the copy-and-hold path of `gate` (the answer is still held until
+//! learned, and replaced for names not allowed, but that query itself has
+//! left), and TCP is refused at connect (`denied-dns-no-gate`). The agent
+//! opens gates for the namespaces of an endpoint's processes when it starts
+//! enforcing, for any namespace a UDP query comes from (before that query's
+//! answer is released, so a truncated answer's TCP retry finds its gate),
+//! and for a namespace whose TCP DNS was refused for want of one.
+
+
+mod tcp;
+mod udp;
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
+    os::fd::AsFd as _,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use agent_common::{GateKey, GatePortKey, GatePortValue, GateValue, proto};
+use hickory_proto::op::ResponseCode;
+use nix::sched::{CloneFlags, setns};
+use thiserror::Error;
+use tracing::debug;
+
+use crate::{ebpf::loader::netns_cookie_of, gate::judge::Shared, policy::canonical, runtime::lock};
+
+#[derive(Debug, Error)]
+pub enum GateError {
+    #[error("process {tgid}: opening its network namespace: {source}")]
+    OpenNetns { tgid: u32, source: io::Error },
+    #[error("process {tgid}: entering its network namespace: {source}")]
+    Setns { tgid: u32, source: nix::Error },
+    #[error("opening a gate socket on {addr} in the workload's namespace: {source}")]
+    Socket { addr: SocketAddr, source: io::Error },
+    #[error("gate thread failed")]
+    Thread,
+    #[error("updating kernel map {0}: {1}")]
+    Map(&'static str, aya::maps::MapError),
+}
+
+/// The gates this agent runs.
+pub struct DnsGates {
+    shared: Shared,
+    deny_rcode: ResponseCode,
+    /// (netns cookie, endpoint, resolver) -> gate.
+    open: Mutex<HashMap<GateKey, GateValue>>,
+    /// Namespace inode -> cookie, for namespaces already entered.
+    cookies: Mutex<HashMap<u64, u64>>,
+    /// UDP queries forwarded and not answered yet, per gate (a stopping
+    /// agent waits for them).
+    in_flight: Mutex<Vec<udp::Table>>,
+    /// A previous agent's gate ports, removed once its answers are in.
+    stale_ports: Mutex<(Vec<GatePortKey>, Option<Instant>)>,
+    stop: Arc<AtomicBool>,
+}
+
+/// How long a previous agent's gate ports stay after a takeover (its gates
+/// answer what they forwarded for up to `udp::ANSWER_TIMEOUT`).
+const STALE_PORTS_GRACE: Duration = Duration::from_secs(30);
+
+fn key(netns_cookie: u64, endpoint: u32, resolver: SocketAddr) -> GateKey {
+    GateKey {
+        netns_cookie,
+        endpoint,
+        port: resolver.port().to_be_bytes(),
+        _pad: [0; 2],
+        ip: canonical(resolver.ip()).octets(),
+    }
+}
+
+/// Where the gate for `resolver` listens: loopback of the resolver's family.
+fn loopback_for(resolver: SocketAddr) -> SocketAddr {
+    match resolver.ip() {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => SocketAddr::from((Ipv6Addr::LOCALHOST, 0)),
+        _ => SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+    }
+}
+
+/// A gate's sockets, made inside the workload's namespace.
+struct Sockets {
+    tcp: TcpListener,
+    udp: UdpSocket,
+    upstream: UdpSocket,
+}
+
+fn open_sockets(resolver: SocketAddr) -> Result<Sockets, GateError> {
+    let addr = loopback_for(resolver);
+    let err = |addr| move |source| GateError::Socket { addr, source };
+    let tcp = TcpListener::bind(addr).map_err(err(addr))?;
+    let udp = UdpSocket::bind(addr).map_err(err(addr))?;
+    let any: SocketAddr = if resolver.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
+    let upstream = UdpSocket::bind(any).map_err(err(any))?;
+    upstream.connect(resolver).map_err(err(resolver))?;
+    Ok(Sockets { tcp, udp, upstream })
+}
+
+fn port_of(local: io::Result<SocketAddr>) -> u16 {
+    local.map(|a| a.port()).unwrap_or(0)
+}
+
+impl DnsGates {
+    pub fn new(shared: Shared, deny_rcode: ResponseCode) -> Self {
+        Self {
+            shared,
+            deny_rcode,
+            open: Mutex::default(),
+            cookies: Mutex::default(),
+            in_flight: Mutex::default(),
+            stale_ports: Mutex::default(),
+            stop: Arc::default(),
+        }
+    }
+
+    /// Makes sure `endpoint` has a gate to each of its trusted resolvers in
+    /// the network namespace of process `tgid` (whose cookie, if known, is
+    /// `netns_cookie`: then a known gate costs only a lookup).
+    pub fn ensure(&self, tgid: u32, netns_cookie: Option<u64>, endpoint: u32) -> Result<(), GateError> {
+        let (resolvers, cgroup_id) = {
+            let st = lock(&self.shared.state);
+            let Some(ep) = st.endpoint(endpoint) else { return Ok(()) };
+            (ep.policy.dns_servers.clone(), ep.cgroup_id)
+        };
+        let ns = File::open(format!("/proc/{tgid}/ns/net")).map_err(|source| GateError::OpenNetns { tgid, source })?;
+        let ino = ns.metadata().map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap_or(0);
+        if let Some(cookie) = netns_cookie.or_else(|| lock(&self.cookies).get(&ino).copied()) {
+            let open = lock(&self.open);
+            if resolvers.iter().all(|r| open.contains_key(&key(cookie, endpoint, *r))) {
+                return Ok(());
+            }
+        }
+        for resolver in resolvers {
+            let (tx, rx) = mpsc::channel();
+            let ns = ns.try_clone().map_err(|source| GateError::OpenNetns { tgid, source })?;
+            let conn = tcp::Conn { shared: self.shared.clone(), endpoint, cgroup_id, resolver, deny_rcode: self.deny_rcode };
+            let table = udp::Table::default();
+            // Ends with the agent, or at once if this gate is not needed.
+            let mine = Arc::new(AtomicBool::new(false));
+            let stop = (self.stop.clone(), mine.clone());
+            let t = table.clone();
+            thread::Builder::new()
+                .name("dns-gate-ns".into())
+                .spawn(move || {
+                    // This thread and every thread it spawns live in the
+                    // workload's namespace from here on.
+                    if let Err(source) = setns(ns.as_fd(), CloneFlags::CLONE_NEWNET) {
+                        let _ = tx.send(Err(GateError::Setns { tgid, source }));
+                        return;
+                    }
+                    let socks = match open_sockets(resolver) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let cookie = netns_cookie_of(&socks.udp).unwrap_or(0);
+                    let ports = (port_of(socks.tcp.local_addr()), port_of(socks.udp.local_addr()));
+                    if tx.send(Ok((cookie, ports))).is_err() {
+                        return;
+                    }
+                    udp::spawn(socks.udp, socks.upstream, conn.clone(), cookie, t, stop.clone());
+                    tcp::accept_loop(socks.tcp, conn, stop);
+                })
+                .map_err(|_| GateError::Thread)?;
+            let (cookie, (tcp_port, udp_port)) = rx.recv().map_err(|_| GateError::Thread)??;
+            lock(&self.cookies).insert(ino, cookie);
+            let k = key(cookie, endpoint, resolver);
+            let mut open = lock(&self.open);
+            if open.contains_key(&k) {
+                // Another process of the same namespace got there first.
+                mine.store(true, Ordering::Relaxed);
+                continue;
+            }
+            let value = GateValue { port: tcp_port.to_be_bytes(), udp_port: udp_port.to_be_bytes(), _pad: [0; 4] };
+            let resolver_v = GatePortValue {
+                ip: k.ip,
+                port: resolver.port().to_be_bytes(),
+                _pad: [0; 2],
+                endpoint,
+            };
+            {
+                let mut st = lock(&self.shared.state);
+                for (p, pr) in [(tcp_port, proto::TCP), (udp_port, proto::UDP)] {
+                    let pk = GatePortKey { netns_cookie: cookie, port: p.to_be_bytes(), proto: pr, _pad: [0; 5] };
+                    st.maps.insert_gate_port(pk, resolver_v).map_err(|e| GateError::Map("GATE_PORTS", e))?;
+                }
+                // Last: only now does the kernel send DNS here.
+                st.maps.insert_gate(k, value).map_err(|e| GateError::Map("GATES", e))?;
+            }
+            open.insert(k, value);
+            lock(&self.in_flight).push(table);
+            debug!(endpoint, %resolver, tcp_port, udp_port, netns = cookie, "DNS gate open");
+        }
+        Ok(())
+    }
+
+    /// Notes a previous agent's gate ports for removal after a grace time.
+    pub fn retire_ports(&self, ports: Vec<GatePortKey>) {
+        *lock(&self.stale_ports) = (ports, Some(Instant::now() + STALE_PORTS_GRACE));
+    }
+
+    /// Removes retired gate ports once their grace time is over (those this
+    /// agent's gates reuse stay). Called periodically.
+    pub fn sweep(&self) {
+        let ports = {
+            let mut stale = lock(&self.stale_ports);
+            match stale.1 {
+                Some(t) if Instant::now() >= t => std::mem::take(&mut *stale).0,
+                _ => return,
+            }
+        };
+        let ours: Vec<GatePortKey> = lock(&self.open)
+            .iter()
+            .flat_map(|(k, v)| {
+                [(v.port, proto::TCP), (v.udp_port, proto::UDP)]
+                    .map(|(port, proto)| GatePortKey { netns_cookie: k.netns_cookie, port, proto, _pad: [0; 5] })
+            })
+            .collect();
+        let mut st = lock(&self.shared.state);
+        for k in ports.iter().filter(|k| !ours.contains(k)) {
+            if let Err(e) = st.maps.remove_gate_port(k) {
+                debug!(error = %e, "removing a retired gate port failed");
+            }
+        }
+    }
+
+    /// Stops the gates, after the UDP queries they forwarded are answered
+    /// (at most a few seconds): a takeover loses no lookup in flight.
+    pub fn shutdown(&self) {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline && lock(&self.in_flight).iter().any(|t| !t.is_empty()) {
+            thread::sleep(Duration::from_millis(20));
+        }
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

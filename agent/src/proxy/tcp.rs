@@ -1,0 +1,158 @@
+//! The TCP side of a DNS gate: one thread per client connection, in the
+//! workload's namespace, with its own connection to the resolver.
+
+use std::{
+    io::{self, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use hickory_proto::op::ResponseCode;
+use tracing::{debug, warn};
+
+use crate::{
+    dns::{learnable, parse_message, parse_query, refusal, transaction_id},
+    gate::{
+        GateStats, MAX_CNAME_CHAIN,
+        judge::{Shared, judge_query, note_shape, vet_answer},
+    },
+};
+
+/// How long a client or the resolver may stay silent mid-message.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What one gate connection needs.
+#[derive(Clone)]
+pub(super) struct Conn {
+    pub(super) shared: Shared,
+    pub(super) endpoint: u32,
+    pub(super) cgroup_id: u64,
+    pub(super) resolver: SocketAddr,
+    pub(super) deny_rcode: ResponseCode,
+}
+
+pub(super) fn accept_loop(listener: TcpListener, conn: Conn, stop: (Arc<AtomicBool>, Arc<AtomicBool>)) {
+    if listener.set_nonblocking(true).is_err() {
+        return;
+    }
+    while !stop.0.load(Ordering::Relaxed) && !stop.1.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((client, _)) => {
+                let c = conn.clone();
+                // Spawned from a thread in the workload's namespace: the
+                // upstream connection is made there too.
+                let _ = thread::Builder::new().name("dns-tcp-conn".into()).spawn(move || {
+                    if let Err(e) = c.serve(client) {
+                        debug!(error = %e, "TCP DNS gate connection closed");
+                    }
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(20)),
+            Err(e) => {
+                warn!(error = %e, "TCP DNS gate accept failed");
+                thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// Reads one length-prefixed DNS message; `None` at a clean end of stream.
+fn read_message(s: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 2];
+    match s.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    s.read_exact(&mut msg)?;
+    Ok(Some(msg))
+}
+
+fn write_message(s: &mut TcpStream, msg: &[u8]) -> io::Result<()> {
+    let len = u16::try_from(msg.len()).map_err(|_| io::Error::other("message over 65535 bytes"))?;
+    let mut buf = Vec::with_capacity(msg.len() + 2);
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(msg);
+    s.write_all(&buf)
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
+}
+
+impl Conn {
+    fn serve(&self, mut client: TcpStream) -> io::Result<()> {
+        client.set_read_timeout(Some(IO_TIMEOUT))?;
+        client.set_write_timeout(Some(IO_TIMEOUT))?;
+        let stats = &self.shared.stats;
+        let mut upstream: Option<TcpStream> = None;
+        while let Some(bytes) = read_message(&mut client)? {
+            let query = parse_message(&bytes).map_err(|e| {
+                GateStats::bump(&stats.dropped_malformed);
+                invalid(&e.to_string())
+            })?;
+            let (qname, qtype) = parse_query(&query).map_err(|e| {
+                GateStats::bump(&stats.dropped_malformed);
+                invalid(&e.to_string())
+            })?;
+            note_shape(&self.shared, self.endpoint, &qname);
+            let Some(allowed) = judge_query(&self.shared, self.endpoint, &qname, self.resolver, 0, self.cgroup_id) else {
+                GateStats::bump(&stats.dropped_unknown_endpoint);
+                return Err(invalid("endpoint gone"));
+            };
+            if !allowed {
+                // Answered here: the query never leaves the node.
+                GateStats::bump(&stats.queries_refused);
+                let reply = refusal(&query, self.deny_rcode).to_vec().map_err(|e| invalid(&e.to_string()))?;
+                write_message(&mut client, &reply)?;
+                continue;
+            }
+            let up = match &mut upstream {
+                Some(u) => u,
+                None => {
+                    let u = TcpStream::connect_timeout(&self.resolver, IO_TIMEOUT)?;
+                    u.set_read_timeout(Some(IO_TIMEOUT))?;
+                    u.set_write_timeout(Some(IO_TIMEOUT))?;
+                    upstream.insert(u)
+                }
+            };
+            write_message(up, &bytes)?;
+            let answer = read_message(up)?.ok_or_else(|| invalid("resolver closed the connection"))?;
+            let mut msg = parse_message(&answer).map_err(|e| {
+                GateStats::bump(&stats.dropped_malformed);
+                invalid(&e.to_string())
+            })?;
+            // Our own connection to the resolver, but still: the answer
+            // must be to this query.
+            if transaction_id(&msg) != transaction_id(&query)
+                || crate::dns::question(&msg) != Some((qname.clone(), qtype))
+            {
+                GateStats::bump(&stats.answers_unsolicited);
+                return Err(invalid("answer does not match the query"));
+            }
+            let learned = learnable(&msg, MAX_CNAME_CHAIN).map_err(|e| {
+                GateStats::bump(&stats.dropped_malformed);
+                invalid(&e.to_string())
+            })?;
+            let Some(stripped) = vet_answer(&self.shared, self.endpoint, 0, self.cgroup_id, &qname, learned.as_ref(), &mut msg)
+            else {
+                return Err(invalid("answer not learned"));
+            };
+            if stripped.is_empty() {
+                write_message(&mut client, &answer)?;
+            } else {
+                GateStats::bump(&stats.answers_stripped);
+                let rewritten = msg.to_vec().map_err(|e| invalid(&e.to_string()))?;
+                write_message(&mut client, &rewritten)?;
+            }
+            GateStats::bump(&stats.released);
+        }
+        Ok(())
+    }
+}
