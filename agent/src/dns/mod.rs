@@ -18,6 +18,7 @@ pub mod answer;
 pub mod packet;
 pub mod query;
 pub mod rewrite;
+pub mod stream;
 
 #[cfg(test)]
 pub mod testing;

@@ -2,7 +2,7 @@
 //! workload's namespace, with its own connection to the resolver.
 
 use std::{
-    io::{self, Read as _, Write as _},
+    io,
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{
         Arc,
@@ -16,7 +16,11 @@ use hickory_proto::op::ResponseCode;
 use tracing::{debug, warn};
 
 use crate::{
-    dns::{learnable, parse_message, parse_query, refusal, transaction_id},
+    dns::{
+        learnable, parse_message, parse_query, refusal,
+        stream::{read_frame, write_frame},
+        transaction_id,
+    },
     gate::{
         GateStats, MAX_CNAME_CHAIN,
         judge::{Shared, judge_query, note_shape, vet_answer},
@@ -61,27 +65,6 @@ pub(super) fn accept_loop(listener: TcpListener, conn: Conn, stop: (Arc<AtomicBo
     }
 }
 
-/// Reads one length-prefixed DNS message; `None` at a clean end of stream.
-fn read_message(s: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
-    let mut len = [0u8; 2];
-    match s.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
-    s.read_exact(&mut msg)?;
-    Ok(Some(msg))
-}
-
-fn write_message(s: &mut TcpStream, msg: &[u8]) -> io::Result<()> {
-    let len = u16::try_from(msg.len()).map_err(|_| io::Error::other("message over 65535 bytes"))?;
-    let mut buf = Vec::with_capacity(msg.len() + 2);
-    buf.extend_from_slice(&len.to_be_bytes());
-    buf.extend_from_slice(msg);
-    s.write_all(&buf)
-}
-
 fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
 }
@@ -92,7 +75,7 @@ impl Conn {
         client.set_write_timeout(Some(IO_TIMEOUT))?;
         let stats = &self.shared.stats;
         let mut upstream: Option<TcpStream> = None;
-        while let Some(bytes) = read_message(&mut client)? {
+        while let Some(bytes) = read_frame(&mut client)? {
             let query = parse_message(&bytes).map_err(|e| {
                 GateStats::bump(&stats.dropped_malformed);
                 invalid(&e.to_string())
@@ -110,7 +93,7 @@ impl Conn {
                 // Answered here: the query never leaves the node.
                 GateStats::bump(&stats.queries_refused);
                 let reply = refusal(&query, self.deny_rcode).to_vec().map_err(|e| invalid(&e.to_string()))?;
-                write_message(&mut client, &reply)?;
+                write_frame(&mut client, &reply)?;
                 continue;
             }
             let up = match &mut upstream {
@@ -122,8 +105,8 @@ impl Conn {
                     upstream.insert(u)
                 }
             };
-            write_message(up, &bytes)?;
-            let answer = read_message(up)?.ok_or_else(|| invalid("resolver closed the connection"))?;
+            write_frame(up, &bytes)?;
+            let answer = read_frame(up)?.ok_or_else(|| invalid("resolver closed the connection"))?;
             let mut msg = parse_message(&answer).map_err(|e| {
                 GateStats::bump(&stats.dropped_malformed);
                 invalid(&e.to_string())
@@ -145,11 +128,11 @@ impl Conn {
                 return Err(invalid("answer not learned"));
             };
             if stripped.is_empty() {
-                write_message(&mut client, &answer)?;
+                write_frame(&mut client, &answer)?;
             } else {
                 GateStats::bump(&stats.answers_stripped);
                 let rewritten = msg.to_vec().map_err(|e| invalid(&e.to_string()))?;
-                write_message(&mut client, &rewritten)?;
+                write_frame(&mut client, &rewritten)?;
             }
             GateStats::bump(&stats.released);
         }
