@@ -51,6 +51,27 @@ fn tracing_lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// Starts `portcullis run --config CFG` (tracing to a file) and waits for
+/// its "ready" line.
+fn start_run(bench: &Bench, cfg: &Path) -> (ChildGuard, std::path::PathBuf) {
+    let stderr = fresh_path(bench.workdir(), "run.stderr");
+    let mut c = agent_cmd();
+    c.args(["run", "--config"])
+        .arg(cfg)
+        .env("PORTCULLIS_LOG_LEVEL", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap());
+    let mut agent = ChildGuard::spawn(c).unwrap();
+    wait_for("portcullis run to log \"ready\"", Duration::from_secs(10), || {
+        if let Some(st) = agent.try_wait().unwrap() {
+            panic!("run exited early ({st}): {}", std::fs::read_to_string(&stderr).unwrap());
+        }
+        tracing_lines(&stderr).iter().any(|l| l["fields"]["message"] == "ready").then_some(())
+    });
+    (agent, stderr)
+}
+
 #[test]
 fn run_mode_enforces_a_configured_cgroup_until_sigterm() {
     if !require_root() {
@@ -62,31 +83,7 @@ fn run_mode_enforces_a_configured_cgroup_until_sigterm() {
     std::fs::create_dir(&child_cg).unwrap();
     let log = fresh_path(bench.workdir(), "blocked.jsonl");
     let cfg = common::write_file(bench.workdir(), "node.yaml", &config(&log, &cg.path));
-    let stderr = fresh_path(bench.workdir(), "run.stderr");
-    let mut c = agent_cmd();
-    c.args(["run", "--config"])
-        .arg(&cfg)
-        .env("PORTCULLIS_LOG_LEVEL", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap());
-    let mut agent = ChildGuard::spawn(c).unwrap();
-    wait_for(
-        "portcullis run to log \"ready\"",
-        Duration::from_secs(10),
-        || {
-            if let Some(st) = agent.try_wait().unwrap() {
-                panic!(
-                    "run exited early ({st}): {}",
-                    std::fs::read_to_string(&stderr).unwrap()
-                );
-            }
-            tracing_lines(&stderr)
-                .iter()
-                .any(|l| l["fields"]["message"] == "ready")
-                .then_some(())
-        },
-    );
+    let (mut agent, stderr) = start_run(&bench, &cfg);
     let att = attached(&cg.path);
     att.expect_all_hooks();
 
@@ -244,21 +241,7 @@ fn run_mode_serves_per_endpoint_dns_counters_as_prometheus_metrics() {
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let text = config(&log, &cg.path).replacen("endpoints:", &format!("metricsAddr: {addr}\nendpoints:"), 1);
     let cfg = common::write_file(bench.workdir(), "node.yaml", &text);
-    let stderr = fresh_path(bench.workdir(), "run.stderr");
-    let mut c = agent_cmd();
-    c.args(["run", "--config"])
-        .arg(&cfg)
-        .env("PORTCULLIS_LOG_LEVEL", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap());
-    let mut agent = ChildGuard::spawn(c).unwrap();
-    wait_for("portcullis run to log \"ready\"", Duration::from_secs(10), || {
-        if let Some(st) = agent.try_wait().unwrap() {
-            panic!("run exited early ({st}): {}", std::fs::read_to_string(&stderr).unwrap());
-        }
-        tracing_lines(&stderr).iter().any(|l| l["fields"]["message"] == "ready").then_some(())
-    });
+    let (mut agent, _stderr) = start_run(&bench, &cfg);
     let ep = r#"endpoint="run-ep",namespace="team-a",pod="pod-a""#;
     let before = scrape(addr);
     assert_eq!(series(&before, &format!("portcullis_dns_queries_refused_total{{{ep}}}")), Some(0.0), "{before}");
