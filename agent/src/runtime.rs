@@ -355,6 +355,11 @@ impl Agent {
     /// state and the pending queries go to the snapshot for the next agent,
     /// unless a next agent already took them over.
     pub fn shutdown(mut self) {
+        if lock(&self.core.running).is_some() {
+            // Still the consuming agent: DNS goes back to the hold path
+            // first (answered by the next agent), then the gates drain.
+            self.dns_gates.unpublish();
+        }
         self.dns_gates.shutdown();
         if let Some((stop, t)) = self.listener.take() {
             stop.store(true, Ordering::Relaxed);

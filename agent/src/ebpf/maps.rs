@@ -169,6 +169,15 @@ impl PolicyMaps {
         self.gates.insert(key, value, 0)
     }
 
+    /// Removes a gate entry if it still is `value` (not a newer agent's).
+    pub fn remove_gate_if(&mut self, key: &GateKey, value: &GateValue) -> Result<(), MapError> {
+        match self.gates.get(key, 0) {
+            Ok(v) if v == *value => ignore_missing(self.gates.remove(key)),
+            Ok(_) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn insert_gate_port(&mut self, key: GatePortKey, value: GatePortValue) -> Result<(), MapError> {
         self.gate_ports.insert(key, value, 0)
     }

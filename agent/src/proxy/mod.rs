@@ -252,6 +252,19 @@ impl DnsGates {
         }
     }
 
+    /// Stops sending new DNS to this agent's gates (their `GATES` entries
+    /// go, unless a newer agent replaced them): new UDP queries take the
+    /// hold path, whose answers wait in the pinned ring for the next agent.
+    pub fn unpublish(&self) {
+        let open = lock(&self.open);
+        let mut st = lock(&self.shared.state);
+        for (k, v) in open.iter() {
+            if let Err(e) = st.maps.remove_gate_if(k, v) {
+                debug!(error = %e, "removing a gate entry failed");
+            }
+        }
+    }
+
     /// Stops the gates, after the UDP queries they forwarded are answered
     /// (at most a few seconds): a takeover loses no lookup in flight.
     pub fn shutdown(&self) {
