@@ -142,20 +142,7 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
 /// noted for the log (the gate sees only the client's port).
 #[inline(always)]
 fn to_gate(ctx: &SkBuffContext, cookie: u64, f: &Flow) -> bool {
-    if f.proto != proto::UDP && f.proto != proto::TCP {
-        return false;
-    }
-    let d = &f.dst;
-    let v4_lo = d[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] && d[12] == 127;
-    let v6_lo = d[..15] == [0; 15] && d[15] == 1;
-    if !v4_lo && !v6_lo {
-        return false;
-    }
-    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let key = GatePortKey { netns_cookie: netns, port: f.dport, proto: f.proto, _pad: [0; 5] };
-    if GATE_PORTS.get_ptr(&key).is_none() {
-        return false;
-    }
+    let Some(netns) = gate_port(ctx, f, &f.dst, f.dport) else { return false };
     if f.proto == proto::UDP {
         if let Some(owner) = unsafe { DNS_SOCKS.get(&cookie) } {
             let client = GatePortKey { netns_cookie: netns, port: f.sport, proto: proto::UDP, _pad: [0; 5] };
@@ -163,6 +150,23 @@ fn to_gate(ctx: &SkBuffContext, cookie: u64, f: &Flow) -> bool {
         }
     }
     true
+}
+
+/// Whether (`ip`, `port`) is one of the agent's gates in this namespace
+/// (loopback, a port in `GATE_PORTS`); returns the namespace cookie.
+#[inline(always)]
+fn gate_port(ctx: &SkBuffContext, f: &Flow, ip: &[u8; 16], port: [u8; 2]) -> Option<u64> {
+    if f.proto != proto::UDP && f.proto != proto::TCP {
+        return None;
+    }
+    let v4_lo = ip[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] && ip[12] == 127;
+    let v6_lo = ip[..15] == [0; 15] && ip[15] == 1;
+    if !v4_lo && !v6_lo {
+        return None;
+    }
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let key = GatePortKey { netns_cookie: netns, port, proto: f.proto, _pad: [0; 5] };
+    GATE_PORTS.get_ptr(&key).map(|_| netns)
 }
 
 /// A reply to a peer that contacted the endpoint (checked only for packets
@@ -242,6 +246,12 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
         count(hook, Reason::AllowedIngress);
         return PASS;
     };
+    // An answer from a gate: the agent already learned from it. (Not an
+    // inbound peer: each answer goes to a fresh client port.)
+    if gate_port(ctx, &f, &f.src, f.sport).is_some() {
+        count(hook, Reason::AllowedIngress);
+        return PASS;
+    }
     // Is this an answer from one of the endpoint's trusted resolvers?
     let from = Dest { proto: proto::UDP, port: f.sport, ip: f.src };
     if opens_tcp || !is_trusted_resolver(ep.endpoint, &from) {

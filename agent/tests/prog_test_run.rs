@@ -248,3 +248,27 @@ fn dns_answer_without_owner_is_held_back() {
     assert_eq!(run(ingress, &other, 0), ALLOW);
     let _ = (Ipv4Addr::LOCALHOST, Ipv6Addr::LOCALHOST);
 }
+
+#[test]
+fn traffic_to_a_dns_gate_port_passes_as_dns() {
+    let Some(mut h) = harness(false) else { return };
+    let netns = portcullis::ebpf::loader::current_netns_cookie().expect("netns cookie");
+    let before = h.counter(Hook::SkbEgress, Reason::AllowedDns);
+    // No gate on that port: plain loopback traffic (not the host netns here).
+    assert_eq!(h.egress("127.0.0.1", L4::Udp(5353)), ALLOW);
+    assert_eq!(h.counter(Hook::SkbEgress, Reason::AllowedDns), before);
+    let gate = agent_common::GatePortKey { netns_cookie: netns, port: 5353u16.to_be_bytes(), proto: 17, _pad: [0; 5] };
+    let resolver = agent_common::GatePortValue {
+        ip: Ipv4Addr::new(198, 51, 100, 53).to_ipv6_mapped().octets(),
+        port: 53u16.to_be_bytes(),
+        _pad: [0; 2],
+        endpoint: h.ep,
+    };
+    h.state.maps.insert_gate_port(gate, resolver).expect("gate port");
+    assert_eq!(h.egress("127.0.0.1", L4::Udp(5353)), ALLOW);
+    assert_eq!(h.counter(Hook::SkbEgress, Reason::AllowedDns), before + 1, "counted as DNS to the gate");
+    // Another port, or TCP to that UDP port: not the gate.
+    assert_eq!(h.egress("127.0.0.1", L4::Udp(5354)), ALLOW);
+    assert_eq!(h.egress("127.0.0.1", L4::Tcp(5353)), ALLOW);
+    assert_eq!(h.counter(Hook::SkbEgress, Reason::AllowedDns), before + 1);
+}
