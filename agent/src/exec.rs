@@ -53,7 +53,7 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
         unmanaged_allow: false,
         events_per_sec: 50,
         events_burst: 200,
-        gate: GateOptions { deny_rcode: args.dns_deny_rcode },
+        gate: GateOptions { deny_rcode: args.dns_deny_rcode, dns_gates: true },
         pins: None,
         state_dir: None,
         metrics_addr: None,

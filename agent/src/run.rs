@@ -37,6 +37,10 @@ pub struct NodeConfig {
     pub min_ttl_seconds: u64,
     #[serde(default = "default_max_ttl")]
     pub max_ttl_seconds: u64,
+    /// Open DNS gates in the endpoints' network namespaces (default true;
+    /// see docs/ARCHITECTURE.md "The DNS gate").
+    #[serde(default = "default_true")]
+    pub dns_gates: bool,
     /// `nxdomain` (default) or `refused` for queries of names not allowed.
     #[serde(default)]
     pub dns_deny_rcode: Option<String>,
@@ -49,6 +53,9 @@ pub struct NodeConfig {
     pub endpoints: Vec<EndpointConfig>,
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_min_ttl() -> u64 {
     30
 }
@@ -150,7 +157,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         unmanaged_allow: true,
         events_per_sec: 50,
         events_burst: 200,
-        gate: GateOptions { deny_rcode },
+        gate: GateOptions { deny_rcode, dns_gates: cfg.dns_gates },
         pins,
         state_dir: args.pin_path.as_ref().map(|_| args.state_dir.clone()),
         metrics_addr: args.metrics_addr.or(cfg.metrics_addr),

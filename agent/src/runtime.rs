@@ -189,7 +189,7 @@ impl Agent {
         let log = events::log_sink(opts.log);
         let gate = Gate::new(state.clone(), mark, log.clone(), opts.gate);
         let gate_stats = gate.stats.clone();
-        let dns_gates = Arc::new(DnsGates::new(gate.shared(), opts.gate.deny_rcode));
+        let dns_gates = Arc::new(DnsGates::new(gate.shared(), opts.gate.deny_rcode, opts.gate.dns_gates));
         let gate = gate.with_dns_gates(dns_gates.clone());
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

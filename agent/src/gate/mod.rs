@@ -92,11 +92,15 @@ impl GateStats {
 #[derive(Clone, Copy, Debug)]
 pub struct GateOptions {
     pub deny_rcode: ResponseCode,
+    /// Open DNS gates in workload namespaces (`proxy`). Off: UDP DNS takes
+    /// the hold path only (refused queries reach the resolver, their answers
+    /// are replaced) and DNS over TCP is refused.
+    pub dns_gates: bool,
 }
 
 impl Default for GateOptions {
     fn default() -> Self {
-        Self { deny_rcode: ResponseCode::NXDomain }
+        Self { deny_rcode: ResponseCode::NXDomain, dns_gates: true }
     }
 }
 

@@ -70,6 +70,7 @@ pub enum GateError {
 pub struct DnsGates {
     shared: Shared,
     deny_rcode: ResponseCode,
+    enabled: bool,
     /// (netns cookie, endpoint, resolver) -> gate.
     open: Mutex<HashMap<GateKey, GateValue>>,
     /// Namespace inode -> cookie, for namespaces already entered.
@@ -127,10 +128,12 @@ fn port_of(local: io::Result<SocketAddr>) -> u16 {
 }
 
 impl DnsGates {
-    pub fn new(shared: Shared, deny_rcode: ResponseCode) -> Self {
+    /// `enabled` false: `ensure` opens nothing (see `GateOptions::dns_gates`).
+    pub fn new(shared: Shared, deny_rcode: ResponseCode, enabled: bool) -> Self {
         Self {
             shared,
             deny_rcode,
+            enabled,
             open: Mutex::default(),
             cookies: Mutex::default(),
             in_flight: Mutex::default(),
@@ -143,6 +146,9 @@ impl DnsGates {
     /// the network namespace of process `tgid` (whose cookie, if known, is
     /// `netns_cookie`: then a known gate costs only a lookup).
     pub fn ensure(&self, tgid: u32, netns_cookie: Option<u64>, endpoint: u32) -> Result<(), GateError> {
+        if !self.enabled {
+            return Ok(());
+        }
         let (resolvers, cgroup_id) = {
             let st = lock(&self.shared.state);
             let Some(ep) = st.endpoint(endpoint) else { return Ok(()) };
