@@ -11,18 +11,25 @@ use crate::maps::{ENDPOINTS, EP_CACHE};
 
 /// Resolves `cgid`; `ancestor(level)` returns the id of the ancestor at
 /// `level` (0 = root) or 0 when `level` is deeper than the cgroup itself.
+/// `cfg` is asked only past a direct hit (every cold map access costs
+/// ~100 ns per connect); without a config there is no endpoint.
 #[inline(always)]
-pub fn resolve(cfg: &Config, cgid: u64, ancestor: impl Fn(i32) -> u64) -> Option<EndpointInfo> {
+pub fn resolve<'a>(
+    cgid: u64,
+    ancestor: impl Fn(i32) -> u64,
+    cfg: impl FnOnce() -> Option<&'a Config>,
+) -> Option<EndpointInfo> {
     // SAFETY: values are plain data copied out before use.
     if let Some(info) = unsafe { ENDPOINTS.get(&cgid) } {
         return Some(*info);
     }
+    let generation = cfg()?.generation;
     if let Some(cached) = unsafe { EP_CACHE.get(&cgid) } {
-        if cached.generation == cfg.generation {
+        if cached.generation == generation {
             return (cached.endpoint != 0).then_some(*cached);
         }
     }
-    let mut found = EndpointInfo { endpoint: 0, flags: 0, generation: cfg.generation };
+    let mut found = EndpointInfo { endpoint: 0, flags: 0, generation };
     let mut level = MAX_CGROUP_DEPTH as i32 - 1;
     while level >= 0 {
         let id = ancestor(level);

@@ -86,7 +86,7 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     };
     let skb = ctx.skb.skb;
     let cgid = unsafe { bpf_skb_cgroup_id(skb) };
-    let Some(ep) = endpoint::resolve(cfg, cgid, |l| unsafe { bpf_skb_ancestor_cgroup_id(skb, l) })
+    let Some(ep) = endpoint::resolve(cgid, |l| unsafe { bpf_skb_ancestor_cgroup_id(skb, l) }, || Some(cfg))
     else {
         return if cfg.unmanaged_allow != 0 {
             count(hook, Reason::AllowedUnmanaged);
@@ -241,7 +241,7 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
     }
     let skb = ctx.skb.skb;
     let cgid = unsafe { bpf_skb_cgroup_id(skb) };
-    let Some(ep) = endpoint::resolve(cfg, cgid, |l| unsafe { bpf_skb_ancestor_cgroup_id(skb, l) })
+    let Some(ep) = endpoint::resolve(cgid, |l| unsafe { bpf_skb_ancestor_cgroup_id(skb, l) }, || Some(cfg))
     else {
         count(hook, Reason::AllowedIngress);
         return PASS;

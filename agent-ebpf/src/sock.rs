@@ -22,7 +22,7 @@ use aya_ebpf::{
 use crate::{
     endpoint,
     events::{count, report},
-    maps::{CONFIG, DNS_SOCKS, ENDPOINTS, GATES, GATE_PORTS, SK_FLOWS, SOCK_OWNERS},
+    maps::{CONFIG, DNS_SOCKS, GATES, GATE_PORTS, SK_FLOWS, SOCK_OWNERS},
     verdict::{decide, Dest},
 };
 
@@ -32,30 +32,24 @@ const DENY: i32 = 0;
 #[inline(always)]
 pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
     let cgid = unsafe { bpf_get_current_cgroup_id() };
-    // Fast path: the socket's own cgroup is the endpoint (`exec`, or a pod
-    // cgroup registered as such). The config is then read only when a
-    // verdict needs it: every cold map access costs ~100 ns per connect.
-    // SAFETY: plain data copied out at once.
-    let direct = unsafe { ENDPOINTS.get(&cgid) }.copied();
-    let ep = match direct {
-        Some(ep) => ep,
-        None => {
-            let Some(cfg) = CONFIG.get(0) else {
+    // The config is read only when a verdict needs it: a socket whose own
+    // cgroup is the endpoint (`exec`, a registered pod cgroup) needs none.
+    let ancestor = |l| unsafe { bpf_get_current_ancestor_cgroup_id(l) };
+    let Some(ep) = endpoint::resolve(cgid, ancestor, || CONFIG.get(0)) else {
+        return match CONFIG.get(0) {
+            None => {
                 count(hook, Reason::DeniedInternal);
-                return DENY;
-            };
-            match endpoint::resolve(cfg, cgid, |l| unsafe { bpf_get_current_ancestor_cgroup_id(l) }) {
-                Some(ep) => ep,
-                None if cfg.unmanaged_allow != 0 => {
-                    count(hook, Reason::AllowedUnmanaged);
-                    return ALLOW;
-                }
-                None => {
-                    count(hook, Reason::DeniedDefault);
-                    return DENY;
-                }
+                DENY
             }
-        }
+            Some(cfg) if cfg.unmanaged_allow != 0 => {
+                count(hook, Reason::AllowedUnmanaged);
+                ALLOW
+            }
+            Some(_) => {
+                count(hook, Reason::DeniedDefault);
+                DENY
+            }
+        };
     };
     // SAFETY: the kernel hands us a valid bpf_sock_addr for the whole run.
     let sa = unsafe { &*ctx.sock_addr };
