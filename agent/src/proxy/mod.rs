@@ -105,6 +105,16 @@ fn loopback_for(resolver: SocketAddr) -> SocketAddr {
     }
 }
 
+/// What a gate needs to serve its clients (UDP and TCP).
+#[derive(Clone)]
+struct GateCtx {
+    shared: Shared,
+    endpoint: u32,
+    cgroup_id: u64,
+    resolver: SocketAddr,
+    deny_rcode: ResponseCode,
+}
+
 /// A gate's sockets, made inside the workload's namespace.
 struct Sockets {
     tcp: TcpListener,
@@ -154,18 +164,25 @@ impl DnsGates {
             let Some(ep) = st.endpoint(endpoint) else { return Ok(()) };
             (ep.policy.dns_servers.clone(), ep.cgroup_id)
         };
+        let known = |cookie: u64| {
+            let open = lock(&self.open);
+            resolvers.iter().all(|r| open.contains_key(&key(cookie, endpoint, *r)))
+        };
+        // The common case (a query from a namespace with gates) stops here,
+        // before any file is opened.
+        if netns_cookie.is_some_and(known) {
+            return Ok(());
+        }
         let ns = File::open(format!("/proc/{tgid}/ns/net")).map_err(|source| GateError::OpenNetns { tgid, source })?;
         let ino = ns.metadata().map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap_or(0);
-        if let Some(cookie) = netns_cookie.or_else(|| lock(&self.cookies).get(&ino).copied()) {
-            let open = lock(&self.open);
-            if resolvers.iter().all(|r| open.contains_key(&key(cookie, endpoint, *r))) {
-                return Ok(());
-            }
+        let seen = lock(&self.cookies).get(&ino).copied();
+        if netns_cookie.is_none() && seen.is_some_and(known) {
+            return Ok(());
         }
         for resolver in resolvers {
             let (tx, rx) = mpsc::channel();
             let ns = ns.try_clone().map_err(|source| GateError::OpenNetns { tgid, source })?;
-            let conn = tcp::Conn { shared: self.shared.clone(), endpoint, cgroup_id, resolver, deny_rcode: self.deny_rcode };
+            let conn = GateCtx { shared: self.shared.clone(), endpoint, cgroup_id, resolver, deny_rcode: self.deny_rcode };
             let table = udp::Table::default();
             // Ends with the agent, or at once if this gate is not needed.
             let mine = Arc::new(AtomicBool::new(false));

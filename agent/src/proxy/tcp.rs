@@ -3,7 +3,7 @@
 
 use std::{
     io,
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{TcpListener, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -12,35 +12,26 @@ use std::{
     time::Duration,
 };
 
-use hickory_proto::op::ResponseCode;
 use tracing::{debug, warn};
 
+use super::GateCtx;
 use crate::{
     dns::{
+        DnsError,
         learnable, parse_message, parse_query, refusal,
         stream::{read_frame, write_frame},
         transaction_id,
     },
     gate::{
         GateStats, MAX_CNAME_CHAIN,
-        judge::{Shared, judge_query, note_shape, vet_answer},
+        judge::{judge_query, note_shape, vet_answer},
     },
 };
 
 /// How long a client or the resolver may stay silent mid-message.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What one gate connection needs.
-#[derive(Clone)]
-pub(super) struct Conn {
-    pub(super) shared: Shared,
-    pub(super) endpoint: u32,
-    pub(super) cgroup_id: u64,
-    pub(super) resolver: SocketAddr,
-    pub(super) deny_rcode: ResponseCode,
-}
-
-pub(super) fn accept_loop(listener: TcpListener, conn: Conn, stop: (Arc<AtomicBool>, Arc<AtomicBool>)) {
+pub(super) fn accept_loop(listener: TcpListener, conn: GateCtx, stop: (Arc<AtomicBool>, Arc<AtomicBool>)) {
     if listener.set_nonblocking(true).is_err() {
         return;
     }
@@ -69,21 +60,20 @@ fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
 }
 
-impl Conn {
+impl GateCtx {
     fn serve(&self, mut client: TcpStream) -> io::Result<()> {
         client.set_read_timeout(Some(IO_TIMEOUT))?;
         client.set_write_timeout(Some(IO_TIMEOUT))?;
         let stats = &self.shared.stats;
+        // Bytes we cannot vouch for end the connection, counted.
+        let malformed = |e: DnsError| {
+            GateStats::bump(&stats.dropped_malformed);
+            invalid(&e.to_string())
+        };
         let mut upstream: Option<TcpStream> = None;
         while let Some(bytes) = read_frame(&mut client)? {
-            let query = parse_message(&bytes).map_err(|e| {
-                GateStats::bump(&stats.dropped_malformed);
-                invalid(&e.to_string())
-            })?;
-            let (qname, qtype) = parse_query(&query).map_err(|e| {
-                GateStats::bump(&stats.dropped_malformed);
-                invalid(&e.to_string())
-            })?;
+            let query = parse_message(&bytes).map_err(&malformed)?;
+            let (qname, qtype) = parse_query(&query).map_err(&malformed)?;
             note_shape(&self.shared, self.endpoint, &qname);
             let Some(allowed) = judge_query(&self.shared, self.endpoint, &qname, self.resolver, 0, self.cgroup_id) else {
                 GateStats::bump(&stats.dropped_unknown_endpoint);
@@ -107,10 +97,7 @@ impl Conn {
             };
             write_frame(up, &bytes)?;
             let answer = read_frame(up)?.ok_or_else(|| invalid("resolver closed the connection"))?;
-            let mut msg = parse_message(&answer).map_err(|e| {
-                GateStats::bump(&stats.dropped_malformed);
-                invalid(&e.to_string())
-            })?;
+            let mut msg = parse_message(&answer).map_err(&malformed)?;
             // Our own connection to the resolver, but still: the answer
             // must be to this query.
             if transaction_id(&msg) != transaction_id(&query)
@@ -119,10 +106,7 @@ impl Conn {
                 GateStats::bump(&stats.answers_unsolicited);
                 return Err(invalid("answer does not match the query"));
             }
-            let learned = learnable(&msg, MAX_CNAME_CHAIN).map_err(|e| {
-                GateStats::bump(&stats.dropped_malformed);
-                invalid(&e.to_string())
-            })?;
+            let learned = learnable(&msg, MAX_CNAME_CHAIN).map_err(&malformed)?;
             let Some(stripped) = vet_answer(&self.shared, self.endpoint, 0, self.cgroup_id, &qname, learned.as_ref(), &mut msg)
             else {
                 return Err(invalid("answer not learned"));

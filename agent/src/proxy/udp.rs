@@ -20,7 +20,7 @@ use std::{
 
 use tracing::debug;
 
-use super::tcp::Conn;
+use super::GateCtx;
 use crate::{
     dns::{learnable, parse_message, parse_query, question, refusal},
     gate::{
@@ -64,7 +64,7 @@ fn stopped(stop: &Stop) -> bool {
 }
 
 /// Starts the two loops of one gate.
-pub(super) fn spawn(gate: UdpSocket, upstream: UdpSocket, conn: Conn, netns_cookie: u64, table: Table, stop: Stop) {
+pub(super) fn spawn(gate: UdpSocket, upstream: UdpSocket, conn: GateCtx, netns_cookie: u64, table: Table, stop: Stop) {
     let (Ok(gate2), Ok(())) = (gate.try_clone(), gate.set_read_timeout(Some(POLL))) else { return };
     if upstream.set_read_timeout(Some(POLL)).is_err() {
         return;
@@ -84,7 +84,7 @@ fn timed_out(e: &io::Error) -> bool {
 }
 
 /// Workload -> gate: judge, answer refusals here, forward the rest.
-fn queries(gate: &UdpSocket, upstream: &UdpSocket, c: &Conn, netns_cookie: u64, table: &Table, stop: &Stop) {
+fn queries(gate: &UdpSocket, upstream: &UdpSocket, c: &GateCtx, netns_cookie: u64, table: &Table, stop: &Stop) {
     let stats = &c.shared.stats;
     let ids = RandomState::new();
     let mut n: u64 = 0;
@@ -149,7 +149,7 @@ fn queries(gate: &UdpSocket, upstream: &UdpSocket, c: &Conn, netns_cookie: u64, 
 }
 
 /// Resolver -> gate: match, learn, strip, send on to the workload.
-fn answers(upstream: &UdpSocket, gate: &UdpSocket, c: &Conn, table: &Table, stop: &Stop) {
+fn answers(upstream: &UdpSocket, gate: &UdpSocket, c: &GateCtx, table: &Table, stop: &Stop) {
     let stats = &c.shared.stats;
     let mut buf = vec![0u8; 65535];
     while !stopped(stop) {
