@@ -188,8 +188,8 @@ impl Agent {
         let state = Arc::new(Mutex::new(st));
         let log = events::log_sink(opts.log);
         let gate = Gate::new(state.clone(), mark, log.clone(), opts.gate);
-        let gate_stats = gate.stats.clone();
-        let dns_gates = Arc::new(DnsGates::new(gate.shared(), opts.gate.deny_rcode, opts.gate.dns_gates));
+        let gate_stats = gate.shared().stats.clone();
+        let dns_gates = Arc::new(DnsGates::new(gate.shared().clone(), opts.gate.deny_rcode, opts.gate.dns_gates));
         let gate = gate.with_dns_gates(dns_gates.clone());
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

@@ -17,7 +17,7 @@ impl Gate {
             Ok(u) => u,
             Err(e) => {
                 debug!(error = %e, "dropping held packet");
-                GateStats::bump(&self.stats.dropped_malformed);
+                GateStats::bump(&self.shared.stats.dropped_malformed);
                 return false;
             }
         };
@@ -26,13 +26,13 @@ impl Gate {
             Ok(v) => v,
             Err(e) => {
                 debug!(error = %e, endpoint = held.endpoint, "dropping unparseable DNS answer");
-                GateStats::bump(&self.stats.dropped_malformed);
+                GateStats::bump(&self.shared.stats.dropped_malformed);
                 return false;
             }
         };
         // Only an answer to a query this endpoint sent through the gate.
         let Some((qname, qtype)) = question(&msg) else {
-            GateStats::bump(&self.stats.dropped_malformed);
+            GateStats::bump(&self.shared.stats.dropped_malformed);
             return false;
         };
         let key = QueryKey { endpoint: held.endpoint, client: udp.dst, resolver: udp.src, txid: transaction_id(&msg) };
@@ -43,23 +43,23 @@ impl Gate {
                 // said, the workload gets NXDOMAIN (or REFUSED) and nothing
                 // is learned. Search-list expansions fail this way too, and
                 // the stub resolver moves on to the next candidate.
-                GateStats::bump(&self.stats.queries_refused);
+                GateStats::bump(&self.shared.stats.queries_refused);
                 let reply = refusal(&msg, self.opts.deny_rcode);
                 return match reply.to_vec().ok().and_then(|b| build_udp(udp.src, udp.dst, &b, 64).ok()) {
                     Some(packet) => self.send(held, udp.dst.ip(), &packet),
                     None => {
-                        GateStats::bump(&self.stats.dropped_malformed);
+                        GateStats::bump(&self.shared.stats.dropped_malformed);
                         false
                     }
                 };
             }
             None => {
                 debug!(endpoint = held.endpoint, name = %qname, from = %udp.src, "dropping unsolicited DNS answer");
-                GateStats::bump(&self.stats.answers_unsolicited);
+                GateStats::bump(&self.shared.stats.answers_unsolicited);
                 return false;
             }
         }
-        let Some(stripped) = vet_answer(&self.shared(), held.endpoint, held.tgid, held.cgroup_id, &qname, learned.as_ref(), &mut msg)
+        let Some(stripped) = vet_answer(self.shared(), held.endpoint, held.tgid, held.cgroup_id, &qname, learned.as_ref(), &mut msg)
         else {
             return false;
         };
@@ -68,12 +68,12 @@ impl Gate {
         let payload = if stripped.is_empty() {
             udp.payload
         } else {
-            GateStats::bump(&self.stats.answers_stripped);
+            GateStats::bump(&self.shared.stats.answers_stripped);
             rewritten = match msg.to_vec() {
                 Ok(v) => v,
                 Err(e) => {
                     debug!(error = %e, "cannot re-encode stripped answer");
-                    GateStats::bump(&self.stats.dropped_malformed);
+                    GateStats::bump(&self.shared.stats.dropped_malformed);
                     return false;
                 }
             };
@@ -84,7 +84,7 @@ impl Gate {
             Ok(p) => p,
             Err(e) => {
                 debug!(error = %e, "cannot rebuild answer");
-                GateStats::bump(&self.stats.dropped_malformed);
+                GateStats::bump(&self.shared.stats.dropped_malformed);
                 return false;
             }
         };
@@ -97,7 +97,7 @@ impl Gate {
             Ok(()) => true,
             Err(e) => {
                 warn!(error = %e, "injecting DNS packet failed; dropped");
-                GateStats::bump(&self.stats.dropped_inject_failed);
+                GateStats::bump(&self.shared.stats.dropped_inject_failed);
                 false
             }
         }

@@ -114,15 +114,15 @@ pub fn parse_deny_rcode(s: &str) -> Result<ResponseCode, String> {
 }
 
 pub struct Gate {
-    state: Arc<Mutex<State>>,
     injector: Injector,
     pending: PendingQueries,
-    log: LogSink,
+    /// State, stats and the blocked log, as the DNS gates share them.
+    shared: judge::Shared,
     opts: GateOptions,
     /// Per endpoint: start of the current one-second window, queries in it.
     rate: HashMap<u32, (Instant, u32)>,
-    pub stats: Arc<GateStats>,
-    /// DNS over TCP; a gate is opened for every namespace queries come from.
+    /// DNS gates in workload namespaces; opened for every namespace a
+    /// hold-path query comes from.
     dns_gates: Option<Arc<DnsGates>>,
 }
 
@@ -143,13 +143,11 @@ pub fn decode(record: &[u8]) -> Option<(DnsHeldPacket, &[u8])> {
 impl Gate {
     pub fn new(state: Arc<Mutex<State>>, inject_mark: u32, log: LogSink, opts: GateOptions) -> Self {
         Self {
-            state,
+            shared: judge::Shared { state, stats: Arc::default(), log },
             injector: Injector::new(inject_mark),
             pending: PendingQueries::default(),
-            log,
             opts,
             rate: HashMap::new(),
-            stats: Arc::default(),
             dns_gates: None,
         }
     }
@@ -161,22 +159,22 @@ impl Gate {
         self
     }
 
-    /// What the shared decisions (`judge`) need.
-    pub fn shared(&self) -> judge::Shared {
-        judge::Shared { state: self.state.clone(), stats: self.stats.clone(), log: self.log.clone() }
+    /// What the shared decisions (`judge`) need; `stats` are the gate's.
+    pub fn shared(&self) -> &judge::Shared {
+        &self.shared
     }
 
     /// Handles one held packet; returns whether something was sent on
     /// (the query forwarded or answered, the answer delivered).
     pub fn handle(&mut self, record: &[u8]) -> bool {
-        GateStats::bump(&self.stats.held);
+        GateStats::bump(&self.shared.stats.held);
         let Some((held, data)) = decode(record) else {
-            GateStats::bump(&self.stats.dropped_malformed);
+            GateStats::bump(&self.shared.stats.dropped_malformed);
             return false;
         };
         let sent = if held.kind == DNS_KIND_QUERY { self.handle_query(&held, data) } else { self.handle_answer(&held, data) };
         if sent {
-            GateStats::bump(&self.stats.released);
+            GateStats::bump(&self.shared.stats.released);
         }
         sent
     }

@@ -32,7 +32,7 @@ impl Gate {
             Err(e) => {
                 // Not something we can vouch for: it does not leave.
                 debug!(error = %e, endpoint = held.endpoint, "dropping unparseable DNS query");
-                GateStats::bump(&self.stats.dropped_malformed);
+                GateStats::bump(&self.shared.stats.dropped_malformed);
                 return false;
             }
         };
@@ -43,8 +43,8 @@ impl Gate {
                 debug!(error = %e, endpoint = held.endpoint, "cannot open a TCP DNS gate");
             }
         }
-        let Some(allowed) = judge_query(&self.shared(), held.endpoint, &qname, udp.dst, held.tgid, held.cgroup_id) else {
-            GateStats::bump(&self.stats.dropped_unknown_endpoint);
+        let Some(allowed) = judge_query(self.shared(), held.endpoint, &qname, udp.dst, held.tgid, held.cgroup_id) else {
+            GateStats::bump(&self.shared.stats.dropped_unknown_endpoint);
             return false;
         };
         let key = QueryKey { endpoint: held.endpoint, client: udp.src, resolver: udp.dst, txid: transaction_id(&msg) };
@@ -61,8 +61,8 @@ impl Gate {
         }
         w.1 += 1;
         if w.1 > QUERY_RATE_LIMIT {
-            self.stats.with_endpoint(endpoint, |s| s.high_rate += 1);
+            self.shared.stats.with_endpoint(endpoint, |s| s.high_rate += 1);
         }
-        note_shape(&self.shared(), endpoint, qname);
+        note_shape(self.shared(), endpoint, qname);
     }
 }
