@@ -29,11 +29,17 @@ use std::{
     net::{IpAddr, SocketAddr},
     os::unix::net::{UnixListener, UnixStream},
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::{self, JoinHandle},
     time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use tracing::{info, warn};
 
 pub const SOCKET: &str = "agent.sock";
 pub const SNAPSHOT: &str = "state.json";
@@ -102,6 +108,53 @@ pub fn request(dir: &Path) -> Result<Option<Handover>, HandoverError> {
     let mut text = Vec::new();
     stream.take(MAX_MESSAGE).read_to_end(&mut text).map_err(io_err(&path))?;
     serde_json::from_slice(&text).map(Some).map_err(|source| HandoverError::Format { path, source })
+}
+
+/// Answers handover requests on `dir/agent.sock` from a thread, until
+/// stopped.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds the socket (replacing a dead agent's stale one) and serves it;
+    /// `hand_over` runs once per takeover request.
+    pub fn start(dir: &Path, hand_over: impl Fn() -> Handover + Send + 'static) -> Result<Self, HandoverError> {
+        let listener = listen(dir)?;
+        let path = dir.join(SOCKET);
+        listener.set_nonblocking(true).map_err(io_err(&path))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::Builder::new()
+            .name("handover".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((s, _)) => {
+                            let _ = s.set_nonblocking(false);
+                            match serve(s, &hand_over) {
+                                Ok(true) => info!("handed over to the next agent; enforcement stays pinned"),
+                                Ok(false) => {}
+                                Err(e) => warn!(error = %e, "handover request failed"),
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(20)),
+                        Err(e) => {
+                            warn!(error = %e, "handover socket failed");
+                            thread::sleep(Duration::from_millis(200));
+                        }
+                    }
+                }
+            })
+            .map_err(io_err(&path))?;
+        Ok(Self { stop, thread })
+    }
+
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
 }
 
 /// Binds `dir/agent.sock` for the next agent (a stale socket file of a dead

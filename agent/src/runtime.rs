@@ -4,7 +4,6 @@
 
 use std::{
     io::Write,
-    os::unix::net::UnixListener,
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
@@ -105,8 +104,8 @@ pub struct Agent {
     pins: Option<Pins>,
     state_dir: Option<PathBuf>,
     metrics_addr: Option<std::net::SocketAddr>,
-    /// The handover listener's thread and a flag that ends it.
-    listener: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    /// Answers the next agent's handover request.
+    listener: Option<handover::Server>,
 }
 
 /// Drops expired learned IPs from the maps (the kernel refuses them at
@@ -284,8 +283,8 @@ impl Agent {
             st.maps.set_config(&cfg)?;
         }
         if let Some(dir) = &self.state_dir {
-            let listener = handover::listen(dir)?;
-            self.listener = Some(serve_handover(listener, self.core.clone())?);
+            let core = self.core.clone();
+            self.listener = Some(handover::Server::start(dir, move || core.hand_over().unwrap_or_default())?);
         }
         Ok(())
     }
@@ -361,9 +360,8 @@ impl Agent {
             self.dns_gates.unpublish();
         }
         self.dns_gates.shutdown();
-        if let Some((stop, t)) = self.listener.take() {
-            stop.store(true, Ordering::Relaxed);
-            let _ = t.join();
+        if let Some(server) = self.listener.take() {
+            server.stop();
         }
         let h = self.core.hand_over();
         if let (Some(h), Some(dir)) = (h, &self.state_dir) {
@@ -373,33 +371,6 @@ impl Agent {
         }
         drop(self.datapath);
     }
-}
-
-/// Answers handover requests of the next agent until `stop`.
-fn serve_handover(listener: UnixListener, core: Arc<Core>) -> Result<(Arc<AtomicBool>, JoinHandle<()>)> {
-    listener.set_nonblocking(true)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let t = thread::Builder::new().name("handover".into()).spawn(move || {
-        while !flag.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((s, _)) => {
-                    let _ = s.set_nonblocking(false);
-                    match handover::serve(s, || core.hand_over().unwrap_or_default()) {
-                        Ok(true) => info!("handed over to the next agent; enforcement stays pinned"),
-                        Ok(false) => {}
-                        Err(e) => warn!(error = %e, "handover request failed"),
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(20)),
-                Err(e) => {
-                    warn!(error = %e, "handover socket failed");
-                    thread::sleep(Duration::from_millis(200));
-                }
-            }
-        }
-    })?;
-    Ok((stop, t))
 }
 
 /// Locks, recovering from a poisoned lock: a panic elsewhere must not stop
