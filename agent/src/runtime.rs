@@ -240,10 +240,8 @@ impl Agent {
                 p.unlink_cgroup(cg)?;
             }
         }
-        if let Some(h) = &h {
-            let n = st.adopt_learned(&h.learned)?;
-            info!(pairs = n, orphans = st.orphan_count(), "adopted learned names");
-        }
+        let n = st.adopt_learned(h.as_ref().map_or(&[][..], |h| &h.learned))?;
+        info!(pairs = n, orphans = st.orphan_count(), "adopted learned names");
         Ok(h)
     }
 

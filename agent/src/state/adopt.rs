@@ -7,7 +7,7 @@
 //! stale allowance.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     net::{IpAddr, Ipv6Addr},
 };
 
@@ -28,7 +28,8 @@ impl State {
     }
 
     /// Removes the kernel entries of adopted endpoints this agent's config
-    /// no longer names; returns their cgroup ids (their links are unpinned
+    /// no longer names (their learned keys go in `adopt_learned`, with the
+    /// other orphans); returns their cgroup ids (their links are unpinned
     /// by the caller).
     pub fn drop_unclaimed(&mut self) -> Result<Vec<u64>, StateError> {
         let unclaimed: Vec<_> = self.adopted.drain().collect();
@@ -42,9 +43,6 @@ impl State {
                 }
                 for k in self.maps.dns_servers_of(id) {
                     self.maps.remove_dns_server(&k).map_err(map_err("DNS_SERVERS"))?;
-                }
-                for (k, _) in self.maps.learned_entries().into_iter().filter(|(k, _)| k.endpoint == id) {
-                    self.maps.remove_learned(&k).map_err(map_err("LEARNED"))?;
                 }
                 self.maps.purge_flows(id).map_err(map_err("DNS_SOCKS/INBOUND"))?;
             }
@@ -75,13 +73,16 @@ impl State {
     /// Learns a previous agent's pairs again (their expiry unchanged), then
     /// notes learned keys in the kernel that no pair explains as orphans:
     /// they stay until their own expiry (a connection may be about to use
-    /// them), then go. Returns how many pairs were adopted.
+    /// them), then go; keys of endpoints no longer enforced go at once.
+    /// Call with no records when nothing was handed over. Returns how many
+    /// pairs were adopted.
     pub fn adopt_learned(&mut self, records: &[LearnedRecord]) -> Result<usize, StateError> {
         let now = boot_ns();
         let mut adopted = 0;
         let mut first = Ok(());
+        let ids: HashMap<u64, u32> = self.endpoints.values().map(|e| (e.cgroup_id, e.id)).collect();
         for r in records {
-            let Some(id) = self.endpoints.values().find(|e| e.cgroup_id == r.cgroup_id).map(|e| e.id) else { continue };
+            let Some(&id) = ids.get(&r.cgroup_id) else { continue };
             if r.expires_ns <= now || is_always_denied(r.ip) {
                 continue;
             }
