@@ -89,7 +89,13 @@ fn queries(gate: &UdpSocket, upstream: &UdpSocket, c: &GateCtx, netns_cookie: u6
     let ids = RandomState::new();
     let mut n: u64 = 0;
     let mut buf = vec![0u8; 65535];
+    let mut swept = Instant::now();
     while !stopped(stop) {
+        if swept.elapsed() >= Duration::from_secs(1) {
+            // Queries whose answer never came (the client has retried).
+            swept = Instant::now();
+            lock(&table.0).retain(|_, f| swept.duration_since(f.at) < ANSWER_TIMEOUT);
+        }
         let (len, client) = match gate.recv_from(&mut buf) {
             Ok(v) => v,
             Err(e) if timed_out(&e) => continue,
@@ -123,7 +129,6 @@ fn queries(gate: &UdpSocket, upstream: &UdpSocket, c: &GateCtx, netns_cookie: u6
         let id = {
             let mut t = lock(&table.0);
             let now = Instant::now();
-            t.retain(|_, f| now.duration_since(f.at) < ANSWER_TIMEOUT);
             if t.len() >= MAX_IN_FLIGHT {
                 GateStats::bump(&stats.dropped_inject_failed);
                 continue;
