@@ -65,10 +65,6 @@ impl Pins {
         Ok(Self { root })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     pub fn map(&self, name: &str) -> PathBuf {
         self.root.join("maps").join(name)
     }
@@ -80,19 +76,6 @@ impl Pins {
 
     pub fn link(&self, cgroup_id: u64, program: &str) -> PathBuf {
         self.root.join("links").join(format!("{cgroup_id}-{program}"))
-    }
-
-    /// Cgroup ids that have pinned links.
-    pub fn linked_cgroups(&self) -> Vec<u64> {
-        let mut ids: Vec<u64> = fs::read_dir(self.root.join("links"))
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().to_str()?.split_once('-')?.0.parse().ok())
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids
     }
 
     /// Unpins every link of `cgroup_id`: its programs detach once no
