@@ -7,19 +7,15 @@
 
 mod common;
 
-use common::{own_cgroup_id, privileged};
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    time::Duration,
-};
+use common::{INJECT_MARK, load_endpoint, own_cgroup_id, privileged, test_config};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use agent_common::{Config, Hook, Reason, counter_index, loss};
 use aya::programs::{CgroupSkb, TestRun as _, TestRunOptions};
 use etherparse::PacketBuilder;
 use portcullis::{
     ebpf::Datapath,
-    policy::{Policy, compile},
-    state::{Identity, State, TtlBounds},
+    state::{Caps, State},
 };
 
 const POLICY: &str = r#"
@@ -42,30 +38,14 @@ struct Harness {
     cfg: Config,
 }
 
-const MARK: u32 = 0x8000_1234;
+const MARK: u32 = INJECT_MARK;
 
 fn harness(unmanaged_allow: bool) -> Option<Harness> {
     if !privileged() {
         return None;
     }
-    let cfg = Config {
-        // Not the real cookie: the synthetic skb's socket is in our netns.
-        host_netns_cookie: u64::MAX,
-        inject_mark: MARK,
-        unmanaged_allow: u32::from(unmanaged_allow),
-        events_per_sec: 100,
-        events_burst: 100,
-        agent_ready: 1,
-        ..Config::default()
-    };
-    let mut dp = Datapath::load(cfg, None).expect("load programs");
-    let maps = dp.take_maps().expect("maps");
-    let mut state = State::new(maps, TtlBounds { min: Duration::ZERO, max: Duration::from_secs(3600) });
-    let policy = Policy::from_yaml_str(POLICY, "test").expect("policy");
-    let compiled = compile(&policy, || Ok::<_, std::io::Error>(vec![])).expect("compile");
-    let ep = state
-        .add_endpoint(Identity { name: "t".into(), ..Default::default() }, own_cgroup_id(), compiled, false)
-        .expect("endpoint");
+    let cfg = test_config(unmanaged_allow);
+    let (dp, state, ep) = load_endpoint(cfg, Caps::default(), POLICY);
     Some(Harness { dp, state, ep, cfg })
 }
 

@@ -6,17 +6,13 @@
 
 mod common;
 
-use common::{own_cgroup_id, privileged};
-use std::{net::IpAddr, time::Duration};
+use common::{load_endpoint, privileged, test_config};
+use std::net::IpAddr;
 
-use agent_common::{Config, Hook, Reason, counter_index};
+use agent_common::{Hook, Reason, counter_index};
 use aya::programs::{CgroupSkb, TestRun as _, TestRunOptions};
 use etherparse::PacketBuilder;
-use portcullis::{
-    ebpf::Datapath,
-    policy::{Policy, compile},
-    state::{Caps, Identity, State, TtlBounds},
-};
+use portcullis::state::Caps;
 
 const POLICY: &str = r#"
 egress:
@@ -55,23 +51,7 @@ fn ips_per_name_cap_keeps_the_last_learned_addresses() {
     if !privileged() {
         return;
     }
-    let cfg = Config {
-        host_netns_cookie: u64::MAX,
-        inject_mark: 0x8000_1234,
-        events_per_sec: 100,
-        events_burst: 100,
-        agent_ready: 1,
-        ..Config::default()
-    };
-    let mut dp = Datapath::load(cfg, None).expect("load programs");
-    let maps = dp.take_maps().expect("maps");
-    let ttl = TtlBounds { min: Duration::ZERO, max: Duration::from_secs(3600) };
-    let mut state = State::with_caps(maps, ttl, Caps { ips_per_name: 3, ..Caps::default() });
-    let policy = Policy::from_yaml_str(POLICY, "test").expect("policy");
-    let compiled = compile(&policy, || Ok::<_, std::io::Error>(vec![])).expect("compile");
-    let ep = state
-        .add_endpoint(Identity { name: "t".into(), ..Default::default() }, own_cgroup_id(), compiled, false)
-        .expect("endpoint");
+    let (dp, mut state, ep) = load_endpoint(test_config(false), Caps { ips_per_name: 3, ..Caps::default() }, POLICY);
     let egress = |ip: &IpAddr| run(dp.egress_program().unwrap(), &tcp_syn(*ip, 443));
 
     let ips: Vec<IpAddr> = (1..=5).map(|n| format!("203.0.113.{n}").parse().unwrap()).collect();

@@ -24,3 +24,43 @@ pub fn own_cgroup_id() -> u64 {
     let path = cgroup2_mount().expect("cgroup2 mount").join(rel.trim_start_matches('/'));
     cgroup_id(&path).expect("cgroup id")
 }
+
+/// The config the verdict tests load the programs with: no real host netns
+/// (the synthetic skb's socket is in ours), a fixed inject mark, ready.
+pub fn test_config(unmanaged_allow: bool) -> agent_common::Config {
+    agent_common::Config {
+        host_netns_cookie: u64::MAX,
+        inject_mark: INJECT_MARK,
+        unmanaged_allow: u32::from(unmanaged_allow),
+        events_per_sec: 100,
+        events_burst: 100,
+        agent_ready: 1,
+        ..agent_common::Config::default()
+    }
+}
+
+pub const INJECT_MARK: u32 = 0x8000_1234;
+
+/// Loads the programs (unattached) and registers this test's cgroup as one
+/// endpoint with `policy_yaml`, through the real path (YAML -> compile ->
+/// `State`). Returns the datapath, the state and the endpoint id.
+pub fn load_endpoint(
+    cfg: agent_common::Config,
+    caps: portcullis::state::Caps,
+    policy_yaml: &str,
+) -> (portcullis::ebpf::Datapath, portcullis::state::State, u32) {
+    use portcullis::{
+        policy::{Policy, compile},
+        state::{Identity, State, TtlBounds},
+    };
+    let mut dp = portcullis::ebpf::Datapath::load(cfg, None).expect("load programs");
+    let maps = dp.take_maps().expect("maps");
+    let ttl = TtlBounds { min: std::time::Duration::ZERO, max: std::time::Duration::from_secs(3600) };
+    let mut state = State::with_caps(maps, ttl, caps);
+    let policy = Policy::from_yaml_str(policy_yaml, "test").expect("policy");
+    let compiled = compile(&policy, || Ok::<_, std::io::Error>(vec![])).expect("compile");
+    let ep = state
+        .add_endpoint(Identity { name: "t".into(), ..Default::default() }, own_cgroup_id(), compiled, false)
+        .expect("endpoint");
+    (dp, state, ep)
+}
