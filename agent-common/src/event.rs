@@ -37,6 +37,11 @@ pub const DNS_KIND_ANSWER: u32 = 0;
 /// `DnsHeldPacket::kind`: a copy of a query seen in `cgroup_skb/egress`
 /// (the query itself goes on).
 pub const DNS_KIND_QUERY: u32 = 1;
+/// `DnsHeldPacket::kind`: a query caught in `cgroup_skb/egress` on its way
+/// out of `lo`, where `connect4` sent it (the socket bound to `lo`, so the
+/// datagram never leaves the namespace). From a namespace without a DNS
+/// gate yet; the agent answers it.
+pub const DNS_KIND_CAUGHT: u32 = 2;
 
 /// `DNS_HOLD`: a DNS answer held back (ingress: learned from, then
 /// re-injected marked with `inject_mark`), or a copy of a query (egress:

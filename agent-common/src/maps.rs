@@ -192,7 +192,10 @@ pub struct Config {
     /// 1 once the agent is consuming `DNS_HOLD`; answers are held only then.
     /// (0 still drops answers: fail closed, counted as `DnsHoldFailed`.)
     pub agent_ready: u32,
-    pub _pad: u32,
+    /// 1: DNS goes through the agent's gates; DNS over IPv4 UDP from a
+    /// namespace without one yet is caught on loopback (`DNS_KIND_CAUGHT`).
+    /// 0: the copy-and-hold path only (`dnsGates: false`).
+    pub dns_gates: u32,
 }
 const _: () = assert!(size_of::<Config>() == 40);
 
@@ -221,6 +224,14 @@ pub struct LiveFlow {
 /// The socket talks to a trusted resolver: its incoming answers must still
 /// be held, so ingress does not take the established fast path for it.
 pub const FLOW_F_DNS: u32 = 1;
+/// An unconnected UDP socket's last DNS datagram went to the loopback sink
+/// (`DNS_SINK_PORT`) instead of the trusted resolver in `ip` (port 53):
+/// its namespace had no DNS gate yet. `cgroup_skb/egress` catches it.
+pub const FLOW_F_CAUGHT: u32 = 2;
+/// Where `sendmsg{4,6}` send DNS from a namespace with no gate yet: the
+/// namespace's own loopback, UDP port 9 ("discard", RFC 863), so it never
+/// leaves; the agent gets a copy and answers as the resolver.
+pub const DNS_SINK_PORT: u16 = 9;
 const _: () = assert!(size_of::<LiveFlow>() == 24);
 
 /// `SOCK_OWNERS`: socket cookie -> the process behind a deferred UDP

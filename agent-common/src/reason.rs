@@ -28,6 +28,10 @@ pub enum Reason {
     /// let through and every datagram is judged per packet instead (keeps
     /// glibc's RFC 6724 address-sorting probes out of the blocked log).
     UdpConnectDeferred = 10,
+    /// DNS over UDP from a namespace the agent has no gate in yet, kept in
+    /// the namespace (socket bound to loopback) and answered by the agent:
+    /// the query never leaves unchecked.
+    DnsCaught = 11,
 
     /// Destination is in an always-denied range (private, metadata, ...).
     DeniedRange = 20,
@@ -73,6 +77,7 @@ impl Reason {
             8 => Self::AllowedInbound,
             9 => Self::AllowedEstablished,
             10 => Self::UdpConnectDeferred,
+            11 => Self::DnsCaught,
             20 => Self::DeniedRange,
             21 => Self::DeniedDefault,
             22 => Self::DeniedDnsServer,
@@ -99,6 +104,7 @@ impl Reason {
             Self::AllowedInbound => "allowed-inbound",
             Self::AllowedEstablished => "allowed-established",
             Self::UdpConnectDeferred => "udp-connect-deferred",
+            Self::DnsCaught => "dns-caught",
             Self::DeniedRange => "denied-range",
             Self::DeniedDefault => "denied-default",
             Self::DeniedDnsServer => "denied-dns-server",

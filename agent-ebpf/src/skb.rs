@@ -7,25 +7,24 @@
 //! the agent has learned from them (see `dns_hold`).
 
 use agent_common::{
-    loss, proto, DnsHeldPacket, EndpointInfo, GatePortKey, Hook, InboundKey, LiveFlow, Reason, DNS_KIND_ANSWER,
-    DNS_KIND_QUERY, DNS_MAX_PACKET, FLOW_F_DNS,
+    DNS_KIND_ANSWER, DNS_KIND_CAUGHT, DNS_KIND_QUERY, DNS_MAX_PACKET, DNS_SINK_PORT, DnsHeldPacket, EndpointInfo,
+    FLOW_F_CAUGHT, FLOW_F_DNS, GatePortKey, Hook, InboundKey, LiveFlow, Reason, loss, proto,
 };
 use aya_ebpf::{
+    EbpfContext as _,
     helpers::generated::{
-        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_sk_fullsock,
-        bpf_sk_storage_get, bpf_skb_ancestor_cgroup_id,
-        bpf_skb_cgroup_id, bpf_skb_load_bytes,
+        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_sk_storage_get,
+        bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id, bpf_skb_load_bytes,
     },
     programs::SkBuffContext,
-    EbpfContext as _,
 };
 
 use crate::{
     endpoint,
     events::{bump, count, report},
     maps::{CONFIG, DNS_HOLD, DNS_SOCKS, GATE_CLIENTS, GATE_PORTS, INBOUND, SK_FLOWS, SOCK_OWNERS},
-    parse::{parse, Flow, TCP_ACK, TCP_SYN},
-    verdict::{decide, is_trusted_resolver, Dest},
+    parse::{Flow, TCP_ACK, TCP_SYN, parse},
+    verdict::{Dest, decide, is_trusted_resolver},
 };
 
 const PASS: i32 = 1;
@@ -34,6 +33,8 @@ const DROP: i32 = 0;
 const SOCK_STREAM: u32 = 1;
 /// `BPF_TCP_LISTEN` in `bpf_sock.state`.
 const TCP_LISTEN: u32 = 10;
+/// include/net/flow.h: `lo` in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
 
 /// A flow whose packets need no further look:
 /// - a TCP stream socket (not a listener): it can only send after a
@@ -86,8 +87,7 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     };
     let skb = ctx.skb.skb;
     let cgid = unsafe { bpf_skb_cgroup_id(skb) };
-    let Some(ep) = endpoint::resolve(cgid, |l| unsafe { bpf_skb_ancestor_cgroup_id(skb, l) }, || Some(cfg))
-    else {
+    let Some(ep) = endpoint::resolve(cgid, |l| unsafe { bpf_skb_ancestor_cgroup_id(skb, l) }, || Some(cfg)) else {
         return if cfg.unmanaged_allow != 0 {
             count(hook, Reason::AllowedUnmanaged);
             PASS
@@ -96,20 +96,44 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
             DROP
         };
     };
-    let (reason, dest) = match parse(ctx) {
+    let parsed = parse(ctx);
+    if let Ok(f) = &parsed {
+        if let Some(resolver) = sunk_query(ctx, f, cfg.dns_gates) {
+            // Sent to the loopback sink by `sendmsg` (no gate here yet): the
+            // agent gets it as a query to the resolver and answers it.
+            let caught = Caught { resolver, v6: f.v6 };
+            if hold(ctx, cookie, cfg.agent_ready, ep.endpoint, cgid, f.v6, DNS_KIND_CAUGHT, Some(caught)) {
+                count(hook, Reason::DnsCaught);
+            } else {
+                count(hook, Reason::DnsHoldFailed);
+            }
+            // Either way it goes no further than the namespace's loopback.
+            return PASS;
+        }
+    }
+    let (reason, dest) = match parsed {
         Ok(f) if to_gate(ctx, cookie, &f) => {
             count(hook, Reason::AllowedDns);
             return PASS;
         }
-        Ok(f) if f.proto == proto::UDP && is_trusted_resolver(ep.endpoint, &Dest { proto: f.proto, port: f.dport, ip: f.dst }) => {
+        Ok(f)
+            if f.proto == proto::UDP
+                && is_trusted_resolver(ep.endpoint, &Dest { proto: f.proto, port: f.dport, ip: f.dst }) =>
+        {
             // A query to a trusted resolver: the agent gets a copy (in the
             // same ring as the answers, so it always sees a query before its
             // answer) to check the name and to pair the answer with it. The
             // query itself goes on: a cgroup egress program cannot drop a
             // packet silently (return 2 becomes -ENOBUFS, which glibc's
             // resolver sockets, with IP_RECVERR, report as a send failure).
-            if hold(ctx, cookie, cfg.agent_ready, ep.endpoint, cgid, f.v6, DNS_KIND_QUERY) {
-                count(hook, Reason::AllowedDns);
+            //
+            // On loopback it was caught by `connect4` (`sock::catch_on_loopback`):
+            // it goes no further than `lo`, and the agent answers it.
+            let caught = cfg.dns_gates != 0 && unsafe { (*ctx.skb.skb).ifindex } == LOOPBACK_IFINDEX;
+            let (kind, r) =
+                if caught { (DNS_KIND_CAUGHT, Reason::DnsCaught) } else { (DNS_KIND_QUERY, Reason::AllowedDns) };
+            if hold(ctx, cookie, cfg.agent_ready, ep.endpoint, cgid, f.v6, kind, None) {
+                count(hook, r);
                 return PASS;
             }
             // No copy, no answer will be accepted: fail now (EPERM).
@@ -137,12 +161,46 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     if report(cfg, cgid, &ep, hook, reason, &dest, tgid, comm) { PASS } else { DROP }
 }
 
+/// The trusted resolver (port 53) a datagram to the loopback sink
+/// (`DNS_SINK_PORT`) was meant for, if `sock::send_to_sink` put it there
+/// (`FLOW_F_CAUGHT` on its socket).
+#[inline(always)]
+fn sunk_query(ctx: &SkBuffContext, f: &Flow, dns_gates: u32) -> Option<[u8; 16]> {
+    if dns_gates == 0 || f.proto != proto::UDP || f.dport != DNS_SINK_PORT.to_be_bytes() {
+        return None;
+    }
+    let v4_lo = f.dst == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1];
+    let v6_lo = f.dst == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    if !v4_lo && !v6_lo {
+        return None;
+    }
+    // SAFETY: skb->sk is a kernel pointer or null; bpf_sk_fullsock checks it.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        return None;
+    }
+    let map = core::ptr::from_ref(&SK_FLOWS).cast_mut().cast();
+    let flow = unsafe { bpf_sk_storage_get(map, full.cast(), core::ptr::null_mut(), 0) }.cast::<LiveFlow>();
+    if flow.is_null() {
+        return None;
+    }
+    // SAFETY: non-null storage of this socket, copied out at once.
+    let flow = unsafe { *flow };
+    (flow.flags & FLOW_F_CAUGHT != 0).then_some(flow.ip)
+}
+
 /// A datagram or segment to one of the agent's DNS gates in this namespace
 /// (loopback, a port in `GATE_PORTS`). For UDP, the sending process is
 /// noted for the log (the gate sees only the client's port).
 #[inline(always)]
 fn to_gate(ctx: &SkBuffContext, cookie: u64, f: &Flow) -> bool {
-    let Some(netns) = gate_port(ctx, f, &f.dst, f.dport) else { return false };
+    let Some(netns) = gate_port(ctx, f, &f.dst, f.dport) else {
+        return false;
+    };
     if f.proto == proto::UDP {
         if let Some(owner) = unsafe { DNS_SOCKS.get(&cookie) } {
             let client = GatePortKey { netns_cookie: netns, port: f.sport, proto: proto::UDP, _pad: [0; 5] };
@@ -241,8 +299,7 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
     }
     let skb = ctx.skb.skb;
     let cgid = unsafe { bpf_skb_cgroup_id(skb) };
-    let Some(ep) = endpoint::resolve(cgid, |l| unsafe { bpf_skb_ancestor_cgroup_id(skb, l) }, || Some(cfg))
-    else {
+    let Some(ep) = endpoint::resolve(cgid, |l| unsafe { bpf_skb_ancestor_cgroup_id(skb, l) }, || Some(cfg)) else {
         count(hook, Reason::AllowedIngress);
         return PASS;
     };
@@ -260,7 +317,7 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
         return PASS;
     }
     // Audit mode learns too (so audit shows what enforcement would allow).
-    if hold(ctx, cookie, cfg.agent_ready, ep.endpoint, cgid, f.v6, DNS_KIND_ANSWER) {
+    if hold(ctx, cookie, cfg.agent_ready, ep.endpoint, cgid, f.v6, DNS_KIND_ANSWER, None) {
         count(hook, Reason::DnsHeld);
     } else {
         count(hook, Reason::DnsHoldFailed);
@@ -270,8 +327,24 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
     DROP
 }
 
+/// A sunk query's real destination, written back into its copy.
+struct Caught {
+    resolver: [u8; 16],
+    v6: bool,
+}
+
 #[inline(always)]
-fn hold(ctx: &SkBuffContext, cookie: u64, agent_ready: u32, endpoint: u32, cgid: u64, v6: bool, kind: u32) -> bool {
+#[allow(clippy::too_many_arguments)]
+fn hold(
+    ctx: &SkBuffContext,
+    cookie: u64,
+    agent_ready: u32,
+    endpoint: u32,
+    cgid: u64,
+    v6: bool,
+    kind: u32,
+    caught: Option<Caught>,
+) -> bool {
     let len = ctx.len();
     if len == 0 || len as usize > DNS_MAX_PACKET {
         bump(loss::DNS_TOO_LARGE);
@@ -313,6 +386,25 @@ fn hold(ctx: &SkBuffContext, cookie: u64, agent_ready: u32, endpoint: u32, cgid:
         if ret != 0 {
             entry.discard(0);
             return false;
+        }
+        if let Some(c) = caught {
+            // The copy shows the resolver as destination, port 53, as if it
+            // had been sent there. Only plain headers (no IPv4 options, no
+            // IPv6 extension headers; a stub resolver sends none).
+            let d = &mut (*p).data;
+            let r = c.resolver;
+            if c.v6 && n >= 48 && d[6] == proto::UDP {
+                d[24..40].copy_from_slice(&r);
+                d[42] = 0;
+                d[43] = 53;
+            } else if !c.v6 && n >= 28 && d[0] == 0x45 {
+                d[16..20].copy_from_slice(&r[12..16]);
+                d[22] = 0;
+                d[23] = 53;
+            } else {
+                entry.discard(0);
+                return false;
+            }
         }
     }
     entry.submit(0);

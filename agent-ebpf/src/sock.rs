@@ -5,29 +5,33 @@
 //! agent needs both to re-inject the held answer.
 
 use agent_common::{
-    proto, v4_mapped, DnsSockInfo, GateKey, GatePortKey, Hook, LiveFlow, Reason, SockOwner, FLOW_F_DNS,
+    DNS_SINK_PORT, DnsSockInfo, FLOW_F_CAUGHT, FLOW_F_DNS, GateKey, GatePortKey, Hook, LiveFlow, Reason, SockOwner,
+    proto, v4_mapped,
 };
 use aya_ebpf::{
+    EbpfContext as _,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
         generated::{
-            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_netns_cookie,
-            bpf_get_socket_cookie,
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
+            bpf_setsockopt,
         },
     },
     programs::{SockAddrContext, SockContext},
-    EbpfContext as _,
 };
 
 use crate::{
     endpoint,
     events::{count, report},
-    maps::{CONFIG, DNS_SOCKS, GATES, GATE_PORTS, SK_FLOWS, SOCK_OWNERS},
-    verdict::{decide, Dest},
+    maps::{CONFIG, DNS_SOCKS, GATE_PORTS, GATES, SK_FLOWS, SOCK_OWNERS},
+    verdict::{Dest, decide},
 };
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
+/// include/uapi/asm-generic/socket.h
+const SOL_SOCKET: i32 = 1;
+const SO_BINDTOIFINDEX: i32 = 62;
 
 #[inline(always)]
 pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
@@ -79,11 +83,20 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
         let gated = redirect_to_gate(ctx, v6, netns(), ep.endpoint, &dest);
         if !gated && dest.proto == proto::TCP {
             reason = Reason::DeniedDnsNoGate;
+        } else if !gated && CONFIG.get(0).is_some_and(|c| c.dns_gates != 0) {
+            // No gate here yet: keep the query in the namespace, where the
+            // agent catches it (`skb::egress`) and answers it.
+            if connect && is_v4(&dest) {
+                reason = if catch_on_loopback(ctx) { Reason::DnsCaught } else { Reason::DeniedDnsNoGate };
+            } else if !connect && dest.port == 53u16.to_be_bytes() {
+                send_to_sink(ctx, v6, &dest, ep.endpoint);
+                reason = Reason::DnsCaught;
+            }
         }
     }
     if reason.is_allowed() {
         count(hook, reason);
-        if reason == Reason::AllowedDns {
+        if reason == Reason::AllowedDns || reason == Reason::DnsCaught {
             // The cookie only when needed: its first use on a socket writes
             // a fresh value into it (net/core/sock_diag.c `__sock_gen_cookie`).
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -101,7 +114,7 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
             // after a learned IP's TTL ran out (live connections go on).
             // TCP needs nothing: see `skb::is_established`. A failed insert
             // only sends its packets down the full path.
-            let flags = if reason == Reason::AllowedDns { FLOW_F_DNS } else { 0 };
+            let flags = if reason == Reason::AllowedDns || reason == Reason::DnsCaught { FLOW_F_DNS } else { 0 };
             remember_flow(ctx, LiveFlow { ip: dest.ip, endpoint: ep.endpoint, flags });
         }
         return ALLOW;
@@ -118,7 +131,9 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
     }
     count(hook, reason);
     let shown = Dest { proto: if dest.proto == 0 { proto::TCP } else { dest.proto }, port: dest.port, ip: dest.ip };
-    let Some(cfg) = CONFIG.get(0) else { return DENY };
+    let Some(cfg) = CONFIG.get(0) else {
+        return DENY;
+    };
     let audit = report(cfg, cgid, &ep, hook, reason, &shown, tgid, comm);
     if !audit {
         return DENY;
@@ -130,6 +145,60 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
     ALLOW
 }
 
+/// An IPv4 destination (also as `::ffff:a.b.c.d` on an IPv6 socket).
+#[inline(always)]
+fn is_v4(d: &Dest) -> bool {
+    d.ip[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]
+}
+
+/// Binds a UDP socket that is connecting to a trusted resolver to the
+/// loopback device, so its datagrams never leave the namespace. No route
+/// to the resolver goes through `lo`, so the kernel assumes it is on link
+/// there (net/ipv4/route.c `ip_route_output_key_hash_rcu`, "Apparently,
+/// routing tables are wrong"), and a route out of a loopback device is
+/// local (`__mkroute_output`: RTCF_LOCAL): `lo` hands the datagram back to
+/// the same namespace, where no socket holds the resolver's address, so it
+/// is dropped (UdpNoPorts; no ICMP error either, as that address is not
+/// local). `cgroup_skb/egress` still sees it on its way out of `lo` and
+/// copies it to the agent, which answers as the resolver. The connect hook
+/// runs before the route is chosen (net/ipv4/af_inet.c
+/// `inet_dgram_connect`), so the first datagram is caught too; `sendmsg`
+/// hooks run after udp_sendmsg has read the bound device, hence connect
+/// only. IPv6 makes no on-link guess (ENETUNREACH), hence IPv4 only.
+#[inline(always)]
+fn catch_on_loopback(ctx: &SockAddrContext) -> bool {
+    // LOOPBACK_IFINDEX (include/net/flow.h): `lo` is 1 in every namespace.
+    let mut ifindex: i32 = 1;
+    let ret = unsafe {
+        bpf_setsockopt(ctx.as_ptr(), SOL_SOCKET, SO_BINDTOIFINDEX, (&raw mut ifindex).cast(), size_of::<i32>() as i32)
+    };
+    ret == 0
+}
+
+/// Sends an unconnected datagram to a trusted resolver (port 53) to the
+/// loopback sink instead (`DNS_SINK_PORT`: 127.0.0.1, `::ffff:127.0.0.1`
+/// for a mapped resolver, `::1` for an IPv6 one), noting the resolver on
+/// the socket (`FLOW_F_CAUGHT`) for `skb::egress`, which copies the
+/// datagram to the agent with the resolver put back as its destination.
+/// Nothing listens there, so the datagram ends in the namespace; the ICMP
+/// port-unreachable it draws reaches an unconnected socket only if it set
+/// IP_RECVERR (net/ipv4/udp.c `__udp4_lib_err`), which the stub resolvers
+/// using unconnected sockets (musl, dnspython) do not.
+#[inline(always)]
+fn send_to_sink(ctx: &SockAddrContext, v6: bool, d: &Dest, endpoint: u32) {
+    remember_flow(ctx, LiveFlow { ip: d.ip, endpoint, flags: FLOW_F_DNS | FLOW_F_CAUGHT });
+    // SAFETY: the kernel's bpf_sock_addr, writable in sendmsg hooks.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if !v6 {
+        sa.user_ip4 = u32::from_ne_bytes([127, 0, 0, 1]);
+    } else if is_v4(d) {
+        sa.user_ip6 = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes([127, 0, 0, 1])];
+    } else {
+        sa.user_ip6 = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
+    }
+    sa.user_port = u32::from(u16::from_ne_bytes(DNS_SINK_PORT.to_be_bytes()));
+}
+
 /// Rewrites a TCP connect to a trusted resolver into one to the agent's gate
 /// for (netns, endpoint, resolver): 127.0.0.1 for an IPv4 resolver
 /// (`::ffff:127.0.0.1` on an IPv6 socket), `::1` for an IPv6 one. The
@@ -139,7 +208,9 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
 fn redirect_to_gate(ctx: &SockAddrContext, v6: bool, netns: u64, endpoint: u32, d: &Dest) -> bool {
     let key = GateKey { netns_cookie: netns, endpoint, port: d.port, _pad: [0; 2], ip: d.ip };
     // SAFETY: a plain-data value copied out at once.
-    let Some(gate) = (unsafe { GATES.get(&key) }).copied() else { return false };
+    let Some(gate) = (unsafe { GATES.get(&key) }).copied() else {
+        return false;
+    };
     let port = match d.proto {
         proto::TCP => gate.port,
         proto::UDP => gate.udp_port,
@@ -188,12 +259,15 @@ pub fn recvmsg(ctx: &SockAddrContext, v6: bool) -> i32 {
         _pad: [0; 5],
     };
     // SAFETY: plain data copied out at once.
-    let Some(r) = (unsafe { GATE_PORTS.get(&key) }).copied() else { return ALLOW };
+    let Some(r) = (unsafe { GATE_PORTS.get(&key) }).copied() else {
+        return ALLOW;
+    };
     let ip = r.ip;
     if !v6 {
         sa.user_ip4 = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
     } else if mapped {
-        sa.user_ip6 = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]])];
+        sa.user_ip6 =
+            [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]])];
     } else {
         sa.user_ip6 = [
             u32::from_ne_bytes([ip[0], ip[1], ip[2], ip[3]]),

@@ -57,7 +57,7 @@ pub struct Injector {
     sockets: HashMap<u64, NsSockets>,
 }
 
-fn raw_socket(family: libc::c_int, mark: u32) -> Result<OwnedFd, InjectError> {
+pub(crate) fn raw_socket(family: libc::c_int, mark: u32) -> Result<OwnedFd, InjectError> {
     // IPPROTO_RAW implies IP_HDRINCL (IPv4) / IPV6_HDRINCL (IPv6, Linux 4.5).
     let fd = unsafe { libc::socket(family, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
     if fd < 0 {

@@ -168,6 +168,7 @@ impl Agent {
             unmanaged_allow: u32::from(opts.unmanaged_allow),
             events_per_sec: opts.events_per_sec,
             events_burst: opts.events_burst,
+            dns_gates: u32::from(opts.gate.dns_gates),
             ..Config::default()
         };
         let mut datapath = Datapath::load(cfg, opts.pins.as_ref()).context("loading the eBPF programs")?;
@@ -188,7 +189,7 @@ impl Agent {
         let log = events::log_sink(opts.log);
         let gate = Gate::new(state.clone(), mark, log.clone(), opts.gate);
         let gate_stats = gate.shared().stats.clone();
-        let dns_gates = Arc::new(DnsGates::new(gate.shared().clone(), opts.gate.deny_rcode, opts.gate.dns_gates));
+        let dns_gates = Arc::new(DnsGates::new(gate.shared().clone(), opts.gate.deny_rcode, opts.gate.dns_gates, mark));
         let gate = gate.with_dns_gates(dns_gates.clone());
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

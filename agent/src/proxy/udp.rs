@@ -4,12 +4,19 @@
 //! query gets a fresh random transaction id, so an answer is only taken if
 //! it comes from the resolver, to our socket, with an id we chose and the
 //! question we asked; the client's id is restored before it is sent on.
+//!
+//! Queries caught on loopback (a namespace's first, before its gate was
+//! open: `DNS_KIND_CAUGHT`) are handed to the same gate by the hold-ring
+//! consumer (`UdpGate::serve_caught`). Their client's socket is connected
+//! to the resolver, so the answer goes back as a packet from the
+//! resolver's address, on the gate's raw socket in that namespace.
 
 use std::{
     collections::{HashMap, hash_map::RandomState},
     hash::BuildHasher as _,
     io,
     net::{SocketAddr, UdpSocket},
+    os::fd::{AsRawFd as _, OwnedFd},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -18,11 +25,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use nix::sys::socket::{MsgFlags, SockaddrIn, SockaddrIn6, sendto};
 use tracing::debug;
 
 use super::GateCtx;
 use crate::{
-    dns::{learnable, parse_message, parse_query, question, refusal},
+    dns::{build_udp, learnable, parse_message, parse_query, question, refusal},
     gate::{
         GateStats, MAX_CNAME_CHAIN,
         judge::{judge_query, note_shape, vet_answer},
@@ -37,9 +45,22 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_IN_FLIGHT: usize = 4096;
 /// How often the loops look at their stop flags.
 const POLL: Duration = Duration::from_millis(200);
+/// Hop limit of an answer injected on loopback.
+const INJECT_TTL: u8 = 64;
+
+/// Where an answer goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ReplyTo {
+    /// A client of the gate socket (the recvmsg hooks show it the
+    /// resolver's address as the source).
+    Gate(SocketAddr),
+    /// A caught query's client, whose socket is connected to the resolver:
+    /// a packet from the resolver's address, injected in its namespace.
+    Injected(SocketAddr),
+}
 
 struct InFlight {
-    client: SocketAddr,
+    reply: ReplyTo,
     id: u16,
     qname: String,
     qtype: u16,
@@ -47,13 +68,38 @@ struct InFlight {
     at: Instant,
 }
 
+#[derive(Default)]
+struct Flights {
+    by_id: HashMap<u16, InFlight>,
+    ids: RandomState,
+    n: u64,
+}
+
 /// Forwarded queries by the id we gave them.
 #[derive(Clone, Default)]
-pub struct Table(Arc<Mutex<HashMap<u16, InFlight>>>);
+pub struct Table(Arc<Mutex<Flights>>);
 
 impl Table {
     pub fn is_empty(&self) -> bool {
-        lock(&self.0).is_empty()
+        lock(&self.0).by_id.is_empty()
+    }
+
+    /// Registers a query; returns the fresh random id to forward it with
+    /// (`None` when too many wait).
+    fn add(&self, f: InFlight) -> Option<u16> {
+        let mut t = lock(&self.0);
+        if t.by_id.len() >= MAX_IN_FLIGHT {
+            return None;
+        }
+        let id = loop {
+            t.n += 1;
+            let id = t.ids.hash_one(t.n) as u16;
+            if !t.by_id.contains_key(&id) {
+                break id;
+            }
+        };
+        t.by_id.insert(id, f);
+        Some(id)
     }
 }
 
@@ -63,20 +109,27 @@ fn stopped(stop: &Stop) -> bool {
     stop.0.load(Ordering::Relaxed) || stop.1.load(Ordering::Relaxed)
 }
 
+/// One UDP gate's sockets (all made in the workload's namespace) and its
+/// forwarded queries.
+pub(super) struct UdpGate {
+    pub gate: UdpSocket,
+    pub upstream: UdpSocket,
+    /// Raw socket (`IPPROTO_RAW`, the inject mark) for answers to caught
+    /// queries.
+    pub raw: OwnedFd,
+    pub conn: GateCtx,
+    pub netns_cookie: u64,
+    pub table: Table,
+}
+
 /// Starts the two loops of one gate.
-pub(super) fn spawn(gate: UdpSocket, upstream: UdpSocket, conn: GateCtx, netns_cookie: u64, table: Table, stop: Stop) {
-    let (Ok(gate2), Ok(())) = (gate.try_clone(), gate.set_read_timeout(Some(POLL))) else { return };
-    if upstream.set_read_timeout(Some(POLL)).is_err() {
+pub(super) fn spawn(g: Arc<UdpGate>, stop: Stop) {
+    if g.gate.set_read_timeout(Some(POLL)).is_err() || g.upstream.set_read_timeout(Some(POLL)).is_err() {
         return;
     }
-    let Ok(up2) = upstream.try_clone() else { return };
-    let (c2, t2, s2) = (conn.clone(), table.clone(), stop.clone());
-    let _ = thread::Builder::new()
-        .name("dns-gate-udp".into())
-        .spawn(move || queries(&gate, &up2, &conn, netns_cookie, &table, &stop));
-    let _ = thread::Builder::new()
-        .name("dns-gate-up".into())
-        .spawn(move || answers(&upstream, &gate2, &c2, &t2, &s2));
+    let (g2, s2) = (g.clone(), stop.clone());
+    let _ = thread::Builder::new().name("dns-gate-udp".into()).spawn(move || queries(&g, &stop));
+    let _ = thread::Builder::new().name("dns-gate-up".into()).spawn(move || answers(&g2, &s2));
 }
 
 fn timed_out(e: &io::Error) -> bool {
@@ -84,19 +137,16 @@ fn timed_out(e: &io::Error) -> bool {
 }
 
 /// Workload -> gate: judge, answer refusals here, forward the rest.
-fn queries(gate: &UdpSocket, upstream: &UdpSocket, c: &GateCtx, netns_cookie: u64, table: &Table, stop: &Stop) {
-    let stats = &c.shared.stats;
-    let ids = RandomState::new();
-    let mut n: u64 = 0;
+fn queries(g: &UdpGate, stop: &Stop) {
     let mut buf = vec![0u8; 65535];
     let mut swept = Instant::now();
     while !stopped(stop) {
         if swept.elapsed() >= Duration::from_secs(1) {
             // Queries whose answer never came (the client has retried).
             swept = Instant::now();
-            lock(&table.0).retain(|_, f| swept.duration_since(f.at) < ANSWER_TIMEOUT);
+            lock(&g.table.0).by_id.retain(|_, f| swept.duration_since(f.at) < ANSWER_TIMEOUT);
         }
-        let (len, client) = match gate.recv_from(&mut buf) {
+        let (len, client) = match g.gate.recv_from(&mut buf) {
             Ok(v) => v,
             Err(e) if timed_out(&e) => continue,
             Err(e) => {
@@ -105,60 +155,90 @@ fn queries(gate: &UdpSocket, upstream: &UdpSocket, c: &GateCtx, netns_cookie: u6
                 continue;
             }
         };
-        let bytes = &mut buf[..len];
+        let tgid = lock(&g.conn.shared.state).maps.gate_client(g.netns_cookie, client.port()).unwrap_or(0);
+        g.serve(&mut buf[..len], ReplyTo::Gate(client), tgid);
+    }
+}
+
+impl UdpGate {
+    /// A query caught on loopback in this gate's namespace (`DNS_KIND_CAUGHT`):
+    /// served like one sent to the gate, answered by injection.
+    pub fn serve_caught(&self, query: &[u8], client: SocketAddr, tgid: u32) {
+        let mut bytes = query.to_vec();
+        self.serve(&mut bytes, ReplyTo::Injected(client), tgid);
+    }
+
+    /// Judges one query: answers a refusal at once (the query never leaves
+    /// the node), forwards an allowed one under a fresh id.
+    fn serve(&self, bytes: &mut [u8], reply: ReplyTo, tgid: u32) {
+        let c = &self.conn;
+        let stats = &c.shared.stats;
         let parsed = parse_message(bytes).and_then(|m| Ok((parse_query(&m)?, m)));
         let Ok(((qname, qtype), query)) = parsed else {
             // Not something we can vouch for: it does not leave.
             GateStats::bump(&stats.dropped_malformed);
-            continue;
+            return;
         };
-        let tgid = lock(&c.shared.state).maps.gate_client(netns_cookie, client.port()).unwrap_or(0);
         note_shape(&c.shared, c.endpoint, &qname);
         let Some(allowed) = judge_query(&c.shared, c.endpoint, &qname, c.resolver, tgid, c.cgroup_id) else {
             GateStats::bump(&stats.dropped_unknown_endpoint);
-            continue;
+            return;
         };
         if !allowed {
-            // Answered here: the query never leaves the node.
             GateStats::bump(&stats.queries_refused);
-            if let Ok(reply) = refusal(&query, c.deny_rcode).to_vec() {
-                let _ = gate.send_to(&reply, client);
-            }
-            continue;
-        }
-        let id = {
-            let mut t = lock(&table.0);
-            let now = Instant::now();
-            if t.len() >= MAX_IN_FLIGHT {
-                GateStats::bump(&stats.dropped_inject_failed);
-                continue;
-            }
-            let mut id;
-            loop {
-                n += 1;
-                id = ids.hash_one(n) as u16;
-                if !t.contains_key(&id) {
-                    break;
+            if let Ok(answer) = refusal(&query, c.deny_rcode).to_vec() {
+                if let Err(e) = self.reply(reply, &answer) {
+                    debug!(error = %e, ?reply, "answering a refused query failed");
                 }
             }
-            let orig = u16::from_be_bytes([bytes[0], bytes[1]]);
-            t.insert(id, InFlight { client, id: orig, qname, qtype, tgid, at: now });
-            id
+            return;
+        }
+        let orig = u16::from_be_bytes([bytes[0], bytes[1]]);
+        let Some(id) = self.table.add(InFlight { reply, id: orig, qname, qtype, tgid, at: Instant::now() }) else {
+            GateStats::bump(&stats.dropped_inject_failed);
+            return;
         };
         bytes[..2].copy_from_slice(&id.to_be_bytes());
-        if let Err(e) = upstream.send(bytes) {
+        if let Err(e) = self.upstream.send(bytes) {
             debug!(error = %e, resolver = %c.resolver, "forwarding a DNS query failed");
-            lock(&table.0).remove(&id);
+            lock(&self.table.0).by_id.remove(&id);
+        }
+    }
+
+    /// Sends an answer to the client that asked.
+    fn reply(&self, to: ReplyTo, answer: &[u8]) -> io::Result<()> {
+        match to {
+            ReplyTo::Gate(client) => self.gate.send_to(answer, client).map(drop),
+            ReplyTo::Injected(client) => {
+                let packet = build_udp(self.conn.resolver, client, answer, INJECT_TTL).map_err(io::Error::other)?;
+                let fd = self.raw.as_raw_fd();
+                let sent = match client {
+                    SocketAddr::V4(a) => sendto(
+                        fd,
+                        &packet,
+                        &SockaddrIn::from(std::net::SocketAddrV4::new(*a.ip(), 0)),
+                        MsgFlags::empty(),
+                    ),
+                    SocketAddr::V6(a) => sendto(
+                        fd,
+                        &packet,
+                        &SockaddrIn6::from(std::net::SocketAddrV6::new(*a.ip(), 0, 0, 0)),
+                        MsgFlags::empty(),
+                    ),
+                };
+                sent.map(drop).map_err(io::Error::from)
+            }
         }
     }
 }
 
 /// Resolver -> gate: match, learn, strip, send on to the workload.
-fn answers(upstream: &UdpSocket, gate: &UdpSocket, c: &GateCtx, table: &Table, stop: &Stop) {
+fn answers(g: &UdpGate, stop: &Stop) {
+    let c = &g.conn;
     let stats = &c.shared.stats;
     let mut buf = vec![0u8; 65535];
     while !stopped(stop) {
-        let len = match upstream.recv(&mut buf) {
+        let len = match g.upstream.recv(&mut buf) {
             Ok(v) => v,
             Err(e) if timed_out(&e) => continue,
             Err(e) => {
@@ -179,9 +259,9 @@ fn answers(upstream: &UdpSocket, gate: &UdpSocket, c: &GateCtx, table: &Table, s
             continue;
         };
         let matched = {
-            let mut t = lock(&table.0);
-            match t.get(&id) {
-                Some(f) if question(&msg) == Some((f.qname.clone(), f.qtype)) => t.remove(&id),
+            let mut t = lock(&g.table.0);
+            match t.by_id.get(&id) {
+                Some(f) if question(&msg) == Some((f.qname.clone(), f.qtype)) => t.by_id.remove(&id),
                 _ => None,
             }
         };
@@ -193,18 +273,19 @@ fn answers(upstream: &UdpSocket, gate: &UdpSocket, c: &GateCtx, table: &Table, s
             GateStats::bump(&stats.dropped_malformed);
             continue;
         };
-        let Some(stripped) = vet_answer(&c.shared, c.endpoint, f.tgid, c.cgroup_id, &f.qname, learned.as_ref(), &mut msg)
+        let Some(stripped) =
+            vet_answer(&c.shared, c.endpoint, f.tgid, c.cgroup_id, &f.qname, learned.as_ref(), &mut msg)
         else {
             continue;
         };
         let sent = if stripped.is_empty() {
             bytes[..2].copy_from_slice(&f.id.to_be_bytes());
-            gate.send_to(bytes, f.client)
+            g.reply(f.reply, bytes)
         } else {
             GateStats::bump(&stats.answers_stripped);
             msg.metadata.id = f.id;
             match msg.to_vec() {
-                Ok(v) => gate.send_to(&v, f.client),
+                Ok(v) => g.reply(f.reply, &v),
                 Err(_) => {
                     GateStats::bump(&stats.dropped_malformed);
                     continue;
@@ -212,7 +293,7 @@ fn answers(upstream: &UdpSocket, gate: &UdpSocket, c: &GateCtx, table: &Table, s
             }
         };
         match sent {
-            Ok(_) => GateStats::bump(&stats.released),
+            Ok(()) => GateStats::bump(&stats.released),
             Err(e) => debug!(error = %e, "answering through the UDP DNS gate failed"),
         }
     }

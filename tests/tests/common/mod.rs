@@ -86,6 +86,11 @@ pub fn agent_cmd() -> Command {
     for v in AGENT_ENV {
         cmd.env_remove(v);
     }
+    // Debugging a test: PORTCULLIS_TEST_AGENT_LOG=debug shows the agent's
+    // logs in the failure output (its stderr).
+    if let Ok(level) = std::env::var("PORTCULLIS_TEST_AGENT_LOG") {
+        cmd.env("PORTCULLIS_LOG_LEVEL", level);
+    }
     cmd
 }
 
