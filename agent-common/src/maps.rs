@@ -232,6 +232,9 @@ pub const FLOW_F_CAUGHT: u32 = 2;
 /// namespace's own loopback, UDP port 9 ("discard", RFC 863), so it never
 /// leaves; the agent gets a copy and answers as the resolver.
 pub const DNS_SINK_PORT: u16 = 9;
+/// `lo`'s interface index in every network namespace (include/net/flow.h
+/// `LOOPBACK_IFINDEX`: the loopback device is registered first).
+pub const LOOPBACK_IFINDEX: u32 = 1;
 const _: () = assert!(size_of::<LiveFlow>() == 24);
 
 /// `SOCK_OWNERS`: socket cookie -> the process behind a deferred UDP

@@ -8,7 +8,7 @@
 
 use agent_common::{
     DNS_KIND_ANSWER, DNS_KIND_CAUGHT, DNS_KIND_QUERY, DNS_MAX_PACKET, DNS_SINK_PORT, DnsHeldPacket, EndpointInfo,
-    FLOW_F_CAUGHT, FLOW_F_DNS, GatePortKey, Hook, InboundKey, LiveFlow, Reason, loss, proto,
+    FLOW_F_CAUGHT, FLOW_F_DNS, GatePortKey, Hook, InboundKey, LOOPBACK_IFINDEX, LiveFlow, Reason, loss, proto,
 };
 use aya_ebpf::{
     EbpfContext as _,
@@ -16,6 +16,7 @@ use aya_ebpf::{
         bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_sk_storage_get,
         bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id, bpf_skb_load_bytes,
     },
+    bindings::bpf_sock,
     programs::SkBuffContext,
 };
 
@@ -33,8 +34,6 @@ const DROP: i32 = 0;
 const SOCK_STREAM: u32 = 1;
 /// `BPF_TCP_LISTEN` in `bpf_sock.state`.
 const TCP_LISTEN: u32 = 10;
-/// include/net/flow.h: `lo` in every network namespace.
-const LOOPBACK_IFINDEX: u32 = 1;
 
 /// A flow whose packets need no further look:
 /// - a TCP stream socket (not a listener): it can only send after a
@@ -48,27 +47,45 @@ const LOOPBACK_IFINDEX: u32 = 1;
 ///   answers held on the full path).
 #[inline(always)]
 fn is_established(ctx: &SkBuffContext) -> bool {
-    // SAFETY: skb->sk is a kernel pointer or null; bpf_sk_fullsock checks it.
-    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
-    if sk.is_null() {
-        return false;
-    }
-    let full = unsafe { bpf_sk_fullsock(sk) };
-    if full.is_null() {
-        // Request sockets (SYN-ACKs) take the full path and its INBOUND check.
-        return false;
-    }
-    // SAFETY: a full socket checked by the helper above.
+    // Request sockets (SYN-ACKs) have no full socket: they take the full
+    // path and its INBOUND check.
+    let Some(full) = full_sock(ctx) else { return false };
+    // SAFETY: a full socket checked by bpf_sk_fullsock.
     let (ty, protocol, state) = unsafe { ((*full).type_, (*full).protocol, (*full).state) };
     if ty == SOCK_STREAM && protocol == u32::from(proto::TCP) {
         // A listener's SYNs are recorded as inbound peers on the full path.
         return state != TCP_LISTEN;
     }
+    socket_flow(full).is_some_and(|f| f.flags & FLOW_F_DNS == 0)
+}
+
+/// The packet's full socket, if it has one.
+#[inline(always)]
+fn full_sock(ctx: &SkBuffContext) -> Option<*mut bpf_sock> {
+    // SAFETY: skb->sk is a kernel pointer or null; bpf_sk_fullsock checks it.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    (!full.is_null()).then_some(full)
+}
+
+/// The socket's `SK_FLOWS` entry (set by the connect/sendmsg hooks).
+#[inline(always)]
+fn socket_flow(full: *mut bpf_sock) -> Option<LiveFlow> {
     // A map reference is the map definition's address (relocated at load).
     let map = core::ptr::from_ref(&SK_FLOWS).cast_mut().cast();
     let flow = unsafe { bpf_sk_storage_get(map, full.cast(), core::ptr::null_mut(), 0) }.cast::<LiveFlow>();
-    // SAFETY: non-null storage of this socket.
-    !flow.is_null() && unsafe { (*flow).flags } & FLOW_F_DNS == 0
+    // SAFETY: non-null storage of this socket, copied out at once.
+    (!flow.is_null()).then(|| unsafe { *flow })
+}
+
+/// 127.0.0.0/8 (also IPv4-mapped) or `::1`.
+#[inline(always)]
+fn is_loopback(ip: &[u8; 16]) -> bool {
+    let v4_lo = ip[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] && ip[12] == 127;
+    v4_lo || (ip[..15] == [0; 15] && ip[15] == 1)
 }
 
 pub fn egress(ctx: &SkBuffContext) -> i32 {
@@ -101,8 +118,7 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
         if let Some(resolver) = sunk_query(ctx, f, cfg.dns_gates) {
             // Sent to the loopback sink by `sendmsg` (no gate here yet): the
             // agent gets it as a query to the resolver and answers it.
-            let caught = Caught { resolver, v6: f.v6 };
-            if hold(ctx, cookie, cfg.agent_ready, ep.endpoint, cgid, f.v6, DNS_KIND_CAUGHT, Some(caught)) {
+            if hold(ctx, cookie, cfg.agent_ready, ep.endpoint, cgid, f.v6, DNS_KIND_CAUGHT, Some(resolver)) {
                 count(hook, Reason::DnsCaught);
             } else {
                 count(hook, Reason::DnsHoldFailed);
@@ -166,30 +182,10 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
 /// (`FLOW_F_CAUGHT` on its socket).
 #[inline(always)]
 fn sunk_query(ctx: &SkBuffContext, f: &Flow, dns_gates: u32) -> Option<[u8; 16]> {
-    if dns_gates == 0 || f.proto != proto::UDP || f.dport != DNS_SINK_PORT.to_be_bytes() {
+    if dns_gates == 0 || f.proto != proto::UDP || f.dport != DNS_SINK_PORT.to_be_bytes() || !is_loopback(&f.dst) {
         return None;
     }
-    let v4_lo = f.dst == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1];
-    let v6_lo = f.dst == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-    if !v4_lo && !v6_lo {
-        return None;
-    }
-    // SAFETY: skb->sk is a kernel pointer or null; bpf_sk_fullsock checks it.
-    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
-    if sk.is_null() {
-        return None;
-    }
-    let full = unsafe { bpf_sk_fullsock(sk) };
-    if full.is_null() {
-        return None;
-    }
-    let map = core::ptr::from_ref(&SK_FLOWS).cast_mut().cast();
-    let flow = unsafe { bpf_sk_storage_get(map, full.cast(), core::ptr::null_mut(), 0) }.cast::<LiveFlow>();
-    if flow.is_null() {
-        return None;
-    }
-    // SAFETY: non-null storage of this socket, copied out at once.
-    let flow = unsafe { *flow };
+    let flow = socket_flow(full_sock(ctx)?)?;
     (flow.flags & FLOW_F_CAUGHT != 0).then_some(flow.ip)
 }
 
@@ -217,9 +213,7 @@ fn gate_port(ctx: &SkBuffContext, f: &Flow, ip: &[u8; 16], port: [u8; 2]) -> Opt
     if f.proto != proto::UDP && f.proto != proto::TCP {
         return None;
     }
-    let v4_lo = ip[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] && ip[12] == 127;
-    let v6_lo = ip[..15] == [0; 15] && ip[15] == 1;
-    if !v4_lo && !v6_lo {
+    if !is_loopback(ip) {
         return None;
     }
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
@@ -327,12 +321,6 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
     DROP
 }
 
-/// A sunk query's real destination, written back into its copy.
-struct Caught {
-    resolver: [u8; 16],
-    v6: bool,
-}
-
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn hold(
@@ -343,7 +331,8 @@ fn hold(
     cgid: u64,
     v6: bool,
     kind: u32,
-    caught: Option<Caught>,
+    // A sunk query's real destination, written back into its copy.
+    sunk_to: Option<[u8; 16]>,
 ) -> bool {
     let len = ctx.len();
     if len == 0 || len as usize > DNS_MAX_PACKET {
@@ -387,17 +376,16 @@ fn hold(
             entry.discard(0);
             return false;
         }
-        if let Some(c) = caught {
+        if let Some(r) = sunk_to {
             // The copy shows the resolver as destination, port 53, as if it
             // had been sent there. Only plain headers (no IPv4 options, no
             // IPv6 extension headers; a stub resolver sends none).
             let d = &mut (*p).data;
-            let r = c.resolver;
-            if c.v6 && n >= 48 && d[6] == proto::UDP {
+            if v6 && n >= 48 && d[6] == proto::UDP {
                 d[24..40].copy_from_slice(&r);
                 d[42] = 0;
                 d[43] = 53;
-            } else if !c.v6 && n >= 28 && d[0] == 0x45 {
+            } else if !v6 && n >= 28 && d[0] == 0x45 {
                 d[16..20].copy_from_slice(&r[12..16]);
                 d[22] = 0;
                 d[23] = 53;

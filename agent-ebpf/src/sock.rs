@@ -5,7 +5,8 @@
 //! agent needs both to re-inject the held answer.
 
 use agent_common::{
-    DNS_SINK_PORT, DnsSockInfo, FLOW_F_CAUGHT, FLOW_F_DNS, GateKey, GatePortKey, Hook, LiveFlow, Reason, SockOwner,
+    DNS_SINK_PORT, DnsSockInfo, FLOW_F_CAUGHT, FLOW_F_DNS, GateKey, GatePortKey, Hook, LOOPBACK_IFINDEX, LiveFlow,
+    Reason, SockOwner,
     proto, v4_mapped,
 };
 use aya_ebpf::{
@@ -167,8 +168,7 @@ fn is_v4(d: &Dest) -> bool {
 /// only. IPv6 makes no on-link guess (ENETUNREACH), hence IPv4 only.
 #[inline(always)]
 fn catch_on_loopback(ctx: &SockAddrContext) -> bool {
-    // LOOPBACK_IFINDEX (include/net/flow.h): `lo` is 1 in every namespace.
-    let mut ifindex: i32 = 1;
+    let mut ifindex = LOOPBACK_IFINDEX as i32;
     let ret = unsafe {
         bpf_setsockopt(ctx.as_ptr(), SOL_SOCKET, SO_BINDTOIFINDEX, (&raw mut ifindex).cast(), size_of::<i32>() as i32)
     };
@@ -187,7 +187,17 @@ fn catch_on_loopback(ctx: &SockAddrContext) -> bool {
 #[inline(always)]
 fn send_to_sink(ctx: &SockAddrContext, v6: bool, d: &Dest, endpoint: u32) {
     remember_flow(ctx, LiveFlow { ip: d.ip, endpoint, flags: FLOW_F_DNS | FLOW_F_CAUGHT });
-    // SAFETY: the kernel's bpf_sock_addr, writable in sendmsg hooks.
+    point_at_loopback(ctx, v6, d, DNS_SINK_PORT.to_be_bytes());
+}
+
+/// Rewrites the destination to loopback, `port`: 127.0.0.1 on an IPv4
+/// socket, `::ffff:127.0.0.1` on an IPv6 one for an IPv4 destination, `::1`
+/// for an IPv6 one. The connect and sendmsg hooks may rewrite the address
+/// (net/ipv4/af_inet.c `__inet_stream_connect` reads it back after
+/// `pre_connect`; udp_sendmsg after its hook).
+#[inline(always)]
+fn point_at_loopback(ctx: &SockAddrContext, v6: bool, d: &Dest, port: [u8; 2]) {
+    // SAFETY: the kernel's bpf_sock_addr, writable in connect and sendmsg hooks.
     let sa = unsafe { &mut *ctx.sock_addr };
     if !v6 {
         sa.user_ip4 = u32::from_ne_bytes([127, 0, 0, 1]);
@@ -196,14 +206,11 @@ fn send_to_sink(ctx: &SockAddrContext, v6: bool, d: &Dest, endpoint: u32) {
     } else {
         sa.user_ip6 = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
     }
-    sa.user_port = u32::from(u16::from_ne_bytes(DNS_SINK_PORT.to_be_bytes()));
+    sa.user_port = u32::from(u16::from_ne_bytes(port));
 }
 
-/// Rewrites a TCP connect to a trusted resolver into one to the agent's gate
-/// for (netns, endpoint, resolver): 127.0.0.1 for an IPv4 resolver
-/// (`::ffff:127.0.0.1` on an IPv6 socket), `::1` for an IPv6 one. The
-/// cgroup connect hooks may rewrite the address (net/ipv4/af_inet.c
-/// `__inet_stream_connect` reads it back after `pre_connect`).
+/// Rewrites a connect or send to a trusted resolver into one to the agent's
+/// gate for (netns, endpoint, resolver), on loopback (`point_at_loopback`).
 #[inline(always)]
 fn redirect_to_gate(ctx: &SockAddrContext, v6: bool, netns: u64, endpoint: u32, d: &Dest) -> bool {
     let key = GateKey { netns_cookie: netns, endpoint, port: d.port, _pad: [0; 2], ip: d.ip };
@@ -219,17 +226,7 @@ fn redirect_to_gate(ctx: &SockAddrContext, v6: bool, netns: u64, endpoint: u32, 
     if port == [0, 0] {
         return false;
     }
-    // SAFETY: the kernel's bpf_sock_addr, writable in connect hooks.
-    let sa = unsafe { &mut *ctx.sock_addr };
-    let mapped = d.ip[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
-    if !v6 {
-        sa.user_ip4 = u32::from_ne_bytes([127, 0, 0, 1]);
-    } else if mapped {
-        sa.user_ip6 = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes([127, 0, 0, 1])];
-    } else {
-        sa.user_ip6 = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
-    }
-    sa.user_port = u32::from(u16::from_ne_bytes(port));
+    point_at_loopback(ctx, v6, d, port);
     true
 }
 

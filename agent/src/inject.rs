@@ -65,19 +65,23 @@ pub(crate) fn raw_socket(family: libc::c_int, mark: u32) -> Result<OwnedFd, Inje
     }
     // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_int_option(&fd, libc::SO_MARK, mark as libc::c_int).map_err(InjectError::Socket)?;
+    Ok(fd)
+}
+
+/// `setsockopt(SOL_SOCKET, name, value)` for an integer option.
+pub(crate) fn set_int_option(fd: &OwnedFd, name: libc::c_int, value: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: a valid socket and a c_int option value that outlives the call.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_MARK,
-            (&raw const mark).cast(),
-            size_of::<u32>() as libc::socklen_t,
+            name,
+            (&raw const value).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if rc != 0 {
-        return Err(InjectError::Socket(std::io::Error::last_os_error()));
-    }
-    Ok(fd)
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 fn open_in_netns(tgid: u32, mark: u32) -> Result<(NsSockets, u64), InjectError> {

@@ -49,13 +49,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::{GateKey, GatePortKey, GatePortValue, GateValue, proto};
+use agent_common::{GateKey, GatePortKey, GatePortValue, GateValue, LOOPBACK_IFINDEX, proto};
 use hickory_proto::op::ResponseCode;
 use nix::sched::{CloneFlags, setns};
 use thiserror::Error;
 use tracing::debug;
 
-use crate::{ebpf::loader::netns_cookie_of, gate::judge::Shared, inject::raw_socket, policy::canonical, runtime::lock};
+use crate::{
+    ebpf::loader::netns_cookie_of,
+    gate::judge::Shared,
+    inject::{InjectError, raw_socket, set_int_option},
+    policy::canonical,
+    runtime::lock,
+};
 
 #[derive(Debug, Error)]
 pub enum GateError {
@@ -66,7 +72,7 @@ pub enum GateError {
     #[error("opening a gate socket on {addr} in the workload's namespace: {source}")]
     Socket { addr: SocketAddr, source: io::Error },
     #[error("opening the gate's raw socket: {0}")]
-    Raw(String),
+    Raw(#[from] InjectError),
     #[error("gate thread failed")]
     Thread,
     #[error("updating kernel map {0}: {1}")]
@@ -144,30 +150,15 @@ fn open_sockets(resolver: SocketAddr, inject_mark: u32) -> Result<Sockets, GateE
     let upstream = UdpSocket::bind(any).map_err(err(any))?;
     upstream.connect(resolver).map_err(err(resolver))?;
     let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-    let raw = raw_socket(family, inject_mark).map_err(|e| GateError::Raw(e.to_string()))?;
+    let raw = raw_socket(family, inject_mark)?;
     // Answers to caught queries go to a socket bound to `lo`: they must
     // arrive on `lo` too. A packet to a local address otherwise counts as
     // arriving on the device that holds the address (net/ipv4/route.c
     // `ip_route_output_key_hash_rcu`: "make sure orig_oif points to fib
     // result device"), and the bound socket would not match it.
-    bind_to_loopback(&raw).map_err(|e| GateError::Raw(e.to_string()))?;
+    set_int_option(&raw, libc::SO_BINDTOIFINDEX, LOOPBACK_IFINDEX as libc::c_int)
+        .map_err(|e| GateError::Raw(InjectError::Socket(e)))?;
     Ok(Sockets { tcp, udp, upstream, raw })
-}
-
-fn bind_to_loopback(fd: &OwnedFd) -> io::Result<()> {
-    // LOOPBACK_IFINDEX (include/net/flow.h): `lo` is 1 in every namespace.
-    let lo: libc::c_int = 1;
-    // SAFETY: a valid socket and a c_int option value.
-    let rc = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(fd),
-            libc::SOL_SOCKET,
-            libc::SO_BINDTOIFINDEX,
-            (&raw const lo).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 fn port_of(local: io::Result<SocketAddr>) -> u16 {

@@ -186,10 +186,10 @@ impl UdpGate {
         };
         if !allowed {
             GateStats::bump(&stats.queries_refused);
-            if let Ok(answer) = refusal(&query, c.deny_rcode).to_vec() {
-                if let Err(e) = self.reply(reply, &answer) {
-                    debug!(error = %e, ?reply, "answering a refused query failed");
-                }
+            if let Ok(answer) = refusal(&query, c.deny_rcode).to_vec()
+                && let Err(e) = self.reply(reply, &answer)
+            {
+                debug!(error = %e, ?reply, "answering a refused query failed");
             }
             return;
         }
