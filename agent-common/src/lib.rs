@@ -10,10 +10,12 @@
 pub mod event;
 pub mod maps;
 pub mod reason;
+pub mod verdict_cache;
 
 pub use event::*;
 pub use maps::*;
 pub use reason::*;
+pub use verdict_cache::*;
 
 /// IP protocol numbers used in keys (IANA).
 pub mod proto {

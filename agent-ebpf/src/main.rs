@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod cache;
 mod endpoint;
 mod events;
 mod maps;

@@ -2,7 +2,7 @@
 //! Names stay within 15 characters: the kernel truncates object names.
 
 use agent_common::{
-    CidrKey, CidrValue, Config, GateKey, GatePortKey, GatePortValue, GateValue, InboundKey, LiveFlow, SockOwner, DnsServerKey, DnsSockInfo, EndpointInfo, LearnedKey,
+    CidrKey, CidrValue, Config, VerdictCache, GateKey, GatePortKey, GatePortValue, GateValue, InboundKey, LiveFlow, SockOwner, DnsServerKey, DnsSockInfo, EndpointInfo, LearnedKey,
     LearnedValue, RateState, COUNTERS_LEN, MAX_ENDPOINTS,
 };
 use aya_ebpf::{
@@ -94,3 +94,10 @@ pub static INBOUND: LruHashMap<InboundKey, u64> = LruHashMap::with_max_entries(2
 /// Who is behind a deferred UDP connect(), for the blocked log.
 #[map]
 pub static SOCK_OWNERS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
+
+/// Per (attach point, attach type, CPU): the socket hooks' verdict cache
+/// (`cache.rs`). The kernel allocates one value per cgroup a program using
+/// it is attached to; the agent turns it on by writing the endpoint.
+#[map]
+#[allow(deprecated)] // BPF_MAP_TYPE_CGRP_STORAGE (its successor) is keyed by cgroup, not attach point.
+pub static VERDICT_CACHE: aya_ebpf::maps::PerCpuCgroupStorage<VerdictCache> = aya_ebpf::maps::PerCpuCgroupStorage::new();

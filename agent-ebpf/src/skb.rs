@@ -159,7 +159,7 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
         Ok(f) => {
             let d = Dest { proto: f.proto, port: f.dport, ip: f.dst };
             let host_netns = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == cfg.host_netns_cookie;
-            let mut r = decide(&ep, &d, host_netns);
+            let mut r = decide(&ep, &d, host_netns).reason;
             if !r.is_allowed() && is_reply_to_inbound(&ep, &f) {
                 r = Reason::AllowedInbound;
             }

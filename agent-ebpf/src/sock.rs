@@ -22,6 +22,7 @@ use aya_ebpf::{
 };
 
 use crate::{
+    cache::{self, Lookup},
     endpoint,
     events::{count, report},
     maps::{CONFIG, DNS_SOCKS, GATE_PORTS, GATES, SK_FLOWS, SOCK_OWNERS},
@@ -36,6 +37,30 @@ const SO_BINDTOIFINDEX: i32 = 62;
 
 #[inline(always)]
 pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
+    // SAFETY: the kernel hands us a valid bpf_sock_addr for the whole run.
+    let sa = unsafe { &*ctx.sock_addr };
+    let ip = if v6 {
+        let w = sa.user_ip6;
+        let (a, b, c, d) = (w[0].to_ne_bytes(), w[1].to_ne_bytes(), w[2].to_ne_bytes(), w[3].to_ne_bytes());
+        [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3]]
+    } else {
+        v4_mapped(sa.user_ip4.to_ne_bytes())
+    };
+    // user_port holds the __be16 port zero-extended; its low half in memory
+    // order is already network order.
+    let dest = Dest { proto: sa.protocol as u8, port: (sa.user_port as u16).to_ne_bytes(), ip };
+    let connect = hook == Hook::Connect4 || hook == Hook::Connect6;
+    // Fast path: a destination this attach point's endpoint was allowed to
+    // reach a moment ago (`cache`), before any map lookup or clock read.
+    let cached = cache::lookup(&dest);
+    if let Lookup::Hit { reason, endpoint } = cached {
+        count(hook, reason);
+        if connect && dest.proto != proto::TCP {
+            // As on the full path below: the socket's packets pass on it.
+            remember_flow(ctx, LiveFlow { ip: dest.ip, endpoint, flags: 0 });
+        }
+        return ALLOW;
+    }
     let cgid = unsafe { bpf_get_current_cgroup_id() };
     // The config is read only when a verdict needs it: a socket whose own
     // cgroup is the endpoint (`exec`, a registered pod cgroup) needs none.
@@ -56,24 +81,12 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
             }
         };
     };
-    // SAFETY: the kernel hands us a valid bpf_sock_addr for the whole run.
-    let sa = unsafe { &*ctx.sock_addr };
-    let ip = if v6 {
-        let w = sa.user_ip6;
-        let (a, b, c, d) = (w[0].to_ne_bytes(), w[1].to_ne_bytes(), w[2].to_ne_bytes(), w[3].to_ne_bytes());
-        [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3]]
-    } else {
-        v4_mapped(sa.user_ip4.to_ne_bytes())
-    };
-    // user_port holds the __be16 port zero-extended; its low half in memory
-    // order is already network order.
-    let dest = Dest { proto: sa.protocol as u8, port: (sa.user_port as u16).to_ne_bytes(), ip };
     let netns = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     // No config: treat the socket as in the host's namespace (loopback
     // denied): fail closed.
     let host_netns = || CONFIG.get(0).is_none_or(|c| netns() == c.host_netns_cookie);
-    let mut reason = decide(&ep, &dest, host_netns);
-    let connect = hook == Hook::Connect4 || hook == Hook::Connect6;
+    let verdict = decide(&ep, &dest, host_netns);
+    let mut reason = verdict.reason;
     if reason == Reason::AllowedDns {
         // DNS goes through the agent's gate for this namespace, endpoint
         // and resolver (a proxy in the workload's namespace that answers
@@ -97,6 +110,7 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
     }
     if reason.is_allowed() {
         count(hook, reason);
+        cache::remember(&cached, ep.endpoint, &dest, &verdict);
         if reason == Reason::AllowedDns || reason == Reason::DnsCaught {
             // The cookie only when needed: its first use on a socket writes
             // a fresh value into it (net/core/sock_diag.c `__sock_gen_cookie`).

@@ -26,21 +26,38 @@ pub fn is_trusted_resolver(ep: u32, d: &Dest) -> bool {
     DNS_SERVERS.get_ptr(&key).is_some()
 }
 
+/// How long the learned allowance for `d` still lasts (ns), if any.
 #[inline(always)]
-fn learned(ep: u32, d: &Dest) -> bool {
+fn learned(ep: u32, d: &Dest) -> Option<u64> {
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let mut key = LearnedKey { endpoint: ep, proto: d.proto, _pad: 0, port: d.port, ip: d.ip };
     if let Some(v) = LEARNED.get_ptr(&key) {
         // SAFETY: plain u64 read from a map value.
-        if unsafe { (*v).expires_ns } > now {
-            return true;
+        let expires = unsafe { (*v).expires_ns };
+        if expires > now {
+            return Some(expires - now);
         }
     }
     key.proto = proto::ANY;
     key.port = [0, 0];
-    match LEARNED.get_ptr(&key) {
-        Some(v) => (unsafe { (*v).expires_ns }) > now,
-        None => false,
+    let v = LEARNED.get_ptr(&key)?;
+    let expires = unsafe { (*v).expires_ns };
+    (expires > now).then(|| expires - now)
+}
+
+/// A verdict and, for an allowance that does not depend on the socket's
+/// network namespace (learned IPs, CIDR rules), how long it lasts in ns
+/// (`u64::MAX`: until the policy changes); else 0. The socket hooks cache
+/// such allowances (`sock::cache_allowance`).
+pub struct Verdict {
+    pub reason: Reason,
+    pub lasts_ns: u64,
+}
+
+impl Verdict {
+    #[inline(always)]
+    const fn of(reason: Reason) -> Self {
+        Self { reason, lasts_ns: 0 }
     }
 }
 
@@ -48,31 +65,27 @@ fn learned(ep: u32, d: &Dest) -> bool {
 /// (then loopback reaches host services and is denied); asked only for
 /// loopback destinations, so the helper call stays off the common path.
 #[inline(always)]
-pub fn decide(ep: &EndpointInfo, d: &Dest, host_netns: impl FnOnce() -> bool) -> Reason {
+pub fn decide(ep: &EndpointInfo, d: &Dest, host_netns: impl FnOnce() -> bool) -> Verdict {
     let l4_dns = d.proto == proto::TCP || d.proto == proto::UDP;
     // DNS only to trusted resolvers: port 53 anywhere else is refused even if
     // a rule would allow the IP, so the resolver is the only DNS path.
     if l4_dns && d.port == DNS_PORT_BE {
-        return if is_trusted_resolver(ep.endpoint, d) {
-            Reason::AllowedDns
-        } else {
-            Reason::DeniedDnsServer
-        };
+        return Verdict::of(if is_trusted_resolver(ep.endpoint, d) { Reason::AllowedDns } else { Reason::DeniedDnsServer });
     }
     // The agent never learns an always-denied address, so a hit here cannot
     // open a denied range (checked in user space before every insert).
-    if learned(ep.endpoint, d) {
-        return Reason::AllowedFqdn;
+    if let Some(lasts_ns) = learned(ep.endpoint, d) {
+        return Verdict { reason: Reason::AllowedFqdn, lasts_ns };
     }
     // Resolvers on a non-standard port (tests, node-local caches).
     if l4_dns && is_trusted_resolver(ep.endpoint, d) {
-        return Reason::AllowedDns;
+        return Verdict::of(Reason::AllowedDns);
     }
     let key = Key::new(32 + 128, CidrKey { endpoint_be: ep.endpoint.to_be_bytes(), ip: d.ip });
     let Some(v) = CIDRS.get(&key) else {
-        return Reason::DeniedDefault;
+        return Verdict::of(Reason::DeniedDefault);
     };
-    match v.kind {
+    let reason = match v.kind {
         CIDR_KIND_ALLOW => {
             let port = u16::from_be_bytes(d.port);
             let n = if (v.nports as usize) < CIDR_MAX_PORTS { v.nports as usize } else { CIDR_MAX_PORTS };
@@ -85,7 +98,7 @@ pub fn decide(ep: &EndpointInfo, d: &Dest, host_netns: impl FnOnce() -> bool) ->
                 if r.proto == proto::ANY
                     || (r.proto == d.proto && r.port_lo <= port && port <= r.port_hi)
                 {
-                    return Reason::AllowedCidr;
+                    return Verdict { reason: Reason::AllowedCidr, lasts_ns: u64::MAX };
                 }
                 i += 1;
             }
@@ -96,5 +109,6 @@ pub fn decide(ep: &EndpointInfo, d: &Dest, host_netns: impl FnOnce() -> bool) ->
         }
         CIDR_KIND_DENY_RANGE => Reason::DeniedRange,
         _ => Reason::DeniedInternal,
-    }
+    };
+    Verdict::of(reason)
 }

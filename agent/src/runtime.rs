@@ -3,6 +3,7 @@
 //! `portcullis exec` and `portcullis run`.
 
 use std::{
+    collections::HashMap,
     io::Write,
     path::{Path, PathBuf},
     sync::{
@@ -20,7 +21,7 @@ use aya::maps::{MapData, RingBuf};
 use tracing::{info, warn};
 
 use crate::{
-    ebpf::{Datapath, Pins, loader::current_netns_cookie},
+    ebpf::{Datapath, Pins, loader::current_netns_cookie, verdict_cache},
     events::{self, LogSink},
     gate::{Gate, GateOptions, GateStats, PendingQueries},
     handover::{self, Handover},
@@ -106,6 +107,8 @@ pub struct Agent {
     metrics_addr: Option<std::net::SocketAddr>,
     /// Answers the next agent's handover request.
     listener: Option<handover::Server>,
+    /// Where the programs are attached: (cgroup directory, cgroup id).
+    attached: Vec<(PathBuf, u64)>,
 }
 
 /// Drops expired learned IPs from the maps (the kernel refuses them at
@@ -210,6 +213,7 @@ impl Agent {
             state_dir: opts.state_dir,
             metrics_addr: opts.metrics_addr,
             listener: None,
+            attached: Vec::new(),
         })
     }
 
@@ -310,7 +314,32 @@ impl Agent {
             Some(p) => self.datapath.attach_pinned(cgroup, cgroup_id, p),
             None => self.datapath.attach(cgroup),
         }
-        .with_context(|| format!("attaching to {}", cgroup.display()))
+        .with_context(|| format!("attaching to {}", cgroup.display()))?;
+        self.attached.push((cgroup.canonicalize().unwrap_or_else(|_| cgroup.to_owned()), cgroup_id));
+        self.refresh_verdict_caches()
+    }
+
+    /// Turns the socket hooks' verdict cache on at each attach point that is
+    /// an endpoint's own cgroup with no other attach point below it (then
+    /// every socket there belongs to that endpoint), and off elsewhere.
+    /// Failing to turn it on only costs speed; failing to turn it off is an
+    /// error.
+    fn refresh_verdict_caches(&mut self) -> Result<()> {
+        let mut st = lock(&self.state);
+        let owner: HashMap<u64, u32> = st.endpoints().map(|e| (e.cgroup_id, e.id)).collect();
+        for (cgroup_id, endpoint) in verdict_cache::plan(&self.attached, |id| owner.get(&id).copied()) {
+            let cache = st.maps.verdict_cache();
+            match endpoint {
+                Some(ep) if cache.is_on(ep) => {}
+                Some(ep) => {
+                    if let Err(e) = cache.enable(cgroup_id, ep) {
+                        warn!(error = %e, cgroup_id, "verdict cache stays off");
+                    }
+                }
+                None => cache.disable(cgroup_id).with_context(|| format!("turning the verdict cache off at cgroup {cgroup_id}"))?,
+            }
+        }
+        Ok(())
     }
 
     /// Kernel loss counters worth telling a human about, as (what, count).

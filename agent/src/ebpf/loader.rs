@@ -69,10 +69,10 @@ pub enum LoadError {
 }
 
 /// Every map of the object, pinned by name in node mode.
-pub const MAP_NAMES: [&str; 17] = [
+pub const MAP_NAMES: [&str; 18] = [
     "CONFIG", "ENDPOINTS", "EP_CACHE", "LEARNED", "CIDRS", "DNS_SERVERS", "GATES", "GATE_PORTS", "GATE_CLIENTS",
     "DNS_SOCKS", "COUNTERS",
-    "EVENT_RATE", "DENIED_EVENTS", "DNS_HOLD", "SK_FLOWS", "INBOUND", "SOCK_OWNERS",
+    "EVENT_RATE", "DENIED_EVENTS", "DNS_HOLD", "SK_FLOWS", "INBOUND", "SOCK_OWNERS", "VERDICT_CACHE",
 ];
 
 /// A loaded datapath: programs (attached or not), policy maps, ring buffers.
@@ -81,6 +81,12 @@ pub struct Datapath {
     maps: Option<PolicyMaps>,
     denied_events: Option<RingBuf<MapData>>,
     dns_hold: Option<RingBuf<MapData>>,
+    /// Whether `VERDICT_CACHE` is a previous agent's pinned map. Only then
+    /// may a pinned link get our programs: the kernel keeps the cgroup
+    /// storage it allocated when the link was made (kernel/bpf/cgroup.c
+    /// `__cgroup_bpf_replace` allocates none), so the new programs must use
+    /// that same map.
+    cache_adopted: bool,
 }
 
 impl Datapath {
@@ -93,6 +99,7 @@ impl Datapath {
             return Err(LoadError::NoObject);
         }
         let adopting = pins.is_some_and(Pins::has_state);
+        let cache_adopted = pins.is_some_and(|p| p.map("VERDICT_CACHE").exists());
         let mut loader = EbpfLoader::new();
         if let Some(p) = pins {
             for name in MAP_NAMES {
@@ -111,6 +118,15 @@ impl Datapath {
         let release: &mut CgroupSock = program(&mut ebpf, RELEASE_PROGRAM)?;
         release.load().map_err(|source| LoadError::Program { name: RELEASE_PROGRAM, source })?;
         let mut maps = PolicyMaps::take(&mut ebpf)?;
+        if adopting {
+            // The previous agent's cached verdicts: off until this agent,
+            // with its own view of the policy, turns them on at attach.
+            for (cgroup_id, _) in maps.kernel_endpoints() {
+                maps.verdict_cache()
+                    .disable(cgroup_id)
+                    .map_err(|source| LoadError::Map { name: "VERDICT_CACHE", source })?;
+            }
+        }
         let config = if adopting {
             // Keep what the running datapath relies on: the mark of
             // re-injected answers, the cache generation, readiness.
@@ -122,7 +138,7 @@ impl Datapath {
         maps.set_config(&config)?;
         let denied_events = Some(ring(&mut ebpf, "DENIED_EVENTS")?);
         let dns_hold = Some(ring(&mut ebpf, "DNS_HOLD")?);
-        Ok(Self { ebpf, maps: Some(maps), denied_events, dns_hold })
+        Ok(Self { ebpf, maps: Some(maps), denied_events, dns_hold, cache_adopted })
     }
 
     /// Attaches all programs to the cgroup directory `cgroup`. The links live
@@ -158,6 +174,10 @@ impl Datapath {
         for name in PROGRAM_NAMES {
             let path = pins.link(cgroup_id, name);
             if path.exists() {
+                if !self.cache_adopted {
+                    let msg = "a pinned link without a pinned VERDICT_CACHE map (run `portcullis unpin` first)";
+                    return Err(LoadError::Pin { what: path.display().to_string(), source: std::io::Error::other(msg) });
+                }
                 let prog = self.ebpf.program(name).ok_or(LoadError::MissingProgram(name))?;
                 let fd = prog.fd().map_err(|source| LoadError::Program { name, source })?;
                 pin::update_pinned_link(&path, fd).map_err(pin_err(path.display().to_string()))?;

@@ -12,7 +12,7 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 
-use super::loader::LoadError;
+use super::{loader::LoadError, verdict_cache::VerdictCacheMap};
 
 pub struct PolicyMaps {
     config: Array<MapData, Config>,
@@ -26,6 +26,7 @@ pub struct PolicyMaps {
     gates: HashMap<MapData, GateKey, GateValue>,
     gate_ports: HashMap<MapData, GatePortKey, GatePortValue>,
     gate_clients: HashMap<MapData, GatePortKey, u32>,
+    verdict_cache: VerdictCacheMap,
     current: Config,
 }
 
@@ -51,6 +52,7 @@ impl PolicyMaps {
             gates: take(ebpf, "GATES")?,
             gate_ports: take(ebpf, "GATE_PORTS")?,
             gate_clients: take(ebpf, "GATE_CLIENTS")?,
+            verdict_cache: VerdictCacheMap::new(take(ebpf, "VERDICT_CACHE")?),
             current: Config::default(),
         })
     }
@@ -82,6 +84,7 @@ impl PolicyMaps {
     }
 
     pub fn remove_endpoint(&mut self, cgroup_id: u64) -> Result<(), MapError> {
+        self.verdict_cache.disable(cgroup_id)?;
         match self.endpoints.remove(&cgroup_id) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(e) => return Err(e),
@@ -101,11 +104,10 @@ impl PolicyMaps {
         self.learned.insert(key, value, 0)
     }
 
+    /// Removes a learned IP; cached allowances of its endpoint go stale.
     pub fn remove_learned(&mut self, key: &LearnedKey) -> Result<(), MapError> {
-        match self.learned.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e),
-        }
+        ignore_missing(self.learned.remove(key))?;
+        self.verdict_cache.invalidate(key.endpoint)
     }
 
     pub fn learned_keys(&self) -> Vec<LearnedKey> {
@@ -114,15 +116,20 @@ impl PolicyMaps {
 
     pub fn insert_cidr(&mut self, endpoint: u32, ip: [u8; 16], prefix: u8, value: CidrValue) -> Result<(), MapError> {
         let key = Key::new(32 + u32::from(prefix), CidrKey { endpoint_be: endpoint.to_be_bytes(), ip });
-        self.cidrs.insert(&key, value, 0)
+        self.cidrs.insert(&key, value, 0)?;
+        // A narrower rule can take part of a wider one's allowance away.
+        self.verdict_cache.invalidate(endpoint)
     }
 
     pub fn remove_cidr(&mut self, endpoint: u32, ip: [u8; 16], prefix: u8) -> Result<(), MapError> {
         let key = Key::new(32 + u32::from(prefix), CidrKey { endpoint_be: endpoint.to_be_bytes(), ip });
-        match self.cidrs.remove(&key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e),
-        }
+        ignore_missing(self.cidrs.remove(&key))?;
+        self.verdict_cache.invalidate(endpoint)
+    }
+
+    /// The socket hooks' verdict cache (`verdict_cache`).
+    pub fn verdict_cache(&mut self) -> &mut VerdictCacheMap {
+        &mut self.verdict_cache
     }
 
     pub fn insert_dns_server(&mut self, key: DnsServerKey) -> Result<(), MapError> {

@@ -4,8 +4,8 @@
 //! an agent never adopts maps whose key or value layout it does not share):
 //!
 //! ```text
-//! <pin path>/v1/maps/<MAP NAME>          every map of the object
-//! <pin path>/v1/links/<cgroup id>-<prog> one cgroup bpf_link per program
+//! <pin path>/v2/maps/<MAP NAME>          every map of the object
+//! <pin path>/v2/links/<cgroup id>-<prog> one cgroup bpf_link per program
 //! ```
 //!
 //! A pinned link keeps its program attached while no process holds it, and
@@ -29,7 +29,7 @@ use std::{
 use thiserror::Error;
 
 /// Bumped whenever a map's key, value or type changes.
-pub const LAYOUT: &str = "v1";
+pub const LAYOUT: &str = "v2";
 
 #[derive(Debug, Error)]
 pub enum PinError {

@@ -49,6 +49,16 @@ pub fn load_endpoint(
     caps: portcullis::state::Caps,
     policy_yaml: &str,
 ) -> (portcullis::ebpf::Datapath, portcullis::state::State, u32) {
+    load_endpoint_at(cfg, caps, policy_yaml, own_cgroup_id())
+}
+
+/// `load_endpoint` for the cgroup `cgroup_id`.
+pub fn load_endpoint_at(
+    cfg: agent_common::Config,
+    caps: portcullis::state::Caps,
+    policy_yaml: &str,
+    cgroup_id: u64,
+) -> (portcullis::ebpf::Datapath, portcullis::state::State, u32) {
     use portcullis::{
         policy::{Policy, compile},
         state::{Identity, State, TtlBounds},
@@ -60,7 +70,7 @@ pub fn load_endpoint(
     let policy = Policy::from_yaml_str(policy_yaml, "test").expect("policy");
     let compiled = compile(&policy, || Ok::<_, std::io::Error>(vec![])).expect("compile");
     let ep = state
-        .add_endpoint(Identity { name: "t".into(), ..Default::default() }, own_cgroup_id(), compiled, false)
+        .add_endpoint(Identity { name: "t".into(), ..Default::default() }, cgroup_id, compiled, false)
         .expect("endpoint");
     (dp, state, ep)
 }

@@ -1,0 +1,76 @@
+//! The socket hooks' verdict cache (`VERDICT_CACHE`, layout and rules in
+//! `agent_common::verdict_cache`): a repeated connection to an allowed
+//! destination is decided from per-CPU, per-attach-point storage, with no
+//! hash lookup and no clock read.
+
+use agent_common::{Reason, VerdictCache, VerdictSlot, ip_words, slot_index, slot_tag, slot_ticks};
+use aya_ebpf::helpers::generated::bpf_jiffies64;
+
+use crate::{maps::VERDICT_CACHE, verdict::{Dest, Verdict}};
+
+/// What the cache said about a destination.
+pub enum Lookup {
+    /// Allowed before and still valid: count `reason` and allow.
+    Hit { reason: Reason, endpoint: u32 },
+    /// Not cached; an allowance found now may be cached for `endpoint`,
+    /// stamped with the `generation` read *before* the policy lookup (so an
+    /// allowance removed meanwhile is stale at once).
+    Miss { endpoint: u32, generation: u32 },
+    /// No cache here (not an endpoint's own attach point).
+    Off,
+}
+
+#[inline(always)]
+fn storage() -> Option<&'static mut VerdictCache> {
+    let p = VERDICT_CACHE.get_ptr_mut();
+    // SAFETY: the running program's own per-CPU storage (never shared with
+    // another CPU's run); null only if the kernel gave none.
+    (!p.is_null()).then(|| unsafe { &mut *p })
+}
+
+#[inline(always)]
+pub fn lookup(d: &Dest) -> Lookup {
+    let Some(c) = storage() else { return Lookup::Off };
+    let (endpoint, generation) = (c.endpoint, c.generation);
+    if endpoint == 0 {
+        return Lookup::Off;
+    }
+    let s = &c.slots[slot_index(&d.ip, d.port)];
+    let (hi, lo) = ip_words(&d.ip);
+    let same = s.tag == slot_tag(d.proto, d.port) && s.ip_lo == lo && s.ip_hi == hi && s.generation == generation;
+    // jiffies_64: one load (kernel/time/jiffies.c); see VERDICT_TICK_NS_MAX.
+    if same && s.until_jiffies > unsafe { bpf_jiffies64() } {
+        let r = if s.reason == Reason::AllowedCidr as u32 { Reason::AllowedCidr } else { Reason::AllowedFqdn };
+        return Lookup::Hit { reason: r, endpoint };
+    }
+    Lookup::Miss { endpoint, generation }
+}
+
+/// Caches an allowance `decide` found for `endpoint` (the cgroup walk's
+/// answer; it must be the attach point's endpoint, or nothing is cached).
+#[inline(always)]
+pub fn remember(miss: &Lookup, endpoint: u32, d: &Dest, v: &Verdict) {
+    let Lookup::Miss { endpoint: cached_for, generation } = *miss else { return };
+    if cached_for != endpoint {
+        return;
+    }
+    let reason = match v.reason {
+        Reason::AllowedFqdn | Reason::AllowedCidr => v.reason,
+        _ => return,
+    };
+    let ticks = slot_ticks(v.lasts_ns);
+    if ticks == 0 {
+        return;
+    }
+    let Some(c) = storage() else { return };
+    let (ip_hi, ip_lo) = ip_words(&d.ip);
+    c.slots[slot_index(&d.ip, d.port)] = VerdictSlot {
+        ip_hi,
+        ip_lo,
+        tag: slot_tag(d.proto, d.port),
+        generation,
+        until_jiffies: unsafe { bpf_jiffies64() } + ticks,
+        reason: reason as u32,
+        _pad: 0,
+    };
+}

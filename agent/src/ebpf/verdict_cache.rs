@@ -1,0 +1,126 @@
+//! The agent's side of the socket hooks' verdict cache (`VERDICT_CACHE`;
+//! rules in `agent_common::verdict_cache`, kernel side `agent-ebpf/src/cache.rs`).
+//!
+//! The kernel keeps one value per (attach point, attach type, CPU); the
+//! agent writes the whole value for every CPU: the endpoint (0 = cache off),
+//! a generation, and empty slots. Writing a new generation is what makes
+//! every cached allowance of the endpoint stale, so it follows every change
+//! that can take an allowance away.
+#![allow(deprecated)] // BPF_MAP_TYPE_CGRP_STORAGE is keyed by cgroup only; we need the attach point.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use agent_common::VerdictCache;
+use aya::{
+    maps::{CgroupStorageKey, MapData, MapError, PerCpuCgroupStorage, PerCpuValues},
+    util::nr_cpus,
+};
+
+/// Attach types of the hooks that use the cache (include/uapi/linux/bpf.h
+/// `enum bpf_attach_type`: BPF_CGROUP_INET4_CONNECT, INET6_CONNECT,
+/// UDP4_SENDMSG, UDP6_SENDMSG).
+pub const CACHED_ATTACH_TYPES: [u32; 4] = [10, 11, 14, 15];
+
+pub struct VerdictCacheMap {
+    map: PerCpuCgroupStorage<MapData, VerdictCache>,
+    /// endpoint -> (its attach point's cgroup id, generation) while on.
+    on: HashMap<u32, (u64, u32)>,
+}
+
+impl VerdictCacheMap {
+    pub fn new(map: PerCpuCgroupStorage<MapData, VerdictCache>) -> Self {
+        Self { map, on: HashMap::new() }
+    }
+
+    /// Turns the cache on for the programs attached at `cgroup_id`, whose
+    /// every socket belongs to `endpoint` (the caller checked that no other
+    /// endpoint lies below it). Fails if the programs are not attached there.
+    pub fn enable(&mut self, cgroup_id: u64, endpoint: u32) -> Result<(), MapError> {
+        let generation = self.on.get(&endpoint).map_or(1, |(_, g)| g.wrapping_add(1));
+        self.write(cgroup_id, endpoint, generation)?;
+        self.on.insert(endpoint, (cgroup_id, generation));
+        Ok(())
+    }
+
+    /// Turns it off at `cgroup_id` (the endpoint goes, or another endpoint
+    /// now lies below it). A cgroup without our programs is not an error.
+    pub fn disable(&mut self, cgroup_id: u64) -> Result<(), MapError> {
+        self.on.retain(|_, (c, _)| *c != cgroup_id);
+        match self.write(cgroup_id, 0, 0) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes every cached allowance of `endpoint` stale.
+    pub fn invalidate(&mut self, endpoint: u32) -> Result<(), MapError> {
+        let Some(&(cgroup_id, generation)) = self.on.get(&endpoint) else { return Ok(()) };
+        let generation = generation.wrapping_add(1);
+        self.on.insert(endpoint, (cgroup_id, generation));
+        self.write(cgroup_id, endpoint, generation)
+    }
+
+    pub fn is_on(&self, endpoint: u32) -> bool {
+        self.on.contains_key(&endpoint)
+    }
+
+    /// What the kernel holds for `cgroup_id` and the connect4 hook, per CPU.
+    pub fn read(&self, cgroup_id: u64) -> Result<Vec<VerdictCache>, MapError> {
+        let v = self.map.get(CgroupStorageKey::new(cgroup_id, CACHED_ATTACH_TYPES[0]), 0)?;
+        Ok(v.iter().copied().collect())
+    }
+
+    fn write(&mut self, cgroup_id: u64, endpoint: u32, generation: u32) -> Result<(), MapError> {
+        let n = nr_cpus().map_err(|(_, e)| MapError::SyscallError(aya::sys::SyscallError { call: "nr_cpus", io_error: e }))?;
+        for t in CACHED_ATTACH_TYPES {
+            let value = VerdictCache { endpoint, generation, ..VerdictCache::default() };
+            let values = PerCpuValues::try_from(vec![value; n]).map_err(|e| {
+                MapError::SyscallError(aya::sys::SyscallError { call: "per-CPU values", io_error: e })
+            })?;
+            self.map.insert(CgroupStorageKey::new(cgroup_id, t), values, 0)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where the cache may be on: for each attach point (cgroup directory,
+/// cgroup id), the endpoint whose own cgroup it is, if no other attach point
+/// lies below it; else `None` (off). Below a shared attach point, sockets of
+/// several endpoints run the same program and share its storage, so a
+/// cached allowance of one could answer for another.
+pub fn plan(attached: &[(PathBuf, u64)], endpoint_of: impl Fn(u64) -> Option<u32>) -> Vec<(u64, Option<u32>)> {
+    attached
+        .iter()
+        .map(|(path, id)| {
+            let nested = attached.iter().any(|(p, other)| other != id && p != path && p.starts_with(path));
+            (*id, if nested { None } else { endpoint_of(*id) })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_is_on_only_at_an_endpoints_own_cgroup_with_nothing_below() {
+        let a = |p: &str, id| (PathBuf::from(p), id);
+        let eps = |id: u64| match id {
+            1 | 2 | 3 => Some(id as u32 * 10),
+            _ => None,
+        };
+        // exec: one endpoint, its own cgroup.
+        assert_eq!(plan(&[a("/cg/exec-1", 1)], eps), [(1, Some(10))]);
+        // Siblings (run mode, one cgroup per pod): both on.
+        assert_eq!(plan(&[a("/cg/pod-a", 1), a("/cg/pod-b", 2)], eps), [(1, Some(10)), (2, Some(20))]);
+        // A pod below another endpoint's cgroup: the outer one goes off.
+        assert_eq!(
+            plan(&[a("/cg/team", 1), a("/cg/team/pod", 2), a("/cg/teamster", 3)], eps),
+            [(1, None), (2, Some(20)), (3, Some(30))],
+            "only path components count: /cg/teamster is not below /cg/team"
+        );
+        // An attach point that is not an endpoint's own cgroup: off.
+        assert_eq!(plan(&[a("/cg/parent", 9)], eps), [(9, None)]);
+    }
+}

@@ -1,0 +1,148 @@
+//! The socket hooks' verdict cache (`VERDICT_CACHE`) against the real
+//! kernel: programs attached to a cgroup this test creates, a child process
+//! in it (in a fresh network namespace with only `lo`, so an allowed
+//! connect ends in ENETUNREACH and never leaves the machine, while a denied
+//! one gets EPERM from the hook), and the agent's `State` changing the
+//! policy maps underneath.
+
+mod common;
+
+use std::{
+    net::IpAddr,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use agent_common::{Hook, Reason, counter_index, ip_words, v4_mapped};
+use common::{load_endpoint_at, privileged, test_config};
+use portcullis::{
+    cgroup::{OwnedCgroup, cgroup2_mount},
+    state::Caps,
+};
+
+const POLICY: &str = r#"
+egress:
+  - toFQDNs: [{matchName: api.example.test}]
+    ports: [{port: 443}]
+  - toCIDRs: ["192.0.2.0/24"]
+    ports: [{port: 8443}]
+dns:
+  servers: ["198.51.100.53"]
+"#;
+
+/// Connects once to each `ip:port` from inside `cg`, in a new network
+/// namespace; returns the errno name of each attempt.
+fn connects(cg: &OwnedCgroup, targets: &[(&str, u16)]) -> Vec<String> {
+    let script = "import socket, sys, errno\n\
+        out = []\n\
+        for t in sys.argv[1:]:\n\
+        \x20   ip, port = t.rsplit(':', 1)\n\
+        \x20   s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n\
+        \x20   try:\n\
+        \x20       s.connect((ip, int(port))); out.append('OK')\n\
+        \x20   except OSError as e:\n\
+        \x20       out.append(errno.errorcode.get(e.errno, str(e.errno)))\n\
+        \x20   s.close()\n\
+        print(' '.join(out))\n";
+    let args: Vec<String> = targets.iter().map(|(ip, port)| format!("{ip}:{port}")).collect();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo $$ > {}/cgroup.procs && exec unshare -n python3 -c \"$0\" \"$@\"", cg.path().display()))
+        .arg(script)
+        .args(&args)
+        .output()
+        .expect("run the client");
+    assert!(out.status.success(), "client failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect()
+}
+
+fn cached_slots(state: &mut portcullis::state::State, cg: &OwnedCgroup, ip: &str) -> usize {
+    let ip: IpAddr = ip.parse().unwrap();
+    let IpAddr::V4(v4) = ip else { panic!("IPv4 only") };
+    let (hi, lo) = ip_words(&v4_mapped(v4.octets()));
+    let per_cpu = state.maps.verdict_cache().read(cg.id()).expect("read VERDICT_CACHE");
+    per_cpu
+        .iter()
+        .flat_map(|c| c.slots.iter().map(move |s| (c.generation, s)))
+        .filter(|(g, s)| s.ip_hi == hi && s.ip_lo == lo && s.generation == *g)
+        .count()
+}
+
+fn setup(tag: &str, caps: Caps) -> (portcullis::ebpf::Datapath, portcullis::state::State, u32, OwnedCgroup) {
+    let name = format!("pc-test-vcache-{tag}-{}", std::process::id());
+    let cg = OwnedCgroup::create(&cgroup2_mount().expect("cgroup2"), &name).expect("test cgroup");
+    let (mut dp, mut state, ep) = load_endpoint_at(test_config(false), caps, POLICY, cg.id());
+    dp.attach(cg.path()).expect("attach");
+    state.maps.verdict_cache().enable(cg.id(), ep).expect("turn the cache on");
+    (dp, state, ep, cg)
+}
+
+#[test]
+fn a_removed_address_is_refused_at_once_though_its_allowance_was_cached() {
+    if !privileged() {
+        return;
+    }
+    let (_dp, mut state, ep, cg) = setup("evict", Caps { ips_per_name: 1, ..Caps::default() });
+    let a: IpAddr = "203.0.113.5".parse().unwrap();
+    state.learn(ep, "api.example.test", &[(a, 600)]).expect("learn");
+    let r = connects(&cg, &[("203.0.113.5", 443), ("203.0.113.5", 443), ("203.0.113.5", 443), ("203.0.113.5", 80)]);
+    assert_eq!(r, ["ENETUNREACH", "ENETUNREACH", "ENETUNREACH", "EPERM"], "allowed three times (hook passed), other port refused");
+    assert!(cached_slots(&mut state, &cg, "203.0.113.5") >= 1, "the allowance was cached");
+    let c = state.maps.counters().expect("counters");
+    assert_eq!(c[counter_index(Hook::Connect4, Reason::AllowedFqdn) as usize], 3, "hits are counted like misses");
+
+    // The cap of one address per name evicts .5 when .6 is learned.
+    let b: IpAddr = "203.0.113.6".parse().unwrap();
+    let out = state.learn(ep, "api.example.test", &[(b, 600)]).expect("learn");
+    assert_eq!(out.evicted, 1);
+    assert_eq!(cached_slots(&mut state, &cg, "203.0.113.5"), 0, "eviction made the cached allowance stale");
+    let r = connects(&cg, &[("203.0.113.5", 443), ("203.0.113.6", 443)]);
+    assert_eq!(r, ["EPERM", "ENETUNREACH"]);
+}
+
+#[test]
+fn a_cached_allowance_never_outlives_its_ttl_even_with_no_agent_sweeping() {
+    if !privileged() {
+        return;
+    }
+    let (_dp, mut state, ep, cg) = setup("ttl", Caps::default());
+    let a: IpAddr = "203.0.113.7".parse().unwrap();
+    state.learn(ep, "api.example.test", &[(a, 2)]).expect("learn");
+    let learned_at = Instant::now();
+    assert_eq!(connects(&cg, &[("203.0.113.7", 443), ("203.0.113.7", 443)]), ["ENETUNREACH", "ENETUNREACH"]);
+    assert!(cached_slots(&mut state, &cg, "203.0.113.7") >= 1);
+    // Nothing removes the entry from LEARNED here (no sweeper runs), and
+    // the generation stays: only the slot's own lifetime can end it.
+    thread::sleep(Duration::from_millis(2300).saturating_sub(learned_at.elapsed()));
+    assert_eq!(connects(&cg, &[("203.0.113.7", 443)]), ["EPERM"], "expired allowance");
+}
+
+#[test]
+fn cidr_allowances_are_cached_and_a_policy_change_drops_them() {
+    if !privileged() {
+        return;
+    }
+    let (_dp, mut state, ep, cg) = setup("cidr", Caps::default());
+    assert_eq!(connects(&cg, &[("192.0.2.9", 8443), ("192.0.2.9", 8443)]), ["ENETUNREACH", "ENETUNREACH"]);
+    assert!(cached_slots(&mut state, &cg, "192.0.2.9") >= 1);
+    // Removing the rule (as a policy reload does) refuses the next connect.
+    state.maps.remove_cidr(ep, v4_mapped([192, 0, 2, 0]), 96 + 24).expect("remove rule");
+    assert_eq!(connects(&cg, &[("192.0.2.9", 8443)]), ["EPERM"]);
+}
+
+#[test]
+fn the_cache_off_decides_the_same() {
+    if !privileged() {
+        return;
+    }
+    let (_dp, mut state, ep, cg) = setup("off", Caps::default());
+    state.maps.verdict_cache().disable(cg.id()).expect("off");
+    let a: IpAddr = "203.0.113.8".parse().unwrap();
+    state.learn(ep, "api.example.test", &[(a, 600)]).expect("learn");
+    assert_eq!(
+        connects(&cg, &[("203.0.113.8", 443), ("203.0.113.8", 443), ("203.0.113.9", 443)]),
+        ["ENETUNREACH", "ENETUNREACH", "EPERM"]
+    );
+    assert_eq!(cached_slots(&mut state, &cg, "203.0.113.8"), 0, "nothing cached while off");
+}
