@@ -62,9 +62,12 @@ pub struct DnsHeldPacket {
     /// `DNS_KIND_*`.
     pub kind: u32,
     pub _pad: u32,
+    /// `DNS_KIND_CAUGHT` sent to `DNS_PLACEHOLDER_V4`: the IPv6 resolver
+    /// it was meant for (the packet itself is IPv4); else all zero.
+    pub resolver: [u8; 16],
     pub data: [u8; DNS_MAX_PACKET],
 }
-const _: () = assert!(size_of::<DnsHeldPacket>() == 56 + DNS_MAX_PACKET);
+const _: () = assert!(size_of::<DnsHeldPacket>() == 72 + DNS_MAX_PACKET);
 
 #[cfg(feature = "user")]
 mod user {

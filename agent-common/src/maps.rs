@@ -235,6 +235,13 @@ pub const DNS_SINK_PORT: u16 = 9;
 /// `lo`'s interface index in every network namespace (include/net/flow.h
 /// `LOOPBACK_IFINDEX`: the loopback device is registered first).
 pub const LOOPBACK_IFINDEX: u32 = 1;
+/// Where `connect6` points a connected IPv6 socket to a trusted resolver
+/// from a namespace with no gate yet (as `::ffff:192.0.0.8`, port 53, the
+/// socket bound to the IPv4-mapped any address and to `lo`): the IPv4
+/// dummy address (RFC 7600), never anyone's. The datagrams end in the
+/// namespace; the agent answers from it, and `recvmsg6` shows the resolver
+/// (in the socket's `LiveFlow`, `FLOW_F_CAUGHT`) as the source.
+pub const DNS_PLACEHOLDER_V4: [u8; 4] = [192, 0, 0, 8];
 const _: () = assert!(size_of::<LiveFlow>() == 24);
 
 /// `SOCK_OWNERS`: socket cookie -> the process behind a deferred UDP

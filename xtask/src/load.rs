@@ -111,12 +111,24 @@ fn resolve(target: &str) -> Result<SocketAddr> {
     target.to_socket_addrs()?.find(SocketAddr::is_ipv4).with_context(|| format!("{target}: no IPv4 address"))
 }
 
+/// `spread:N:PORT`: the IPv4 addresses of race-1 ..= race-N (each
+/// connection to the next one, so no two in a row share a destination);
+/// else one `host:port`.
+fn crr_targets(target: &str) -> Result<Vec<SocketAddr>> {
+    let Some(rest) = target.strip_prefix("spread:") else { return Ok(vec![resolve(target)?]) };
+    let (n, port) = rest.split_once(':').context("spread:N:PORT")?;
+    let (n, port): (u32, u16) = (n.parse()?, port.parse()?);
+    (1..=n).map(|i| resolve(&format!("race-{i}.test:{port}"))).collect()
+}
+
 fn crr(target: &str, d: Duration) -> Result<()> {
-    let addr = resolve(target)?;
+    let addrs = crr_targets(target)?;
     let start = Instant::now();
     let (mut ops, mut errors) = (0u64, 0u64);
     let mut b = [0u8; 1];
+    let mut next = addrs.iter().cycle();
     while start.elapsed() < d {
+        let addr = *next.next().context("no target")?;
         let ok = (|| -> std::io::Result<()> {
             let mut s = TcpStream::connect(addr)?;
             linger_zero(&s)?;
@@ -126,7 +138,7 @@ fn crr(target: &str, d: Duration) -> Result<()> {
         })();
         if ok.is_ok() { ops += 1 } else { errors += 1 }
         if errors > 100 && ops == 0 {
-            bail!("connections to {addr} keep failing: {}", ok.err().map(|e| e.to_string()).unwrap_or_default());
+            bail!("connections to {target} keep failing: {}", ok.err().map(|e| e.to_string()).unwrap_or_default());
         }
     }
     let secs = start.elapsed().as_secs_f64();

@@ -3,7 +3,10 @@
 //! endpoint resolve (their answers are replaced with NXDOMAIN), and count
 //! names that look like tunnelled data.
 
-use std::time::Instant;
+use std::{
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    time::Instant,
+};
 
 use agent_common::DnsHeldPacket;
 use tracing::debug;
@@ -60,11 +63,18 @@ impl Gate {
             GateStats::bump(&self.shared.stats.dropped_malformed);
             return false;
         };
-        debug!(client = %udp.src, resolver = %udp.dst, netns = held.netns_cookie, "DNS query caught on loopback");
+        // An IPv6 resolver's query caught over IPv4 (`DNS_PLACEHOLDER_V4`):
+        // forwarded to the resolver, answered from the placeholder.
+        let resolver = if held.resolver == [0; 16] {
+            udp.dst
+        } else {
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::from(held.resolver)), 53)
+        };
+        debug!(client = %udp.src, %resolver, to = %udp.dst, netns = held.netns_cookie, "DNS query caught on loopback");
         let Some(gates) = &self.dns_gates else {
             return false;
         };
-        match gates.serve_caught(held.tgid, held.netns_cookie, held.endpoint, udp.src, udp.dst, udp.payload) {
+        match gates.serve_caught(held.tgid, held.netns_cookie, held.endpoint, udp.src, resolver, udp.dst, udp.payload) {
             Ok(served) => served,
             Err(e) => {
                 debug!(error = %e, endpoint = held.endpoint, "cannot open a DNS gate for a caught query");

@@ -137,7 +137,8 @@ struct Sockets {
     tcp: TcpListener,
     udp: UdpSocket,
     upstream: UdpSocket,
-    raw: OwnedFd,
+    raw4: OwnedFd,
+    raw6: OwnedFd,
 }
 
 fn open_sockets(resolver: SocketAddr, inject_mark: u32) -> Result<Sockets, GateError> {
@@ -149,16 +150,20 @@ fn open_sockets(resolver: SocketAddr, inject_mark: u32) -> Result<Sockets, GateE
         if resolver.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
     let upstream = UdpSocket::bind(any).map_err(err(any))?;
     upstream.connect(resolver).map_err(err(resolver))?;
-    let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-    let raw = raw_socket(family, inject_mark)?;
-    // Answers to caught queries go to a socket bound to `lo`: they must
-    // arrive on `lo` too. A packet to a local address otherwise counts as
-    // arriving on the device that holds the address (net/ipv4/route.c
-    // `ip_route_output_key_hash_rcu`: "make sure orig_oif points to fib
-    // result device"), and the bound socket would not match it.
-    set_int_option(&raw, libc::SO_BINDTOIFINDEX, LOOPBACK_IFINDEX as libc::c_int)
-        .map_err(|e| GateError::Raw(InjectError::Socket(e)))?;
-    Ok(Sockets { tcp, udp, upstream, raw })
+    // Both families: an IPv6 resolver's caught queries can arrive over
+    // IPv4 (`DNS_PLACEHOLDER_V4`).
+    let raw = |family| -> Result<OwnedFd, GateError> {
+        let raw = raw_socket(family, inject_mark)?;
+        // Answers to caught queries go to a socket bound to `lo`: they must
+        // arrive on `lo` too. A packet to a local address otherwise counts as
+        // arriving on the device that holds the address (net/ipv4/route.c
+        // `ip_route_output_key_hash_rcu`: "make sure orig_oif points to fib
+        // result device"), and the bound socket would not match it.
+        set_int_option(&raw, libc::SO_BINDTOIFINDEX, LOOPBACK_IFINDEX as libc::c_int)
+            .map_err(|e| GateError::Raw(InjectError::Socket(e)))?;
+        Ok(raw)
+    };
+    Ok(Sockets { tcp, udp, upstream, raw4: raw(libc::AF_INET)?, raw6: raw(libc::AF_INET6)? })
 }
 
 fn port_of(local: io::Result<SocketAddr>) -> u16 {
@@ -243,7 +248,8 @@ impl DnsGates {
                     let g = Arc::new(udp::UdpGate {
                         gate: socks.udp,
                         upstream: socks.upstream,
-                        raw: socks.raw,
+                        raw4: socks.raw4,
+                        raw6: socks.raw6,
                         conn: conn.clone(),
                         netns_cookie: cookie,
                         table: t,
@@ -295,6 +301,7 @@ impl DnsGates {
         endpoint: u32,
         client: SocketAddr,
         resolver: SocketAddr,
+        from: SocketAddr,
         query: &[u8],
     ) -> Result<bool, GateError> {
         self.ensure(tgid, Some(netns_cookie), endpoint)?;
@@ -302,7 +309,7 @@ impl DnsGates {
         let Some(g) = lock(&self.udp).get(&k).cloned() else {
             return Ok(false);
         };
-        g.serve_caught(query, client, tgid);
+        g.serve_caught(query, client, from, tgid);
         Ok(true)
     }
 

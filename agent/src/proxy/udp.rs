@@ -54,9 +54,10 @@ pub(super) enum ReplyTo {
     /// A client of the gate socket (the recvmsg hooks show it the
     /// resolver's address as the source).
     Gate(SocketAddr),
-    /// A caught query's client, whose socket is connected to the resolver:
-    /// a packet from the resolver's address, injected in its namespace.
-    Injected(SocketAddr),
+    /// A caught query's client, whose socket is connected to `from` (the
+    /// resolver, or for an IPv6 resolver behind the IPv4 placeholder, the
+    /// placeholder): a packet from `from`, injected in its namespace.
+    Injected { client: SocketAddr, from: SocketAddr },
 }
 
 struct InFlight {
@@ -114,9 +115,10 @@ fn stopped(stop: &Stop) -> bool {
 pub(super) struct UdpGate {
     pub gate: UdpSocket,
     pub upstream: UdpSocket,
-    /// Raw socket (`IPPROTO_RAW`, the inject mark) for answers to caught
-    /// queries.
-    pub raw: OwnedFd,
+    /// Raw sockets (`IPPROTO_RAW`, the inject mark, bound to `lo`) for
+    /// answers to caught queries, IPv4 and IPv6.
+    pub raw4: OwnedFd,
+    pub raw6: OwnedFd,
     pub conn: GateCtx,
     pub netns_cookie: u64,
     pub table: Table,
@@ -163,9 +165,9 @@ fn queries(g: &UdpGate, stop: &Stop) {
 impl UdpGate {
     /// A query caught on loopback in this gate's namespace (`DNS_KIND_CAUGHT`):
     /// served like one sent to the gate, answered by injection.
-    pub fn serve_caught(&self, query: &[u8], client: SocketAddr, tgid: u32) {
+    pub fn serve_caught(&self, query: &[u8], client: SocketAddr, from: SocketAddr, tgid: u32) {
         let mut bytes = query.to_vec();
-        self.serve(&mut bytes, ReplyTo::Injected(client), tgid);
+        self.serve(&mut bytes, ReplyTo::Injected { client, from }, tgid);
     }
 
     /// Judges one query: answers a refusal at once (the query never leaves
@@ -209,18 +211,17 @@ impl UdpGate {
     fn reply(&self, to: ReplyTo, answer: &[u8]) -> io::Result<()> {
         match to {
             ReplyTo::Gate(client) => self.gate.send_to(answer, client).map(drop),
-            ReplyTo::Injected(client) => {
-                let packet = build_udp(self.conn.resolver, client, answer, INJECT_TTL).map_err(io::Error::other)?;
-                let fd = self.raw.as_raw_fd();
+            ReplyTo::Injected { client, from } => {
+                let packet = build_udp(from, client, answer, INJECT_TTL).map_err(io::Error::other)?;
                 let sent = match client {
                     SocketAddr::V4(a) => sendto(
-                        fd,
+                        self.raw4.as_raw_fd(),
                         &packet,
                         &SockaddrIn::from(std::net::SocketAddrV4::new(*a.ip(), 0)),
                         MsgFlags::empty(),
                     ),
                     SocketAddr::V6(a) => sendto(
-                        fd,
+                        self.raw6.as_raw_fd(),
                         &packet,
                         &SockaddrIn6::from(std::net::SocketAddrV6::new(*a.ip(), 0, 0, 0)),
                         MsgFlags::empty(),
