@@ -1,4 +1,5 @@
 //! Shared by the privileged agent tests (`BPF_PROG_TEST_RUN`).
+#![allow(dead_code)] // each test binary uses a different part of this harness
 
 use portcullis::cgroup::{cgroup2_mount, cgroup_id};
 
