@@ -242,6 +242,8 @@ pub const LOOPBACK_IFINDEX: u32 = 1;
 /// namespace; the agent answers from it, and `recvmsg6` shows the resolver
 /// (in the socket's `LiveFlow`, `FLOW_F_CAUGHT`) as the source.
 pub const DNS_PLACEHOLDER_V4: [u8; 4] = [192, 0, 0, 8];
+/// `DNS_PLACEHOLDER_V4` as the maps and hooks see it (IPv4-mapped).
+pub const DNS_PLACEHOLDER: [u8; 16] = crate::v4_mapped(DNS_PLACEHOLDER_V4);
 const _: () = assert!(size_of::<LiveFlow>() == 24);
 
 /// `SOCK_OWNERS`: socket cookie -> the process behind a deferred UDP

@@ -7,8 +7,8 @@
 //! the agent has learned from them (see `dns_hold`).
 
 use agent_common::{
-    DNS_KIND_ANSWER, DNS_KIND_CAUGHT, DNS_KIND_QUERY, DNS_MAX_PACKET, DNS_PLACEHOLDER_V4, DNS_SINK_PORT, DnsHeldPacket, EndpointInfo,
-    FLOW_F_CAUGHT, FLOW_F_DNS, GatePortKey, Hook, InboundKey, LOOPBACK_IFINDEX, LiveFlow, Reason, loss, proto, v4_mapped,
+    DNS_KIND_ANSWER, DNS_KIND_CAUGHT, DNS_KIND_QUERY, DNS_MAX_PACKET, DNS_PLACEHOLDER, DNS_SINK_PORT, DnsHeldPacket, EndpointInfo,
+    FLOW_F_CAUGHT, FLOW_F_DNS, GatePortKey, Hook, InboundKey, LOOPBACK_IFINDEX, LiveFlow, Reason, loss, proto,
 };
 use aya_ebpf::{
     EbpfContext as _,
@@ -178,7 +178,7 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
 }
 
 /// The trusted resolver (port 53) a datagram to the loopback sink
-/// (`DNS_SINK_PORT`) or to the IPv4 placeholder (`DNS_PLACEHOLDER_V4`) was
+/// (`DNS_SINK_PORT`) or to the IPv4 placeholder (`DNS_PLACEHOLDER`) was
 /// meant for, if `sock::send_to_sink` or `sock::catch_via_placeholder` put
 /// it there (`FLOW_F_CAUGHT` on its socket).
 #[inline(always)]
@@ -187,7 +187,7 @@ fn sunk_query(ctx: &SkBuffContext, f: &Flow, dns_gates: u32) -> Option<[u8; 16]>
         return None;
     }
     let sink = f.dport == DNS_SINK_PORT.to_be_bytes() && is_loopback(&f.dst);
-    let placeholder = f.dport == 53u16.to_be_bytes() && f.dst == v4_mapped(DNS_PLACEHOLDER_V4);
+    let placeholder = f.dport == 53u16.to_be_bytes() && f.dst == DNS_PLACEHOLDER;
     if !sink && !placeholder {
         return None;
     }

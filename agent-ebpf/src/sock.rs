@@ -5,7 +5,7 @@
 //! agent needs both to re-inject the held answer.
 
 use agent_common::{
-    DNS_PLACEHOLDER_V4, DNS_SINK_PORT, DnsSockInfo, FLOW_F_CAUGHT, FLOW_F_DNS, GateKey, GatePortKey, Hook, LOOPBACK_IFINDEX, LiveFlow,
+    DNS_PLACEHOLDER, DNS_SINK_PORT, DnsSockInfo, FLOW_F_CAUGHT, FLOW_F_DNS, GateKey, GatePortKey, Hook, LOOPBACK_IFINDEX, LiveFlow,
     Reason, SockOwner,
     proto, v4_mapped,
 };
@@ -36,18 +36,13 @@ const SOL_SOCKET: i32 = 1;
 const SO_BINDTOIFINDEX: i32 = 62;
 /// include/linux/socket.h
 const AF_INET6: u16 = 10;
+const LOOPBACK_V6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
 #[inline(always)]
 pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
     // SAFETY: the kernel hands us a valid bpf_sock_addr for the whole run.
     let sa = unsafe { &*ctx.sock_addr };
-    let ip = if v6 {
-        let w = sa.user_ip6;
-        let (a, b, c, d) = (w[0].to_ne_bytes(), w[1].to_ne_bytes(), w[2].to_ne_bytes(), w[3].to_ne_bytes());
-        [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3]]
-    } else {
-        v4_mapped(sa.user_ip4.to_ne_bytes())
-    };
+    let ip = if v6 { ip_of(sa.user_ip6) } else { v4_mapped(sa.user_ip4.to_ne_bytes()) };
     // user_port holds the __be16 port zero-extended; its low half in memory
     // order is already network order.
     let dest = Dest { proto: sa.protocol as u8, port: (sa.user_port as u16).to_ne_bytes(), ip };
@@ -212,16 +207,41 @@ fn catch_on_loopback(ctx: &SockAddrContext) -> bool {
     ret == 0
 }
 
-/// `::ffff:DNS_PLACEHOLDER_V4` port 53 from a socket whose flow says
+/// `DNS_PLACEHOLDER` port 53 from a socket whose flow says
 /// `catch_via_placeholder` put it there.
 #[inline(always)]
 fn to_placeholder(ctx: &SockAddrContext, d: &Dest) -> bool {
-    if d.proto != proto::UDP || d.port != 53u16.to_be_bytes() || d.ip != v4_mapped(DNS_PLACEHOLDER_V4) {
-        return false;
-    }
-    // SAFETY: this socket's own storage, read at once.
+    d.proto == proto::UDP && d.port == 53u16.to_be_bytes() && d.ip == DNS_PLACEHOLDER && caught_flow(ctx).is_some()
+}
+
+/// The socket's flow, if a catch (`FLOW_F_CAUGHT`) set it.
+#[inline(always)]
+fn caught_flow(ctx: &SockAddrContext) -> Option<LiveFlow> {
+    // SAFETY: this socket's own storage, copied out at once.
     let flow = unsafe { SK_FLOWS.get_ptr_mut(ctx) };
-    !flow.is_null() && unsafe { (*flow).flags } & FLOW_F_CAUGHT != 0
+    if flow.is_null() {
+        return None;
+    }
+    let f = unsafe { *flow };
+    (f.flags & FLOW_F_CAUGHT != 0).then_some(f)
+}
+
+/// `bpf_sock_addr.user_ip6` words <-> the 16 address bytes (both in memory
+/// order, i.e. network order).
+#[inline(always)]
+fn ip_of(w: [u32; 4]) -> [u8; 16] {
+    let (a, b, c, d) = (w[0].to_ne_bytes(), w[1].to_ne_bytes(), w[2].to_ne_bytes(), w[3].to_ne_bytes());
+    [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3]]
+}
+
+#[inline(always)]
+fn words_of(ip: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([ip[0], ip[1], ip[2], ip[3]]),
+        u32::from_ne_bytes([ip[4], ip[5], ip[6], ip[7]]),
+        u32::from_ne_bytes([ip[8], ip[9], ip[10], ip[11]]),
+        u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
+    ]
 }
 
 enum Placeholder {
@@ -239,7 +259,7 @@ enum Placeholder {
 /// to `::ffff:0.0.0.0` (`bpf_bind`; fails on an IPV6_V6ONLY or already
 /// bound socket, net/ipv6/af_inet6.c `__inet6_bind`, which is how we tell
 /// those apart: they keep the hold path), then to `lo`, and connected to
-/// `::ffff:DNS_PLACEHOLDER_V4` port 53, which `catch_on_loopback`'s
+/// `DNS_PLACEHOLDER` port 53, which `catch_on_loopback`'s
 /// reasoning keeps in the namespace. The socket's flow notes the resolver
 /// (`FLOW_F_CAUGHT`); egress hands the datagrams to the agent, which
 /// answers from the placeholder, and `recvmsg6` shows the resolver.
@@ -258,9 +278,7 @@ fn catch_via_placeholder(ctx: &SockAddrContext) -> Placeholder {
         return Placeholder::Failed;
     }
     // SAFETY: the kernel's bpf_sock_addr, writable in connect hooks.
-    let sa = unsafe { &mut *ctx.sock_addr };
-    let p = DNS_PLACEHOLDER_V4;
-    sa.user_ip6 = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes(p)];
+    unsafe { (*ctx.sock_addr).user_ip6 = words_of(&DNS_PLACEHOLDER) };
     Placeholder::Caught
 }
 
@@ -291,9 +309,9 @@ fn point_at_loopback(ctx: &SockAddrContext, v6: bool, d: &Dest, port: [u8; 2]) {
     if !v6 {
         sa.user_ip4 = u32::from_ne_bytes([127, 0, 0, 1]);
     } else if is_v4(d) {
-        sa.user_ip6 = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes([127, 0, 0, 1])];
+        sa.user_ip6 = words_of(&v4_mapped([127, 0, 0, 1]));
     } else {
-        sa.user_ip6 = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
+        sa.user_ip6 = words_of(&LOOPBACK_V6);
     }
     sa.user_port = u32::from(u16::from_ne_bytes(port));
 }
@@ -326,20 +344,18 @@ fn redirect_to_gate(ctx: &SockAddrContext, v6: bool, netns: u64, endpoint: u32, 
 pub fn recvmsg(ctx: &SockAddrContext, v6: bool) -> i32 {
     // SAFETY: the kernel's bpf_sock_addr, writable in recvmsg hooks.
     let sa = unsafe { &mut *ctx.sock_addr };
-    let lo4 = u32::from_ne_bytes([127, 0, 0, 1]);
+    let lo4 = [127, 0, 0, 1];
     let (is_lo, mapped) = if v6 {
-        let w = sa.user_ip6;
-        let mapped = w[0] == 0 && w[1] == 0 && w[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]) && w[3] == lo4;
-        let lo6 = w[0] == 0 && w[1] == 0 && w[2] == 0 && w[3] == u32::from_ne_bytes([0, 0, 0, 1]);
-        (mapped || lo6, mapped)
+        let src = ip_of(sa.user_ip6);
+        let mapped = src == v4_mapped(lo4);
+        (mapped || src == LOOPBACK_V6, mapped)
     } else {
-        (sa.user_ip4 == lo4, false)
+        (sa.user_ip4.to_ne_bytes() == lo4, false)
     };
-    if v6 && !is_lo {
-        show_caught_resolver(ctx);
-        return ALLOW;
-    }
     if !is_lo {
+        if v6 {
+            show_caught_resolver(ctx);
+        }
         return ALLOW;
     }
     let key = GatePortKey {
@@ -353,52 +369,29 @@ pub fn recvmsg(ctx: &SockAddrContext, v6: bool) -> i32 {
         return ALLOW;
     };
     let ip = r.ip;
+    let v4 = [ip[12], ip[13], ip[14], ip[15]];
     if !v6 {
-        sa.user_ip4 = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
-    } else if mapped {
-        sa.user_ip6 =
-            [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]])];
+        sa.user_ip4 = u32::from_ne_bytes(v4);
     } else {
-        sa.user_ip6 = [
-            u32::from_ne_bytes([ip[0], ip[1], ip[2], ip[3]]),
-            u32::from_ne_bytes([ip[4], ip[5], ip[6], ip[7]]),
-            u32::from_ne_bytes([ip[8], ip[9], ip[10], ip[11]]),
-            u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
-        ];
+        sa.user_ip6 = words_of(&if mapped { v4_mapped(v4) } else { ip });
     }
     sa.user_port = u32::from(u16::from_ne_bytes(r.port));
     ALLOW
 }
 
-/// A datagram from `::ffff:DNS_PLACEHOLDER_V4` port 53 on a socket
+/// A datagram from `DNS_PLACEHOLDER` port 53 on a socket
 /// `catch_via_placeholder` pointed there: its source becomes the IPv6
 /// resolver the socket asked for.
 #[inline(always)]
 fn show_caught_resolver(ctx: &SockAddrContext) {
     // SAFETY: the kernel's bpf_sock_addr, writable in recvmsg hooks.
     let sa = unsafe { &mut *ctx.sock_addr };
-    let w = sa.user_ip6;
-    let p = DNS_PLACEHOLDER_V4;
-    let placeholder = w[0] == 0 && w[1] == 0 && w[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]) && w[3] == u32::from_ne_bytes(p);
-    if !placeholder || sa.user_port as u16 != 53u16.to_be() {
+    if ip_of(sa.user_ip6) != DNS_PLACEHOLDER || sa.user_port as u16 != 53u16.to_be() {
         return;
     }
-    // SAFETY: this socket's own storage, copied out at once.
-    let flow = unsafe { SK_FLOWS.get_ptr_mut(ctx) };
-    if flow.is_null() {
-        return;
+    if let Some(f) = caught_flow(ctx) {
+        sa.user_ip6 = words_of(&f.ip);
     }
-    let f = unsafe { *flow };
-    if f.flags & FLOW_F_CAUGHT == 0 {
-        return;
-    }
-    let ip = f.ip;
-    sa.user_ip6 = [
-        u32::from_ne_bytes([ip[0], ip[1], ip[2], ip[3]]),
-        u32::from_ne_bytes([ip[4], ip[5], ip[6], ip[7]]),
-        u32::from_ne_bytes([ip[8], ip[9], ip[10], ip[11]]),
-        u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
-    ];
 }
 
 /// Stores (or overwrites, on a reconnect) the socket's flow.

@@ -106,8 +106,21 @@ impl PolicyMaps {
 
     /// Removes a learned IP; cached allowances of its endpoint go stale.
     pub fn remove_learned(&mut self, key: &LearnedKey) -> Result<(), MapError> {
-        ignore_missing(self.learned.remove(key))?;
-        self.verdict_cache.invalidate(key.endpoint)
+        self.remove_learned_all(std::slice::from_ref(key))
+    }
+
+    /// Removes learned IPs, going on past a failure (the first is
+    /// returned), then makes each endpoint's cached allowances stale once.
+    pub fn remove_learned_all(&mut self, keys: &[LearnedKey]) -> Result<(), MapError> {
+        let mut first = Ok(());
+        for k in keys {
+            first = first.and(ignore_missing(self.learned.remove(k)));
+        }
+        let endpoints: HashSet<u32> = keys.iter().map(|k| k.endpoint).collect();
+        for ep in endpoints {
+            first = first.and(self.verdict_cache.invalidate(ep));
+        }
+        first
     }
 
     pub fn learned_keys(&self) -> Vec<LearnedKey> {

@@ -250,10 +250,8 @@ impl State {
             self.version += 1;
         }
         let mut first = Ok(());
-        for k in &changes.removes {
-            if let Err(e) = self.maps.remove_learned(k) {
-                first = first.and(Err(map_err("LEARNED")(e)));
-            }
+        if let Err(e) = self.maps.remove_learned_all(&changes.removes) {
+            first = Err(map_err("LEARNED")(e));
         }
         for (k, expires_ns) in changes.inserts {
             if let Err(e) = self.maps.insert_learned(k, LearnedValue { expires_ns }) {
