@@ -30,6 +30,8 @@ use crate::{
 
 const PASS: i32 = 1;
 const DROP: i32 = 0;
+/// Egress only: drop, and tell the sender of congestion (`NET_XMIT_DROP`).
+const DROP_CN: i32 = 2;
 
 const SOCK_STREAM: u32 = 1;
 /// `BPF_TCP_LISTEN` in `bpf_sock.state`.
@@ -136,25 +138,40 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
             if f.proto == proto::UDP
                 && is_trusted_resolver(ep.endpoint, &Dest { proto: f.proto, port: f.dport, ip: f.dst }) =>
         {
-            // A query to a trusted resolver: the agent gets a copy (in the
-            // same ring as the answers, so it always sees a query before its
-            // answer) to check the name and to pair the answer with it. The
-            // query itself goes on: a cgroup egress program cannot drop a
-            // packet silently (return 2 becomes -ENOBUFS, which glibc's
-            // resolver sockets, with IP_RECVERR, report as a send failure).
-            //
-            // On loopback it was caught by `connect4` (`sock::catch_on_loopback`):
-            // it goes no further than `lo`, and the agent answers it.
-            let caught = cfg.dns_gates != 0 && unsafe { (*ctx.skb.skb).ifindex } == LOOPBACK_IFINDEX;
-            let (kind, r) =
-                if caught { (DNS_KIND_CAUGHT, Reason::DnsCaught) } else { (DNS_KIND_QUERY, Reason::AllowedDns) };
-            if hold(ctx, cookie, cfg.agent_ready, ep.endpoint, cgid, f.v6, kind, None) {
-                count(hook, r);
-                return PASS;
+            // A query to a trusted resolver. Without gates (`dnsGates:
+            // false`) the agent gets a copy (in the same ring as the answers,
+            // so it always sees a query before its answer) to check the name
+            // and to pair the answer with it, and the query goes on.
+            if cfg.dns_gates == 0 {
+                if hold(ctx, cookie, cfg.agent_ready, ep.endpoint, cgid, f.v6, DNS_KIND_QUERY, None) {
+                    count(hook, Reason::AllowedDns);
+                    return PASS;
+                }
+                // No copy, no answer will be accepted: fail now (EPERM).
+                count(hook, Reason::DnsHoldFailed);
+                return DROP;
             }
-            // No copy, no answer will be accepted: fail now (EPERM).
-            count(hook, Reason::DnsHoldFailed);
-            return DROP;
+            // With gates, a query reaches the resolver only through a gate,
+            // so this one was neither sent to a gate (none in this namespace
+            // yet, or a socket connected before it opened) nor redirected by
+            // the socket hooks: caught by `connect4` on loopback
+            // (`sock::catch_on_loopback`), or one they cannot redirect (an
+            // `IPV6_V6ONLY` or already bound IPv6 socket, as dig's; `sendto`
+            // a resolver on a port other than 53). It may carry tunnelled
+            // data, so it never leaves: the agent gets it as caught and
+            // answers it from the resolver's address by injection.
+            if !hold(ctx, cookie, cfg.agent_ready, ep.endpoint, cgid, f.v6, DNS_KIND_CAUGHT, None) {
+                count(hook, Reason::DnsHoldFailed);
+                return DROP;
+            }
+            count(hook, Reason::DnsCaught);
+            // On loopback it goes no further than the namespace. Elsewhere
+            // it is dropped with congestion notification: `NET_XMIT_DROP`,
+            // which `udp_send_skb`/`udp_v6_send_skb` report as success unless
+            // the socket set IP(V6)_RECVERR (then -ENOBUFS, and it retries)
+            // (kernel/bpf/cgroup.c `__cgroup_bpf_run_filter_skb`). A plain
+            // drop would fail every sender with EPERM.
+            return if unsafe { (*ctx.skb.skb).ifindex } == LOOPBACK_IFINDEX { PASS } else { DROP_CN };
         }
         Ok(f) => {
             let d = Dest { proto: f.proto, port: f.dport, ip: f.dst };

@@ -383,7 +383,7 @@ impl Agent {
     /// unless a next agent already took them over.
     pub fn shutdown(mut self) {
         if lock(&self.core.running).is_some() {
-            // Still the consuming agent: DNS goes back to the hold path
+            // Still the consuming agent: new DNS is caught in the kernel
             // first (answered by the next agent), then the gates drain.
             self.dns_gates.unpublish();
         }

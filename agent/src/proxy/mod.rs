@@ -21,10 +21,11 @@
 //! `sendmsg` sends it to the loopback sink, so it stays in the namespace,
 //! and egress copies it to the agent (`DNS_KIND_CAUGHT`), which opens the
 //! gates there and serves it through the UDP gate (`serve_caught`): the
-//! answer is injected from the resolver's address. A first query over IPv6
-//! on a connected socket takes the copy-and-hold path of `gate` instead
-//! (answer held until learned, replaced for names not allowed, but that
-//! query has left), and TCP is refused at connect (`denied-dns-no-gate`).
+//! answer is injected from the resolver's address. `connect6` connects an
+//! IPv6 socket to an IPv4 placeholder on `lo` for the same end; a datagram
+//! the hooks could not redirect (an `IPV6_V6ONLY` socket) is copied and
+//! dropped by egress and served the same way. TCP is refused at connect
+//! (`denied-dns-no-gate`).
 //! The agent opens gates for the namespaces of an endpoint's processes when
 //! it starts enforcing, for any namespace a query is caught in or comes
 //! from on the hold path (before that query's answer is released, so a
@@ -152,18 +153,21 @@ fn open_sockets(resolver: SocketAddr, inject_mark: u32) -> Result<Sockets, GateE
     upstream.connect(resolver).map_err(err(resolver))?;
     // Both families: an IPv6 resolver's caught queries can arrive over
     // IPv4 (`DNS_PLACEHOLDER_V4`).
-    let raw = |family| -> Result<OwnedFd, GateError> {
-        let raw = raw_socket(family, inject_mark)?;
-        // Answers to caught queries go to a socket bound to `lo`: they must
-        // arrive on `lo` too. A packet to a local address otherwise counts as
-        // arriving on the device that holds the address (net/ipv4/route.c
-        // `ip_route_output_key_hash_rcu`: "make sure orig_oif points to fib
-        // result device"), and the bound socket would not match it.
-        set_int_option(&raw, libc::SO_BINDTOIFINDEX, LOOPBACK_IFINDEX as libc::c_int)
-            .map_err(|e| GateError::Raw(InjectError::Socket(e)))?;
-        Ok(raw)
-    };
-    Ok(Sockets { tcp, udp, upstream, raw4: raw(libc::AF_INET)?, raw6: raw(libc::AF_INET6)? })
+    let raw4 = raw_socket(libc::AF_INET, inject_mark)?;
+    // Answers to queries caught by `connect4` go to a socket bound to `lo`:
+    // they must arrive on `lo` too. A packet to a local address otherwise
+    // counts as arriving on the device that holds the address
+    // (net/ipv4/route.c `ip_route_output_key_hash_rcu`: "make sure orig_oif
+    // points to fib result device"), and the bound socket would not match it.
+    set_int_option(&raw4, libc::SO_BINDTOIFINDEX, LOOPBACK_IFINDEX as libc::c_int)
+        .map_err(|e| GateError::Raw(InjectError::Socket(e)))?;
+    // No IPv6 client socket is bound to `lo` (the IPv6 catches go over IPv4,
+    // to `::1`, or through egress unchanged), and IPv6 makes no on-link
+    // guess through `lo`: bound there, an answer to an address of another
+    // device fails with ENETUNREACH (an `IPV6_V6ONLY` socket's, caught on
+    // egress).
+    let raw6 = raw_socket(libc::AF_INET6, inject_mark)?;
+    Ok(Sockets { tcp, udp, upstream, raw4, raw6 })
 }
 
 fn port_of(local: io::Result<SocketAddr>) -> u16 {
@@ -348,8 +352,8 @@ impl DnsGates {
     }
 
     /// Stops sending new DNS to this agent's gates (their `GATES` entries
-    /// go, unless a newer agent replaced them): new UDP queries take the
-    /// hold path, whose answers wait in the pinned ring for the next agent.
+    /// go, unless a newer agent replaced them): new UDP queries are caught,
+    /// and wait in the pinned ring for the next agent.
     pub fn unpublish(&self) {
         let open = lock(&self.open);
         let mut st = lock(&self.shared.state);

@@ -115,8 +115,8 @@ fn stopped(stop: &Stop) -> bool {
 pub(super) struct UdpGate {
     pub gate: UdpSocket,
     pub upstream: UdpSocket,
-    /// Raw sockets (`IPPROTO_RAW`, the inject mark, bound to `lo`) for
-    /// answers to caught queries, IPv4 and IPv6.
+    /// Raw sockets (`IPPROTO_RAW`, the inject mark; the IPv4 one bound to
+    /// `lo`) for answers to caught queries, IPv4 and IPv6.
     pub raw4: OwnedFd,
     pub raw6: OwnedFd,
     pub conn: GateCtx,
