@@ -4,7 +4,7 @@
   dnsq.py SERVER NAME [--type A|AAAA] [--timeout S] [--wait S] [--decoy]
           [--unconnected] [--v6only]
 
-Sends one query (random txid) from a socket connected to SERVER:53, waits
+Sends one query (random txid) from a socket connected to SERVER:53 (--port), waits
 up to --timeout for the first datagram, then keeps listening for --wait
 seconds and records every further datagram. --decoy also opens a second
 socket connected to the same server that never sends, and prefixes the name
@@ -76,6 +76,7 @@ def main():
     p.add_argument("--wait", type=float, default=1.0)
     p.add_argument("--decoy", action="store_true")
     p.add_argument("--unconnected", action="store_true")
+    p.add_argument("--port", type=int, default=53)
     p.add_argument("--v6only", action="store_true", help="IPV6_V6ONLY on the socket (as dig does)")
     a = p.parse_args()
     socks = {}
@@ -84,17 +85,17 @@ def main():
     if a.v6only:
         main_sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     if not a.unconnected:
-        main_sock.connect((a.server, 53))
+        main_sock.connect((a.server, a.port))
     socks[main_sock] = "main"
     name = a.name
     if a.decoy:
         decoy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        decoy.connect((a.server, 53))
+        decoy.connect((a.server, a.port))
         socks[decoy] = "decoy"
         name = f"p{decoy.getsockname()[1]}.{name}"
     txid = struct.unpack("!H", os.urandom(2))[0]
     if a.unconnected:
-        main_sock.sendto(query(txid, name, TYPES[a.type]), (a.server, 53))
+        main_sock.sendto(query(txid, name, TYPES[a.type]), (a.server, a.port))
     else:
         main_sock.send(query(txid, name, TYPES[a.type]))
     answer, extra = None, []
@@ -112,7 +113,7 @@ def main():
             if answer is None and socks[s] == "main":
                 got["id_ok"] = got["id"] == txid
                 want = ipaddress.ip_address(a.server)
-                got["from_ok"] = ipaddress.ip_address(src[0]) == want and src[1] == 53
+                got["from_ok"] = ipaddress.ip_address(src[0]) == want and src[1] == a.port
                 answer = got
                 deadline = time.monotonic() + a.wait
             else:

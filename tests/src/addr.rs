@@ -19,7 +19,8 @@ pub const DNS_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 53);
 pub const DNS_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x53, 0, 0, 0, 0, 0x53);
 /// A "rogue" resolver a pod might try to bypass policy with (same dnsmasq).
 pub const ROGUE_DNS_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 99);
-/// The misbehaving resolver (`servers/baddns.py`, UDP 53 only), started only
+/// The misbehaving resolver (`servers/baddns.py`, UDP 53 unless
+/// `bad_dns_port`), started only
 /// with [`crate::BenchBuilder::bad_dns`]. Inside the 198.51.100.0/24 AnyIP
 /// range, so no extra address or route is needed (it is also
 /// `race-307.test`'s address, which only hostd's TCP ports serve).

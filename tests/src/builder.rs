@@ -19,6 +19,7 @@ pub struct BenchBuilder {
     race_names: bool,
     dns_ttl: u32,
     bad_dns: bool,
+    bad_dns_port: u16,
     tcp_echo: bool,
 }
 
@@ -30,6 +31,7 @@ impl Default for BenchBuilder {
             race_names: false,
             dns_ttl: 60,
             bad_dns: false,
+            bad_dns_port: 53,
             tcp_echo: false,
         }
     }
@@ -67,6 +69,12 @@ impl BenchBuilder {
     /// is up once `start` returns, but not part of the readiness probe.
     pub fn bad_dns(mut self, on: bool) -> Self {
         self.bad_dns = on;
+        self
+    }
+
+    /// The UDP port of `servers/baddns.py` (default 53).
+    pub fn bad_dns_port(mut self, port: u16) -> Self {
+        self.bad_dns_port = port;
         self
     }
 
@@ -173,6 +181,7 @@ impl BenchBuilder {
                 &bad_dns_log,
                 &bad_dns_mode,
                 self.dns_ttl,
+                self.bad_dns_port,
             )?;
             td.children.push(bad);
         }

@@ -70,6 +70,7 @@ pub fn spawn_baddns(
     log: &Path,
     mode_file: &Path,
     ttl: u32,
+    port: u16,
 ) -> Result<ChildGuard> {
     let script = workdir.join("baddns.py");
     std::fs::write(&script, BADDNS_PY)?;
@@ -79,7 +80,7 @@ pub fn spawn_baddns(
         .arg("-u")
         .arg(&script)
         .arg(format!("--addr={}", addr::BAD_DNS_V4))
-        .arg("--port=53")
+        .arg(format!("--port={port}"))
         .arg(format!("--ttl={ttl}"))
         .arg("--mode-file")
         .arg(mode_file);

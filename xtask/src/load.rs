@@ -28,9 +28,11 @@ enum LoadCmd {
         crr: SocketAddr,
         #[arg(long)]
         bulk: SocketAddr,
+        #[arg(long)]
+        cpu: Option<usize>,
     },
     /// Client: resolve `--prelearn` race names first (so the endpoint has
-    /// that many learned IPs), then run one workload for `--secs`.
+    /// that many learned IPs), then run workloads of `--secs` each.
     Client {
         #[arg(long, value_parser = ["crr", "bulk", "dns"])]
         mode: String,
@@ -41,44 +43,81 @@ enum LoadCmd {
         secs: f64,
         #[arg(long, default_value = "0")]
         prelearn: u32,
-        /// After prelearning print `prelearned`, after the workload `done`,
-        /// and each time wait for a line on stdin, so the caller can read
-        /// counters exactly around the workload.
+        /// After prelearning print `prelearned`, then run a workload per
+        /// `go [MODE TARGET]` line on stdin, each followed by `done`.
         #[arg(long)]
         sync: bool,
+        /// Run on this CPU only (the bench puts client and server on
+        /// different cores, so no run depends on where the scheduler put
+        /// them).
+        #[arg(long)]
+        cpu: Option<usize>,
     },
 }
 
 pub fn run(args: &LoadArgs) -> Result<()> {
     match &args.cmd {
-        LoadCmd::Serve { crr, bulk } => serve(*crr, *bulk),
-        LoadCmd::Client { mode, target, secs, prelearn, sync } => {
+        LoadCmd::Serve { crr, bulk, cpu } => {
+            pin(*cpu)?;
+            serve(*crr, *bulk)
+        }
+        LoadCmd::Client { mode, target, secs, prelearn, sync, cpu } => {
+            pin(*cpu)?;
             for n in 1..=*prelearn {
                 let _ = (format!("race-{n}.test"), 80).to_socket_addrs()
                     .with_context(|| format!("resolving race-{n}.test"))?;
             }
-            if *sync {
-                println!("prelearned");
-                std::io::stdout().flush()?;
-                let mut line = String::new();
-                std::io::stdin().read_line(&mut line)?;
+            if !*sync {
+                return workload(mode, target, *secs);
             }
-            let d = Duration::from_secs_f64(*secs);
-            match mode.as_str() {
-                "crr" => crr(target, d),
-                "bulk" => bulk(target, d),
-                _ => dns(target, d),
-            }?;
-            if *sync {
-                // Stay alive (the agent keeps its programs loaded) until the
-                // caller has read the kernel's statistics.
+            println!("prelearned");
+            std::io::stdout().flush()?;
+            // Then one workload per `go [MODE TARGET]` line, each followed by
+            // `done`, until `bye` or end of input: the caller reads counters
+            // exactly around each one, and runs many short ones alternating
+            // with other configurations.
+            for line in std::io::stdin().lines() {
+                let line = line?;
+                let mut words = line.split_whitespace();
+                if words.next() != Some("go") {
+                    break;
+                }
+                let (m, t) = (words.next().unwrap_or(mode), words.next().unwrap_or(target));
+                workload(m, t, *secs)?;
                 println!("done");
                 std::io::stdout().flush()?;
-                let mut line = String::new();
-                std::io::stdin().read_line(&mut line)?;
             }
             Ok(())
         }
+    }
+}
+
+/// Pins the process (threads spawned later inherit it) to one CPU.
+fn pin(cpu: Option<usize>) -> Result<()> {
+    let Some(cpu) = cpu else { return Ok(()) };
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays in it
+    // (checked against CPU_SETSIZE); sched_setaffinity(0) is this thread.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if cpu >= libc::CPU_SETSIZE as usize {
+            bail!("--cpu {cpu}: out of range");
+        }
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        bail!("--cpu {cpu}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn workload(mode: &str, target: &str, secs: f64) -> Result<()> {
+    let d = Duration::from_secs_f64(secs);
+    match mode {
+        "crr" => crr(target, d),
+        "bulk" => bulk(target, d),
+        "dns" => dns(target, d),
+        _ => bail!("unknown mode {mode}"),
     }
 }
 

@@ -10,6 +10,7 @@
 //!   `test` runs them too.
 
 mod bench;
+mod bench_env;
 mod calibrate;
 mod demo;
 mod fuzz;
