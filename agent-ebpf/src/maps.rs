@@ -50,8 +50,8 @@ pub static GATES: HashMap<GateKey, GateValue> = HashMap::with_max_entries(16384,
 #[map]
 pub static GATE_PORTS: HashMap<GatePortKey, GatePortValue> = HashMap::with_max_entries(32768, BPF_F_NO_PREALLOC);
 
-/// (netns, client port) of a datagram sent to a UDP gate -> the process
-/// behind it (from `DNS_SOCKS`), for the blocked log's pid/comm.
+/// (netns, client port, protocol) of a datagram or SYN sent to a DNS gate ->
+/// the process behind it (from `DNS_SOCKS`), for the blocked log's pid/comm.
 #[map]
 pub static GATE_CLIENTS: LruHashMap<GatePortKey, u32> = LruHashMap::with_max_entries(16384, BPF_F_NO_COMMON_LRU);
 

@@ -36,6 +36,9 @@ const DROP_CN: i32 = 2;
 const SOCK_STREAM: u32 = 1;
 /// `BPF_TCP_LISTEN` in `bpf_sock.state`.
 const TCP_LISTEN: u32 = 10;
+/// `BPF_TCP_SYN_SENT`: a `connect()` in progress; its only segment is the SYN.
+const TCP_SYN_SENT: u32 = 2;
+const AF_INET: u32 = 2;
 
 /// A flow whose packets need no further look:
 /// - a TCP stream socket (not a listener): it can only send after a
@@ -55,10 +58,40 @@ fn is_established(ctx: &SkBuffContext) -> bool {
     // SAFETY: a full socket checked by bpf_sk_fullsock.
     let (ty, protocol, state) = unsafe { ((*full).type_, (*full).protocol, (*full).state) };
     if ty == SOCK_STREAM && protocol == u32::from(proto::TCP) {
+        if state == TCP_SYN_SENT {
+            note_tcp_gate_client(ctx, full);
+        }
         // A listener's SYNs are recorded as inbound peers on the full path.
         return state != TCP_LISTEN;
     }
     socket_flow(full).is_some_and(|f| f.flags & FLOW_F_DNS == 0)
+}
+
+/// A SYN to loopback from a DNS socket (in `DNS_SOCKS`: its `connect()`
+/// went to a DNS gate): the TCP gate sees only the client's port, so the
+/// process behind it is noted for the log (`GATE_CLIENTS`). Other SYNs
+/// cost a few loads from the socket.
+#[inline(always)]
+fn note_tcp_gate_client(ctx: &SkBuffContext, full: *mut bpf_sock) {
+    // SAFETY: a full socket checked by bpf_sk_fullsock; addresses in
+    // network byte order, `src_port` in host byte order (uapi bpf.h).
+    let (family, dst4, dst6, sport) = unsafe { ((*full).family, (*full).dst_ip4, (*full).dst_ip6, (*full).src_port) };
+    let lo4 = u32::from_ne_bytes([127, 0, 0, 1]);
+    let loopback = if family == AF_INET {
+        dst4 == lo4
+    } else {
+        let mapped = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+        dst6[0] == 0 && dst6[1] == 0 && ((dst6[2] == 0 && dst6[3] == u32::from_ne_bytes([0, 0, 0, 1])) || (dst6[2] == mapped && dst6[3] == lo4))
+    };
+    if !loopback {
+        return;
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if let Some(owner) = unsafe { DNS_SOCKS.get(&cookie) } {
+        let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+        let client = GatePortKey { netns_cookie: netns, port: (sport as u16).to_be_bytes(), proto: proto::TCP, _pad: [0; 5] };
+        let _ = GATE_CLIENTS.insert(&client, &owner.tgid, 0);
+    }
 }
 
 /// The packet's full socket, if it has one.
@@ -214,17 +247,16 @@ fn sunk_query(ctx: &SkBuffContext, f: &Flow, dns_gates: u32) -> Option<[u8; 16]>
 
 /// A datagram or segment to one of the agent's DNS gates in this namespace
 /// (loopback, a port in `GATE_PORTS`). For UDP, the sending process is
-/// noted for the log (the gate sees only the client's port).
+/// noted for the log (the gate sees only the client's port); TCP segments
+/// never get here (`is_established`, `note_tcp_gate_client`).
 #[inline(always)]
 fn to_gate(ctx: &SkBuffContext, cookie: u64, f: &Flow) -> bool {
     let Some(netns) = gate_port(ctx, f, &f.dst, f.dport) else {
         return false;
     };
-    if f.proto == proto::UDP {
-        if let Some(owner) = unsafe { DNS_SOCKS.get(&cookie) } {
-            let client = GatePortKey { netns_cookie: netns, port: f.sport, proto: proto::UDP, _pad: [0; 5] };
-            let _ = GATE_CLIENTS.insert(&client, &owner.tgid, 0);
-        }
+    if let Some(owner) = unsafe { DNS_SOCKS.get(&cookie) } {
+        let client = GatePortKey { netns_cookie: netns, port: f.sport, proto: f.proto, _pad: [0; 5] };
+        let _ = GATE_CLIENTS.insert(&client, &owner.tgid, 0);
     }
     true
 }

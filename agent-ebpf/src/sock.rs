@@ -97,9 +97,9 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
         // DNS goes through the agent's gate for this namespace, endpoint
         // and resolver (a proxy in the workload's namespace that answers
         // names the policy does not allow itself, and learns from answers
-        // before the workload reads them). Without a UDP gate, UDP takes
-        // the copy-and-hold path (`skb`); without a TCP gate, TCP is
-        // refused.
+        // before the workload reads them). Without a UDP gate, UDP is
+        // caught here or on egress (`skb::egress`) and answered by the
+        // agent; without a TCP gate, TCP is refused.
         let gated = redirect_to_gate(ctx, v6, netns(), ep.endpoint, &dest);
         if !gated && dest.proto == proto::TCP {
             reason = Reason::DeniedDnsNoGate;
@@ -110,7 +110,7 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
                 reason = if catch_on_loopback(ctx) { Reason::DnsCaught } else { Reason::DeniedDnsNoGate };
             } else if connect && dest.proto == proto::UDP {
                 // An IPv6 resolver: through the IPv4 placeholder, if the
-                // socket can take it; else the hold path.
+                // socket can take it; else caught on egress.
                 match catch_via_placeholder(ctx) {
                     Placeholder::Caught => {
                         reason = Reason::DnsCaught;

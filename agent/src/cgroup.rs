@@ -138,27 +138,6 @@ impl Drop for OwnedCgroup {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_hybrid_and_unified_mounts() {
-        let hybrid = "30 25 0:26 / /sys/fs/cgroup/cpu rw,relatime shared:9 - cgroup cgroup rw,cpu\n\
-                      35 25 0:31 / /sys/fs/cgroup/unified rw,relatime shared:14 - cgroup2 cgroup2 rw\n";
-        assert_eq!(find_cgroup2_in(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        let unified = "29 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(find_cgroup2_in(unified), Some(PathBuf::from("/sys/fs/cgroup")));
-        assert_eq!(find_cgroup2_in("22 1 0:5 / /proc rw - proc proc rw\n"), None);
-    }
-
-    #[test]
-    fn unescapes_octal() {
-        let info = "35 25 0:31 / /mnt/my\\040cg rw - cgroup2 cgroup2 rw\n";
-        assert_eq!(find_cgroup2_in(info), Some(PathBuf::from("/mnt/my cg")));
-    }
-}
-
 /// Processes in `dir` and its descendant cgroups (a bounded walk), at most
 /// one per network namespace is needed by callers, so the list is capped.
 pub fn procs_below(dir: &Path) -> Vec<u32> {
@@ -179,4 +158,25 @@ pub fn procs_below(dir: &Path) -> Vec<u32> {
     walk(dir, 0, &mut out);
     out.truncate(256);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_hybrid_and_unified_mounts() {
+        let hybrid = "30 25 0:26 / /sys/fs/cgroup/cpu rw,relatime shared:9 - cgroup cgroup rw,cpu\n\
+                      35 25 0:31 / /sys/fs/cgroup/unified rw,relatime shared:14 - cgroup2 cgroup2 rw\n";
+        assert_eq!(find_cgroup2_in(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        let unified = "29 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(find_cgroup2_in(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(find_cgroup2_in("22 1 0:5 / /proc rw - proc proc rw\n"), None);
+    }
+
+    #[test]
+    fn unescapes_octal() {
+        let info = "35 25 0:31 / /mnt/my\\040cg rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(find_cgroup2_in(info), Some(PathBuf::from("/mnt/my cg")));
+    }
 }

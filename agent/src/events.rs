@@ -156,10 +156,10 @@ fn drain(ring: &mut RingBuf<MapData>, state: &Mutex<State>, out: &LogSink, gates
         let Some(ev) = decode(&item) else { continue };
         let rec = record(&ev, &lock(state));
         write_record(out, &rec);
-        if let Some(g) = gates.filter(|_| ev.reason == Reason::DeniedDnsNoGate as u32 && ev.tgid != 0) {
-            if let Err(e) = g.ensure(ev.tgid, None, ev.endpoint) {
-                tracing::debug!(error = %e, "cannot open a TCP DNS gate");
-            }
+        if let Some(g) = gates.filter(|_| ev.reason == Reason::DeniedDnsNoGate as u32 && ev.tgid != 0)
+            && let Err(e) = g.ensure(ev.tgid, None, ev.endpoint)
+        {
+            tracing::debug!(error = %e, "cannot open a TCP DNS gate");
         }
     }
 }

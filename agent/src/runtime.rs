@@ -392,10 +392,10 @@ impl Agent {
             server.stop();
         }
         let h = self.core.hand_over();
-        if let (Some(h), Some(dir)) = (h, &self.state_dir) {
-            if let Err(e) = handover::write_snapshot(dir, &h) {
-                warn!(error = %e, "writing the state snapshot failed; the next agent starts without it");
-            }
+        if let (Some(h), Some(dir)) = (h, &self.state_dir)
+            && let Err(e) = handover::write_snapshot(dir, &h)
+        {
+            warn!(error = %e, "writing the state snapshot failed; the next agent starts without it");
         }
         drop(self.datapath);
     }

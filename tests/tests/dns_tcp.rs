@@ -89,7 +89,13 @@ fn a_name_not_allowed_over_tcp_is_answered_by_the_gate_and_never_leaves() {
     assert_eq!((rebind.code, rebind.stdout.as_str()), (0, ""), "{rebind:?}");
     r.sock_errno("meta", "connect", "EPERM");
     let log = r.log();
-    let refused = log.expect("198.51.100.53", 53, &[("reason", s("denied-dns-name")), ("host", s("other.example.test"))]);
+    // The process behind a TCP query is named too (its SYN, `GATE_CLIENTS`).
+    let refused = log.expect(
+        "198.51.100.53",
+        53,
+        &[("reason", s("denied-dns-name")), ("host", s("other.example.test")), ("comm", s("dig"))],
+    );
     assert_eq!(refused["protocol"], "dns", "{refused}");
+    assert!(refused["pid"].as_u64().is_some_and(|p| p > 0), "{refused}");
     log.expect("169.254.169.254", 0, &[("reason", s("denied-range")), ("host", s("meta.example.test"))]);
 }

@@ -93,7 +93,7 @@ fn read_log(path: &Path) -> Result<Vec<Value>> {
 }
 
 fn print_table(records: &[Value]) {
-    println!("\n  {:<10} {:<18} {:<22} {:>5}  {:<26} {:<9} {}", "VERDICT", "REASON", "DESTINATION", "PORT", "HOST", "COMM", "HOOK");
+    println!("\n  {:<10} {:<18} {:<22} {:>5}  {:<26} {:<9} HOOK", "VERDICT", "REASON", "DESTINATION", "PORT", "HOST", "COMM");
     for r in records {
         let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
         let port = r.get("dport").and_then(Value::as_u64).unwrap_or(0);

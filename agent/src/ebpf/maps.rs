@@ -203,8 +203,8 @@ impl PolicyMaps {
     }
 
     /// The process that last sent a datagram to a UDP gate from `port`.
-    pub fn gate_client(&self, netns_cookie: u64, port: u16) -> Option<u32> {
-        let key = GatePortKey { netns_cookie, port: port.to_be_bytes(), proto: agent_common::proto::UDP, _pad: [0; 5] };
+    pub fn gate_client(&self, netns_cookie: u64, port: u16, proto: u8) -> Option<u32> {
+        let key = GatePortKey { netns_cookie, port: port.to_be_bytes(), proto, _pad: [0; 5] };
         self.gate_clients.get(&key, 0).ok()
     }
 

@@ -107,7 +107,7 @@ mod tests {
     fn the_cache_is_on_only_at_an_endpoints_own_cgroup_with_nothing_below() {
         let a = |p: &str, id| (PathBuf::from(p), id);
         let eps = |id: u64| match id {
-            1 | 2 | 3 => Some(id as u32 * 10),
+            1..=3 => Some(id as u32 * 10),
             _ => None,
         };
         // exec: one endpoint, its own cgroup.

@@ -15,7 +15,10 @@ use super::{
     Gate, GateStats, QueryKey,
     judge::{judge_query, note_shape},
 };
-use crate::dns::{parse_message, parse_query, parse_udp, transaction_id};
+use crate::{
+    dns::{parse_message, parse_query, parse_udp, transaction_id},
+    proxy::CaughtQuery,
+};
 
 /// Queries per endpoint per second above which the rate is counted as
 /// suspicious (a stub resolver asks a handful per lookup).
@@ -38,11 +41,11 @@ impl Gate {
             }
         };
         self.note_rate_and_shape(held.endpoint, &qname);
-        if let Some(g) = &self.dns_gates {
-            if let Err(e) = g.ensure(held.tgid, Some(held.netns_cookie), held.endpoint) {
-                // DNS over TCP from there stays refused (fail closed).
-                debug!(error = %e, endpoint = held.endpoint, "cannot open a TCP DNS gate");
-            }
+        if let Some(g) = &self.dns_gates
+            && let Err(e) = g.ensure(held.tgid, Some(held.netns_cookie), held.endpoint)
+        {
+            // DNS over TCP from there stays refused (fail closed).
+            debug!(error = %e, endpoint = held.endpoint, "cannot open a TCP DNS gate");
         }
         let Some(allowed) = judge_query(self.shared(), held.endpoint, &qname, udp.dst, held.tgid, held.cgroup_id)
         else {
@@ -74,7 +77,15 @@ impl Gate {
         let Some(gates) = &self.dns_gates else {
             return false;
         };
-        match gates.serve_caught(held.tgid, held.netns_cookie, held.endpoint, udp.src, resolver, udp.dst, udp.payload) {
+        let q = CaughtQuery {
+            tgid: held.tgid,
+            netns_cookie: held.netns_cookie,
+            endpoint: held.endpoint,
+            client: udp.src,
+            resolver,
+            from: udp.dst,
+        };
+        match gates.serve_caught(&q, udp.payload) {
             Ok(served) => served,
             Err(e) => {
                 debug!(error = %e, endpoint = held.endpoint, "cannot open a DNS gate for a caught query");

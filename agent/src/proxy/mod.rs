@@ -133,6 +133,22 @@ struct GateCtx {
     deny_rcode: ResponseCode,
 }
 
+/// Where a caught query came from and was meant to go.
+#[derive(Clone, Copy, Debug)]
+pub struct CaughtQuery {
+    /// The sending process and its network namespace.
+    pub tgid: u32,
+    pub netns_cookie: u64,
+    pub endpoint: u32,
+    /// The client's socket address, which the answer goes to.
+    pub client: SocketAddr,
+    /// The trusted resolver the query was for.
+    pub resolver: SocketAddr,
+    /// The source the answer shows: the resolver, or the IPv4 placeholder
+    /// an IPv6 resolver's query was caught through.
+    pub from: SocketAddr,
+}
+
 /// A gate's sockets, made inside the workload's namespace.
 struct Sockets {
     tcp: TcpListener,
@@ -262,7 +278,7 @@ impl DnsGates {
                         return;
                     }
                     udp::spawn(g, stop.clone());
-                    tcp::accept_loop(socks.tcp, conn, stop);
+                    tcp::accept_loop(socks.tcp, conn, cookie, stop);
                 })
                 .map_err(|_| GateError::Thread)?;
             let (cookie, (tcp_port, udp_port), udp_gate) = rx.recv().map_err(|_| GateError::Thread)??;
@@ -293,21 +309,12 @@ impl DnsGates {
         Ok(())
     }
 
-    /// Serves a query caught on loopback (`DNS_KIND_CAUGHT`): from `client`
-    /// (a socket of process `tgid` in namespace `netns_cookie`) to
-    /// `resolver`. Opens the namespace's gates first (the catch happens only
-    /// where there are none yet); the query is then judged and forwarded by
-    /// that gate, and the answer injected. Returns whether a gate took it.
-    pub fn serve_caught(
-        &self,
-        tgid: u32,
-        netns_cookie: u64,
-        endpoint: u32,
-        client: SocketAddr,
-        resolver: SocketAddr,
-        from: SocketAddr,
-        query: &[u8],
-    ) -> Result<bool, GateError> {
+    /// Serves a caught query (`DNS_KIND_CAUGHT`). Opens the namespace's
+    /// gates first (the catch happens only where there are none yet); the
+    /// query is then judged and forwarded by that gate, and the answer
+    /// injected. Returns whether a gate took it.
+    pub fn serve_caught(&self, q: &CaughtQuery, query: &[u8]) -> Result<bool, GateError> {
+        let CaughtQuery { tgid, netns_cookie, endpoint, client, resolver, from } = *q;
         self.ensure(tgid, Some(netns_cookie), endpoint)?;
         let k = key(netns_cookie, endpoint, resolver);
         let Some(g) = lock(&self.udp).get(&k).cloned() else {

@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use agent_common::proto;
 use tracing::{debug, warn};
 
 use super::GateCtx;
@@ -26,23 +27,32 @@ use crate::{
         GateStats, MAX_CNAME_CHAIN,
         judge::{judge_query, note_shape, vet_answer},
     },
+    runtime::lock,
 };
 
 /// How long a client or the resolver may stay silent mid-message.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(super) fn accept_loop(listener: TcpListener, conn: GateCtx, stop: (Arc<AtomicBool>, Arc<AtomicBool>)) {
+/// `netns_cookie`: the namespace's, to name each client's process (noted by
+/// `skb::egress` from its SYN in `GATE_CLIENTS`) in the log.
+pub(super) fn accept_loop(
+    listener: TcpListener,
+    conn: GateCtx,
+    netns_cookie: u64,
+    stop: (Arc<AtomicBool>, Arc<AtomicBool>),
+) {
     if listener.set_nonblocking(true).is_err() {
         return;
     }
     while !stop.0.load(Ordering::Relaxed) && !stop.1.load(Ordering::Relaxed) {
         match listener.accept() {
-            Ok((client, _)) => {
+            Ok((client, peer)) => {
                 let c = conn.clone();
+                let tgid = lock(&c.shared.state).maps.gate_client(netns_cookie, peer.port(), proto::TCP).unwrap_or(0);
                 // Spawned from a thread in the workload's namespace: the
                 // upstream connection is made there too.
                 let _ = thread::Builder::new().name("dns-tcp-conn".into()).spawn(move || {
-                    if let Err(e) = c.serve(client) {
+                    if let Err(e) = c.serve(client, tgid) {
                         debug!(error = %e, "TCP DNS gate connection closed");
                     }
                 });
@@ -61,7 +71,7 @@ fn invalid(what: &str) -> io::Error {
 }
 
 impl GateCtx {
-    fn serve(&self, mut client: TcpStream) -> io::Result<()> {
+    fn serve(&self, mut client: TcpStream, tgid: u32) -> io::Result<()> {
         client.set_read_timeout(Some(IO_TIMEOUT))?;
         client.set_write_timeout(Some(IO_TIMEOUT))?;
         let stats = &self.shared.stats;
@@ -75,7 +85,7 @@ impl GateCtx {
             let query = parse_message(&bytes).map_err(&malformed)?;
             let (qname, qtype) = parse_query(&query).map_err(&malformed)?;
             note_shape(&self.shared, self.endpoint, &qname);
-            let Some(allowed) = judge_query(&self.shared, self.endpoint, &qname, self.resolver, 0, self.cgroup_id) else {
+            let Some(allowed) = judge_query(&self.shared, self.endpoint, &qname, self.resolver, tgid, self.cgroup_id) else {
                 GateStats::bump(&stats.dropped_unknown_endpoint);
                 return Err(invalid("endpoint gone"));
             };

@@ -26,6 +26,7 @@ use std::{
 };
 
 use nix::sys::socket::{MsgFlags, SockaddrIn, SockaddrIn6, sendto};
+use agent_common::proto;
 use tracing::debug;
 
 use super::GateCtx;
@@ -157,7 +158,7 @@ fn queries(g: &UdpGate, stop: &Stop) {
                 continue;
             }
         };
-        let tgid = lock(&g.conn.shared.state).maps.gate_client(g.netns_cookie, client.port()).unwrap_or(0);
+        let tgid = lock(&g.conn.shared.state).maps.gate_client(g.netns_cookie, client.port(), proto::UDP).unwrap_or(0);
         g.serve(&mut buf[..len], ReplyTo::Gate(client), tgid);
     }
 }
