@@ -12,6 +12,7 @@ pub mod exec;
 pub mod gate;
 pub mod handover;
 pub mod inject;
+pub mod live;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

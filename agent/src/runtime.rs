@@ -25,6 +25,7 @@ use crate::{
     events::{self, LogSink},
     gate::{Gate, GateOptions, GateStats, PendingQueries},
     handover::{self, Handover},
+    live::LiveConns,
     metrics,
     proxy::DnsGates,
     state::{Caps, Identity, State, TtlBounds},
@@ -109,6 +110,8 @@ pub struct Agent {
     listener: Option<handover::Server>,
     /// Where the programs are attached: (cgroup directory, cgroup id).
     attached: Vec<(PathBuf, u64)>,
+    /// Live connections per endpoint, for the learned-address caps.
+    live: Arc<LiveConns>,
 }
 
 /// Drops expired learned IPs from the maps (the kernel refuses them at
@@ -182,6 +185,8 @@ impl Agent {
         // and ours must both pass while the two overlap.
         let mark = maps.config().inject_mark;
         let mut st = State::with_caps(maps, opts.ttl, opts.caps);
+        let live = Arc::new(LiveConns::default());
+        st.set_live_conns(live.clone());
         if opts.pins.is_some() {
             let n = st.adopt_kernel_endpoints();
             if n > 0 {
@@ -192,7 +197,8 @@ impl Agent {
         let log = events::log_sink(opts.log);
         let gate = Gate::new(state.clone(), mark, log.clone(), opts.gate);
         let gate_stats = gate.shared().stats.clone();
-        let dns_gates = Arc::new(DnsGates::new(gate.shared().clone(), opts.gate.deny_rcode, opts.gate.dns_gates, mark));
+        let dns_gates =
+            Arc::new(DnsGates::new(gate.shared().clone(), opts.gate.deny_rcode, opts.gate.dns_gates, mark, live.clone()));
         let gate = gate.with_dns_gates(dns_gates.clone());
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -214,6 +220,7 @@ impl Agent {
             metrics_addr: opts.metrics_addr,
             listener: None,
             attached: Vec::new(),
+            live,
         })
     }
 
@@ -316,6 +323,7 @@ impl Agent {
         }
         .with_context(|| format!("attaching to {}", cgroup.display()))?;
         self.attached.push((cgroup.canonicalize().unwrap_or_else(|_| cgroup.to_owned()), cgroup_id));
+        self.live.watch_cgroup(cgroup_id, cgroup);
         self.refresh_verdict_caches()
     }
 

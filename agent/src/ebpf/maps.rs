@@ -1,7 +1,7 @@
 //! Typed access to the policy maps (the firezone "Program facade"). The
 //! agent is the only writer; the kernel only reads these (and writes caches).
 
-use std::collections::{HashMap as StdHashMap, HashSet};
+use std::collections::HashSet;
 
 use agent_common::{
     CidrKey, CidrValue, Config, DnsServerKey, DnsSockInfo, EndpointInfo, GateKey, GatePortKey, GatePortValue, GateValue, InboundKey, LearnedKey,
@@ -173,16 +173,6 @@ impl PolicyMaps {
             ignore_missing(self.inbound.remove(&k))?;
         }
         Ok(n)
-    }
-
-    /// Destination IPs the learned-address caps must not evict, per
-    /// endpoint. Always empty now: a connection's allowance lives in its
-    /// socket's own storage (`SK_FLOWS`), so evicting a learned IP can no
-    /// longer cut a live connection (only new connections to it are then
-    /// refused), and socket storage cannot be listed from user space anyway.
-    /// The caps keep the hook for a future source (a `bpf_iter` over it).
-    pub fn live_ips(&self) -> StdHashMap<u32, HashSet<[u8; 16]>> {
-        StdHashMap::new()
     }
 
     pub fn insert_gate(&mut self, key: GateKey, value: GateValue) -> Result<(), MapError> {

@@ -60,6 +60,7 @@ use crate::{
     ebpf::loader::netns_cookie_of,
     gate::judge::Shared,
     inject::{InjectError, raw_socket, set_int_option},
+    live::LiveConns,
     policy::canonical,
     runtime::lock,
 };
@@ -87,6 +88,8 @@ pub struct DnsGates {
     enabled: bool,
     /// `skb->mark` of injected answers (the ingress hook passes them).
     inject_mark: u32,
+    /// Gets each namespace's socket-diagnostics socket.
+    live: Arc<LiveConns>,
     /// (netns cookie, endpoint, resolver) -> gate.
     open: Mutex<HashMap<GateKey, GateValue>>,
     /// The UDP side of each open gate, for queries caught on loopback.
@@ -156,6 +159,9 @@ struct Sockets {
     upstream: UdpSocket,
     raw4: OwnedFd,
     raw6: OwnedFd,
+    /// For `live`: which connections the namespace holds (none if the
+    /// kernel refuses one; the caps then see no live connection there).
+    diag: Option<OwnedFd>,
 }
 
 fn open_sockets(resolver: SocketAddr, inject_mark: u32) -> Result<Sockets, GateError> {
@@ -183,7 +189,8 @@ fn open_sockets(resolver: SocketAddr, inject_mark: u32) -> Result<Sockets, GateE
     // device fails with ENETUNREACH (an `IPV6_V6ONLY` socket's, caught on
     // egress).
     let raw6 = raw_socket(libc::AF_INET6, inject_mark)?;
-    Ok(Sockets { tcp, udp, upstream, raw4, raw6 })
+    let diag = crate::live::diag_socket().map_err(|e| debug!(error = %e, "no socket diagnostics")).ok();
+    Ok(Sockets { tcp, udp, upstream, raw4, raw6, diag })
 }
 
 fn port_of(local: io::Result<SocketAddr>) -> u16 {
@@ -192,12 +199,13 @@ fn port_of(local: io::Result<SocketAddr>) -> u16 {
 
 impl DnsGates {
     /// `enabled` false: `ensure` opens nothing (see `GateOptions::dns_gates`).
-    pub fn new(shared: Shared, deny_rcode: ResponseCode, enabled: bool, inject_mark: u32) -> Self {
+    pub fn new(shared: Shared, deny_rcode: ResponseCode, enabled: bool, inject_mark: u32, live: Arc<LiveConns>) -> Self {
         Self {
             shared,
             deny_rcode,
             enabled,
             inject_mark,
+            live,
             open: Mutex::default(),
             udp: Mutex::default(),
             cookies: Mutex::default(),
@@ -274,15 +282,18 @@ impl DnsGates {
                         netns_cookie: cookie,
                         table: t,
                     });
-                    if tx.send(Ok((cookie, ports, g.clone()))).is_err() {
+                    if tx.send(Ok((cookie, ports, g.clone(), socks.diag))).is_err() {
                         return;
                     }
                     udp::spawn(g, stop.clone());
                     tcp::accept_loop(socks.tcp, conn, cookie, stop);
                 })
                 .map_err(|_| GateError::Thread)?;
-            let (cookie, (tcp_port, udp_port), udp_gate) = rx.recv().map_err(|_| GateError::Thread)??;
+            let (cookie, (tcp_port, udp_port), udp_gate, diag) = rx.recv().map_err(|_| GateError::Thread)??;
             lock(&self.cookies).insert(ino, cookie);
+            if let Some(fd) = diag {
+                self.live.add_namespace(cookie, fd);
+            }
             let k = key(cookie, endpoint, resolver);
             let mut open = lock(&self.open);
             if open.contains_key(&k) {

@@ -14,6 +14,7 @@ mod table;
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv6Addr, SocketAddr},
+    sync::Arc,
     time::Duration,
 };
 
@@ -22,10 +23,11 @@ use aya::maps::MapError;
 use thiserror::Error;
 use tracing::warn;
 
-pub use learned::{CapStats, Caps, Changes, LEARNED_CAPACITY, LearnedTable};
+pub use learned::{CapStats, Caps, Changes, LEARNED_CAPACITY, LearnedTable, LiveIps};
 
 use crate::{
     ebpf::PolicyMaps,
+    live::LiveConns,
     policy::{CompiledPolicy, PortKey, canonical, is_always_denied},
 };
 
@@ -133,6 +135,8 @@ pub struct State {
     orphans: Vec<(agent_common::LearnedKey, u64)>,
     /// Bumped on every change of learned state (for snapshots).
     version: u64,
+    /// Where the caps learn which addresses have live connections.
+    live: Option<Arc<LiveConns>>,
 }
 
 pub fn boot_ns() -> u64 {
@@ -162,7 +166,14 @@ impl State {
             adopted: HashMap::new(),
             orphans: Vec::new(),
             version: 0,
+            live: None,
         }
+    }
+
+    /// Lets the caps ask which addresses have live connections (never
+    /// evicted). Without it every learned address may be evicted.
+    pub fn set_live_conns(&mut self, live: Arc<LiveConns>) {
+        self.live = Some(live);
     }
 
     pub fn caps(&self) -> Caps {
@@ -287,8 +298,13 @@ impl State {
             let ttl = Duration::from_secs(u64::from(ttl)).clamp(self.ttl.min, self.ttl.max);
             learnable.push((key_bytes(ip), now + ttl.as_nanos() as u64));
         }
-        let maps = &self.maps;
-        let done = self.learned.learn(id, qname, &ports, &learnable, now, || maps.live_ips());
+        // Asked only when a cap must evict.
+        let (endpoints, live) = (&self.endpoints, self.live.as_deref());
+        let live_ips = move || {
+            let eps: Vec<(u32, u64)> = endpoints.values().map(|e| (e.id, e.cgroup_id)).collect();
+            live.map(|l| l.live_ips(&eps)).unwrap_or_default()
+        };
+        let done = self.learned.learn(id, qname, &ports, &learnable, now, live_ips);
         // Report addresses as the caller gave them, not in the key form.
         let given = |k: [u8; 16]| {
             addrs.iter().map(|(ip, _)| *ip).find(|ip| key_bytes(*ip) == k).unwrap_or(IpAddr::V6(Ipv6Addr::from(k)))
