@@ -45,7 +45,7 @@ use crate::{
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Rounds: in each, every configuration runs each workload once.
-    #[arg(long, default_value = "21")]
+    #[arg(long, default_value = "31")]
     pub rounds: usize,
     /// Seconds per slice (one workload, one configuration).
     #[arg(long, default_value = "1")]
@@ -66,6 +66,9 @@ egress:
 dns:
   servers: [\"198.51.100.53\"]
 ";
+
+/// Pause before each slice (see `Client::run`).
+const SETTLE: Duration = Duration::from_millis(300);
 
 /// One configuration's load client, alive for the whole run: it prelearns
 /// once, then runs one workload per request (`load client --sync`).
@@ -122,6 +125,10 @@ impl<'b> Client<'b> {
         if self.cfg == Config::Nftables {
             nft(self.bench, &["-f", "-"], Some(&nft_script("pcbench")))?;
         }
+        // Every configuration switch disturbs the machine a little (an nft
+        // process, the agent catching up after SIGCONT): let it settle, the
+        // same for all, so no slice starts in the wake of its own setup.
+        thread::sleep(SETTLE);
         let r = self.timed(mode, target);
         if self.cfg == Config::Nftables {
             nft(self.bench, &["delete", "table", "inet", "pcbench"], None)?;

@@ -213,8 +213,10 @@ impl Gate {
                 self.pending.expire(last_sweep);
                 self.rate.retain(|_, (t, _)| t.elapsed().as_secs() < 5);
             }
-            // Short: a stop (handover to the next agent) waits for this.
-            poll_readable(fd, 20);
+            // Short: a stop (handover to the next agent) waits for this;
+            // not too short: an idle agent must not keep waking up on the
+            // workload's CPUs.
+            poll_readable(fd, 100);
         }
         self.pending
     }

@@ -57,13 +57,27 @@ pub(super) fn accept_loop(
                     }
                 });
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(20)),
+            // Wait for a connection, waking up only to check for a stop: an
+            // idle gate (one per namespace, endpoint and resolver) must not
+            // steal time from the workload's CPUs.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_readable(&listener, STOP_CHECK),
             Err(e) => {
                 warn!(error = %e, "TCP DNS gate accept failed");
                 thread::sleep(Duration::from_millis(200));
             }
         }
     }
+}
+
+/// How often an idle accept loop checks its stop flags.
+const STOP_CHECK: Duration = Duration::from_millis(200);
+
+/// poll(2) for a connection on `listener`, at most `timeout`.
+fn wait_readable(listener: &TcpListener, timeout: Duration) {
+    use std::os::fd::AsRawFd as _;
+    let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd for the call's duration.
+    let _ = unsafe { libc::poll(&raw mut pfd, 1, timeout.as_millis() as libc::c_int) };
 }
 
 fn invalid(what: &str) -> io::Error {
