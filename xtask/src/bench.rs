@@ -184,7 +184,9 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 type Results = BTreeMap<(&'static str, Config), Vec<f64>>;
-type Progs = BTreeMap<&'static str, Vec<ProgStats>>;
+/// Per workload: each slice's program statistics, with the `bpf_stats`
+/// overhead measured in the same round.
+type Progs = BTreeMap<&'static str, Vec<(ProgStats, f64)>>;
 
 pub fn run(args: &BenchArgs, _env: &Env) -> Result<()> {
     let root = workspace_root()?;
@@ -205,7 +207,6 @@ pub fn run(args: &BenchArgs, _env: &Env) -> Result<()> {
     thread::sleep(Duration::from_millis(300));
     let policy = bench.workdir().join("bench-policy.yaml");
     fs::write(&policy, POLICY)?;
-    let overhead = crate::calibrate::stats_overhead_ns().context("calibrating bpf_stats overhead")?;
     let stats = BpfStats::take()?;
     let portcullis = root.join("target/release/portcullis");
     if let Some((client, server)) = pinning() {
@@ -223,7 +224,7 @@ pub fn run(args: &BenchArgs, _env: &Env) -> Result<()> {
     for c in clients {
         c.finish()?;
     }
-    report(&results, &progs, overhead, cpu, args);
+    report(&results, &progs, cpu, args);
     drop(bench);
     Ok(())
 }
@@ -248,17 +249,20 @@ fn measure(clients: &mut [Client], agent: u32, bpf_stats: &BpfStats, args: &Benc
             }
         }
         bpf_stats.set(true)?;
+        // What the statistics themselves add per run, measured now: the
+        // machine's speed drifts over a run (it leaves them on).
+        let overhead = crate::calibrate::stats_overhead_ns().context("calibrating bpf_stats overhead")?;
         // crr-spread: every connection to another address (64 in turn), so
         // the connect hooks' verdict cache never hits: the full lookup's cost.
         for (key, target) in [crr, bulk, ("crr-spread", "spread:64:7001")] {
             let mode = if key == "bulk" { "bulk" } else { "crr" };
             let (_, stats) = clients[1].run(mode, target, agent)?;
-            progs.entry(key).or_default().extend(stats);
+            progs.entry(key).or_default().extend(stats.map(|s| (s, overhead)));
         }
         for k in [round % 2, 1 - round % 2] {
             let c = &mut clients[k];
             let (r, stats) = c.run("dns", "api.example.test", agent)?;
-            progs.entry("dns").or_default().extend(stats);
+            progs.entry("dns").or_default().extend(stats.map(|s| (s, overhead)));
             for (key, field) in [("dns-p50", "p50_ns"), ("dns-p99", "p99_ns")] {
                 results.entry((key, c.cfg)).or_default().push(r.get(field).and_then(Value::as_f64).unwrap_or(0.0));
             }
@@ -268,7 +272,7 @@ fn measure(clients: &mut [Client], agent: u32, bpf_stats: &BpfStats, args: &Benc
     Ok((results, progs))
 }
 
-fn report(results: &Results, progs: &Progs, overhead: f64, cpu: BTreeMap<String, (u64, u64)>, args: &BenchArgs) {
+fn report(results: &Results, progs: &Progs, cpu: BTreeMap<String, (u64, u64)>, args: &BenchArgs) {
     println!(
         "\nbench: {} rounds x {}s slices, 1,000 learned IPs, client in the pod netns, server in inet",
         args.rounds, args.secs
@@ -310,29 +314,35 @@ fn report(results: &Results, progs: &Progs, overhead: f64, cpu: BTreeMap<String,
         .map(|(w, (cpu, busy))| format!("{w}: {:.2} %", *cpu as f64 / (*busy).max(1) as f64 * 100.0))
         .collect();
     println!("  agent CPU time, % of one core, during the portcullis slices: {}", share.join(", "));
+    let mut overheads: Vec<f64> = progs.values().flatten().map(|(_, o)| *o).collect();
+    let (lo, hi) = overheads.iter().fold((f64::MAX, f64::MIN), |(l, h), o| (l.min(*o), h.max(*o)));
+    let overhead = median(&mut overheads);
     println!(
         "  per-program cost, kernel bpf_stats run_time_ns/run_cnt in portcullis-only slices (statistics are off in the\n  \
-         ratio slices above, as they add to every program run), as measured and (net) minus the\n  \
-         {overhead:.0} ns that bpf_stats itself adds per run on this machine (2-instruction program, BPF_PROG_TEST_RUN, stats off vs on).\n  \
+         ratio slices above, as they add to every program run), as measured and (net) minus what bpf_stats itself\n  \
+         adds per run, measured each round (2-instruction program, BPF_PROG_TEST_RUN, stats off vs on: median\n  \
+         {overhead:.0} ns, {lo:.0}-{hi:.0} ns over the rounds).\n  \
          Target <= 100 ns per run: per packet (pc_egress, pc_ingress) and per connection (pc_connect4, crr: a\n  \
          destination connected to before, decided from the verdict cache). crr-spread: every connection to another of\n  \
          64 addresses, so the cache never hits (the full lookup); dns: the DNS path (gate redirect, ring copies):"
     );
     for (mode, runs) in progs {
-        let mut sum: BTreeMap<&str, (f64, u64)> = BTreeMap::new();
-        for run in runs {
+        // name -> (total ns, total ns net of that round's overhead, runs)
+        let mut sum: BTreeMap<&str, (f64, f64, u64)> = BTreeMap::new();
+        for (run, overhead) in runs {
             for (name, (ns, cnt)) in run {
                 let e = sum.entry(name.as_str()).or_default();
                 e.0 += ns * *cnt as f64;
-                e.1 += cnt;
+                e.1 += (ns - overhead) * *cnt as f64;
+                e.2 += cnt;
             }
         }
         let line: Vec<String> = sum
             .iter()
-            .filter(|(_, (_, cnt))| *cnt > 0)
-            .map(|(n, (ns, cnt))| {
-                let avg = ns / *cnt as f64;
-                format!("{n} {avg:.0} ns (net {:.0}, {cnt} runs)", (avg - overhead).max(0.0))
+            .filter(|(_, (_, _, cnt))| *cnt > 0)
+            .map(|(n, (ns, net, cnt))| {
+                let c = *cnt as f64;
+                format!("{n} {:.0} ns (net {:.0}, {cnt} runs)", ns / c, (net / c).max(0.0))
             })
             .collect();
         println!("    {mode:<5} {}", line.join("\n          "));
