@@ -108,9 +108,10 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
             // agent catches it (`skb::egress`) and answers it.
             if connect && is_v4(&dest) {
                 reason = if catch_on_loopback(ctx) { Reason::DnsCaught } else { Reason::DeniedDnsNoGate };
-            } else if connect && dest.proto == proto::UDP {
+            } else if connect && dest.proto == proto::UDP && dest.port == 53u16.to_be_bytes() {
                 // An IPv6 resolver: through the IPv4 placeholder, if the
-                // socket can take it; else caught on egress.
+                // socket can take it (port 53: the placeholder's record
+                // keeps only the address); else caught on egress.
                 match catch_via_placeholder(ctx) {
                     Placeholder::Caught => {
                         reason = Reason::DnsCaught;

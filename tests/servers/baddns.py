@@ -33,6 +33,7 @@ import ipaddress
 import socket
 import struct
 import sys
+import threading
 import time
 
 ZONE = {
@@ -156,16 +157,27 @@ def serve(sock, mode_file, ttl):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--addr", default="198.51.100.54")
+    parser.add_argument("--addr", default="198.51.100.54", help="comma-separated addresses")
     parser.add_argument("--port", type=int, default=53)
     parser.add_argument("--mode-file", required=True)
     parser.add_argument("--ttl", type=int, default=60)
     args = parser.parse_args()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((args.addr, args.port))
+    # One socket per address (comma-separated), each answering from the
+    # address it was asked at, as resolvers must.
+    socks = []
+    for addr in args.addr.split(","):
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        # IP_FREEBIND (15): an IPv6 AnyIP address is local for routing but
+        # on no interface, which bind() otherwise requires.
+        sock.setsockopt(socket.SOL_IP, 15, 1)
+        sock.bind((addr, args.port))
+        socks.append(sock)
+        log(f"listening udp {addr}:{args.port}")
+    for sock in socks[1:]:
+        threading.Thread(target=serve, args=(sock, args.mode_file, args.ttl), daemon=True).start()
     print("READY", flush=True)
-    log(f"listening udp {args.addr}:{args.port}")
-    serve(sock, args.mode_file, args.ttl)
+    serve(socks[0], args.mode_file, args.ttl)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,9 @@ pub const ROGUE_DNS_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 99);
 /// range, so no extra address or route is needed (it is also
 /// `race-307.test`'s address, which only hostd's TCP ports serve).
 pub const BAD_DNS_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 54);
+/// Its IPv6 address, with [`crate::BenchBuilder::bad_dns_v6`] (in an AnyIP
+/// range too).
+pub const BAD_DNS_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x54);
 
 /// Deny targets: cloud metadata (v4 and AWS's v6), a cluster service IP,
 /// and Alibaba's metadata address.

@@ -20,6 +20,7 @@ pub struct BenchBuilder {
     dns_ttl: u32,
     bad_dns: bool,
     bad_dns_port: u16,
+    bad_dns_any: bool,
     tcp_echo: bool,
 }
 
@@ -32,6 +33,7 @@ impl Default for BenchBuilder {
             dns_ttl: 60,
             bad_dns: false,
             bad_dns_port: 53,
+            bad_dns_any: false,
             tcp_echo: false,
         }
     }
@@ -75,6 +77,12 @@ impl BenchBuilder {
     /// The UDP port of `servers/baddns.py` (default 53).
     pub fn bad_dns_port(mut self, port: u16) -> Self {
         self.bad_dns_port = port;
+        self
+    }
+
+    /// Also serve `servers/baddns.py` on [`addr::BAD_DNS_V6`].
+    pub fn bad_dns_v6(mut self, on: bool) -> Self {
+        self.bad_dns_any = on;
         self
     }
 
@@ -182,6 +190,7 @@ impl BenchBuilder {
                 &bad_dns_mode,
                 self.dns_ttl,
                 self.bad_dns_port,
+                self.bad_dns_any,
             )?;
             td.children.push(bad);
         }

@@ -71,6 +71,7 @@ pub fn spawn_baddns(
     mode_file: &Path,
     ttl: u32,
     port: u16,
+    v6: bool,
 ) -> Result<ChildGuard> {
     let script = workdir.join("baddns.py");
     std::fs::write(&script, BADDNS_PY)?;
@@ -79,7 +80,7 @@ pub fn spawn_baddns(
         .arg(python())
         .arg("-u")
         .arg(&script)
-        .arg(format!("--addr={}", addr::BAD_DNS_V4))
+        .arg(if v6 { format!("--addr={},{}", addr::BAD_DNS_V4, addr::BAD_DNS_V6) } else { format!("--addr={}", addr::BAD_DNS_V4) })
         .arg(format!("--port={port}"))
         .arg(format!("--ttl={ttl}"))
         .arg("--mode-file")

