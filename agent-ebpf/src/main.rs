@@ -9,6 +9,7 @@ mod events;
 mod maps;
 mod parse;
 mod skb;
+mod skb_dns;
 mod sock;
 mod verdict;
 

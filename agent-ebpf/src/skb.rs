@@ -4,27 +4,28 @@
 //! that was not learned from DNS, no logging on the allow path.
 //!
 //! `cgroup_skb/ingress`: holds back DNS answers from trusted resolvers until
-//! the agent has learned from them (see `dns_hold`).
+//! the agent has learned from them (DNS helpers in `skb_dns`).
 
 use agent_common::{
-    DNS_KIND_ANSWER, DNS_KIND_CAUGHT, DNS_KIND_QUERY, DNS_MAX_PACKET, DNS_PLACEHOLDER, DNS_SINK_PORT, DnsHeldPacket, EndpointInfo,
-    FLOW_F_CAUGHT, FLOW_F_DNS, GatePortKey, Hook, InboundKey, LOOPBACK_IFINDEX, LiveFlow, Reason, loss, proto,
+    DNS_KIND_ANSWER, DNS_KIND_CAUGHT, DNS_KIND_QUERY, EndpointInfo, FLOW_F_DNS, Hook, InboundKey, LOOPBACK_IFINDEX, LiveFlow,
+    Reason, proto,
 };
 use aya_ebpf::{
     EbpfContext as _,
+    bindings::bpf_sock,
     helpers::generated::{
         bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_sk_storage_get,
-        bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id, bpf_skb_load_bytes,
+        bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
     },
-    bindings::bpf_sock,
     programs::SkBuffContext,
 };
 
 use crate::{
     endpoint,
-    events::{bump, count, report},
-    maps::{CONFIG, DNS_HOLD, DNS_SOCKS, GATE_CLIENTS, GATE_PORTS, INBOUND, SK_FLOWS, SOCK_OWNERS},
+    events::{count, report},
+    maps::{CONFIG, INBOUND, SK_FLOWS, SOCK_OWNERS},
     parse::{Flow, TCP_ACK, TCP_SYN, parse},
+    skb_dns::{gate_port, hold, note_tcp_gate_client, sunk_query, to_gate},
     verdict::{Dest, decide, is_trusted_resolver},
 };
 
@@ -38,7 +39,6 @@ const SOCK_STREAM: u32 = 1;
 const TCP_LISTEN: u32 = 10;
 /// `BPF_TCP_SYN_SENT`: a `connect()` in progress; its only segment is the SYN.
 const TCP_SYN_SENT: u32 = 2;
-const AF_INET: u32 = 2;
 
 /// A flow whose packets need no further look:
 /// - a TCP stream socket (not a listener): it can only send after a
@@ -67,36 +67,9 @@ fn is_established(ctx: &SkBuffContext) -> bool {
     socket_flow(full).is_some_and(|f| f.flags & FLOW_F_DNS == 0)
 }
 
-/// A SYN to loopback from a DNS socket (in `DNS_SOCKS`: its `connect()`
-/// went to a DNS gate): the TCP gate sees only the client's port, so the
-/// process behind it is noted for the log (`GATE_CLIENTS`). Other SYNs
-/// cost a few loads from the socket.
-#[inline(always)]
-fn note_tcp_gate_client(ctx: &SkBuffContext, full: *mut bpf_sock) {
-    // SAFETY: a full socket checked by bpf_sk_fullsock; addresses in
-    // network byte order, `src_port` in host byte order (uapi bpf.h).
-    let (family, dst4, dst6, sport) = unsafe { ((*full).family, (*full).dst_ip4, (*full).dst_ip6, (*full).src_port) };
-    let lo4 = u32::from_ne_bytes([127, 0, 0, 1]);
-    let loopback = if family == AF_INET {
-        dst4 == lo4
-    } else {
-        let mapped = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
-        dst6[0] == 0 && dst6[1] == 0 && ((dst6[2] == 0 && dst6[3] == u32::from_ne_bytes([0, 0, 0, 1])) || (dst6[2] == mapped && dst6[3] == lo4))
-    };
-    if !loopback {
-        return;
-    }
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if let Some(owner) = unsafe { DNS_SOCKS.get(&cookie) } {
-        let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-        let client = GatePortKey { netns_cookie: netns, port: (sport as u16).to_be_bytes(), proto: proto::TCP, _pad: [0; 5] };
-        let _ = GATE_CLIENTS.insert(&client, &owner.tgid, 0);
-    }
-}
-
 /// The packet's full socket, if it has one.
 #[inline(always)]
-fn full_sock(ctx: &SkBuffContext) -> Option<*mut bpf_sock> {
+pub(crate) fn full_sock(ctx: &SkBuffContext) -> Option<*mut bpf_sock> {
     // SAFETY: skb->sk is a kernel pointer or null; bpf_sk_fullsock checks it.
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
     if sk.is_null() {
@@ -108,19 +81,12 @@ fn full_sock(ctx: &SkBuffContext) -> Option<*mut bpf_sock> {
 
 /// The socket's `SK_FLOWS` entry (set by the connect/sendmsg hooks).
 #[inline(always)]
-fn socket_flow(full: *mut bpf_sock) -> Option<LiveFlow> {
+pub(crate) fn socket_flow(full: *mut bpf_sock) -> Option<LiveFlow> {
     // A map reference is the map definition's address (relocated at load).
     let map = core::ptr::from_ref(&SK_FLOWS).cast_mut().cast();
     let flow = unsafe { bpf_sk_storage_get(map, full.cast(), core::ptr::null_mut(), 0) }.cast::<LiveFlow>();
     // SAFETY: non-null storage of this socket, copied out at once.
     (!flow.is_null()).then(|| unsafe { *flow })
-}
-
-/// 127.0.0.0/8 (also IPv4-mapped) or `::1`.
-#[inline(always)]
-fn is_loopback(ip: &[u8; 16]) -> bool {
-    let v4_lo = ip[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] && ip[12] == 127;
-    v4_lo || (ip[..15] == [0; 15] && ip[15] == 1)
 }
 
 pub fn egress(ctx: &SkBuffContext) -> i32 {
@@ -227,55 +193,6 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     if report(cfg, cgid, &ep, hook, reason, &dest, tgid, comm) { PASS } else { DROP }
 }
 
-/// The trusted resolver (port 53) a datagram to the loopback sink
-/// (`DNS_SINK_PORT`) or to the IPv4 placeholder (`DNS_PLACEHOLDER`) was
-/// meant for, if `sock::send_to_sink` or `sock::catch_via_placeholder` put
-/// it there (`FLOW_F_CAUGHT` on its socket).
-#[inline(always)]
-fn sunk_query(ctx: &SkBuffContext, f: &Flow, dns_gates: u32) -> Option<[u8; 16]> {
-    if dns_gates == 0 || f.proto != proto::UDP {
-        return None;
-    }
-    let sink = f.dport == DNS_SINK_PORT.to_be_bytes() && is_loopback(&f.dst);
-    let placeholder = f.dport == 53u16.to_be_bytes() && f.dst == DNS_PLACEHOLDER;
-    if !sink && !placeholder {
-        return None;
-    }
-    let flow = socket_flow(full_sock(ctx)?)?;
-    (flow.flags & FLOW_F_CAUGHT != 0).then_some(flow.ip)
-}
-
-/// A datagram or segment to one of the agent's DNS gates in this namespace
-/// (loopback, a port in `GATE_PORTS`). For UDP, the sending process is
-/// noted for the log (the gate sees only the client's port); TCP segments
-/// never get here (`is_established`, `note_tcp_gate_client`).
-#[inline(always)]
-fn to_gate(ctx: &SkBuffContext, cookie: u64, f: &Flow) -> bool {
-    let Some(netns) = gate_port(ctx, f, &f.dst, f.dport) else {
-        return false;
-    };
-    if let Some(owner) = unsafe { DNS_SOCKS.get(&cookie) } {
-        let client = GatePortKey { netns_cookie: netns, port: f.sport, proto: f.proto, _pad: [0; 5] };
-        let _ = GATE_CLIENTS.insert(&client, &owner.tgid, 0);
-    }
-    true
-}
-
-/// Whether (`ip`, `port`) is one of the agent's gates in this namespace
-/// (loopback, a port in `GATE_PORTS`); returns the namespace cookie.
-#[inline(always)]
-fn gate_port(ctx: &SkBuffContext, f: &Flow, ip: &[u8; 16], port: [u8; 2]) -> Option<u64> {
-    if f.proto != proto::UDP && f.proto != proto::TCP {
-        return None;
-    }
-    if !is_loopback(ip) {
-        return None;
-    }
-    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let key = GatePortKey { netns_cookie: netns, port, proto: f.proto, _pad: [0; 5] };
-    GATE_PORTS.get_ptr(&key).map(|_| netns)
-}
-
 /// A reply to a peer that contacted the endpoint (checked only for packets
 /// the policy denies): kubelet probes, Prometheus scrapes.
 #[inline(always)]
@@ -374,87 +291,4 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
     // Held or not, the original never reaches the socket: only the agent's
     // re-injected copy does, after the maps are updated.
     DROP
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn hold(
-    ctx: &SkBuffContext,
-    cookie: u64,
-    agent_ready: u32,
-    endpoint: u32,
-    cgid: u64,
-    v6: bool,
-    kind: u32,
-    // A sunk query's real destination, written back into its copy.
-    sunk_to: Option<[u8; 16]>,
-) -> bool {
-    let len = ctx.len();
-    if len == 0 || len as usize > DNS_MAX_PACKET {
-        bump(loss::DNS_TOO_LARGE);
-        return false;
-    }
-    let Some(owner) = (unsafe { DNS_SOCKS.get(&cookie) }) else {
-        bump(loss::DNS_NO_OWNER);
-        return false;
-    };
-    if agent_ready == 0 {
-        return false;
-    }
-    let Some(mut entry) = DNS_HOLD.reserve::<DnsHeldPacket>(0) else {
-        bump(loss::DNS_RINGBUF_FULL);
-        return false;
-    };
-    let p = entry.as_mut_ptr();
-    // SAFETY: `p` points at a reserved, writable ring buffer record.
-    unsafe {
-        (*p).ts_ns = bpf_ktime_get_boot_ns();
-        (*p).netns_cookie = owner.netns_cookie;
-        (*p).socket_cookie = cookie;
-        (*p).cgroup_id = cgid;
-        (*p).endpoint = endpoint;
-        (*p).tgid = owner.tgid;
-        (*p).len = len;
-        (*p).family = if v6 { 6 } else { 4 };
-        (*p).kind = kind;
-        (*p)._pad = 0;
-        (*p).resolver = [0; 16];
-        // Bounded copy the verifier can follow: 1..=DNS_MAX_PACKET.
-        // black_box: keep LLVM from folding this check into the one above,
-        // which leaves the verifier without a bound on the helper's size.
-        let n = core::hint::black_box(len) as u64;
-        if n == 0 || n > DNS_MAX_PACKET as u64 {
-            entry.discard(0);
-            return false;
-        }
-        let ret = bpf_skb_load_bytes(ctx.as_ptr(), 0, (*p).data.as_mut_ptr().cast(), n as u32);
-        if ret != 0 {
-            entry.discard(0);
-            return false;
-        }
-        if let Some(r) = sunk_to {
-            // The copy shows the resolver as destination, port 53, as if it
-            // had been sent there. Only plain headers (no IPv4 options, no
-            // IPv6 extension headers; a stub resolver sends none). An IPv6
-            // resolver behind the IPv4 placeholder goes in `resolver`.
-            let d = &mut (*p).data;
-            let r_v4 = r[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
-            if !v6 && !r_v4 {
-                (*p).resolver = r;
-            } else if v6 && n >= 48 && d[6] == proto::UDP {
-                d[24..40].copy_from_slice(&r);
-                d[42] = 0;
-                d[43] = 53;
-            } else if !v6 && n >= 28 && d[0] == 0x45 {
-                d[16..20].copy_from_slice(&r[12..16]);
-                d[22] = 0;
-                d[23] = 53;
-            } else {
-                entry.discard(0);
-                return false;
-            }
-        }
-    }
-    entry.submit(0);
-    true
 }

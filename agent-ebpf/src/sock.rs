@@ -230,7 +230,7 @@ fn caught_flow(ctx: &SockAddrContext) -> Option<LiveFlow> {
 /// `bpf_sock_addr.user_ip6` words <-> the 16 address bytes (both in memory
 /// order, i.e. network order).
 #[inline(always)]
-fn ip_of(w: [u32; 4]) -> [u8; 16] {
+pub(crate) fn ip_of(w: [u32; 4]) -> [u8; 16] {
     let (a, b, c, d) = (w[0].to_ne_bytes(), w[1].to_ne_bytes(), w[2].to_ne_bytes(), w[3].to_ne_bytes());
     [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3]]
 }
@@ -259,7 +259,7 @@ enum Placeholder {
 /// through `lo` (ENETUNREACH), so the socket goes IPv4 instead. It is bound
 /// to `::ffff:0.0.0.0` (`bpf_bind`; fails on an IPV6_V6ONLY or already
 /// bound socket, net/ipv6/af_inet6.c `__inet6_bind`, which is how we tell
-/// those apart: they keep the hold path), then to `lo`, and connected to
+/// those apart: `skb::egress` catches theirs), then to `lo`, and connected to
 /// `DNS_PLACEHOLDER` port 53, which `catch_on_loopback`'s
 /// reasoning keeps in the namespace. The socket's flow notes the resolver
 /// (`FLOW_F_CAUGHT`); egress hands the datagrams to the agent, which

@@ -182,7 +182,7 @@ fn dump(fd: &OwnedFd, family: u8, proto: u8, states: u32) -> io::Result<Vec<([u8
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        if n == 0 || parse(&buf[..n as usize], family, &mut out)? {
+        if n == 0 || parse(&buf[..n as usize], &mut out)? {
             return Ok(out);
         }
     }
@@ -202,7 +202,7 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
 
 /// Parses one datagram of netlink messages into `out`; true at the end of
 /// the dump. Lengths are checked before every read.
-fn parse(mut b: &[u8], family: u8, out: &mut Vec<([u8; 16], u64)>) -> io::Result<bool> {
+fn parse(mut b: &[u8], out: &mut Vec<([u8; 16], u64)>) -> io::Result<bool> {
     while b.len() >= NLMSG_HDRLEN {
         let len = u32_at(b, 0).ok_or_else(|| bad("short header"))? as usize;
         let ty = u16_at(b, 4).ok_or_else(|| bad("short header"))?;
@@ -220,7 +220,7 @@ fn parse(mut b: &[u8], family: u8, out: &mut Vec<([u8; 16], u64)>) -> io::Result
                 // inet_diag_msg: family, state, timer, retrans, then the
                 // sockid: sport, dport, src[16], dst[16], ...
                 let dst = &msg[24..40];
-                let ip = if msg[0] == libc::AF_INET as u8 || family == libc::AF_INET as u8 {
+                let ip = if msg[0] == libc::AF_INET as u8 {
                     let v4: [u8; 4] = dst[..4].try_into().map_err(|_| bad("address"))?;
                     canonical(std::net::Ipv4Addr::from(v4).into()).octets()
                 } else {
@@ -291,7 +291,7 @@ mod tests {
         data.extend(diag(libc::AF_INET as u8, &[192, 0, 2, 1], None));
         data.extend(msg(NLMSG_DONE, &[0; 4]));
         let mut out = Vec::new();
-        assert!(parse(&data, libc::AF_INET as u8, &mut out).unwrap());
+        assert!(parse(&data, &mut out).unwrap());
         let v4 = canonical("203.0.113.10".parse().unwrap()).octets();
         assert_eq!(out[0], (v4, 77));
         assert_eq!(out.len(), 2, "{out:?}");
@@ -301,11 +301,11 @@ mod tests {
     fn bad_lengths_are_errors_not_panics() {
         let mut data = diag(libc::AF_INET as u8, &[203, 0, 113, 10], Some(1));
         data[0..4].copy_from_slice(&10_000u32.to_ne_bytes());
-        assert!(parse(&data, libc::AF_INET as u8, &mut Vec::new()).is_err());
+        assert!(parse(&data, &mut Vec::new()).is_err());
         // Truncated and garbage inputs of every length end cleanly.
         let good = diag(libc::AF_INET6 as u8, &[1; 16], Some(5));
         for n in 0..good.len() {
-            let _ = parse(&good[..n], libc::AF_INET6 as u8, &mut Vec::new());
+            let _ = parse(&good[..n], &mut Vec::new());
             let _ = cgroup_attr(&good[..n]);
         }
         assert_eq!(cgroup_attr(&[0xff, 0xff, 21, 0]), None);
@@ -314,7 +314,7 @@ mod tests {
     #[test]
     fn an_error_message_carries_the_errno() {
         let data = msg(NLMSG_ERROR, &(-libc::EPERM).to_ne_bytes());
-        let e = parse(&data, libc::AF_INET as u8, &mut Vec::new()).unwrap_err();
+        let e = parse(&data, &mut Vec::new()).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EPERM));
     }
 }
