@@ -1,24 +1,27 @@
 //! `cargo xtask bench`: the cost of enforcement, measured side by side in
 //! one run on the netns bench. These machines are noisy (identical runs
 //! differ by up to ±20 %), so every configuration keeps one client process
-//! alive and the configurations take turns in short slices, rotating the
-//! order each round; we report the median of the per-round ratios with
-//! their spread. Per-program cost comes from the kernel's own BPF
-//! statistics (`kernel.bpf_stats_enabled`: run_time_ns / run_cnt), which
-//! that noise does not touch, read in extra portcullis slices: statistics
-//! add ~70 ns to every program run, so they are off in the ratio slices.
+//! alive in a pod of its own and the configurations take turns in short
+//! slices, rotating the order each round; we report the median of the
+//! per-round ratios with their spread. Nothing is switched between slices
+//! (no table loaded, no process stopped), so a slice starts the moment the
+//! previous one ends and the slices of one round see the same machine.
+//! Per-program cost comes from the kernel's own BPF statistics
+//! (`kernel.bpf_stats_enabled`: run_time_ns / run_cnt), which that noise
+//! does not touch, read in separate portcullis slices: statistics add ~70 ns
+//! to every program run, so they are off in the ratio slices.
 //!
-//! Configurations, all with the client in the bench's pod namespace:
-//! - `baseline`: no enforcement;
+//! Configurations, each with its client in its own pod namespace of the
+//! bench (identical veths to the node namespace):
+//! - `baseline`: no enforcement (pod `base`);
 //! - `portcullis`: under `portcullis exec`, 1,000 IPs learned first (the
-//!   bench's answers live an hour, so they stay learned for the whole run);
+//!   bench's answers live an hour, so they stay learned for the whole run)
+//!   (pod `pc`);
 //! - `nftables`: the iptables/ipset way for reference: an nftables set of
-//!   1,000 IPs in the pod's namespace, default drop, loaded for its slices
-//!   only.
+//!   1,000 IPs in the pod's namespace, default drop (pod `nft`).
 //!
-//! The agent is stopped (SIGSTOP) during the other configurations' slices,
-//! so all its work (sweeps, DNS gates) counts against portcullis; its CPU
-//! time during its own slices is reported too.
+//! The agent runs all along; its CPU time during the portcullis slices is
+//! reported.
 
 use std::{
     collections::BTreeMap,
@@ -27,7 +30,7 @@ use std::{
     path::PathBuf,
     process::{ChildStdin, ChildStdout, Command, Stdio},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -36,7 +39,7 @@ use portcullis_tests::{Bench, ChildGuard};
 use serde_json::Value;
 
 use crate::{
-    bench_env::{BpfStats, Paused, ProgStats, cpu_ns, nft, nft_script, prog_delta, prog_snapshot},
+    bench_env::{BpfStats, ProgStats, cpu_ns, nft, nft_script, prog_delta, prog_snapshot},
     demo::workspace_root,
     setup::Env,
     util,
@@ -45,11 +48,15 @@ use crate::{
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Rounds: in each, every configuration runs each workload once.
-    #[arg(long, default_value = "31")]
+    #[arg(long, default_value = "101")]
     pub rounds: usize,
-    /// Seconds per slice (one workload, one configuration).
-    #[arg(long, default_value = "1")]
+    /// Seconds per ratio slice (one workload, one configuration).
+    #[arg(long, default_value = "0.3")]
     pub secs: f64,
+    /// Rounds of portcullis-only slices with BPF statistics on (program
+    /// costs) and of DNS latency, spread over the run.
+    #[arg(long, default_value = "11")]
+    pub stats_rounds: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -57,6 +64,16 @@ enum Config {
     Baseline,
     Portcullis,
     Nftables,
+}
+
+impl Config {
+    fn pod(self) -> &'static str {
+        match self {
+            Config::Baseline => "base",
+            Config::Portcullis => "pc",
+            Config::Nftables => "nft",
+        }
+    }
 }
 
 const POLICY: &str = "\
@@ -67,14 +84,13 @@ dns:
   servers: [\"198.51.100.53\"]
 ";
 
-/// Pause before each slice (see `Client::run`).
-const SETTLE: Duration = Duration::from_millis(300);
+/// Length of the slices with BPF statistics on and of the DNS slices.
+const STATS_SECS: f64 = 1.0;
 
 /// One configuration's load client, alive for the whole run: it prelearns
 /// once, then runs one workload per request (`load client --sync`).
-struct Client<'b> {
+struct Client {
     cfg: Config,
-    bench: &'b Bench,
     stdin: Option<ChildStdin>,
     out: BufReader<ChildStdout>,
     guard: ChildGuard,
@@ -83,26 +99,25 @@ struct Client<'b> {
     cpu: BTreeMap<String, (u64, u64)>,
 }
 
-impl<'b> Client<'b> {
-    fn start(bench: &'b Bench, cfg: Config, portcullis: &PathBuf, policy: &PathBuf, secs: f64) -> Result<Self> {
+impl Client {
+    fn start(bench: &Bench, cfg: Config, portcullis: &PathBuf, policy: &PathBuf) -> Result<Self> {
         let xtask = std::env::current_exe()?;
-        let secs = secs.to_string();
-        let load = ["load", "client", "--mode", "crr", "--target", "-", "--secs", &secs, "--prelearn", "1000", "--sync"];
+        let load = ["load", "client", "--mode", "crr", "--target", "-", "--prelearn", "1000", "--sync"];
         let pin = pinning().map(|(client, _)| client.to_string());
         let mut cmd = match cfg {
             Config::Portcullis => {
                 let mut c = Command::new(portcullis);
                 c.arg("exec").arg("--policy").arg(policy);
-                c.args(["--", "ip", "netns", "exec", bench.pod_ns_name("pod")]).arg(&xtask);
+                c.args(["--", "ip", "netns", "exec", bench.pod_ns_name(cfg.pod())]).arg(&xtask);
                 c
             }
-            Config::Baseline | Config::Nftables => bench.cmd_in_pod("pod", &xtask.to_string_lossy()),
+            Config::Baseline | Config::Nftables => bench.cmd_in_pod(cfg.pod(), &xtask.to_string_lossy()),
         };
         cmd.args(load).args(pin.iter().flat_map(|c| ["--cpu", c])).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut guard = ChildGuard::spawn(cmd).context("starting a load client")?;
         let child = guard.child_mut();
         let (stdin, stdout) = (child.stdin.take().context("no stdin")?, child.stdout.take().context("no stdout")?);
-        let mut c = Self { cfg, bench, stdin: Some(stdin), out: BufReader::new(stdout), guard, cpu: BTreeMap::new() };
+        let mut c = Self { cfg, stdin: Some(stdin), out: BufReader::new(stdout), guard, cpu: BTreeMap::new() };
         c.expect("prelearned")?;
         Ok(c)
     }
@@ -116,40 +131,24 @@ impl<'b> Client<'b> {
         bail!("{:?} load client: expected {want:?}, got {line:?}", self.cfg)
     }
 
-    /// One timed workload. For portcullis, also the programs' own cost and
-    /// the agent's CPU time during it (prelearning excluded); the other
-    /// configurations run with the agent stopped and, for nftables, the
-    /// reference set loaded.
-    fn run(&mut self, mode: &str, target: &str, agent: u32) -> Result<(Value, Option<ProgStats>)> {
-        let _paused = (self.cfg != Config::Portcullis).then(|| Paused::new(agent));
-        if self.cfg == Config::Nftables {
-            nft(self.bench, &["-f", "-"], Some(&nft_script("pcbench")))?;
-        }
-        // Every configuration switch disturbs the machine a little (an nft
-        // process, the agent catching up after SIGCONT): let it settle, the
-        // same for all, so no slice starts in the wake of its own setup.
-        thread::sleep(SETTLE);
-        let r = self.timed(mode, target);
-        if self.cfg == Config::Nftables {
-            nft(self.bench, &["delete", "table", "inet", "pcbench"], None)?;
-        }
-        r
-    }
-
-    fn timed(&mut self, mode: &str, target: &str) -> Result<(Value, Option<ProgStats>)> {
+    /// One timed workload of `secs`. For portcullis, also the agent's CPU
+    /// time during it and, if `progs`, the programs' own cost (read with
+    /// bpftool, so only in the statistics slices).
+    fn run(&mut self, mode: &str, target: &str, secs: f64, agent: u32, progs: bool) -> Result<(Value, Option<ProgStats>)> {
         let mine = self.cfg == Config::Portcullis;
-        let before = mine.then(|| (prog_snapshot(), cpu_ns(self.guard.pid()), std::time::Instant::now()));
+        let snapshot = (mine && progs).then(prog_snapshot);
+        let before = mine.then(|| (cpu_ns(agent), Instant::now()));
         let stdin = self.stdin.as_mut().context("client closed")?;
-        writeln!(stdin, "go {mode} {target}")?;
+        writeln!(stdin, "go {mode} {target} {secs}")?;
         stdin.flush()?;
         let result = self.expect("")?;
         self.expect("done")?;
-        let stats = before.map(|(progs, cpu, t)| {
+        if let Some((cpu, t)) = before {
             let e = self.cpu.entry(format!("{mode} {target}")).or_default();
-            e.0 += cpu_ns(self.guard.pid()).saturating_sub(cpu);
+            e.0 += cpu_ns(agent).saturating_sub(cpu);
             e.1 += t.elapsed().as_nanos() as u64;
-            prog_delta(&progs, &prog_snapshot())
-        });
+        }
+        let stats = snapshot.map(|s| prog_delta(&s, &prog_snapshot()));
         let last = result.trim();
         Ok((serde_json::from_str(last).with_context(|| format!("client output {last}"))?, stats))
     }
@@ -189,11 +188,16 @@ type Results = BTreeMap<(&'static str, Config), Vec<f64>>;
 type Progs = BTreeMap<&'static str, Vec<(ProgStats, f64)>>;
 
 pub fn run(args: &BenchArgs, _env: &Env) -> Result<()> {
+    if args.rounds == 0 || !(0.05..=60.0).contains(&args.secs) {
+        bail!("--rounds must be at least 1 and --secs within 0.05..=60");
+    }
     let root = workspace_root()?;
     println!("bench: building portcullis (release) ...");
     util::run(Command::new("cargo").args(["build", "--quiet", "--release", "-p", "portcullis"]).current_dir(&root))?;
+    let configs = [Config::Baseline, Config::Portcullis, Config::Nftables];
+    let pods: Vec<&str> = configs.iter().map(|c| c.pod()).collect();
     // Answers live an hour: the 1,000 prelearned IPs stay learned all run.
-    let mut bench = Bench::builder().race_names(true).dns_ttl(3600).start().context("starting the bench")?;
+    let mut bench = Bench::builder().pods(&pods).race_names(true).dns_ttl(3600).start().context("starting the bench")?;
     let xtask = std::env::current_exe()?;
     let server = ChildGuard::spawn({
         let mut c = bench.cmd_in_inet(&xtask.to_string_lossy());
@@ -207,16 +211,16 @@ pub fn run(args: &BenchArgs, _env: &Env) -> Result<()> {
     thread::sleep(Duration::from_millis(300));
     let policy = bench.workdir().join("bench-policy.yaml");
     fs::write(&policy, POLICY)?;
+    nft(&bench, Config::Nftables.pod(), &["-f", "-"], Some(&nft_script("pcbench")))?;
     let stats = BpfStats::take()?;
     let portcullis = root.join("target/release/portcullis");
     if let Some((client, server)) = pinning() {
         println!("bench: load clients pinned to CPU {client}, servers to CPU {server}");
     }
     println!("bench: starting the clients (each resolves 1,000 names first) ...");
-    let configs = [Config::Baseline, Config::Portcullis, Config::Nftables];
     let mut clients = Vec::new();
     for cfg in configs {
-        clients.push(Client::start(&bench, cfg, &portcullis, &policy, args.secs)?);
+        clients.push(Client::start(&bench, cfg, &portcullis, &policy)?);
     }
     let agent = clients[1].guard.pid();
     let (results, progs) = measure(&mut clients, agent, &stats, args)?;
@@ -230,51 +234,63 @@ pub fn run(args: &BenchArgs, _env: &Env) -> Result<()> {
 }
 
 /// The rounds: each configuration runs crr and bulk in turn (order rotated
-/// per round so drift hits all alike) with BPF statistics off; then, with
-/// them on, portcullis alone runs crr, bulk and crr-spread for the
-/// programs' costs, and baseline and portcullis getaddrinfo latency.
+/// per round so drift hits all alike) with BPF statistics off. Every few
+/// rounds, with them on, portcullis alone runs crr, bulk and crr-spread for
+/// the programs' costs, and baseline and portcullis getaddrinfo latency.
 fn measure(clients: &mut [Client], agent: u32, bpf_stats: &BpfStats, args: &BenchArgs) -> Result<(Results, Progs)> {
     let (mut results, mut progs) = (Results::new(), Progs::new());
     let n = clients.len();
     let (crr, bulk) = (("crr", "api.example.test:7001"), ("bulk", "api.example.test:7002"));
+    let every = (args.rounds / args.stats_rounds.max(1)).max(1);
+    let started = Instant::now();
     for round in 0..args.rounds {
-        let start = std::time::Instant::now();
-        bpf_stats.set(false)?;
         for (mode, target) in [crr, bulk] {
             for k in 0..n {
                 let c = &mut clients[(k + round) % n];
-                let (r, _) = c.run(mode, target, agent)?;
+                let (r, _) = c.run(mode, target, args.secs, agent, false)?;
                 let v = r.get("per_sec").and_then(Value::as_f64).context("per_sec missing")?;
                 results.entry((mode, c.cfg)).or_default().push(v);
             }
         }
-        bpf_stats.set(true)?;
-        // What the statistics themselves add per run, measured now: the
-        // machine's speed drifts over a run (it leaves them on).
-        let overhead = crate::calibrate::stats_overhead_ns().context("calibrating bpf_stats overhead")?;
-        // crr-spread: every connection to another address (64 in turn), so
-        // the connect hooks' verdict cache never hits: the full lookup's cost.
-        for (key, target) in [crr, bulk, ("crr-spread", "spread:64:7001")] {
-            let mode = if key == "bulk" { "bulk" } else { "crr" };
-            let (_, stats) = clients[1].run(mode, target, agent)?;
-            progs.entry(key).or_default().extend(stats.map(|s| (s, overhead)));
+        if args.stats_rounds > 0 && round % every == every / 2 {
+            stats_round(clients, agent, bpf_stats, round, &mut results, &mut progs)?;
         }
-        for k in [round % 2, 1 - round % 2] {
-            let c = &mut clients[k];
-            let (r, stats) = c.run("dns", "api.example.test", agent)?;
-            progs.entry("dns").or_default().extend(stats.map(|s| (s, overhead)));
-            for (key, field) in [("dns-p50", "p50_ns"), ("dns-p99", "p99_ns")] {
-                results.entry((key, c.cfg)).or_default().push(r.get(field).and_then(Value::as_f64).unwrap_or(0.0));
-            }
+        if (round + 1) % 10 == 0 || round + 1 == args.rounds {
+            println!("bench: round {}/{} done ({:.0} s)", round + 1, args.rounds, started.elapsed().as_secs_f64());
         }
-        println!("bench: round {}/{} done ({:.1} s)", round + 1, args.rounds, start.elapsed().as_secs_f64());
     }
     Ok((results, progs))
 }
 
+fn stats_round(
+    clients: &mut [Client], agent: u32, bpf_stats: &BpfStats, round: usize, results: &mut Results, progs: &mut Progs,
+) -> Result<()> {
+    let (crr, bulk) = (("crr", "api.example.test:7001"), ("bulk", "api.example.test:7002"));
+    bpf_stats.set(true)?;
+    // What the statistics themselves add per run, measured now: the
+    // machine's speed drifts over a run (it leaves them on).
+    let overhead = crate::calibrate::stats_overhead_ns().context("calibrating bpf_stats overhead")?;
+    // crr-spread: every connection to another address (64 in turn), so
+    // the connect hooks' verdict cache never hits: the full lookup's cost.
+    for (key, target) in [crr, bulk, ("crr-spread", "spread:64:7001")] {
+        let mode = if key == "bulk" { "bulk" } else { "crr" };
+        let (_, stats) = clients[1].run(mode, target, STATS_SECS, agent, true)?;
+        progs.entry(key).or_default().extend(stats.map(|s| (s, overhead)));
+    }
+    for k in [round % 2, 1 - round % 2] {
+        let c = &mut clients[k];
+        let (r, stats) = c.run("dns", "api.example.test", STATS_SECS, agent, true)?;
+        progs.entry("dns").or_default().extend(stats.map(|s| (s, overhead)));
+        for (key, field) in [("dns-p50", "p50_ns"), ("dns-p99", "p99_ns")] {
+            results.entry((key, c.cfg)).or_default().push(r.get(field).and_then(Value::as_f64).unwrap_or(0.0));
+        }
+    }
+    bpf_stats.set(false)
+}
+
 fn report(results: &Results, progs: &Progs, cpu: BTreeMap<String, (u64, u64)>, args: &BenchArgs) {
     println!(
-        "\nbench: {} rounds x {}s slices, 1,000 learned IPs, client in the pod netns, server in inet",
+        "\nbench: {} rounds x {} s slices, 1,000 learned IPs, each client in its own pod netns, server in inet",
         args.rounds, args.secs
     );
     for (mode, label, unit, target) in [("crr", "short TCP connections/s", 1.0, 0.95), ("bulk", "bulk TCP throughput MB/s", 1e6, 0.97)] {

@@ -1,6 +1,6 @@
 //! What `cargo xtask bench` reads and sets around its workloads: the
 //! kernel's per-program statistics, the agent's CPU time, the nftables
-//! reference set, and pausing the idle agent while other configurations run.
+//! reference set.
 
 use std::{
     collections::BTreeMap,
@@ -101,8 +101,8 @@ pub fn nft_script(table: &str) -> String {
     s
 }
 
-pub fn nft(bench: &Bench, args: &[&str], stdin: Option<&str>) -> Result<()> {
-    let mut cmd = bench.cmd_in_pod("pod", "nft");
+pub fn nft(bench: &Bench, pod: &str, args: &[&str], stdin: Option<&str>) -> Result<()> {
+    let mut cmd = bench.cmd_in_pod(pod, "nft");
     cmd.args(args).stdin(Stdio::piped());
     let mut child = cmd.spawn().context("starting nft")?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
@@ -126,24 +126,4 @@ pub fn cpu_ns(pid: u32) -> u64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     ticks * 1_000_000_000 / hz
-}
-
-/// The agent stopped (SIGSTOP) while baseline and nftables run, so its
-/// idle work lands only on the portcullis measurements; continued on drop
-/// (also on error, so it can then be stopped cleanly).
-pub struct Paused(u32);
-
-impl Paused {
-    pub fn new(pid: u32) -> Self {
-        // SAFETY: kill(2) on the PID of our own, un-reaped child.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
-        Self(pid)
-    }
-}
-
-impl Drop for Paused {
-    fn drop(&mut self) {
-        // SAFETY: as above.
-        unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGCONT) };
-    }
 }

@@ -44,7 +44,7 @@ enum LoadCmd {
         #[arg(long, default_value = "0")]
         prelearn: u32,
         /// After prelearning print `prelearned`, then run a workload per
-        /// `go [MODE TARGET]` line on stdin, each followed by `done`.
+        /// `go [MODE TARGET [SECS]]` line on stdin, each followed by `done`.
         #[arg(long)]
         sync: bool,
         /// Run on this CPU only (the bench puts client and server on
@@ -72,7 +72,7 @@ pub fn run(args: &LoadArgs) -> Result<()> {
             }
             println!("prelearned");
             std::io::stdout().flush()?;
-            // Then one workload per `go [MODE TARGET]` line, each followed by
+            // Then one workload per `go [MODE TARGET [SECS]]` line, each followed by
             // `done`, until `bye` or end of input: the caller reads counters
             // exactly around each one, and runs many short ones alternating
             // with other configurations.
@@ -83,7 +83,11 @@ pub fn run(args: &LoadArgs) -> Result<()> {
                     break;
                 }
                 let (m, t) = (words.next().unwrap_or(mode), words.next().unwrap_or(target));
-                workload(m, t, *secs)?;
+                let secs = match words.next() {
+                    Some(w) => w.parse().with_context(|| format!("slice length {w:?}"))?,
+                    None => *secs,
+                };
+                workload(m, t, secs)?;
                 println!("done");
                 std::io::stdout().flush()?;
             }
