@@ -48,10 +48,10 @@ use crate::{
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Rounds: in each, every configuration runs each workload once.
-    #[arg(long, default_value = "101")]
+    #[arg(long, default_value = "301")]
     pub rounds: usize,
     /// Seconds per ratio slice (one workload, one configuration).
-    #[arg(long, default_value = "0.3")]
+    #[arg(long, default_value = "0.1")]
     pub secs: f64,
     /// Rounds of portcullis-only slices with BPF statistics on (program
     /// costs) and of DNS latency, spread over the run.
