@@ -3,6 +3,8 @@
 //! destination is decided from per-CPU, per-attach-point storage, with no
 //! hash lookup and no clock read.
 
+use core::ptr::{read_volatile, write_volatile};
+
 use agent_common::{Reason, VerdictCache, VerdictSlot, ip_words, slot_index, slot_tag, slot_ticks};
 use aya_ebpf::helpers::generated::bpf_jiffies64;
 
@@ -37,10 +39,26 @@ pub fn lookup(d: &Dest) -> Lookup {
     }
     let s = &c.slots[slot_index(&d.ip, d.port)];
     let (hi, lo) = ip_words(&d.ip);
-    let same = s.tag == slot_tag(d.proto, d.port) && s.ip_lo == lo && s.ip_hi == hi && s.generation == generation;
+    let tag = slot_tag(d.proto, d.port);
+    // Seqlock-style against a run that preempts this one and rewrites the
+    // slot (see `remember`, which empties the tag first and sets it last):
+    // the fields count only if the tag reads the same before and after
+    // them. Volatile, so the reads stay in this order.
+    // SAFETY (all reads): fields of our own storage.
+    let (t1, ip_lo, ip_hi, slot_gen, until, reason) = unsafe {
+        (
+            read_volatile(&s.tag),
+            read_volatile(&s.ip_lo),
+            read_volatile(&s.ip_hi),
+            read_volatile(&s.generation),
+            read_volatile(&s.until_jiffies),
+            read_volatile(&s.reason),
+        )
+    };
+    let same = t1 == tag && ip_lo == lo && ip_hi == hi && slot_gen == generation;
     // jiffies_64: one load (kernel/time/jiffies.c); see VERDICT_TICK_NS_MAX.
-    if same && s.until_jiffies > unsafe { bpf_jiffies64() } {
-        let r = if s.reason == Reason::AllowedCidr as u32 { Reason::AllowedCidr } else { Reason::AllowedFqdn };
+    if same && until > unsafe { bpf_jiffies64() } && unsafe { read_volatile(&s.tag) } == tag {
+        let r = if reason == Reason::AllowedCidr as u32 { Reason::AllowedCidr } else { Reason::AllowedFqdn };
         return Lookup::Hit { reason: r, endpoint };
     }
     Lookup::Miss { endpoint, generation }
@@ -64,13 +82,22 @@ pub fn remember(miss: &Lookup, endpoint: u32, d: &Dest, v: &Verdict) {
     }
     let Some(c) = storage() else { return };
     let (ip_hi, ip_lo) = ip_words(&d.ip);
-    c.slots[slot_index(&d.ip, d.port)] = VerdictSlot {
-        ip_hi,
-        ip_lo,
-        tag: slot_tag(d.proto, d.port),
-        generation,
-        until_jiffies: unsafe { bpf_jiffies64() } + ticks,
-        reason: reason as u32,
-        _pad: 0,
-    };
+    let s = &mut c.slots[slot_index(&d.ip, d.port)];
+    let until = unsafe { bpf_jiffies64() } + ticks;
+    // Cgroup programs run with migration disabled, not preemption
+    // (kernel/bpf/cgroup.c `bpf_prog_run_array_cg`): a run preempted halfway
+    // through this write must never leave a slot that another run on this
+    // CPU takes for a valid allowance with mixed fields. So the tag goes to
+    // 0 (empty) first and gets its value last, in program order (volatile;
+    // one CPU, so no fences).
+    // SAFETY (all writes): fields of our own storage.
+    unsafe {
+        write_volatile(&mut s.tag, 0);
+        write_volatile(&mut s.ip_hi, ip_hi);
+        write_volatile(&mut s.ip_lo, ip_lo);
+        write_volatile(&mut s.generation, generation);
+        write_volatile(&mut s.until_jiffies, until);
+        write_volatile(&mut s.reason, reason as u32);
+        write_volatile(&mut s.tag, slot_tag(d.proto, d.port));
+    }
 }

@@ -41,6 +41,7 @@ use serde_json::Value;
 use crate::{
     bench_env::{BpfStats, ProgStats, cpu_ns, nft, nft_script, prog_delta, prog_snapshot},
     demo::workspace_root,
+    floor::{self, Floor},
     setup::Env,
     util,
 };
@@ -64,6 +65,8 @@ enum Config {
     Baseline,
     Portcullis,
     Nftables,
+    /// Statistics slices only: the empty programs of `floor`.
+    Floor,
 }
 
 impl Config {
@@ -72,6 +75,7 @@ impl Config {
             Config::Baseline => "base",
             Config::Portcullis => "pc",
             Config::Nftables => "nft",
+            Config::Floor => "floor",
         }
     }
 }
@@ -100,7 +104,7 @@ struct Client {
 }
 
 impl Client {
-    fn start(bench: &Bench, cfg: Config, portcullis: &PathBuf, policy: &PathBuf) -> Result<Self> {
+    fn start(bench: &Bench, cfg: Config, portcullis: &PathBuf, policy: &PathBuf, floor: &Floor) -> Result<Self> {
         let xtask = std::env::current_exe()?;
         let load = ["load", "client", "--mode", "crr", "--target", "-", "--prelearn", "1000", "--sync"];
         let pin = pinning().map(|(client, _)| client.to_string());
@@ -109,6 +113,13 @@ impl Client {
                 let mut c = Command::new(portcullis);
                 c.arg("exec").arg("--policy").arg(policy);
                 c.args(["--", "ip", "netns", "exec", bench.pod_ns_name(cfg.pod())]).arg(&xtask);
+                c
+            }
+            Config::Floor => {
+                // Into the floor's cgroup first: `ip netns exec` remounts /sys.
+                let mut c = Command::new("sh");
+                c.args(["-c", "echo $$ > \"$0/cgroup.procs\" && exec \"$@\""]).arg(floor.dir());
+                c.args(["ip", "netns", "exec", bench.pod_ns_name(cfg.pod())]).arg(&xtask);
                 c
             }
             Config::Baseline | Config::Nftables => bench.cmd_in_pod(cfg.pod(), &xtask.to_string_lossy()),
@@ -136,7 +147,7 @@ impl Client {
     /// bpftool, so only in the statistics slices).
     fn run(&mut self, mode: &str, target: &str, secs: f64, agent: u32, progs: bool) -> Result<(Value, Option<ProgStats>)> {
         let mine = self.cfg == Config::Portcullis;
-        let snapshot = (mine && progs).then(prog_snapshot);
+        let snapshot = progs.then(prog_snapshot);
         let before = mine.then(|| (cpu_ns(agent), Instant::now()));
         let stdin = self.stdin.as_mut().context("client closed")?;
         writeln!(stdin, "go {mode} {target} {secs}")?;
@@ -187,15 +198,16 @@ type Results = BTreeMap<(&'static str, Config), Vec<f64>>;
 /// overhead measured in the same round.
 type Progs = BTreeMap<&'static str, Vec<(ProgStats, f64)>>;
 
-pub fn run(args: &BenchArgs, _env: &Env) -> Result<()> {
+pub fn run(args: &BenchArgs, env: &Env) -> Result<()> {
     if args.rounds == 0 || !(0.05..=60.0).contains(&args.secs) {
         bail!("--rounds must be at least 1 and --secs within 0.05..=60");
     }
     let root = workspace_root()?;
     println!("bench: building portcullis (release) ...");
     util::run(Command::new("cargo").args(["build", "--quiet", "--release", "-p", "portcullis"]).current_dir(&root))?;
-    let configs = [Config::Baseline, Config::Portcullis, Config::Nftables];
+    let configs = [Config::Baseline, Config::Portcullis, Config::Nftables, Config::Floor];
     let pods: Vec<&str> = configs.iter().map(|c| c.pod()).collect();
+    let floor = Floor::new(env.cgroup2.as_deref().context("the bench needs cgroup v2")?)?;
     // Answers live an hour: the 1,000 prelearned IPs stay learned all run.
     let mut bench = Bench::builder().pods(&pods).race_names(true).dns_ttl(3600).start().context("starting the bench")?;
     let xtask = std::env::current_exe()?;
@@ -220,7 +232,7 @@ pub fn run(args: &BenchArgs, _env: &Env) -> Result<()> {
     println!("bench: starting the clients (each resolves 1,000 names first) ...");
     let mut clients = Vec::new();
     for cfg in configs {
-        clients.push(Client::start(&bench, cfg, &portcullis, &policy)?);
+        clients.push(Client::start(&bench, cfg, &portcullis, &policy, &floor)?);
     }
     let agent = clients[1].guard.pid();
     let (results, progs) = measure(&mut clients, agent, &stats, args)?;
@@ -229,6 +241,7 @@ pub fn run(args: &BenchArgs, _env: &Env) -> Result<()> {
         c.finish()?;
     }
     report(&results, &progs, cpu, args);
+    drop(floor);
     drop(bench);
     Ok(())
 }
@@ -239,7 +252,9 @@ pub fn run(args: &BenchArgs, _env: &Env) -> Result<()> {
 /// the programs' costs, and baseline and portcullis getaddrinfo latency.
 fn measure(clients: &mut [Client], agent: u32, bpf_stats: &BpfStats, args: &BenchArgs) -> Result<(Results, Progs)> {
     let (mut results, mut progs) = (Results::new(), Progs::new());
-    let n = clients.len();
+    // Baseline, portcullis, nftables take turns; the floor client runs in
+    // the statistics slices only.
+    let n = 3;
     let (crr, bulk) = (("crr", "api.example.test:7001"), ("bulk", "api.example.test:7002"));
     let every = (args.rounds / args.stats_rounds.max(1)).max(1);
     let started = Instant::now();
@@ -272,14 +287,20 @@ fn stats_round(
     let overhead = crate::calibrate::stats_overhead_ns().context("calibrating bpf_stats overhead")?;
     // crr-spread: every connection to another address (64 in turn), so
     // the connect hooks' verdict cache never hits: the full lookup's cost.
+    // crr and bulk also run on the floor client, next to portcullis's
+    // slice (order alternating by round).
+    let pair = if round.is_multiple_of(2) { [1, 3] } else { [3, 1] };
     for (key, target) in [crr, bulk, ("crr-spread", "spread:64:7001")] {
         let mode = if key == "bulk" { "bulk" } else { "crr" };
-        let (_, stats) = clients[1].run(mode, target, STATS_SECS, agent, true)?;
-        progs.entry(key).or_default().extend(stats.map(|s| (s, overhead)));
+        let who: &[usize] = if key == "crr-spread" { &[1] } else { &pair };
+        for &k in who {
+            let (_, stats) = clients[k].run(mode, target, STATS_SECS, agent, true)?;
+            progs.entry(key).or_default().extend(stats.map(|s| (s, overhead)));
+        }
     }
     for k in [round % 2, 1 - round % 2] {
         let c = &mut clients[k];
-        let (r, stats) = c.run("dns", "api.example.test", STATS_SECS, agent, true)?;
+        let (r, stats) = c.run("dns", "api.example.test", STATS_SECS, agent, k == 1)?;
         progs.entry("dns").or_default().extend(stats.map(|s| (s, overhead)));
         for (key, field) in [("dns-p50", "p50_ns"), ("dns-p99", "p99_ns")] {
             results.entry((key, c.cfg)).or_default().push(r.get(field).and_then(Value::as_f64).unwrap_or(0.0));
@@ -338,6 +359,9 @@ fn report(results: &Results, progs: &Progs, cpu: BTreeMap<String, (u64, u64)>, a
          ratio slices above, as they add to every program run), as measured and (net) minus what bpf_stats itself\n  \
          adds per run, measured each round (2-instruction program, BPF_PROG_TEST_RUN, stats off vs on: median\n  \
          {overhead:.0} ns, {lo:.0}-{hi:.0} ns over the rounds).\n  \
+         Even so, a run that follows a whole connection measures more than that hot loop: the hook's cold entry and\n  \
+         the clock reads. So an empty program (r0 = 1) attached at the same hooks of a client of its own ran crr and\n  \
+         bulk next to each portcullis slice: \"over an empty program\" is what our code adds at that hook.\n  \
          Target <= 100 ns per run: per packet (pc_egress, pc_ingress) and per connection (pc_connect4, crr: a\n  \
          destination connected to before, decided from the verdict cache). crr-spread: every connection to another of\n  \
          64 addresses, so the cache never hits (the full lookup); dns: the DNS path (gate redirect, ring copies):"
@@ -353,12 +377,17 @@ fn report(results: &Results, progs: &Progs, cpu: BTreeMap<String, (u64, u64)>, a
                 e.2 += cnt;
             }
         }
+        let gross = |n: &str| sum.get(n).filter(|(_, _, cnt)| *cnt > 0).map(|(ns, _, cnt)| ns / *cnt as f64);
         let line: Vec<String> = sum
             .iter()
-            .filter(|(_, (_, _, cnt))| *cnt > 0)
+            .filter(|(n, (_, _, cnt))| *cnt > 0 && !floor::is_twin(n))
             .map(|(n, (ns, net, cnt))| {
                 let c = *cnt as f64;
-                format!("{n} {:.0} ns (net {:.0}, {cnt} runs)", ns / c, (net / c).max(0.0))
+                let over = match floor::twin_of(n).and_then(gross) {
+                    Some(empty) => format!("; {:.0} over an empty program there, {empty:.0} ns", (ns / c - empty).max(0.0)),
+                    None => String::new(),
+                };
+                format!("{n} {:.0} ns (net {:.0}{over}; {cnt} runs)", ns / c, (net / c).max(0.0))
             })
             .collect();
         println!("    {mode:<5} {}", line.join("\n          "));

@@ -13,6 +13,7 @@ mod bench;
 mod bench_env;
 mod calibrate;
 mod demo;
+mod floor;
 mod fuzz;
 mod linker;
 mod load;
