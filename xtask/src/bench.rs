@@ -188,6 +188,19 @@ fn pinning() -> Option<(usize, usize)> {
     Some((cpus.next()?, cpus.next()?))
 }
 
+/// A distribution-free 95 % confidence interval of the median of sorted
+/// `v`: the order statistics n/2 -+ 1.96 sqrt(n)/2 (normal approximation
+/// of the binomial; every round's ratio is one independent draw).
+fn median_ci(sorted: &[f64]) -> (f64, f64) {
+    let n = sorted.len();
+    if n == 0 {
+        return (0.0, 0.0);
+    }
+    let half = 1.96 * (n as f64).sqrt() / 2.0;
+    let at = |r: f64| sorted[(r.round().max(0.0) as usize).min(n - 1)];
+    (at((n as f64 - 1.0) / 2.0 - half), at((n as f64 - 1.0) / 2.0 + half))
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
@@ -320,13 +333,12 @@ fn report(results: &Results, progs: &Progs, cpu: BTreeMap<String, (u64, u64)>, a
             let other = &results[&(mode, cfg)];
             let mut ratios: Vec<f64> = base.iter().zip(other).map(|(b, o)| o / b).collect();
             let (lo, hi) = ratios.iter().fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));
-            let rounds: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
             let med = median(&mut ratios);
-            // The middle half of the per-round ratios: how tight the median is.
             let q = |p: f64| ratios[((ratios.len() - 1) as f64 * p).round() as usize];
+            let (ci_lo, ci_hi) = median_ci(&ratios);
             let (mut b, mut o) = (base.clone(), other.clone());
             println!(
-                "  {label:<26} {:<10} ratio {med:.3} (quartiles {:.3}-{:.3}, min {lo:.3}, max {hi:.3})  [{:.0} vs baseline {:.0}]{}",
+                "  {label:<26} {:<10} ratio {med:.3} (95% CI of the median {ci_lo:.3}-{ci_hi:.3}; quartiles {:.3}-{:.3}, min {lo:.3}, max {hi:.3})  [{:.0} vs baseline {:.0}]{}",
                 format!("{cfg:?}").to_lowercase(),
                 q(0.25),
                 q(0.75),
@@ -334,7 +346,8 @@ fn report(results: &Results, progs: &Progs, cpu: BTreeMap<String, (u64, u64)>, a
                 median(&mut b) / unit,
                 if cfg == Config::Portcullis { format!("  target >= {target}") } else { String::new() },
             );
-            println!("  {:<26} {:<10} per round: {}", "", "", rounds.join(" "));
+            let deciles: Vec<String> = (1..10).map(|d| format!("{:.2}", q(d as f64 / 10.0))).collect();
+            println!("  {:<26} {:<10} per-round deciles: {}", "", "", deciles.join(" "));
         }
     }
     let med = |k: &'static str, cfg| median(&mut results.get(&(k, cfg)).cloned().unwrap_or_default());
@@ -394,3 +407,19 @@ fn report(results: &Results, progs: &Progs, cpu: BTreeMap<String, (u64, u64)>, a
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_median_ci_spans_the_middle_order_statistics() {
+        let v: Vec<f64> = (0..301).map(f64::from).collect();
+        // n = 301: median at rank 150, half-width 1.96 * sqrt(301) / 2 = 17.
+        assert_eq!(median_ci(&v), (133.0, 167.0));
+        assert_eq!(median_ci(&[1.0]), (1.0, 1.0));
+        assert_eq!(median_ci(&[]), (0.0, 0.0));
+        let (lo, hi) = median_ci(&[1.0, 2.0, 3.0]);
+        assert!(lo <= 2.0 && hi >= 2.0 && lo >= 1.0 && hi <= 3.0);
+    }
+}
