@@ -160,9 +160,60 @@ pub fn procs_below(dir: &Path) -> Vec<u32> {
     out
 }
 
+/// What `sweep_stale` found: a dead owner's cgroup that still holds
+/// processes (now unenforced: the owner's links went with it).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Leftover {
+    pub path: PathBuf,
+    pub procs: Vec<u32>,
+}
+
+/// Removes the cgroups `<prefix><pid>` under `parent` whose creator, process
+/// `pid`, is gone: an owner killed by SIGKILL never ran its cleanup (its
+/// programs, attached by links, were detached when it died). Only empty ones
+/// go (rmdir fails on a cgroup with processes or children); the others are
+/// returned, to be reported: whoever started them decides their fate.
+pub fn sweep_stale(parent: &Path, prefix: &str) -> Vec<Leftover> {
+    let mut left = Vec::new();
+    for e in fs::read_dir(parent).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        if fs::remove_dir(e.path()).is_err() {
+            left.push(Leftover { path: e.path(), procs: procs_below(&e.path()) });
+        }
+    }
+    left
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sweeps_only_dead_owners_empty_cgroups() {
+        let dir = std::env::temp_dir().join(format!("pc-sweep-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        // PIDs above the kernel's limit (PID_MAX_LIMIT, 2^22) never exist.
+        let dead = 4_999_999u32;
+        let me = std::process::id();
+        for name in [format!("x-{dead}"), format!("x-{me}"), "x-notapid".into(), format!("y-{dead}"), format!("x-{}", dead - 1)] {
+            fs::create_dir_all(dir.join(name)).unwrap();
+        }
+        // A non-empty one (here: a child directory) stays and is reported.
+        fs::create_dir(dir.join(format!("x-{}", dead - 1)).join("child")).unwrap();
+        let left = sweep_stale(&dir, "x-");
+        let mut names: Vec<String> = fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        let mut want = [format!("x-{}", dead - 1), format!("x-{me}"), "x-notapid".into(), format!("y-{dead}")];
+        want.sort();
+        assert_eq!(names, want);
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].path, dir.join(format!("x-{}", dead - 1)));
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn finds_hybrid_and_unified_mounts() {

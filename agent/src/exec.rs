@@ -34,6 +34,10 @@ fn forwarded_set() -> SigSet {
     set
 }
 
+/// `portcullis exec`'s cgroup: this, then its PID, under the v2 root. A run
+/// killed by SIGKILL cannot remove it; the next run does (`sweep_stale`).
+const EXEC_CGROUP_PREFIX: &str = "portcullis-exec-";
+
 /// Exit status of `portcullis exec` when the agent itself fails.
 pub const EXIT_AGENT_FAILED: i32 = 125;
 
@@ -45,7 +49,11 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
     let log = crate::events::open_log(args.log.as_deref())?;
     let mount = cgroup2_mount()?;
     let pid = std::process::id();
-    let cgroup = OwnedCgroup::create(&mount, &format!("portcullis-exec-{pid}"))?;
+    for left in crate::cgroup::sweep_stale(&mount, EXEC_CGROUP_PREFIX) {
+        tracing::warn!(cgroup = %left.path.display(), pids = ?left.procs,
+            "a killed portcullis exec left processes here, no longer enforced");
+    }
+    let cgroup = OwnedCgroup::create(&mount, &format!("{EXEC_CGROUP_PREFIX}{pid}"))?;
     let mut agent = Agent::start(AgentOptions {
         ttl: TtlBounds { min: args.min_ttl, max: args.max_ttl.max(args.min_ttl) },
         caps: Caps { ips_per_name: args.max_ips_per_name, names_per_endpoint: args.max_names, ..Caps::default() },

@@ -241,3 +241,80 @@ fn nothing_left_after_sigterm() {
     }
     lifecycle(End::Signal(libc::SIGTERM));
 }
+
+/// SIGKILL cannot be caught: the run's programs go with its link fds, but
+/// its cgroup stays, and a daemon the command left there runs on,
+/// unenforced. The next `portcullis exec` removes the empty cgroup of a
+/// dead run and names one that still holds processes (killing them is for
+/// whoever started them: here, this test).
+#[test]
+fn after_sigkill_the_next_run_sweeps_the_cgroup_and_names_leftovers() {
+    if !require_root() {
+        return;
+    }
+    let tmp = TempDir::new("sigkill");
+    // Also on panic: the daemon (by PID) and the dead runs' cgroups go.
+    struct Cleanup(std::cell::RefCell<(Vec<std::path::PathBuf>, Option<u32>)>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let (dirs, pid) = &*self.0.borrow();
+            if let Some(pid) = pid {
+                // SAFETY: kill(2) on the daemon this test's run started.
+                unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+            }
+            for d in dirs {
+                for _ in 0..200 {
+                    if !d.exists() || std::fs::remove_dir(d).is_ok() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    let cleanup = Cleanup(Default::default());
+    let run = |script: &str| {
+        let mut c = agent_cmd();
+        c.args(["exec", "--dns-server", "198.51.100.53", "--", "sh", "-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        ChildGuard::spawn(c).unwrap()
+    };
+    let killed = |bg: Option<&Path>| {
+        let script = match bg {
+            Some(b) => format!("sleep 60 & echo $! > {b}.tmp; mv {b}.tmp {b}; exec sleep 30", b = b.display()),
+            None => "exec sleep 30".into(),
+        };
+        let mut agent = run(&script);
+        let cg = exec_cgroup_of(agent.pid());
+        cleanup.0.borrow_mut().0.push(cg.clone());
+        wait_for("the hooks to be attached", SECS_10, || (cg.exists() && attached(&cg).progs.len() == 9).then_some(()));
+        let att = attached(&cg);
+        // SAFETY: kill(2) on our own, not yet reaped child.
+        assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGKILL) }, 0);
+        wait_for("exec to die", SECS_10, || agent.try_wait().unwrap());
+        assert!(cg.exists(), "nothing could remove {} on SIGKILL", cg.display());
+        att.expect_detached();
+        cg
+    };
+    // An empty cgroup of a dead run: the next run removes it.
+    let empty = killed(None);
+    wait_for("the command to die with its parent", SECS_10, || {
+        std::fs::read_to_string(empty.join("cgroup.procs")).ok()?.trim().is_empty().then_some(())
+    });
+    // One that still holds a daemon: named by the next run, left alone.
+    let bg = tmp.path().join("bgpid");
+    let busy = killed(Some(&bg));
+    let bg_pid: u32 = wait_for("the daemon's pid", SECS_10, || std::fs::read_to_string(&bg).ok()?.trim().parse().ok());
+    cleanup.0.borrow_mut().1 = Some(bg_pid);
+    let r = exec(tmp.path(), &[], &["true"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(!empty.exists(), "{} was not swept", empty.display());
+    assert!(busy.exists(), "{} holds a process and must stay", busy.display());
+    assert!(r.stderr.contains("no longer enforced") && r.stderr.contains(&bg_pid.to_string()), "{r:?}");
+    // The test started that daemon (through exec): `cleanup` ends it, by
+    // PID, and removes the cgroup.
+    drop(cleanup);
+    assert!(!busy.exists(), "{} left", busy.display());
+}

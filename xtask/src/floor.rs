@@ -9,8 +9,10 @@
 //!
 //! The empty programs are attached to a cgroup this module creates (never
 //! an existing one; a child of the cgroup v2 root, like `portcullis exec`'s)
-//! and a load client of its own joins it; on drop they are detached and the
-//! cgroup removed. Raw bpf(2), as in `calibrate`.
+//! and a load client of its own joins it. They are attached by `bpf_link`,
+//! so they are detached when this process ends, however it ends; the cgroup
+//! is removed on drop, or by the next bench run if this one was killed.
+//! Raw bpf(2), as in `calibrate`.
 
 use std::{
     fs,
@@ -21,8 +23,9 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_ATTACH: libc::c_long = 8;
-const BPF_PROG_DETACH: libc::c_long = 9;
+const BPF_LINK_CREATE: libc::c_long = 28;
+/// Prefix of the cgroup's name; the bench's PID follows.
+const DIR_PREFIX: &str = "portcullis-bench-floor-";
 /// include/uapi/linux/bpf.h `enum bpf_prog_type`.
 const CGROUP_SKB: u32 = 8;
 const CGROUP_SOCK: u32 = 9;
@@ -73,32 +76,37 @@ fn load_empty(name: &str, prog_type: u32, attach_type: u32) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-fn attach(cmd: libc::c_long, cgroup: &OwnedFd, prog: &OwnedFd, attach_type: u32) -> std::io::Result<()> {
+/// Attaches `prog` to `cgroup` by a link: detached when the fd closes.
+fn link(cgroup: &OwnedFd, prog: &OwnedFd, attach_type: u32) -> std::io::Result<OwnedFd> {
     let mut a = [0u8; 128];
-    put_u32(&mut a, 0, cgroup.as_raw_fd() as u32);
-    put_u32(&mut a, 4, prog.as_raw_fd() as u32);
+    put_u32(&mut a, 0, prog.as_raw_fd() as u32);
+    put_u32(&mut a, 4, cgroup.as_raw_fd() as u32);
     put_u32(&mut a, 8, attach_type);
-    if bpf(cmd, &mut a) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+    let fd = bpf(BPF_LINK_CREATE, &mut a);
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd from BPF_LINK_CREATE, owned from here on.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// A fresh cgroup with the empty twins attached; see the module docs.
 pub struct Floor {
     dir: PathBuf,
-    cgroup: OwnedFd,
-    attached: Vec<(OwnedFd, u32)>,
+    links: Vec<OwnedFd>,
 }
 
 impl Floor {
     pub fn new(cgroup2: &Path) -> Result<Self> {
-        let dir = cgroup2.join(format!("portcullis-bench-floor-{}", std::process::id()));
+        sweep_stale(cgroup2);
+        let dir = cgroup2.join(format!("{DIR_PREFIX}{}", std::process::id()));
         fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let opened = fs::File::open(&dir).with_context(|| format!("opening {}", dir.display()));
-        let mut floor = Self { dir, cgroup: OwnedFd::from(opened?), attached: Vec::new() };
+        let mut floor = Self { dir, links: Vec::new() };
+        let cgroup = OwnedFd::from(fs::File::open(&floor.dir).with_context(|| format!("opening {}", floor.dir.display()))?);
         for (_, name, prog_type, attach_type) in TWINS {
             let prog = load_empty(name, prog_type, attach_type)?;
-            attach(BPF_PROG_ATTACH, &floor.cgroup, &prog, attach_type)
-                .with_context(|| format!("attaching {name} to {}", floor.dir.display()))?;
-            floor.attached.push((prog, attach_type));
+            let l = link(&cgroup, &prog, attach_type).with_context(|| format!("attaching {name} to {}", floor.dir.display()))?;
+            floor.links.push(l);
         }
         Ok(floor)
     }
@@ -111,13 +119,24 @@ impl Floor {
 
 impl Drop for Floor {
     fn drop(&mut self) {
-        for (prog, attach_type) in &self.attached {
-            let _ = attach(BPF_PROG_DETACH, &self.cgroup, prog, *attach_type);
-        }
+        self.links.clear();
         // Fails while a process is still inside: the caller ends the client
-        // first. Left behind otherwise, an empty cgroup with no programs.
+        // first. Left behind otherwise: an empty cgroup, swept next run.
         if let Err(e) = fs::remove_dir(&self.dir) {
             eprintln!("bench: could not remove {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// Removes the floor cgroups of bench runs whose process is gone (their
+/// links went with it; a cgroup with a process still inside stays).
+fn sweep_stale(cgroup2: &Path) {
+    let Ok(dir) = fs::read_dir(cgroup2) else { return };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(DIR_PREFIX).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = fs::remove_dir(e.path());
         }
     }
 }
