@@ -5,7 +5,7 @@
 
 use core::ptr::{read_volatile, write_volatile};
 
-use agent_common::{Reason, VerdictCache, VerdictSlot, ip_words, slot_index, slot_tag, slot_ticks};
+use agent_common::{Reason, VerdictCache, ip_words, slot_index, slot_tag, slot_ticks};
 use aya_ebpf::helpers::generated::bpf_jiffies64;
 
 use crate::{maps::VERDICT_CACHE, verdict::{Dest, Verdict}};
