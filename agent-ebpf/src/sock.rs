@@ -5,7 +5,7 @@
 //! agent needs both to re-inject the held answer.
 
 use agent_common::{
-    DNS_PLACEHOLDER, DNS_SINK_PORT, DnsSockInfo, FLOW_F_CAUGHT, FLOW_F_DNS, GateKey, GatePortKey, Hook, LOOPBACK_IFINDEX, LiveFlow,
+    DNS_PLACEHOLDER, DNS_SINK_PORT, DnsSockInfo, EndpointInfo, FLOW_F_CAUGHT, FLOW_F_DNS, GateKey, GatePortKey, Hook, LOOPBACK_IFINDEX, LiveFlow,
     Reason, SockOwner,
     proto, v4_mapped,
 };
@@ -66,25 +66,23 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
         count(hook, Reason::DnsCaught);
         return ALLOW;
     }
-    let cgid = unsafe { bpf_get_current_cgroup_id() };
+    // The endpoint: the verdict cache's when it is on (the attach point is
+    // the endpoint's own cgroup with no other endpoint below: `cache`),
+    // which spares the cgroup id and `ENDPOINTS` (~200 ns of cold lines).
+    // Its flags (audit) only matter to a denial: read there, below.
+    let from_cache = match cached {
+        Lookup::Miss { endpoint, .. } => Some(endpoint),
+        _ => None,
+    };
     // The config is read only when a verdict needs it: a socket whose own
     // cgroup is the endpoint (`exec`, a registered pod cgroup) needs none.
     let ancestor = |l| unsafe { bpf_get_current_ancestor_cgroup_id(l) };
-    let Some(ep) = endpoint::resolve(cgid, ancestor, || CONFIG.get(0)) else {
-        return match CONFIG.get(0) {
-            None => {
-                count(hook, Reason::DeniedInternal);
-                DENY
-            }
-            Some(cfg) if cfg.unmanaged_allow != 0 => {
-                count(hook, Reason::AllowedUnmanaged);
-                ALLOW
-            }
-            Some(_) => {
-                count(hook, Reason::DeniedDefault);
-                DENY
-            }
-        };
+    let ep = match from_cache {
+        Some(endpoint) => EndpointInfo { endpoint, flags: 0, generation: 0 },
+        None => match endpoint::resolve(unsafe { bpf_get_current_cgroup_id() }, ancestor, || CONFIG.get(0)) {
+            Some(ep) => ep,
+            None => return unmanaged(hook),
+        },
     };
     let netns = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     // No config: treat the socket as in the host's namespace (loopback
@@ -168,6 +166,13 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
     let Some(cfg) = CONFIG.get(0) else {
         return DENY;
     };
+    let cgid = unsafe { bpf_get_current_cgroup_id() };
+    // Decided with the cache's endpoint: its flags from the cgroup walk (not
+    // found, e.g. the endpoint going away: none, so no audit: deny).
+    let ep = match from_cache {
+        Some(_) => endpoint::resolve(cgid, ancestor, || Some(cfg)).map_or(ep, |r| EndpointInfo { endpoint: ep.endpoint, ..r }),
+        None => ep,
+    };
     let audit = report(cfg, cgid, &ep, hook, reason, &shown, tgid, comm);
     if !audit {
         return DENY;
@@ -177,6 +182,18 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
         remember_flow(ctx, LiveFlow { ip: dest.ip, endpoint: ep.endpoint, flags: 0 });
     }
     ALLOW
+}
+
+/// A socket below the attach point in no endpoint's cgroup.
+#[inline(always)]
+fn unmanaged(hook: Hook) -> i32 {
+    let (reason, verdict) = match CONFIG.get(0) {
+        None => (Reason::DeniedInternal, DENY),
+        Some(cfg) if cfg.unmanaged_allow != 0 => (Reason::AllowedUnmanaged, ALLOW),
+        Some(_) => (Reason::DeniedDefault, DENY),
+    };
+    count(hook, reason);
+    verdict
 }
 
 /// An IPv4 destination (also as `::ffff:a.b.c.d` on an IPv6 socket).
