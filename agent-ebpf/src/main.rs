@@ -11,6 +11,7 @@ mod parse;
 mod skb;
 mod skb_dns;
 mod sock;
+mod sock_dns;
 mod verdict;
 
 use agent_common::Hook;
@@ -41,12 +42,12 @@ pub fn pc_sendmsg6(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn pc_recvmsg4(ctx: SockAddrContext) -> i32 {
-    sock::recvmsg(&ctx, false)
+    sock_dns::recvmsg(&ctx, false)
 }
 
 #[cgroup_sock_addr(recvmsg6)]
 pub fn pc_recvmsg6(ctx: SockAddrContext) -> i32 {
-    sock::recvmsg(&ctx, true)
+    sock_dns::recvmsg(&ctx, true)
 }
 
 #[cgroup_skb(egress)]

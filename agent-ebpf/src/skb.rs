@@ -154,7 +154,7 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
             // so this one was neither sent to a gate (none in this namespace
             // yet, or a socket connected before it opened) nor redirected by
             // the socket hooks: caught by `connect4` on loopback
-            // (`sock::catch_on_loopback`), or one they cannot redirect (an
+            // (`sock_dns::catch_on_loopback`), or one they cannot redirect (an
             // `IPV6_V6ONLY` or already bound IPv6 socket, as dig's; `sendto`
             // a resolver on a port other than 53). It may carry tunnelled
             // data, so it never leaves: the agent gets it as caught and

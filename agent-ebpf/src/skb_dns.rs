@@ -60,7 +60,7 @@ pub(crate) fn is_loopback(ip: &[u8; 16]) -> bool {
 
 /// The trusted resolver (port 53) a datagram to the loopback sink
 /// (`DNS_SINK_PORT`) or to the IPv4 placeholder (`DNS_PLACEHOLDER`) was
-/// meant for, if `sock::send_to_sink` or `sock::catch_via_placeholder` put
+/// meant for, if `sock_dns::send_to_sink` or `sock_dns::catch_via_placeholder` put
 /// it there (`FLOW_F_CAUGHT` on its socket).
 #[inline(always)]
 pub(crate) fn sunk_query(ctx: &SkBuffContext, f: &Flow, dns_gates: u32) -> Option<[u8; 16]> {

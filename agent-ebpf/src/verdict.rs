@@ -48,7 +48,7 @@ fn learned(ep: u32, d: &Dest) -> Option<u64> {
 /// A verdict and, for an allowance that does not depend on the socket's
 /// network namespace (learned IPs, CIDR rules), how long it lasts in ns
 /// (`u64::MAX`: until the policy changes); else 0. The socket hooks cache
-/// such allowances (`sock::cache_allowance`).
+/// such allowances (`cache::remember`).
 pub struct Verdict {
     pub reason: Reason,
     pub lasts_ns: u64,
