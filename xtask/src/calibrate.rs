@@ -6,52 +6,30 @@
 //! is tens of ns, far more than the ~20 ns bare-metal figure).
 //! Raw bpf(2) so xtask needs no eBPF toolchain of its own.
 
-use std::{fs, os::fd::RawFd};
+use std::{
+    fs,
+    os::fd::{AsRawFd as _, OwnedFd},
+};
 
 use anyhow::{Result, bail};
 
-const BPF_PROG_LOAD: libc::c_long = 5;
+use crate::floor::{bpf, load_empty, put_u32};
+
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_CGROUP_SKB: u32 = 8;
-
-fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> libc::c_long {
-    // SAFETY: attr is a zero-initialised bpf_attr-sized buffer that outlives the call.
-    unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) }
-}
-
-fn put_u32(a: &mut [u8; 128], off: usize, v: u32) {
-    a[off..off + 4].copy_from_slice(&v.to_ne_bytes());
-}
 
 fn put_u64(a: &mut [u8; 128], off: usize, v: u64) {
     a[off..off + 8].copy_from_slice(&v.to_ne_bytes());
 }
 
-fn load_noop() -> Result<RawFd> {
-    // BPF_MOV64_IMM(R0, 1); BPF_EXIT_INSN()
-    let insns: [u8; 16] = [0xb7, 0, 0, 0, 1, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0];
-    let license = b"GPL\0";
-    let mut a = [0u8; 128];
-    put_u32(&mut a, 0, BPF_PROG_TYPE_CGROUP_SKB);
-    put_u32(&mut a, 4, 2);
-    put_u64(&mut a, 8, insns.as_ptr() as u64);
-    put_u64(&mut a, 16, license.as_ptr() as u64);
-    a[48..56].copy_from_slice(b"pc_calib");
-    let fd = bpf(BPF_PROG_LOAD, &mut a);
-    if fd < 0 {
-        bail!("loading the calibration program: {}", std::io::Error::last_os_error());
-    }
-    Ok(fd as RawFd)
-}
-
 /// Average ns per run over `repeat` runs, as the kernel measured it.
-fn test_run(fd: RawFd, repeat: u32) -> Result<f64> {
+fn test_run(fd: &OwnedFd, repeat: u32) -> Result<f64> {
     // Ethernet + IPv4 + TCP headers; the program never looks at them.
     let mut pkt = [0u8; 54];
     pkt[12] = 0x08;
     pkt[14] = 0x45;
     let mut a = [0u8; 128];
-    put_u32(&mut a, 0, fd as u32);
+    put_u32(&mut a, 0, fd.as_raw_fd() as u32);
     put_u32(&mut a, 8, pkt.len() as u32);
     put_u64(&mut a, 16, pkt.as_ptr() as u64);
     put_u32(&mut a, 32, repeat);
@@ -66,20 +44,20 @@ fn test_run(fd: RawFd, repeat: u32) -> Result<f64> {
 pub fn stats_overhead_ns() -> Result<f64> {
     const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
     let before = fs::read_to_string(PATH)?;
-    let fd = load_noop()?;
+    // BPF_CGROUP_INET_INGRESS (0): any cgroup_skb attach type will do.
+    let fd = load_empty("pc_calib", BPF_PROG_TYPE_CGROUP_SKB, 0)?;
     let mut diffs = Vec::new();
     let result = (|| -> Result<()> {
         for _ in 0..5 {
             fs::write(PATH, "0")?;
-            let off = test_run(fd, 1_000_000)?;
+            let off = test_run(&fd, 1_000_000)?;
             fs::write(PATH, "1")?;
-            let on = test_run(fd, 1_000_000)?;
+            let on = test_run(&fd, 1_000_000)?;
             diffs.push(on - off);
         }
         Ok(())
     })();
-    // SAFETY: fd came from BPF_PROG_LOAD above and is closed once.
-    unsafe { libc::close(fd) };
+    drop(fd);
     let _ = fs::write(PATH, before.trim());
     result?;
     diffs.sort_by(f64::total_cmp);

@@ -48,17 +48,18 @@ pub fn is_twin(name: &str) -> bool {
     TWINS.iter().any(|t| t.1 == name)
 }
 
-fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> libc::c_long {
+pub fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> libc::c_long {
     // SAFETY: attr is a zero-initialised bpf_attr-sized buffer that outlives the call.
     unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) }
 }
 
-fn put_u32(a: &mut [u8; 128], off: usize, v: u32) {
+pub fn put_u32(a: &mut [u8; 128], off: usize, v: u32) {
     a[off..off + 4].copy_from_slice(&v.to_ne_bytes());
 }
 
-fn load_empty(name: &str, prog_type: u32, attach_type: u32) -> Result<OwnedFd> {
-    // BPF_MOV64_IMM(R0, 1); BPF_EXIT_INSN(): allow, at every one of these hooks.
+/// Loads `r0 = 1; exit` (allow, at every hook it is used at) named `name`.
+pub fn load_empty(name: &str, prog_type: u32, attach_type: u32) -> Result<OwnedFd> {
+    // BPF_MOV64_IMM(R0, 1); BPF_EXIT_INSN()
     let insns: [u8; 16] = [0xb7, 0, 0, 0, 1, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0];
     let license = b"GPL\0";
     let mut a = [0u8; 128];
