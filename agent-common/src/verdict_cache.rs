@@ -45,7 +45,10 @@ pub struct VerdictSlot {
     pub until_jiffies: u64,
     /// The `Reason` counted on a hit.
     pub reason: u32,
-    pub _pad: u32,
+    /// Write sequence, odd while the kernel rewrites the slot: a read that
+    /// sees it change (or odd) ignores the slot (a seqlock on one CPU;
+    /// see agent-ebpf/src/cache.rs). The agent writes 0 with the rest.
+    pub seq: u32,
 }
 const _: () = assert!(size_of::<VerdictSlot>() == 40);
 

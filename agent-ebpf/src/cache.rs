@@ -40,13 +40,13 @@ pub fn lookup(d: &Dest) -> Lookup {
     let s = &c.slots[slot_index(&d.ip, d.port)];
     let (hi, lo) = ip_words(&d.ip);
     let tag = slot_tag(d.proto, d.port);
-    // Seqlock-style against a run that preempts this one and rewrites the
-    // slot (see `remember`, which empties the tag first and sets it last):
-    // the fields count only if the tag reads the same before and after
-    // them. Volatile, so the reads stay in this order.
+    // A seqlock against a run that preempts this one and rewrites the slot
+    // (see `remember`): the fields count only if the sequence is even and
+    // the same before and after them. Volatile, so the reads stay in order.
     // SAFETY (all reads): fields of our own storage.
-    let (t1, ip_lo, ip_hi, slot_gen, until, reason) = unsafe {
+    let (seq, t, ip_lo, ip_hi, slot_gen, until, reason) = unsafe {
         (
+            read_volatile(&s.seq),
             read_volatile(&s.tag),
             read_volatile(&s.ip_lo),
             read_volatile(&s.ip_hi),
@@ -55,9 +55,9 @@ pub fn lookup(d: &Dest) -> Lookup {
             read_volatile(&s.reason),
         )
     };
-    let same = t1 == tag && ip_lo == lo && ip_hi == hi && slot_gen == generation;
+    let same = seq & 1 == 0 && t == tag && ip_lo == lo && ip_hi == hi && slot_gen == generation;
     // jiffies_64: one load (kernel/time/jiffies.c); see VERDICT_TICK_NS_MAX.
-    if same && until > unsafe { bpf_jiffies64() } && unsafe { read_volatile(&s.tag) } == tag {
+    if same && until > unsafe { bpf_jiffies64() } && unsafe { read_volatile(&s.seq) } == seq {
         let r = if reason == Reason::AllowedCidr as u32 { Reason::AllowedCidr } else { Reason::AllowedFqdn };
         return Lookup::Hit { reason: r, endpoint };
     }
@@ -87,17 +87,26 @@ pub fn remember(miss: &Lookup, endpoint: u32, d: &Dest, v: &Verdict) {
     // Cgroup programs run with migration disabled, not preemption
     // (kernel/bpf/cgroup.c `bpf_prog_run_array_cg`): a run preempted halfway
     // through this write must never leave a slot that another run on this
-    // CPU takes for a valid allowance with mixed fields. So the tag goes to
-    // 0 (empty) first and gets its value last, in program order (volatile;
-    // one CPU, so no fences).
-    // SAFETY (all writes): fields of our own storage.
+    // CPU takes for a valid allowance with mixed fields. So the sequence is
+    // odd while the fields change and moves on after, in program order
+    // (volatile; one CPU, so no fences); a write that finds it odd (it
+    // preempted another write) leaves the slot alone. The tag goes first: an
+    // agent rewrite of the whole value (slots zeroed) that lands mid-write
+    // either zeroes the tag, so the slot matches nothing, or comes before
+    // all of ours, whose generation it has made stale.
+    // SAFETY (all accesses): fields of our own storage.
     unsafe {
-        write_volatile(&mut s.tag, 0);
+        let seq = read_volatile(&s.seq);
+        if seq & 1 != 0 {
+            return;
+        }
+        write_volatile(&mut s.seq, seq.wrapping_add(1));
+        write_volatile(&mut s.tag, slot_tag(d.proto, d.port));
         write_volatile(&mut s.ip_hi, ip_hi);
         write_volatile(&mut s.ip_lo, ip_lo);
         write_volatile(&mut s.generation, generation);
         write_volatile(&mut s.until_jiffies, until);
         write_volatile(&mut s.reason, reason as u32);
-        write_volatile(&mut s.tag, slot_tag(d.proto, d.port));
+        write_volatile(&mut s.seq, seq.wrapping_add(2));
     }
 }
