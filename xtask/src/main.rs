@@ -11,6 +11,7 @@
 
 mod bench;
 mod bench_env;
+mod bench_report;
 mod calibrate;
 mod demo;
 mod floor;
