@@ -14,9 +14,9 @@ use crate::{maps::VERDICT_CACHE, verdict::{Dest, Verdict}};
 pub enum Lookup {
     /// Allowed before and still valid: count `reason` and allow.
     Hit { reason: Reason, endpoint: u32 },
-    /// Not cached; an allowance found now may be cached for `endpoint`,
-    /// stamped with the `generation` read *before* the policy lookup (so an
-    /// allowance removed meanwhile is stale at once).
+    /// Not cached; `endpoint` is the one to decide for, and an allowance
+    /// found now may be cached, stamped with the `generation` read *before*
+    /// the policy lookup (so an allowance removed meanwhile is stale at once).
     Miss { endpoint: u32, generation: u32 },
     /// No cache here (not an endpoint's own attach point).
     Off,
@@ -64,14 +64,11 @@ pub fn lookup(d: &Dest) -> Lookup {
     Lookup::Miss { endpoint, generation }
 }
 
-/// Caches an allowance `decide` found for `endpoint` (the cgroup walk's
-/// answer; it must be the attach point's endpoint, or nothing is cached).
+/// Caches an allowance `decide` found after `miss` (decided for the
+/// cache's own endpoint: the hooks take it from the miss).
 #[inline(always)]
-pub fn remember(miss: &Lookup, endpoint: u32, d: &Dest, v: &Verdict) {
-    let Lookup::Miss { endpoint: cached_for, generation } = *miss else { return };
-    if cached_for != endpoint {
-        return;
-    }
+pub fn remember(miss: &Lookup, d: &Dest, v: &Verdict) {
+    let Lookup::Miss { generation, .. } = *miss else { return };
     let reason = match v.reason {
         Reason::AllowedFqdn | Reason::AllowedCidr => v.reason,
         _ => return,

@@ -118,7 +118,7 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
     }
     if reason.is_allowed() {
         count(hook, reason);
-        cache::remember(&cached, ep.endpoint, &dest, &verdict);
+        cache::remember(&cached, &dest, &verdict);
         if reason == Reason::AllowedDns || reason == Reason::DnsCaught {
             // The cookie only when needed: its first use on a socket writes
             // a fresh value into it (net/core/sock_diag.c `__sock_gen_cookie`).
