@@ -222,8 +222,9 @@ impl Gate {
     }
 }
 
-/// Waits up to `timeout_ms` for a ring buffer fd to have data.
-fn poll_readable(fd: i32, timeout_ms: i32) {
+/// Waits up to `timeout_ms` for `fd` (a ring buffer, a listener) to be
+/// readable.
+pub(crate) fn poll_readable(fd: i32, timeout_ms: i32) {
     let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd.
     unsafe { libc::poll(&raw mut pfd, 1, timeout_ms) };

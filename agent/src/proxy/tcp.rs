@@ -4,6 +4,7 @@
 use std::{
     io,
     net::{TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -26,6 +27,7 @@ use crate::{
     gate::{
         GateStats, MAX_CNAME_CHAIN,
         judge::{judge_query, note_shape, vet_answer},
+        poll_readable,
     },
     runtime::lock,
 };
@@ -60,7 +62,7 @@ pub(super) fn accept_loop(
             // Wait for a connection, waking up only to check for a stop: an
             // idle gate (one per namespace, endpoint and resolver) must not
             // steal time from the workload's CPUs.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_readable(&listener, STOP_CHECK),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => poll_readable(listener.as_raw_fd(), STOP_CHECK_MS),
             Err(e) => {
                 warn!(error = %e, "TCP DNS gate accept failed");
                 thread::sleep(Duration::from_millis(200));
@@ -69,16 +71,8 @@ pub(super) fn accept_loop(
     }
 }
 
-/// How often an idle accept loop checks its stop flags.
-const STOP_CHECK: Duration = Duration::from_millis(200);
-
-/// poll(2) for a connection on `listener`, at most `timeout`.
-fn wait_readable(listener: &TcpListener, timeout: Duration) {
-    use std::os::fd::AsRawFd as _;
-    let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    // SAFETY: one valid pollfd for the call's duration.
-    let _ = unsafe { libc::poll(&raw mut pfd, 1, timeout.as_millis() as libc::c_int) };
-}
+/// How often an idle accept loop checks its stop flags, in ms.
+const STOP_CHECK_MS: i32 = 200;
 
 fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
