@@ -138,25 +138,42 @@ impl Drop for OwnedCgroup {
     }
 }
 
+/// How deep below a cgroup the walks go.
+const MAX_WALK_DEPTH: usize = 16;
+
+/// `dir` and the directories (cgroups) below it, depth first, at most
+/// `MAX_WALK_DEPTH` levels down and `max` in all.
+pub fn dirs_below(dir: &Path, max: usize) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![(dir.to_path_buf(), 0)];
+    while let Some((d, depth)) = todo.pop() {
+        if out.len() >= max {
+            break;
+        }
+        if depth < MAX_WALK_DEPTH {
+            for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    todo.push((e.path(), depth + 1));
+                }
+            }
+        }
+        out.push(d);
+    }
+    out
+}
+
 /// Processes in `dir` and its descendant cgroups (a bounded walk), at most
 /// one per network namespace is needed by callers, so the list is capped.
 pub fn procs_below(dir: &Path) -> Vec<u32> {
-    fn walk(dir: &Path, depth: u32, out: &mut Vec<u32>) {
-        if depth > 16 || out.len() >= 256 {
-            return;
-        }
-        if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-            out.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
-        }
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                walk(&e.path(), depth + 1, out);
-            }
-        }
-    }
+    const MAX_PROCS: usize = 256;
     let mut out = Vec::new();
-    walk(dir, 0, &mut out);
-    out.truncate(256);
+    for d in dirs_below(dir, 4096) {
+        if out.len() >= MAX_PROCS {
+            break;
+        }
+        out.extend(procs(&d));
+    }
+    out.truncate(MAX_PROCS);
     out
 }
 
@@ -212,6 +229,21 @@ mod tests {
         assert_eq!(names, want);
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].path, dir.join(format!("x-{}", dead - 1)));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn walks_below_within_depth_and_count() {
+        let dir = std::env::temp_dir().join(format!("pc-walk-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let deep: PathBuf = (0..MAX_WALK_DEPTH + 3).map(|i| format!("d{i}")).collect();
+        fs::create_dir_all(dir.join(&deep)).unwrap();
+        fs::create_dir_all(dir.join("side")).unwrap();
+        let all = dirs_below(&dir, usize::MAX);
+        // The root, `side`, and MAX_WALK_DEPTH levels of the deep chain.
+        assert_eq!(all.len(), 2 + MAX_WALK_DEPTH, "{all:?}");
+        assert_eq!(all[0], dir);
+        assert_eq!(dirs_below(&dir, 3).len(), 3);
         fs::remove_dir_all(&dir).unwrap();
     }
 

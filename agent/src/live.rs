@@ -20,7 +20,12 @@ use std::{
     time::Duration,
 };
 
-use crate::{policy::canonical, runtime::lock, state::LiveIps};
+use crate::{
+    cgroup::{self, dirs_below},
+    policy::canonical,
+    runtime::lock,
+    state::LiveIps,
+};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLMSG_ERROR: u16 = 2;
@@ -36,9 +41,8 @@ const DIAG_MSG_LEN: usize = 72;
 const TCP_LIVE_STATES: u32 = 1 << 1 | 1 << 2 | 1 << 4 | 1 << 5 | 1 << 8 | 1 << 9 | 1 << 11;
 /// A connected UDP socket is `TCP_ESTABLISHED`.
 const UDP_LIVE_STATES: u32 = 1 << 1;
-/// Bounds on the cgroup walk below an endpoint's cgroup.
+/// Bound on the cgroup walk below an endpoint's cgroup.
 const MAX_CGROUPS: usize = 4096;
-const MAX_DEPTH: usize = 16;
 /// A dump is answered at once; never wait long (the caller holds the
 /// agent's state lock).
 const DUMP_TIMEOUT: Duration = Duration::from_secs(1);
@@ -77,7 +81,7 @@ impl LiveConns {
         for &(endpoint, cgroup_id) in endpoints {
             owner.insert(cgroup_id, endpoint);
             if let Some(dir) = inner.cgroups.get(&cgroup_id) {
-                for id in cgroups_below(dir) {
+                for id in dirs_below(dir, MAX_CGROUPS).iter().filter_map(|d| cgroup::cgroup_id(d).ok()) {
                     owner.entry(id).or_insert(endpoint);
                 }
             }
@@ -132,29 +136,6 @@ pub fn diag_socket() -> io::Result<OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     Ok(fd)
-}
-
-/// The cgroup ids (directory inode numbers on cgroup2) of `dir` and below.
-fn cgroups_below(dir: &Path) -> Vec<u64> {
-    use std::os::unix::fs::MetadataExt as _;
-    let mut out = Vec::new();
-    let mut todo = vec![(dir.to_path_buf(), 0)];
-    while let Some((d, depth)) = todo.pop() {
-        if out.len() >= MAX_CGROUPS {
-            break;
-        }
-        let Ok(meta) = std::fs::metadata(&d) else { continue };
-        out.push(meta.ino());
-        if depth >= MAX_DEPTH {
-            continue;
-        }
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                todo.push((e.path(), depth + 1));
-            }
-        }
-    }
-    out
 }
 
 /// One `inet_diag` dump: (destination in canonical form, cgroup id) of each
