@@ -91,6 +91,10 @@ dns:
   servers: [\"198.51.100.53\"]
 ";
 
+/// The workloads, as (mode, target) for `load client`.
+const CRR: (&str, &str) = ("crr", "api.example.test:7001");
+const BULK: (&str, &str) = ("bulk", "api.example.test:7002");
+
 /// Length of the slices with BPF statistics on and of the DNS slices.
 const STATS_SECS: f64 = 1.0;
 
@@ -253,7 +257,7 @@ fn measure(clients: &mut [Client], agent: u32, bpf_stats: &BpfStats, args: &Benc
     // Baseline, portcullis, nftables take turns; the floor client runs in
     // the statistics slices only.
     let n = 3;
-    let (crr, bulk) = (("crr", "api.example.test:7001"), ("bulk", "api.example.test:7002"));
+    let (crr, bulk) = (CRR, BULK);
     let every = (args.rounds / args.stats_rounds.max(1)).max(1);
     let started = Instant::now();
     for round in 0..args.rounds {
@@ -278,7 +282,7 @@ fn measure(clients: &mut [Client], agent: u32, bpf_stats: &BpfStats, args: &Benc
 fn stats_round(
     clients: &mut [Client], agent: u32, bpf_stats: &BpfStats, round: usize, results: &mut Results, progs: &mut Progs,
 ) -> Result<()> {
-    let (crr, bulk) = (("crr", "api.example.test:7001"), ("bulk", "api.example.test:7002"));
+    let (crr, bulk) = (CRR, BULK);
     bpf_stats.set(true)?;
     // What the statistics themselves add per run, measured now: the
     // machine's speed drifts over a run (it leaves them on).
