@@ -1,11 +1,17 @@
-//! `VERDICT_CACHE`: the per-connection fast path of the socket hooks.
+//! The verdict cache: the per-connection fast path of the socket hooks.
 //!
-//! A `BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE` value: one per (attach point,
-//! attach type, CPU), reached with `bpf_get_local_storage`, which reads a
-//! pointer the kernel already holds for the running program
-//! (kernel/bpf/helpers.c): no hashing and no cgroup-id walk. On a VM every
-//! cold map access of the full path costs ~100 ns; this one costs almost
-//! nothing (see `cargo xtask bench`).
+//! One value per (attach point, hook, CPU), in one of two homes:
+//! - `SOLO_CACHE`, a per-CPU array of the load itself, when the load is
+//!   attached at one cgroup only (`portcullis exec`): the verifier inlines
+//!   its lookup (kernel/bpf/arraymap.c `percpu_array_map_gen_lookup`), so a
+//!   hit calls no helper at all;
+//! - else `VERDICT_CACHE`, a `BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE` map that
+//!   any number of attach points share one program with, reached with
+//!   `bpf_get_local_storage`, which reads a pointer the kernel already holds
+//!   for the running program (kernel/bpf/helpers.c).
+//!
+//! Either way: no hashing, no cgroup-id walk, no clock (on a VM every cold
+//! map access of the full path costs ~100 ns; see `cargo xtask bench`).
 //!
 //! The agent writes `endpoint` (with `generation`, slots cleared) when the
 //! attach point is an endpoint's own cgroup and no other endpoint lies below

@@ -101,3 +101,15 @@ pub static SOCK_OWNERS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entrie
 #[map]
 #[allow(deprecated)] // BPF_MAP_TYPE_CGRP_STORAGE (its successor) is keyed by cgroup, not attach point.
 pub static VERDICT_CACHE: aya_ebpf::maps::PerCpuCgroupStorage<VerdictCache> = aya_ebpf::maps::PerCpuCgroupStorage::new();
+
+/// Whether this load is attached at one cgroup only, the endpoint's own
+/// (`portcullis exec`): set by the agent at load (`.rodata`, so the
+/// verifier knows it and drops the other branch of `cache::storage`).
+#[unsafe(no_mangle)]
+pub static SOLO_ATTACH: u32 = 0;
+
+/// The verdict cache of such a load, per (hook, CPU): the same values as
+/// `VERDICT_CACHE`, reached without a helper call (the verifier inlines a
+/// per-CPU array lookup: kernel/bpf/arraymap.c `percpu_array_map_gen_lookup`).
+#[map]
+pub static SOLO_CACHE: PerCpuArray<VerdictCache> = PerCpuArray::with_max_entries(4, 0);

@@ -41,7 +41,7 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
     let connect = hook == Hook::Connect4 || hook == Hook::Connect6;
     // Fast path: a destination this attach point's endpoint was allowed to
     // reach a moment ago (`cache`), before any map lookup or clock read.
-    let cached = cache::lookup(&dest);
+    let cached = cache::lookup(&dest, hook);
     if let Lookup::Hit { reason, endpoint } = cached {
         count(hook, reason);
         if connect && dest.proto != proto::TCP {

@@ -63,6 +63,7 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
         events_burst: 200,
         gate: GateOptions { deny_rcode: args.dns_deny_rcode, dns_gates: true },
         pins: None,
+        one_attach_point: true,
         state_dir: None,
         metrics_addr: None,
     })?;

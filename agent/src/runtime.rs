@@ -47,6 +47,10 @@ pub struct AgentOptions {
     /// Node mode: pin programs and maps here (they outlive the process) and
     /// adopt what a previous agent pinned.
     pub pins: Option<Pins>,
+    /// The programs go to one cgroup only, the endpoint's own (`exec`):
+    /// their verdict cache is then the load's own map, which a cache hit
+    /// reaches without a helper call (`Datapath::load`).
+    pub one_attach_point: bool,
     /// Node mode: the handover socket and the learned-state snapshot.
     pub state_dir: Option<PathBuf>,
     /// Serve Prometheus metrics here (`metrics`).
@@ -177,7 +181,7 @@ impl Agent {
             dns_gates: u32::from(opts.gate.dns_gates),
             ..Config::default()
         };
-        let mut datapath = Datapath::load(cfg, opts.pins.as_ref()).context("loading the eBPF programs")?;
+        let mut datapath = Datapath::load(cfg, opts.pins.as_ref(), opts.one_attach_point).context("loading the eBPF programs")?;
         let maps = datapath.take_maps().context("policy maps already taken")?;
         let hold = datapath.take_dns_hold().context("DNS hold ring missing")?;
         let denied = datapath.take_denied_events().context("event ring missing")?;

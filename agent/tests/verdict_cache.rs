@@ -1,5 +1,8 @@
-//! The socket hooks' verdict cache (`VERDICT_CACHE`) against the real
-//! kernel: programs attached to a cgroup this test creates, a child process
+//! The socket hooks' verdict cache against the real kernel, in both of its
+//! homes: cgroup storage (`VERDICT_CACHE`, a load any number of attach
+//! points share, as in `run`) and the load's own per-CPU array
+//! (`SOLO_CACHE`, a load for one attach point, as in `exec`). Each case
+//! runs with both: programs attached to a cgroup this test creates, a child process
 //! in it (in a fresh network namespace with only `lo`, so an allowed
 //! connect ends in ENETUNREACH and never leaves the machine, while a denied
 //! one gets EPERM from the hook), and the agent's `State` changing the
@@ -15,7 +18,7 @@ use std::{
 };
 
 use agent_common::{Hook, Reason, counter_index, ip_words, v4_mapped};
-use common::{load_endpoint_at, privileged, test_config};
+use common::{load_endpoint_with, privileged, test_config};
 use portcullis::{
     cgroup::{OwnedCgroup, cgroup2_mount},
     state::Caps,
@@ -70,10 +73,13 @@ fn cached_slots(state: &mut portcullis::state::State, cg: &OwnedCgroup, ip: &str
         .count()
 }
 
-fn setup(tag: &str, caps: Caps) -> (portcullis::ebpf::Datapath, portcullis::state::State, u32, OwnedCgroup) {
-    let name = format!("pc-test-vcache-{tag}-{}", std::process::id());
+/// Where the cache lives: `SOLO_CACHE` (a load for one attach point) or not.
+const HOMES: [bool; 2] = [false, true];
+
+fn setup(tag: &str, caps: Caps, solo: bool) -> (portcullis::ebpf::Datapath, portcullis::state::State, u32, OwnedCgroup) {
+    let name = format!("pc-test-vcache-{tag}-{solo}-{}", std::process::id());
     let cg = OwnedCgroup::create(&cgroup2_mount().expect("cgroup2"), &name).expect("test cgroup");
-    let (mut dp, mut state, ep) = load_endpoint_at(test_config(false), caps, POLICY, cg.id());
+    let (mut dp, mut state, ep) = load_endpoint_with(test_config(false), caps, POLICY, cg.id(), solo);
     dp.attach(cg.path()).expect("attach");
     state.maps.verdict_cache().enable(cg.id(), ep).expect("turn the cache on");
     (dp, state, ep, cg)
@@ -84,25 +90,28 @@ fn a_removed_address_is_refused_at_once_though_its_allowance_was_cached() {
     if !privileged() {
         return;
     }
-    let (_dp, mut state, ep, cg) = setup("evict", Caps { ips_per_name: 1, ..Caps::default() });
-    let a: IpAddr = "203.0.113.5".parse().unwrap();
-    state.learn(ep, "api.example.test", &[(a, 600)]).expect("learn");
-    let r = connects(&cg, &[("203.0.113.5", 443), ("203.0.113.5", 443), ("203.0.113.5", 443), ("203.0.113.5", 80)]);
-    assert_eq!(r, ["ENETUNREACH", "ENETUNREACH", "ENETUNREACH", "EPERM"], "allowed three times (hook passed), other port refused");
-    let mapped = "::ffff:203.0.113.5";
-    assert_eq!(connects(&cg, &[(mapped, 443), (mapped, 443)]), ["ENETUNREACH", "ENETUNREACH"], "connect6, mapped");
-    assert!(cached_slots(&mut state, &cg, "203.0.113.5") >= 1, "the allowance was cached");
-    let c = state.maps.counters().expect("counters");
-    assert_eq!(c[counter_index(Hook::Connect4, Reason::AllowedFqdn) as usize], 3, "hits are counted like misses");
-    assert_eq!(c[counter_index(Hook::Connect6, Reason::AllowedFqdn) as usize], 2);
+    for solo in HOMES {
+        eprintln!("the cache in {}", if solo { "SOLO_CACHE" } else { "VERDICT_CACHE" });
+        let (_dp, mut state, ep, cg) = setup("evict", Caps { ips_per_name: 1, ..Caps::default() }, solo);
+        let a: IpAddr = "203.0.113.5".parse().unwrap();
+        state.learn(ep, "api.example.test", &[(a, 600)]).expect("learn");
+        let r = connects(&cg, &[("203.0.113.5", 443), ("203.0.113.5", 443), ("203.0.113.5", 443), ("203.0.113.5", 80)]);
+        assert_eq!(r, ["ENETUNREACH", "ENETUNREACH", "ENETUNREACH", "EPERM"], "allowed three times (hook passed), other port refused");
+        let mapped = "::ffff:203.0.113.5";
+        assert_eq!(connects(&cg, &[(mapped, 443), (mapped, 443)]), ["ENETUNREACH", "ENETUNREACH"], "connect6, mapped");
+        assert!(cached_slots(&mut state, &cg, "203.0.113.5") >= 1, "the allowance was cached");
+        let c = state.maps.counters().expect("counters");
+        assert_eq!(c[counter_index(Hook::Connect4, Reason::AllowedFqdn) as usize], 3, "hits are counted like misses");
+        assert_eq!(c[counter_index(Hook::Connect6, Reason::AllowedFqdn) as usize], 2);
 
-    // The cap of one address per name evicts .5 when .6 is learned.
-    let b: IpAddr = "203.0.113.6".parse().unwrap();
-    let out = state.learn(ep, "api.example.test", &[(b, 600)]).expect("learn");
-    assert_eq!(out.evicted, 1);
-    assert_eq!(cached_slots(&mut state, &cg, "203.0.113.5"), 0, "eviction made the cached allowance stale");
-    let r = connects(&cg, &[("203.0.113.5", 443), (mapped, 443), ("203.0.113.6", 443)]);
-    assert_eq!(r, ["EPERM", "EPERM", "ENETUNREACH"]);
+        // The cap of one address per name evicts .5 when .6 is learned.
+        let b: IpAddr = "203.0.113.6".parse().unwrap();
+        let out = state.learn(ep, "api.example.test", &[(b, 600)]).expect("learn");
+        assert_eq!(out.evicted, 1);
+        assert_eq!(cached_slots(&mut state, &cg, "203.0.113.5"), 0, "eviction made the cached allowance stale");
+        let r = connects(&cg, &[("203.0.113.5", 443), (mapped, 443), ("203.0.113.6", 443)]);
+        assert_eq!(r, ["EPERM", "EPERM", "ENETUNREACH"]);
+    }
 }
 
 #[test]
@@ -110,16 +119,19 @@ fn a_cached_allowance_never_outlives_its_ttl_even_with_no_agent_sweeping() {
     if !privileged() {
         return;
     }
-    let (_dp, mut state, ep, cg) = setup("ttl", Caps::default());
-    let a: IpAddr = "203.0.113.7".parse().unwrap();
-    state.learn(ep, "api.example.test", &[(a, 2)]).expect("learn");
-    let learned_at = Instant::now();
-    assert_eq!(connects(&cg, &[("203.0.113.7", 443), ("203.0.113.7", 443)]), ["ENETUNREACH", "ENETUNREACH"]);
-    assert!(cached_slots(&mut state, &cg, "203.0.113.7") >= 1);
-    // Nothing removes the entry from LEARNED here (no sweeper runs), and
-    // the generation stays: only the slot's own lifetime can end it.
-    thread::sleep(Duration::from_millis(2300).saturating_sub(learned_at.elapsed()));
-    assert_eq!(connects(&cg, &[("203.0.113.7", 443)]), ["EPERM"], "expired allowance");
+    for solo in HOMES {
+        eprintln!("the cache in {}", if solo { "SOLO_CACHE" } else { "VERDICT_CACHE" });
+        let (_dp, mut state, ep, cg) = setup("ttl", Caps::default(), solo);
+        let a: IpAddr = "203.0.113.7".parse().unwrap();
+        state.learn(ep, "api.example.test", &[(a, 2)]).expect("learn");
+        let learned_at = Instant::now();
+        assert_eq!(connects(&cg, &[("203.0.113.7", 443), ("203.0.113.7", 443)]), ["ENETUNREACH", "ENETUNREACH"]);
+        assert!(cached_slots(&mut state, &cg, "203.0.113.7") >= 1);
+        // Nothing removes the entry from LEARNED here (no sweeper runs), and
+        // the generation stays: only the slot's own lifetime can end it.
+        thread::sleep(Duration::from_millis(2300).saturating_sub(learned_at.elapsed()));
+        assert_eq!(connects(&cg, &[("203.0.113.7", 443)]), ["EPERM"], "expired allowance");
+    }
 }
 
 #[test]
@@ -127,12 +139,15 @@ fn cidr_allowances_are_cached_and_a_policy_change_drops_them() {
     if !privileged() {
         return;
     }
-    let (_dp, mut state, ep, cg) = setup("cidr", Caps::default());
-    assert_eq!(connects(&cg, &[("192.0.2.9", 8443), ("192.0.2.9", 8443)]), ["ENETUNREACH", "ENETUNREACH"]);
-    assert!(cached_slots(&mut state, &cg, "192.0.2.9") >= 1);
-    // Removing the rule (as a policy reload does) refuses the next connect.
-    state.maps.remove_cidr(ep, v4_mapped([192, 0, 2, 0]), 96 + 24).expect("remove rule");
-    assert_eq!(connects(&cg, &[("192.0.2.9", 8443)]), ["EPERM"]);
+    for solo in HOMES {
+        eprintln!("the cache in {}", if solo { "SOLO_CACHE" } else { "VERDICT_CACHE" });
+        let (_dp, mut state, ep, cg) = setup("cidr", Caps::default(), solo);
+        assert_eq!(connects(&cg, &[("192.0.2.9", 8443), ("192.0.2.9", 8443)]), ["ENETUNREACH", "ENETUNREACH"]);
+        assert!(cached_slots(&mut state, &cg, "192.0.2.9") >= 1);
+        // Removing the rule (as a policy reload does) refuses the next connect.
+        state.maps.remove_cidr(ep, v4_mapped([192, 0, 2, 0]), 96 + 24).expect("remove rule");
+        assert_eq!(connects(&cg, &[("192.0.2.9", 8443)]), ["EPERM"]);
+    }
 }
 
 #[test]
@@ -140,13 +155,28 @@ fn the_cache_off_decides_the_same() {
     if !privileged() {
         return;
     }
-    let (_dp, mut state, ep, cg) = setup("off", Caps::default());
-    state.maps.verdict_cache().disable(cg.id()).expect("off");
-    let a: IpAddr = "203.0.113.8".parse().unwrap();
-    state.learn(ep, "api.example.test", &[(a, 600)]).expect("learn");
-    assert_eq!(
-        connects(&cg, &[("203.0.113.8", 443), ("203.0.113.8", 443), ("203.0.113.9", 443)]),
-        ["ENETUNREACH", "ENETUNREACH", "EPERM"]
-    );
-    assert_eq!(cached_slots(&mut state, &cg, "203.0.113.8"), 0, "nothing cached while off");
+    for solo in HOMES {
+        eprintln!("the cache in {}", if solo { "SOLO_CACHE" } else { "VERDICT_CACHE" });
+        let (_dp, mut state, ep, cg) = setup("off", Caps::default(), solo);
+        state.maps.verdict_cache().disable(cg.id()).expect("off");
+        let a: IpAddr = "203.0.113.8".parse().unwrap();
+        state.learn(ep, "api.example.test", &[(a, 600)]).expect("learn");
+        assert_eq!(
+            connects(&cg, &[("203.0.113.8", 443), ("203.0.113.8", 443), ("203.0.113.9", 443)]),
+            ["ENETUNREACH", "ENETUNREACH", "EPERM"]
+        );
+        assert_eq!(cached_slots(&mut state, &cg, "203.0.113.8"), 0, "nothing cached while off");
+    }
+}
+
+#[test]
+fn a_load_for_one_attach_point_refuses_a_second() {
+    if !privileged() {
+        return;
+    }
+    let (mut dp, _state, _ep, _cg) = setup("second", Caps::default(), true);
+    let other = OwnedCgroup::create(&cgroup2_mount().expect("cgroup2"), &format!("pc-test-vcache-second-b-{}", std::process::id()))
+        .expect("second cgroup");
+    let err = dp.attach(other.path()).expect_err("a second attach point would share the first one's cache");
+    assert!(err.to_string().contains("one attach point"), "{err}");
 }

@@ -64,6 +64,8 @@ pub enum LoadError {
     Cgroup { path: PathBuf, source: std::io::Error },
     #[error("reading the host network namespace cookie: {0}")]
     NetnsCookie(std::io::Error),
+    #[error("programs loaded for one attach point ({0}) cannot be attached at a second one")]
+    SecondAttachPoint(PathBuf),
     #[error("pinning {what}: {source}")]
     Pin { what: String, source: std::io::Error },
 }
@@ -87,6 +89,9 @@ pub struct Datapath {
     /// `__cgroup_bpf_replace` allocates none), so the new programs must use
     /// that same map.
     cache_adopted: bool,
+    /// Loaded for one attach point (`load`); `Some` once it is attached.
+    one_attach_point: bool,
+    attached_at: Option<PathBuf>,
 }
 
 impl Datapath {
@@ -94,7 +99,14 @@ impl Datapath {
     /// the maps are the pinned ones if a previous agent left them (then the
     /// kernel's config is kept, apart from the fields `config` sets below),
     /// else created and pinned.
-    pub fn load(config: Config, pins: Option<&Pins>) -> Result<Self, LoadError> {
+    ///
+    /// `one_attach_point`: this load will be attached at one cgroup only,
+    /// an endpoint's own (`exec`). Its connect/sendmsg verdict cache is then
+    /// `SOLO_CACHE`, a per-CPU array of this load, which a cache hit reaches
+    /// without a helper call (the verifier inlines the lookup); cgroup
+    /// storage, which any number of attach points can share one program
+    /// with, costs a `bpf_get_local_storage` call (~45 ns on these VMs).
+    pub fn load(config: Config, pins: Option<&Pins>, one_attach_point: bool) -> Result<Self, LoadError> {
         if OBJECT.is_empty() {
             return Err(LoadError::NoObject);
         }
@@ -105,6 +117,10 @@ impl Datapath {
             for name in MAP_NAMES {
                 loader.map_pin_path(name, p.map(name));
             }
+        }
+        if one_attach_point {
+            // Read-only data: the verifier knows it and prunes the other path.
+            loader.override_global("SOLO_ATTACH", &1u32, true);
         }
         let mut ebpf = loader.load(OBJECT)?;
         for name in SOCK_PROGRAMS {
@@ -117,7 +133,7 @@ impl Datapath {
         }
         let release: &mut CgroupSock = program(&mut ebpf, RELEASE_PROGRAM)?;
         release.load().map_err(|source| LoadError::Program { name: RELEASE_PROGRAM, source })?;
-        let mut maps = PolicyMaps::take(&mut ebpf)?;
+        let mut maps = PolicyMaps::take(&mut ebpf, one_attach_point)?;
         if adopting {
             // The previous agent's cached verdicts: off until this agent,
             // with its own view of the policy, turns them on at attach.
@@ -138,12 +154,21 @@ impl Datapath {
         maps.set_config(&config)?;
         let denied_events = Some(ring(&mut ebpf, "DENIED_EVENTS")?);
         let dns_hold = Some(ring(&mut ebpf, "DNS_HOLD")?);
-        Ok(Self { ebpf, maps: Some(maps), denied_events, dns_hold, cache_adopted })
+        Ok(Self {
+            ebpf,
+            maps: Some(maps),
+            denied_events,
+            dns_hold,
+            cache_adopted,
+            one_attach_point,
+            attached_at: None,
+        })
     }
 
     /// Attaches all programs to the cgroup directory `cgroup`. The links live
     /// as long as this `Datapath`: dropping it detaches everything.
     pub fn attach(&mut self, cgroup: &Path) -> Result<(), LoadError> {
+        self.claim_attach_point(cgroup)?;
         let file = File::open(cgroup)
             .map_err(|source| LoadError::Cgroup { path: cgroup.to_owned(), source })?;
         for name in SOCK_PROGRAMS {
@@ -168,6 +193,7 @@ impl Datapath {
     /// atomically; else a new link is made and pinned. The links outlive
     /// this process.
     pub fn attach_pinned(&mut self, cgroup: &Path, cgroup_id: u64, pins: &Pins) -> Result<(), LoadError> {
+        self.claim_attach_point(cgroup)?;
         let file = File::open(cgroup)
             .map_err(|source| LoadError::Cgroup { path: cgroup.to_owned(), source })?;
         let pin_err = |what: String| move |source| LoadError::Pin { what, source };
@@ -202,6 +228,19 @@ impl Datapath {
             .map_err(|e: aya::programs::links::LinkError| LoadError::Pin { what: name.to_owned(), source: std::io::Error::other(e) })?;
             link.pin(&path).map_err(|e| LoadError::Pin { what: path.display().to_string(), source: std::io::Error::other(e) })?;
         }
+        Ok(())
+    }
+
+    /// A load for one attach point (`load`) refuses a second: the sockets
+    /// there would share the first endpoint's verdict cache.
+    fn claim_attach_point(&mut self, cgroup: &Path) -> Result<(), LoadError> {
+        if !self.one_attach_point {
+            return Ok(());
+        }
+        if let Some(first) = &self.attached_at {
+            return Err(LoadError::SecondAttachPoint(first.clone()));
+        }
+        self.attached_at = Some(cgroup.to_owned());
         Ok(())
     }
 

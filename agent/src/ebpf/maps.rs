@@ -39,7 +39,8 @@ fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
 }
 
 impl PolicyMaps {
-    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
+    /// `solo`: the load's verdict cache is `SOLO_CACHE` (`SOLO_ATTACH`).
+    pub(super) fn take(ebpf: &mut Ebpf, solo: bool) -> Result<Self, LoadError> {
         Ok(Self {
             config: take(ebpf, "CONFIG")?,
             endpoints: take(ebpf, "ENDPOINTS")?,
@@ -52,7 +53,10 @@ impl PolicyMaps {
             gates: take(ebpf, "GATES")?,
             gate_ports: take(ebpf, "GATE_PORTS")?,
             gate_clients: take(ebpf, "GATE_CLIENTS")?,
-            verdict_cache: VerdictCacheMap::new(take(ebpf, "VERDICT_CACHE")?),
+            verdict_cache: VerdictCacheMap::new(
+                take(ebpf, "VERDICT_CACHE")?,
+                if solo { Some(take(ebpf, "SOLO_CACHE")?) } else { None },
+            ),
             current: Config::default(),
         })
     }

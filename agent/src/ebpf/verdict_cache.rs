@@ -12,7 +12,7 @@ use std::{collections::HashMap, path::PathBuf};
 
 use agent_common::VerdictCache;
 use aya::{
-    maps::{CgroupStorageKey, MapData, MapError, PerCpuCgroupStorage, PerCpuValues},
+    maps::{CgroupStorageKey, MapData, MapError, PerCpuArray, PerCpuCgroupStorage, PerCpuValues},
     util::nr_cpus,
 };
 
@@ -23,13 +23,16 @@ pub const CACHED_ATTACH_TYPES: [u32; 4] = [10, 11, 14, 15];
 
 pub struct VerdictCacheMap {
     map: PerCpuCgroupStorage<MapData, VerdictCache>,
+    /// `SOLO_CACHE`, used instead of `map` by a load attached at one cgroup
+    /// only (`SOLO_ATTACH`): one value per (hook, CPU), same layout.
+    solo: Option<PerCpuArray<MapData, VerdictCache>>,
     /// endpoint -> (its attach point's cgroup id, generation) while on.
     on: HashMap<u32, (u64, u32)>,
 }
 
 impl VerdictCacheMap {
-    pub fn new(map: PerCpuCgroupStorage<MapData, VerdictCache>) -> Self {
-        Self { map, on: HashMap::new() }
+    pub fn new(map: PerCpuCgroupStorage<MapData, VerdictCache>, solo: Option<PerCpuArray<MapData, VerdictCache>>) -> Self {
+        Self { map, solo, on: HashMap::new() }
     }
 
     /// Turns the cache on for the programs attached at `cgroup_id`, whose
@@ -67,18 +70,28 @@ impl VerdictCacheMap {
 
     /// What the kernel holds for `cgroup_id` and the connect4 hook, per CPU.
     pub fn read(&self, cgroup_id: u64) -> Result<Vec<VerdictCache>, MapError> {
+        if let Some(solo) = &self.solo {
+            return Ok(solo.get(&0, 0)?.iter().copied().collect());
+        }
         let v = self.map.get(CgroupStorageKey::new(cgroup_id, CACHED_ATTACH_TYPES[0]), 0)?;
         Ok(v.iter().copied().collect())
     }
 
     fn write(&mut self, cgroup_id: u64, endpoint: u32, generation: u32) -> Result<(), MapError> {
         let n = nr_cpus().map_err(|(_, e)| MapError::SyscallError(aya::sys::SyscallError { call: "nr_cpus", io_error: e }))?;
-        for t in CACHED_ATTACH_TYPES {
-            let value = VerdictCache { endpoint, generation, ..VerdictCache::default() };
-            let values = PerCpuValues::try_from(vec![value; n]).map_err(|e| {
+        let value = VerdictCache { endpoint, generation, ..VerdictCache::default() };
+        let values = || {
+            PerCpuValues::try_from(vec![value; n]).map_err(|e| {
                 MapError::SyscallError(aya::sys::SyscallError { call: "per-CPU values", io_error: e })
-            })?;
-            self.map.insert(CgroupStorageKey::new(cgroup_id, t), values, 0)?;
+            })
+        };
+        for (hook, t) in CACHED_ATTACH_TYPES.into_iter().enumerate() {
+            match &mut self.solo {
+                // Index = `Hook` (Connect4..Sendmsg6, the order of
+                // CACHED_ATTACH_TYPES); there is one attach point.
+                Some(solo) => solo.set(hook as u32, values()?, 0)?,
+                None => self.map.insert(CgroupStorageKey::new(cgroup_id, t), values()?, 0)?,
+            }
         }
         Ok(())
     }

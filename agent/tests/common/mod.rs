@@ -60,11 +60,23 @@ pub fn load_endpoint_at(
     policy_yaml: &str,
     cgroup_id: u64,
 ) -> (portcullis::ebpf::Datapath, portcullis::state::State, u32) {
+    load_endpoint_with(cfg, caps, policy_yaml, cgroup_id, false)
+}
+
+/// `load_endpoint_at`, loaded for one attach point (as `exec` does) or any
+/// number (as `run` does): see `Datapath::load`.
+pub fn load_endpoint_with(
+    cfg: agent_common::Config,
+    caps: portcullis::state::Caps,
+    policy_yaml: &str,
+    cgroup_id: u64,
+    one_attach_point: bool,
+) -> (portcullis::ebpf::Datapath, portcullis::state::State, u32) {
     use portcullis::{
         policy::{Policy, compile},
         state::{Identity, State, TtlBounds},
     };
-    let mut dp = portcullis::ebpf::Datapath::load(cfg, None).expect("load programs");
+    let mut dp = portcullis::ebpf::Datapath::load(cfg, None, one_attach_point).expect("load programs");
     let maps = dp.take_maps().expect("maps");
     let ttl = TtlBounds { min: std::time::Duration::ZERO, max: std::time::Duration::from_secs(3600) };
     let mut state = State::with_caps(maps, ttl, caps);
