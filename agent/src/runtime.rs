@@ -321,11 +321,14 @@ impl Agent {
     /// Attaches the programs to `cgroup` (pinned links in node mode; a
     /// previous agent's pinned links get this agent's programs).
     pub fn attach(&mut self, cgroup: &Path, cgroup_id: u64) -> Result<()> {
-        match &self.pins {
+        let own_cache = match &self.pins {
             Some(p) => self.datapath.attach_pinned(cgroup, cgroup_id, p),
             None => self.datapath.attach(cgroup),
         }
         .with_context(|| format!("attaching to {}", cgroup.display()))?;
+        if let Some(cache) = own_cache {
+            lock(&self.state).maps.verdict_cache().set_home(cgroup_id, cache);
+        }
         self.attached.push((cgroup.canonicalize().unwrap_or_else(|_| cgroup.to_owned()), cgroup_id));
         self.live.watch_cgroup(cgroup_id, cgroup);
         self.refresh_verdict_caches()

@@ -80,7 +80,9 @@ fn setup(tag: &str, caps: Caps, solo: bool) -> (portcullis::ebpf::Datapath, port
     let name = format!("pc-test-vcache-{tag}-{solo}-{}", std::process::id());
     let cg = OwnedCgroup::create(&cgroup2_mount().expect("cgroup2"), &name).expect("test cgroup");
     let (mut dp, mut state, ep) = load_endpoint_with(test_config(false), caps, POLICY, cg.id(), solo);
-    dp.attach(cg.path()).expect("attach");
+    if let Some(own) = dp.attach(cg.path()).expect("attach") {
+        state.maps.verdict_cache().set_home(cg.id(), own);
+    }
     state.maps.verdict_cache().enable(cg.id(), ep).expect("turn the cache on");
     (dp, state, ep, cg)
 }
@@ -177,6 +179,48 @@ fn a_load_for_one_attach_point_refuses_a_second() {
     let (mut dp, _state, _ep, _cg) = setup("second", Caps::default(), true);
     let other = OwnedCgroup::create(&cgroup2_mount().expect("cgroup2"), &format!("pc-test-vcache-second-b-{}", std::process::id()))
         .expect("second cgroup");
-    let err = dp.attach(other.path()).expect_err("a second attach point would share the first one's cache");
+    let Err(err) = dp.attach(other.path()) else { panic!("a second attach point would share the first one's cache") };
     assert!(err.to_string().contains("one attach point"), "{err}");
+}
+
+/// A pin directory of this test under /sys/fs/bpf, removed on drop (also on
+/// panic): unpinning detaches what the test attached.
+struct PinDir(std::path::PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn an_adopting_agent_turns_the_previous_agents_own_caches_off() {
+    use agent_common::VerdictCache;
+    use aya::maps::{Map, MapData, PerCpuArray};
+    use portcullis::ebpf::{Datapath, Pins, verdict_cache::write_solo};
+
+    if !privileged() {
+        return;
+    }
+    let dir = PinDir(format!("/sys/fs/bpf/portcullis-test-{}-vcache-adopt", std::process::id()).into());
+    let pins = Pins::open(&dir.0).expect("pins on bpffs");
+    let cg = OwnedCgroup::create(&cgroup2_mount().expect("cgroup2"), &format!("pc-test-vcache-adopt-{}", std::process::id()))
+        .expect("test cgroup");
+    // An agent in node mode: the attach point gets a load of its own and
+    // its cache, pinned; turn it on as the agent does.
+    let mut first = Datapath::load(test_config(false), Some(&pins), false).expect("load");
+    let mut cache = first.attach_pinned(cg.path(), cg.id(), &pins).expect("attach").expect("the attach point's own cache");
+    write_solo(&mut cache, 7, 1).expect("turn it on");
+    drop((cache, first)); // killed: only the pins are left.
+
+    let pinned = || {
+        let data = MapData::from_pin(pins.link(cg.id(), "SOLO_CACHE")).expect("pinned cache");
+        let cache: PerCpuArray<MapData, VerdictCache> = PerCpuArray::try_from(Map::from_map_data(data).unwrap()).unwrap();
+        (0..4u32).flat_map(|hook| cache.get(&hook, 0).unwrap().iter().map(|v| v.endpoint).collect::<Vec<_>>()).collect::<Vec<_>>()
+    };
+    assert!(pinned().iter().all(|&e| e == 7), "on before the restart");
+    // The next agent adopts the pins: the old load's cache goes off before
+    // any of its own programs is attached.
+    let _second = Datapath::load(test_config(false), Some(&pins), false).expect("adopting load");
+    assert!(pinned().iter().all(|&e| e == 0), "a previous agent's cache must be off once adopted");
 }

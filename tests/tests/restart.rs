@@ -130,6 +130,35 @@ fn curl(bench: &Bench, cg: &Path, url: &str) -> (i32, String) {
     (r.code, r.stdout)
 }
 
+/// The verdict cache of the attach point `cg`: in node mode with pins each
+/// attach point's cached socket hooks are a load of their own, whose cache
+/// is pinned next to the links (agent/src/ebpf/solo.rs). Its map id and the
+/// connect4 value (index 0) of each CPU, as bytes.
+fn solo_cache(pins: &PinDir, cg: &Path) -> (u64, Vec<Vec<u8>>) {
+    use std::os::unix::fs::MetadataExt as _;
+    let cgroup_id = std::fs::metadata(cg).unwrap().ino();
+    let pin = pins.0.join(format!("v2/links/{cgroup_id}-SOLO_CACHE"));
+    assert!(pin.exists(), "{} not pinned", pin.display());
+    let id = common::bpftool_json(&["map", "show", "pinned", pin.to_str().unwrap()])["id"].as_u64().unwrap();
+    let dump = common::bpftool_json(&["map", "dump", "pinned", pin.to_str().unwrap()]);
+    let entry = dump.as_array().unwrap().iter().find(|e| hex_bytes(&e["key"]) == [0, 0, 0, 0]).expect("key 0");
+    let values = entry["values"].as_array().expect("per-CPU values").iter().map(|v| hex_bytes(&v["value"])).collect();
+    (id, values)
+}
+
+/// `["0x01", "0x00", ...]` (bpftool's JSON for a map without BTF) as bytes.
+fn hex_bytes(v: &Value) -> Vec<u8> {
+    let a = v.as_array().unwrap_or_else(|| panic!("not raw bytes: {v}"));
+    a.iter().map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()).collect()
+}
+
+/// Whether some CPU's cache is on (endpoint != 0) and holds `ip` (the slot's
+/// address words: the IPv4-mapped address bytes in order).
+fn caches(values: &[Vec<u8>], ip: [u8; 4]) -> bool {
+    let needle = [0, 0, 0xff, 0xff, ip[0], ip[1], ip[2], ip[3]];
+    values.iter().any(|v| v[..4] != [0; 4] && v.windows(8).any(|w| w == needle))
+}
+
 fn setup(tag: &str, echo: bool) -> (Bench, TestCgroup, PinDir, PathBuf, PathBuf) {
     let bench = Bench::builder().race_names(true).tcp_echo(echo).bad_dns(echo).start().unwrap();
     let cg = TestCgroup::create(tag);
@@ -147,9 +176,15 @@ fn pinned_enforcement_outlives_the_agent_and_a_restart_adopts_it() {
     }
     let (bench, cg, pins, state, cfg) = setup("pinrestart", false);
     let mut a = Agent::start(&bench, &cfg, &pins, &state);
-    attached(&cg.path).expect_all_hooks();
+    let first = attached(&cg.path);
+    first.expect_all_hooks();
     let hello = "hello from 203.0.113.10:443\n".to_owned();
     assert_eq!(curl(&bench, &cg.path, "-4 http://api.example.test:443/"), (0, hello.clone()));
+    // The pod's connect hooks use a cache of their own, and it works.
+    assert_eq!(curl(&bench, &cg.path, "http://203.0.113.10:443/"), (0, hello.clone()));
+    let (cache_a, values) = solo_cache(&pins, &cg.path);
+    assert!(first.prog_uses("pc_connect4", cache_a), "connect4 must use the attach point's own cache");
+    assert!(caches(&values, [203, 0, 113, 10]), "the allowance was cached");
     // Let the snapshot (about once a second) see the learned name: a crash
     // loses at most that second.
     std::thread::sleep(Duration::from_millis(1500));
@@ -170,7 +205,13 @@ fn pinned_enforcement_outlives_the_agent_and_a_restart_adopts_it() {
     assert!(adopted["pairs"].as_u64().unwrap() >= 1, "{adopted}");
     let after = attached(&cg.path);
     after.expect_all_hooks();
-    assert_eq!(after.maps, att.maps, "a restart must keep the pinned maps");
+    assert_eq!(after.shared_maps, att.shared_maps, "a restart must keep the pinned maps");
+    // ...and swaps in its own per-attach-point load, whose cache starts
+    // off and is turned on; the previous one is unpinned.
+    let (cache_b, values) = solo_cache(&pins, &cg.path);
+    assert_ne!(cache_b, cache_a, "a new load, a new cache");
+    assert!(after.prog_uses("pc_connect4", cache_b));
+    assert!(values.iter().any(|v| v[..4] != [0; 4]), "the new cache is on");
     assert_eq!(curl(&bench, &cg.path, "http://203.0.113.10:443/"), (0, hello.clone()));
     assert_eq!(curl(&bench, &cg.path, "-4 http://api.example.test:443/"), (0, hello));
     assert_eq!(curl(&bench, &cg.path, "-4 http://race-7.test:443/").0, 0, "a new name learns");

@@ -27,10 +27,15 @@ use aya::{
 };
 use thiserror::Error;
 
-use super::{maps::PolicyMaps, pin::{self, Pins}};
+use super::{
+    maps::PolicyMaps,
+    pin::{self, Pins},
+    solo::{self, CACHED_PROGRAMS, SoloHooks},
+    verdict_cache::SoloCache,
+};
 
 /// The compiled kernel programs (built by `agent/build.rs`).
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
+pub(super) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
 
 const SOCK_PROGRAMS: [&str; 6] =
     ["pc_connect4", "pc_connect6", "pc_sendmsg4", "pc_sendmsg6", "pc_recvmsg4", "pc_recvmsg6"];
@@ -71,6 +76,7 @@ pub enum LoadError {
 }
 
 /// Every map of the object, pinned by name in node mode.
+/// (`SOLO_CACHE` is not here: each load has its own; `solo` pins those.)
 pub const MAP_NAMES: [&str; 18] = [
     "CONFIG", "ENDPOINTS", "EP_CACHE", "LEARNED", "CIDRS", "DNS_SERVERS", "GATES", "GATE_PORTS", "GATE_CLIENTS",
     "DNS_SOCKS", "COUNTERS",
@@ -83,14 +89,10 @@ pub struct Datapath {
     maps: Option<PolicyMaps>,
     denied_events: Option<RingBuf<MapData>>,
     dns_hold: Option<RingBuf<MapData>>,
-    /// Whether `VERDICT_CACHE` is a previous agent's pinned map. Only then
-    /// may a pinned link get our programs: the kernel keeps the cgroup
-    /// storage it allocated when the link was made (kernel/bpf/cgroup.c
-    /// `__cgroup_bpf_replace` allocates none), so the new programs must use
-    /// that same map.
-    cache_adopted: bool,
-    /// Loaded for one attach point (`load`); `Some` once it is attached.
+    /// Loaded for one attach point (`load`): its own verdict cache, handed
+    /// out at that attach; the attach point, once attached.
     one_attach_point: bool,
+    own_cache: Option<SoloCache>,
     attached_at: Option<PathBuf>,
 }
 
@@ -111,7 +113,6 @@ impl Datapath {
             return Err(LoadError::NoObject);
         }
         let adopting = pins.is_some_and(Pins::has_state);
-        let cache_adopted = pins.is_some_and(|p| p.map("VERDICT_CACHE").exists());
         let mut loader = EbpfLoader::new();
         if let Some(p) = pins {
             for name in MAP_NAMES {
@@ -133,7 +134,17 @@ impl Datapath {
         }
         let release: &mut CgroupSock = program(&mut ebpf, RELEASE_PROGRAM)?;
         release.load().map_err(|source| LoadError::Program { name: RELEASE_PROGRAM, source })?;
-        let mut maps = PolicyMaps::take(&mut ebpf, one_attach_point)?;
+        let mut maps = PolicyMaps::take(&mut ebpf)?;
+        let own_cache = if one_attach_point {
+            let map = ebpf.take_map("SOLO_CACHE").ok_or(LoadError::MissingMap("SOLO_CACHE"))?;
+            Some(SoloCache::try_from(map).map_err(|source| LoadError::Map { name: "SOLO_CACHE", source })?)
+        } else {
+            None
+        };
+        if let Some(p) = pins.filter(|_| adopting) {
+            // Per-attach-point loads of a previous agent (`solo`): the same.
+            solo::disable_pinned(p)?;
+        }
         if adopting {
             // The previous agent's cached verdicts: off until this agent,
             // with its own view of the policy, turns them on at attach.
@@ -159,15 +170,17 @@ impl Datapath {
             maps: Some(maps),
             denied_events,
             dns_hold,
-            cache_adopted,
             one_attach_point,
+            own_cache,
             attached_at: None,
         })
     }
 
     /// Attaches all programs to the cgroup directory `cgroup`. The links live
-    /// as long as this `Datapath`: dropping it detaches everything.
-    pub fn attach(&mut self, cgroup: &Path) -> Result<(), LoadError> {
+    /// as long as this `Datapath`: dropping it detaches everything. Returns
+    /// the attach point's own verdict cache if this load has one (loaded for
+    /// one attach point); else the programs use cgroup storage.
+    pub fn attach(&mut self, cgroup: &Path) -> Result<Option<SoloCache>, LoadError> {
         self.claim_attach_point(cgroup)?;
         let file = File::open(cgroup)
             .map_err(|source| LoadError::Cgroup { path: cgroup.to_owned(), source })?;
@@ -185,31 +198,43 @@ impl Datapath {
         release
             .attach(file.as_fd(), CgroupAttachMode::Single)
             .map_err(|source| LoadError::Program { name: RELEASE_PROGRAM, source })?;
-        Ok(())
+        Ok(self.own_cache.take())
     }
 
     /// Attaches every program to `cgroup` with pinned links: where a link of
     /// a previous agent is pinned, this agent's program replaces its program
     /// atomically; else a new link is made and pinned. The links outlive
-    /// this process.
-    pub fn attach_pinned(&mut self, cgroup: &Path, cgroup_id: u64, pins: &Pins) -> Result<(), LoadError> {
+    /// this process. The four cached socket hooks come from a load of their
+    /// own for this attach point (`solo`), whose verdict cache is returned.
+    pub fn attach_pinned(&mut self, cgroup: &Path, cgroup_id: u64, pins: &Pins) -> Result<Option<SoloCache>, LoadError> {
         self.claim_attach_point(cgroup)?;
         let file = File::open(cgroup)
             .map_err(|source| LoadError::Cgroup { path: cgroup.to_owned(), source })?;
         let pin_err = |what: String| move |source| LoadError::Pin { what, source };
+        let mut solo = SoloHooks::load(pins)?;
         for name in PROGRAM_NAMES {
             let path = pins.link(cgroup_id, name);
+            let cached = CACHED_PROGRAMS.contains(&name);
             if path.exists() {
-                if !self.cache_adopted {
-                    let msg = "a pinned link without a pinned VERDICT_CACHE map (run `portcullis unpin` first)";
-                    return Err(LoadError::Pin { what: path.display().to_string(), source: std::io::Error::other(msg) });
+                // The kernel keeps the link's cgroup storage (kernel/bpf/
+                // cgroup.c `__cgroup_bpf_replace` allocates none); no
+                // program swapped in here reads it: the cached hooks use
+                // their own load's cache, the others no cache.
+                let fd = if cached {
+                    solo.program(name)?.fd()
+                } else {
+                    self.ebpf.program(name).ok_or(LoadError::MissingProgram(name))?.fd()
                 }
-                let prog = self.ebpf.program(name).ok_or(LoadError::MissingProgram(name))?;
-                let fd = prog.fd().map_err(|source| LoadError::Program { name, source })?;
+                .map_err(|source| LoadError::Program { name, source })?;
                 pin::update_pinned_link(&path, fd).map_err(pin_err(path.display().to_string()))?;
                 continue;
             }
-            let link: FdLink = if let Some((_, kind)) = SKB_PROGRAMS.iter().find(|(n, _)| *n == name) {
+            let link: FdLink = if cached {
+                let prog = solo.program(name)?;
+                let id = prog.attach(file.as_fd(), CgroupAttachMode::Single)
+                    .map_err(|source| LoadError::Program { name, source })?;
+                prog.take_link(id).map_err(|source| LoadError::Program { name, source })?.try_into()
+            } else if let Some((_, kind)) = SKB_PROGRAMS.iter().find(|(n, _)| *n == name) {
                 let prog: &mut CgroupSkb = program(&mut self.ebpf, name)?;
                 let id = prog.attach(file.as_fd(), *kind, CgroupAttachMode::Single)
                     .map_err(|source| LoadError::Program { name, source })?;
@@ -228,7 +253,7 @@ impl Datapath {
             .map_err(|e: aya::programs::links::LinkError| LoadError::Pin { what: name.to_owned(), source: std::io::Error::other(e) })?;
             link.pin(&path).map_err(|e| LoadError::Pin { what: path.display().to_string(), source: std::io::Error::other(e) })?;
         }
-        Ok(())
+        solo.take_cache(pins, cgroup_id).map(Some)
     }
 
     /// A load for one attach point (`load`) refuses a second: the sockets
@@ -268,7 +293,7 @@ impl Datapath {
     }
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
+pub(super) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {

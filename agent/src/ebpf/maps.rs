@@ -39,8 +39,7 @@ fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
 }
 
 impl PolicyMaps {
-    /// `solo`: the load's verdict cache is `SOLO_CACHE` (`SOLO_ATTACH`).
-    pub(super) fn take(ebpf: &mut Ebpf, solo: bool) -> Result<Self, LoadError> {
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
         Ok(Self {
             config: take(ebpf, "CONFIG")?,
             endpoints: take(ebpf, "ENDPOINTS")?,
@@ -53,10 +52,7 @@ impl PolicyMaps {
             gates: take(ebpf, "GATES")?,
             gate_ports: take(ebpf, "GATE_PORTS")?,
             gate_clients: take(ebpf, "GATE_CLIENTS")?,
-            verdict_cache: VerdictCacheMap::new(
-                take(ebpf, "VERDICT_CACHE")?,
-                if solo { Some(take(ebpf, "SOLO_CACHE")?) } else { None },
-            ),
+            verdict_cache: VerdictCacheMap::new(take(ebpf, "VERDICT_CACHE")?),
             current: Config::default(),
         })
     }

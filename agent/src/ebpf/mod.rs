@@ -4,6 +4,7 @@
 pub mod loader;
 pub mod maps;
 pub mod pin;
+pub mod solo;
 pub mod verdict_cache;
 
 pub use loader::{Datapath, LoadError};

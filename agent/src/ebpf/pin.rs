@@ -78,6 +78,11 @@ impl Pins {
         self.root.join("links").join(format!("{cgroup_id}-{program}"))
     }
 
+    /// Everything pinned under `links/` (links and per-attach-point caches).
+    pub fn links(&self) -> io::Result<Vec<PathBuf>> {
+        Ok(fs::read_dir(self.root.join("links"))?.filter_map(Result::ok).map(|e| e.path()).collect())
+    }
+
     /// Unpins every link of `cgroup_id`: its programs detach once no
     /// process holds the links any more.
     pub fn unlink_cgroup(&self, cgroup_id: u64) -> Result<(), PinError> {

@@ -21,18 +21,29 @@ use aya::{
 /// UDP4_SENDMSG, UDP6_SENDMSG).
 pub const CACHED_ATTACH_TYPES: [u32; 4] = [10, 11, 14, 15];
 
+/// A load's own cache (`SOLO_CACHE`), one value per (cached hook, CPU).
+pub type SoloCache = PerCpuArray<MapData, VerdictCache>;
+
 pub struct VerdictCacheMap {
     map: PerCpuCgroupStorage<MapData, VerdictCache>,
-    /// `SOLO_CACHE`, used instead of `map` by a load attached at one cgroup
-    /// only (`SOLO_ATTACH`): one value per (hook, CPU), same layout.
-    solo: Option<PerCpuArray<MapData, VerdictCache>>,
+    /// Attach points whose programs are a load of their own (`exec`, node
+    /// mode with pins: `solo`): their cache is that load's `SOLO_CACHE`,
+    /// one value per (hook, CPU), not `map`.
+    homes: HashMap<u64, SoloCache>,
     /// endpoint -> (its attach point's cgroup id, generation) while on.
     on: HashMap<u32, (u64, u32)>,
 }
 
 impl VerdictCacheMap {
-    pub fn new(map: PerCpuCgroupStorage<MapData, VerdictCache>, solo: Option<PerCpuArray<MapData, VerdictCache>>) -> Self {
-        Self { map, solo, on: HashMap::new() }
+    pub fn new(map: PerCpuCgroupStorage<MapData, VerdictCache>) -> Self {
+        Self { map, homes: HashMap::new(), on: HashMap::new() }
+    }
+
+    /// The programs at `cgroup_id` are a load of their own whose cache is
+    /// `cache` (it starts off; `enable` turns it on).
+    pub fn set_home(&mut self, cgroup_id: u64, cache: SoloCache) {
+        self.on.retain(|_, (c, _)| *c != cgroup_id);
+        self.homes.insert(cgroup_id, cache);
     }
 
     /// Turns the cache on for the programs attached at `cgroup_id`, whose
@@ -70,31 +81,40 @@ impl VerdictCacheMap {
 
     /// What the kernel holds for `cgroup_id` and the connect4 hook, per CPU.
     pub fn read(&self, cgroup_id: u64) -> Result<Vec<VerdictCache>, MapError> {
-        if let Some(solo) = &self.solo {
-            return Ok(solo.get(&0, 0)?.iter().copied().collect());
-        }
-        let v = self.map.get(CgroupStorageKey::new(cgroup_id, CACHED_ATTACH_TYPES[0]), 0)?;
+        let v = match self.homes.get(&cgroup_id) {
+            Some(home) => home.get(&0, 0)?,
+            None => self.map.get(CgroupStorageKey::new(cgroup_id, CACHED_ATTACH_TYPES[0]), 0)?,
+        };
         Ok(v.iter().copied().collect())
     }
 
     fn write(&mut self, cgroup_id: u64, endpoint: u32, generation: u32) -> Result<(), MapError> {
-        let n = nr_cpus().map_err(|(_, e)| MapError::SyscallError(aya::sys::SyscallError { call: "nr_cpus", io_error: e }))?;
-        let value = VerdictCache { endpoint, generation, ..VerdictCache::default() };
-        let values = || {
-            PerCpuValues::try_from(vec![value; n]).map_err(|e| {
-                MapError::SyscallError(aya::sys::SyscallError { call: "per-CPU values", io_error: e })
-            })
-        };
-        for (hook, t) in CACHED_ATTACH_TYPES.into_iter().enumerate() {
-            match &mut self.solo {
-                // Index = `Hook` (Connect4..Sendmsg6, the order of
-                // CACHED_ATTACH_TYPES); there is one attach point.
-                Some(solo) => solo.set(hook as u32, values()?, 0)?,
-                None => self.map.insert(CgroupStorageKey::new(cgroup_id, t), values()?, 0)?,
-            }
+        if let Some(home) = self.homes.get_mut(&cgroup_id) {
+            return write_solo(home, endpoint, generation);
+        }
+        for t in CACHED_ATTACH_TYPES {
+            self.map.insert(CgroupStorageKey::new(cgroup_id, t), per_cpu(endpoint, generation)?, 0)?;
         }
         Ok(())
     }
+}
+
+/// The whole value, the same on every CPU: `endpoint` (0 = off), its
+/// `generation`, empty slots.
+fn per_cpu(endpoint: u32, generation: u32) -> Result<PerCpuValues<VerdictCache>, MapError> {
+    let n = nr_cpus().map_err(|(_, e)| MapError::SyscallError(aya::sys::SyscallError { call: "nr_cpus", io_error: e }))?;
+    let value = VerdictCache { endpoint, generation, ..VerdictCache::default() };
+    PerCpuValues::try_from(vec![value; n])
+        .map_err(|e| MapError::SyscallError(aya::sys::SyscallError { call: "per-CPU values", io_error: e }))
+}
+
+/// Writes a load's own cache (`SOLO_CACHE`): the value of each cached hook
+/// (index = `Hook`: Connect4..Sendmsg6, the order of CACHED_ATTACH_TYPES).
+pub fn write_solo(cache: &mut SoloCache, endpoint: u32, generation: u32) -> Result<(), MapError> {
+    for hook in 0..CACHED_ATTACH_TYPES.len() as u32 {
+        cache.set(hook, per_cpu(endpoint, generation)?, 0)?;
+    }
+    Ok(())
 }
 
 /// Where the cache may be on: for each attach point (cgroup directory,

@@ -120,7 +120,7 @@ impl Drop for TestCgroup {
     }
 }
 
-fn bpftool_json(args: &[&str]) -> Value {
+pub fn bpftool_json(args: &[&str]) -> Value {
     let out = Command::new("bpftool")
         .args(args)
         .arg("-j")
@@ -158,37 +158,47 @@ pub struct Attached {
     pub cgroup: PathBuf,
     pub progs: Vec<(u64, String, String)>,
     pub maps: BTreeSet<u64>,
+    /// `maps` but those of one load only (global data, its own verdict
+    /// cache): the maps every load shares (pinned in node mode).
+    pub shared_maps: BTreeSet<u64>,
+    /// Each program's name and its maps.
+    pub prog_maps: Vec<(String, BTreeSet<u64>)>,
 }
 
 pub fn attached(cgroup: &Path) -> Attached {
     let list = bpftool_json(&["cgroup", "show", cgroup.to_str().unwrap()]);
     let mut progs = vec![];
     let mut maps = BTreeSet::new();
+    let mut prog_maps = vec![];
     for p in list.as_array().unwrap() {
         let id = p["id"].as_u64().unwrap();
-        progs.push((
-            id,
-            p["name"].as_str().unwrap_or("").to_owned(),
-            p["attach_type"].as_str().unwrap_or("").to_owned(),
-        ));
+        let name = p["name"].as_str().unwrap_or("").to_owned();
+        progs.push((id, name.clone(), p["attach_type"].as_str().unwrap_or("").to_owned()));
         let info = bpftool_json(&["prog", "show", "id", &id.to_string()]);
-        maps.extend(
-            info["map_ids"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|m| m.as_u64().unwrap()),
-        );
+        let used: BTreeSet<u64> =
+            info["map_ids"].as_array().into_iter().flatten().map(|m| m.as_u64().unwrap()).collect();
+        maps.extend(used.iter().copied());
+        prog_maps.push((name, used));
     }
     progs.sort();
-    Attached {
-        cgroup: cgroup.to_owned(),
-        progs,
-        maps,
-    }
+    // Maps of one load only: its global data and its own verdict cache.
+    let shared_maps = maps
+        .iter()
+        .copied()
+        .filter(|id| {
+            let name = bpftool_json(&["map", "show", "id", &id.to_string()])["name"].as_str().unwrap_or("").to_owned();
+            name != "SOLO_CACHE" && ![".rodata", ".data", ".bss"].iter().any(|s| name.contains(s))
+        })
+        .collect();
+    Attached { cgroup: cgroup.to_owned(), progs, maps, shared_maps, prog_maps }
 }
 
 impl Attached {
+    /// Whether the program `name` attached here uses the map `map`.
+    pub fn prog_uses(&self, name: &str, map: u64) -> bool {
+        self.prog_maps.iter().any(|(n, m)| n == name && m.contains(&map))
+    }
+
     /// The nine programs, one per hook.
     pub fn expect_all_hooks(&self) {
         let mut got: Vec<(&str, &str)> = self

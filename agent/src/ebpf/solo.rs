@@ -1,0 +1,104 @@
+//! Node mode with pins: each attach point gets a load of its own of the four
+//! cached socket hooks (`connect4/6`, `sendmsg4/6`), against the pinned
+//! maps, so its verdict cache is that load's `SOLO_CACHE`.
+//!
+//! Why: one program shared by many attach points can only reach a
+//! per-attach-point cache through cgroup storage, which costs a
+//! `bpf_get_local_storage` call on every connect (~20-45 ns of a ~100 ns
+//! cache hit on these VMs, whose kernel returns go through the SRSO thunk).
+//! A load of its own reaches its cache through a per-CPU array lookup the
+//! verifier inlines: no helper call at all. The price is one verification
+//! of the four programs per attach point (~50 ms of CPU, ~100 KB of kernel
+//! memory), paid when a pod's cgroup is attached, not per connection.
+//!
+//! Each load's cache is pinned next to its links (`<cgroup id>-SOLO_CACHE`),
+//! so a new agent can turn a previous agent's caches off before it has
+//! swapped its own programs in (`disable_pinned`), as it does for
+//! `VERDICT_CACHE`. Without pins (`run` without `--pin-path`) there is no
+//! way to share the policy maps with a second load, so all attach points
+//! share one program and its cgroup storage.
+
+use std::{fs, io};
+
+use agent_common::VerdictCache;
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Map, MapData, PerCpuArray},
+    programs::CgroupSockAddr,
+};
+
+use super::{
+    loader::{LoadError, MAP_NAMES, OBJECT, program},
+    pin::Pins,
+    verdict_cache::write_solo,
+};
+
+/// The socket hooks that use the verdict cache, in `Hook` order (the index
+/// of each one's value in `SOLO_CACHE`).
+pub const CACHED_PROGRAMS: [&str; 4] = ["pc_connect4", "pc_connect6", "pc_sendmsg4", "pc_sendmsg6"];
+
+/// Pin name of an attach point's cache, next to its links.
+const CACHE_PIN: &str = "SOLO_CACHE";
+
+/// The four cached hooks, loaded for one attach point.
+pub struct SoloHooks {
+    ebpf: Ebpf,
+}
+
+impl SoloHooks {
+    /// Loads the object again against the maps pinned under `pins` (the
+    /// main load created them), with `SOLO_ATTACH` set; only the four
+    /// cached hooks are verified.
+    pub fn load(pins: &Pins) -> Result<Self, LoadError> {
+        let mut loader = EbpfLoader::new();
+        for name in MAP_NAMES {
+            loader.map_pin_path(name, pins.map(name));
+        }
+        loader.override_global("SOLO_ATTACH", &1u32, true);
+        let mut ebpf = loader.load(OBJECT)?;
+        for name in CACHED_PROGRAMS {
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            prog.load().map_err(|source| LoadError::Program { name, source })?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    pub fn program(&mut self, name: &'static str) -> Result<&mut CgroupSockAddr, LoadError> {
+        program(&mut self.ebpf, name)
+    }
+
+    /// The load's cache, pinned for `cgroup_id` in place of a previous
+    /// agent's (whose programs the caller has just swapped out).
+    pub fn take_cache(&mut self, pins: &Pins, cgroup_id: u64) -> Result<PerCpuArray<MapData, VerdictCache>, LoadError> {
+        let map = self.ebpf.take_map("SOLO_CACHE").ok_or(LoadError::MissingMap("SOLO_CACHE"))?;
+        let path = pins.link(cgroup_id, CACHE_PIN);
+        let pin_err = |source: io::Error| LoadError::Pin { what: path.display().to_string(), source };
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(pin_err(e)),
+        }
+        map.pin(&path).map_err(|e| pin_err(io::Error::other(e)))?;
+        PerCpuArray::try_from(map).map_err(|source| LoadError::Map { name: "SOLO_CACHE", source })
+    }
+}
+
+/// Turns off every attach point's cache a previous agent pinned: until this
+/// agent's programs replace its programs, they must not answer from
+/// allowances this agent's view of the policy may have taken away.
+pub fn disable_pinned(pins: &Pins) -> Result<usize, LoadError> {
+    let suffix = format!("-{CACHE_PIN}");
+    let mut n = 0;
+    for path in pins.links().map_err(|source| LoadError::Pin { what: "links".into(), source })? {
+        if !path.file_name().is_some_and(|f| f.to_string_lossy().ends_with(&suffix)) {
+            continue;
+        }
+        let what = path.display().to_string();
+        let data = MapData::from_pin(&path).map_err(|e| LoadError::Pin { what: what.clone(), source: io::Error::other(e) })?;
+        let map = Map::from_map_data(data).map_err(|source| LoadError::Map { name: "SOLO_CACHE", source })?;
+        let mut cache = PerCpuArray::try_from(map).map_err(|source| LoadError::Map { name: "SOLO_CACHE", source })?;
+        write_solo(&mut cache, 0, 0).map_err(|source| LoadError::Map { name: "SOLO_CACHE", source })?;
+        n += 1;
+    }
+    Ok(n)
+}
