@@ -102,8 +102,9 @@ pub static SOCK_OWNERS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entrie
 #[allow(deprecated)] // BPF_MAP_TYPE_CGRP_STORAGE (its successor) is keyed by cgroup, not attach point.
 pub static VERDICT_CACHE: aya_ebpf::maps::PerCpuCgroupStorage<VerdictCache> = aya_ebpf::maps::PerCpuCgroupStorage::new();
 
-/// Whether this load is attached at one cgroup only, the endpoint's own
-/// (`portcullis exec`): set by the agent at load (`.rodata`, so the
+/// Whether this load is attached at one cgroup only (`portcullis exec`;
+/// in node mode with pins, each attach point's load of the cached hooks,
+/// agent/src/ebpf/solo.rs): set by the agent at load (`.rodata`, so the
 /// verifier knows it and drops the other branch of `cache::storage`).
 #[unsafe(no_mangle)]
 pub static SOLO_ATTACH: u32 = 0;

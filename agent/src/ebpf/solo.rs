@@ -8,7 +8,7 @@
 //! cache hit on these VMs, whose kernel returns go through the SRSO thunk).
 //! A load of its own reaches its cache through a per-CPU array lookup the
 //! verifier inlines: no helper call at all. The price is one verification
-//! of the four programs per attach point (~50 ms of CPU, ~100 KB of kernel
+//! of the four programs per attach point (~60 ms of CPU, ~100 KB of kernel
 //! memory), paid when a pod's cgroup is attached, not per connection.
 //!
 //! Each load's cache is pinned next to its links (`<cgroup id>-SOLO_CACHE`),
@@ -18,7 +18,7 @@
 //! way to share the policy maps with a second load, so all attach points
 //! share one program and its cgroup storage.
 
-use std::{fs, io};
+use std::{fs, io, time::Instant};
 
 use agent_common::VerdictCache;
 use aya::{
@@ -26,6 +26,7 @@ use aya::{
     maps::{Map, MapData, PerCpuArray},
     programs::CgroupSockAddr,
 };
+use tracing::debug;
 
 use super::{
     loader::{LoadError, MAP_NAMES, OBJECT, program},
@@ -55,11 +56,13 @@ impl SoloHooks {
             loader.map_pin_path(name, pins.map(name));
         }
         loader.override_global("SOLO_ATTACH", &1u32, true);
+        let started = Instant::now();
         let mut ebpf = loader.load(OBJECT)?;
         for name in CACHED_PROGRAMS {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             prog.load().map_err(|source| LoadError::Program { name, source })?;
         }
+        debug!(ms = started.elapsed().as_millis() as u64, "loaded the cached socket hooks for an attach point");
         Ok(Self { ebpf })
     }
 
