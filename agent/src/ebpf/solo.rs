@@ -20,10 +20,9 @@
 
 use std::{fs, io, time::Instant};
 
-use agent_common::VerdictCache;
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Map, MapData, PerCpuArray},
+    maps::{Map, MapData},
     programs::CgroupSockAddr,
 };
 use tracing::debug;
@@ -31,7 +30,7 @@ use tracing::debug;
 use super::{
     loader::{LoadError, MAP_NAMES, OBJECT, program},
     pin::Pins,
-    verdict_cache::write_solo,
+    verdict_cache::{SoloCache, write_solo},
 };
 
 /// The socket hooks that use the verdict cache, in `Hook` order (the index
@@ -72,7 +71,7 @@ impl SoloHooks {
 
     /// The load's cache, pinned for `cgroup_id` in place of a previous
     /// agent's (whose programs the caller has just swapped out).
-    pub fn take_cache(&mut self, pins: &Pins, cgroup_id: u64) -> Result<PerCpuArray<MapData, VerdictCache>, LoadError> {
+    pub fn take_cache(&mut self, pins: &Pins, cgroup_id: u64) -> Result<SoloCache, LoadError> {
         let map = self.ebpf.take_map("SOLO_CACHE").ok_or(LoadError::MissingMap("SOLO_CACHE"))?;
         let path = pins.link(cgroup_id, CACHE_PIN);
         let pin_err = |source: io::Error| LoadError::Pin { what: path.display().to_string(), source };
@@ -82,7 +81,7 @@ impl SoloHooks {
             Err(e) => return Err(pin_err(e)),
         }
         map.pin(&path).map_err(|e| pin_err(io::Error::other(e)))?;
-        PerCpuArray::try_from(map).map_err(|source| LoadError::Map { name: "SOLO_CACHE", source })
+        SoloCache::try_from(map).map_err(|source| LoadError::Map { name: "SOLO_CACHE", source })
     }
 }
 
@@ -99,7 +98,7 @@ pub fn disable_pinned(pins: &Pins) -> Result<usize, LoadError> {
         let what = path.display().to_string();
         let data = MapData::from_pin(&path).map_err(|e| LoadError::Pin { what: what.clone(), source: io::Error::other(e) })?;
         let map = Map::from_map_data(data).map_err(|source| LoadError::Map { name: "SOLO_CACHE", source })?;
-        let mut cache = PerCpuArray::try_from(map).map_err(|source| LoadError::Map { name: "SOLO_CACHE", source })?;
+        let mut cache = SoloCache::try_from(map).map_err(|source| LoadError::Map { name: "SOLO_CACHE", source })?;
         write_solo(&mut cache, 0, 0).map_err(|source| LoadError::Map { name: "SOLO_CACHE", source })?;
         n += 1;
     }
