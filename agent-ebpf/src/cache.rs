@@ -16,8 +16,10 @@ pub enum Lookup {
     Hit { reason: Reason, endpoint: u32 },
     /// Not cached; `endpoint` is the one to decide for, and an allowance
     /// found now may be cached, stamped with the `generation` read *before*
-    /// the policy lookup (so an allowance removed meanwhile is stale at once).
-    Miss { endpoint: u32, generation: u32, hook: Hook },
+    /// the policy lookup (so an allowance removed meanwhile is stale at once)
+    /// into `cache`, the value this lookup found (`remember` writes there
+    /// instead of finding it again).
+    Miss { endpoint: u32, generation: u32, cache: *mut VerdictCache },
     /// No cache here (not an endpoint's own attach point).
     Off,
 }
@@ -72,14 +74,14 @@ pub fn lookup(d: &Dest, hook: Hook) -> Lookup {
         let r = if reason == Reason::AllowedCidr as u32 { Reason::AllowedCidr } else { Reason::AllowedFqdn };
         return Lookup::Hit { reason: r, endpoint };
     }
-    Lookup::Miss { endpoint, generation, hook }
+    Lookup::Miss { endpoint, generation, cache: core::ptr::from_mut(c) }
 }
 
 /// Caches an allowance `decide` found after `miss` (decided for the
 /// cache's own endpoint: the hooks take it from the miss).
 #[inline(always)]
 pub fn remember(miss: &Lookup, d: &Dest, v: &Verdict) {
-    let Lookup::Miss { generation, hook, .. } = *miss else { return };
+    let Lookup::Miss { generation, cache, .. } = *miss else { return };
     let reason = match v.reason {
         Reason::AllowedFqdn | Reason::AllowedCidr => v.reason,
         _ => return,
@@ -88,7 +90,9 @@ pub fn remember(miss: &Lookup, d: &Dest, v: &Verdict) {
     if ticks == 0 {
         return;
     }
-    let Some(c) = storage(hook) else { return };
+    // SAFETY: the running program's own per-CPU value, found by `lookup`
+    // in this same run (non-null).
+    let c = unsafe { &mut *cache };
     let (ip_hi, ip_lo) = ip_words(&d.ip);
     let s = &mut c.slots[slot_index(&d.ip, d.port)];
     let until = unsafe { bpf_jiffies64() } + ticks;
