@@ -138,8 +138,10 @@ impl Drop for OwnedCgroup {
     }
 }
 
-/// How deep below a cgroup the walks go.
+/// How deep below a cgroup the walks go...
 const MAX_WALK_DEPTH: usize = 16;
+/// ...and how many cgroups they visit at most.
+pub const MAX_WALK_DIRS: usize = 4096;
 
 /// `dir` and the directories (cgroups) below it, depth first, at most
 /// `MAX_WALK_DEPTH` levels down and `max` in all.
@@ -167,7 +169,7 @@ pub fn dirs_below(dir: &Path, max: usize) -> Vec<PathBuf> {
 pub fn procs_below(dir: &Path) -> Vec<u32> {
     const MAX_PROCS: usize = 256;
     let mut out = Vec::new();
-    for d in dirs_below(dir, 4096) {
+    for d in dirs_below(dir, MAX_WALK_DIRS) {
         if out.len() >= MAX_PROCS {
             break;
         }

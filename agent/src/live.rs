@@ -41,8 +41,6 @@ const DIAG_MSG_LEN: usize = 72;
 const TCP_LIVE_STATES: u32 = 1 << 1 | 1 << 2 | 1 << 4 | 1 << 5 | 1 << 8 | 1 << 9 | 1 << 11;
 /// A connected UDP socket is `TCP_ESTABLISHED`.
 const UDP_LIVE_STATES: u32 = 1 << 1;
-/// Bound on the cgroup walk below an endpoint's cgroup.
-const MAX_CGROUPS: usize = 4096;
 /// A dump is answered at once; never wait long (the caller holds the
 /// agent's state lock).
 const DUMP_TIMEOUT: Duration = Duration::from_secs(1);
@@ -81,7 +79,7 @@ impl LiveConns {
         for &(endpoint, cgroup_id) in endpoints {
             owner.insert(cgroup_id, endpoint);
             if let Some(dir) = inner.cgroups.get(&cgroup_id) {
-                for id in dirs_below(dir, MAX_CGROUPS).iter().filter_map(|d| cgroup::cgroup_id(d).ok()) {
+                for id in dirs_below(dir, cgroup::MAX_WALK_DIRS).iter().filter_map(|d| cgroup::cgroup_id(d).ok()) {
                     owner.entry(id).or_insert(endpoint);
                 }
             }

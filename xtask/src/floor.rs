@@ -130,7 +130,9 @@ impl Drop for Floor {
 }
 
 /// Removes the floor cgroups of bench runs whose process is gone (their
-/// links went with it; a cgroup with a process still inside stays).
+/// links went with it; a cgroup with a process still inside stays). The
+/// agent's `cgroup::sweep_stale` does the same for `exec`; xtask cannot
+/// use it: the agent crate's build needs the eBPF toolchain xtask installs.
 fn sweep_stale(cgroup2: &Path) {
     let Ok(dir) = fs::read_dir(cgroup2) else { return };
     for e in dir.flatten() {
