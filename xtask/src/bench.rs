@@ -63,14 +63,21 @@ pub struct BenchArgs {
     pub stats_rounds: usize,
 }
 
+/// Also each configuration's index in the run's list of clients.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub enum Config {
-    Baseline,
-    Portcullis,
-    Nftables,
+    Baseline = 0,
+    Portcullis = 1,
+    Nftables = 2,
     /// Statistics slices only: the empty programs of `floor`.
-    Floor,
+    Floor = 3,
 }
+
+/// The configurations, in client order (`Config as usize`).
+const CONFIGS: [Config; 4] = [Config::Baseline, Config::Portcullis, Config::Nftables, Config::Floor];
+/// The ratio slices rotate the clients before the floor.
+const RATIO_CONFIGS: usize = Config::Floor as usize;
+const PC: usize = Config::Portcullis as usize;
 
 impl Config {
     fn pod(self) -> &'static str {
@@ -207,8 +214,7 @@ pub fn run(args: &BenchArgs, env: &Env) -> Result<()> {
     let root = workspace_root()?;
     println!("bench: building portcullis (release) ...");
     util::run(Command::new("cargo").args(["build", "--quiet", "--release", "-p", "portcullis"]).current_dir(&root))?;
-    let configs = [Config::Baseline, Config::Portcullis, Config::Nftables, Config::Floor];
-    let pods: Vec<&str> = configs.iter().map(|c| c.pod()).collect();
+    let pods: Vec<&str> = CONFIGS.iter().map(|c| c.pod()).collect();
     let floor = Floor::new(env.cgroup2.as_deref().context("the bench needs cgroup v2")?)?;
     // Answers live an hour: the 1,000 prelearned IPs stay learned all run.
     let mut bench = Bench::builder().pods(&pods).race_names(true).dns_ttl(3600).start().context("starting the bench")?;
@@ -233,12 +239,12 @@ pub fn run(args: &BenchArgs, env: &Env) -> Result<()> {
     }
     println!("bench: starting the clients (each resolves 1,000 names first) ...");
     let mut clients = Vec::new();
-    for cfg in configs {
+    for cfg in CONFIGS {
         clients.push(Client::start(&bench, cfg, &portcullis, &policy, &floor)?);
     }
-    let agent = clients[1].guard.pid();
+    let agent = clients[PC].guard.pid();
     let (results, progs) = measure(&mut clients, agent, &stats, args)?;
-    let cpu = clients[1].cpu.clone();
+    let cpu = clients[PC].cpu.clone();
     for c in clients {
         c.finish()?;
     }
@@ -256,12 +262,11 @@ fn measure(clients: &mut [Client], agent: u32, bpf_stats: &BpfStats, args: &Benc
     let (mut results, mut progs) = (Results::new(), Progs::new());
     // Baseline, portcullis, nftables take turns; the floor client runs in
     // the statistics slices only.
-    let n = 3;
-    let (crr, bulk) = (CRR, BULK);
+    let n = RATIO_CONFIGS;
     let every = (args.rounds / args.stats_rounds.max(1)).max(1);
     let started = Instant::now();
     for round in 0..args.rounds {
-        for (mode, target) in [crr, bulk] {
+        for (mode, target) in [CRR, BULK] {
             for k in 0..n {
                 let c = &mut clients[(k + round) % n];
                 let (r, _) = c.run(mode, target, args.secs, agent, false)?;
@@ -282,7 +287,6 @@ fn measure(clients: &mut [Client], agent: u32, bpf_stats: &BpfStats, args: &Benc
 fn stats_round(
     clients: &mut [Client], agent: u32, bpf_stats: &BpfStats, round: usize, results: &mut Results, progs: &mut Progs,
 ) -> Result<()> {
-    let (crr, bulk) = (CRR, BULK);
     bpf_stats.set(true)?;
     // What the statistics themselves add per run, measured now: the
     // machine's speed drifts over a run (it leaves them on).
@@ -291,18 +295,20 @@ fn stats_round(
     // the connect hooks' verdict cache never hits: the full lookup's cost.
     // crr and bulk also run on the floor client, next to portcullis's
     // slice (order alternating by round).
-    let pair = if round.is_multiple_of(2) { [1, 3] } else { [3, 1] };
-    for (key, target) in [crr, bulk, ("crr-spread", "spread:64:7001")] {
+    const FLOOR: usize = Config::Floor as usize;
+    let pair = if round.is_multiple_of(2) { [PC, FLOOR] } else { [FLOOR, PC] };
+    for (key, target) in [CRR, BULK, ("crr-spread", "spread:64:7001")] {
         let mode = if key == "bulk" { "bulk" } else { "crr" };
-        let who: &[usize] = if key == "crr-spread" { &[1] } else { &pair };
+        let who: &[usize] = if key == "crr-spread" { &[PC] } else { &pair };
         for &k in who {
             let (_, stats) = clients[k].run(mode, target, STATS_SECS, agent, true)?;
             progs.entry(key).or_default().extend(stats.map(|s| (s, overhead)));
         }
     }
+    // getaddrinfo latency: baseline (0) and portcullis (1), order alternating.
     for k in [round % 2, 1 - round % 2] {
         let c = &mut clients[k];
-        let (r, stats) = c.run("dns", "api.example.test", STATS_SECS, agent, k == 1)?;
+        let (r, stats) = c.run("dns", "api.example.test", STATS_SECS, agent, k == PC)?;
         progs.entry("dns").or_default().extend(stats.map(|s| (s, overhead)));
         for (key, field) in [("dns-p50", "p50_ns"), ("dns-p99", "p99_ns")] {
             results.entry((key, c.cfg)).or_default().push(r.get(field).and_then(Value::as_f64).unwrap_or(0.0));
