@@ -21,7 +21,7 @@ use aya::maps::{MapData, RingBuf};
 use tracing::{info, warn};
 
 use crate::{
-    ebpf::{Datapath, Pins, loader::current_netns_cookie, verdict_cache},
+    ebpf::{Datapath, Pins, loader::current_netns_cookie},
     events::{self, LogSink},
     gate::{Gate, GateOptions, GateStats, PendingQueries},
     handover::{self, Handover},
@@ -342,19 +342,10 @@ impl Agent {
     fn refresh_verdict_caches(&mut self) -> Result<()> {
         let mut st = lock(&self.state);
         let owner: HashMap<u64, u32> = st.endpoints().map(|e| (e.cgroup_id, e.id)).collect();
-        for (cgroup_id, endpoint) in verdict_cache::plan(&self.attached, |id| owner.get(&id).copied()) {
-            let cache = st.maps.verdict_cache();
-            match endpoint {
-                Some(ep) if cache.is_on(ep) => {}
-                Some(ep) => {
-                    if let Err(e) = cache.enable(cgroup_id, ep) {
-                        warn!(error = %e, cgroup_id, "verdict cache stays off");
-                    }
-                }
-                None => cache.disable(cgroup_id).with_context(|| format!("turning the verdict cache off at cgroup {cgroup_id}"))?,
-            }
-        }
-        Ok(())
+        st.maps
+            .verdict_cache()
+            .refresh(&self.attached, |id| owner.get(&id).copied())
+            .map_err(|(cgroup_id, e)| anyhow::Error::new(e).context(format!("turning the verdict cache off at cgroup {cgroup_id}")))
     }
 
     /// Kernel loss counters worth telling a human about, as (what, count).

@@ -10,6 +10,8 @@
 
 use std::{collections::HashMap, path::PathBuf};
 
+use tracing::warn;
+
 use agent_common::VerdictCache;
 use aya::{
     maps::{CgroupStorageKey, MapData, MapError, PerCpuArray, PerCpuCgroupStorage, PerCpuValues},
@@ -77,6 +79,24 @@ impl VerdictCacheMap {
 
     pub fn is_on(&self, endpoint: u32) -> bool {
         self.on.contains_key(&endpoint)
+    }
+
+    /// Applies `plan` to the attach points: on where it names an endpoint
+    /// (unless on already), off elsewhere. Failing to turn it on only costs
+    /// speed (logged); failing to turn it off is an error, with its cgroup.
+    pub fn refresh(&mut self, attached: &[(PathBuf, u64)], endpoint_of: impl Fn(u64) -> Option<u32>) -> Result<(), (u64, MapError)> {
+        for (cgroup_id, endpoint) in plan(attached, endpoint_of) {
+            match endpoint {
+                Some(ep) if self.is_on(ep) => {}
+                Some(ep) => {
+                    if let Err(e) = self.enable(cgroup_id, ep) {
+                        warn!(error = %e, cgroup_id, "verdict cache stays off");
+                    }
+                }
+                None => self.disable(cgroup_id).map_err(|e| (cgroup_id, e))?,
+            }
+        }
+        Ok(())
     }
 
     /// What the kernel holds for `cgroup_id` and the connect4 hook, per CPU.
