@@ -10,6 +10,7 @@
 pub mod event;
 pub mod maps;
 pub mod reason;
+pub mod source_route;
 pub mod verdict_cache;
 
 pub use event::*;
@@ -26,6 +27,12 @@ pub mod proto {
     pub const SCTP: u8 = 132;
     /// Wildcard used in keys: any protocol (and then port 0 = any port).
     pub const ANY: u8 = 255;
+
+    /// Protocols whose packets carry ports where the hooks read them.
+    #[inline(always)]
+    pub const fn has_ports(p: u8) -> bool {
+        p == TCP || p == UDP || p == SCTP
+    }
 }
 
 /// Maps an IPv4 address (network order octets) to its IPv4-mapped IPv6 form.

@@ -209,25 +209,46 @@ pub struct RateState {
 }
 const _: () = assert!(size_of::<RateState>() == 16);
 
-/// `SK_FLOWS` (socket-local storage): the destination a `connect()` was
-/// allowed to. Lets established connections pass on one lookup and outlive
-/// their learned IP's TTL.
+/// `SK_FLOWS` (socket-local storage): exactly what a `connect()` of a
+/// non-TCP socket was judged for (destination address, port, protocol).
+/// Its packets to that destination pass on one lookup and outlive their
+/// learned IP's TTL; a packet to anything else (a `sendto()` on a ping
+/// socket, which has no sendmsg hook; a source route's first hop) does not
+/// match and is judged again. A later `connect()` overwrites it, a denied
+/// (deferred) one with `FLOW_F_DENIED`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LiveFlow {
     pub ip: [u8; 16],
     pub endpoint: u32,
     /// `FLOW_F_*` bits.
-    pub flags: u32,
+    pub flags: u8,
+    /// IP protocol of the socket (`proto::*`).
+    pub proto: u8,
+    /// Network byte order; 0 for protocols without ports (ICMP), matching
+    /// what `parse` reports for their packets.
+    pub port: [u8; 2],
+}
+
+impl LiveFlow {
+    /// Whether a packet (protocol, destination, destination port) is the
+    /// one this flow was allowed for, with nothing else to check on it.
+    #[inline(always)]
+    pub fn passes(&self, proto: u8, ip: &[u8; 16], port: [u8; 2]) -> bool {
+        self.flags == 0 && self.proto == proto && self.port == port && self.ip == *ip
+    }
 }
 
 /// The socket talks to a trusted resolver: its incoming answers must still
 /// be held, so ingress does not take the established fast path for it.
-pub const FLOW_F_DNS: u32 = 1;
+pub const FLOW_F_DNS: u8 = 1;
 /// An unconnected UDP socket's last DNS datagram went to the loopback sink
 /// (`DNS_SINK_PORT`) instead of the trusted resolver in `ip` (port 53):
 /// its namespace had no DNS gate yet. `cgroup_skb/egress` catches it.
-pub const FLOW_F_CAUGHT: u32 = 2;
+pub const FLOW_F_CAUGHT: u8 = 2;
+/// The socket's last `connect()` was denied (a deferred UDP connect): no
+/// allowance; its packets take the full verdict.
+pub const FLOW_F_DENIED: u8 = 4;
 /// Where `sendmsg{4,6}` send DNS from a namespace with no gate yet: the
 /// namespace's own loopback, UDP port 9 ("discard", RFC 863), so it never
 /// leaves; the agent gets a copy and answers as the resolver.

@@ -56,6 +56,11 @@ pub enum Reason {
     /// (see `GATES`): refused, since its answer could not be learned from
     /// and its query could not be checked.
     DeniedDnsNoGate = 28,
+    /// Source routing from an enforced endpoint: an IPv4 loose or strict
+    /// source route option or an IPv6 routing header (the packet's IP
+    /// destination would be the first hop, not what was allowed), refused
+    /// at `setsockopt` and per packet (`agent_common::source_route`).
+    DeniedSourceRoute = 29,
 }
 
 impl Reason {
@@ -87,6 +92,7 @@ impl Reason {
             26 => Self::DeniedInternal,
             27 => Self::DeniedDnsName,
             28 => Self::DeniedDnsNoGate,
+            29 => Self::DeniedSourceRoute,
             _ => return None,
         })
     }
@@ -114,6 +120,7 @@ impl Reason {
             Self::DeniedInternal => "denied-internal",
             Self::DeniedDnsName => "denied-dns-name",
             Self::DeniedDnsNoGate => "denied-dns-no-gate",
+            Self::DeniedSourceRoute => "denied-source-route",
         }
     }
 }
@@ -128,10 +135,12 @@ pub enum Hook {
     Sendmsg6 = 3,
     SkbEgress = 4,
     SkbIngress = 5,
+    /// `cgroup/setsockopt`: options that would source-route.
+    Setsockopt = 6,
 }
 
 impl Hook {
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
 
     pub const fn from_u32(v: u32) -> Option<Self> {
         Some(match v {
@@ -141,6 +150,7 @@ impl Hook {
             3 => Self::Sendmsg6,
             4 => Self::SkbEgress,
             5 => Self::SkbIngress,
+            6 => Self::Setsockopt,
             _ => return None,
         })
     }
@@ -153,6 +163,7 @@ impl Hook {
             Self::Sendmsg6 => "sendmsg6",
             Self::SkbEgress => "skb-egress",
             Self::SkbIngress => "skb-ingress",
+            Self::Setsockopt => "setsockopt",
         }
     }
 }

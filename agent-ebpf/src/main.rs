@@ -12,12 +12,13 @@ mod skb;
 mod skb_dns;
 mod sock;
 mod sock_dns;
+mod sockopt;
 mod verdict;
 
 use agent_common::Hook;
 use aya_ebpf::{
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr},
-    programs::{SkBuffContext, SockAddrContext, SockContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt},
+    programs::{SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
 
 #[cgroup_sock_addr(connect4)]
@@ -63,6 +64,11 @@ pub fn pc_ingress(ctx: SkBuffContext) -> i32 {
 #[cgroup_sock(sock_release)]
 pub fn pc_release(ctx: SockContext) -> i32 {
     sock::release(&ctx)
+}
+
+#[cgroup_sockopt(setsockopt)]
+pub fn pc_setsockopt(ctx: SockoptContext) -> i32 {
+    sockopt::setsockopt(&ctx)
 }
 
 #[cfg(not(test))]

@@ -114,3 +114,4 @@ pub static SOLO_ATTACH: u32 = 0;
 /// per-CPU array lookup: kernel/bpf/arraymap.c `percpu_array_map_gen_lookup`).
 #[map]
 pub static SOLO_CACHE: PerCpuArray<VerdictCache> = PerCpuArray::with_max_entries(4, 0);
+

@@ -6,7 +6,11 @@
 
 use core::mem::size_of;
 
-use agent_common::{proto, v4_mapped};
+use agent_common::{
+    proto::{self, has_ports},
+    source_route::{IPPROTO_ROUTING, MAX_IPV4_OPTIONS, ipv4_options_may_route},
+    v4_mapped,
+};
 use aya_ebpf::programs::SkBuffContext;
 
 pub struct Flow {
@@ -20,17 +24,15 @@ pub struct Flow {
     /// TCP flags byte (0 for other protocols).
     pub tcp_flags: u8,
     pub v6: bool,
+    /// An IPv4 source route option or an IPv6 routing header: `dst` is only
+    /// the first hop (`agent_common::source_route`).
+    pub source_routed: bool,
 }
 
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
 
 const MAX_EXT_HEADERS: usize = 6;
-
-#[inline(always)]
-fn has_ports(p: u8) -> bool {
-    p == proto::TCP || p == proto::UDP || p == proto::SCTP
-}
 
 /// Reads a `T` at `off` from the IP header on.
 #[inline(always)]
@@ -92,11 +94,28 @@ fn parse_v4(ctx: &SkBuffContext) -> Result<Flow, ()> {
         dport: [0; 2],
         tcp_flags: 0,
         v6: false,
+        source_routed: ihl > 20 && options_route(ctx, ihl - 20)?,
     };
     if frag_off == 0 && has_ports(f.proto) {
         l4(ctx, &mut f, ihl)?;
     }
     Ok(f)
+}
+
+/// Whether the IPv4 options area (`len` bytes after the fixed header) may
+/// hold a source route (`ipv4_options_may_route`), read a 4-byte word at a
+/// time at constant offsets (only packets with options get here).
+#[inline(always)]
+fn options_route(ctx: &SkBuffContext, len: usize) -> Result<bool, ()> {
+    let mut w = 0;
+    while w < MAX_IPV4_OPTIONS / 4 && w * 4 < len {
+        let word: [u8; 4] = ctx.load(20 + w * 4).map_err(|_| ())?;
+        if ipv4_options_may_route(4, |i| word.get(i).copied()) {
+            return Ok(true);
+        }
+        w += 1;
+    }
+    Ok(false)
 }
 
 #[inline(always)]
@@ -112,11 +131,13 @@ fn parse_v6(ctx: &SkBuffContext) -> Result<Flow, ()> {
     let mut nh = h[6];
     let mut off = 40usize;
     let mut first_fragment = true;
+    let mut source_routed = false;
     let mut i = 0;
     while i < MAX_EXT_HEADERS {
         match nh {
             // Hop-by-hop, routing, destination options: (len + 1) * 8.
-            0 | 43 | 60 => {
+            0 | IPPROTO_ROUTING | 60 => {
+                source_routed |= nh == IPPROTO_ROUTING;
                 let x: [u8; 2] = ctx.load(off).map_err(|_| ())?;
                 nh = x[0];
                 off += (x[1] as usize + 1) * 8;
@@ -138,7 +159,12 @@ fn parse_v6(ctx: &SkBuffContext) -> Result<Flow, ()> {
         }
         i += 1;
     }
-    let mut f = Flow { proto: nh, src, dst, sport: [0; 2], dport: [0; 2], tcp_flags: 0, v6: true };
+    if matches!(nh, 0 | IPPROTO_ROUTING | 60 | 44 | 51) {
+        // More extension headers than we follow: a routing header could
+        // hide behind them (fail closed).
+        return Err(());
+    }
+    let mut f = Flow { proto: nh, src, dst, sport: [0; 2], dport: [0; 2], tcp_flags: 0, v6: true, source_routed };
     if first_fragment && has_ports(nh) {
         if off == 40 {
             l4(ctx, &mut f, 40)?;

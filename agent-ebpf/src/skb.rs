@@ -7,8 +7,8 @@
 //! the agent has learned from them (DNS helpers in `skb_dns`).
 
 use agent_common::{
-    DNS_KIND_ANSWER, DNS_KIND_CAUGHT, DNS_KIND_QUERY, EndpointInfo, FLOW_F_DNS, Hook, InboundKey, LOOPBACK_IFINDEX, LiveFlow,
-    Reason, proto,
+    Config, DNS_KIND_ANSWER, DNS_KIND_CAUGHT, DNS_KIND_QUERY, EndpointInfo, FLOW_F_DENIED, FLOW_F_DNS, Hook, InboundKey, LOOPBACK_IFINDEX, LiveFlow,
+    Reason, proto, v4_mapped,
 };
 use aya_ebpf::{
     EbpfContext as _,
@@ -40,18 +40,22 @@ const TCP_LISTEN: u32 = 10;
 /// `BPF_TCP_SYN_SENT`: a `connect()` in progress; its only segment is the SYN.
 const TCP_SYN_SENT: u32 = 2;
 
-/// A flow whose packets need no further look:
-/// - a TCP stream socket (not a listener): it can only send after a
-///   `connect()` the connect hook allowed (fast open and repair mode go
-///   through the same pre-connect hook, net/ipv4/af_inet.c
+/// An egress packet that needs no further look:
+/// - a TCP stream socket's (not a listener's), with a plain header: it can
+///   only send after a `connect()` the connect hook allowed (fast open and
+///   repair mode go through the same pre-connect hook, net/ipv4/af_inet.c
 ///   `__inet_stream_connect`) or as an accepted connection (replies), so
 ///   judging its packets again adds nothing; connections that were already
-///   open when the programs were attached are not cut either;
-/// - a UDP/ICMP socket whose `connect()` was allowed (socket-local
-///   `SK_FLOWS`), unless it talks to a resolver (queries are copied and
-///   answers held on the full path).
+///   open when the programs were attached are not cut either. "Plain"
+///   (`plain_dest`): no IPv4 options, no IPv6 extension header, so the IP
+///   destination is the socket's (a source route would make it the first
+///   hop);
+/// - a non-TCP socket's whose `connect()` was allowed for exactly this
+///   packet's destination, port and protocol (socket-local `SK_FLOWS`), in
+///   a plain header; resolver sockets (queries are copied, answers held)
+///   and anything else take the full path.
 #[inline(always)]
-fn is_established(ctx: &SkBuffContext) -> bool {
+fn egress_established(ctx: &SkBuffContext) -> bool {
     // Request sockets (SYN-ACKs) have no full socket: they take the full
     // path and its INBOUND check.
     let Some(full) = full_sock(ctx) else { return false };
@@ -62,9 +66,62 @@ fn is_established(ctx: &SkBuffContext) -> bool {
             note_tcp_gate_client(ctx, full);
         }
         // A listener's SYNs are recorded as inbound peers on the full path.
+        return state != TCP_LISTEN && plain_dest(ctx, proto::TCP).is_some();
+    }
+    let Some(flow) = socket_flow(full) else { return false };
+    plain_dest(ctx, flow.proto).is_some_and(|(ip, port)| flow.passes(flow.proto, &ip, port))
+}
+
+/// An ingress packet into an established flow: a TCP stream socket's (not a
+/// listener's: its SYNs are noted as inbound peers), or a non-TCP socket's
+/// with an allowance (`SK_FLOWS`, not a resolver's: its answers are held).
+#[inline(always)]
+fn ingress_established(ctx: &SkBuffContext) -> bool {
+    let Some(full) = full_sock(ctx) else { return false };
+    // SAFETY: a full socket checked by bpf_sk_fullsock.
+    let (ty, protocol, state) = unsafe { ((*full).type_, (*full).protocol, (*full).state) };
+    if ty == SOCK_STREAM && protocol == u32::from(proto::TCP) {
         return state != TCP_LISTEN;
     }
-    socket_flow(full).is_some_and(|f| f.flags & FLOW_F_DNS == 0)
+    socket_flow(full).is_some_and(|f| f.flags & (FLOW_F_DNS | FLOW_F_DENIED) == 0)
+}
+
+/// The destination (address, port) of a packet of protocol `want` whose
+/// header is plain: IPv4 without options and not a fragment, or IPv6 with
+/// the transport right after the fixed header. Read directly (the headers
+/// of a locally sent packet are in the linear part); `None` sends the
+/// packet down the full path, which parses everything.
+#[inline(always)]
+fn plain_dest(ctx: &SkBuffContext, want: u8) -> Option<([u8; 16], [u8; 2])> {
+    // SAFETY: the kernel provides data/data_end for the duration of the run.
+    let (data, end) = unsafe { ((*ctx.skb.skb).data as usize, (*ctx.skb.skb).data_end as usize) };
+    let ports = proto::has_ports(want);
+    let l4 = if ports { 4 } else { 0 };
+    if data + 20 + l4 > end {
+        return None;
+    }
+    // SAFETY: 20 bytes (and the ports) bounds-checked just above.
+    let h = unsafe { core::ptr::read_unaligned(data as *const [u8; 20]) };
+    let (ip, off) = if h[0] == 0x45 {
+        // Not a fragment (offset 0, no more-fragments bit), the protocol
+        // the socket was judged for.
+        if h[6] & 0x3f != 0 || h[7] != 0 || h[9] != want {
+            return None;
+        }
+        (v4_mapped([h[16], h[17], h[18], h[19]]), 20)
+    } else if h[0] >> 4 == 6 && h[6] == want && data + 40 + l4 <= end {
+        // SAFETY: 40 bytes (and the ports) bounds-checked just above.
+        let d = unsafe { core::ptr::read_unaligned((data + 24) as *const [u8; 16]) };
+        (d, 40)
+    } else {
+        return None;
+    };
+    if !ports {
+        return Some((ip, [0; 2]));
+    }
+    // SAFETY: bounds-checked above (`l4`).
+    let p = unsafe { core::ptr::read_unaligned((data + off) as *const [u8; 4]) };
+    Some((ip, [p[2], p[3]]))
 }
 
 /// The packet's full socket, if it has one.
@@ -95,7 +152,7 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     // endpoint nor the packet looked at. Not counted per packet (it was
     // counted at connect time): every map touched here is a cache miss on
     // busy nodes. Resolver sockets go on: their queries are copied below.
-    if is_established(ctx) {
+    if egress_established(ctx) {
         return PASS;
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -116,6 +173,11 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     };
     let parsed = parse(ctx);
     if let Ok(f) = &parsed {
+        if f.source_routed {
+            // The IP destination is only the first hop: never judged as
+            // the destination, never let out (`Reason::DeniedSourceRoute`).
+            return deny(cfg, cgid, &ep, cookie, Reason::DeniedSourceRoute, &Dest { proto: f.proto, port: f.dport, ip: f.dst });
+        }
         if let Some(resolver) = sunk_query(ctx, f, cfg.dns_gates) {
             // Sent to the loopback sink by `sendmsg` (no gate here yet): the
             // agent gets it as a query to the resolver and answers it.
@@ -183,14 +245,22 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
         }
         Err(()) => (Reason::DeniedMalformed, Dest { proto: 0, port: [0; 2], ip: [0; 16] }),
     };
-    count(hook, reason);
     if reason.is_allowed() {
+        count(hook, reason);
         return PASS;
     }
-    // Datagrams of a deferred UDP connect(): name the process behind them.
+    deny(cfg, cgid, &ep, cookie, reason, &dest)
+}
+
+/// A denied egress packet: counted, reported (the process behind a
+/// deferred UDP `connect()`'s datagrams named), dropped unless audited.
+#[inline(always)]
+fn deny(cfg: &Config, cgid: u64, ep: &EndpointInfo, cookie: u64, reason: Reason, dest: &Dest) -> i32 {
+    let hook = Hook::SkbEgress;
+    count(hook, reason);
     let owner = unsafe { SOCK_OWNERS.get(&cookie) };
     let (tgid, comm) = owner.map_or((0, [0; 16]), |o| (o.tgid, o.comm));
-    if report(cfg, cgid, &ep, hook, reason, &dest, tgid, comm) { PASS } else { DROP }
+    if report(cfg, cgid, ep, hook, reason, dest, tgid, comm) { PASS } else { DROP }
 }
 
 /// A reply to a peer that contacted the endpoint (checked only for packets
@@ -238,7 +308,7 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
     let hook = Hook::SkbIngress;
     // Hot path: traffic into an established flow, unless it talks to a
     // resolver (its answers are held below) or is a listener (SYNs noted).
-    if is_established(ctx) {
+    if ingress_established(ctx) {
         return PASS;
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -278,7 +348,13 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
     // Is this an answer from one of the endpoint's trusted resolvers?
     let from = Dest { proto: proto::UDP, port: f.sport, ip: f.src };
     if opens_tcp || !is_trusted_resolver(ep.endpoint, &from) {
-        note_inbound(&ep, &f);
+        // Only a peer on the network: a packet arriving on loopback was sent
+        // by a socket in this very namespace, possibly the workload's own
+        // (a raw socket forging a denied source), which must not grant
+        // itself replies to that address.
+        if unsafe { (*skb).ifindex } != LOOPBACK_IFINDEX {
+            note_inbound(&ep, &f);
+        }
         count(hook, Reason::AllowedIngress);
         return PASS;
     }

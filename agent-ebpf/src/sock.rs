@@ -5,7 +5,7 @@
 //! agent needs both to re-inject the held answer.
 
 use agent_common::{
-    DnsSockInfo, EndpointInfo, FLOW_F_CAUGHT, FLOW_F_DNS, Hook, LiveFlow, Reason, SockOwner, proto, v4_mapped,
+    DnsSockInfo, EndpointInfo, FLOW_F_CAUGHT, FLOW_F_DENIED, FLOW_F_DNS, Hook, LiveFlow, Reason, SockOwner, proto, v4_mapped,
 };
 use aya_ebpf::{
     EbpfContext as _,
@@ -46,7 +46,7 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
         count(hook, reason);
         if connect && dest.proto != proto::TCP {
             // As on the full path below: the socket's packets pass on it.
-            remember_flow(ctx, LiveFlow { ip: dest.ip, endpoint, flags: 0 });
+            remember_flow(ctx, &dest, endpoint, 0);
         }
         return ALLOW;
     }
@@ -139,7 +139,7 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
             // only sends its packets down the full path.
             let dns = reason == Reason::AllowedDns || reason == Reason::DnsCaught;
             let flags = if dns { FLOW_F_DNS | flow_flags } else { 0 };
-            remember_flow(ctx, LiveFlow { ip: dest.ip, endpoint: ep.endpoint, flags });
+            remember_flow(ctx, &dest, ep.endpoint, flags);
         }
         return ALLOW;
     }
@@ -147,8 +147,11 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     if connect && dest.proto == proto::UDP {
         // Nothing is sent by a UDP connect(); its datagrams meet the
-        // per-packet check (EPERM on send). Remember who it was for the log.
+        // per-packet check (EPERM on send). An allowance an earlier
+        // connect() left on the socket goes (it was for another
+        // destination). Remember who it was for the log.
         count(hook, Reason::UdpConnectDeferred);
+        remember_flow(ctx, &dest, ep.endpoint, FLOW_F_DENIED);
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         let _ = SOCK_OWNERS.insert(&cookie, &SockOwner { tgid, _pad: 0, comm }, 0);
         return ALLOW;
@@ -171,7 +174,7 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
     }
     if connect && dest.proto != proto::TCP {
         // One audit record per connection, not one per packet.
-        remember_flow(ctx, LiveFlow { ip: dest.ip, endpoint: ep.endpoint, flags: 0 });
+        remember_flow(ctx, &dest, ep.endpoint, 0);
     }
     ALLOW
 }
@@ -212,9 +215,13 @@ pub(crate) fn words_of(ip: &[u8; 16]) -> [u32; 4] {
     ]
 }
 
-/// Stores (or overwrites, on a reconnect) the socket's flow.
+/// Stores (or overwrites, on a reconnect) what the socket's `connect()` was
+/// judged for: exactly `dest` (its port only where the protocol has ports,
+/// as `parse` reports them), with `flags`.
 #[inline(always)]
-pub(crate) fn remember_flow(ctx: &SockAddrContext, mut flow: LiveFlow) {
+pub(crate) fn remember_flow(ctx: &SockAddrContext, dest: &Dest, endpoint: u32, flags: u8) {
+    let port = if proto::has_ports(dest.proto) { dest.port } else { [0; 2] };
+    let mut flow = LiveFlow { ip: dest.ip, endpoint, flags, proto: dest.proto, port };
     // SAFETY: the kernel's sock pointer of this bpf_sock_addr.
     let p = unsafe { SK_FLOWS.get_or_insert_ptr_mut(ctx, Some(&mut flow)) };
     if !p.is_null() {

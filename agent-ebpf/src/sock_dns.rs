@@ -117,7 +117,7 @@ pub(crate) fn catch_via_placeholder(ctx: &SockAddrContext) -> Placeholder {
 /// using unconnected sockets (musl, dnspython) do not.
 #[inline(always)]
 pub(crate) fn send_to_sink(ctx: &SockAddrContext, v6: bool, d: &Dest, endpoint: u32) {
-    remember_flow(ctx, LiveFlow { ip: d.ip, endpoint, flags: FLOW_F_DNS | FLOW_F_CAUGHT });
+    remember_flow(ctx, d, endpoint, FLOW_F_DNS | FLOW_F_CAUGHT);
     point_at_loopback(ctx, v6, d, DNS_SINK_PORT.to_be_bytes());
 }
 

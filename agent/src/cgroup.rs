@@ -30,7 +30,13 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Cg
 
 /// Mount point of the cgroup v2 hierarchy, from a mountinfo text.
 pub fn find_cgroup2_in(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
+    cgroup2_mounts_in(mountinfo).next()
+}
+
+/// Every mount point of the cgroup v2 hierarchy (it may be mounted more
+/// than once), from a mountinfo text.
+pub fn cgroup2_mounts_in(mountinfo: &str) -> impl Iterator<Item = PathBuf> + '_ {
+    mountinfo.lines().filter_map(|line| {
         // "<id> <parent> <maj:min> <root> <mount point> <opts> ... - <fstype> <src> <opts>"
         let (left, right) = line.split_once(" - ")?;
         let fstype = right.split_whitespace().next()?;

@@ -126,6 +126,26 @@ pub struct ExecArgs {
     /// Name of the endpoint in logs (default: exec-<pid>).
     #[arg(long, env = "PORTCULLIS_NAME")]
     pub name: Option<String>,
+    /// Run the command in this network namespace (e.g. /run/netns/pod),
+    /// with the files of /etc/netns/<name>/ over /etc/ as `ip netns exec`
+    /// does (resolv.conf). Use this rather than `nsenter`/`ip netns exec`
+    /// inside the command: those need capabilities the command does not get.
+    #[arg(long, env = "PORTCULLIS_NETNS", value_name = "PATH")]
+    pub netns: Option<PathBuf>,
+    /// Run the command as this user (name or uid; its primary group and
+    /// groups) instead of the caller. A command of another user cannot
+    /// signal or trace the agent.
+    #[arg(long, env = "PORTCULLIS_USER", value_name = "USER")]
+    pub user: Option<String>,
+    /// Keep every capability. By default the command (and all it starts)
+    /// runs without the ones that leave enforcement: CAP_NET_RAW (packet
+    /// sockets are not seen by cgroup hooks), CAP_NET_ADMIN (TUN devices,
+    /// forwarding), CAP_SYS_ADMIN (namespaces, mounts, BPF), CAP_BPF,
+    /// CAP_PERFMON, CAP_SYS_PTRACE, CAP_SYS_MODULE, CAP_SYS_RAWIO and
+    /// CAP_SETPCAP, and with no_new_privs set; it also stays in its own
+    /// cgroup namespace, so it cannot move itself out of its cgroup.
+    #[arg(long, env = "PORTCULLIS_KEEP_CAPS")]
+    pub keep_caps: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,

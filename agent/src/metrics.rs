@@ -1,7 +1,8 @@
 //! Prometheus metrics (text exposition format 0.0.4) on `metricsAddr`:
 //! kernel verdicts by hook and reason, kernel-side losses, and per endpoint
-//! the DNS gate's refused and suspicious queries (for tunnelling alerts)
-//! and its learned entries.
+//! the DNS gate's refused and suspicious queries (for tunnelling alerts),
+//! its records held back by the rate limit, its TCP connections over the
+//! cap, and its learned entries.
 //!
 //! The listener sets `SO_REUSEPORT`, so during a takeover the new agent can
 //! bind the same port while the old one still has it; the old agent stops
@@ -164,6 +165,18 @@ pub fn render(state: &Mutex<State>, gate: &GateStats) -> String {
         let s = per.get(&e.id).copied().unwrap_or_default();
         for (kind, v) in [("long-label", s.suspicious_long_label), ("entropy", s.suspicious_entropy), ("rate", s.high_rate)] {
             let _ = writeln!(out, "portcullis_dns_suspicious_queries_total{{{},kind=\"{kind}\"}} {v}", labels(e));
+        }
+    }
+    family(&mut out, "portcullis_dns_records_suppressed_total", "counter", "Blocked-log records of the DNS gates (refused names, rebinding answers) held back by the endpoint's record rate limit.");
+    for e in &eps {
+        let s = per.get(&e.id).copied().unwrap_or_default();
+        let _ = writeln!(out, "portcullis_dns_records_suppressed_total{{{}}} {}", labels(e), s.records_suppressed);
+    }
+    family(&mut out, "portcullis_dns_tcp_over_cap_total", "counter", "DNS-over-TCP connections over a gate's connection cap: a new one refused (every connection mid-query), or the longest idle one closed to make room.");
+    for e in &eps {
+        let s = per.get(&e.id).copied().unwrap_or_default();
+        for (action, v) in [("refused", s.tcp_refused), ("evicted-idle", s.tcp_evicted)] {
+            let _ = writeln!(out, "portcullis_dns_tcp_over_cap_total{{{},action=\"{action}\"}} {v}", labels(e));
         }
     }
     family(&mut out, "portcullis_learned_entries", "gauge", "Kernel LEARNED entries (endpoint, protocol, port, address) held now.");

@@ -159,6 +159,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         events_burst: 200,
         gate: GateOptions { deny_rcode, dns_gates: cfg.dns_gates },
         one_attach_point: false,
+        attachment: crate::ebpf::loader::Attachment::Links,
         pins,
         state_dir: args.pin_path.as_ref().map(|_| args.state_dir.clone()),
         metrics_addr: args.metrics_addr.or(cfg.metrics_addr),

@@ -21,9 +21,9 @@ use aya::maps::{MapData, RingBuf};
 use tracing::{info, warn};
 
 use crate::{
-    ebpf::{Datapath, Pins, loader::current_netns_cookie},
+    ebpf::{Datapath, Pins, loader::{Attachment, current_netns_cookie}},
     events::{self, LogSink},
-    gate::{Gate, GateOptions, GateStats, PendingQueries},
+    gate::{Gate, GateOptions, GateStats, PendingQueries, ratelimit::RecordLimit},
     handover::{self, Handover},
     live::LiveConns,
     metrics,
@@ -40,7 +40,8 @@ pub struct AgentOptions {
     pub log: Box<dyn Write + Send>,
     /// Let cgroups below an attach point that are not endpoints pass.
     pub unmanaged_allow: bool,
-    /// Denied-attempt events per endpoint per second (per CPU) and burst.
+    /// Denied-attempt events per endpoint per second (per CPU) and burst;
+    /// the DNS gates' records per endpoint too (`gate::ratelimit`).
     pub events_per_sec: u32,
     pub events_burst: u32,
     pub gate: GateOptions,
@@ -51,6 +52,9 @@ pub struct AgentOptions {
     /// their verdict cache is then the load's own map, which a cache hit
     /// reaches without a helper call (`Datapath::load`).
     pub one_attach_point: bool,
+    /// Without pins: how the programs are attached (`exec`: to the cgroup
+    /// for as long as it exists, so a killed agent leaves it enforced).
+    pub attachment: Attachment,
     /// Node mode: the handover socket and the learned-state snapshot.
     pub state_dir: Option<PathBuf>,
     /// Serve Prometheus metrics here (`metrics`).
@@ -108,6 +112,7 @@ pub struct Agent {
     idle: Option<Idle>,
     dns_gates: Arc<DnsGates>,
     pins: Option<Pins>,
+    attachment: Attachment,
     state_dir: Option<PathBuf>,
     metrics_addr: Option<std::net::SocketAddr>,
     /// Answers the next agent's handover request.
@@ -199,7 +204,8 @@ impl Agent {
         }
         let state = Arc::new(Mutex::new(st));
         let log = events::log_sink(opts.log);
-        let gate = Gate::new(state.clone(), mark, log.clone(), opts.gate);
+        let records = RecordLimit::new(opts.events_per_sec, opts.events_burst);
+        let gate = Gate::new(state.clone(), mark, log.clone(), opts.gate, records);
         let gate_stats = gate.shared().stats.clone();
         let dns_gates =
             Arc::new(DnsGates::new(gate.shared().clone(), opts.gate.deny_rcode, opts.gate.dns_gates, mark, live.clone()));
@@ -220,6 +226,7 @@ impl Agent {
             idle: Some(Idle { gate, hold, denied, log }),
             dns_gates,
             pins: opts.pins,
+            attachment: opts.attachment,
             state_dir: opts.state_dir,
             metrics_addr: opts.metrics_addr,
             listener: None,
@@ -323,7 +330,7 @@ impl Agent {
     pub fn attach(&mut self, cgroup: &Path, cgroup_id: u64) -> Result<()> {
         let own_cache = match &self.pins {
             Some(p) => self.datapath.attach_pinned(cgroup, cgroup_id, p),
-            None => self.datapath.attach(cgroup),
+            None => self.datapath.attach(cgroup, self.attachment),
         }
         .with_context(|| format!("attaching to {}", cgroup.display()))?;
         if let Some(cache) = own_cache {
@@ -348,13 +355,15 @@ impl Agent {
             .map_err(|(cgroup_id, e)| anyhow::Error::new(e).context(format!("turning the verdict cache off at cgroup {cgroup_id}")))
     }
 
-    /// Kernel loss counters worth telling a human about, as (what, count).
+    /// Kernel loss counters worth telling a human about, and the DNS
+    /// gates' records held back by the same rate limit, as (what, count).
     pub fn losses(&self) -> Vec<(&'static str, u64)> {
         use agent_common::loss;
-        let Ok(c) = lock(&self.state).maps.counters() else { return Vec::new() };
+        let c = lock(&self.state).maps.counters().unwrap_or_default();
         let at = |i: u32| c.get(i as usize).copied().unwrap_or(0);
         [
             ("blocked-attempt records suppressed by the rate limit", at(loss::EVENT_RATE_LIMITED)),
+            ("DNS-gate records (refused names, rebinding) suppressed by the rate limit", self.gate_stats.sum(|s| s.records_suppressed)),
             ("blocked-attempt records lost (ring buffer full)", at(loss::EVENT_RINGBUF_FULL)),
             ("DNS answers dropped (hold buffer full)", at(loss::DNS_RINGBUF_FULL)),
             ("DNS answers dropped (no owning process recorded)", at(loss::DNS_NO_OWNER)),
@@ -377,6 +386,8 @@ impl Agent {
             ("DNS answers dropped: they matched no query (forged, unsolicited or late)", g.answers_unsolicited.load(Relaxed)),
             ("DNS queries with names that look like tunnelled data, or too many per second", suspicious),
             ("addresses not learned because a cap was reached and all older ones had live connections", g.ips_refused_cap.load(Relaxed)),
+            ("DNS-over-TCP connections refused: the gate's connection cap was reached", g.sum(|s| s.tcp_refused)),
+            ("idle DNS-over-TCP connections closed to make room under the gate's connection cap", g.sum(|s| s.tcp_evicted)),
         ]
         .into_iter()
         .filter(|(_, n)| *n > 0)

@@ -252,3 +252,100 @@ fn traffic_to_a_dns_gate_port_passes_as_dns() {
     assert_eq!(h.egress("127.0.0.1", L4::Tcp(5353)), ALLOW);
     assert_eq!(h.counter(Hook::SkbEgress, Reason::AllowedDns), before + 1);
 }
+
+/// `pkt` (Ethernet + IPv4 + ...) with `opts` (whole 4-byte words) as IPv4
+/// options.
+fn with_ipv4_options(pkt: &[u8], opts: &[u8]) -> Vec<u8> {
+    assert_eq!(opts.len() % 4, 0);
+    let mut out = pkt[..14 + 20].to_vec();
+    out.extend_from_slice(opts);
+    out.extend_from_slice(&pkt[14 + 20..]);
+    out[14] = 0x40 | ((20 + opts.len()) / 4) as u8;
+    let total = u16::from_be_bytes([out[16], out[17]]) + opts.len() as u16;
+    out[16..18].copy_from_slice(&total.to_be_bytes());
+    out
+}
+
+/// `pkt` (Ethernet + IPv6 + ...) with an extension header of type `kind`
+/// (`body` after its next-header byte) right after the fixed header.
+fn with_ipv6_ext(pkt: &[u8], kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = pkt[..14 + 40].to_vec();
+    out.push(pkt[14 + 6]);
+    out.extend_from_slice(body);
+    assert_eq!((body.len() + 1) % 8, 0);
+    out.extend_from_slice(&pkt[14 + 40..]);
+    out[14 + 6] = kind;
+    let len = u16::from_be_bytes([out[18], out[19]]) + body.len() as u16 + 1;
+    out[18..20].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+#[test]
+fn ipv4_source_route_options_are_dropped() {
+    let Some(h) = harness(false) else { return };
+    let egress = h.dp.egress_program().unwrap();
+    // 10.1.0.0/16 TCP 8080 is allowed: only the options decide.
+    let syn = packet("198.18.1.2".parse().unwrap(), "10.1.0.5".parse().unwrap(), L4::Tcp(8080));
+    assert_eq!(run(egress, &syn, 0), ALLOW);
+    let hop = [169, 254, 169, 254];
+    for kind in [0x83u8, 0x89] {
+        // Loose / strict source route via the metadata address; then EOL.
+        let opts = [kind, 7, 4, hop[0], hop[1], hop[2], hop[3], 0];
+        assert_eq!(run(egress, &with_ipv4_options(&syn, &opts), 0), DROP, "option {kind:#x}");
+    }
+    // After no-ops and a timestamp option, in the last words of 40 bytes.
+    let mut late = [1u8; 40];
+    late[..4].copy_from_slice(&[0x44, 4, 5, 0]);
+    late[32..39].copy_from_slice(&[0x83, 7, 4, hop[0], hop[1], hop[2], hop[3]]);
+    assert_eq!(run(egress, &with_ipv4_options(&syn, &late), 0), DROP, "route in the last words");
+    assert_eq!(h.counter(Hook::SkbEgress, Reason::DeniedSourceRoute), 3);
+    // Options that do not route: record route, no-ops.
+    let rr = [7, 7, 4, 0, 0, 0, 0, 1];
+    assert_eq!(run(egress, &with_ipv4_options(&syn, &rr), 0), ALLOW, "record route");
+    assert_eq!(run(egress, &with_ipv4_options(&syn, &[1, 1, 1, 1]), 0), ALLOW, "no-ops");
+    // Options cut short by the packet's end: malformed, dropped.
+    let mut cut = with_ipv4_options(&syn, &late);
+    cut.truncate(14 + 20 + 12);
+    cut[16..18].copy_from_slice(&32u16.to_be_bytes());
+    assert_eq!(run(egress, &cut, 0), DROP, "truncated options");
+    assert_eq!(h.counter(Hook::SkbEgress, Reason::DeniedSourceRoute), 3);
+}
+
+#[test]
+fn ipv6_routing_headers_are_dropped() {
+    let Some(mut h) = harness(false) else { return };
+    let egress = h.dp.egress_program().unwrap();
+    h.learn("x.any.test", "2001:db8:100::50", 60);
+    let src: IpAddr = "2001:db8:ff01::2".parse().unwrap();
+    let dst: IpAddr = "2001:db8:100::50".parse().unwrap();
+    let udp = packet(src, dst, L4::Udp(7777));
+    let syn = packet(src, dst, L4::Tcp(443));
+    assert_eq!(run(egress, &udp, 0), ALLOW);
+    let hop: Ipv6Addr = "fd00:ec2::254".parse().unwrap();
+    // Segment routing header (type 4), one segment; type 2 (mobility); type 0.
+    let mut srh = vec![2, 4, 0, 0, 0, 0, 0];
+    srh.extend_from_slice(&hop.octets());
+    let mut rh2 = vec![2, 2, 1, 0, 0, 0, 0];
+    rh2.extend_from_slice(&hop.octets());
+    let mut rh0 = vec![2, 0, 1, 0, 0, 0, 0];
+    rh0.extend_from_slice(&hop.octets());
+    for (what, body) in [("srh", &srh), ("type 2", &rh2), ("type 0", &rh0)] {
+        assert_eq!(run(egress, &with_ipv6_ext(&udp, 43, body), 0), DROP, "{what} on UDP");
+        assert_eq!(run(egress, &with_ipv6_ext(&syn, 43, body), 0), DROP, "{what} on TCP");
+    }
+    assert_eq!(h.counter(Hook::SkbEgress, Reason::DeniedSourceRoute), 6);
+    // Behind a destination options header too.
+    let dest_opts = [0u8, 1, 4, 0, 0, 0, 0];
+    let routed = with_ipv6_ext(&udp, 43, &srh);
+    let behind = with_ipv6_ext(&routed, 60, &dest_opts);
+    assert_eq!(run(egress, &behind, 0), DROP, "routing header behind destination options");
+    // Destination options alone do not route.
+    assert_eq!(run(egress, &with_ipv6_ext(&udp, 60, &dest_opts), 0), ALLOW);
+    // More extension headers than are followed: fail closed.
+    let mut deep = udp.clone();
+    for _ in 0..7 {
+        deep = with_ipv6_ext(&deep, 60, &dest_opts);
+    }
+    assert_eq!(run(egress, &deep, 0), DROP, "7 extension headers");
+    assert_eq!(h.counter(Hook::SkbEgress, Reason::DeniedMalformed), 1);
+}

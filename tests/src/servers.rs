@@ -89,7 +89,7 @@ pub fn spawn_baddns(
 }
 
 /// Spawns a server script (stderr to `log`) and waits for `READY` on stdout.
-fn spawn_until_ready(mut cmd: Command, log: &Path, what: &str) -> Result<ChildGuard> {
+pub fn spawn_until_ready(mut cmd: Command, log: &Path, what: &str) -> Result<ChildGuard> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log)?);

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Exec, s};
+use common::{Enter, Exec, s};
 use portcullis_tests::{Bench, require_root};
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -65,14 +65,16 @@ fn a_name_not_allowed_over_tcp_is_answered_by_the_gate_and_never_leaves() {
         return;
     }
     let bench = Bench::start().unwrap();
-    let r = Exec::new(&bench).policy(POLICY).steps(&[
+    // The command enters the pod's namespace itself (nsenter), so the agent
+    // learns of that namespace only from its traffic.
+    let r = Exec::new(&bench).policy(POLICY).enter(Enter::Nsenter).steps(&[
         // DNS over TCP before any DNS from this (the pod's) namespace: no
         // gate there yet, so refused at connect (fail closed); the agent
         // opens one on seeing that.
-        ("first", &format!("{DIG} +tcp many.example.test A")),
-        ("other", &format!("{DIG} +tcp other.example.test A")),
+        ("first", &format!("{DIG} @198.51.100.53 +tcp many.example.test A")),
+        ("other", &format!("{DIG} @198.51.100.53 +tcp other.example.test A")),
         // An allowed name pointing at the metadata address: stripped.
-        ("rebind", &format!("{DIG} +tcp +short meta.example.test A")),
+        ("rebind", &format!("{DIG} @198.51.100.53 +tcp +short meta.example.test A")),
         ("meta", "$PY $SOCK tcp 169.254.169.254 80"),
     ]);
     r.outcome.expect_code(0);

@@ -94,7 +94,8 @@ fn udp_icmp_and_raw_sockets_are_denied() {
     }
     let bench = Bench::start().unwrap();
     let before = seen(&bench);
-    let r = run_steps(Exec::new(&bench).policy(POLICY), &bench);
+    // CAP_NET_RAW kept: raw and ICMP sockets are judged per packet too.
+    let r = run_steps(Exec::new(&bench).policy(POLICY).arg("--keep-caps"), &bench);
     r.outcome.expect_code(0);
     let after = seen(&bench);
     r.sock_errno("udp", "sendto", "EPERM");
@@ -207,6 +208,7 @@ fn cidr_without_ports_opens_every_protocol() {
     let bench = Bench::start().unwrap();
     let before = seen(&bench);
     let r = Exec::new(&bench).policy(POLICY).args(&[
+        "--keep-caps",
         "--allow-cidr",
         "203.0.113.20/32",
         "--allow-cidr",

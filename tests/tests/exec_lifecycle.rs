@@ -242,11 +242,13 @@ fn nothing_left_after_sigterm() {
     lifecycle(End::Signal(libc::SIGTERM));
 }
 
-/// SIGKILL cannot be caught: the run's programs go with its link fds, but
-/// its cgroup stays, and a daemon the command left there runs on,
-/// unenforced. The next `portcullis exec` removes the empty cgroup of a
-/// dead run and names one that still holds processes (killing them is for
-/// whoever started them: here, this test).
+/// SIGKILL cannot be caught: the run's cgroup stays, and its programs stay
+/// attached to it (they belong to the cgroup, not to the dead agent), so a
+/// daemon the command left there stays enforced (what arrives at a target
+/// is checked by `bypass_exec.rs`). The next `portcullis exec` removes the
+/// empty cgroup of a dead run, and with it its programs, and names one that
+/// still holds processes (killing them is for whoever started them: here,
+/// this test).
 #[test]
 fn after_sigkill_the_next_run_sweeps_the_cgroup_and_names_leftovers() {
     if !require_root() {
@@ -289,30 +291,38 @@ fn after_sigkill_the_next_run_sweeps_the_cgroup_and_names_leftovers() {
         let mut agent = run(&script);
         let cg = exec_cgroup_of(agent.pid());
         cleanup.0.borrow_mut().0.push(cg.clone());
-        wait_for("the hooks to be attached", SECS_10, || (cg.exists() && attached(&cg).progs.len() == 9).then_some(()));
+        wait_for("the hooks to be attached", SECS_10, || (cg.exists() && attached(&cg).progs.len() == 10).then_some(()));
         let att = attached(&cg);
         // SAFETY: kill(2) on our own, not yet reaped child.
         assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGKILL) }, 0);
         wait_for("exec to die", SECS_10, || agent.try_wait().unwrap());
         assert!(cg.exists(), "nothing could remove {} on SIGKILL", cg.display());
-        att.expect_detached();
-        cg
+        // Fail closed: the dead agent's programs still enforce there.
+        let after = attached(&cg);
+        after.expect_all_hooks();
+        assert_eq!(after.progs, att.progs, "the same programs stay attached");
+        (cg, att)
     };
     // An empty cgroup of a dead run: the next run removes it.
-    let empty = killed(None);
+    let (empty, empty_att) = killed(None);
     wait_for("the command to die with its parent", SECS_10, || {
         std::fs::read_to_string(empty.join("cgroup.procs")).ok()?.trim().is_empty().then_some(())
     });
     // One that still holds a daemon: named by the next run, left alone.
     let bg = tmp.path().join("bgpid");
-    let busy = killed(Some(&bg));
+    let (busy, _) = killed(Some(&bg));
     let bg_pid: u32 = wait_for("the daemon's pid", SECS_10, || std::fs::read_to_string(&bg).ok()?.trim().parse().ok());
     cleanup.0.borrow_mut().1 = Some(bg_pid);
     let r = exec(tmp.path(), &[], &["true"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(!empty.exists(), "{} was not swept", empty.display());
+    // With the cgroup, its programs went (kernel/bpf/cgroup.c `cgroup_bpf_release`).
+    wait_for("the swept run's programs to go", SECS_10, || {
+        let loaded = common::pc_prog_ids();
+        empty_att.progs.iter().all(|(id, _, _)| !loaded.contains(id)).then_some(())
+    });
     assert!(busy.exists(), "{} holds a process and must stay", busy.display());
-    assert!(r.stderr.contains("no longer enforced") && r.stderr.contains(&bg_pid.to_string()), "{r:?}");
+    assert!(r.stderr.contains("still enforced") && r.stderr.contains(&bg_pid.to_string()), "{r:?}");
     // The test started that daemon (through exec): `cleanup` ends it, by
     // PID, and removes the cgroup.
     drop(cleanup);

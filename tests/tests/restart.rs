@@ -137,7 +137,7 @@ fn curl(bench: &Bench, cg: &Path, url: &str) -> (i32, String) {
 fn solo_cache(pins: &PinDir, cg: &Path) -> (u64, Vec<Vec<u8>>) {
     use std::os::unix::fs::MetadataExt as _;
     let cgroup_id = std::fs::metadata(cg).unwrap().ino();
-    let pin = pins.0.join(format!("v2/links/{cgroup_id}-SOLO_CACHE"));
+    let pin = pins.0.join(format!("v3/links/{cgroup_id}-SOLO_CACHE"));
     assert!(pin.exists(), "{} not pinned", pin.display());
     let id = common::bpftool_json(&["map", "show", "pinned", pin.to_str().unwrap()])["id"].as_u64().unwrap();
     let dump = common::bpftool_json(&["map", "dump", "pinned", pin.to_str().unwrap()]);

@@ -1,4 +1,4 @@
-//! Loads the embedded eBPF object and attaches its seven programs to a cgroup.
+//! Loads the embedded eBPF object and attaches its ten programs to a cgroup.
 //!
 //! Programs are attached as `bpf_link`s (Linux 5.7); in node mode with a
 //! pin path they are pinned with the maps (`pin`). Cgroup links always
@@ -22,12 +22,13 @@ use aya::{
     maps::{MapData, RingBuf},
     programs::{
         links::FdLink,
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, ProgramError,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, CgroupSockopt, ProgramError,
     },
 };
 use thiserror::Error;
 
 use super::{
+    attach,
     maps::PolicyMaps,
     pin::{self, Pins},
     solo::{self, CACHED_PROGRAMS, SoloHooks},
@@ -44,12 +45,24 @@ const SKB_PROGRAMS: [(&str, CgroupSkbAttachType); 2] =
 
 /// Forgets closed sockets (`cgroup/sock_release`).
 const RELEASE_PROGRAM: &str = "pc_release";
+/// Refuses source-routing socket options (`cgroup/setsockopt`).
+const SOCKOPT_PROGRAM: &str = "pc_setsockopt";
 
 /// Every program name, for tests and `bpftool` checks.
-pub const PROGRAM_NAMES: [&str; 9] = [
+pub const PROGRAM_NAMES: [&str; 10] = [
     "pc_connect4", "pc_connect6", "pc_sendmsg4", "pc_sendmsg6", "pc_recvmsg4", "pc_recvmsg6", "pc_egress", "pc_ingress",
-    "pc_release",
+    "pc_release", "pc_setsockopt",
 ];
+
+/// How `Datapath::attach` attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// By links that live as long as the `Datapath` (`run` without pins).
+    Links,
+    /// To the cgroup itself, for as long as it exists (`exec`: a killed
+    /// agent leaves its cgroup enforced; `attach` module).
+    UntilCgroupRemoved,
+}
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -71,6 +84,8 @@ pub enum LoadError {
     NetnsCookie(std::io::Error),
     #[error("programs loaded for one attach point ({0}) cannot be attached at a second one")]
     SecondAttachPoint(PathBuf),
+    #[error("attaching program {name} to the cgroup: {source}")]
+    Attach { name: &'static str, source: std::io::Error },
     #[error("pinning {what}: {source}")]
     Pin { what: String, source: std::io::Error },
 }
@@ -139,6 +154,8 @@ impl Datapath {
         }
         let release: &mut CgroupSock = program(&mut ebpf, RELEASE_PROGRAM)?;
         release.load().map_err(|source| LoadError::Program { name: RELEASE_PROGRAM, source })?;
+        let sockopt: &mut CgroupSockopt = program(&mut ebpf, SOCKOPT_PROGRAM)?;
+        sockopt.load().map_err(|source| LoadError::Program { name: SOCKOPT_PROGRAM, source })?;
         let mut maps = PolicyMaps::take(&mut ebpf)?;
         let own_cache = if one_attach_point {
             let map = ebpf.take_map("SOLO_CACHE").ok_or(LoadError::MissingMap("SOLO_CACHE"))?;
@@ -181,14 +198,26 @@ impl Datapath {
         })
     }
 
-    /// Attaches all programs to the cgroup directory `cgroup`. The links live
-    /// as long as this `Datapath`: dropping it detaches everything. Returns
-    /// the attach point's own verdict cache if this load has one (loaded for
-    /// one attach point); else the programs use cgroup storage.
-    pub fn attach(&mut self, cgroup: &Path) -> Result<Option<SoloCache>, LoadError> {
+    /// Attaches all programs to the cgroup directory `cgroup`: by links
+    /// that live as long as this `Datapath` (dropping it detaches
+    /// everything), or to the cgroup for as long as it exists
+    /// (`Attachment`). Returns the attach point's own verdict cache if this
+    /// load has one (loaded for one attach point); else the programs use
+    /// cgroup storage.
+    pub fn attach(&mut self, cgroup: &Path, how: Attachment) -> Result<Option<SoloCache>, LoadError> {
         self.claim_attach_point(cgroup)?;
         let file = File::open(cgroup)
             .map_err(|source| LoadError::Cgroup { path: cgroup.to_owned(), source })?;
+        if how == Attachment::UntilCgroupRemoved {
+            for name in PROGRAM_NAMES {
+                let prog = self.ebpf.program(name).ok_or(LoadError::MissingProgram(name))?;
+                let fd = prog.fd().map_err(|source| LoadError::Program { name, source })?;
+                let kind = attach::attach_type(name).ok_or(LoadError::MissingProgram(name))?;
+                attach::attach_to_cgroup(file.as_fd(), fd.as_fd(), kind)
+                    .map_err(|source| LoadError::Attach { name, source })?;
+            }
+            return Ok(self.own_cache.take());
+        }
         for name in SOCK_PROGRAMS {
             let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
             prog.attach(file.as_fd(), CgroupAttachMode::Single)
@@ -203,6 +232,10 @@ impl Datapath {
         release
             .attach(file.as_fd(), CgroupAttachMode::Single)
             .map_err(|source| LoadError::Program { name: RELEASE_PROGRAM, source })?;
+        let sockopt: &mut CgroupSockopt = program(&mut self.ebpf, SOCKOPT_PROGRAM)?;
+        sockopt
+            .attach(file.as_fd(), CgroupAttachMode::Single)
+            .map_err(|source| LoadError::Program { name: SOCKOPT_PROGRAM, source })?;
         Ok(self.own_cache.take())
     }
 
@@ -244,6 +277,15 @@ impl Datapath {
                 let id = prog.attach(file.as_fd(), *kind, CgroupAttachMode::Single)
                     .map_err(|source| LoadError::Program { name, source })?;
                 prog.take_link(id).map_err(|source| LoadError::Program { name, source })?.try_into()
+            } else if name == SOCKOPT_PROGRAM {
+                // aya's sockopt link cannot become an FdLink: made and
+                // pinned by hand.
+                let prog = self.ebpf.program(name).ok_or(LoadError::MissingProgram(name))?;
+                let fd = prog.fd().map_err(|source| LoadError::Program { name, source })?;
+                let kind = attach::attach_type(name).ok_or(LoadError::MissingProgram(name))?;
+                let link = attach::link_create(file.as_fd(), fd.as_fd(), kind).map_err(|source| LoadError::Attach { name, source })?;
+                pin::obj_pin(link.as_fd(), &path).map_err(pin_err(path.display().to_string()))?;
+                continue;
             } else if name == RELEASE_PROGRAM {
                 let prog: &mut CgroupSock = program(&mut self.ebpf, name)?;
                 let id = prog.attach(file.as_fd(), CgroupAttachMode::Single)

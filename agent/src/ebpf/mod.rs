@@ -1,6 +1,7 @@
 //! The kernel side as seen from user space: loading and attaching the
 //! programs (`loader`) and typed access to their maps (`maps`).
 
+pub mod attach;
 pub mod loader;
 pub mod maps;
 pub mod pin;

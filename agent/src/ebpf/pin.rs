@@ -4,8 +4,8 @@
 //! an agent never adopts maps whose key or value layout it does not share):
 //!
 //! ```text
-//! <pin path>/v2/maps/<MAP NAME>          every map of the object
-//! <pin path>/v2/links/<cgroup id>-<prog> one cgroup bpf_link per program
+//! <pin path>/v3/maps/<MAP NAME>          every map of the object
+//! <pin path>/v3/links/<cgroup id>-<prog> one cgroup bpf_link per program
 //! ```
 //!
 //! A pinned link keeps its program attached while no process holds it, and
@@ -29,7 +29,7 @@ use std::{
 use thiserror::Error;
 
 /// Bumped whenever a map's key, value or type changes.
-pub const LAYOUT: &str = "v2";
+pub const LAYOUT: &str = "v3";
 
 #[derive(Debug, Error)]
 pub enum PinError {
@@ -108,6 +108,7 @@ pub fn remove_all(base: &Path) -> Result<(), PinError> {
     }
 }
 
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 
@@ -124,6 +125,20 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     }
     // SAFETY: a fresh fd the kernel just handed us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Pins an object (`BPF_OBJ_PIN`) at `path`.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut attr = [0u8; 16];
+    attr[..8].copy_from_slice(&(c.as_ptr() as u64).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
+    // SAFETY: attr outlives the call; the kernel reads a NUL-terminated path.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_mut_ptr(), attr.len()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Replaces the program of a link atomically (`BPF_LINK_UPDATE`).

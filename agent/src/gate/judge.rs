@@ -11,7 +11,7 @@ use agent_common::Reason;
 use hickory_proto::op::Message;
 use tracing::warn;
 
-use super::GateStats;
+use super::{GateStats, ratelimit::RecordLimit};
 use crate::{
     dns::{Learned, Suspicion, strip_addresses, suspicion},
     events::{BlockedRecord, LogSink, now_rfc3339, proc_comm, write_record},
@@ -25,11 +25,25 @@ pub struct Shared {
     pub state: Arc<Mutex<State>>,
     pub stats: Arc<GateStats>,
     pub log: LogSink,
+    /// Per-endpoint rate limit on the records written here.
+    pub records: Arc<RecordLimit>,
+}
+
+/// Whether `endpoint` may write one more record now; if its rate limit
+/// holds the record back, that is counted. Asked before the record is made:
+/// a held-back one costs no `/proc` read.
+fn may_log(shared: &Shared, endpoint: u32) -> bool {
+    let ok = shared.records.allow(endpoint);
+    if !ok {
+        shared.stats.with_endpoint(endpoint, |s| s.records_suppressed += 1);
+    }
+    ok
 }
 
 /// Whether `endpoint` may resolve `qname` (or is in audit mode): `None`
 /// for an unknown endpoint. A name it may not resolve is logged and
-/// counted; a name that looks like tunnelled data is counted.
+/// counted (logged within the endpoint's record rate limit); a name that
+/// looks like tunnelled data is counted.
 pub fn judge_query(shared: &Shared, endpoint: u32, qname: &str, resolver: SocketAddr, tgid: u32, cgroup_id: u64) -> Option<bool> {
     let (allowed, audit, identity) = {
         let st = lock(&shared.state);
@@ -38,6 +52,8 @@ pub fn judge_query(shared: &Shared, endpoint: u32, qname: &str, resolver: Socket
     };
     if !allowed {
         shared.stats.with_endpoint(endpoint, |s| s.refused += 1);
+    }
+    if !allowed && may_log(shared, endpoint) {
         write_record(&shared.log, &BlockedRecord {
             time: now_rfc3339(),
             verdict: if audit { "audit" } else { "blocked" },
@@ -137,7 +153,7 @@ pub fn vet_answer(
     let rebinding: Vec<IpAddr> = would.iter().copied().filter(|ip| ep.unreachable(*ip)).collect();
     if !rebinding.is_empty() {
         let identity = ep.identity.clone();
-        for ip in rebinding {
+        for ip in rebinding.into_iter().filter(|_| may_log(shared, endpoint)) {
             write_record(&shared.log, &BlockedRecord {
                 time: now_rfc3339(),
                 verdict: if audit { "audit" } else { "blocked" },

@@ -22,6 +22,7 @@ mod answer;
 pub mod judge;
 mod pending;
 mod query;
+pub mod ratelimit;
 
 use std::{
     collections::HashMap,
@@ -74,6 +75,14 @@ pub struct EndpointDnsStats {
     pub suspicious_entropy: u64,
     /// Queries beyond `QUERY_RATE_LIMIT` in one second.
     pub high_rate: u64,
+    /// Blocked-log records (refused names, rebinding answers) held back by
+    /// the endpoint's record rate limit (`ratelimit`).
+    pub records_suppressed: u64,
+    /// TCP DNS connections over a gate's cap (`proxy::tcp`): closed at
+    /// once (every connection mid-query), or the longest idle one closed
+    /// to make room.
+    pub tcp_refused: u64,
+    pub tcp_evicted: u64,
 }
 
 impl GateStats {
@@ -89,6 +98,11 @@ impl GateStats {
         if let Ok(mut m) = self.per_endpoint.lock() {
             f(m.entry(id).or_default());
         }
+    }
+
+    /// A per-endpoint count summed over every endpoint.
+    pub fn sum(&self, f: impl Fn(&EndpointDnsStats) -> u64) -> u64 {
+        self.per_endpoint.lock().map(|m| m.values().map(f).sum()).unwrap_or_default()
     }
 }
 
@@ -145,9 +159,16 @@ pub fn decode(record: &[u8]) -> Option<(DnsHeldPacket, &[u8])> {
 }
 
 impl Gate {
-    pub fn new(state: Arc<Mutex<State>>, inject_mark: u32, log: LogSink, opts: GateOptions) -> Self {
+    /// `records`: the rate limit on the blocked-log records the gates write.
+    pub fn new(
+        state: Arc<Mutex<State>>,
+        inject_mark: u32,
+        log: LogSink,
+        opts: GateOptions,
+        records: ratelimit::RecordLimit,
+    ) -> Self {
         Self {
-            shared: judge::Shared { state, stats: Arc::default(), log },
+            shared: judge::Shared { state, stats: Arc::default(), log, records: Arc::new(records) },
             injector: Injector::new(inject_mark),
             pending: PendingQueries::default(),
             opts,

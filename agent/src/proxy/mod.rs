@@ -32,6 +32,7 @@
 //! truncated answer's TCP retry finds its gate), and for a namespace whose
 //! TCP DNS was refused for want of one.
 
+mod slots;
 mod tcp;
 mod udp;
 

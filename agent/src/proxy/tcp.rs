@@ -1,87 +1,170 @@
-//! The TCP side of a DNS gate: one thread per client connection, in the
-//! workload's namespace, with its own connection to the resolver.
+//! The TCP side of a DNS gate, in the workload's namespace. One thread per
+//! gate (the one that opened it there) serves every client connection: a
+//! single-threaded tokio runtime, nonblocking sockets, epoll. Each client
+//! connection gets its own connection to the resolver, made from that
+//! thread, so from the workload's namespace.
+//!
+//! Bounds, so a workload cannot grow the agent (a thread per connection
+//! once let 1,500 idle connections make 1,500 threads):
+//! - `MAX_CONNS` connections per gate. A new one over it closes the
+//!   connection that has waited longest for its next query (it holds no
+//!   query); if every one is in the middle of a query, the new one is
+//!   closed at once instead. Both are counted per endpoint (`tcp_evicted`,
+//!   `tcp_refused`).
+//! - Every wait is at most `IO_TIMEOUT`: for the client's next whole query,
+//!   for the resolver (connecting, taking the query, answering), and for the
+//!   client to take its answer; then the connection ends. No connection
+//!   waits on the thread: a silent or slow client delays only itself.
 
 use std::{
+    future::Future,
     io,
-    net::{TcpListener, TcpStream},
-    os::fd::AsRawFd as _,
+    net::SocketAddr,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    thread,
     time::Duration,
 };
 
 use agent_common::proto;
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use super::GateCtx;
+use super::{
+    GateCtx,
+    slots::{Slot, Slots},
+};
 use crate::{
     dns::{
-        DnsError,
-        learnable, parse_message, parse_query, refusal,
-        stream::{read_frame, write_frame},
+        DnsError, learnable, parse_message, parse_query, refusal,
+        stream::{read_frame_async, write_frame_async},
         transaction_id,
     },
     gate::{
         GateStats, MAX_CNAME_CHAIN,
         judge::{judge_query, note_shape, vet_answer},
-        poll_readable,
     },
     runtime::lock,
 };
 
-/// How long a client or the resolver may stay silent mid-message.
+/// How long a client or the resolver may take for one step: the client's
+/// next query (an idle connection ends after this), the resolver's
+/// connection or answer, a write.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once per gate.
+pub(super) const MAX_CONNS: usize = 32;
+/// How often the gate checks its stop flags.
+const STOP_CHECK: Duration = Duration::from_millis(200);
 
-/// `netns_cookie`: the namespace's, to name each client's process (noted by
-/// `skb::egress` from its SYN in `GATE_CLIENTS`) in the log.
+type Stop = (Arc<AtomicBool>, Arc<AtomicBool>);
+
+/// Serves the gate's listener until a stop flag is set, on this thread
+/// (which is in the workload's namespace). `netns_cookie`: the
+/// namespace's, to name each client's process (noted by `skb::egress` from
+/// its SYN in `GATE_CLIENTS`) in the log.
 pub(super) fn accept_loop(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     conn: GateCtx,
     netns_cookie: u64,
-    stop: (Arc<AtomicBool>, Arc<AtomicBool>),
+    stop: Stop,
 ) {
-    if listener.set_nonblocking(true).is_err() {
-        return;
-    }
-    while !stop.0.load(Ordering::Relaxed) && !stop.1.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((client, peer)) => {
-                let c = conn.clone();
-                let tgid = lock(&c.shared.state).maps.gate_client(netns_cookie, peer.port(), proto::TCP).unwrap_or(0);
-                // Spawned from a thread in the workload's namespace: the
-                // upstream connection is made there too.
-                let _ = thread::Builder::new().name("dns-tcp-conn".into()).spawn(move || {
-                    if let Err(e) = c.serve(client, tgid) {
-                        debug!(error = %e, "TCP DNS gate connection closed");
-                    }
-                });
-            }
-            // Wait for a connection, waking up only to check for a stop: an
-            // idle gate (one per namespace, endpoint and resolver) must not
-            // steal time from the workload's CPUs.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => poll_readable(listener.as_raw_fd(), STOP_CHECK_MS),
-            Err(e) => {
-                warn!(error = %e, "TCP DNS gate accept failed");
-                thread::sleep(Duration::from_millis(200));
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            // The listener closes: DNS over TCP from here fails (closed).
+            warn!(error = %e, "TCP DNS gate cannot start");
+            return;
+        }
+    };
+    rt.block_on(accept_all(listener, conn, netns_cookie, stop));
+    // Dropping the runtime closes the connections still open.
+}
+
+async fn accept_all(listener: std::net::TcpListener, conn: GateCtx, netns_cookie: u64, stop: Stop) {
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(listener))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "TCP DNS gate cannot listen");
+            return;
+        }
+    };
+    let slots = Arc::new(Mutex::new(Slots::new(MAX_CONNS)));
+    // Wakes up only to check for a stop: an idle gate (one per namespace,
+    // endpoint and resolver) must not steal time from the workload's CPUs.
+    let mut tick = tokio::time::interval(STOP_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((client, peer)) => conn.admit(client, peer, netns_cookie, &slots),
+                Err(e) => {
+                    warn!(error = %e, "TCP DNS gate accept failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            },
+            _ = tick.tick() => {
+                if stop.0.load(Ordering::Relaxed) || stop.1.load(Ordering::Relaxed) {
+                    return;
+                }
             }
         }
     }
 }
 
-/// How often an idle accept loop checks its stop flags, in ms.
-const STOP_CHECK_MS: i32 = 200;
+/// `f`, or `TimedOut` after `IO_TIMEOUT`.
+async fn within<T>(f: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    tokio::time::timeout(IO_TIMEOUT, f)
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}
 
 fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
 }
 
 impl GateCtx {
-    fn serve(&self, mut client: TcpStream, tgid: u32) -> io::Result<()> {
-        client.set_read_timeout(Some(IO_TIMEOUT))?;
-        client.set_write_timeout(Some(IO_TIMEOUT))?;
+    /// Takes a new connection if `slots` has room (or makes some), else
+    /// closes it; counted either way.
+    fn admit(
+        &self,
+        client: TcpStream,
+        peer: SocketAddr,
+        netns_cookie: u64,
+        slots: &Arc<Mutex<Slots>>,
+    ) {
+        let stats = &self.shared.stats;
+        let Some((slot, evicted)) = Slots::take(slots) else {
+            stats.with_endpoint(self.endpoint, |s| s.tcp_refused += 1);
+            debug!(
+                endpoint = self.endpoint,
+                "TCP DNS gate full; connection closed"
+            );
+            return;
+        };
+        if evicted {
+            stats.with_endpoint(self.endpoint, |s| s.tcp_evicted += 1);
+        }
+        let tgid = lock(&self.shared.state)
+            .maps
+            .gate_client(netns_cookie, peer.port(), proto::TCP)
+            .unwrap_or(0);
+        let c = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = c.serve(client, tgid, &slot).await {
+                debug!(error = %e, "TCP DNS gate connection closed");
+            }
+        });
+    }
+
+    async fn serve(&self, mut client: TcpStream, tgid: u32, slot: &Slot) -> io::Result<()> {
         let stats = &self.shared.stats;
         // Bytes we cannot vouch for end the connection, counted.
         let malformed = |e: DnsError| {
@@ -89,32 +172,46 @@ impl GateCtx {
             invalid(&e.to_string())
         };
         let mut upstream: Option<TcpStream> = None;
-        while let Some(bytes) = read_frame(&mut client)? {
+        loop {
+            slot.idle(true);
+            let next = tokio::select! {
+                biased;
+                () = slot.evicted() => return Err(io::Error::other("closed to make room (connection cap)")),
+                r = within(read_frame_async(&mut client)) => r?,
+            };
+            let Some(bytes) = next else { return Ok(()) };
+            slot.idle(false);
             let query = parse_message(&bytes).map_err(&malformed)?;
             let (qname, qtype) = parse_query(&query).map_err(&malformed)?;
             note_shape(&self.shared, self.endpoint, &qname);
-            let Some(allowed) = judge_query(&self.shared, self.endpoint, &qname, self.resolver, tgid, self.cgroup_id) else {
+            let Some(allowed) = judge_query(
+                &self.shared,
+                self.endpoint,
+                &qname,
+                self.resolver,
+                tgid,
+                self.cgroup_id,
+            ) else {
                 GateStats::bump(&stats.dropped_unknown_endpoint);
                 return Err(invalid("endpoint gone"));
             };
             if !allowed {
                 // Answered here: the query never leaves the node.
                 GateStats::bump(&stats.queries_refused);
-                let reply = refusal(&query, self.deny_rcode).to_vec().map_err(|e| invalid(&e.to_string()))?;
-                write_frame(&mut client, &reply)?;
+                let reply = refusal(&query, self.deny_rcode)
+                    .to_vec()
+                    .map_err(|e| invalid(&e.to_string()))?;
+                within(write_frame_async(&mut client, &reply)).await?;
                 continue;
             }
             let up = match &mut upstream {
                 Some(u) => u,
-                None => {
-                    let u = TcpStream::connect_timeout(&self.resolver, IO_TIMEOUT)?;
-                    u.set_read_timeout(Some(IO_TIMEOUT))?;
-                    u.set_write_timeout(Some(IO_TIMEOUT))?;
-                    upstream.insert(u)
-                }
+                None => upstream.insert(within(TcpStream::connect(self.resolver)).await?),
             };
-            write_frame(up, &bytes)?;
-            let answer = read_frame(up)?.ok_or_else(|| invalid("resolver closed the connection"))?;
+            within(write_frame_async(up, &bytes)).await?;
+            let answer = within(read_frame_async(up))
+                .await?
+                .ok_or_else(|| invalid("resolver closed the connection"))?;
             let mut msg = parse_message(&answer).map_err(&malformed)?;
             // Our own connection to the resolver, but still: the answer
             // must be to this query.
@@ -125,19 +222,25 @@ impl GateCtx {
                 return Err(invalid("answer does not match the query"));
             }
             let learned = learnable(&msg, MAX_CNAME_CHAIN).map_err(&malformed)?;
-            let Some(stripped) = vet_answer(&self.shared, self.endpoint, 0, self.cgroup_id, &qname, learned.as_ref(), &mut msg)
-            else {
+            let Some(stripped) = vet_answer(
+                &self.shared,
+                self.endpoint,
+                0,
+                self.cgroup_id,
+                &qname,
+                learned.as_ref(),
+                &mut msg,
+            ) else {
                 return Err(invalid("answer not learned"));
             };
             if stripped.is_empty() {
-                write_frame(&mut client, &answer)?;
+                within(write_frame_async(&mut client, &answer)).await?;
             } else {
                 GateStats::bump(&stats.answers_stripped);
                 let rewritten = msg.to_vec().map_err(|e| invalid(&e.to_string()))?;
-                write_frame(&mut client, &rewritten)?;
+                within(write_frame_async(&mut client, &rewritten)).await?;
             }
             GateStats::bump(&stats.released);
         }
-        Ok(())
     }
 }

@@ -199,7 +199,7 @@ impl Attached {
         self.prog_maps.iter().any(|(n, m)| n == name && m.contains(&map))
     }
 
-    /// The nine programs, one per hook.
+    /// The ten programs, one per hook.
     pub fn expect_all_hooks(&self) {
         let mut got: Vec<(&str, &str)> = self
             .progs
@@ -219,6 +219,7 @@ impl Attached {
                 ("pc_release", "cgroup_inet_sock_release"),
                 ("pc_sendmsg4", "cgroup_udp4_sendmsg"),
                 ("pc_sendmsg6", "cgroup_udp6_sendmsg"),
+                ("pc_setsockopt", "cgroup_setsockopt"),
             ],
             "{self:?}"
         );

@@ -19,6 +19,7 @@ pub const SOCK_PY: &str = include_str!("../../clients/sock.py");
 pub const RACE_PY: &str = include_str!("../../clients/race.py");
 pub const DNSQ_PY: &str = include_str!("../../clients/dnsq.py");
 pub const HOLD_PY: &str = include_str!("../../clients/hold.py");
+pub const ATTACK_PY: &str = target::ATTACK_PY;
 
 /// The trusted resolver's policy fragment, for policies written by tests.
 pub const DNS_TRUSTED: &str = "dns:\n  servers: [\"198.51.100.53\"]\n";
@@ -27,6 +28,7 @@ pub const DNS_TRUSTED: &str = "dns:\n  servers: [\"198.51.100.53\"]\n";
 /// caller's environment.
 mod kernel;
 mod log;
+pub mod target;
 #[allow(unused_imports)]
 pub use kernel::*;
 #[allow(unused_imports)]
@@ -149,7 +151,8 @@ pub struct Ran {
 /// How the command gets into the pod's network namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Enter {
-    /// `ip netns exec <pod-ns> ...`: the bench resolv.conf applies.
+    /// `portcullis exec --netns /run/netns/<pod-ns>`: the bench
+    /// resolv.conf applies (/etc/netns/<pod-ns>/, as `ip netns exec`).
     NetnsExec,
     /// `nsenter --net=/run/netns/<pod-ns> ...`: no resolv.conf.
     Nsenter,
@@ -204,7 +207,7 @@ impl<'b> Exec<'b> {
         self
     }
 
-    /// Runs `portcullis exec [--policy P] --log L ARGS -- <enter> CMD...`.
+    /// Runs `portcullis exec [--policy P] --log L ARGS <enter> -- CMD...`.
     pub fn run(&self, cmd: &[&str]) -> Outcome {
         let work = self.bench.workdir();
         let log = fresh_path(work, "blocked.jsonl");
@@ -213,15 +216,19 @@ impl<'b> Exec<'b> {
         if let Some(p) = &self.policy {
             c.arg("--policy").arg(write_file(work, "policy.yaml", p));
         }
-        c.arg("--log").arg(&log).args(&self.args).arg("--");
+        c.arg("--log").arg(&log).args(&self.args);
         match self.enter {
             Enter::NetnsExec => {
-                c.args(["ip", "netns", "exec", self.bench.pod_ns_name(&self.pod)]);
+                c.arg("--netns").arg(self.bench.pod_netns_path(&self.pod)).arg("--");
             }
             Enter::Nsenter => {
-                c.args(self.bench.nsenter_args(&self.pod));
+                // nsenter needs CAP_SYS_ADMIN, which the command only keeps
+                // with --keep-caps.
+                c.args(["--keep-caps", "--"]).args(self.bench.nsenter_args(&self.pod));
             }
-            Enter::AsIs => {}
+            Enter::AsIs => {
+                c.arg("--");
+            }
         }
         c.args(cmd);
         let ran = run_with_deadline(work, c, self.limit);
@@ -234,18 +241,20 @@ impl<'b> Exec<'b> {
     /// Runs a script of named shell steps in one agent run; each step's
     /// exit code, output and duration are collected separately. Steps see
     /// `$PY` (python3), `$SOCK` (clients/sock.py), `$RACE` (clients/race.py),
-    /// `$DNSQ` (clients/dnsq.py) and `$HOLD` (clients/hold.py).
+    /// `$DNSQ` (clients/dnsq.py), `$HOLD` (clients/hold.py) and `$ATTACK`
+    /// (clients/attack.py).
     pub fn steps(&self, steps: &[(&str, &str)]) -> Steps {
         let dir = fresh_path(self.bench.workdir(), "steps");
         std::fs::create_dir(&dir).unwrap();
         let mut sh = String::from("#!/bin/sh\n");
         sh += &format!(
-            "PY={}\nSOCK={}\nRACE={}\nDNSQ={}\nHOLD={}\n",
+            "PY={}\nSOCK={}\nRACE={}\nDNSQ={}\nHOLD={}\nATTACK={}\n",
             python().display(),
             client(self.bench, "sock.py", SOCK_PY).display(),
             client(self.bench, "race.py", RACE_PY).display(),
             client(self.bench, "dnsq.py", DNSQ_PY).display(),
-            client(self.bench, "hold.py", HOLD_PY).display()
+            client(self.bench, "hold.py", HOLD_PY).display(),
+            client(self.bench, "attack.py", ATTACK_PY).display()
         );
         for (i, (_, cmd)) in steps.iter().enumerate() {
             let d = dir.display();

@@ -1,11 +1,19 @@
 //! `portcullis exec`: a fresh cgroup, the programs attached to it, the
-//! command run inside it, its exit status passed through, and everything
-//! removed on every exit path (normal exit, error, Ctrl-C, SIGTERM).
+//! command run inside it (`sandbox`: its own cgroup namespace, the network
+//! namespace asked for, without the capabilities that leave enforcement),
+//! its exit status passed through, and everything removed on every exit
+//! path (normal exit, error, Ctrl-C, SIGTERM): first what the command left
+//! running, then, with the cgroup, the programs. A killed agent leaves
+//! the programs attached to the cgroup (fail closed, `ebpf::attach`).
+
+mod sandbox;
+
+pub use sandbox::DROPPED_CAPS;
 
 use std::{
     fs::File,
     os::{fd::AsRawFd as _, unix::process::{CommandExt as _, ExitStatusExt as _}},
-    process::Command,
+    process::{Child, Command},
     sync::{Arc, atomic::{AtomicI32, Ordering}},
     thread,
 };
@@ -51,7 +59,8 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
     let pid = std::process::id();
     for left in crate::cgroup::sweep_stale(&mount, EXEC_CGROUP_PREFIX) {
         tracing::warn!(cgroup = %left.path.display(), pids = ?left.procs,
-            "a killed portcullis exec left processes here, no longer enforced");
+            "a killed portcullis exec left processes here: still enforced (its programs stay attached to the cgroup), \
+             but nothing answers their DNS; end them to free the cgroup");
     }
     let cgroup = OwnedCgroup::create(&mount, &format!("{EXEC_CGROUP_PREFIX}{pid}"))?;
     let mut agent = Agent::start(AgentOptions {
@@ -64,6 +73,7 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
         gate: GateOptions { deny_rcode: args.dns_deny_rcode, dns_gates: true },
         pins: None,
         one_attach_point: true,
+        attachment: crate::ebpf::loader::Attachment::UntilCgroupRemoved,
         state_dir: None,
         metrics_addr: None,
     })?;
@@ -71,57 +81,67 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
     let name = args.name.clone().unwrap_or_else(|| format!("exec-{pid}"));
     let result = (|| -> Result<i32> {
         let id = agent.add_endpoint(Identity { name, ..Default::default() }, cgroup.id(), policy, args.audit)?;
-        // The command starts in our network namespace.
-        agent.open_dns_gates(id, &[std::process::id()]);
+        if args.netns.is_none() {
+            // The command starts in our network namespace.
+            agent.open_dns_gates(id, &[std::process::id()]);
+        }
         agent.attach(cgroup.path(), cgroup.id())?;
-        spawn_and_wait(args, &cgroup)
+        let (mut child, child_pid) = match spawn(args, &cgroup)? {
+            Spawned::Running(c, pid) => (c, pid),
+            Spawned::Failed(code) => return Ok(code),
+        };
+        if args.netns.is_some() {
+            // Its namespace, now that a process of it exists (a query sent
+            // before the gates open is caught and answered: `dns-caught`).
+            agent.open_dns_gates(id, &[child.id()]);
+        }
+        let status = child.wait().context("waiting for the command")?;
+        child_pid.store(0, Ordering::Relaxed);
+        Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
     })();
     for (what, n) in agent.losses().into_iter().chain(agent.dns_findings()) {
         eprintln!("portcullis: {n} {what}");
     }
+    // Enforcement stays until the cgroup is empty: what the command left
+    // running is killed first, then the cgroup goes, and with it the
+    // programs attached to it (kernel/bpf/cgroup.c `cgroup_bpf_release`).
+    // If it cannot be emptied, the programs stay: fail closed.
+    let removed = cgroup.remove();
     agent.shutdown();
-    cgroup.remove()?;
+    removed?;
     result
 }
 
-fn spawn_and_wait(args: &ExecArgs, cgroup: &OwnedCgroup) -> Result<i32> {
+enum Spawned {
+    /// The command and the PID the signal thread forwards to (0 once reaped).
+    Running(Child, Arc<AtomicI32>),
+    /// Not started: the shell's exit status for why.
+    Failed(i32),
+}
+
+fn spawn(args: &ExecArgs, cgroup: &OwnedCgroup) -> Result<Spawned> {
     let procs_path = cgroup.path().join("cgroup.procs");
     let procs = File::options().write(true).open(&procs_path)
         .with_context(|| format!("opening {}", procs_path.display()))?;
-    let procs_fd = procs.as_raw_fd();
+    let sandbox = sandbox::Sandbox::new(procs.as_raw_fd(), args.netns.as_deref(), args.user.as_deref(), args.keep_caps)?;
     let (program, rest) = args.command.split_first().context("no command given")?;
     let mut cmd = Command::new(program);
     cmd.args(rest);
-    // SAFETY: only async-signal-safe calls between fork and exec: write(2)
-    // to join the cgroup (before the command opens any socket: a socket
-    // keeps the cgroup it was created in), sigprocmask to undo our mask.
+    // SAFETY: `Sandbox::apply` makes only system calls between fork and
+    // exec (no allocation, no locks).
     unsafe {
-        cmd.pre_exec(move || {
-            let zero = b"0";
-            if libc::write(procs_fd, zero.as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // If the agent dies (even SIGKILL), its links go and the command
-            // would run on unenforced: take the command down with it.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&raw mut empty);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &raw const empty, std::ptr::null_mut());
-            Ok(())
-        });
+        cmd.pre_exec(move || sandbox.apply());
     }
-    let mut child = match cmd.spawn() {
+    let child = match cmd.spawn() {
         Ok(c) => c,
         // Like a shell: 127 not found, 126 found but not executable.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             eprintln!("portcullis: {program}: command not found");
-            return Ok(127);
+            return Ok(Spawned::Failed(127));
         }
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
             eprintln!("portcullis: {program}: {e}");
-            return Ok(126);
+            return Ok(Spawned::Failed(126));
         }
         Err(e) => return Err(e).with_context(|| format!("starting {program}")),
     };
@@ -139,7 +159,5 @@ fn spawn_and_wait(args: &ExecArgs, cgroup: &OwnedCgroup) -> Result<i32> {
             }
         })?;
     }
-    let status = child.wait().context("waiting for the command")?;
-    child_pid.store(0, Ordering::Relaxed);
-    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    Ok(Spawned::Running(child, child_pid))
 }
