@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod check;
 pub mod cli;
+pub mod coverage;
 pub mod dns;
 pub mod ebpf;
 pub mod events;

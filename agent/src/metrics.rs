@@ -183,6 +183,17 @@ pub fn render(state: &Mutex<State>, gate: &GateStats) -> String {
     for e in &eps {
         let _ = writeln!(out, "portcullis_learned_entries{{{}}} {}", labels(e), st.learned_count(e.id));
     }
+    family(
+        &mut out,
+        "portcullis_endpoint_uncontained_processes",
+        "gauge",
+        "Processes of the endpoint holding a capability whose traffic cgroup hooks cannot see (packet sockets, TUN): not fully enforced.",
+    );
+    for e in &eps {
+        for (cap, n) in &e.uncontained {
+            let _ = writeln!(out, "portcullis_endpoint_uncontained_processes{{{},capability=\"{cap}\"}} {n}", labels(e));
+        }
+    }
     family(&mut out, "portcullis_endpoints", "gauge", "Endpoints enforced by this agent.");
     let _ = writeln!(out, "portcullis_endpoints {}", eps.len());
     out

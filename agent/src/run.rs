@@ -175,12 +175,16 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
         let handover = agent.take_over()?;
         agent.go(handover.as_ref())?;
+        let ids_by_order = ids.clone();
         for (ep, id) in endpoints.iter().zip(ids) {
             agent.attach(&ep.cgroup, ep.cgroup_id)?;
             agent.open_dns_gates(id, &crate::cgroup::procs_below(&ep.cgroup));
             info!(endpoint = %ep.identity.name, cgroup = %ep.cgroup.display(), "enforcing");
         }
         info!("ready");
+        let watched: Vec<(u32, PathBuf, String)> =
+            endpoints.iter().zip(&ids_by_order).map(|(ep, id)| (*id, ep.cgroup.clone(), ep.identity.name.clone())).collect();
+        watch_coverage(agent.state.clone(), watched);
         let sig = set.wait().context("waiting for a signal")?;
         info!(signal = %sig, "stopping");
         let st = lock(&agent.state);
@@ -189,6 +193,41 @@ pub fn run(args: &RunArgs) -> Result<()> {
     })();
     agent.shutdown();
     result
+}
+
+/// How often node mode looks at what the pods' processes hold.
+const COVERAGE_EVERY: Duration = Duration::from_secs(5);
+
+/// Checks, now and every `COVERAGE_EVERY`, which capabilities the
+/// endpoints' processes hold that the cgroup hooks cannot contain
+/// (`coverage`), for the metrics, and warns when an endpoint's set changes:
+/// such a pod is not fully enforced. A thread of its own: reading /proc
+/// never waits on the DNS or connect path (the state lock is taken only to
+/// store the result).
+fn watch_coverage(state: std::sync::Arc<std::sync::Mutex<crate::state::State>>, endpoints: Vec<(u32, PathBuf, String)>) {
+    let spawned = std::thread::Builder::new().name("coverage".into()).spawn(move || loop {
+        for (id, cgroup, name) in &endpoints {
+            let held = crate::coverage::scan(cgroup);
+            let mut st = lock(&state);
+            let Some(ep) = st.endpoint_mut(*id) else { continue };
+            if ep.uncontained == held {
+                continue;
+            }
+            ep.uncontained = held.clone();
+            drop(st);
+            if held.is_empty() {
+                info!(endpoint = %name, "no process holds a capability the cgroup hooks cannot contain");
+            } else {
+                let caps: Vec<String> = held.iter().map(|(c, n)| format!("{c} ({n} processes)")).collect();
+                tracing::warn!(endpoint = %name, capabilities = %caps.join(", "),
+                    "not fully enforced: these processes can send through packet sockets or TUN devices, which cgroup hooks never see");
+            }
+        }
+        std::thread::sleep(COVERAGE_EVERY);
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the capability watch; pods holding CAP_NET_RAW are not reported");
+    }
 }
 
 /// `portcullis unpin`: removes what `run --pin-path` left pinned, so its

@@ -271,3 +271,54 @@ fn run_mode_serves_per_endpoint_dns_counters_as_prometheus_metrics() {
     let st = wait_for("run to exit", Duration::from_secs(10), || agent.try_wait().unwrap());
     assert_eq!(st.code(), Some(0));
 }
+
+/// A pod whose processes hold CAP_NET_RAW (packet sockets, which no cgroup
+/// hook sees) is reported as not fully enforced: a warning and a gauge,
+/// gone once no such process is left. A process without capabilities is
+/// not reported.
+#[test]
+fn run_mode_reports_pods_holding_capabilities_the_hooks_cannot_contain() {
+    if !require_root() {
+        return;
+    }
+    let bench = Bench::start().unwrap();
+    let cg = TestCgroup::create("runcaps");
+    let log = fresh_path(bench.workdir(), "blocked.jsonl");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let text = config(&log, &cg.path).replacen("endpoints:", &format!("metricsAddr: {addr}\nendpoints:"), 1);
+    let cfg = common::write_file(bench.workdir(), "node.yaml", &text);
+    let spawn_in_cgroup = |argv: &str| {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(format!("echo $$ > {}/cgroup.procs && exec {argv}", cg.path.display()));
+        c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        ChildGuard::spawn(c).unwrap()
+    };
+    // Without capabilities (another user): nothing to report.
+    let quiet = spawn_in_cgroup("setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all sleep 60");
+    let (mut agent, stderr) = start_run(&bench, &cfg);
+    let ep = r#"endpoint="run-ep",namespace="team-a",pod="pod-a""#;
+    let raw = format!("portcullis_endpoint_uncontained_processes{{{ep},capability=\"CAP_NET_RAW\"}}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(series(&scrape(addr), &raw), None, "a process without capabilities was reported");
+    // Root in the pod: CAP_NET_RAW and the rest.
+    let mut loud = spawn_in_cgroup("sleep 60");
+    let text = wait_for("the gauge", Duration::from_secs(15), || {
+        let t = scrape(addr);
+        (series(&t, &raw) == Some(1.0)).then_some(t)
+    });
+    assert_eq!(series(&text, &format!("portcullis_endpoint_uncontained_processes{{{ep},capability=\"CAP_NET_ADMIN\"}}")), Some(1.0));
+    let warned = tracing_lines(&stderr)
+        .into_iter()
+        .find(|l| l["fields"]["message"].as_str().is_some_and(|m| m.starts_with("not fully enforced")))
+        .expect("a warning");
+    assert_eq!(warned["level"], "WARN", "{warned}");
+    assert!(warned["fields"]["capabilities"].as_str().unwrap().contains("CAP_NET_RAW (1 processes)"), "{warned}");
+    loud.stop();
+    wait_for("the gauge to go", Duration::from_secs(15), || series(&scrape(addr), &raw).is_none().then_some(()));
+    drop(quiet);
+    // SAFETY: kill(2) on our own, not yet reaped child.
+    assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) }, 0);
+    let st = wait_for("run to exit", Duration::from_secs(10), || agent.try_wait().unwrap());
+    assert_eq!(st.code(), Some(0));
+}

@@ -125,8 +125,8 @@ impl Client {
         let mut cmd = match cfg {
             Config::Portcullis => {
                 let mut c = Command::new(portcullis);
-                c.arg("exec").arg("--policy").arg(policy);
-                c.args(["--", "ip", "netns", "exec", bench.pod_ns_name(cfg.pod())]).arg(&xtask);
+                c.arg("exec").arg("--policy").arg(policy).arg("--netns").arg(bench.pod_netns_path(cfg.pod()));
+                c.arg("--").arg(&xtask);
                 c
             }
             Config::Floor => {

@@ -50,11 +50,11 @@ pub fn run(args: &DemoArgs, env: &Env) -> Result<()> {
     println!("demo: policy {}:\n{}", args.policy, indent(&fs::read_to_string(&policy)?));
 
     let log = bench.workdir().join("blocked.jsonl");
-    println!("demo: $ portcullis exec --policy {} --log blocked.jsonl -- ip netns exec <pod> python3 demo-agent.py\n", args.policy);
+    println!("demo: $ portcullis exec --policy {} --log blocked.jsonl --netns /run/netns/<pod> -- python3 demo-agent.py\n", args.policy);
     let status = Command::new(&bin)
         .arg("exec").arg("--policy").arg(&policy).arg("--log").arg(&log)
-        .args(["--name", "demo-agent", "--"])
-        .args(["ip", "netns", "exec", bench.pod_ns_name("pod"), "python3"]).arg(&script)
+        .args(["--name", "demo-agent", "--netns"]).arg(bench.pod_netns_path("pod")).arg("--")
+        .arg("python3").arg(&script)
         .status()
         .context("running portcullis exec")?;
     let reached = status.code().context("agent script killed by a signal")?;

@@ -61,6 +61,10 @@ pub struct Endpoint {
     pub audit: bool,
     /// Last DNS name seen for an IP (allowed or not), bounded.
     names: HashMap<IpAddr, String>,
+    /// Capabilities held in the endpoint's cgroups that the cgroup hooks
+    /// cannot contain (`coverage`; node mode), with how many processes
+    /// hold each.
+    pub uncontained: crate::coverage::Held,
 }
 
 const MAX_REMEMBERED_NAMES: usize = 8192;
@@ -232,7 +236,7 @@ impl State {
             // New entries are in; only now drop what the old policy had.
             self.prune_policy_entries(id, &policy)?;
         }
-        self.endpoints.insert(id, Endpoint { id, identity, cgroup_id, policy, audit, names: HashMap::new() });
+        self.endpoints.insert(id, Endpoint { id, identity, cgroup_id, policy, audit, names: HashMap::new(), uncontained: Vec::new() });
         Ok(id)
     }
 
