@@ -314,8 +314,8 @@ fn ipv4_source_route_options_are_dropped() {
 #[test]
 fn ipv6_routing_headers_are_dropped() {
     let Some(mut h) = harness(false) else { return };
-    let egress = h.dp.egress_program().unwrap();
     h.learn("x.any.test", "2001:db8:100::50", 60);
+    let egress = h.dp.egress_program().unwrap();
     let src: IpAddr = "2001:db8:ff01::2".parse().unwrap();
     let dst: IpAddr = "2001:db8:100::50".parse().unwrap();
     let udp = packet(src, dst, L4::Udp(7777));

@@ -1,4 +1,4 @@
-//! `cargo xtask test`: setup, build, unit tests (parallel), then every
+//! `cargo xtask test`: setup, build, clippy (`-D warnings`), unit tests (parallel), then every
 //! integration-test target (privileged: namespaces, BPF programs) with
 //! `--test-threads=1`, then the fuzz targets for a bounded time each
 //! (`fuzz.rs`; also with `--no-privileged`, whatever `--filter` says).
@@ -219,6 +219,11 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         if !bin.exists() {
             bail!("the build did not produce {}", bin.display());
         }
+        // Lints are part of the test: the default members (not the BPF
+        // crate, which only builds for its target), every target, no warning.
+        let mut clippy = base(&["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"]);
+        println!("xtask test: running `{}`", util::display(&clippy));
+        util::run(&mut clippy)?;
         if !ws.unit_flags.is_empty() {
             let mut unit = base(&["test"]);
             unit.args(&ws.unit_flags);

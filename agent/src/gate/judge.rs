@@ -27,6 +27,9 @@ pub struct Shared {
     pub log: LogSink,
     /// Per-endpoint rate limit on the records written here.
     pub records: Arc<RecordLimit>,
+    /// The same for the agent's own warnings about an endpoint's queries
+    /// and answers (its tracing log); the counters count every one.
+    pub warnings: Arc<RecordLimit>,
 }
 
 /// Whether `endpoint` may write one more record now; if its rate limit
@@ -82,7 +85,9 @@ pub fn note_shape(shared: &Shared, endpoint: u32, qname: &str) -> Option<Suspici
             Suspicion::LongLabel => s.suspicious_long_label += 1,
             Suspicion::HighEntropy => s.suspicious_entropy += 1,
         });
-        warn!(endpoint, name = %qname, ?kind, "suspicious DNS name (possible tunnelling)");
+        if shared.warnings.allow(endpoint) {
+            warn!(endpoint, name = %qname, ?kind, "suspicious DNS name (possible tunnelling)");
+        }
     }
     shape
 }
@@ -117,11 +122,11 @@ pub fn vet_answer(
                 stats.ips_denied_range.fetch_add(n(out.denied_range.len()), Relaxed);
                 stats.ips_refused_cap.fetch_add(n(out.refused.len()), Relaxed);
                 stats.ips_evicted.fetch_add(n(out.evicted), Relaxed);
-                if !out.denied_range.is_empty() {
+                if !out.denied_range.is_empty() && shared.warnings.allow(endpoint) {
                     warn!(endpoint = endpoint, name = %l.qname, ips = ?out.denied_range,
                         "DNS answer points an allowed name at an always-denied range; not learned, stripped");
                 }
-                if !out.refused.is_empty() {
+                if !out.refused.is_empty() && shared.warnings.allow(endpoint) {
                     warn!(endpoint = endpoint, name = %l.qname, ips = ?out.refused,
                         "learned-IP cap reached and every older entry has a live connection; not learned, stripped");
                 }

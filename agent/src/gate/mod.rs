@@ -159,7 +159,8 @@ pub fn decode(record: &[u8]) -> Option<(DnsHeldPacket, &[u8])> {
 }
 
 impl Gate {
-    /// `records`: the rate limit on the blocked-log records the gates write.
+    /// `records`: the rate limit on the blocked-log records the gates write
+    /// (their warnings get one of their own, alike).
     pub fn new(
         state: Arc<Mutex<State>>,
         inject_mark: u32,
@@ -168,7 +169,13 @@ impl Gate {
         records: ratelimit::RecordLimit,
     ) -> Self {
         Self {
-            shared: judge::Shared { state, stats: Arc::default(), log, records: Arc::new(records) },
+            shared: judge::Shared {
+                state,
+                stats: Arc::default(),
+                log,
+                warnings: Arc::new(records.twin()),
+                records: Arc::new(records),
+            },
             injector: Injector::new(inject_mark),
             pending: PendingQueries::default(),
             opts,

@@ -8,6 +8,8 @@
 //!
 //! One bucket per endpoint: one pod's flood never uses another's tokens.
 //! The kernel's buckets are per CPU as well; this one is per endpoint only.
+//! A second limit alike (`twin`) bounds the agent's own warnings about an
+//! endpoint's queries and answers (suspicious names, rebinding) the same way.
 
 use std::{
     collections::HashMap,
@@ -45,6 +47,11 @@ impl RecordLimit {
             burst,
             buckets: Mutex::default(),
         }
+    }
+
+    /// A new limit with the same rate and burst (empty of state).
+    pub fn twin(&self) -> Self {
+        Self::new(self.per_sec, self.burst)
     }
 
     /// Whether `endpoint` may write one more record now (takes a token).
@@ -145,6 +152,16 @@ mod tests {
         // Asking every 5 ms: a token every 20 ms, not never.
         let passed: u32 = (1..=200).map(|i| take(&l, 3, 1, t0 + ms(5 * i))).sum();
         assert_eq!(passed, 50);
+    }
+
+    #[test]
+    fn a_twin_has_the_same_limit_and_its_own_buckets() {
+        let l = RecordLimit::new(50, 200);
+        let t0 = Instant::now();
+        assert_eq!(take(&l, 1, 5000, t0), 200);
+        let twin = l.twin();
+        assert_eq!(take(&twin, 1, 5000, t0), 200);
+        assert_eq!(take(&twin, 1, 5000, t0 + ms(1000)), 50);
     }
 
     #[test]

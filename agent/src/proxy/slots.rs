@@ -122,7 +122,7 @@ mod tests {
     }
 
     #[test]
-    fn up_to_the_cap_every_connection_gets_a_place() {
+    fn up_to_the_cap_every_connection_gets_a_place_then_one_must_make_room() {
         let mut s = Slots::new(3);
         let t0 = Instant::now();
         for i in 0..3 {
@@ -130,6 +130,8 @@ mod tests {
             assert!(!evicted);
             assert!(!notified(&evict));
         }
+        assert_eq!(s.open.len(), 3);
+        assert!(s.admit(t0 + ms(3)).unwrap().2, "the fourth closes one");
         assert_eq!(s.open.len(), 3);
     }
 
