@@ -7,6 +7,7 @@ mod cache;
 mod endpoint;
 mod events;
 mod maps;
+mod netns;
 mod parse;
 mod skb;
 mod skb_dns;
@@ -64,6 +65,11 @@ pub fn pc_ingress(ctx: SkBuffContext) -> i32 {
 #[cgroup_sock(sock_release)]
 pub fn pc_release(ctx: SockContext) -> i32 {
     sock::release(&ctx)
+}
+
+#[cgroup_sock(sock_create)]
+pub fn pc_sock_create(ctx: SockContext) -> i32 {
+    netns::note(&ctx)
 }
 
 #[cgroup_sockopt(setsockopt)]

@@ -87,6 +87,13 @@ pub static DNS_HOLD: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 #[btf_map]
 pub static SK_FLOWS: SkStorage<LiveFlow> = SkStorage::new();
 
+/// Per socket of an endpoint (socket-local storage): its network
+/// namespace's cookie, written by `cgroup/sock_create` where the packet
+/// programs cannot ask the kernel (`bpf_get_netns_cookie` in `cgroup_skb`
+/// needs Linux 6.15; `SKB_NETNS_HELPER`).
+#[btf_map]
+pub static SK_NETNS: SkStorage<u64> = SkStorage::new();
+
 /// Peers that contacted the endpoint; replies to them are allowed.
 #[map]
 pub static INBOUND: LruHashMap<InboundKey, u64> = LruHashMap::with_max_entries(262144, BPF_F_NO_COMMON_LRU);
@@ -108,6 +115,13 @@ pub static VERDICT_CACHE: aya_ebpf::maps::PerCpuCgroupStorage<VerdictCache> = ay
 /// verifier knows it and drops the other branch of `cache::storage`).
 #[unsafe(no_mangle)]
 pub static SOLO_ATTACH: u32 = 0;
+
+/// Whether `cgroup_skb` programs may call `bpf_get_netns_cookie` (Linux
+/// 6.15): 1, else 0 and they read `SK_NETNS`. Set by the agent at load from
+/// a probe (agent/src/ebpf/probe.rs); `.rodata`, so the verifier drops the
+/// branch this kernel cannot run.
+#[unsafe(no_mangle)]
+pub static SKB_NETNS_HELPER: u32 = 1;
 
 /// The verdict cache of such a load, per (hook, CPU): the same values as
 /// `VERDICT_CACHE`, reached without a helper call (the verifier inlines a

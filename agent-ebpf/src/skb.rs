@@ -14,7 +14,7 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock,
     helpers::generated::{
-        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_sk_storage_get,
+        bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_sk_storage_get,
         bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
     },
     programs::SkBuffContext,
@@ -24,6 +24,7 @@ use crate::{
     endpoint,
     events::{count, report},
     maps::{CONFIG, INBOUND, SK_FLOWS, SOCK_OWNERS},
+    netns,
     parse::{Flow, TCP_ACK, TCP_SYN, parse},
     skb_dns::{gate_port, hold, note_tcp_gate_client, sunk_query, to_gate},
     verdict::{Dest, decide, is_trusted_resolver},
@@ -236,7 +237,9 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
         }
         Ok(f) => {
             let d = Dest { proto: f.proto, port: f.dport, ip: f.dst };
-            let host_netns = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == cfg.host_netns_cookie;
+            // Unknown (a socket older than the programs, on a kernel whose
+            // packet programs cannot ask): the host's, loopback denied.
+            let host_netns = || netns::of_packet(ctx, cookie).is_none_or(|n| n == cfg.host_netns_cookie);
             let mut r = decide(&ep, &d, host_netns).reason;
             if !r.is_allowed() && is_reply_to_inbound(&ep, &f) {
                 r = Reason::AllowedInbound;
@@ -341,7 +344,7 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
     };
     // An answer from a gate: the agent already learned from it. (Not an
     // inbound peer: each answer goes to a fresh client port.)
-    if gate_port(ctx, &f, &f.src, f.sport).is_some() {
+    if gate_port(ctx, cookie, &f, &f.src, f.sport).is_some() {
         count(hook, Reason::AllowedIngress);
         return PASS;
     }

@@ -10,7 +10,7 @@ use agent_common::{
 use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock,
-    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_skb_load_bytes},
+    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_skb_load_bytes},
     programs::SkBuffContext,
 };
 
@@ -43,8 +43,8 @@ pub(crate) fn note_tcp_gate_client(ctx: &SkBuffContext, full: *mut bpf_sock) {
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if let Some(owner) = unsafe { DNS_SOCKS.get(&cookie) } {
-        let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-        let client = GatePortKey { netns_cookie: netns, port: (sport as u16).to_be_bytes(), proto: proto::TCP, _pad: [0; 5] };
+        // The namespace its connect hook noted (the socket's own).
+        let client = GatePortKey { netns_cookie: owner.netns_cookie, port: (sport as u16).to_be_bytes(), proto: proto::TCP, _pad: [0; 5] };
         let _ = GATE_CLIENTS.insert(&client, &owner.tgid, 0);
     }
 }
@@ -83,7 +83,7 @@ pub(crate) fn sunk_query(ctx: &SkBuffContext, f: &Flow, dns_gates: u32) -> Optio
 /// never get here (`is_established`, `note_tcp_gate_client`).
 #[inline(always)]
 pub(crate) fn to_gate(ctx: &SkBuffContext, cookie: u64, f: &Flow) -> bool {
-    let Some(netns) = gate_port(ctx, f, &f.dst, f.dport) else {
+    let Some(netns) = gate_port(ctx, cookie, f, &f.dst, f.dport) else {
         return false;
     };
     if let Some(owner) = unsafe { DNS_SOCKS.get(&cookie) } {
@@ -97,14 +97,14 @@ pub(crate) fn to_gate(ctx: &SkBuffContext, cookie: u64, f: &Flow) -> bool {
 /// Whether (`ip`, `port`) is one of the agent's gates in this namespace
 /// (loopback, a port in `GATE_PORTS`); returns the namespace cookie.
 #[inline(always)]
-pub(crate) fn gate_port(ctx: &SkBuffContext, f: &Flow, ip: &[u8; 16], port: [u8; 2]) -> Option<u64> {
+pub(crate) fn gate_port(ctx: &SkBuffContext, cookie: u64, f: &Flow, ip: &[u8; 16], port: [u8; 2]) -> Option<u64> {
     if f.proto != proto::UDP && f.proto != proto::TCP {
         return None;
     }
     if !is_loopback(ip) {
         return None;
     }
-    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let netns = crate::netns::of_packet(ctx, cookie)?;
     let key = GatePortKey { netns_cookie: netns, port, proto: f.proto, _pad: [0; 5] };
     GATE_PORTS.get_ptr(&key).map(|_| netns)
 }
@@ -153,14 +153,18 @@ pub(crate) fn hold(
         (*p).kind = kind;
         (*p)._pad = 0;
         (*p).resolver = [0; 16];
-        // Bounded copy the verifier can follow: 1..=DNS_MAX_PACKET.
+        // Bounded copy the verifier can follow: 1..=DNS_MAX_PACKET, by
+        // arithmetic: len - 1 (0 wraps to the top) below the bound, plus
+        // one. Linux 6.1's verifier does not narrow a range from a `!= 0`
+        // test, so `n == 0 || n > MAX` leaves it a size that may be zero.
         // black_box: keep LLVM from folding this check into the one above,
         // which leaves the verifier without a bound on the helper's size.
-        let n = core::hint::black_box(len) as u64;
-        if n == 0 || n > DNS_MAX_PACKET as u64 {
+        let m = core::hint::black_box(len.wrapping_sub(1)) as u64;
+        if m >= DNS_MAX_PACKET as u64 {
             entry.discard(0);
             return false;
         }
+        let n = m + 1;
         let ret = bpf_skb_load_bytes(ctx.as_ptr(), 0, (*p).data.as_mut_ptr().cast(), n as u32);
         if ret != 0 {
             entry.discard(0);

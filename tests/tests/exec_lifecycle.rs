@@ -291,7 +291,7 @@ fn after_sigkill_the_next_run_sweeps_the_cgroup_and_names_leftovers() {
         let mut agent = run(&script);
         let cg = exec_cgroup_of(agent.pid());
         cleanup.0.borrow_mut().0.push(cg.clone());
-        wait_for("the hooks to be attached", SECS_10, || (cg.exists() && attached(&cg).progs.len() == 10).then_some(()));
+        wait_for("the hooks to be attached", SECS_10, || (cg.exists() && attached(&cg).progs.len() == 11).then_some(()));
         let att = attached(&cg);
         // SAFETY: kill(2) on our own, not yet reaped child.
         assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGKILL) }, 0);

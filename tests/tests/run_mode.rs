@@ -322,3 +322,55 @@ fn run_mode_reports_pods_holding_capabilities_the_hooks_cannot_contain() {
     let st = wait_for("run to exit", Duration::from_secs(10), || agent.try_wait().unwrap());
     assert_eq!(st.code(), Some(0));
 }
+
+/// The kernel version as (major, minor), from uname.
+fn kernel_version() -> (u32, u32) {
+    let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut it = r.trim().split(|c: char| !c.is_ascii_digit()).map(|n| n.parse().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+/// At start the agent names each program variant it loaded and why: the
+/// one this kernel supports (`bpf_get_netns_cookie` in `cgroup_skb` from
+/// Linux 6.15), and the fallback when that feature is switched off, which
+/// is logged as a warning, and which still enforces.
+#[test]
+fn run_mode_logs_the_program_variants_it_loaded() {
+    if !require_root() {
+        return;
+    }
+    let bench = Bench::start().unwrap();
+    let helper = kernel_version() >= (6, 15) && std::env::var("PORTCULLIS_DISABLE_KERNEL_FEATURES").is_err();
+    for disabled in [false, true] {
+        let cg = TestCgroup::create("runvariant");
+        let log = fresh_path(bench.workdir(), "blocked.jsonl");
+        let cfg = common::write_file(bench.workdir(), "node.yaml", &config(&log, &cg.path));
+        let stderr = fresh_path(bench.workdir(), "run.stderr");
+        let mut c = agent_cmd();
+        c.args(["run", "--config"]).arg(&cfg).env("PORTCULLIS_LOG_LEVEL", "info");
+        if disabled {
+            c.env("PORTCULLIS_DISABLE_KERNEL_FEATURES", "skb-netns-cookie");
+        }
+        c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&stderr).unwrap());
+        let mut agent = ChildGuard::spawn(c).unwrap();
+        wait_for("ready", Duration::from_secs(10), || {
+            tracing_lines(&stderr).iter().any(|l| l["fields"]["message"] == "ready").then_some(())
+        });
+        let lines = tracing_lines(&stderr);
+        let variant = lines.iter().find(|l| l["fields"]["message"] == "program variant").expect("a variant line");
+        let (want, level) = if helper && !disabled {
+            ("skb-netns: helper", "INFO")
+        } else {
+            ("skb-netns: socket storage (degraded)", "WARN")
+        };
+        assert_eq!((variant["fields"]["variant"].as_str(), variant["level"].as_str()), (Some(want), Some(level)), "{variant}");
+        assert!(variant["fields"]["why"].as_str().is_some_and(|w| !w.is_empty()), "{variant}");
+        assert!(variant["fields"]["kernel"].as_str().is_some_and(|k| !k.is_empty()), "{variant}");
+        // Either way it enforces: the metadata address is refused.
+        let r = in_cgroup(&bench, &cg.path, "curl -sS --max-time 3 http://169.254.169.254/");
+        assert_eq!(r.code, 7, "{r:?}");
+        // SAFETY: kill(2) on our own, not yet reaped child.
+        assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) }, 0);
+        wait_for("run to exit", Duration::from_secs(10), || agent.try_wait().unwrap());
+    }
+}

@@ -12,9 +12,10 @@
 use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd};
 
 /// `enum bpf_attach_type` values (include/uapi/linux/bpf.h) of our hooks.
-pub const ATTACH_TYPES: [(&str, u32); 10] = [
+pub const ATTACH_TYPES: [(&str, u32); 11] = [
     ("pc_ingress", 0),     // BPF_CGROUP_INET_INGRESS
     ("pc_egress", 1),      // BPF_CGROUP_INET_EGRESS
+    ("pc_sock_create", 2), // BPF_CGROUP_INET_SOCK_CREATE
     ("pc_connect4", 10),   // BPF_CGROUP_INET4_CONNECT
     ("pc_connect6", 11),   // BPF_CGROUP_INET6_CONNECT
     ("pc_sendmsg4", 14),   // BPF_CGROUP_UDP4_SENDMSG

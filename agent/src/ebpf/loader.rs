@@ -1,4 +1,4 @@
-//! Loads the embedded eBPF object and attaches its ten programs to a cgroup.
+//! Loads the embedded eBPF object and attaches its eleven programs to a cgroup.
 //!
 //! Programs are attached as `bpf_link`s (Linux 5.7); in node mode with a
 //! pin path they are pinned with the maps (`pin`). Cgroup links always
@@ -28,7 +28,7 @@ use aya::{
 use thiserror::Error;
 
 use super::{
-    attach,
+    attach, probe,
     maps::PolicyMaps,
     pin::{self, Pins},
     solo::{self, CACHED_PROGRAMS, SoloHooks},
@@ -43,15 +43,16 @@ const SOCK_PROGRAMS: [&str; 6] =
 const SKB_PROGRAMS: [(&str, CgroupSkbAttachType); 2] =
     [("pc_egress", CgroupSkbAttachType::Egress), ("pc_ingress", CgroupSkbAttachType::Ingress)];
 
-/// Forgets closed sockets (`cgroup/sock_release`).
-const RELEASE_PROGRAM: &str = "pc_release";
+/// `cgroup/sock_release` (forgets closed sockets) and `cgroup/sock_create`
+/// (notes a new socket's namespace where the packet programs cannot ask).
+const CG_SOCK_PROGRAMS: [&str; 2] = ["pc_release", "pc_sock_create"];
 /// Refuses source-routing socket options (`cgroup/setsockopt`).
 const SOCKOPT_PROGRAM: &str = "pc_setsockopt";
 
 /// Every program name, for tests and `bpftool` checks.
-pub const PROGRAM_NAMES: [&str; 10] = [
+pub const PROGRAM_NAMES: [&str; 11] = [
     "pc_connect4", "pc_connect6", "pc_sendmsg4", "pc_sendmsg6", "pc_recvmsg4", "pc_recvmsg6", "pc_egress", "pc_ingress",
-    "pc_release", "pc_setsockopt",
+    "pc_release", "pc_setsockopt", "pc_sock_create",
 ];
 
 /// How `Datapath::attach` attaches.
@@ -92,10 +93,10 @@ pub enum LoadError {
 
 /// Every map of the object, pinned by name in node mode.
 /// (`SOLO_CACHE` is not here: each load has its own; `solo` pins those.)
-pub const MAP_NAMES: [&str; 18] = [
+pub const MAP_NAMES: [&str; 19] = [
     "CONFIG", "ENDPOINTS", "EP_CACHE", "LEARNED", "CIDRS", "DNS_SERVERS", "GATES", "GATE_PORTS", "GATE_CLIENTS",
     "DNS_SOCKS", "COUNTERS",
-    "EVENT_RATE", "DENIED_EVENTS", "DNS_HOLD", "SK_FLOWS", "INBOUND", "SOCK_OWNERS", "VERDICT_CACHE",
+    "EVENT_RATE", "DENIED_EVENTS", "DNS_HOLD", "SK_FLOWS", "SK_NETNS", "INBOUND", "SOCK_OWNERS", "VERDICT_CACHE",
 ];
 
 /// A loaded datapath: programs (attached or not), policy maps, ring buffers.
@@ -138,6 +139,8 @@ impl Datapath {
             // Read-only data: the verifier knows it and prunes the other path.
             loader.override_global("SOLO_ATTACH", &1u32, true);
         }
+        let skb_netns_helper = u32::from(probe::features().skb_netns_cookie);
+        loader.override_global("SKB_NETNS_HELPER", &skb_netns_helper, true);
         let mut ebpf = loader.load(OBJECT)?;
         for name in SOCK_PROGRAMS {
             if pins.is_some() && CACHED_PROGRAMS.contains(&name) {
@@ -152,8 +155,10 @@ impl Datapath {
             let prog: &mut CgroupSkb = program(&mut ebpf, name)?;
             prog.load().map_err(|source| LoadError::Program { name, source })?;
         }
-        let release: &mut CgroupSock = program(&mut ebpf, RELEASE_PROGRAM)?;
-        release.load().map_err(|source| LoadError::Program { name: RELEASE_PROGRAM, source })?;
+        for name in CG_SOCK_PROGRAMS {
+            let prog: &mut CgroupSock = program(&mut ebpf, name)?;
+            prog.load().map_err(|source| LoadError::Program { name, source })?;
+        }
         let sockopt: &mut CgroupSockopt = program(&mut ebpf, SOCKOPT_PROGRAM)?;
         sockopt.load().map_err(|source| LoadError::Program { name: SOCKOPT_PROGRAM, source })?;
         let mut maps = PolicyMaps::take(&mut ebpf)?;
@@ -228,10 +233,11 @@ impl Datapath {
             prog.attach(file.as_fd(), kind, CgroupAttachMode::Single)
                 .map_err(|source| LoadError::Program { name, source })?;
         }
-        let release: &mut CgroupSock = program(&mut self.ebpf, RELEASE_PROGRAM)?;
-        release
-            .attach(file.as_fd(), CgroupAttachMode::Single)
-            .map_err(|source| LoadError::Program { name: RELEASE_PROGRAM, source })?;
+        for name in CG_SOCK_PROGRAMS {
+            let prog: &mut CgroupSock = program(&mut self.ebpf, name)?;
+            prog.attach(file.as_fd(), CgroupAttachMode::Single)
+                .map_err(|source| LoadError::Program { name, source })?;
+        }
         let sockopt: &mut CgroupSockopt = program(&mut self.ebpf, SOCKOPT_PROGRAM)?;
         sockopt
             .attach(file.as_fd(), CgroupAttachMode::Single)
@@ -286,7 +292,7 @@ impl Datapath {
                 let link = attach::link_create(file.as_fd(), fd.as_fd(), kind).map_err(|source| LoadError::Attach { name, source })?;
                 pin::obj_pin(link.as_fd(), &path).map_err(pin_err(path.display().to_string()))?;
                 continue;
-            } else if name == RELEASE_PROGRAM {
+            } else if CG_SOCK_PROGRAMS.contains(&name) {
                 let prog: &mut CgroupSock = program(&mut self.ebpf, name)?;
                 let id = prog.attach(file.as_fd(), CgroupAttachMode::Single)
                     .map_err(|source| LoadError::Program { name, source })?;

@@ -5,6 +5,7 @@ pub mod attach;
 pub mod loader;
 pub mod maps;
 pub mod pin;
+pub mod probe;
 pub mod solo;
 pub mod verdict_cache;
 

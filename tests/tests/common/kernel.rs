@@ -199,7 +199,7 @@ impl Attached {
         self.prog_maps.iter().any(|(n, m)| n == name && m.contains(&map))
     }
 
-    /// The ten programs, one per hook.
+    /// The eleven programs, one per hook.
     pub fn expect_all_hooks(&self) {
         let mut got: Vec<(&str, &str)> = self
             .progs
@@ -220,6 +220,7 @@ impl Attached {
                 ("pc_sendmsg4", "cgroup_udp4_sendmsg"),
                 ("pc_sendmsg6", "cgroup_udp6_sendmsg"),
                 ("pc_setsockopt", "cgroup_setsockopt"),
+                ("pc_sock_create", "cgroup_inet_sock_create"),
             ],
             "{self:?}"
         );
