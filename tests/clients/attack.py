@@ -240,7 +240,11 @@ def packet_socket(iface, gw_mac, src, dst, port, n):
                      socket.inet_aton(src), socket.inet_aton(dst))
     ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
     mac = bytes.fromhex(gw_mac.replace(":", ""))
-    own = bytes.fromhex(open(f"/sys/class/net/{iface}/address").read().strip().replace(":", ""))
+    # The interface's own address (SIOCGIFHWADDR), not /sys: that shows the
+    # namespace the sysfs was mounted in, not necessarily this one.
+    import fcntl
+    req = fcntl.ioctl(s.fileno(), 0x8927, struct.pack("256s", iface.encode()[:15]))
+    own = req[18:24]
     frame = mac + own + b"\x08\x00" + ip + udp
     out(socket="ok", send=sends(lambda: s.send(frame), int(n)))
 

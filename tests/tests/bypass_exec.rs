@@ -125,6 +125,10 @@ fn the_command_runs_without_the_capabilities_that_leave_enforcement() {
         return;
     }
     let bench = Bench::start().unwrap();
+    // The TUN device, for the attempt to use it (a kernel may load it only
+    // on demand).
+    let _ = std::process::Command::new("modprobe").arg("tun").status();
+    assert!(std::path::Path::new("/dev/net/tun").exists(), "no /dev/net/tun: the TUN attempt cannot be made");
     let r = Exec::new(&bench).policy(POLICY).steps(&[("caps", "$PY $ATTACK caps")]);
     r.outcome.expect_code(0);
     let v = r.sock("caps");

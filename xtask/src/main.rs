@@ -8,6 +8,8 @@
 //! - `demo`, `bench`: see their modules.
 //! - `fuzz`: the cargo-fuzz targets of `agent/fuzz/`, bounded (`fuzz.rs`);
 //!   `test` runs them too.
+//! - `vm`: a command as root in a QEMU guest of another kernel (6.1, 6.12)
+//!   on the host's root filesystem (`vm.rs`).
 
 mod bench;
 mod bench_env;
@@ -16,11 +18,14 @@ mod calibrate;
 mod demo;
 mod floor;
 mod fuzz;
+mod kernel_matrix;
 mod linker;
 mod load;
 mod setup;
 mod test;
 mod util;
+mod vm;
+mod vm_install;
 
 use std::process::ExitCode;
 
@@ -45,6 +50,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run the fuzz targets (agent/fuzz) for a bounded time each.
     Fuzz(fuzz::FuzzArgs),
+    /// Run a command as root in a QEMU guest of another kernel (6.1, 6.12, or an image).
+    Vm(vm::VmArgs),
     /// Benchmark workloads (run by `bench` inside the bench's namespaces).
     #[command(hide = true)]
     Load(load::LoadArgs),
@@ -70,6 +77,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             demo::run(&args, &env)
         }
         Command::Load(args) => load::run(&args),
+        Command::Vm(args) => vm::run(&args),
         Command::Fuzz(args) => {
             setup::run(setup::Mode::Quiet)?;
             fuzz::run(&args)

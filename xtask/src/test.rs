@@ -1,6 +1,7 @@
 //! `cargo xtask test`: setup, build, clippy (`-D warnings`), unit tests (parallel), then every
 //! integration-test target (privileged: namespaces, BPF programs) with
-//! `--test-threads=1`, then the fuzz targets for a bounded time each
+//! `--test-threads=1`, then the kernel matrix (the privileged suites again
+//! in QEMU guests of Linux 6.1 and 6.12, `kernel_matrix.rs`), then the fuzz targets for a bounded time each
 //! (`fuzz.rs`; also with `--no-privileged`, whatever `--filter` says).
 //! Stops at the first failing step and always closes with
 //! `summary: N passed, M failed`, summed from cargo's `test result:` lines.
@@ -16,7 +17,7 @@ use clap::Args;
 use serde_json::Value;
 
 use crate::{
-    setup,
+    kernel_matrix, setup,
     util::{self, cmd},
 };
 
@@ -31,6 +32,10 @@ pub struct TestArgs {
     /// Run only unit and doc tests, not the privileged integration tests.
     #[arg(long)]
     pub no_privileged: bool,
+    /// Skip the kernel matrix (the privileged suites in QEMU guests of
+    /// Linux 6.1 and 6.12, `kernel_matrix.rs`); not with CI=true.
+    #[arg(long)]
+    pub no_vm: bool,
 }
 
 /// Sum of cargo's `test result:` lines.
@@ -188,8 +193,8 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     if ci && !root {
         bail!("CI=true but not running as root: the privileged tests must not be skipped in CI");
     }
-    if ci && args.no_privileged {
-        bail!("--no-privileged is not allowed with CI=true: CI runs every test");
+    if ci && (args.no_privileged || args.no_vm) {
+        bail!("--no-privileged and --no-vm are not allowed with CI=true: CI runs every test on every kernel");
     }
     setup::run(setup::Mode::Quiet)?;
     let ws = Workspace::load()?;
@@ -257,6 +262,16 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
                 c.args(["--test", t]);
             }
             cargo_counting(with_filter(c, true), &mut tally)?;
+        }
+        if args.no_vm {
+            println!("xtask test: the kernel matrix was NOT run (--no-vm): {}", kernel_matrix::KERNELS.join(", "));
+        } else {
+            let bins = kernel_matrix::binaries(&ws.root)?;
+            let line = kernel_matrix::guest_line(&bins, args.filter.as_deref());
+            for kernel in kernel_matrix::KERNELS {
+                println!("xtask test: the kernel matrix on Linux {kernel} (QEMU)");
+                cargo_counting(kernel_matrix::guest_command(kernel, &line, &bin, ci)?, &mut tally)?;
+            }
         }
         crate::fuzz::test_step()
     })();

@@ -47,6 +47,13 @@ const AGENT_ENV: [&str; 8] = [
 
 pub(crate) static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// How much slower than the host this machine runs (the kernel matrix's
+/// emulated guests set `PORTCULLIS_TEST_TIME_SCALE`): test windows whose
+/// length is not the point of the test are stretched by it. 1 on the host.
+pub fn time_scale() -> u32 {
+    std::env::var("PORTCULLIS_TEST_TIME_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1).clamp(1, 10)
+}
+
 /// A fresh path `<dir>/<n>-<name>` (e.g. in the bench's work dir, which
 /// is removed with the bench).
 pub fn fresh_path(dir: &Path, name: &str) -> PathBuf {
