@@ -35,7 +35,7 @@ const TIME_SCALE: &str = "3";
 
 /// The test binaries of `SUITES`, built on the host.
 pub fn binaries(root: &std::path::Path) -> anyhow::Result<Vec<(PathBuf, Option<&'static str>)>> {
-    let mut c = cmd("cargo", &["test", "--no-run", "--message-format=json"]);
+    let mut c = cmd("cargo", ["test", "--no-run", "--message-format=json"]);
     c.current_dir(root);
     for (pkg, target, _) in SUITES {
         c.args(["-p", pkg, "--test", target]);
