@@ -61,6 +61,18 @@ impl Report {
     }
 }
 
+/// The kernel matrix's tools and kernels (`vm_install`: QEMU, busybox,
+/// virtme-ng, Debian's 6.1 and 6.12 images), each checked first.
+fn kernel_matrix(r: &mut Report) -> anyhow::Result<()> {
+    let vng = crate::vm_install::tools()?;
+    r.ok("QEMU and virtme-ng", &vng.display().to_string());
+    for series in crate::vm_install::SERIES {
+        let image = crate::vm_install::kernel(series)?;
+        r.ok(&format!("kernel {}", series.name), &image.display().to_string());
+    }
+    Ok(())
+}
+
 pub fn run(mode: Mode) -> anyhow::Result<Env> {
     let root = util::is_root();
     let mut r = Report { mode, acted: false };
@@ -71,6 +83,9 @@ pub fn run(mode: Mode) -> anyhow::Result<Env> {
     debian_packages(&mut r, root, &mut needs_root)?;
     let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
     bpffs(&mut r, root, &mounts, &mut needs_root)?;
+    if root {
+        kernel_matrix(&mut r)?;
+    }
     let cgroup2 = find_mount_of_type(&mounts, "cgroup2");
     match &cgroup2 {
         Some(path) => r.ok("cgroup v2", &format!("mounted at {}", path.display())),
