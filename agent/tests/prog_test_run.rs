@@ -234,12 +234,7 @@ fn traffic_to_a_dns_gate_port_passes_as_dns() {
     let Some(mut h) = harness(false) else { return };
     let netns = portcullis::ebpf::loader::current_netns_cookie().expect("netns cookie");
     let before = h.counter(Hook::SkbEgress, Reason::AllowedDns);
-    if !portcullis::ebpf::probe::features().skb_netns_cookie {
-        // Where the packet programs cannot ask the kernel, a socket's
-        // namespace is what `cgroup/sock_create` noted; the synthetic socket
-        // of BPF_PROG_TEST_RUN never met it, like a socket older than the
-        // programs: its loopback counts as the host's, and no gate is
-        // recognised (fail closed).
+    let install_gate = |h: &mut Harness| {
         let gate = agent_common::GatePortKey { netns_cookie: netns, port: 5353u16.to_be_bytes(), proto: 17, _pad: [0; 5] };
         let resolver = agent_common::GatePortValue {
             ip: Ipv4Addr::new(198, 51, 100, 53).to_ipv6_mapped().octets(),
@@ -248,6 +243,14 @@ fn traffic_to_a_dns_gate_port_passes_as_dns() {
             endpoint: h.ep,
         };
         h.state.maps.insert_gate_port(gate, resolver).expect("gate port");
+    };
+    if !portcullis::ebpf::probe::features().skb_netns_cookie {
+        // Where the packet programs cannot ask the kernel, a socket's
+        // namespace is what `cgroup/sock_create` noted; the synthetic socket
+        // of BPF_PROG_TEST_RUN never met it, like a socket older than the
+        // programs: its loopback counts as the host's, and no gate is
+        // recognised (fail closed).
+        install_gate(&mut h);
         assert_eq!(h.egress("127.0.0.1", L4::Udp(5353)), DROP);
         assert_eq!(h.counter(Hook::SkbEgress, Reason::AllowedDns), before);
         assert_eq!(h.counter(Hook::SkbEgress, Reason::DeniedRange), 1);
@@ -256,14 +259,7 @@ fn traffic_to_a_dns_gate_port_passes_as_dns() {
     // No gate on that port: plain loopback traffic (not the host netns here).
     assert_eq!(h.egress("127.0.0.1", L4::Udp(5353)), ALLOW);
     assert_eq!(h.counter(Hook::SkbEgress, Reason::AllowedDns), before);
-    let gate = agent_common::GatePortKey { netns_cookie: netns, port: 5353u16.to_be_bytes(), proto: 17, _pad: [0; 5] };
-    let resolver = agent_common::GatePortValue {
-        ip: Ipv4Addr::new(198, 51, 100, 53).to_ipv6_mapped().octets(),
-        port: 53u16.to_be_bytes(),
-        _pad: [0; 2],
-        endpoint: h.ep,
-    };
-    h.state.maps.insert_gate_port(gate, resolver).expect("gate port");
+    install_gate(&mut h);
     assert_eq!(h.egress("127.0.0.1", L4::Udp(5353)), ALLOW);
     assert_eq!(h.counter(Hook::SkbEgress, Reason::AllowedDns), before + 1, "counted as DNS to the gate");
     // Another port, or TCP to that UDP port: not the gate.

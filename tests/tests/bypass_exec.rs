@@ -16,13 +16,7 @@ use portcullis_tests::{Bench, ChildGuard, require_root, servers::python};
 use serde_json::Value;
 use std::{os::fd::AsRawFd as _, process::Stdio, time::Duration};
 
-const POLICY: &str = r#"
-egress:
-  - toFQDNs: [{matchName: api.example.test}]
-    ports: [{port: 443}]
-dns:
-  servers: ["198.51.100.53"]
-"#;
+const POLICY: &str = common::API_POLICY;
 
 const META4: &str = "169.254.169.254";
 const NONE: Vec<Value> = Vec::new();

@@ -120,13 +120,7 @@ out = udp_flood(server, n) if mode == "udp" else tcp_flood(server, n, sys.argv[4
 print(json.dumps(out), flush=True)
 "#;
 
-const POLICY: &str = r#"
-egress:
-  - toFQDNs: [{matchName: api.example.test}]
-    ports: [{port: 443}]
-dns:
-  servers: ["198.51.100.53"]
-"#;
+const POLICY: &str = common::API_POLICY;
 
 /// `portcullis exec`'s record rate limit (`events_per_sec`, `events_burst`).
 const PER_SEC: u64 = 50;

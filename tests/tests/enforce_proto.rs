@@ -7,13 +7,7 @@ mod common;
 use common::{Exec, s};
 use portcullis_tests::{Bench, require_root};
 
-const POLICY: &str = r#"
-egress:
-  - toFQDNs: [{matchName: api.example.test}]
-    ports: [{port: 443}]
-dns:
-  servers: ["198.51.100.53"]
-"#;
+const POLICY: &str = common::API_POLICY;
 
 /// Counters from inet's /proc/net/snmp (`Icmp`, `Udp`) and snmp6.
 fn inet_counter(bench: &Bench, file: &str, table: &str, field: &str) -> u64 {

@@ -21,6 +21,16 @@ pub const DNSQ_PY: &str = include_str!("../../clients/dnsq.py");
 pub const HOLD_PY: &str = include_str!("../../clients/hold.py");
 pub const ATTACK_PY: &str = target::ATTACK_PY;
 
+/// The policy most tests start from: `api.example.test` on 443, DNS only
+/// to the bench's resolver.
+pub const API_POLICY: &str = r#"
+egress:
+  - toFQDNs: [{matchName: api.example.test}]
+    ports: [{port: 443}]
+dns:
+  servers: ["198.51.100.53"]
+"#;
+
 /// The trusted resolver's policy fragment, for policies written by tests.
 pub const DNS_TRUSTED: &str = "dns:\n  servers: [\"198.51.100.53\"]\n";
 
