@@ -1,13 +1,20 @@
-//! Attaching without a link: `BPF_PROG_ATTACH` with `BPF_F_ALLOW_MULTI`
-//! (kernel/bpf/cgroup.c `cgroup_bpf_attach`). A program attached this way
-//! belongs to the cgroup, not to a file descriptor: it stays when the
-//! process that attached it dies, even by SIGKILL, and goes with the cgroup
-//! (`cgroup_bpf_release` once the cgroup is removed) or an explicit detach.
-//! `portcullis exec` attaches so: a workload that kills its agent (it may
-//! run as the same user) leaves its cgroup enforced, fail closed (DNS then
-//! finds no gate and no agent: refused), and the next `exec` removes the
-//! cgroup once it is empty. Multi-attach composes with links (Cilium's, or
-//! node mode's) on the same hierarchy: every program runs, all must allow.
+//! Attaching a program to a cgroup, by its descriptor and attach type,
+//! two ways:
+//!
+//! - `link_create`: a `bpf_link` (`BPF_LINK_CREATE`). It lives as long as
+//!   its descriptor or its pin (`run`), and can be swapped atomically
+//!   (`BPF_LINK_UPDATE`, `pin.rs`).
+//! - `attach_to_cgroup`: `BPF_PROG_ATTACH` with `BPF_F_ALLOW_MULTI`
+//!   (kernel/bpf/cgroup.c `cgroup_bpf_attach`). The program belongs to the
+//!   cgroup, not to a descriptor: it stays when the process that attached
+//!   it dies, even by SIGKILL, and goes with the cgroup (`cgroup_bpf_release`
+//!   once the cgroup is removed). `portcullis exec` attaches so: a workload
+//!   that kills its agent (it may run as the same user) leaves its cgroup
+//!   enforced, fail closed (DNS then finds no gate and no agent: refused),
+//!   and the next `exec` removes the cgroup once it is empty.
+//!
+//! Both compose with other programs on the hierarchy (Cilium's, or another
+//! agent's): every program runs, all must allow.
 
 use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd};
 
@@ -65,8 +72,8 @@ pub fn attach_to_cgroup(cgroup: BorrowedFd<'_>, prog: BorrowedFd<'_>, attach_typ
     Ok(())
 }
 
-/// A cgroup `bpf_link` of `prog` (`BPF_LINK_CREATE`), for the program
-/// types whose aya link cannot become an `FdLink` to pin (`cgroup/setsockopt`).
+/// A cgroup `bpf_link` of `prog` (`BPF_LINK_CREATE`); closing its last
+/// descriptor (and pin) detaches it.
 pub fn link_create(cgroup: BorrowedFd<'_>, prog: BorrowedFd<'_>, attach_type: u32) -> std::io::Result<OwnedFd> {
     // struct { __u32 prog_fd; __u32 target_fd; __u32 attach_type; __u32 flags; }
     let attr: [u32; 4] = [prog.as_raw_fd() as u32, cgroup.as_raw_fd() as u32, attach_type, 0];

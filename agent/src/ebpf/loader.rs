@@ -1,18 +1,19 @@
 //! Loads the embedded eBPF object and attaches its eleven programs to a cgroup.
 //!
-//! Programs are attached as `bpf_link`s (Linux 5.7); in node mode with a
-//! pin path they are pinned with the maps (`pin`). Cgroup links always
-//! behave like `BPF_F_ALLOW_MULTI` (the kernel refuses the flag itself, so
-//! the mode passed is `Single` = no flags): the kernel runs ours *and* any
-//! other agent's (Cilium's) programs on the hierarchy, and a packet passes
-//! only if all of them allow it. Portcullis composes with another CNI
-//! instead of replacing its hooks. Unpinned (`exec`), a crashed agent's
-//! links go away with its file descriptors; pinned (`run --pin-path`), they
-//! stay and keep enforcing until a new agent swaps in its programs.
+//! Every program is attached the same way, by its descriptor and attach
+//! type (`attach`): `bpf_link`s (`BPF_LINK_CREATE`, Linux 5.7) held by the
+//! datapath (`run` without pins: they go with the agent) or pinned with the
+//! maps (`run --pin-path`: they stay and keep enforcing until a new agent
+//! swaps in its programs), or `BPF_PROG_ATTACH` to the cgroup itself
+//! (`exec`: it stays until the cgroup goes). Cgroup links always behave
+//! like `BPF_F_ALLOW_MULTI` (the kernel refuses the flag itself): the kernel
+//! runs ours *and* any other agent's (Cilium's) programs on the hierarchy,
+//! and a packet passes only if all of them allow it. Portcullis composes
+//! with another CNI instead of replacing its hooks.
 
 use std::{
     fs::File,
-    os::fd::{AsFd, AsRawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -21,8 +22,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
     programs::{
-        links::FdLink,
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, CgroupSockopt, ProgramError,
+        CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, ProgramError,
     },
 };
 use thiserror::Error;
@@ -40,8 +40,7 @@ pub(super) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_
 
 const SOCK_PROGRAMS: [&str; 6] =
     ["pc_connect4", "pc_connect6", "pc_sendmsg4", "pc_sendmsg6", "pc_recvmsg4", "pc_recvmsg6"];
-const SKB_PROGRAMS: [(&str, CgroupSkbAttachType); 2] =
-    [("pc_egress", CgroupSkbAttachType::Egress), ("pc_ingress", CgroupSkbAttachType::Ingress)];
+const SKB_PROGRAMS: [&str; 2] = ["pc_egress", "pc_ingress"];
 
 /// `cgroup/sock_release` (forgets closed sockets) and `cgroup/sock_create`
 /// (notes a new socket's namespace where the packet programs cannot ask).
@@ -110,6 +109,8 @@ pub struct Datapath {
     one_attach_point: bool,
     own_cache: Option<SoloCache>,
     attached_at: Option<PathBuf>,
+    /// `Attachment::Links`: the links, closed (detached) with the datapath.
+    links: Vec<OwnedFd>,
 }
 
 impl Datapath {
@@ -151,7 +152,7 @@ impl Datapath {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             prog.load().map_err(|source| LoadError::Program { name, source })?;
         }
-        for (name, _) in SKB_PROGRAMS {
+        for name in SKB_PROGRAMS {
             let prog: &mut CgroupSkb = program(&mut ebpf, name)?;
             prog.load().map_err(|source| LoadError::Program { name, source })?;
         }
@@ -200,6 +201,7 @@ impl Datapath {
             one_attach_point,
             own_cache,
             attached_at: None,
+            links: Vec::new(),
         })
     }
 
@@ -213,35 +215,14 @@ impl Datapath {
         self.claim_attach_point(cgroup)?;
         let file = File::open(cgroup)
             .map_err(|source| LoadError::Cgroup { path: cgroup.to_owned(), source })?;
-        if how == Attachment::UntilCgroupRemoved {
-            for name in PROGRAM_NAMES {
-                let prog = self.ebpf.program(name).ok_or(LoadError::MissingProgram(name))?;
-                let fd = prog.fd().map_err(|source| LoadError::Program { name, source })?;
-                let kind = attach::attach_type(name).ok_or(LoadError::MissingProgram(name))?;
-                attach::attach_to_cgroup(file.as_fd(), fd.as_fd(), kind)
-                    .map_err(|source| LoadError::Attach { name, source })?;
+        for name in PROGRAM_NAMES {
+            let (fd, kind) = attachable(&self.ebpf, name)?;
+            match how {
+                Attachment::UntilCgroupRemoved => attach::attach_to_cgroup(file.as_fd(), fd, kind),
+                Attachment::Links => attach::link_create(file.as_fd(), fd, kind).map(|link| self.links.push(link)),
             }
-            return Ok(self.own_cache.take());
+            .map_err(|source| LoadError::Attach { name, source })?;
         }
-        for name in SOCK_PROGRAMS {
-            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-            prog.attach(file.as_fd(), CgroupAttachMode::Single)
-                .map_err(|source| LoadError::Program { name, source })?;
-        }
-        for (name, kind) in SKB_PROGRAMS {
-            let prog: &mut CgroupSkb = program(&mut self.ebpf, name)?;
-            prog.attach(file.as_fd(), kind, CgroupAttachMode::Single)
-                .map_err(|source| LoadError::Program { name, source })?;
-        }
-        for name in CG_SOCK_PROGRAMS {
-            let prog: &mut CgroupSock = program(&mut self.ebpf, name)?;
-            prog.attach(file.as_fd(), CgroupAttachMode::Single)
-                .map_err(|source| LoadError::Program { name, source })?;
-        }
-        let sockopt: &mut CgroupSockopt = program(&mut self.ebpf, SOCKOPT_PROGRAM)?;
-        sockopt
-            .attach(file.as_fd(), CgroupAttachMode::Single)
-            .map_err(|source| LoadError::Program { name: SOCKOPT_PROGRAM, source })?;
         Ok(self.own_cache.take())
     }
 
@@ -258,53 +239,22 @@ impl Datapath {
         let mut solo = SoloHooks::load(pins)?;
         for name in PROGRAM_NAMES {
             let path = pins.link(cgroup_id, name);
-            let cached = CACHED_PROGRAMS.contains(&name);
+            let (fd, kind) = if CACHED_PROGRAMS.contains(&name) {
+                let fd = solo.program(name)?.fd().map_err(|source| LoadError::Program { name, source })?;
+                (fd.as_fd(), attach::attach_type(name).ok_or(LoadError::MissingProgram(name))?)
+            } else {
+                attachable(&self.ebpf, name)?
+            };
             if path.exists() {
                 // The kernel keeps the link's cgroup storage (kernel/bpf/
                 // cgroup.c `__cgroup_bpf_replace` allocates none); no
                 // program swapped in here reads it: the cached hooks use
                 // their own load's cache, the others no cache.
-                let fd = if cached {
-                    solo.program(name)?.fd()
-                } else {
-                    self.ebpf.program(name).ok_or(LoadError::MissingProgram(name))?.fd()
-                }
-                .map_err(|source| LoadError::Program { name, source })?;
                 pin::update_pinned_link(&path, fd).map_err(pin_err(path.display().to_string()))?;
-                continue;
-            }
-            let link: FdLink = if cached {
-                let prog = solo.program(name)?;
-                let id = prog.attach(file.as_fd(), CgroupAttachMode::Single)
-                    .map_err(|source| LoadError::Program { name, source })?;
-                prog.take_link(id).map_err(|source| LoadError::Program { name, source })?.try_into()
-            } else if let Some((_, kind)) = SKB_PROGRAMS.iter().find(|(n, _)| *n == name) {
-                let prog: &mut CgroupSkb = program(&mut self.ebpf, name)?;
-                let id = prog.attach(file.as_fd(), *kind, CgroupAttachMode::Single)
-                    .map_err(|source| LoadError::Program { name, source })?;
-                prog.take_link(id).map_err(|source| LoadError::Program { name, source })?.try_into()
-            } else if name == SOCKOPT_PROGRAM {
-                // aya's sockopt link cannot become an FdLink: made and
-                // pinned by hand.
-                let prog = self.ebpf.program(name).ok_or(LoadError::MissingProgram(name))?;
-                let fd = prog.fd().map_err(|source| LoadError::Program { name, source })?;
-                let kind = attach::attach_type(name).ok_or(LoadError::MissingProgram(name))?;
-                let link = attach::link_create(file.as_fd(), fd.as_fd(), kind).map_err(|source| LoadError::Attach { name, source })?;
-                pin::obj_pin(link.as_fd(), &path).map_err(pin_err(path.display().to_string()))?;
-                continue;
-            } else if CG_SOCK_PROGRAMS.contains(&name) {
-                let prog: &mut CgroupSock = program(&mut self.ebpf, name)?;
-                let id = prog.attach(file.as_fd(), CgroupAttachMode::Single)
-                    .map_err(|source| LoadError::Program { name, source })?;
-                prog.take_link(id).map_err(|source| LoadError::Program { name, source })?.try_into()
             } else {
-                let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-                let id = prog.attach(file.as_fd(), CgroupAttachMode::Single)
-                    .map_err(|source| LoadError::Program { name, source })?;
-                prog.take_link(id).map_err(|source| LoadError::Program { name, source })?.try_into()
+                let link = attach::link_create(file.as_fd(), fd, kind).map_err(|source| LoadError::Attach { name, source })?;
+                pin::obj_pin(link.as_fd(), &path).map_err(pin_err(path.display().to_string()))?;
             }
-            .map_err(|e: aya::programs::links::LinkError| LoadError::Pin { what: name.to_owned(), source: std::io::Error::other(e) })?;
-            link.pin(&path).map_err(|e| LoadError::Pin { what: path.display().to_string(), source: std::io::Error::other(e) })?;
         }
         solo.take_cache(pins, cgroup_id).map(Some)
     }
@@ -354,6 +304,13 @@ where
         .ok_or(LoadError::MissingProgram(name))?
         .try_into()
         .map_err(|source| LoadError::Program { name, source })
+}
+
+/// A loaded program's descriptor and attach type, by name.
+fn attachable<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<(BorrowedFd<'a>, u32), LoadError> {
+    let prog = ebpf.program(name).ok_or(LoadError::MissingProgram(name))?;
+    let fd = prog.fd().map_err(|source| LoadError::Program { name, source })?;
+    Ok((fd.as_fd(), attach::attach_type(name).ok_or(LoadError::MissingProgram(name))?))
 }
 
 fn ring(ebpf: &mut Ebpf, name: &'static str) -> Result<RingBuf<MapData>, LoadError> {
