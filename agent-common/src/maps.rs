@@ -231,11 +231,12 @@ pub struct LiveFlow {
 }
 
 impl LiveFlow {
-    /// Whether a packet (protocol, destination, destination port) is the
-    /// one this flow was allowed for, with nothing else to check on it.
+    /// Whether a packet of this flow's protocol (the caller checked it)
+    /// goes to the destination and port this flow was allowed for, with
+    /// nothing else to check on it.
     #[inline(always)]
-    pub fn passes(&self, proto: u8, ip: &[u8; 16], port: [u8; 2]) -> bool {
-        self.flags == 0 && self.proto == proto && self.port == port && self.ip == *ip
+    pub fn passes(&self, ip: &[u8; 16], port: [u8; 2]) -> bool {
+        self.flags == 0 && self.port == port && self.ip == *ip
     }
 }
 

@@ -60,9 +60,7 @@ fn egress_established(ctx: &SkBuffContext) -> bool {
     // Request sockets (SYN-ACKs) have no full socket: they take the full
     // path and its INBOUND check.
     let Some(full) = full_sock(ctx) else { return false };
-    // SAFETY: a full socket checked by bpf_sk_fullsock.
-    let (ty, protocol, state) = unsafe { ((*full).type_, (*full).protocol, (*full).state) };
-    if ty == SOCK_STREAM && protocol == u32::from(proto::TCP) {
+    if let Some(state) = tcp_stream_state(full) {
         if state == TCP_SYN_SENT {
             note_tcp_gate_client(ctx, full);
         }
@@ -70,7 +68,15 @@ fn egress_established(ctx: &SkBuffContext) -> bool {
         return state != TCP_LISTEN && plain_dest(ctx, proto::TCP).is_some();
     }
     let Some(flow) = socket_flow(full) else { return false };
-    plain_dest(ctx, flow.proto).is_some_and(|(ip, port)| flow.passes(flow.proto, &ip, port))
+    plain_dest(ctx, flow.proto).is_some_and(|(ip, port)| flow.passes(&ip, port))
+}
+
+/// The TCP state of a TCP stream socket; `None` for any other socket.
+#[inline(always)]
+fn tcp_stream_state(full: *mut bpf_sock) -> Option<u32> {
+    // SAFETY: a full socket checked by bpf_sk_fullsock.
+    let (ty, protocol, state) = unsafe { ((*full).type_, (*full).protocol, (*full).state) };
+    (ty == SOCK_STREAM && protocol == u32::from(proto::TCP)).then_some(state)
 }
 
 /// An ingress packet into an established flow: a TCP stream socket's (not a
@@ -79,9 +85,7 @@ fn egress_established(ctx: &SkBuffContext) -> bool {
 #[inline(always)]
 fn ingress_established(ctx: &SkBuffContext) -> bool {
     let Some(full) = full_sock(ctx) else { return false };
-    // SAFETY: a full socket checked by bpf_sk_fullsock.
-    let (ty, protocol, state) = unsafe { ((*full).type_, (*full).protocol, (*full).state) };
-    if ty == SOCK_STREAM && protocol == u32::from(proto::TCP) {
+    if let Some(state) = tcp_stream_state(full) {
         return state != TCP_LISTEN;
     }
     socket_flow(full).is_some_and(|f| f.flags & (FLOW_F_DNS | FLOW_F_DENIED) == 0)
