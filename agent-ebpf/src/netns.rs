@@ -19,7 +19,7 @@ use aya_ebpf::{
 
 use crate::{
     maps::{DNS_SOCKS, SK_NETNS, SKB_NETNS_HELPER},
-    skb::full_sock,
+    skb::{full_sock, socket_storage},
 };
 
 /// `BPF_SK_STORAGE_GET_F_CREATE`.
@@ -38,13 +38,8 @@ pub(crate) fn of_packet(ctx: &SkBuffContext, cookie: u64) -> Option<u64> {
     if helper() {
         return Some(unsafe { bpf_get_netns_cookie(ctx.as_ptr()) });
     }
-    if let Some(full) = full_sock(ctx) {
-        let map = core::ptr::from_ref(&SK_NETNS).cast_mut().cast();
-        // SAFETY: a full socket; the storage value is a plain u64.
-        let v = unsafe { bpf_sk_storage_get(map, full.cast(), core::ptr::null_mut(), 0) }.cast::<u64>();
-        if !v.is_null() {
-            return Some(unsafe { *v });
-        }
+    if let Some(netns) = full_sock(ctx).and_then(|full| socket_storage(&SK_NETNS, full)) {
+        return Some(netns);
     }
     // SAFETY: plain data copied out.
     unsafe { DNS_SOCKS.get(&cookie) }.map(|o| o.netns_cookie)

@@ -13,6 +13,7 @@ use agent_common::{
 use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock,
+    btf_maps::SkStorage,
     helpers::generated::{
         bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_sk_storage_get,
         bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
@@ -144,11 +145,17 @@ pub(crate) fn full_sock(ctx: &SkBuffContext) -> Option<*mut bpf_sock> {
 /// The socket's `SK_FLOWS` entry (set by the connect/sendmsg hooks).
 #[inline(always)]
 pub(crate) fn socket_flow(full: *mut bpf_sock) -> Option<LiveFlow> {
+    socket_storage(&SK_FLOWS, full)
+}
+
+/// A full socket's value in the socket-storage map `map`, copied out.
+#[inline(always)]
+pub(crate) fn socket_storage<T: Copy>(map: &SkStorage<T>, full: *mut bpf_sock) -> Option<T> {
     // A map reference is the map definition's address (relocated at load).
-    let map = core::ptr::from_ref(&SK_FLOWS).cast_mut().cast();
-    let flow = unsafe { bpf_sk_storage_get(map, full.cast(), core::ptr::null_mut(), 0) }.cast::<LiveFlow>();
+    let map = core::ptr::from_ref(map).cast_mut().cast();
+    let v = unsafe { bpf_sk_storage_get(map, full.cast(), core::ptr::null_mut(), 0) }.cast::<T>();
     // SAFETY: non-null storage of this socket, copied out at once.
-    (!flow.is_null()).then(|| unsafe { *flow })
+    (!v.is_null()).then(|| unsafe { *v })
 }
 
 pub fn egress(ctx: &SkBuffContext) -> i32 {

@@ -8,8 +8,6 @@
 
 mod sandbox;
 
-pub use sandbox::DROPPED_CAPS;
-
 use std::{
     fs::File,
     os::{fd::AsRawFd as _, unix::process::{CommandExt as _, ExitStatusExt as _}},
