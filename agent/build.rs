@@ -21,8 +21,5 @@ fn main() -> anyhow::Result<()> {
     }
     let ebpf_dir = root.join("agent-ebpf");
     let ebpf_dir = ebpf_dir.to_str().ok_or_else(|| anyhow!("non-UTF-8 path"))?;
-    aya_build::build_ebpf(
-        [Package { name: "agent-ebpf", root_dir: ebpf_dir, ..Default::default() }],
-        Toolchain::default(),
-    )
+    aya_build::build_ebpf([Package { name: "agent-ebpf", root_dir: ebpf_dir, ..Default::default() }], Toolchain::default())
 }

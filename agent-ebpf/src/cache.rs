@@ -8,7 +8,10 @@ use core::ptr::{read_volatile, write_volatile};
 use agent_common::{Hook, Reason, VerdictCache, ip_words, slot_index, slot_tag, slot_ticks};
 use aya_ebpf::helpers::generated::bpf_jiffies64;
 
-use crate::{maps::{SOLO_ATTACH, SOLO_CACHE, VERDICT_CACHE}, verdict::{Dest, Verdict}};
+use crate::{
+    maps::{SOLO_ATTACH, SOLO_CACHE, VERDICT_CACHE},
+    verdict::{Dest, Verdict},
+};
 
 /// What the cache said about a destination.
 pub enum Lookup {

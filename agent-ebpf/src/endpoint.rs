@@ -14,11 +14,7 @@ use crate::maps::{ENDPOINTS, EP_CACHE};
 /// `cfg` is asked only past a direct hit (every cold map access costs
 /// ~100 ns per connect); without a config there is no endpoint.
 #[inline(always)]
-pub fn resolve<'a>(
-    cgid: u64,
-    ancestor: impl Fn(i32) -> u64,
-    cfg: impl FnOnce() -> Option<&'a Config>,
-) -> Option<EndpointInfo> {
+pub fn resolve<'a>(cgid: u64, ancestor: impl Fn(i32) -> u64, cfg: impl FnOnce() -> Option<&'a Config>) -> Option<EndpointInfo> {
     // SAFETY: values are plain data copied out before use.
     if let Some(info) = unsafe { ENDPOINTS.get(&cgid) } {
         return Some(*info);

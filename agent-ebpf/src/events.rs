@@ -2,10 +2,7 @@
 //! per-CPU counter; denied (and audited) verdicts also try to emit an event,
 //! rate-limited per endpoint, with every loss counted.
 
-use agent_common::{
-    counter_index, loss, Config, DeniedEvent, EndpointInfo, Hook, Reason, ENDPOINT_F_AUDIT,
-    MAX_ENDPOINTS,
-};
+use agent_common::{Config, DeniedEvent, ENDPOINT_F_AUDIT, EndpointInfo, Hook, MAX_ENDPOINTS, Reason, counter_index, loss};
 use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
 
 use crate::{

@@ -2,8 +2,8 @@
 //! Names stay within 15 characters: the kernel truncates object names.
 
 use agent_common::{
-    CidrKey, CidrValue, Config, VerdictCache, GateKey, GatePortKey, GatePortValue, GateValue, InboundKey, LiveFlow, SockOwner, DnsServerKey, DnsSockInfo, EndpointInfo, LearnedKey,
-    LearnedValue, RateState, COUNTERS_LEN, MAX_ENDPOINTS,
+    COUNTERS_LEN, CidrKey, CidrValue, Config, DnsServerKey, DnsSockInfo, EndpointInfo, GateKey, GatePortKey, GatePortValue,
+    GateValue, InboundKey, LearnedKey, LearnedValue, LiveFlow, MAX_ENDPOINTS, RateState, SockOwner, VerdictCache,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
@@ -34,8 +34,7 @@ pub static LEARNED: HashMap<LearnedKey, LearnedValue> = HashMap::with_max_entrie
 
 /// Per-endpoint CIDR rules merged with the always-denied ranges.
 #[map]
-pub static CIDRS: LpmTrie<CidrKey, CidrValue> =
-    LpmTrie::with_max_entries(65536, BPF_F_NO_PREALLOC);
+pub static CIDRS: LpmTrie<CidrKey, CidrValue> = LpmTrie::with_max_entries(65536, BPF_F_NO_PREALLOC);
 
 /// Trusted resolvers per endpoint.
 #[map]
@@ -72,8 +71,7 @@ pub static EVENT_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(MA
 
 /// Denied (or audited) attempts for the blocked-connection log.
 #[map]
-pub static DENIED_EVENTS: RingBuf =
-    RingBuf::with_byte_size(256 * 1024, 0);
+pub static DENIED_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// DNS answers held back until the agent has learned from them.
 #[map]
@@ -128,4 +126,3 @@ pub static SKB_NETNS_HELPER: u32 = 1;
 /// per-CPU array lookup: kernel/bpf/arraymap.c `percpu_array_map_gen_lookup`).
 #[map]
 pub static SOLO_CACHE: PerCpuArray<VerdictCache> = PerCpuArray::with_max_entries(4, 0);
-

@@ -7,16 +7,16 @@
 //! the agent has learned from them (DNS helpers in `skb_dns`).
 
 use agent_common::{
-    Config, DNS_KIND_ANSWER, DNS_KIND_CAUGHT, DNS_KIND_QUERY, EndpointInfo, FLOW_F_DENIED, FLOW_F_DNS, Hook, InboundKey, LOOPBACK_IFINDEX, LiveFlow,
-    Reason, proto, v4_mapped,
+    Config, DNS_KIND_ANSWER, DNS_KIND_CAUGHT, DNS_KIND_QUERY, EndpointInfo, FLOW_F_DENIED, FLOW_F_DNS, Hook, InboundKey,
+    LOOPBACK_IFINDEX, LiveFlow, Reason, proto, v4_mapped,
 };
 use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock,
     btf_maps::SkStorage,
     helpers::generated::{
-        bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_sk_storage_get,
-        bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
+        bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_sk_storage_get, bpf_skb_ancestor_cgroup_id,
+        bpf_skb_cgroup_id,
     },
     programs::SkBuffContext,
 };
@@ -208,8 +208,7 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
             return PASS;
         }
         Ok(f)
-            if f.proto == proto::UDP
-                && is_trusted_resolver(ep.endpoint, &Dest { proto: f.proto, port: f.dport, ip: f.dst }) =>
+            if f.proto == proto::UDP && is_trusted_resolver(ep.endpoint, &Dest { proto: f.proto, port: f.dport, ip: f.dst }) =>
         {
             // A query to a trusted resolver. Without gates (`dnsGates:
             // false`) the agent gets a copy (in the same ring as the answers,

@@ -44,11 +44,11 @@ pub(crate) fn note_tcp_gate_client(ctx: &SkBuffContext, full: *mut bpf_sock) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if let Some(owner) = unsafe { DNS_SOCKS.get(&cookie) } {
         // The namespace its connect hook noted (the socket's own).
-        let client = GatePortKey { netns_cookie: owner.netns_cookie, port: (sport as u16).to_be_bytes(), proto: proto::TCP, _pad: [0; 5] };
+        let client =
+            GatePortKey { netns_cookie: owner.netns_cookie, port: (sport as u16).to_be_bytes(), proto: proto::TCP, _pad: [0; 5] };
         let _ = GATE_CLIENTS.insert(&client, &owner.tgid, 0);
     }
 }
-
 
 /// 127.0.0.0/8 (also IPv4-mapped) or `::1`.
 #[inline(always)]
@@ -56,7 +56,6 @@ pub(crate) fn is_loopback(ip: &[u8; 16]) -> bool {
     let v4_lo = ip[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] && ip[12] == 127;
     v4_lo || (ip[..15] == [0; 15] && ip[15] == 1)
 }
-
 
 /// The trusted resolver (port 53) a datagram to the loopback sink
 /// (`DNS_SINK_PORT`) or to the IPv4 placeholder (`DNS_PLACEHOLDER`) was
@@ -76,7 +75,6 @@ pub(crate) fn sunk_query(ctx: &SkBuffContext, f: &Flow, dns_gates: u32) -> Optio
     (flow.flags & FLOW_F_CAUGHT != 0).then_some(flow.ip)
 }
 
-
 /// A datagram or segment to one of the agent's DNS gates in this namespace
 /// (loopback, a port in `GATE_PORTS`). For UDP, the sending process is
 /// noted for the log (the gate sees only the client's port); TCP segments
@@ -93,7 +91,6 @@ pub(crate) fn to_gate(ctx: &SkBuffContext, cookie: u64, f: &Flow) -> bool {
     true
 }
 
-
 /// Whether (`ip`, `port`) is one of the agent's gates in this namespace
 /// (loopback, a port in `GATE_PORTS`); returns the namespace cookie.
 #[inline(always)]
@@ -108,7 +105,6 @@ pub(crate) fn gate_port(ctx: &SkBuffContext, cookie: u64, f: &Flow, ip: &[u8; 16
     let key = GatePortKey { netns_cookie: netns, port, proto: f.proto, _pad: [0; 5] };
     GATE_PORTS.get_ptr(&key).map(|_| netns)
 }
-
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]

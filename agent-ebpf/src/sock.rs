@@ -11,9 +11,7 @@ use aya_ebpf::{
     EbpfContext as _,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::{
-            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
-        },
+        generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
     },
     programs::{SockAddrContext, SockContext},
 };
@@ -123,11 +121,8 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
             // The cookie only when needed: its first use on a socket writes
             // a fresh value into it (net/core/sock_diag.c `__sock_gen_cookie`).
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-            let info = DnsSockInfo {
-                tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-                endpoint: ep.endpoint,
-                netns_cookie: netns(),
-            };
+            let info =
+                DnsSockInfo { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, endpoint: ep.endpoint, netns_cookie: netns() };
             // If this fails, the answer is later dropped for lack of an owner
             // (counted as DNS_NO_OWNER): fail closed, never unlearned.
             let _ = DNS_SOCKS.insert(&cookie, &info, 0);

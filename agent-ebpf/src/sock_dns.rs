@@ -4,8 +4,7 @@
 //! the resolver's address as the source of the gate's answers.
 
 use agent_common::{
-    DNS_PLACEHOLDER, DNS_SINK_PORT, FLOW_F_CAUGHT, FLOW_F_DNS, GateKey, GatePortKey, LOOPBACK_IFINDEX, LiveFlow, proto,
-    v4_mapped,
+    DNS_PLACEHOLDER, DNS_SINK_PORT, FLOW_F_CAUGHT, FLOW_F_DNS, GateKey, GatePortKey, LOOPBACK_IFINDEX, LiveFlow, proto, v4_mapped,
 };
 use aya_ebpf::{
     EbpfContext as _,
@@ -13,11 +12,11 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 
+use crate::sock::{ALLOW, ip_of, is_v4, remember_flow, words_of};
 use crate::{
     maps::{GATE_PORTS, GATES, SK_FLOWS},
     verdict::Dest,
 };
-use crate::sock::{ALLOW, ip_of, is_v4, remember_flow, words_of};
 
 /// include/uapi/asm-generic/socket.h
 const SOL_SOCKET: i32 = 1;
@@ -43,9 +42,8 @@ const LOOPBACK_V6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 #[inline(always)]
 pub(crate) fn catch_on_loopback(ctx: &SockAddrContext) -> bool {
     let mut ifindex = LOOPBACK_IFINDEX as i32;
-    let ret = unsafe {
-        bpf_setsockopt(ctx.as_ptr(), SOL_SOCKET, SO_BINDTOIFINDEX, (&raw mut ifindex).cast(), size_of::<i32>() as i32)
-    };
+    let ret =
+        unsafe { bpf_setsockopt(ctx.as_ptr(), SOL_SOCKET, SO_BINDTOIFINDEX, (&raw mut ifindex).cast(), size_of::<i32>() as i32) };
     ret == 0
 }
 
@@ -217,4 +215,3 @@ pub(crate) fn show_caught_resolver(ctx: &SockAddrContext) {
         sa.user_ip6 = words_of(&f.ip);
     }
 }
-

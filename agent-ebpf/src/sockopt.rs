@@ -10,7 +10,9 @@
 
 use agent_common::{
     Hook, Reason,
-    source_route::{IP_OPTIONS, IPV6_2292PKTOPTIONS, IPV6_2292RTHDR, IPV6_RTHDR, MAX_IPV4_OPTIONS, SOL_IP, SOL_IPV6, setsockopt_source_routes},
+    source_route::{
+        IP_OPTIONS, IPV6_2292PKTOPTIONS, IPV6_2292RTHDR, IPV6_RTHDR, MAX_IPV4_OPTIONS, SOL_IP, SOL_IPV6, setsockopt_source_routes,
+    },
     v4_mapped,
 };
 use aya_ebpf::{

@@ -3,8 +3,8 @@
 //! docs/ARCHITECTURE.md ("Verdict order").
 
 use agent_common::{
-    proto, CidrKey, DnsServerKey, EndpointInfo, LearnedKey, Reason, CIDR_KIND_ALLOW,
-    CIDR_KIND_DENY_RANGE, CIDR_KIND_LOOPBACK, CIDR_MAX_PORTS,
+    CIDR_KIND_ALLOW, CIDR_KIND_DENY_RANGE, CIDR_KIND_LOOPBACK, CIDR_MAX_PORTS, CidrKey, DnsServerKey, EndpointInfo, LearnedKey,
+    Reason, proto,
 };
 use aya_ebpf::{helpers::generated::bpf_ktime_get_boot_ns, maps::lpm_trie::Key};
 
@@ -95,9 +95,7 @@ pub fn decide(ep: &EndpointInfo, d: &Dest, host_netns: impl FnOnce() -> bool) ->
                     break;
                 }
                 let r = &v.ports[i];
-                if r.proto == proto::ANY
-                    || (r.proto == d.proto && r.port_lo <= port && port <= r.port_hi)
-                {
+                if r.proto == proto::ANY || (r.proto == d.proto && r.port_lo <= port && port <= r.port_hi) {
                     return Verdict { reason: Reason::AllowedCidr, lasts_ns: u64::MAX };
                 }
                 i += 1;
@@ -105,7 +103,11 @@ pub fn decide(ep: &EndpointInfo, d: &Dest, host_netns: impl FnOnce() -> bool) ->
             if v.inside_deny_range != 0 { Reason::DeniedRange } else { Reason::DeniedDefault }
         }
         CIDR_KIND_LOOPBACK => {
-            if host_netns() { Reason::DeniedRange } else { Reason::AllowedLoopback }
+            if host_netns() {
+                Reason::DeniedRange
+            } else {
+                Reason::AllowedLoopback
+            }
         }
         CIDR_KIND_DENY_RANGE => Reason::DeniedRange,
         _ => Reason::DeniedInternal,

@@ -230,7 +230,8 @@ mod tests {
         // A non-empty one (here: a child directory) stays and is reported.
         fs::create_dir(dir.join(format!("x-{}", dead - 1)).join("child")).unwrap();
         let left = sweep_stale(&dir, "x-");
-        let mut names: Vec<String> = fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> =
+            fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
         names.sort();
         let mut want = [format!("x-{}", dead - 1), format!("x-{me}"), "x-notapid".into(), format!("y-{dead}")];
         want.sort();

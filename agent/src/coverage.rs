@@ -10,8 +10,7 @@ use std::{fs, path::Path};
 
 /// Capabilities (include/uapi/linux/capability.h) whose holders leave the
 /// cgroup hooks' view.
-pub const UNCONTAINED: [(u32, &str); 4] =
-    [(13, "CAP_NET_RAW"), (12, "CAP_NET_ADMIN"), (21, "CAP_SYS_ADMIN"), (39, "CAP_BPF")];
+pub const UNCONTAINED: [(u32, &str); 4] = [(13, "CAP_NET_RAW"), (12, "CAP_NET_ADMIN"), (21, "CAP_SYS_ADMIN"), (39, "CAP_BPF")];
 
 /// Per capability of `UNCONTAINED` held by any process: how many hold it.
 pub type Held = Vec<(&'static str, u32)>;
@@ -66,7 +65,10 @@ mod tests {
     fn counts_holders_per_capability() {
         let root = 0x1ff_ffff_ffff;
         let net_raw = 1 << 13;
-        assert_eq!(held([root, net_raw, 0]), vec![("CAP_BPF", 1), ("CAP_NET_ADMIN", 1), ("CAP_NET_RAW", 2), ("CAP_SYS_ADMIN", 1)]);
+        assert_eq!(
+            held([root, net_raw, 0]),
+            vec![("CAP_BPF", 1), ("CAP_NET_ADMIN", 1), ("CAP_NET_RAW", 2), ("CAP_SYS_ADMIN", 1)]
+        );
         assert_eq!(held([0, 1 << 10]), vec![]);
     }
 }

@@ -5,8 +5,8 @@
 use std::{
     fs::OpenOptions,
     io::Write,
-    path::Path,
     net::{IpAddr, Ipv6Addr},
+    path::Path,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
@@ -61,10 +61,7 @@ pub fn now_rfc3339() -> String {
 
 /// The command name of a process, for records made in user space.
 pub fn proc_comm(tgid: u32) -> Option<String> {
-    (tgid != 0)
-        .then(|| std::fs::read_to_string(format!("/proc/{tgid}/comm")).ok())
-        .flatten()
-        .map(|s| s.trim_end().to_owned())
+    (tgid != 0).then(|| std::fs::read_to_string(format!("/proc/{tgid}/comm")).ok()).flatten().map(|s| s.trim_end().to_owned())
 }
 
 /// One line of the blocked-connection log.

@@ -85,8 +85,7 @@ pub(crate) fn set_int_option(fd: &OwnedFd, name: libc::c_int, value: libc::c_int
 }
 
 fn open_in_netns(tgid: u32, mark: u32) -> Result<(NsSockets, u64), InjectError> {
-    let ns = File::open(format!("/proc/{tgid}/ns/net"))
-        .map_err(|source| InjectError::OpenNetns { tgid, source })?;
+    let ns = File::open(format!("/proc/{tgid}/ns/net")).map_err(|source| InjectError::OpenNetns { tgid, source })?;
     thread::spawn(move || {
         setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| InjectError::Setns { tgid, source })?;
         let v4 = raw_socket(libc::AF_INET, mark)?;
@@ -115,8 +114,15 @@ impl Injector {
         }
         let socks = &self.sockets[&netns_cookie];
         let sent = match dst {
-            IpAddr::V4(ip) => sendto(socks.v4.as_raw_fd(), packet, &SockaddrIn::from(std::net::SocketAddrV4::new(ip, 0)), MsgFlags::empty()),
-            IpAddr::V6(ip) => sendto(socks.v6.as_raw_fd(), packet, &SockaddrIn6::from(std::net::SocketAddrV6::new(ip, 0, 0, 0)), MsgFlags::empty()),
+            IpAddr::V4(ip) => {
+                sendto(socks.v4.as_raw_fd(), packet, &SockaddrIn::from(std::net::SocketAddrV4::new(ip, 0)), MsgFlags::empty())
+            }
+            IpAddr::V6(ip) => sendto(
+                socks.v6.as_raw_fd(),
+                packet,
+                &SockaddrIn6::from(std::net::SocketAddrV6::new(ip, 0, 0, 0)),
+                MsgFlags::empty(),
+            ),
         };
         match sent {
             Ok(_) => Ok(()),

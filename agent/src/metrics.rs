@@ -35,12 +35,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves `/metrics` until `stop`.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<Mutex<State>>,
-    gate: Arc<GateStats>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn serve(listener: TcpListener, state: Arc<Mutex<State>>, gate: Arc<GateStats>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             r = listener.accept() => match r {
@@ -113,7 +108,12 @@ pub fn render(state: &Mutex<State>, gate: &GateStats) -> String {
             let _ = writeln!(out, "portcullis_verdicts_total{{hook=\"{}\",reason=\"{}\"}} {v}", hook.as_str(), reason.as_str());
         }
     }
-    family(&mut out, "portcullis_kernel_losses_total", "counter", "Records the kernel could not hand over (rate limit, full ring buffer, no owner, too large).");
+    family(
+        &mut out,
+        "portcullis_kernel_losses_total",
+        "counter",
+        "Records the kernel could not hand over (rate limit, full ring buffer, no owner, too large).",
+    );
     for (what, i) in [
         ("event-rate-limited", loss::EVENT_RATE_LIMITED),
         ("event-ringbuf-full", loss::EVENT_RINGBUF_FULL),
@@ -155,31 +155,56 @@ pub fn render(state: &Mutex<State>, gate: &GateStats) -> String {
             esc(e.identity.pod.as_deref().unwrap_or(""))
         )
     };
-    family(&mut out, "portcullis_dns_queries_refused_total", "counter", "Queries for names the endpoint's policy does not allow.");
+    family(
+        &mut out,
+        "portcullis_dns_queries_refused_total",
+        "counter",
+        "Queries for names the endpoint's policy does not allow.",
+    );
     for e in &eps {
         let s = per.get(&e.id).copied().unwrap_or_default();
         let _ = writeln!(out, "portcullis_dns_queries_refused_total{{{}}} {}", labels(e), s.refused);
     }
-    family(&mut out, "portcullis_dns_suspicious_queries_total", "counter", "Queries that look like tunnelled data (long label, high entropy) or exceed the per-second rate.");
+    family(
+        &mut out,
+        "portcullis_dns_suspicious_queries_total",
+        "counter",
+        "Queries that look like tunnelled data (long label, high entropy) or exceed the per-second rate.",
+    );
     for e in &eps {
         let s = per.get(&e.id).copied().unwrap_or_default();
         for (kind, v) in [("long-label", s.suspicious_long_label), ("entropy", s.suspicious_entropy), ("rate", s.high_rate)] {
             let _ = writeln!(out, "portcullis_dns_suspicious_queries_total{{{},kind=\"{kind}\"}} {v}", labels(e));
         }
     }
-    family(&mut out, "portcullis_dns_records_suppressed_total", "counter", "Blocked-log records of the DNS gates (refused names, rebinding answers) held back by the endpoint's record rate limit.");
+    family(
+        &mut out,
+        "portcullis_dns_records_suppressed_total",
+        "counter",
+        "Blocked-log records of the DNS gates (refused names, rebinding answers) held back by the endpoint's record rate limit.",
+    );
     for e in &eps {
         let s = per.get(&e.id).copied().unwrap_or_default();
         let _ = writeln!(out, "portcullis_dns_records_suppressed_total{{{}}} {}", labels(e), s.records_suppressed);
     }
-    family(&mut out, "portcullis_dns_tcp_over_cap_total", "counter", "DNS-over-TCP connections over a gate's connection cap: a new one refused (every connection mid-query), or the longest idle one closed to make room.");
+    family(
+        &mut out,
+        "portcullis_dns_tcp_over_cap_total",
+        "counter",
+        "DNS-over-TCP connections over a gate's connection cap: a new one refused (every connection mid-query), or the longest idle one closed to make room.",
+    );
     for e in &eps {
         let s = per.get(&e.id).copied().unwrap_or_default();
         for (action, v) in [("refused", s.tcp_refused), ("evicted-idle", s.tcp_evicted)] {
             let _ = writeln!(out, "portcullis_dns_tcp_over_cap_total{{{},action=\"{action}\"}} {v}", labels(e));
         }
     }
-    family(&mut out, "portcullis_learned_entries", "gauge", "Kernel LEARNED entries (endpoint, protocol, port, address) held now.");
+    family(
+        &mut out,
+        "portcullis_learned_entries",
+        "gauge",
+        "Kernel LEARNED entries (endpoint, protocol, port, address) held now.",
+    );
     for e in &eps {
         let _ = writeln!(out, "portcullis_learned_entries{{{}}} {}", labels(e), st.learned_count(e.id));
     }

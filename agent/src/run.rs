@@ -17,8 +17,8 @@ use crate::{
     check::BadPolicy,
     cli::{RunArgs, UnpinArgs},
     ebpf::{Pins, pin},
-    handover,
     gate::{GateOptions, parse_deny_rcode},
+    handover,
     policy::{CompiledPolicy, Policy, PolicySpec, compile, system_resolvers},
     runtime::{Agent, AgentOptions, lock},
     state::{Caps, Identity, TtlBounds},
@@ -125,8 +125,7 @@ fn prepare(cfg: &NodeConfig, base: &Path) -> Result<Vec<Prepared>> {
 
 pub fn load_config(path: &Path) -> Result<NodeConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_saphyr::from_str(&text)
-        .map_err(|e| BadPolicy(anyhow::anyhow!("{}: {e}", path.display())).into())
+    serde_saphyr::from_str(&text).map_err(|e| BadPolicy(anyhow::anyhow!("{}: {e}", path.display())).into())
 }
 
 pub fn run(args: &RunArgs) -> Result<()> {
@@ -148,11 +147,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             min: Duration::from_secs(cfg.min_ttl_seconds),
             max: Duration::from_secs(cfg.max_ttl_seconds.max(cfg.min_ttl_seconds)),
         },
-        caps: Caps {
-            ips_per_name: cfg.max_ips_per_name,
-            names_per_endpoint: cfg.max_names_per_endpoint,
-            ..Caps::default()
-        },
+        caps: Caps { ips_per_name: cfg.max_ips_per_name, names_per_endpoint: cfg.max_names_per_endpoint, ..Caps::default() },
         log,
         unmanaged_allow: true,
         events_per_sec: 50,

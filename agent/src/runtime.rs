@@ -16,20 +16,23 @@ use std::{
 
 use agent_common::Config;
 use anyhow::{Context as _, Result};
-use tokio::sync::watch;
 use aya::maps::{MapData, RingBuf};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::{
-    ebpf::{Datapath, Pins, loader::{Attachment, current_netns_cookie}},
+    ebpf::{
+        Datapath, Pins,
+        loader::{Attachment, current_netns_cookie},
+    },
     events::{self, LogSink},
     gate::{Gate, GateOptions, GateStats, PendingQueries, ratelimit::RecordLimit},
     handover::{self, Handover},
     live::LiveConns,
     metrics,
+    policy::CompiledPolicy,
     proxy::DnsGates,
     state::{Caps, Identity, State, TtlBounds},
-    policy::CompiledPolicy,
 };
 
 pub struct AgentOptions {
@@ -164,10 +167,7 @@ async fn expire_learned(
 /// it, and no other agent on the node uses it.
 fn random_mark() -> u32 {
     let mut b = [0u8; 4];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .is_err()
-    {
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)).is_err() {
         b = (std::process::id() ^ 0x5043_4c53).to_ne_bytes();
     }
     u32::from_ne_bytes(b) | 0x8000_0000
@@ -349,10 +349,9 @@ impl Agent {
     fn refresh_verdict_caches(&mut self) -> Result<()> {
         let mut st = lock(&self.state);
         let owner: HashMap<u64, u32> = st.endpoints().map(|e| (e.cgroup_id, e.id)).collect();
-        st.maps
-            .verdict_cache()
-            .refresh(&self.attached, |id| owner.get(&id).copied())
-            .map_err(|(cgroup_id, e)| anyhow::Error::new(e).context(format!("turning the verdict cache off at cgroup {cgroup_id}")))
+        st.maps.verdict_cache().refresh(&self.attached, |id| owner.get(&id).copied()).map_err(|(cgroup_id, e)| {
+            anyhow::Error::new(e).context(format!("turning the verdict cache off at cgroup {cgroup_id}"))
+        })
     }
 
     /// Kernel loss counters worth telling a human about, and the DNS
@@ -363,7 +362,10 @@ impl Agent {
         let at = |i: u32| c.get(i as usize).copied().unwrap_or(0);
         [
             ("blocked-attempt records suppressed by the rate limit", at(loss::EVENT_RATE_LIMITED)),
-            ("DNS-gate records (refused names, rebinding) suppressed by the rate limit", self.gate_stats.sum(|s| s.records_suppressed)),
+            (
+                "DNS-gate records (refused names, rebinding) suppressed by the rate limit",
+                self.gate_stats.sum(|s| s.records_suppressed),
+            ),
             ("blocked-attempt records lost (ring buffer full)", at(loss::EVENT_RINGBUF_FULL)),
             ("DNS answers dropped (hold buffer full)", at(loss::DNS_RINGBUF_FULL)),
             ("DNS answers dropped (no owning process recorded)", at(loss::DNS_NO_OWNER)),
@@ -385,7 +387,10 @@ impl Agent {
         [
             ("DNS answers dropped: they matched no query (forged, unsolicited or late)", g.answers_unsolicited.load(Relaxed)),
             ("DNS queries with names that look like tunnelled data, or too many per second", suspicious),
-            ("addresses not learned because a cap was reached and all older ones had live connections", g.ips_refused_cap.load(Relaxed)),
+            (
+                "addresses not learned because a cap was reached and all older ones had live connections",
+                g.ips_refused_cap.load(Relaxed),
+            ),
             ("DNS-over-TCP connections refused: the gate's connection cap was reached", g.sum(|s| s.tcp_refused)),
             ("idle DNS-over-TCP connections closed to make room under the gate's connection cap", g.sum(|s| s.tcp_evicted)),
         ]

@@ -29,8 +29,6 @@ dns:
   servers: ["198.51.100.53", "[2001:db8:53::53]:53"]
 "#;
 
-
-
 struct Harness {
     dp: Datapath,
     state: State,
@@ -139,7 +137,9 @@ fn rule_without_ports_allows_every_protocol() {
 #[test]
 fn always_denied_ranges_even_when_dns_says_so() {
     let Some(mut h) = harness(false) else { return };
-    for ip in ["169.254.169.254", "10.96.0.10", "100.100.100.200", "fd00:ec2::254", "::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe"] {
+    for ip in
+        ["169.254.169.254", "10.96.0.10", "100.100.100.200", "fd00:ec2::254", "::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe"]
+    {
         h.learn("api.example.test", ip, 60);
         let l4 = L4::Tcp(443);
         assert_eq!(h.egress(ip, l4), DROP, "{ip} must stay denied");

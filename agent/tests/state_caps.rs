@@ -25,8 +25,6 @@ dns:
 const ALLOW: u32 = 1;
 const DROP: u32 = 0;
 
-
-
 fn tcp_syn(dst: IpAddr, dport: u16) -> Vec<u8> {
     let (IpAddr::V4(s), IpAddr::V4(d)) = ("198.18.1.2".parse().unwrap(), dst) else { panic!("IPv4 only") };
     let mut out = Vec::new();

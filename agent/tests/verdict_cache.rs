@@ -99,7 +99,11 @@ fn a_removed_address_is_refused_at_once_though_its_allowance_was_cached() {
         let a: IpAddr = "203.0.113.5".parse().unwrap();
         state.learn(ep, "api.example.test", &[(a, 600)]).expect("learn");
         let r = connects(&cg, &[("203.0.113.5", 443), ("203.0.113.5", 443), ("203.0.113.5", 443), ("203.0.113.5", 80)]);
-        assert_eq!(r, ["ENETUNREACH", "ENETUNREACH", "ENETUNREACH", "EPERM"], "allowed three times (hook passed), other port refused");
+        assert_eq!(
+            r,
+            ["ENETUNREACH", "ENETUNREACH", "ENETUNREACH", "EPERM"],
+            "allowed three times (hook passed), other port refused"
+        );
         let mapped = "::ffff:203.0.113.5";
         assert_eq!(connects(&cg, &[(mapped, 443), (mapped, 443)]), ["ENETUNREACH", "ENETUNREACH"], "connect6, mapped");
         assert!(cached_slots(&mut state, &cg, "203.0.113.5") >= 1, "the allowance was cached");
@@ -178,9 +182,12 @@ fn a_load_for_one_attach_point_refuses_a_second() {
         return;
     }
     let (mut dp, _state, _ep, _cg) = setup("second", Caps::default(), true);
-    let other = OwnedCgroup::create(&cgroup2_mount().expect("cgroup2"), &format!("pc-test-vcache-second-b-{}", std::process::id()))
-        .expect("second cgroup");
-    let Err(err) = dp.attach(other.path(), Attachment::Links) else { panic!("a second attach point would share the first one's cache") };
+    let other =
+        OwnedCgroup::create(&cgroup2_mount().expect("cgroup2"), &format!("pc-test-vcache-second-b-{}", std::process::id()))
+            .expect("second cgroup");
+    let Err(err) = dp.attach(other.path(), Attachment::Links) else {
+        panic!("a second attach point would share the first one's cache")
+    };
     assert!(err.to_string().contains("one attach point"), "{err}");
 }
 

@@ -44,15 +44,10 @@ pub const DEEP_X_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 41); // x.deep.test
 pub const DEEP_YZ_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 42); // y.z.deep.test
 
 /// Ranges in which *every* address is a live host in inet (AnyIP local routes).
-pub const ANYIP_V4: [(Ipv4Addr, u8); 3] = [
-    (Ipv4Addr::new(192, 0, 2, 0), 24),
-    (Ipv4Addr::new(198, 51, 100, 0), 24),
-    (Ipv4Addr::new(203, 0, 113, 0), 24),
-];
-pub const ANYIP_V6: [(Ipv6Addr, u8); 2] = [
-    (Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0), 64),
-    (Ipv6Addr::new(0x2001, 0xdb8, 0x1000, 0, 0, 0, 0, 0), 116),
-];
+pub const ANYIP_V4: [(Ipv4Addr, u8); 3] =
+    [(Ipv4Addr::new(192, 0, 2, 0), 24), (Ipv4Addr::new(198, 51, 100, 0), 24), (Ipv4Addr::new(203, 0, 113, 0), 24)];
+pub const ANYIP_V6: [(Ipv6Addr, u8); 2] =
+    [(Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0), 64), (Ipv6Addr::new(0x2001, 0xdb8, 0x1000, 0, 0, 0, 0, 0), 116)];
 
 /// Host addresses put on inet's `lo` (besides the AnyIP ranges), so they can
 /// be bound explicitly (dnsmasq) and serve as deny targets.

@@ -58,10 +58,7 @@ impl Bench {
     }
 
     fn pod(&self, pod: &str) -> &Pod {
-        self.pods
-            .iter()
-            .find(|p| p.name == pod)
-            .unwrap_or_else(|| panic!("bench has no pod {pod:?}"))
+        self.pods.iter().find(|p| p.name == pod).unwrap_or_else(|| panic!("bench has no pod {pod:?}"))
     }
 
     /// The `pc<pid>x<n>` prefix of every name this bench created.
@@ -123,11 +120,7 @@ impl Bench {
     /// the bench resolv.conf.
     pub fn nsenter_args(&self, pod: &str) -> Vec<String> {
         let path = self.pod_netns_path(pod);
-        vec![
-            "nsenter".into(),
-            format!("--net={}", path.display()),
-            "--".into(),
-        ]
+        vec!["nsenter".into(), format!("--net={}", path.display()), "--".into()]
     }
     /// `/etc/netns/<pod-ns>` (holds the pod's `resolv.conf`).
     pub fn resolv_conf_dir(&self, pod: &str) -> PathBuf {
@@ -174,10 +167,7 @@ impl Bench {
     /// `wrong-port`, `wrong-question`). Panics without
     /// [`BenchBuilder::bad_dns`].
     pub fn set_bad_dns_mode(&self, mode: &str) -> Result<()> {
-        let (file, _) = self
-            .bad_dns
-            .as_ref()
-            .expect("bench started without bad_dns(true)");
+        let (file, _) = self.bad_dns.as_ref().expect("bench started without bad_dns(true)");
         // Write then rename: the server never reads a half-written mode.
         let tmp = file.with_extension("tmp");
         std::fs::write(&tmp, mode)?;
@@ -213,29 +203,15 @@ impl Bench {
                 for child in &mut self.td.children {
                     if let Some(status) = child.try_wait()? {
                         let err = std::fs::read_to_string(dns_err).unwrap_or_default();
-                        bail!(
-                            "server pid {} exited early ({status}); dnsmasq stderr:\n{err}",
-                            child.pid()
-                        );
+                        bail!("server pid {} exited early ({status}); dnsmasq stderr:\n{err}", child.pid());
                     }
                 }
                 let r = netns::run_in(&path, || {
-                    let ips = dns::query(
-                        addr::DNS_V4.into(),
-                        READY_NAME,
-                        Qtype::A,
-                        Duration::from_millis(200),
-                    )?;
-                    ensure!(
-                        ips.contains(&addr::API_V4.into()),
-                        "unexpected answer {ips:?}"
-                    );
+                    let ips = dns::query(addr::DNS_V4.into(), READY_NAME, Qtype::A, Duration::from_millis(200))?;
+                    ensure!(ips.contains(&addr::API_V4.into()), "unexpected answer {ips:?}");
                     for ip in [IpAddr::V4(addr::API_V4), IpAddr::V6(addr::API_V6)] {
-                        TcpStream::connect_timeout(
-                            &SocketAddr::new(ip, 80),
-                            Duration::from_millis(500),
-                        )
-                        .with_context(|| format!("connect {ip}:80"))?;
+                        TcpStream::connect_timeout(&SocketAddr::new(ip, 80), Duration::from_millis(500))
+                            .with_context(|| format!("connect {ip}:80"))?;
                     }
                     Ok(())
                 })?;
@@ -243,10 +219,7 @@ impl Bench {
                     Ok(()) => break,
                     Err(e) if Instant::now() > deadline => {
                         let err = std::fs::read_to_string(dns_err).unwrap_or_default();
-                        bail!(
-                            "bench not ready from pod {}: {e:#}\ndnsmasq stderr:\n{err}",
-                            self.pods[i].name
-                        )
+                        bail!("bench not ready from pod {}: {e:#}\ndnsmasq stderr:\n{err}", self.pods[i].name)
                     }
                     Err(e) => {
                         self.trace(&format!("not ready yet: {e:#}"));

@@ -49,8 +49,7 @@ impl BenchBuilder {
     /// Adds a DNS record, replacing any default record of the same name.
     pub fn record(mut self, name: &str, ips: impl IntoIterator<Item = IpAddr>) -> Self {
         self.records.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-        self.records
-            .push((name.to_owned(), ips.into_iter().collect()));
+        self.records.push((name.to_owned(), ips.into_iter().collect()));
         self
     }
 
@@ -96,23 +95,15 @@ impl BenchBuilder {
     /// can query the bench DNS and reach the API host over v4 and v6.
     /// On error everything created so far is torn down again.
     pub fn start(self) -> Result<Bench> {
-        ensure!(
-            !self.pods.is_empty() && self.pods.len() <= addr::MAX_PODS,
-            "need 1..=254 pods"
-        );
+        ensure!(!self.pods.is_empty() && self.pods.len() <= addr::MAX_PODS, "need 1..=254 pods");
         for (i, p) in self.pods.iter().enumerate() {
-            let valid = (1..=10).contains(&p.len())
-                && p.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            let valid =
+                (1..=10).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
             ensure!(valid && p != "node" && p != "inet", "bad pod name {p:?}");
             ensure!(!self.pods[..i].contains(p), "duplicate pod name {p:?}");
         }
         static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let prefix = format!(
-            "{NAME_PREFIX}{}x{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
+        let prefix = format!("{NAME_PREFIX}{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         let tmp = std::env::temp_dir();
         netns::sweep_stale(&tmp);
 
@@ -134,10 +125,7 @@ impl BenchBuilder {
             })
             .collect();
 
-        for ns in [&node_ns, &inet_ns]
-            .into_iter()
-            .chain(pods.iter().map(|p| &p.ns))
-        {
+        for ns in [&node_ns, &inet_ns].into_iter().chain(pods.iter().map(|p| &p.ns)) {
             topology::add_namespace(&mut td, ns)?;
         }
         topology::add_inet(&mut td, &node_ns, &inet_ns)?;
@@ -146,10 +134,7 @@ impl BenchBuilder {
         }
         // `ip netns exec NS` bind-mounts these over /etc/resolv.conf, so pods
         // (and an agent in node) resolve only through the bench's dnsmasq.
-        let resolv = format!(
-            "nameserver {}\noptions timeout:1 attempts:2\n",
-            addr::DNS_V4
-        );
+        let resolv = format!("nameserver {}\noptions timeout:1 attempts:2\n", addr::DNS_V4);
         for ns in pods.iter().map(|p| &p.ns).chain([&node_ns]) {
             let dir = netns::etc_netns_dir(ns);
             std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -162,9 +147,7 @@ impl BenchBuilder {
         // Private name for the readiness probe, so overriding any public record is fine.
         records.push((READY_NAME.into(), vec![addr::API_V4.into()]));
         if self.race_names {
-            records.extend(
-                (1..=dns::RACE_COUNT).map(|n| (dns::race_name(n), vec![dns::race_addr(n)])),
-            );
+            records.extend((1..=dns::RACE_COUNT).map(|n| (dns::race_name(n), vec![dns::race_addr(n)])));
         }
         let conf = workdir.join("dnsmasq.conf");
         std::fs::write(&conf, dns::conf_text(&records))?;
@@ -176,8 +159,7 @@ impl BenchBuilder {
 
         let t_dns = started.elapsed();
         let hostd_log = workdir.join("hostd.log");
-        let hostd =
-            crate::servers::spawn_hostd_with(&inet_ns, &workdir, &hostd_log, self.tcp_echo)?;
+        let hostd = crate::servers::spawn_hostd_with(&inet_ns, &workdir, &hostd_log, self.tcp_echo)?;
         let hostd_pid = hostd.pid();
         td.children.push(hostd);
         let bad_dns_mode = workdir.join("baddns.mode");
@@ -211,10 +193,7 @@ impl BenchBuilder {
         };
         let t_hostd = started.elapsed();
         bench.wait_ready(&dns_err)?;
-        bench.trace(&format!(
-            "started in {:?} (topology {t_topo:?}, dnsmasq {t_dns:?}, hostd {t_hostd:?})",
-            started.elapsed()
-        ));
+        bench.trace(&format!("started in {:?} (topology {t_topo:?}, dnsmasq {t_dns:?}, hostd {t_hostd:?})", started.elapsed()));
         Ok(bench)
     }
 }

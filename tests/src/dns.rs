@@ -18,10 +18,7 @@ pub fn default_records() -> Vec<(String, Vec<IpAddr>)> {
     let v4 = IpAddr::V4;
     [
         ("api.example.test", vec![v4(API_V4), IpAddr::V6(API_V6)]),
-        (
-            "other.example.test",
-            vec![v4(OTHER_V4), IpAddr::V6(OTHER_V6)],
-        ),
+        ("other.example.test", vec![v4(OTHER_V4), IpAddr::V6(OTHER_V6)]),
         // DNS rebinding: innocuous-looking names that resolve to deny targets.
         ("meta.example.test", vec![v4(METADATA_V4)]),
         ("meta6.example.test", vec![IpAddr::V6(METADATA_V6)]),
@@ -49,10 +46,7 @@ pub fn race_name(n: u32) -> String {
 /// .53/.99, the resolvers); N > 500 → 2001:db8:1000::N (N as a number, so
 /// `race-700.test` is `2001:db8:1000::2bc`).
 pub fn race_addr(n: u32) -> IpAddr {
-    assert!(
-        (1..=RACE_COUNT).contains(&n),
-        "race name index {n} out of 1..={RACE_COUNT}"
-    );
+    assert!((1..=RACE_COUNT).contains(&n), "race name index {n} out of 1..={RACE_COUNT}");
     match n {
         1..=254 => IpAddr::V4(Ipv4Addr::new(192, 0, 2, n as u8)),
         255..=500 => {
@@ -82,13 +76,7 @@ pub fn conf_text(records: &[(String, Vec<IpAddr>)]) -> String {
 }
 
 /// Starts dnsmasq inside `inet_ns` on the trusted and rogue resolver addresses.
-pub fn spawn_dnsmasq(
-    inet_ns: &str,
-    conf: &Path,
-    log: &Path,
-    stderr: &Path,
-    ttl: u32,
-) -> Result<ChildGuard> {
+pub fn spawn_dnsmasq(inet_ns: &str, conf: &Path, log: &Path, stderr: &Path, ttl: u32) -> Result<ChildGuard> {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", inet_ns, "dnsmasq"])
         .args([
@@ -103,12 +91,7 @@ pub fn spawn_dnsmasq(
             "--bind-interfaces",
             "--port=53",
         ])
-        .arg(format!(
-            "--listen-address={},{},{}",
-            addr::DNS_V4,
-            addr::ROGUE_DNS_V4,
-            addr::DNS_V6
-        ))
+        .arg(format!("--listen-address={},{},{}", addr::DNS_V4, addr::ROGUE_DNS_V4, addr::DNS_V6))
         .arg(format!("--local-ttl={ttl}"))
         .arg(format!("--conf-file={}", conf.display()))
         .arg("--log-queries")
@@ -132,12 +115,7 @@ pub enum Qtype {
 /// (wrap in [`crate::netns::run_in`] to ask from a pod). Returns the A/AAAA
 /// addresses of the answer (empty for NXDOMAIN/NODATA).
 pub fn query(server: IpAddr, name: &str, qtype: Qtype, timeout: Duration) -> Result<Vec<IpAddr>> {
-    let bind: SocketAddr = if server.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    }
-    .parse()?;
+    let bind: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
     let sock = UdpSocket::bind(bind)?;
     sock.set_read_timeout(Some(timeout))?;
     sock.connect((server, 53))?;
@@ -154,18 +132,12 @@ pub fn query(server: IpAddr, name: &str, qtype: Qtype, timeout: Duration) -> Res
     q.extend_from_slice(&[0, 1]); // class IN
     sock.send(&q)?;
     let mut buf = [0u8; 4096];
-    let n = sock
-        .recv(&mut buf)
-        .with_context(|| format!("no DNS answer from {server}"))?;
+    let n = sock.recv(&mut buf).with_context(|| format!("no DNS answer from {server}"))?;
     parse_answer(&buf[..n], id)
 }
 
 fn parse_answer(msg: &[u8], id: u16) -> Result<Vec<IpAddr>> {
-    let u16_at = |i: usize| -> Result<u16> {
-        Ok(u16::from_be_bytes(
-            msg.get(i..i + 2).context("short DNS reply")?.try_into()?,
-        ))
-    };
+    let u16_at = |i: usize| -> Result<u16> { Ok(u16::from_be_bytes(msg.get(i..i + 2).context("short DNS reply")?.try_into()?)) };
     if u16_at(0)? != id {
         bail!("DNS reply id mismatch");
     }
@@ -222,10 +194,7 @@ mod tests {
                 assert!(!matches!(v4.octets()[3], 0 | 255), "{v4}");
             }
         }
-        assert_eq!(
-            race_addr(700),
-            "2001:db8:1000::2bc".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(race_addr(700), "2001:db8:1000::2bc".parse::<IpAddr>().unwrap());
         assert_eq!(race_addr(500), "198.51.100.248".parse::<IpAddr>().unwrap());
     }
 

@@ -34,10 +34,7 @@ impl ChildGuard {
 
     /// Wraps an already spawned child (no death signal is set up).
     pub fn new(child: Child) -> Self {
-        Self {
-            child: Some(child),
-            grace: Self::DEFAULT_GRACE,
-        }
+        Self { child: Some(child), grace: Self::DEFAULT_GRACE }
     }
 
     /// Sets the SIGTERM→SIGKILL grace period used by [`stop`](Self::stop)
@@ -130,12 +127,6 @@ fn spawn_on_keeper_thread(mut cmd: Command) -> io::Result<Child> {
     let job: Job = Box::new(move || {
         let _ = reply_tx.send(cmd.spawn());
     });
-    keeper
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send(job)
-        .map_err(|_| io::Error::other("bench-spawner thread is gone"))?;
-    reply_rx
-        .recv()
-        .map_err(|_| io::Error::other("bench-spawner dropped the request"))?
+    keeper.lock().unwrap_or_else(|e| e.into_inner()).send(job).map_err(|_| io::Error::other("bench-spawner thread is gone"))?;
+    reply_rx.recv().map_err(|_| io::Error::other("bench-spawner dropped the request"))?
 }

@@ -46,8 +46,8 @@ pub fn require_root() -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-        || std::env::var_os("PORTCULLIS_REQUIRE_PRIVILEGED").is_some();
+    let ci =
+        std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") || std::env::var_os("PORTCULLIS_REQUIRE_PRIVILEGED").is_some();
     let what = std::thread::current().name().unwrap_or("test").to_owned();
     if ci {
         panic!("privileged test cannot run: {what} needs root (network namespaces), and CI=true");
@@ -55,10 +55,7 @@ pub fn require_root() -> bool {
     // Written to the real stderr, not `eprintln!`, so libtest's output
     // capture does not hide that the test was skipped.
     use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIP {what}: needs root (network namespaces)"
-    );
+    let _ = writeln!(std::io::stderr(), "SKIP {what}: needs root (network namespaces)");
     false
 }
 
@@ -79,8 +76,6 @@ pub fn portcullis_bin() -> anyhow::Result<PathBuf> {
         .map(|t| t.join("debug/portcullis"))
         .collect();
     candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
-        anyhow::anyhow!(
-            "agent binary not found at {candidates:?}: build it with `cargo xtask test` (or set PORTCULLIS_BIN)"
-        )
+        anyhow::anyhow!("agent binary not found at {candidates:?}: build it with `cargo xtask test` (or set PORTCULLIS_BIN)")
     })
 }

@@ -20,16 +20,9 @@ pub fn etc_netns_dir(name: &str) -> PathBuf {
 
 /// Runs `ip ARGS...`, failing with its stderr.
 pub fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("run `ip` (iproute2)")?;
+    let out = Command::new("ip").args(args).output().context("run `ip` (iproute2)")?;
     if !out.status.success() {
-        bail!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
@@ -58,11 +51,7 @@ pub fn exists(name: &str) -> bool {
 /// Names of all namespaces in `/run/netns`.
 pub fn list() -> Vec<String> {
     std::fs::read_dir("/run/netns")
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default()
 }
 
@@ -73,8 +62,7 @@ pub fn run_in<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
     let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
     std::thread::scope(|s| {
         let handle = s.spawn(move || -> Result<T> {
-            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .context("setns(CLONE_NEWNET)")?;
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).context("setns(CLONE_NEWNET)")?;
             Ok(f())
         });
         match handle.join() {
@@ -109,10 +97,7 @@ pub fn sweep_stale(tmp_root: &Path) {
         let Some((pid, tail)) = rest.split_once('x') else {
             return false;
         };
-        let counter_ok = tail
-            .split('-')
-            .next()
-            .is_some_and(|c| c.parse::<u64>().is_ok());
+        let counter_ok = tail.split('-').next().is_some_and(|c| c.parse::<u64>().is_ok());
         pid.parse::<u32>().is_ok() && counter_ok && !Path::new("/proc").join(pid).exists()
     };
     for name in list().into_iter().filter(|n| dead(n)) {

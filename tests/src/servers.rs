@@ -25,11 +25,7 @@ pub fn python() -> PathBuf {
         return p.into();
     }
     let debian = Path::new("/usr/bin/python3");
-    if debian.exists() {
-        debian.into()
-    } else {
-        "python3".into()
-    }
+    if debian.exists() { debian.into() } else { "python3".into() }
 }
 
 /// Starts hostd in `inet_ns` and returns once it printed `READY` (all
@@ -40,12 +36,7 @@ pub fn spawn_hostd(inet_ns: &str, workdir: &Path, log: &Path) -> Result<ChildGua
 
 /// [`spawn_hostd`], optionally with the TCP echo service on
 /// [`addr::TCP_ECHO_PORT`] (off by default).
-pub fn spawn_hostd_with(
-    inet_ns: &str,
-    workdir: &Path,
-    log: &Path,
-    tcp_echo: bool,
-) -> Result<ChildGuard> {
+pub fn spawn_hostd_with(inet_ns: &str, workdir: &Path, log: &Path, tcp_echo: bool) -> Result<ChildGuard> {
     let script = workdir.join("hostd.py");
     std::fs::write(&script, HOSTD_PY)?;
     let tcp = addr::TCP_PORTS.map(|p| p.to_string()).join(",");
@@ -80,7 +71,11 @@ pub fn spawn_baddns(
         .arg(python())
         .arg("-u")
         .arg(&script)
-        .arg(if v6 { format!("--addr={},{}", addr::BAD_DNS_V4, addr::BAD_DNS_V6) } else { format!("--addr={}", addr::BAD_DNS_V4) })
+        .arg(if v6 {
+            format!("--addr={},{}", addr::BAD_DNS_V4, addr::BAD_DNS_V6)
+        } else {
+            format!("--addr={}", addr::BAD_DNS_V4)
+        })
         .arg(format!("--port={port}"))
         .arg(format!("--ttl={ttl}"))
         .arg("--mode-file")
@@ -90,12 +85,8 @@ pub fn spawn_baddns(
 
 /// Spawns a server script (stderr to `log`) and waits for `READY` on stdout.
 pub fn spawn_until_ready(mut cmd: Command, log: &Path, what: &str) -> Result<ChildGuard> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log)?);
-    let mut guard = ChildGuard::spawn(cmd)
-        .with_context(|| format!("spawn {what}"))?
-        .with_grace(Duration::ZERO);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(std::fs::File::create(log)?);
+    let mut guard = ChildGuard::spawn(cmd).with_context(|| format!("spawn {what}"))?.with_grace(Duration::ZERO);
 
     // Read stdout on a helper thread so the wait can time out; the thread then
     // keeps draining stdout until hostd exits so the pipe never fills.
@@ -103,10 +94,7 @@ pub fn spawn_until_ready(mut cmd: Command, log: &Path, what: &str) -> Result<Chi
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
-        let ready = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|l| l.trim() == "READY");
+        let ready = lines.by_ref().map_while(Result::ok).any(|l| l.trim() == "READY");
         let _ = tx.send(ready);
         lines.for_each(drop);
     });

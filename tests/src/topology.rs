@@ -67,13 +67,7 @@ impl Drop for Teardown {
 pub fn add_namespace(td: &mut Teardown, ns: &str) -> Result<()> {
     netns::add(ns)?;
     td.namespaces.push(ns.to_owned());
-    netns::sysctls(
-        &netns::netns_path(ns),
-        &[
-            ("net.ipv6.conf.all.accept_dad", "0"),
-            ("net.ipv6.conf.default.accept_dad", "0"),
-        ],
-    )?;
+    netns::sysctls(&netns::netns_path(ns), &[("net.ipv6.conf.all.accept_dad", "0"), ("net.ipv6.conf.default.accept_dad", "0")])?;
     ip_in(ns, &["link", "set", "lo", "up"])
 }
 
@@ -96,14 +90,8 @@ struct Link<'a> {
 
 fn add_link(td: &mut Teardown, l: Link<'_>) -> Result<()> {
     let index = l.a_index.to_string();
-    ip_in(
-        l.a_ns,
-        &[
-            "link", "add", l.a_if, "index", &index, "type", "veth", "peer", "name", l.b_if,
-            "netns", l.b_ns,
-        ],
-    )
-    .with_context(|| format!("veth {}:{} <-> {}:{}", l.a_ns, l.a_if, l.b_ns, l.b_if))?;
+    ip_in(l.a_ns, &["link", "add", l.a_if, "index", &index, "type", "veth", "peer", "name", l.b_if, "netns", l.b_ns])
+        .with_context(|| format!("veth {}:{} <-> {}:{}", l.a_ns, l.a_if, l.b_ns, l.b_if))?;
     td.links.push((l.a_ns.to_owned(), l.a_if.to_owned()));
     for (ns, ifname, (v4, v6)) in [(l.a_ns, l.a_if, &l.a_addrs), (l.b_ns, l.b_if, &l.b_addrs)] {
         ip_in(ns, &["addr", "add", v4, "dev", ifname])?;
@@ -122,39 +110,14 @@ pub fn add_pod(td: &mut Teardown, node_ns: &str, pod_ns: &str, node_if: &str, i:
             a_ns: node_ns,
             a_if: node_if,
             a_index: 100 + u32::from(i), // pod end gets 2 (first after lo)
-            a_addrs: (
-                format!("{}/24", addr::pod_gw_v4(i)),
-                format!("{}/64", addr::pod_gw_v6(i)),
-            ),
+            a_addrs: (format!("{}/24", addr::pod_gw_v4(i)), format!("{}/64", addr::pod_gw_v6(i))),
             b_ns: pod_ns,
             b_if: POD_IF,
-            b_addrs: (
-                format!("{}/24", addr::pod_v4(i)),
-                format!("{}/64", addr::pod_v6(i)),
-            ),
+            b_addrs: (format!("{}/24", addr::pod_v4(i)), format!("{}/64", addr::pod_v6(i))),
         },
     )?;
-    ip_in(
-        pod_ns,
-        &[
-            "route",
-            "add",
-            "default",
-            "via",
-            &addr::pod_gw_v4(i).to_string(),
-        ],
-    )?;
-    ip_in(
-        pod_ns,
-        &[
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            &addr::pod_gw_v6(i).to_string(),
-        ],
-    )
+    ip_in(pod_ns, &["route", "add", "default", "via", &addr::pod_gw_v4(i).to_string()])?;
+    ip_in(pod_ns, &["-6", "route", "add", "default", "via", &addr::pod_gw_v6(i).to_string()])
 }
 
 /// node ↔ inet link, forwarding in node (inside node only), and all hosts,
@@ -166,70 +129,23 @@ pub fn add_inet(td: &mut Teardown, node_ns: &str, inet_ns: &str) -> Result<()> {
             a_ns: node_ns,
             a_if: NODE_UPLINK_IF,
             a_index: 10, // inet end gets 2
-            a_addrs: (
-                format!("{}/24", addr::NODE_UPLINK_V4),
-                format!("{}/64", addr::NODE_UPLINK_V6),
-            ),
+            a_addrs: (format!("{}/24", addr::NODE_UPLINK_V4), format!("{}/64", addr::NODE_UPLINK_V6)),
             b_ns: inet_ns,
             b_if: INET_DOWNLINK_IF,
-            b_addrs: (
-                format!("{}/24", addr::INET_LINK_V4),
-                format!("{}/64", addr::INET_LINK_V6),
-            ),
+            b_addrs: (format!("{}/24", addr::INET_LINK_V4), format!("{}/64", addr::INET_LINK_V6)),
         },
     )?;
     // The node's default route leads into *our* inet namespace, which has no
     // default route itself: anything not hosted there is unreachable.
-    ip_in(
-        node_ns,
-        &[
-            "route",
-            "add",
-            "default",
-            "via",
-            &addr::INET_LINK_V4.to_string(),
-        ],
-    )?;
-    ip_in(
-        node_ns,
-        &[
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            &addr::INET_LINK_V6.to_string(),
-        ],
-    )?;
-    netns::sysctls(
-        &netns::netns_path(node_ns),
-        &[
-            ("net.ipv4.ip_forward", "1"),
-            ("net.ipv6.conf.all.forwarding", "1"),
-        ],
-    )?;
+    ip_in(node_ns, &["route", "add", "default", "via", &addr::INET_LINK_V4.to_string()])?;
+    ip_in(node_ns, &["-6", "route", "add", "default", "via", &addr::INET_LINK_V6.to_string()])?;
+    netns::sysctls(&netns::netns_path(node_ns), &[("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1")])?;
 
     let (v4net, v4len) = addr::POD_LINKS_V4;
     let (v6net, v6len) = addr::POD_LINKS_V6;
-    let (gw4, gw6) = (
-        addr::NODE_UPLINK_V4.to_string(),
-        addr::NODE_UPLINK_V6.to_string(),
-    );
-    ip_in(
-        inet_ns,
-        &["route", "add", &format!("{v4net}/{v4len}"), "via", &gw4],
-    )?;
-    ip_in(
-        inet_ns,
-        &[
-            "-6",
-            "route",
-            "add",
-            &format!("{v6net}/{v6len}"),
-            "via",
-            &gw6,
-        ],
-    )?;
+    let (gw4, gw6) = (addr::NODE_UPLINK_V4.to_string(), addr::NODE_UPLINK_V6.to_string());
+    ip_in(inet_ns, &["route", "add", &format!("{v4net}/{v4len}"), "via", &gw4])?;
+    ip_in(inet_ns, &["-6", "route", "add", &format!("{v6net}/{v6len}"), "via", &gw6])?;
 
     for host in addr::INET_HOSTS {
         let (fam, cidr, extra) = match host {
@@ -243,31 +159,10 @@ pub fn add_inet(td: &mut Teardown, node_ns: &str, inet_ns: &str) -> Result<()> {
     // AnyIP: every address in these ranges is local to inet, so hostd (bound
     // to the wildcard) answers on all of them.
     for (net, len) in addr::ANYIP_V4 {
-        ip_in(
-            inet_ns,
-            &[
-                "route",
-                "add",
-                "local",
-                &format!("{net}/{len}"),
-                "dev",
-                "lo",
-            ],
-        )?;
+        ip_in(inet_ns, &["route", "add", "local", &format!("{net}/{len}"), "dev", "lo"])?;
     }
     for (net, len) in addr::ANYIP_V6 {
-        ip_in(
-            inet_ns,
-            &[
-                "-6",
-                "route",
-                "add",
-                "local",
-                &format!("{net}/{len}"),
-                "dev",
-                "lo",
-            ],
-        )?;
+        ip_in(inet_ns, &["-6", "route", "add", "local", &format!("{net}/{len}"), "dev", "lo"])?;
     }
     Ok(())
 }

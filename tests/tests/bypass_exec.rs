@@ -9,8 +9,9 @@
 mod common;
 
 use common::{
-    Exec, agent_cmd, exec_cgroup_of, fresh_path, s, wait_for,
+    Exec, agent_cmd, exec_cgroup_of, fresh_path, s,
     target::{Recorder, TARGET_PORT, attack_py, unenforced},
+    wait_for,
 };
 use portcullis_tests::{Bench, ChildGuard, require_root, servers::python};
 use serde_json::Value;
@@ -134,7 +135,11 @@ fn the_command_runs_without_the_capabilities_that_leave_enforcement() {
     assert_eq!(v2.as_deref(), Some("0::/"), "its own cgroup namespace: {v}");
     // As another user (who cannot write the steps' output files: run as is).
     let (py, attack) = (python(), attack_py(&bench));
-    let r = Exec::new(&bench).policy(POLICY).args(&["--user", "nobody"]).run(&[py.to_str().unwrap(), attack.to_str().unwrap(), "caps"]);
+    let r = Exec::new(&bench).policy(POLICY).args(&["--user", "nobody"]).run(&[
+        py.to_str().unwrap(),
+        attack.to_str().unwrap(),
+        "caps",
+    ]);
     r.expect_code(0);
     let v: Value = serde_json::from_str(r.ran.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {r:?}"));
     assert_eq!(v["uid"], 65534, "{v}");

@@ -115,7 +115,12 @@ fn source_routes_are_refused_and_never_leave() {
         assert_eq!((v["setsockopt"].as_str(), v["connect"].as_str()), (Some("EPERM"), Some("ok")), "{step}: {v}");
     }
     let log = r.log();
-    let at_setsockopt = |proto: &str| log.records.iter().filter(|r| r["reason"] == "denied-source-route" && r["hook"] == "setsockopt" && r["protocol"] == proto).count();
+    let at_setsockopt = |proto: &str| {
+        log.records
+            .iter()
+            .filter(|r| r["reason"] == "denied-source-route" && r["hook"] == "setsockopt" && r["protocol"] == proto)
+            .count()
+    };
     assert_eq!(at_setsockopt("tcp"), 2, "{}", log.raw);
     // Per datagram, in a control message (IP_RETOPTS: no setsockopt at
     // all; the kernel takes a source route there only with CAP_NET_RAW,
@@ -131,7 +136,8 @@ fn source_routes_are_refused_and_never_leave() {
     let udp = r.sock("udp4");
     assert_eq!((udp["send"]["sent"].as_u64(), refused(&udp["send"], "EPERM")), (Some(0), 5), "{udp}");
     let log = r.log();
-    let per_packet = log.records.iter().filter(|r| r["reason"] == "denied-source-route" && r["hook"] == "skb-egress" && r["dst"] == META4);
+    let per_packet =
+        log.records.iter().filter(|r| r["reason"] == "denied-source-route" && r["hook"] == "skb-egress" && r["dst"] == META4);
     assert_eq!(per_packet.count(), 5, "each datagram, with the first hop as its destination: {}", log.raw);
     for dst in [META4, META6] {
         assert_eq!(link.to(dst), Vec::<serde_json::Value>::new(), "source-routed packets to {dst} left the pod");

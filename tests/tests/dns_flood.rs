@@ -130,13 +130,7 @@ const MAX_CONNS: u64 = 32;
 
 /// The count on the agent's final `portcullis: N <what>` line, if any.
 fn final_count(stderr: &str, what: &str) -> Option<u64> {
-    stderr.lines().find_map(|l| {
-        l.strip_prefix("portcullis: ")?
-            .strip_suffix(what)?
-            .trim()
-            .parse()
-            .ok()
-    })
+    stderr.lines().find_map(|l| l.strip_prefix("portcullis: ")?.strip_suffix(what)?.trim().parse().ok())
 }
 
 /// A node config with one endpoint per (name, cgroup), same policy.
@@ -180,43 +174,22 @@ mod dns_flood {
         let bench = Bench::start().unwrap();
         let flood = client(&bench, "flood.py", FLOOD_PY);
         let sent = 3000;
-        let r = Exec::new(&bench).policy(POLICY).steps(&[(
-            "flood",
-            &format!("$PY {} udp 198.51.100.53 {sent}", flood.display()),
-        )]);
+        let r =
+            Exec::new(&bench).policy(POLICY).steps(&[("flood", &format!("$PY {} udp 198.51.100.53 {sent}", flood.display()))]);
         r.outcome.expect_code(0);
         let step = r.get("flood");
-        let out: Value =
-            serde_json::from_str(step.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {step:?}"));
-        assert_eq!(
-            out["nxdomain"], sent,
-            "every refused name gets NXDOMAIN: {out}"
-        );
-        let records = r
-            .log()
-            .records
-            .iter()
-            .filter(|rec| rec["reason"] == "denied-dns-name")
-            .count() as u64;
+        let out: Value = serde_json::from_str(step.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {step:?}"));
+        assert_eq!(out["nxdomain"], sent, "every refused name gets NXDOMAIN: {out}");
+        let records = r.log().records.iter().filter(|rec| rec["reason"] == "denied-dns-name").count() as u64;
         let secs = step.ms.div_ceil(1000) + 1;
         let bound = BURST + PER_SEC * secs;
-        println!(
-            "{sent} refused queries in {} ms: {records} records (bound {bound})",
-            step.ms
-        );
+        println!("{sent} refused queries in {} ms: {records} records (bound {bound})", step.ms);
         assert!(records >= BURST, "the burst is logged: {records}");
-        assert!(
-            records <= bound,
-            "{records} records for {sent} refused queries in {} ms: over {bound}",
-            step.ms
-        );
+        assert!(records <= bound, "{records} records for {sent} refused queries in {} ms: over {bound}", step.ms);
         assert!(records < sent, "the limit held records back");
         // Every refused query is either logged or counted.
         let stderr = &r.outcome.ran.stderr;
-        let suppressed = final_count(
-            stderr,
-            "DNS-gate records (refused names, rebinding) suppressed by the rate limit",
-        );
+        let suppressed = final_count(stderr, "DNS-gate records (refused names, rebinding) suppressed by the rate limit");
         assert_eq!(suppressed, Some(sent - records), "agent stderr:\n{stderr}");
     }
 
@@ -231,32 +204,18 @@ mod dns_flood {
         let r = Exec::new(&bench)
             .policy(POLICY)
             .limit(Duration::from_secs(60))
-            .steps(&[(
-                "tcp",
-                &format!(
-                    "$PY {} tcp 198.51.100.53 {idle} api.example.test 11",
-                    flood.display()
-                ),
-            )]);
+            .steps(&[("tcp", &format!("$PY {} tcp 198.51.100.53 {idle} api.example.test 11", flood.display()))]);
         r.outcome.expect_code(0);
         let step = r.get("tcp");
-        let out: Value =
-            serde_json::from_str(step.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {step:?}"));
+        let out: Value = serde_json::from_str(step.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {step:?}"));
         println!("{out}");
         let n = |k: &str| out[k].as_u64().unwrap_or_else(|| panic!("{k}: {out}"));
         // (a) Served by the gate's own thread: no thread per connection.
-        assert!(
-            n("during") <= n("before") + 2,
-            "agent threads grew with {idle} idle connections: {out}"
-        );
+        assert!(n("during") <= n("before") + 2, "agent threads grew with {idle} idle connections: {out}");
         // (b) A real query on a new connection is answered while they are
         // open (the longest idle one made room for it), and at once.
         let answer = &out["answer"];
-        assert_eq!(
-            (answer["ok"].as_bool(), answer["rcode"].as_u64()),
-            (Some(true), Some(0)),
-            "{out}"
-        );
+        assert_eq!((answer["ok"].as_bool(), answer["rcode"].as_u64()), (Some(true), Some(0)), "{out}");
         assert!(answer["ancount"].as_u64() >= Some(1), "{out}");
         assert!(answer["ms"].as_u64() < Some(2000), "{out}");
         // The gate keeps at most MAX_CONNS; one was the real query's.
@@ -265,13 +224,8 @@ mod dns_flood {
         // The rest end after the idle timeout (10 s), stalled frames too.
         assert_eq!(n("closed_later"), idle, "{out}");
         let stderr = &r.outcome.ran.stderr;
-        let what =
-            "idle DNS-over-TCP connections closed to make room under the gate's connection cap";
-        assert_eq!(
-            final_count(stderr, what),
-            Some(evicted),
-            "agent stderr:\n{stderr}"
-        );
+        let what = "idle DNS-over-TCP connections closed to make room under the gate's connection cap";
+        assert_eq!(final_count(stderr, what), Some(evicted), "agent stderr:\n{stderr}");
     }
 
     #[test]
@@ -282,11 +236,7 @@ mod dns_flood {
         let bench = Bench::start().unwrap();
         let (a, b) = (TestCgroup::create("flood-a"), TestCgroup::create("flood-b"));
         let log = fresh_path(bench.workdir(), "blocked.jsonl");
-        let cfg = common::write_file(
-            bench.workdir(),
-            "node.yaml",
-            &node_config(&log, &[("ep-a", &a.path), ("ep-b", &b.path)]),
-        );
+        let cfg = common::write_file(bench.workdir(), "node.yaml", &node_config(&log, &[("ep-a", &a.path), ("ep-b", &b.path)]));
         let stderr = fresh_path(bench.workdir(), "run.stderr");
         let mut c = agent_cmd();
         c.args(["run", "--config"])
@@ -296,22 +246,12 @@ mod dns_flood {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap());
         let mut agent = ChildGuard::spawn(c).unwrap();
-        wait_for(
-            "portcullis run to be ready",
-            Duration::from_secs(10),
-            || {
-                if let Some(st) = agent.try_wait().unwrap() {
-                    panic!(
-                        "run exited early ({st}): {}",
-                        std::fs::read_to_string(&stderr).unwrap()
-                    );
-                }
-                std::fs::read_to_string(&stderr)
-                    .unwrap_or_default()
-                    .contains("\"ready\"")
-                    .then_some(())
-            },
-        );
+        wait_for("portcullis run to be ready", Duration::from_secs(10), || {
+            if let Some(st) = agent.try_wait().unwrap() {
+                panic!("run exited early ({st}): {}", std::fs::read_to_string(&stderr).unwrap());
+            }
+            std::fs::read_to_string(&stderr).unwrap_or_default().contains("\"ready\"").then_some(())
+        });
         let sent_a = 3000;
         let fa = flood_from(&bench, &a.path, sent_a);
         // Right after A's flood, while A's bucket is empty: B's own bucket.
@@ -319,35 +259,15 @@ mod dns_flood {
         let fb = flood_from(&bench, &b.path, sent_b);
         // SAFETY: kill(2) on our own, not yet reaped child.
         assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) }, 0);
-        wait_for("run to exit", Duration::from_secs(10), || {
-            agent.try_wait().unwrap()
-        });
+        wait_for("run to exit", Duration::from_secs(10), || agent.try_wait().unwrap());
         let log = Log::read(&log);
-        let refused = |ep: &str| {
-            log.records
-                .iter()
-                .filter(|r| r["reason"] == "denied-dns-name" && r["endpoint"] == ep)
-                .count() as u64
-        };
+        let refused =
+            |ep: &str| log.records.iter().filter(|r| r["reason"] == "denied-dns-name" && r["endpoint"] == ep).count() as u64;
         let (ra, rb) = (refused("ep-a"), refused("ep-b"));
-        println!(
-            "ep-a: {sent_a} refused in {:.3} s, {ra} records; ep-b: {sent_b} refused, {rb} records",
-            fa["secs"]
-        );
-        assert_eq!(
-            (fa["nxdomain"].as_u64(), fb["nxdomain"].as_u64()),
-            (Some(sent_a), Some(sent_b)),
-            "{fa} {fb}"
-        );
+        println!("ep-a: {sent_a} refused in {:.3} s, {ra} records; ep-b: {sent_b} refused, {rb} records", fa["secs"]);
+        assert_eq!((fa["nxdomain"].as_u64(), fb["nxdomain"].as_u64()), (Some(sent_a), Some(sent_b)), "{fa} {fb}");
         let secs = fa["secs"].as_f64().unwrap().ceil() as u64 + 1;
-        assert!(
-            (BURST..=BURST + PER_SEC * secs).contains(&ra),
-            "ep-a: {ra} records"
-        );
-        assert_eq!(
-            rb, sent_b,
-            "ep-b's records are its own to lose:\n{}",
-            log.raw
-        );
+        assert!((BURST..=BURST + PER_SEC * secs).contains(&ra), "ep-a: {ra} records");
+        assert_eq!(rb, sent_b, "ep-b's records are its own to lose:\n{}", log.raw);
     }
 }

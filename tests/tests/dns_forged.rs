@@ -29,38 +29,20 @@ fn bench() -> Bench {
 /// address in `open` (must work) and `shut` (must get EPERM at connect).
 fn run(bench: &Bench, mode: &str, dnsq_args: &str, open: &[&str], shut: &[&str]) -> Steps {
     bench.set_bad_dns_mode(mode).unwrap();
-    let mut steps = vec![(
-        "q".to_owned(),
-        format!("$PY $DNSQ 198.51.100.54 {dnsq_args}"),
-    )];
+    let mut steps = vec![("q".to_owned(), format!("$PY $DNSQ 198.51.100.54 {dnsq_args}"))];
     for ip in open.iter().chain(shut) {
         steps.push((ip.to_string(), format!("$PY $SOCK tcp {ip} 80")));
     }
-    let refs: Vec<(&str, &str)> = steps
-        .iter()
-        .map(|(n, c)| (n.as_str(), c.as_str()))
-        .collect();
+    let refs: Vec<(&str, &str)> = steps.iter().map(|(n, c)| (n.as_str(), c.as_str())).collect();
     let r = Exec::new(bench).policy(POLICY).steps(&refs);
     r.outcome.expect_code(0);
     for ip in open {
-        assert_eq!(
-            r.sock(ip)["body"],
-            format!("hello from {ip}:80\n"),
-            "{mode}: {ip}"
-        );
+        assert_eq!(r.sock(ip)["body"], format!("hello from {ip}:80\n"), "{mode}: {ip}");
     }
     for ip in shut {
         r.sock_errno(ip, "connect", "EPERM");
         // Not learned, and not even remembered as some name's address.
-        r.log().expect(
-            ip,
-            80,
-            &[
-                ("reason", s("denied-default")),
-                ("hook", s("connect4")),
-                ("host", Value::Null),
-            ],
-        );
+        r.log().expect(ip, 80, &[("reason", s("denied-default")), ("hook", s("connect4")), ("host", Value::Null)]);
     }
     assert_eq!(r.log().records.len(), shut.len(), "{mode}: {}", r.log().raw);
     r
@@ -68,20 +50,14 @@ fn run(bench: &Bench, mode: &str, dnsq_args: &str, open: &[&str], shut: &[&str])
 
 fn answer(r: &Steps) -> Value {
     let v = r.sock("q");
-    assert!(
-        v["ok"] == true && v["answer"]["id_ok"] == true && v["answer"]["rcode"] == 0,
-        "{v}"
-    );
+    assert!(v["ok"] == true && v["answer"]["id_ok"] == true && v["answer"]["rcode"] == 0, "{v}");
     v
 }
 
 /// baddns really sent what the case is about (else the test proves nothing).
 fn sent(bench: &Bench, what: &str) {
     let log = std::fs::read_to_string(bench.bad_dns_log_path().unwrap()).unwrap();
-    assert!(
-        log.contains(&format!("sent forged {what}")),
-        "baddns log:\n{log}"
-    );
+    assert!(log.contains(&format!("sent forged {what}")), "baddns log:\n{log}");
 }
 
 #[test]
@@ -91,24 +67,10 @@ fn forged_answers_with_another_txid_or_duplicated_teach_nothing() {
     }
     let bench = bench();
     // .61 is the real answer; then another txid claims .62, a duplicate .64.
-    let r = run(
-        &bench,
-        "spoof-extra",
-        "spoof.example.test --wait 1",
-        &["203.0.113.61"],
-        &["203.0.113.62", "203.0.113.64"],
-    );
+    let r = run(&bench, "spoof-extra", "spoof.example.test --wait 1", &["203.0.113.61"], &["203.0.113.62", "203.0.113.64"]);
     let v = answer(&r);
-    assert_eq!(
-        v["answer"]["ips"],
-        serde_json::json!(["203.0.113.61"]),
-        "{v}"
-    );
-    assert_eq!(
-        v["extra"],
-        serde_json::json!([]),
-        "forged answers reached the process: {v}"
-    );
+    assert_eq!(v["answer"]["ips"], serde_json::json!(["203.0.113.61"]), "{v}");
+    assert_eq!(v["extra"], serde_json::json!([]), "forged answers reached the process: {v}");
     sent(&bench, "other-txid");
     sent(&bench, "duplicate");
 }
@@ -119,19 +81,9 @@ fn unsolicited_answer_for_a_name_never_asked_teaches_nothing() {
         return;
     }
     let bench = bench();
-    let r = run(
-        &bench,
-        "unsolicited",
-        "ok.example.test --wait 1",
-        &["203.0.113.67"],
-        &["203.0.113.63"],
-    );
+    let r = run(&bench, "unsolicited", "ok.example.test --wait 1", &["203.0.113.67"], &["203.0.113.63"]);
     let v = answer(&r);
-    assert_eq!(
-        v["answer"]["ips"],
-        serde_json::json!(["203.0.113.67"]),
-        "{v}"
-    );
+    assert_eq!(v["answer"]["ips"], serde_json::json!(["203.0.113.67"]), "{v}");
     assert_eq!(v["extra"], serde_json::json!([]), "{v}");
     sent(&bench, "unsolicited");
 }
@@ -144,24 +96,10 @@ fn answer_to_another_client_port_teaches_nothing() {
     let bench = bench();
     // The right txid and question, sent first to a second socket of the
     // same process (connected to the resolver, never asked anything).
-    let r = run(
-        &bench,
-        "wrong-port",
-        "ok.example.test --decoy --wait 1",
-        &["203.0.113.67"],
-        &["203.0.113.66"],
-    );
+    let r = run(&bench, "wrong-port", "ok.example.test --decoy --wait 1", &["203.0.113.67"], &["203.0.113.66"]);
     let v = answer(&r);
-    assert_eq!(
-        v["answer"]["ips"],
-        serde_json::json!(["203.0.113.67"]),
-        "{v}"
-    );
-    assert_eq!(
-        v["extra"],
-        serde_json::json!([]),
-        "the decoy socket got an answer: {v}"
-    );
+    assert_eq!(v["answer"]["ips"], serde_json::json!(["203.0.113.67"]), "{v}");
+    assert_eq!(v["extra"], serde_json::json!([]), "the decoy socket got an answer: {v}");
     sent(&bench, "wrong-port");
 }
 
@@ -173,19 +111,10 @@ fn answer_with_the_right_txid_but_another_question_is_dropped() {
     let bench = bench();
     // The only answer names stolen.example.test (also allowed) -> .65: the
     // lookup gets nothing, and neither its address nor .67 is learned.
-    let r = run(
-        &bench,
-        "wrong-question",
-        "ok.example.test --timeout 2 --wait 0",
-        &[],
-        &["203.0.113.65", "203.0.113.67"],
-    );
+    let r = run(&bench, "wrong-question", "ok.example.test --timeout 2 --wait 0", &[], &["203.0.113.65", "203.0.113.67"]);
     let st = r.get("q");
     let v = r.sock("q");
-    assert!(
-        st.code == 124 && v["ok"] == false && v["extra"] == serde_json::json!([]),
-        "{st:?}"
-    );
+    assert!(st.code == 124 && v["ok"] == false && v["extra"] == serde_json::json!([]), "{st:?}");
     sent(&bench, "wrong-question");
 }
 
@@ -201,10 +130,7 @@ fn large_edns0_answer_is_learned_whole() {
                   dns:\n  servers: [\"198.51.100.54\"]\n";
     let r = Exec::new(&bench).policy(policy).steps(&[
         ("before", "$PY $SOCK tcp 192.0.2.150 80"),
-        (
-            "dig",
-            "dig +bufsize=4096 +time=2 +tries=1 +short @198.51.100.54 big.example.test A",
-        ),
+        ("dig", "dig +bufsize=4096 +time=2 +tries=1 +short @198.51.100.54 big.example.test A"),
         ("150", "$PY $SOCK tcp 192.0.2.150 80"),
         ("200", "$PY $SOCK tcp 192.0.2.200 80"),
         ("201", "$PY $SOCK tcp 192.0.2.201 80"),
@@ -219,20 +145,9 @@ fn large_edns0_answer_is_learned_whole() {
     assert_eq!(r.sock("200")["body"], "hello from 192.0.2.200:80\n");
     r.sock_errno("201", "connect", "EPERM");
     let baddns = std::fs::read_to_string(bench.bad_dns_log_path().unwrap()).unwrap();
-    assert!(
-        baddns.contains("query big.example.test type 1") && baddns.contains("edns 4096"),
-        "{baddns}"
-    );
+    assert!(baddns.contains("query big.example.test type 1") && baddns.contains("edns 4096"), "{baddns}");
     let log = r.log();
-    log.expect(
-        "192.0.2.150",
-        80,
-        &[("reason", s("denied-default")), ("host", Value::Null)],
-    );
-    log.expect(
-        "192.0.2.201",
-        80,
-        &[("reason", s("denied-default")), ("host", Value::Null)],
-    );
+    log.expect("192.0.2.150", 80, &[("reason", s("denied-default")), ("host", Value::Null)]);
+    log.expect("192.0.2.201", 80, &[("reason", s("denied-default")), ("host", Value::Null)]);
     assert_eq!(log.records.len(), 2, "{}", log.raw);
 }

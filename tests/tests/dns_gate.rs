@@ -23,10 +23,7 @@ const API_443: &str = "  - toFQDNs: [{matchName: api.example.test}]\n    ports: 
 
 /// The `denied-dns-name` records of a run for `host`.
 fn dns_records<'a>(log: &'a common::Log, host: &str) -> Vec<&'a Value> {
-    log.records
-        .iter()
-        .filter(|r| r["reason"] == "denied-dns-name" && r["host"] == host)
-        .collect()
+    log.records.iter().filter(|r| r["reason"] == "denied-dns-name" && r["host"] == host).collect()
 }
 
 fn denied_name(verdict: &str, host: &str, comm: &str) -> Vec<(&'static str, Value)> {
@@ -53,14 +50,8 @@ fn names_outside_the_policy_get_nxdomain_or_refused() {
         ("direct", "$PY $SOCK tcp 203.0.113.20 443".to_owned()),
     ];
     let steps: Vec<(&str, &str)> = steps.iter().map(|(n, c)| (*n, c.as_str())).collect();
-    for (flags, status) in [
-        (&[][..], "NXDOMAIN"),
-        (&["--dns-deny-rcode", "refused"][..], "REFUSED"),
-    ] {
-        let r = Exec::new(&bench)
-            .policy(&policy(API_443, ""))
-            .args(flags)
-            .steps(&steps);
+    for (flags, status) in [(&[][..], "NXDOMAIN"), (&["--dns-deny-rcode", "refused"][..], "REFUSED")] {
+        let r = Exec::new(&bench).policy(&policy(API_443, "")).args(flags).steps(&steps);
         r.outcome.expect_code(0);
         for step in ["a", "aaaa"] {
             let st = r.get(step);
@@ -85,20 +76,8 @@ fn names_outside_the_policy_get_nxdomain_or_refused() {
             assert!(rec["dst"] == "198.51.100.53" && rec["dport"] == 53, "{rec}");
             assert!(rec["pid"].as_u64().is_some_and(|p| p > 1), "{rec}");
         }
-        log.expect(
-            "198.51.100.53",
-            53,
-            &denied_name("blocked", "other.example.test", "dig"),
-        );
-        log.expect(
-            "203.0.113.20",
-            443,
-            &[
-                ("reason", s("denied-default")),
-                ("hook", s("connect4")),
-                ("host", Value::Null),
-            ],
-        );
+        log.expect("198.51.100.53", 53, &denied_name("blocked", "other.example.test", "dig"));
+        log.expect("203.0.113.20", 443, &[("reason", s("denied-default")), ("hook", s("connect4")), ("host", Value::Null)]);
         assert_eq!(log.records.len(), 3, "{flags:?}: {}", log.raw);
     }
 
@@ -108,11 +87,7 @@ fn names_outside_the_policy_get_nxdomain_or_refused() {
         .arg("--audit")
         .steps(&[("a", &format!("{DIG} +short other.example.test A"))]);
     r.ok("a", "203.0.113.20\n");
-    r.log().expect(
-        "198.51.100.53",
-        53,
-        &denied_name("audit", "other.example.test", "dig"),
-    );
+    r.log().expect("198.51.100.53", 53, &denied_name("audit", "other.example.test", "dig"));
 
     // A bad value is a flag error: exit 2, nothing runs.
     let mut c = agent_cmd();
@@ -132,10 +107,7 @@ fn kubernetes_search_path_expansions_fail_fast() {
         return;
     }
     let trap = Ipv4Addr::new(203, 0, 113, 71);
-    let bench = Bench::builder()
-        .record("api.example.test.ns.svc.cluster.local", [IpAddr::V4(trap)])
-        .start()
-        .unwrap();
+    let bench = Bench::builder().record("api.example.test.ns.svc.cluster.local", [IpAddr::V4(trap)]).start().unwrap();
     std::fs::write(
         bench.resolv_conf_dir("pod").join("resolv.conf"),
         "nameserver 198.51.100.53\nsearch ns.svc.cluster.local svc.cluster.local cluster.local\n\
@@ -165,11 +137,7 @@ fn kubernetes_search_path_expansions_fail_fast() {
         assert_eq!(dns_records(log, &host).len(), 3, "{host}: {}", log.raw);
     }
     assert_eq!(log.only("dns").records.len(), 9, "{}", log.raw);
-    log.expect(
-        "203.0.113.71",
-        443,
-        &[("reason", s("denied-default")), ("host", Value::Null)],
-    );
+    log.expect("203.0.113.71", 443, &[("reason", s("denied-default")), ("host", Value::Null)]);
     let hostd = std::fs::read_to_string(bench.hostd_log_path()).unwrap();
     assert!(!hostd.contains("-> 203.0.113.71:"), "{hostd}");
 }
@@ -203,11 +171,7 @@ fn allow_names_resolve_without_allowing_traffic() {
             ("comm", s("curl")),
         ],
     );
-    assert!(
-        dns_records(log, "other.example.test").is_empty(),
-        "{}",
-        log.raw
-    );
+    assert!(dns_records(log, "other.example.test").is_empty(), "{}", log.raw);
     assert_eq!(dns_records(log, "a.wild.test").len(), 1, "{}", log.raw);
     assert_eq!(log.records.len(), 2, "{}", log.raw);
 }
@@ -221,17 +185,8 @@ fn rebinding_addresses_are_stripped_from_answers() {
     }
     let private = Ipv4Addr::new(10, 1, 2, 3);
     let public = Ipv4Addr::new(203, 0, 113, 70);
-    let bench = Bench::builder()
-        .record(
-            "mixed.example.test",
-            [IpAddr::V4(public), IpAddr::V4(private)],
-        )
-        .start()
-        .unwrap();
-    let p = policy(
-        "  - toFQDNs: [{matchPattern: \"*.example.test\"}]\n    ports: [{port: 80}]\n",
-        "",
-    );
+    let bench = Bench::builder().record("mixed.example.test", [IpAddr::V4(public), IpAddr::V4(private)]).start().unwrap();
+    let p = policy("  - toFQDNs: [{matchPattern: \"*.example.test\"}]\n    ports: [{port: 80}]\n", "");
     let steps = [
         ("meta", format!("{DIG} +short meta.example.test A")),
         ("meta6", format!("{DIG} +short meta6.example.test AAAA")),
@@ -248,15 +203,7 @@ fn rebinding_addresses_are_stripped_from_answers() {
     r.ok("curl", "hello from 203.0.113.70:80\n");
     r.sock_errno("private", "connect", "EPERM");
     // The endpoint still knows which name pointed there.
-    r.log().expect(
-        "10.1.2.3",
-        80,
-        &[
-            ("reason", s("denied-range")),
-            ("hook", s("connect4")),
-            ("host", s("mixed.example.test")),
-        ],
-    );
+    r.log().expect("10.1.2.3", 80, &[("reason", s("denied-range")), ("hook", s("connect4")), ("host", s("mixed.example.test"))]);
     // Each stripped address is itself a record naming the name that
     // pointed there (the on-call question: "which name rebinds?").
     let dns = r.log().only("dns");
@@ -274,22 +221,15 @@ fn rebinding_addresses_are_stripped_from_answers() {
     seen.dedup();
     assert_eq!(
         seen,
-        [
-            ("meta.example.test", "169.254.169.254"),
-            ("meta6.example.test", "fd00:ec2::254"),
-            ("mixed.example.test", "10.1.2.3"),
-        ]
-        .map(|(h, d)| (h.to_owned(), d.to_owned())),
+        [("meta.example.test", "169.254.169.254"), ("meta6.example.test", "fd00:ec2::254"), ("mixed.example.test", "10.1.2.3"),]
+            .map(|(h, d)| (h.to_owned(), d.to_owned())),
         "{}",
         r.log().raw
     );
 
     // A CIDR rule of the endpoint opens the private address: kept. The
     // metadata address (not opened) is still stripped.
-    let r = Exec::new(&bench)
-        .policy(&p)
-        .args(&["--allow-cidr", "10.1.2.0/24"])
-        .steps(&steps[..3]);
+    let r = Exec::new(&bench).policy(&p).args(&["--allow-cidr", "10.1.2.0/24"]).steps(&steps[..3]);
     r.outcome.expect_code(0);
     r.ok("meta", "");
     r.ok("meta6", "");
@@ -304,46 +244,27 @@ fn live_connection_outlives_the_ttl() {
         return;
     }
     let bench = Bench::builder().dns_ttl(2).tcp_echo(true).start().unwrap();
-    let p = policy(
-        "  - toFQDNs: [{matchName: api.example.test}]\n    ports: [{port: 7}]\n",
-        "",
-    );
-    let r = Exec::new(&bench)
-        .policy(&p)
-        .args(&["--min-ttl", "1s"])
-        .steps(&[("hold", "$PY $HOLD api.example.test 7 5 0.5 0.5 3.5")]);
+    let p = policy("  - toFQDNs: [{matchName: api.example.test}]\n    ports: [{port: 7}]\n", "");
+    let r =
+        Exec::new(&bench).policy(&p).args(&["--min-ttl", "1s"]).steps(&[("hold", "$PY $HOLD api.example.test 7 5 0.5 0.5 3.5")]);
     r.outcome.expect_code(0);
     let st = r.get("hold");
     let v: Value = serde_json::from_str(st.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {st:?}"));
     assert_eq!(v["addr"], "203.0.113.10", "{v}");
     let pings = v["pings"].as_array().unwrap();
     assert!(pings.len() >= 9, "{v}");
-    assert!(
-        pings.iter().all(|p| p["ok"] == true),
-        "the live connection broke: {v}"
-    );
+    assert!(pings.iter().all(|p| p["ok"] == true), "the live connection broke: {v}");
     let last = pings.last().unwrap()["t"].as_f64().unwrap();
     assert!(last > 4.0, "{v}");
     let probes = v["probes"].as_array().unwrap();
     assert_eq!(probes.len(), 2, "{v}");
-    assert!(
-        probes[0]["ok"] == true,
-        "within the TTL a new connect works: {v}"
-    );
-    assert!(
-        probes[1]["ok"] == false && probes[1]["errno"] == "EPERM",
-        "after the TTL: {v}"
-    );
+    assert!(probes[0]["ok"] == true, "within the TTL a new connect works: {v}");
+    assert!(probes[1]["ok"] == false && probes[1]["errno"] == "EPERM", "after the TTL: {v}");
     let log = r.log();
     log.expect(
         "203.0.113.10",
         7,
-        &[
-            ("reason", s("denied-default")),
-            ("hook", s("connect4")),
-            ("host", s("api.example.test")),
-            ("comm", s("python3")),
-        ],
+        &[("reason", s("denied-default")), ("hook", s("connect4")), ("host", s("api.example.test")), ("comm", s("python3"))],
     );
     // Only the refused probe: the live connection's own packets, up to and
     // including the FIN when hold.py exits and its socket is closed, pass.

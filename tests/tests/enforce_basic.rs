@@ -30,14 +30,8 @@ fn allowed_name_port_and_learned_ip_only() {
         ("v4", &format!("{CURL} -4 http://api.example.test:443/")),
         ("v6", &format!("{CURL} -6 http://api.example.test:443/")),
         ("port80", &format!("{CURL} -4 http://api.example.test:80/")),
-        (
-            "port80v6",
-            &format!("{CURL} -6 http://api.example.test:8080/"),
-        ),
-        (
-            "other",
-            &format!("{CURL} -4 http://other.example.test:443/"),
-        ),
+        ("port80v6", &format!("{CURL} -6 http://api.example.test:8080/")),
+        ("other", &format!("{CURL} -4 http://other.example.test:443/")),
         ("direct-after", &format!("{CURL} http://203.0.113.20:8443/")),
     ]);
     r.outcome.expect_code(0);
@@ -46,31 +40,16 @@ fn allowed_name_port_and_learned_ip_only() {
     // A name outside the policy does not resolve (the gate answers
     // NXDOMAIN): curl fails at once with exit 6, nothing is learned.
     let st = r.fails("other", 6, 1000);
-    assert!(
-        st.stderr
-            .contains("Could not resolve host: other.example.test"),
-        "{}",
-        st.stderr
-    );
+    assert!(st.stderr.contains("Could not resolve host: other.example.test"), "{}", st.stderr);
     for step in ["direct", "port80", "port80v6", "direct-after"] {
         // EPERM at connect(): curl gives up at once (exit 7), no timeout.
         let st = r.fails(step, 7, 1000);
-        assert!(
-            st.stderr.contains("Couldn't connect") || st.stderr.contains("Failed to connect"),
-            "{step}: {}",
-            st.stderr
-        );
+        assert!(st.stderr.contains("Couldn't connect") || st.stderr.contains("Failed to connect"), "{step}: {}", st.stderr);
     }
     let log = r.log();
     log.expect_well_formed("exec-");
     let blocked = |reason: &str, proto: &str, hook: &str| {
-        vec![
-            ("verdict", s("blocked")),
-            ("reason", s(reason)),
-            ("protocol", s(proto)),
-            ("hook", s(hook)),
-            ("comm", s("curl")),
-        ]
+        vec![("verdict", s("blocked")), ("reason", s(reason)), ("protocol", s(proto)), ("hook", s(hook)), ("comm", s("curl"))]
     };
     let mut want = blocked("denied-default", "tcp", "connect4");
     want.push(("host", serde_json::Value::Null)); // no name ever pointed there
@@ -101,12 +80,7 @@ fn allowed_name_port_and_learned_ip_only() {
     assert!(tcp.to("203.0.113.10", 443).is_empty(), "{}", log.raw);
     assert!(tcp.to("2001:db8:100::10", 443).is_empty(), "{}", log.raw);
     assert!(tcp.to("203.0.113.20", 443).is_empty(), "{}", log.raw);
-    assert_eq!(
-        tcp.records.len(),
-        4,
-        "one record per blocked attempt:\n{}",
-        log.raw
-    );
+    assert_eq!(tcp.records.len(), 4, "one record per blocked attempt:\n{}", log.raw);
 }
 
 #[test]
@@ -136,61 +110,31 @@ dns:
     r.ok("y.z.deep", "hello from 203.0.113.42:80\n");
     // Names the patterns do not match do not resolve (exit 6); each lookup
     // is logged once (curl -4: one A query), and nothing was connected to.
-    for (step, host) in [
-        ("b.c.wild", "b.c.wild.test"),
-        ("wild", "wild.test"),
-        ("other", "other.example.test"),
-    ] {
+    for (step, host) in [("b.c.wild", "b.c.wild.test"), ("wild", "wild.test"), ("other", "other.example.test")] {
         let st = r.fails(step, 6, 1000);
-        assert!(
-            st.stderr.contains("Could not resolve host"),
-            "{step}: {}",
-            st.stderr
-        );
-        let recs: Vec<_> = r
-            .log()
-            .records
-            .iter()
-            .filter(|x| x["host"] == host)
-            .collect();
+        assert!(st.stderr.contains("Could not resolve host"), "{step}: {}", st.stderr);
+        let recs: Vec<_> = r.log().records.iter().filter(|x| x["host"] == host).collect();
         assert_eq!(recs.len(), 1, "{host}: {}", r.log().raw);
         r.log().expect(
             "198.51.100.53",
             53,
-            &[
-                ("reason", s("denied-dns-name")),
-                ("protocol", s("dns")),
-                ("hook", s("dns-gate")),
-                ("host", s(host)),
-            ],
+            &[("reason", s("denied-dns-name")), ("protocol", s("dns")), ("hook", s("dns-gate")), ("host", s(host))],
         );
     }
     assert_eq!(r.log().only("dns").records.len(), 3, "{}", r.log().raw);
     assert!(r.log().only("tcp").records.is_empty(), "{}", r.log().raw);
 
     // `*` alone matches every name.
-    let star = "egress:\n  - toFQDNs: [{matchPattern: \"*\"}]\n    ports: [{port: 80}]\n"
-        .to_owned()
-        + common::DNS_TRUSTED;
+    let star = "egress:\n  - toFQDNs: [{matchPattern: \"*\"}]\n    ports: [{port: 80}]\n".to_owned() + common::DNS_TRUSTED;
     let r = Exec::new(&bench).policy(&star).steps(&[
         ("other", &format!("{CURL} -4 http://other.example.test/")),
         ("b.c.wild", &format!("{CURL} -4 http://b.c.wild.test/")),
-        (
-            "port443",
-            &format!("{CURL} -4 http://other.example.test:443/"),
-        ),
+        ("port443", &format!("{CURL} -4 http://other.example.test:443/")),
     ]);
     r.ok("other", "hello from 203.0.113.20:80\n");
     r.ok("b.c.wild", "hello from 203.0.113.32:80\n");
     r.fails("port443", 7, 1000);
-    r.log().expect(
-        "203.0.113.20",
-        443,
-        &[
-            ("reason", s("denied-default")),
-            ("host", s("other.example.test")),
-        ],
-    );
+    r.log().expect("203.0.113.20", 443, &[("reason", s("denied-default")), ("host", s("other.example.test"))]);
     assert!(r.log().only("dns").records.is_empty(), "{}", r.log().raw);
 }
 
@@ -210,56 +154,32 @@ fn issue_form_nsenter_dig_then_curl_ip() {
              echo \"ip=$ip\" >&2; curl -sS --max-time 3 http://$ip:443/"
         )
     };
-    let ok = Exec::new(&bench)
-        .policy(POLICY)
-        .enter(Enter::Nsenter)
-        .run(&["sh", "-c", &script("api.example.test")]);
+    let ok = Exec::new(&bench).policy(POLICY).enter(Enter::Nsenter).run(&["sh", "-c", &script("api.example.test")]);
     ok.expect_code(0);
     assert_eq!(ok.ran.stdout, "hello from 203.0.113.10:443\n");
     assert!(ok.log.records.is_empty(), "{}", ok.log.raw);
 
     // dig shows the gate's NXDOMAIN (the resolver itself knows the name);
     // the address the name really has, used directly, is still refused.
-    let bad = Exec::new(&bench)
-        .policy(POLICY)
-        .enter(Enter::Nsenter)
-        .run(&[
-            "sh",
-            "-c",
-            "dig +time=2 +tries=1 @198.51.100.53 other.example.test A >&2; \
+    let bad = Exec::new(&bench).policy(POLICY).enter(Enter::Nsenter).run(&[
+        "sh",
+        "-c",
+        "dig +time=2 +tries=1 @198.51.100.53 other.example.test A >&2; \
              curl -sS --max-time 3 http://203.0.113.20:443/",
-        ]);
+    ]);
     bad.expect_code(7);
-    assert!(
-        bad.ran.stderr.contains("status: NXDOMAIN"),
-        "{}",
-        bad.ran.stderr
-    );
+    assert!(bad.ran.stderr.contains("status: NXDOMAIN"), "{}", bad.ran.stderr);
     assert!(bad.ran.stderr.contains("ANSWER: 0,"), "{}", bad.ran.stderr);
-    assert!(
-        !bad.ran.stderr.contains("203.0.113.20\n"),
-        "{}",
-        bad.ran.stderr
-    );
+    assert!(!bad.ran.stderr.contains("203.0.113.20\n"), "{}", bad.ran.stderr);
     bad.log.expect(
         "198.51.100.53",
         53,
-        &[
-            ("verdict", s("blocked")),
-            ("reason", s("denied-dns-name")),
-            ("host", s("other.example.test")),
-            ("comm", s("dig")),
-        ],
+        &[("verdict", s("blocked")), ("reason", s("denied-dns-name")), ("host", s("other.example.test")), ("comm", s("dig"))],
     );
     bad.log.expect(
         "203.0.113.20",
         443,
-        &[
-            ("verdict", s("blocked")),
-            ("reason", s("denied-default")),
-            ("host", serde_json::Value::Null),
-            ("comm", s("curl")),
-        ],
+        &[("verdict", s("blocked")), ("reason", s("denied-default")), ("host", serde_json::Value::Null), ("comm", s("curl"))],
     );
     assert_eq!(bad.log.records.len(), 2, "{}", bad.log.raw);
 }

@@ -27,23 +27,16 @@ fn resolve_then_connect_at_once_1000_of_1000() {
     let race = client(&bench, "race.py", RACE_PY);
     let py = python();
     let n = dns::RACE_COUNT;
-    let out = Exec::new(&bench)
-        .policy(POLICY)
-        .limit(Duration::from_secs(120))
-        .run(&[
-            py.to_str().unwrap(),
-            race.to_str().unwrap(),
-            "1",
-            &n.to_string(),
-            "80",
-        ]);
+    let out = Exec::new(&bench).policy(POLICY).limit(Duration::from_secs(120)).run(&[
+        py.to_str().unwrap(),
+        race.to_str().unwrap(),
+        "1",
+        &n.to_string(),
+        "80",
+    ]);
     out.expect_code(0);
-    let v: Value = serde_json::from_str(out.ran.stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "race.py output ({e}): {}\n{}",
-            out.ran.stdout, out.ran.stderr
-        )
-    });
+    let v: Value = serde_json::from_str(out.ran.stdout.trim())
+        .unwrap_or_else(|e| panic!("race.py output ({e}): {}\n{}", out.ran.stdout, out.ran.stderr));
     let results = v["results"].as_array().unwrap();
     assert_eq!(results.len(), n as usize);
 
@@ -61,18 +54,8 @@ fn resolve_then_connect_at_once_1000_of_1000() {
             seen.insert(ip);
         }
     }
-    println!(
-        "race: {} of {n} ok in {:?}",
-        n as usize - failures.len(),
-        out.ran.elapsed
-    );
-    assert!(
-        failures.is_empty(),
-        "{} of {n} trials failed:\n{}\nlog:\n{}",
-        failures.len(),
-        failures.join("\n"),
-        out.log.raw
-    );
+    println!("race: {} of {n} ok in {:?}", n as usize - failures.len(), out.ran.elapsed);
+    assert!(failures.is_empty(), "{} of {n} trials failed:\n{}\nlog:\n{}", failures.len(), failures.join("\n"), out.log.raw);
     // Every trial used its own, never-before-seen address: 500 IPv4, 500 IPv6.
     assert_eq!(seen.len(), n as usize);
     assert_eq!(seen.iter().filter(|ip| ip.is_ipv4()).count(), 500);
@@ -81,10 +64,9 @@ fn resolve_then_connect_at_once_1000_of_1000() {
 
     // Control: without the lookup, the same addresses are closed (so the
     // successes above came from learning, not from an open door).
-    let r = Exec::new(&bench).policy(POLICY).steps(&[
-        ("v4", "$PY $SOCK tcp 192.0.2.1 80"),
-        ("v6", "$PY $SOCK tcp 2001:db8:1000::3e8 80"),
-    ]);
+    let r = Exec::new(&bench)
+        .policy(POLICY)
+        .steps(&[("v4", "$PY $SOCK tcp 192.0.2.1 80"), ("v6", "$PY $SOCK tcp 2001:db8:1000::3e8 80")]);
     r.sock_errno("v4", "connect", "EPERM");
     r.sock_errno("v6", "connect", "EPERM");
 }

@@ -46,24 +46,12 @@ fn denied_ranges_directly_and_through_allowed_names() {
         // Direct first (no name seen yet for these addresses), then by name.
         ("meta-direct", &format!("{CURL} http://169.254.169.254:80/")),
         ("meta-name", &format!("{CURL} -4 http://meta.example.test/")),
-        (
-            "meta-answer",
-            "dig +short +time=2 +tries=1 @198.51.100.53 meta.example.test A",
-        ),
+        ("meta-answer", "dig +short +time=2 +tries=1 @198.51.100.53 meta.example.test A"),
         ("alibaba", &format!("{CURL} http://100.100.100.200/")),
         ("cluster-direct", &format!("{CURL} http://10.96.0.10/")),
-        (
-            "cluster-name",
-            &format!("{CURL} -4 http://internal.example.test/"),
-        ),
-        (
-            "meta6-direct",
-            &format!("{CURL} -6 'http://[fd00:ec2::254]/'"),
-        ),
-        (
-            "meta6-name",
-            &format!("{CURL} -6 http://meta6.example.test/"),
-        ),
+        ("cluster-name", &format!("{CURL} -4 http://internal.example.test/")),
+        ("meta6-direct", &format!("{CURL} -6 'http://[fd00:ec2::254]/'")),
+        ("meta6-name", &format!("{CURL} -6 http://meta6.example.test/")),
         // An AF_INET6 socket to the IPv4-mapped metadata address.
         ("mapped", "$PY $SOCK tcp ::ffff:169.254.169.254 8080"),
         // NAT64 form: the pod has a v6 default route; the EPERM must come
@@ -77,11 +65,7 @@ fn denied_ranges_directly_and_through_allowed_names() {
     r.ok("meta-answer", "");
     for step in ["meta-name", "cluster-name", "meta6-name"] {
         let st = r.fails(step, 6, 1000);
-        assert!(
-            st.stderr.contains("Could not resolve host"),
-            "{step}: {}",
-            st.stderr
-        );
+        assert!(st.stderr.contains("Could not resolve host"), "{step}: {}", st.stderr);
     }
     for step in ["meta-direct", "alibaba", "cluster-direct", "meta6-direct"] {
         r.fails(step, 7, 1000);
@@ -115,38 +99,19 @@ fn denied_ranges_directly_and_through_allowed_names() {
         assert_eq!(rec["hook"], "dns-gate", "{rec}");
         assert!(rec["host"].as_str().is_some_and(|h| h.ends_with(".example.test")), "{rec}");
     }
-    assert!(
-        dns.records.iter().any(|r| r["host"] == "meta.example.test" && r["dst"] == "169.254.169.254"),
-        "{}",
-        log.raw
-    );
+    assert!(dns.records.iter().any(|r| r["host"] == "meta.example.test" && r["dst"] == "169.254.169.254"), "{}", log.raw);
     // The endpoint still remembers which name pointed at the address: the
     // IPv4-mapped attempt after the lookup names it. IPv4-mapped is logged
     // as the plain IPv4 address, via the v6 hook.
-    let mapped = log.expect(
-        "169.254.169.254",
-        8080,
-        &range("connect6", Some("meta.example.test")),
-    );
+    let mapped = log.expect("169.254.169.254", 8080, &range("connect6", Some("meta.example.test")));
     assert_eq!(mapped["comm"], "python3", "{mapped}");
     log.expect("64:ff9b::a9fe:a9fe", 80, &range("connect6", None));
     // Nothing of these reached the servers (the bench's hostd logs every
     // TCP request it answers).
     let hostd = std::fs::read_to_string(bench.hostd_log_path()).unwrap();
-    for ip in [
-        "169.254.169.254",
-        "100.100.100.200",
-        "10.96.0.10",
-        "fd00:ec2::254",
-    ] {
-        assert!(
-            !hostd.contains(&format!("-> {ip}:")),
-            "{ip} was reached:\n{hostd}"
-        );
-        assert!(
-            !hostd.contains(&format!("-> [{ip}]:")),
-            "{ip} was reached:\n{hostd}"
-        );
+    for ip in ["169.254.169.254", "100.100.100.200", "10.96.0.10", "fd00:ec2::254"] {
+        assert!(!hostd.contains(&format!("-> {ip}:")), "{ip} was reached:\n{hostd}");
+        assert!(!hostd.contains(&format!("-> [{ip}]:")), "{ip} was reached:\n{hostd}");
     }
 }
 
@@ -168,17 +133,11 @@ dns:
 "#;
     let r = Exec::new(&bench).policy(policy).steps(&[
         ("public", &format!("{CURL} http://203.0.113.20:8443/")),
-        (
-            "public6",
-            &format!("{CURL} 'http://[2001:db8:100::20]:8080/'"),
-        ),
+        ("public6", &format!("{CURL} 'http://[2001:db8:100::20]:8080/'")),
         ("meta", &format!("{CURL} http://169.254.169.254/")),
         ("meta6", &format!("{CURL} 'http://[fd00:ec2::254]/'")),
         ("hole", &format!("{CURL} http://10.96.0.10/")),
-        (
-            "hole-other-port",
-            &format!("{CURL} http://10.96.0.10:8080/"),
-        ),
+        ("hole-other-port", &format!("{CURL} http://10.96.0.10:8080/")),
         ("mapped", "$PY $SOCK tcp ::ffff:169.254.169.254 80"),
         ("mapped-hole", "$PY $SOCK tcp ::ffff:10.96.0.10 80"),
     ]);

@@ -17,10 +17,7 @@ const SECS_10: Duration = Duration::from_secs(10);
 /// use: the command runs in the agent's own cgroup only).
 fn exec(dir: &Path, extra: &[&str], argv: &[&str]) -> common::Ran {
     let mut c = agent_cmd();
-    c.args(["exec", "--dns-server", "198.51.100.53"])
-        .args(extra)
-        .arg("--")
-        .args(argv);
+    c.args(["exec", "--dns-server", "198.51.100.53"]).args(extra).arg("--").args(argv);
     let r = run_with_deadline(dir, c, SECS_10);
     // Whatever happened, the run's cgroup is gone once it has exited.
     let cg = exec_cgroup_of(r.pid);
@@ -63,26 +60,10 @@ fn bad_policy_exits_2_names_the_field_and_runs_nothing() {
     let marker = tmp.path().join("marker");
     let touch = ["touch", marker.to_str().unwrap()];
     let cases: [(&str, &str, &[&str]); 8] = [
-        (
-            "egress:\n  - toFQDNs: [{matchName: a.test}]\n    portz: [{port: 443}]\n",
-            "unknown field",
-            &["`portz`"],
-        ),
-        (
-            "egress:\n  - toFQDNs: [{matchName: a.test}]\n    ports: [{port: 443, proto: TCP}]\n",
-            "unknown field",
-            &["`proto`"],
-        ),
-        (
-            "egress:\n  - toCIDRs: [\"10.0.0.300/32\"]\n",
-            "bad CIDR",
-            &["egress[0].toCIDRs[0]", "10.0.0.300/32"],
-        ),
-        (
-            "egress:\n  - toCIDRs: [\"192.0.2.0/24\", \"192.0.2.1/24\"]\n",
-            "host bits",
-            &["egress[0].toCIDRs[1]", "host bits"],
-        ),
+        ("egress:\n  - toFQDNs: [{matchName: a.test}]\n    portz: [{port: 443}]\n", "unknown field", &["`portz`"]),
+        ("egress:\n  - toFQDNs: [{matchName: a.test}]\n    ports: [{port: 443, proto: TCP}]\n", "unknown field", &["`proto`"]),
+        ("egress:\n  - toCIDRs: [\"10.0.0.300/32\"]\n", "bad CIDR", &["egress[0].toCIDRs[0]", "10.0.0.300/32"]),
+        ("egress:\n  - toCIDRs: [\"192.0.2.0/24\", \"192.0.2.1/24\"]\n", "host bits", &["egress[0].toCIDRs[1]", "host bits"]),
         (
             "egress:\n  - toFQDNs: [{matchName: a.test}]\n    ports: [{port: 70000}]\n",
             "bad port",
@@ -98,22 +79,14 @@ fn bad_policy_exits_2_names_the_field_and_runs_nothing() {
             "bad protocol",
             &["egress[0].ports[0].protocol", "ICMP"],
         ),
-        (
-            "egress:\n  - toFQDNs: [{matchPattern: \"a.*.test\"}]\n",
-            "bad pattern",
-            &["egress[0].toFQDNs[0].matchPattern"],
-        ),
+        ("egress:\n  - toFQDNs: [{matchPattern: \"a.*.test\"}]\n", "bad pattern", &["egress[0].toFQDNs[0].matchPattern"]),
     ];
     for (yaml, what, needles) in cases {
         let p = common::write_file(tmp.path(), "policy.yaml", yaml);
         let r = exec(tmp.path(), &["--policy", p.to_str().unwrap()], &touch);
         assert_eq!(r.code, 2, "{what}: {r:?}");
         for n in needles {
-            assert!(
-                r.stderr.contains(n),
-                "{what}: stderr lacks {n:?}: {}",
-                r.stderr
-            );
+            assert!(r.stderr.contains(n), "{what}: stderr lacks {n:?}: {}", r.stderr);
         }
         assert!(!marker.exists(), "{what}: the command ran");
         // check-policy agrees.
@@ -123,11 +96,7 @@ fn bad_policy_exits_2_names_the_field_and_runs_nothing() {
         assert_eq!(chk.code, 2, "check-policy {what}: {chk:?}");
     }
     // Bad flags are policy errors too.
-    for (flag, value) in [
-        ("--allow-cidr", "300.1.1.1/32"),
-        ("--allow-fqdn", "a..b.test"),
-        ("--dns-server", "198.51.100.53:0"),
-    ] {
+    for (flag, value) in [("--allow-cidr", "300.1.1.1/32"), ("--allow-fqdn", "a..b.test"), ("--dns-server", "198.51.100.53:0")] {
         let r = exec(tmp.path(), &[flag, value], &touch);
         assert_eq!(r.code, 2, "{flag} {value}: {r:?}");
         assert!(r.stderr.contains(flag), "{flag}: {}", r.stderr);
@@ -160,38 +129,22 @@ fn lifecycle(end: End) {
             b = bg.display(),
             g = go.display()
         ),
-        End::Signal(_) => format!(
-            "sleep 60 & echo $! > {b}.tmp; mv {b}.tmp {b}; exec sleep 30",
-            b = bg.display()
-        ),
+        End::Signal(_) => format!("sleep 60 & echo $! > {b}.tmp; mv {b}.tmp {b}; exec sleep 30", b = bg.display()),
     };
     let mut c = agent_cmd();
-    c.args([
-        "exec",
-        "--dns-server",
-        "198.51.100.53",
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
+    c.args(["exec", "--dns-server", "198.51.100.53", "--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let mut agent = ChildGuard::spawn(c).unwrap();
     let cg = exec_cgroup_of(agent.pid());
-    let bg_pid: u32 = wait_for("the command to start", SECS_10, || {
-        std::fs::read_to_string(&bg).ok()?.trim().parse().ok()
-    });
+    let bg_pid: u32 = wait_for("the command to start", SECS_10, || std::fs::read_to_string(&bg).ok()?.trim().parse().ok());
     let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap();
     assert!(procs.lines().any(|l| l == bg_pid.to_string()), "{procs}");
     let att = attached(&cg);
     att.expect_all_hooks();
     let pc_ids = common::pc_prog_ids();
-    assert!(
-        att.progs.iter().all(|(id, _, _)| pc_ids.contains(id)),
-        "{att:?}"
-    );
+    assert!(att.progs.iter().all(|(id, _, _)| pc_ids.contains(id)), "{att:?}");
 
     match end {
         End::Exit => std::fs::write(&go, "").unwrap(),
@@ -206,16 +159,11 @@ fn lifecycle(end: End) {
     assert_eq!(common::shell_code(status), want, "{end:?}");
     att.expect_gone();
     // The background daemon did not outlive the run (unenforced).
-    wait_for(
-        "the background process to go",
-        Duration::from_secs(2),
-        || {
-            let stat = std::fs::read_to_string(format!("/proc/{bg_pid}/stat")).ok();
-            // Gone, or a zombie waiting for init to reap it.
-            stat.is_none_or(|s| s.rsplit(')').next().unwrap().trim().starts_with('Z'))
-                .then_some(())
-        },
-    );
+    wait_for("the background process to go", Duration::from_secs(2), || {
+        let stat = std::fs::read_to_string(format!("/proc/{bg_pid}/stat")).ok();
+        // Gone, or a zombie waiting for init to reap it.
+        stat.is_none_or(|s| s.rsplit(')').next().unwrap().trim().starts_with('Z')).then_some(())
+    });
 }
 
 #[test]

@@ -116,11 +116,7 @@ impl Agent {
 /// `sh -c 'echo $$ > CG/cgroup.procs; exec ip netns exec POD argv...'`.
 fn in_cgroup_cmd(bench: &Bench, cg: &Path, argv: &str) -> Command {
     let mut c = Command::new("sh");
-    c.arg("-c").arg(format!(
-        "echo $$ > {}/cgroup.procs && exec ip netns exec {} {argv}",
-        cg.display(),
-        bench.pod_ns_name("pod")
-    ));
+    c.arg("-c").arg(format!("echo $$ > {}/cgroup.procs && exec ip netns exec {} {argv}", cg.display(), bench.pod_ns_name("pod")));
     c
 }
 
@@ -264,7 +260,12 @@ fn takeover_under_load(tag: &str, no_gates: bool) -> Option<Value> {
     let mut c = in_cgroup_cmd(
         &bench,
         &cg.path,
-        &format!("{} {} {} api.example.test 7 443 1 480 2 198.51.100.54", python().display(), script.display(), 6 * common::time_scale()),
+        &format!(
+            "{} {} {} api.example.test 7 443 1 480 2 198.51.100.54",
+            python().display(),
+            script.display(),
+            6 * common::time_scale()
+        ),
     );
     c.stdout(Stdio::piped()).stderr(Stdio::inherit());
     let mut client = ChildGuard::spawn(c).unwrap();
@@ -292,7 +293,11 @@ fn takeover_under_load(tag: &str, no_gates: bool) -> Option<Value> {
     let r: Value = serde_json::from_str(line.trim()).unwrap();
     eprintln!("takeover: {took}; client: {r}");
     if r["slow_failures"] != 0 {
-        eprintln!("old agent:\n{}\nnew agent:\n{}", std::fs::read_to_string(&old.stderr).unwrap(), std::fs::read_to_string(&new.stderr).unwrap());
+        eprintln!(
+            "old agent:\n{}\nnew agent:\n{}",
+            std::fs::read_to_string(&old.stderr).unwrap(),
+            std::fs::read_to_string(&new.stderr).unwrap()
+        );
     }
     let lookups = r["lookups"].as_u64().unwrap();
     assert!(lookups >= 50, "too few lookups to judge: {r}");

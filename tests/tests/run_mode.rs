@@ -34,21 +34,13 @@ endpoints:
 /// `sh -c 'echo $$ > CG/cgroup.procs; exec ip netns exec POD-NS ARGV...'`.
 fn in_cgroup(bench: &Bench, cg: &Path, argv: &str) -> common::Ran {
     let mut c = Command::new("sh");
-    c.arg("-c").arg(format!(
-        "echo $$ > {}/cgroup.procs && exec ip netns exec {} {argv}",
-        cg.display(),
-        bench.pod_ns_name("pod")
-    ));
+    c.arg("-c").arg(format!("echo $$ > {}/cgroup.procs && exec ip netns exec {} {argv}", cg.display(), bench.pod_ns_name("pod")));
     run_with_deadline(bench.workdir(), c, Duration::from_secs(10))
 }
 
 /// The agent's tracing lines (JSON) on stderr.
 fn tracing_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
 /// Starts `portcullis run --config CFG` (tracing to a file) and waits for
@@ -89,88 +81,38 @@ fn run_mode_enforces_a_configured_cgroup_until_sigterm() {
 
     let curl = "curl -sS --max-time 3";
     for where_ in [&cg.path, &child_cg] {
-        let ok = in_cgroup(
-            &bench,
-            where_,
-            &format!("{curl} -4 http://api.example.test:443/"),
-        );
-        assert_eq!(
-            (ok.code, ok.stdout.as_str()),
-            (0, "hello from 203.0.113.10:443\n"),
-            "{ok:?}"
-        );
+        let ok = in_cgroup(&bench, where_, &format!("{curl} -4 http://api.example.test:443/"));
+        assert_eq!((ok.code, ok.stdout.as_str()), (0, "hello from 203.0.113.10:443\n"), "{ok:?}");
         for url in ["-4 http://api.example.test:80/", "http://169.254.169.254/"] {
             let r = in_cgroup(&bench, where_, &format!("{curl} {url}"));
             assert_eq!(r.code, 7, "{url} from {}: {r:?}", where_.display());
         }
         // A name outside the policy: the gate answers NXDOMAIN.
-        let r = in_cgroup(
-            &bench,
-            where_,
-            &format!("{curl} -4 http://other.example.test:443/"),
-        );
-        assert_eq!(
-            r.code,
-            6,
-            "other.example.test from {}: {r:?}",
-            where_.display()
-        );
-        let dig = in_cgroup(
-            &bench,
-            where_,
-            "dig +short +time=1 +tries=1 @198.51.100.99 api.example.test",
-        );
+        let r = in_cgroup(&bench, where_, &format!("{curl} -4 http://other.example.test:443/"));
+        assert_eq!(r.code, 6, "other.example.test from {}: {r:?}", where_.display());
+        let dig = in_cgroup(&bench, where_, "dig +short +time=1 +tries=1 @198.51.100.99 api.example.test");
         assert_eq!(dig.code, 9, "{dig:?}");
     }
     // Outside the configured cgroup nothing changes.
-    let free = bench
-        .cmd_in_pod("pod", "curl")
-        .args(["-sS", "--max-time", "3", "http://169.254.169.254/"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&free.stdout),
-        "hello from 169.254.169.254:80\n"
-    );
+    let free = bench.cmd_in_pod("pod", "curl").args(["-sS", "--max-time", "3", "http://169.254.169.254/"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&free.stdout), "hello from 169.254.169.254:80\n");
 
     // SIGTERM: clean exit, nothing attached, the log flushed.
     // SAFETY: kill(2) on our own, not yet reaped child.
     assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) }, 0);
-    let status = wait_for("run to exit", Duration::from_secs(10), || {
-        agent.try_wait().unwrap()
-    });
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "{}",
-        std::fs::read_to_string(&stderr).unwrap()
-    );
+    let status = wait_for("run to exit", Duration::from_secs(10), || agent.try_wait().unwrap());
+    assert_eq!(status.code(), Some(0), "{}", std::fs::read_to_string(&stderr).unwrap());
     att.expect_detached();
-    assert!(
-        cg.path.exists(),
-        "run must not remove a cgroup it did not create"
-    );
+    assert!(cg.path.exists(), "run must not remove a cgroup it did not create");
 
     let log = Log::read(&log);
     log.expect_well_formed("run-ep");
-    let who = [
-        ("endpoint", s("run-ep")),
-        ("namespace", s("team-a")),
-        ("pod", s("pod-a")),
-    ];
+    let who = [("endpoint", s("run-ep")), ("namespace", s("team-a")), ("pod", s("pod-a"))];
     // The refused lookup (one A query each time) names the host.
-    let dns: Vec<_> = log
-        .records
-        .iter()
-        .filter(|r| r["reason"] == "denied-dns-name")
-        .collect();
+    let dns: Vec<_> = log.records.iter().filter(|r| r["reason"] == "denied-dns-name").collect();
     assert_eq!(dns.len(), 2, "{}", log.raw);
     let mut want = who.to_vec();
-    want.extend([
-        ("host", s("other.example.test")),
-        ("hook", s("dns-gate")),
-        ("protocol", s("dns")),
-    ]);
+    want.extend([("host", s("other.example.test")), ("hook", s("dns-gate")), ("protocol", s("dns"))]);
     log.expect("198.51.100.53", 53, &want);
     assert!(log.to("203.0.113.20", 443).is_empty(), "{}", log.raw);
     for (dst, port, reason) in [
@@ -182,11 +124,7 @@ fn run_mode_enforces_a_configured_cgroup_until_sigterm() {
         want.push(("reason", s(reason)));
         want.push(("verdict", s("blocked")));
         // Once from the endpoint cgroup, once from its child.
-        let n = log
-            .to(dst, port)
-            .iter()
-            .filter(|r| r["reason"] == reason)
-            .count();
+        let n = log.to(dst, port).iter().filter(|r| r["reason"] == reason).count();
         assert_eq!(n, 2, "{dst}:{port}: {}", log.raw);
         log.expect(dst, port, &want);
     }
@@ -225,8 +163,7 @@ fn scrape(addr: std::net::SocketAddr) -> String {
 
 /// The value of the series `name{labels}` (labels exactly as rendered).
 fn series(text: &str, name_labels: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name_labels)?.strip_prefix(' ')?.parse().ok())
+    text.lines().find_map(|l| l.strip_prefix(name_labels)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[test]
@@ -307,7 +244,10 @@ fn run_mode_reports_pods_holding_capabilities_the_hooks_cannot_contain() {
         let t = scrape(addr);
         (series(&t, &raw) == Some(1.0)).then_some(t)
     });
-    assert_eq!(series(&text, &format!("portcullis_endpoint_uncontained_processes{{{ep},capability=\"CAP_NET_ADMIN\"}}")), Some(1.0));
+    assert_eq!(
+        series(&text, &format!("portcullis_endpoint_uncontained_processes{{{ep},capability=\"CAP_NET_ADMIN\"}}")),
+        Some(1.0)
+    );
     let warned = tracing_lines(&stderr)
         .into_iter()
         .find(|l| l["fields"]["message"].as_str().is_some_and(|m| m.starts_with("not fully enforced")))
@@ -358,11 +298,8 @@ fn run_mode_logs_the_program_variants_it_loaded() {
         });
         let lines = tracing_lines(&stderr);
         let variant = lines.iter().find(|l| l["fields"]["message"] == "program variant").expect("a variant line");
-        let (want, level) = if helper && !disabled {
-            ("skb-netns: helper", "INFO")
-        } else {
-            ("skb-netns: socket storage (degraded)", "WARN")
-        };
+        let (want, level) =
+            if helper && !disabled { ("skb-netns: helper", "INFO") } else { ("skb-netns: socket storage (degraded)", "WARN") };
         assert_eq!((variant["fields"]["variant"].as_str(), variant["level"].as_str()), (Some(want), Some(level)), "{variant}");
         assert!(variant["fields"]["why"].as_str().is_some_and(|w| !w.is_empty()), "{variant}");
         assert!(variant["fields"]["kernel"].as_str().is_some_and(|k| !k.is_empty()), "{variant}");

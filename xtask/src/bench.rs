@@ -138,7 +138,11 @@ impl Client {
             }
             Config::Baseline | Config::Nftables => bench.cmd_in_pod(cfg.pod(), &xtask.to_string_lossy()),
         };
-        cmd.args(load).args(pin.iter().flat_map(|c| ["--cpu", c])).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.args(load)
+            .args(pin.iter().flat_map(|c| ["--cpu", c]))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         let mut guard = ChildGuard::spawn(cmd).context("starting a load client")?;
         let child = guard.child_mut();
         let (stdin, stdout) = (child.stdin.take().context("no stdin")?, child.stdout.take().context("no stdout")?);
@@ -285,7 +289,12 @@ fn measure(clients: &mut [Client], agent: u32, bpf_stats: &BpfStats, args: &Benc
 }
 
 fn stats_round(
-    clients: &mut [Client], agent: u32, bpf_stats: &BpfStats, round: usize, results: &mut Results, progs: &mut Progs,
+    clients: &mut [Client],
+    agent: u32,
+    bpf_stats: &BpfStats,
+    round: usize,
+    results: &mut Results,
+    progs: &mut Progs,
 ) -> Result<()> {
     bpf_stats.set(true)?;
     // What the statistics themselves add per run, measured now: the

@@ -17,8 +17,19 @@ use serde_json::Value;
 /// Our programs and their empty twins (`floor`), by name, as bpftool
 /// lists them (15 characters at most).
 pub const PROGRAMS: [&str; 13] = [
-    "pc_connect4", "pc_connect6", "pc_sendmsg4", "pc_sendmsg6", "pc_recvmsg4", "pc_recvmsg6", "pc_egress", "pc_ingress",
-    "pc_release", "pc_floor_conn4", "pc_floor_egress", "pc_floor_ingres", "pc_floor_releas",
+    "pc_connect4",
+    "pc_connect6",
+    "pc_sendmsg4",
+    "pc_sendmsg6",
+    "pc_recvmsg4",
+    "pc_recvmsg6",
+    "pc_egress",
+    "pc_ingress",
+    "pc_release",
+    "pc_floor_conn4",
+    "pc_floor_egress",
+    "pc_floor_ingres",
+    "pc_floor_releas",
 ];
 
 pub type ProgStats = BTreeMap<String, (f64, u64)>;

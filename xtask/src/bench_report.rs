@@ -31,7 +31,9 @@ pub fn report(results: &Results, progs: &Progs, cpu: BTreeMap<String, (u64, u64)
         "\nbench: {} rounds x {} s slices, 1,000 learned IPs, each client in its own pod netns, server in inet",
         args.rounds, args.secs
     );
-    for (mode, label, unit, target) in [("crr", "short TCP connections/s", 1.0, 0.95), ("bulk", "bulk TCP throughput MB/s", 1e6, 0.97)] {
+    for (mode, label, unit, target) in
+        [("crr", "short TCP connections/s", 1.0, 0.95), ("bulk", "bulk TCP throughput MB/s", 1e6, 0.97)]
+    {
         let base = &results[&(mode, Config::Baseline)];
         for cfg in [Config::Portcullis, Config::Nftables] {
             let other = &results[&(mode, cfg)];
@@ -55,18 +57,25 @@ pub fn report(results: &Results, progs: &Progs, cpu: BTreeMap<String, (u64, u64)
         }
     }
     let med = |k: &'static str, cfg| median(&mut results.get(&(k, cfg)).cloned().unwrap_or_default());
-    let (b50, b99, p50, p99) =
-        (med("dns-p50", Config::Baseline), med("dns-p99", Config::Baseline), med("dns-p50", Config::Portcullis), med("dns-p99", Config::Portcullis));
+    let (b50, b99, p50, p99) = (
+        med("dns-p50", Config::Baseline),
+        med("dns-p99", Config::Baseline),
+        med("dns-p50", Config::Portcullis),
+        med("dns-p99", Config::Portcullis),
+    );
     println!(
         "  DNS lookup (getaddrinfo)   p50 {:.0} us vs {:.0} us (+{:.0} us), p99 {:.0} us vs {:.0} us (+{:.0} us)  target p99 added <= 1000 us",
-        p50 / 1e3, b50 / 1e3, (p50 - b50) / 1e3, p99 / 1e3, b99 / 1e3, (p99 - b99) / 1e3
+        p50 / 1e3,
+        b50 / 1e3,
+        (p50 - b50) / 1e3,
+        p99 / 1e3,
+        b99 / 1e3,
+        (p99 - b99) / 1e3
     );
     // The agent's own work (DNS gates, TTL sweeps, events) while each
     // workload ran: part of what the ratios above measure.
-    let share: Vec<String> = cpu
-        .iter()
-        .map(|(w, (cpu, busy))| format!("{w}: {:.2} %", *cpu as f64 / (*busy).max(1) as f64 * 100.0))
-        .collect();
+    let share: Vec<String> =
+        cpu.iter().map(|(w, (cpu, busy))| format!("{w}: {:.2} %", *cpu as f64 / (*busy).max(1) as f64 * 100.0)).collect();
     println!("  agent CPU time, % of one core, during the portcullis slices: {}", share.join(", "));
     let mut overheads: Vec<f64> = progs.values().flatten().map(|(_, o)| *o).collect();
     let (lo, hi) = overheads.iter().fold((f64::MAX, f64::MIN), |(l, h), o| (l.min(*o), h.max(*o)));
@@ -110,7 +119,6 @@ pub fn report(results: &Results, progs: &Progs, cpu: BTreeMap<String, (u64, u64)
         println!("    {mode:<5} {}", line.join("\n          "));
     }
 }
-
 
 #[cfg(test)]
 mod tests {

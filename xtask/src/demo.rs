@@ -45,16 +45,31 @@ pub fn run(args: &DemoArgs, env: &Env) -> Result<()> {
 
     let started = Instant::now();
     let bench = Bench::start().context("building the network-namespace bench")?;
-    println!("demo: bench up in {:.2}s: pod {} -> node -> internet ({} = api.openai.com, DNS {})",
-        started.elapsed().as_secs_f64(), bench.pod_v4("pod"), addr::API_V4, addr::DNS_V4);
+    println!(
+        "demo: bench up in {:.2}s: pod {} -> node -> internet ({} = api.openai.com, DNS {})",
+        started.elapsed().as_secs_f64(),
+        bench.pod_v4("pod"),
+        addr::API_V4,
+        addr::DNS_V4
+    );
     println!("demo: policy {}:\n{}", args.policy, indent(&fs::read_to_string(&policy)?));
 
     let log = bench.workdir().join("blocked.jsonl");
-    println!("demo: $ portcullis exec --policy {} --log blocked.jsonl --netns /run/netns/<pod> -- python3 demo-agent.py\n", args.policy);
+    println!(
+        "demo: $ portcullis exec --policy {} --log blocked.jsonl --netns /run/netns/<pod> -- python3 demo-agent.py\n",
+        args.policy
+    );
     let status = Command::new(&bin)
-        .arg("exec").arg("--policy").arg(&policy).arg("--log").arg(&log)
-        .args(["--name", "demo-agent", "--netns"]).arg(bench.pod_netns_path("pod")).arg("--")
-        .arg("python3").arg(&script)
+        .arg("exec")
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--log")
+        .arg(&log)
+        .args(["--name", "demo-agent", "--netns"])
+        .arg(bench.pod_netns_path("pod"))
+        .arg("--")
+        .arg("python3")
+        .arg(&script)
         .status()
         .context("running portcullis exec")?;
     let reached = status.code().context("agent script killed by a signal")?;
@@ -97,7 +112,16 @@ fn print_table(records: &[Value]) {
     for r in records {
         let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
         let port = r.get("dport").and_then(Value::as_u64).unwrap_or(0);
-        println!("  {:<10} {:<18} {:<22} {:>5}  {:<26} {:<9} {}", s("verdict"), s("reason"), s("dst"), port, s("host"), s("comm"), s("hook"));
+        println!(
+            "  {:<10} {:<18} {:<22} {:>5}  {:<26} {:<9} {}",
+            s("verdict"),
+            s("reason"),
+            s("dst"),
+            port,
+            s("host"),
+            s("comm"),
+            s("hook")
+        );
     }
 }
 

@@ -56,10 +56,7 @@ pub struct FuzzArgs {
 /// Seconds per target from `$PORTCULLIS_FUZZ_SECS` (unset or empty: default).
 pub fn secs_from_env() -> anyhow::Result<u64> {
     match std::env::var(SECS_ENV) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .with_context(|| format!("{SECS_ENV}={v:?} is not a number of seconds")),
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().with_context(|| format!("{SECS_ENV}={v:?} is not a number of seconds")),
         _ => Ok(DEFAULT_SECS),
     }
 }
@@ -103,10 +100,7 @@ pub fn test_step() -> anyhow::Result<()> {
     }
     let dir = fuzz_dir()?;
     let all = targets(&dir)?;
-    println!(
-        "xtask test: fuzzing {} targets, {secs} s each ({SECS_ENV} to change)",
-        all.len()
-    );
+    println!("xtask test: fuzzing {} targets, {secs} s each ({SECS_ENV} to change)", all.len());
     fuzz_all(&dir, &all, secs)
 }
 
@@ -117,9 +111,7 @@ fn fuzz_dir() -> anyhow::Result<PathBuf> {
 /// `cargo +nightly fuzz <sub>` in `agent/fuzz`, without the eBPF build.
 fn cargo_fuzz(dir: &Path, sub: &[&str]) -> Command {
     let mut c = cmd("cargo", ["+nightly", "fuzz"]);
-    c.args(sub)
-        .current_dir(dir)
-        .env("PORTCULLIS_SKIP_EBPF", "1");
+    c.args(sub).current_dir(dir).env("PORTCULLIS_SKIP_EBPF", "1");
     c
 }
 
@@ -154,12 +146,7 @@ fn fuzz_all(dir: &Path, targets: &[String], secs: u64) -> anyhow::Result<()> {
             failed.push(t.as_str());
         }
     }
-    println!(
-        "xtask fuzz: {} targets in {:.0} s, {} failed",
-        targets.len(),
-        started.elapsed().as_secs_f64(),
-        failed.len()
-    );
+    println!("xtask fuzz: {} targets in {:.0} s, {} failed", targets.len(), started.elapsed().as_secs_f64(), failed.len());
     if !failed.is_empty() {
         bail!("fuzz targets failed: {}", failed.join(", "));
     }
@@ -179,20 +166,14 @@ fn fuzz_one(dir: &Path, target: &str, secs: u64) -> anyhow::Result<()> {
     if seeds.is_dir() {
         c.arg(&seeds);
     }
-    c.arg("--")
-        .arg(format!("-max_total_time={secs}"))
-        .arg(format!("-timeout={INPUT_TIMEOUT_SECS}"));
+    c.arg("--").arg(format!("-max_total_time={secs}")).arg(format!("-timeout={INPUT_TIMEOUT_SECS}"));
     let dict = dir.join("dicts").join(format!("{target}.dict"));
     if dict.is_file() {
         c.arg(format!("-dict={}", dict.display()));
     }
     let log_path = logs.join(format!("{target}.log"));
-    let log =
-        fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-    println!(
-        "xtask fuzz: {target}: {secs} s (log: {})",
-        log_path.display()
-    );
+    let log = fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    println!("xtask fuzz: {target}: {secs} s (log: {})", log_path.display());
     let status = c
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -221,19 +202,11 @@ fn fuzz_one(dir: &Path, target: &str, secs: u64) -> anyhow::Result<()> {
 
 /// `N runs, cov: C ft: F corp: K` from libFuzzer's output, or a fallback.
 pub fn summary(log: &str) -> String {
-    let runs = log.lines().rev().find_map(|l| {
-        l.strip_prefix("Done ")?
-            .split_whitespace()
-            .next()
-            .map(str::to_owned)
-    });
+    let runs = log.lines().rev().find_map(|l| l.strip_prefix("Done ")?.split_whitespace().next().map(str::to_owned));
     let stats = log.lines().rev().find_map(|l| {
         let at = l.find("cov: ")?;
         let rest = &l[at..];
-        let end = rest
-            .find(" lim:")
-            .or_else(|| rest.find(" exec/s"))
-            .unwrap_or(rest.len());
+        let end = rest.find(" lim:").or_else(|| rest.find(" exec/s")).unwrap_or(rest.len());
         Some(rest[..end].trim().to_owned())
     });
     match (runs, stats) {
@@ -254,29 +227,19 @@ fn regressions(dir: &Path, targets: &[String]) -> anyhow::Result<()> {
         let Ok(entries) = fs::read_dir(&rdir) else {
             continue;
         };
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| Some(e.ok()?.path()))
-            .filter(|p| p.is_file())
-            .collect();
+        let mut files: Vec<PathBuf> = entries.filter_map(|e| Some(e.ok()?.path())).filter(|p| p.is_file()).collect();
         files.sort();
         for f in files {
             ran += 1;
             let mut c = cargo_fuzz(dir, &["run", t]);
             c.arg(&f);
             println!("xtask fuzz: replaying {}", f.display());
-            if !c
-                .status()
-                .with_context(|| format!("cannot start `{}`", util::display(&c)))?
-                .success()
-            {
+            if !c.status().with_context(|| format!("cannot start `{}`", util::display(&c)))?.success() {
                 failed.push(f.display().to_string());
             }
         }
     }
-    println!(
-        "xtask fuzz: {ran} regression inputs, {} still fail",
-        failed.len()
-    );
+    println!("xtask fuzz: {ran} regression inputs, {} still fail", failed.len());
     if !failed.is_empty() {
         bail!("still failing: {}", failed.join(", "));
     }

@@ -53,7 +53,9 @@ pub fn binaries(root: &std::path::Path) -> anyhow::Result<Vec<(PathBuf, Option<&
         bail!("built {} of the {} kernel-matrix test binaries", found.len(), SUITES.len());
     }
     // The order of SUITES, not of the build.
-    found.sort_by_key(|(exe, _)| SUITES.iter().position(|(_, t, _)| exe.file_name().is_some_and(|f| f.to_string_lossy().starts_with(&format!("{t}-")))));
+    found.sort_by_key(|(exe, _)| {
+        SUITES.iter().position(|(_, t, _)| exe.file_name().is_some_and(|f| f.to_string_lossy().starts_with(&format!("{t}-"))))
+    });
     Ok(found)
 }
 
@@ -90,7 +92,10 @@ mod tests {
     #[test]
     fn the_guest_line_runs_every_binary_and_fails_if_any_does() {
         let bins = vec![(PathBuf::from("/t/a-1"), None), (PathBuf::from("/t/b-2"), Some("variants"))];
-        assert_eq!(guest_line(&bins, None), "rc=0; '/t/a-1' --test-threads=1 || rc=1; '/t/b-2' 'variants' --test-threads=1 || rc=1; exit $rc");
+        assert_eq!(
+            guest_line(&bins, None),
+            "rc=0; '/t/a-1' --test-threads=1 || rc=1; '/t/b-2' 'variants' --test-threads=1 || rc=1; exit $rc"
+        );
         assert!(guest_line(&bins, Some("x y")).contains("'/t/b-2' 'x y' --test-threads"));
     }
 }

@@ -33,40 +33,19 @@ pub fn parse_llvm_lib_name(name: &str) -> Option<LlvmLib> {
         return None;
     }
     let major = version.split('.').next()?.parse().ok()?;
-    Some(LlvmLib {
-        version: version.to_owned(),
-        major,
-    })
+    Some(LlvmLib { version: version.to_owned(), major })
 }
 
 /// A folder name for a `rustc --version` line:
 /// `rustc 1.97.0-nightly (e50aa6fba 2026-05-19)` → `1.97.0-nightly-e50aa6fba-2026-05-19`.
 pub fn version_dir_name(version_line: &str) -> String {
-    let v = version_line
-        .trim()
-        .strip_prefix("rustc ")
-        .unwrap_or(version_line.trim());
-    let mapped: String = v
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    mapped
-        .split('-')
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .join("-")
+    let v = version_line.trim().strip_prefix("rustc ").unwrap_or(version_line.trim());
+    let mapped: String = v.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' }).collect();
+    mapped.split('-').filter(|s| !s.is_empty()).collect::<Vec<_>>().join("-")
 }
 
 pub(crate) fn ensure(r: &mut Report) -> anyhow::Result<()> {
-    let nightly = util::output(&mut cmd("rustc", ["+nightly", "--version"]))?
-        .trim()
-        .to_owned();
+    let nightly = util::output(&mut cmd("rustc", ["+nightly", "--version"]))?.trim().to_owned();
     let sysroot = util::output(&mut cmd("rustc", ["+nightly", "--print", "sysroot"]))?;
     let lib_dir = Path::new(sysroot.trim()).join("lib");
     let mut found = Vec::new();
@@ -78,16 +57,10 @@ pub(crate) fn ensure(r: &mut Report) -> anyhow::Result<()> {
     }
     let (file, llvm) = match found.len() {
         1 => found.remove(0),
-        0 => bail!(
-            "no libLLVM.so.<ver>-rust-<ver> in {} ({nightly})",
-            lib_dir.display()
-        ),
+        0 => bail!("no libLLVM.so.<ver>-rust-<ver> in {} ({nightly})", lib_dir.display()),
         _ => bail!("several libLLVM.so.* in {}: {found:?}", lib_dir.display()),
     };
-    let step = format!(
-        "bpf-linker {BPF_LINKER_VERSION} (LLVM {} of {nightly})",
-        llvm.version
-    );
+    let step = format!("bpf-linker {BPF_LINKER_VERSION} (LLVM {} of {nightly})", llvm.version);
 
     let home = util::cargo_home()?;
     let bin = home.join("bin").join("bpf-linker");
@@ -105,8 +78,7 @@ pub(crate) fn ensure(r: &mut Report) -> anyhow::Result<()> {
     // the binary's rpath find the library when it is not run through rustup.
     let prefix = base.join(version_dir_name(&nightly));
     let prefix_lib = prefix.join("lib");
-    fs::create_dir_all(&prefix_lib)
-        .with_context(|| format!("creating {}", prefix_lib.display()))?;
+    fs::create_dir_all(&prefix_lib).with_context(|| format!("creating {}", prefix_lib.display()))?;
     let target = lib_dir.join(&file);
     for link in ["libLLVM.so", file.as_str()] {
         let link = prefix_lib.join(link);
@@ -118,16 +90,7 @@ pub(crate) fn ensure(r: &mut Report) -> anyhow::Result<()> {
     let feature = format!("llvm-{}", llvm.major);
     let mut install = cmd(
         "cargo",
-        [
-            "install",
-            "bpf-linker",
-            "--locked",
-            "--version",
-            BPF_LINKER_VERSION,
-            "--no-default-features",
-            "--features",
-            &feature,
-        ],
+        ["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features", &feature],
     );
     if bin_exists {
         install.arg("--force");
@@ -161,21 +124,10 @@ mod tests {
     #[test]
     fn llvm_lib_name_gives_version_and_major() {
         let lib = parse_llvm_lib_name("libLLVM.so.22.1-rust-1.97.0-nightly").unwrap();
-        assert_eq!(
-            lib,
-            LlvmLib {
-                version: "22.1".into(),
-                major: 22
-            }
-        );
+        assert_eq!(lib, LlvmLib { version: "22.1".into(), major: 22 });
         let lib = parse_llvm_lib_name("libLLVM.so.21.1-rust-1.93.0-nightly").unwrap();
         assert_eq!(lib.major, 21);
-        assert_eq!(
-            parse_llvm_lib_name("libLLVM.so.23-rust-1.99.0-beta.2")
-                .unwrap()
-                .major,
-            23
-        );
+        assert_eq!(parse_llvm_lib_name("libLLVM.so.23-rust-1.99.0-beta.2").unwrap().major, 23);
     }
 
     #[test]
@@ -194,9 +146,6 @@ mod tests {
 
     #[test]
     fn version_dir_names_are_plain() {
-        assert_eq!(
-            version_dir_name("rustc 1.97.0-nightly (e50aa6fba 2026-05-19)\n"),
-            "1.97.0-nightly-e50aa6fba-2026-05-19"
-        );
+        assert_eq!(version_dir_name("rustc 1.97.0-nightly (e50aa6fba 2026-05-19)\n"), "1.97.0-nightly-e50aa6fba-2026-05-19");
     }
 }

@@ -64,8 +64,7 @@ pub fn run(args: &LoadArgs) -> Result<()> {
         LoadCmd::Client { mode, target, secs, prelearn, sync, cpu } => {
             pin(*cpu)?;
             for n in 1..=*prelearn {
-                let _ = (format!("race-{n}.test"), 80).to_socket_addrs()
-                    .with_context(|| format!("resolving race-{n}.test"))?;
+                let _ = (format!("race-{n}.test"), 80).to_socket_addrs().with_context(|| format!("resolving race-{n}.test"))?;
             }
             if !*sync {
                 return workload(mode, target, *secs);
@@ -179,7 +178,11 @@ fn crr(target: &str, d: Duration) -> Result<()> {
             s.read_exact(&mut b)?;
             Ok(())
         })();
-        if ok.is_ok() { ops += 1 } else { errors += 1 }
+        if ok.is_ok() {
+            ops += 1
+        } else {
+            errors += 1
+        }
         if errors > 100 && ops == 0 {
             bail!("connections to {target} keep failing: {}", ok.err().map(|e| e.to_string()).unwrap_or_default());
         }
@@ -228,7 +231,13 @@ fn linger_zero(s: &TcpStream) -> std::io::Result<()> {
     let l = libc::linger { l_onoff: 1, l_linger: 0 };
     // SAFETY: valid socket fd and a correctly sized option value.
     let rc = unsafe {
-        libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&raw const l).cast(), size_of::<libc::linger>() as libc::socklen_t)
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const l).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
     };
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }

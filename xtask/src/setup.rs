@@ -108,22 +108,14 @@ pub fn run(mode: Mode) -> anyhow::Result<Env> {
 
 fn rust_src(r: &mut Report) -> anyhow::Result<()> {
     const STEP: &str = "rust-src (nightly)";
-    let installed = util::output(&mut cmd(
-        "rustup",
-        ["component", "list", "--toolchain", "nightly", "--installed"],
-    ))
-    .context(
-        "asking rustup about the `nightly` toolchain (needed: rustup toolchain install nightly)",
-    )?;
+    let installed = util::output(&mut cmd("rustup", ["component", "list", "--toolchain", "nightly", "--installed"]))
+        .context("asking rustup about the `nightly` toolchain (needed: rustup toolchain install nightly)")?;
     if has_component(&installed, "rust-src") {
         r.ok(STEP, "already present");
         return Ok(());
     }
     r.act(STEP, "installing");
-    util::run(&mut cmd(
-        "rustup",
-        ["component", "add", "rust-src", "--toolchain", "nightly"],
-    ))?;
+    util::run(&mut cmd("rustup", ["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     r.act(STEP, "installed");
     Ok(())
 }
@@ -148,12 +140,7 @@ fn cargo_fuzz(r: &mut Report) -> anyhow::Result<()> {
 pub fn has_component(list: &str, component: &str) -> bool {
     list.lines()
         .filter_map(|l| l.split_whitespace().next())
-        .any(|name| {
-            name == component
-                || name
-                    .strip_prefix(component)
-                    .is_some_and(|rest| rest.starts_with('-'))
-        })
+        .any(|name| name == component || name.strip_prefix(component).is_some_and(|rest| rest.starts_with('-')))
 }
 
 /// Whether a `dpkg-query -W -f='${Status}'` answer means installed
@@ -190,9 +177,7 @@ fn debian_packages(r: &mut Report, root: bool, needs_root: &mut Vec<String>) -> 
     r.act(STEP, &format!("installing {}", missing.join(" ")));
     util::run(cmd("apt-get", ["update"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
     let mut install = cmd("apt-get", ["install", "-y", "--no-install-recommends"]);
-    install
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive");
+    install.args(&missing).env("DEBIAN_FRONTEND", "noninteractive");
     util::run(&mut install)?;
     let still = missing_packages()?;
     if !still.is_empty() {
@@ -208,17 +193,10 @@ pub fn has_mount(mounts: &str, point: &str, fstype: &str) -> bool {
 
 /// The first mount point of type `fstype` in `/proc/mounts` text.
 pub fn find_mount_of_type(mounts: &str, fstype: &str) -> Option<PathBuf> {
-    util::mounts(mounts)
-        .find(|(_, t)| t == fstype)
-        .map(|(p, _)| PathBuf::from(p))
+    util::mounts(mounts).find(|(_, t)| t == fstype).map(|(p, _)| PathBuf::from(p))
 }
 
-fn bpffs(
-    r: &mut Report,
-    root: bool,
-    mounts: &str,
-    needs_root: &mut Vec<String>,
-) -> anyhow::Result<()> {
+fn bpffs(r: &mut Report, root: bool, mounts: &str, needs_root: &mut Vec<String>) -> anyhow::Result<()> {
     let step = format!("bpffs at {BPFFS}");
     if has_mount(mounts, BPFFS, "bpf") {
         r.ok(&step, "already mounted");
@@ -258,10 +236,7 @@ mod tests {
         let list = "cargo-x86_64-unknown-linux-gnu\nrust-src\nrust-std-x86_64-unknown-linux-gnu\n";
         assert!(has_component(list, "rust-src"));
         assert!(has_component("rust-src (installed)\n", "rust-src"));
-        assert!(!has_component(
-            "rust-std-x86_64-unknown-linux-gnu\nrustc\n",
-            "rust-src"
-        ));
+        assert!(!has_component("rust-std-x86_64-unknown-linux-gnu\nrustc\n", "rust-src"));
         assert!(!has_component("rust-srcx\n", "rust-src"));
     }
 
@@ -271,21 +246,11 @@ mod tests {
                     cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n\
                     cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n\
                     bpf /sys/fs/bpf bpf rw 0 0\n";
-        assert_eq!(
-            find_mount_of_type(text, "cgroup2"),
-            Some("/sys/fs/cgroup/unified".into())
-        );
-        assert_eq!(
-            find_mount_of_type("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0", "cgroup2"),
-            Some("/sys/fs/cgroup".into())
-        );
+        assert_eq!(find_mount_of_type(text, "cgroup2"), Some("/sys/fs/cgroup/unified".into()));
+        assert_eq!(find_mount_of_type("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0", "cgroup2"), Some("/sys/fs/cgroup".into()));
         assert_eq!(find_mount_of_type(text, "nfs"), None);
         assert!(has_mount(text, "/sys/fs/bpf", "bpf"));
         assert!(!has_mount(text, "/sys/fs/bpf", "tmpfs"));
-        assert!(!has_mount(
-            "none /sys/fs/bpf2 bpf rw 0 0",
-            "/sys/fs/bpf",
-            "bpf"
-        ));
+        assert!(!has_mount("none /sys/fs/bpf2 bpf rw 0 0", "/sys/fs/bpf", "bpf"));
     }
 }

@@ -81,16 +81,10 @@ struct Workspace {
 
 impl Workspace {
     fn load() -> anyhow::Result<Self> {
-        let json = util::output(&mut cmd(
-            "cargo",
-            ["metadata", "--format-version", "1", "--no-deps"],
-        ))?;
+        let json = util::output(&mut cmd("cargo", ["metadata", "--format-version", "1", "--no-deps"]))?;
         let meta: Value = serde_json::from_str(&json).context("parsing cargo metadata")?;
         let path = |key: &str| -> anyhow::Result<PathBuf> {
-            meta[key]
-                .as_str()
-                .map(PathBuf::from)
-                .with_context(|| format!("cargo metadata: no {key}"))
+            meta[key].as_str().map(PathBuf::from).with_context(|| format!("cargo metadata: no {key}"))
         };
         let (root, target_dir) = (path("workspace_root")?, path("target_directory")?);
         let members: Vec<&str> = meta["workspace_default_members"]
@@ -101,25 +95,15 @@ impl Workspace {
             .collect();
         let (mut integration, mut any_doctest) = (Vec::new(), false);
         let (mut any_lib, mut any_bin) = (false, false);
-        for pkg in meta["packages"]
-            .as_array()
-            .context("cargo metadata: no packages")?
-        {
+        for pkg in meta["packages"].as_array().context("cargo metadata: no packages")? {
             if !pkg["id"].as_str().is_some_and(|id| members.contains(&id)) {
                 continue;
             }
             let mut tests = Vec::new();
             for target in pkg["targets"].as_array().into_iter().flatten() {
-                let kinds: Vec<&str> = target["kind"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
+                let kinds: Vec<&str> = target["kind"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
                 let name = target["name"].as_str().unwrap_or_default().to_owned();
-                let lib = kinds
-                    .iter()
-                    .any(|k| k.ends_with("lib") || *k == "proc-macro");
+                let lib = kinds.iter().any(|k| k.ends_with("lib") || *k == "proc-macro");
                 any_lib |= lib;
                 any_bin |= kinds.contains(&"bin");
                 if kinds.contains(&"test") && target["test"].as_bool().unwrap_or(true) {
@@ -134,17 +118,9 @@ impl Workspace {
         }
         // Lower-level integration tests first, the end-to-end bench last.
         integration.sort_by_key(|(name, _)| name == E2E_PACKAGE);
-        let unit_flags = [(any_lib, "--lib"), (any_bin, "--bins")]
-            .into_iter()
-            .filter_map(|(any, flag)| any.then_some(flag))
-            .collect();
-        Ok(Self {
-            root,
-            target_dir,
-            integration,
-            any_doctest,
-            unit_flags,
-        })
+        let unit_flags =
+            [(any_lib, "--lib"), (any_bin, "--bins")].into_iter().filter_map(|(any, flag)| any.then_some(flag)).collect();
+        Ok(Self { root, target_dir, integration, any_doctest, unit_flags })
     }
 }
 
@@ -152,10 +128,7 @@ impl Workspace {
 fn cargo_counting(mut command: Command, tally: &mut Tally) -> anyhow::Result<()> {
     let shown = util::display(&command);
     println!("xtask test: running `{shown}`");
-    let mut child = command
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start `{shown}`"))?;
+    let mut child = command.stdout(Stdio::piped()).spawn().with_context(|| format!("cannot start `{shown}`"))?;
     let mut pipe = child.stdout.take().context("no stdout pipe")?;
     let (mut buf, mut line) = ([0u8; 8192], Vec::new());
     let mut out = std::io::stdout();
@@ -238,18 +211,11 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
             cargo_counting(with_filter(base(&["test", "--doc"]), false), &mut tally)?;
         }
         if args.no_privileged {
-            let skipped: Vec<String> = ws
-                .integration
-                .iter()
-                .flat_map(|(pkg, tests)| tests.iter().map(move |t| format!("{pkg}/{t}")))
-                .collect();
+            let skipped: Vec<String> =
+                ws.integration.iter().flat_map(|(pkg, tests)| tests.iter().map(move |t| format!("{pkg}/{t}"))).collect();
             println!(
                 "xtask test: privileged tests were NOT run (--no-privileged): {}",
-                if skipped.is_empty() {
-                    "none exist yet".to_owned()
-                } else {
-                    skipped.join(", ")
-                }
+                if skipped.is_empty() { "none exist yet".to_owned() } else { skipped.join(", ") }
             );
             return crate::fuzz::test_step();
         }
@@ -278,10 +244,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     if let Err(e) = &result {
         eprintln!("xtask test: {e:#}");
     }
-    println!(
-        "summary: {} passed, {} failed",
-        tally.passed, tally.failed
-    );
+    println!("summary: {} passed, {} failed", tally.passed, tally.failed);
     if result.is_err() || tally.failed > 0 {
         std::process::exit(1);
     }
@@ -295,25 +258,11 @@ mod tests {
     #[test]
     fn test_result_lines_are_parsed() {
         let ok = "test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 3 filtered out; finished in 0.02s";
-        assert_eq!(
-            parse_test_result(ok),
-            Some(Tally {
-                passed: 12,
-                failed: 0
-            })
-        );
+        assert_eq!(parse_test_result(ok), Some(Tally { passed: 12, failed: 0 }));
         let bad = "test result: FAILED. 4 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.50s";
+        assert_eq!(parse_test_result(bad), Some(Tally { passed: 4, failed: 2 }));
         assert_eq!(
-            parse_test_result(bad),
-            Some(Tally {
-                passed: 4,
-                failed: 2
-            })
-        );
-        assert_eq!(
-            parse_test_result(
-                "   test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out\r"
-            ),
+            parse_test_result("   test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out\r"),
             Some(Tally::default())
         );
     }

@@ -14,15 +14,9 @@ use anyhow::{Context as _, bail};
 pub fn display(cmd: &Command) -> String {
     let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
     parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
-    let envs: Vec<String> = cmd
-        .get_envs()
-        .filter_map(|(k, v)| Some(format!("{}={}", k.to_string_lossy(), v?.to_string_lossy())))
-        .collect();
-    if envs.is_empty() {
-        parts.join(" ")
-    } else {
-        format!("{} {}", envs.join(" "), parts.join(" "))
-    }
+    let envs: Vec<String> =
+        cmd.get_envs().filter_map(|(k, v)| Some(format!("{}={}", k.to_string_lossy(), v?.to_string_lossy()))).collect();
+    if envs.is_empty() { parts.join(" ") } else { format!("{} {}", envs.join(" "), parts.join(" ")) }
 }
 
 /// Builds a [`Command`] from a program and its arguments.
@@ -37,33 +31,20 @@ where
 }
 
 fn check(cmd: &Command, status: ExitStatus) -> anyhow::Result<()> {
-    if status.success() {
-        Ok(())
-    } else {
-        bail!("`{}` failed ({status})", display(cmd))
-    }
+    if status.success() { Ok(()) } else { bail!("`{}` failed ({status})", display(cmd)) }
 }
 
 /// Runs `cmd` with inherited stdio; fails unless it exits 0.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot start `{}`", display(cmd)))?;
+    let status = cmd.status().with_context(|| format!("cannot start `{}`", display(cmd)))?;
     check(cmd, status)
 }
 
 /// Runs `cmd` and returns its stdout; fails (showing stderr) unless it exits 0.
 pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot start `{}`", display(cmd)))?;
+    let out = cmd.output().with_context(|| format!("cannot start `{}`", display(cmd)))?;
     if !out.status.success() {
-        bail!(
-            "`{}` failed ({}): {}",
-            display(cmd),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("`{}` failed ({}): {}", display(cmd), out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     String::from_utf8(out.stdout).with_context(|| format!("`{}` printed non-UTF-8", display(cmd)))
 }
@@ -75,11 +56,7 @@ pub fn parse_euid(status: &str) -> Option<u32> {
 }
 
 pub fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .as_deref()
-        .and_then(parse_euid)
-        == Some(0)
+    fs::read_to_string("/proc/self/status").ok().as_deref().and_then(parse_euid) == Some(0)
 }
 
 /// `CI=true` (also `1`/`yes`, any case), as CI sets it.
@@ -102,9 +79,7 @@ pub fn unescape_mount_field(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let oct = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        let oct = bytes.get(i + 1..i + 4).filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
         match (bytes[i], oct) {
             (b'\\', Some(d)) => {
                 let v = d.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));

@@ -59,18 +59,11 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
     let kernel = match SERIES.iter().find(|s| s.name == args.kernel) {
         Some(series) => vm_install::kernel(series)?,
         None if Path::new(&args.kernel).is_file() => PathBuf::from(&args.kernel),
-        None => bail!(
-            "--kernel {}: neither 6.1, 6.12 nor a kernel image",
-            args.kernel
-        ),
+        None => bail!("--kernel {}: neither 6.1, 6.12 nor a kernel image", args.kernel),
     };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("xtask has no parent dir")?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask has no parent dir")?;
     // The guest's marks: a read-write 9p export.
-    let dir = Path::new(STATE)
-        .join("run")
-        .join(std::process::id().to_string());
+    let dir = Path::new(STATE).join("run").join(std::process::id().to_string());
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let script = dir.join("script.sh");
@@ -78,27 +71,17 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
 
     // vng runs virtme-run from PATH: the venv's bin first.
     let bin = vng.parent().context("vng has no directory")?;
-    let path = env::join_paths(
-        std::iter::once(bin.to_path_buf())
-            .chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())),
-    )?;
+    let path =
+        env::join_paths(std::iter::once(bin.to_path_buf()).chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())))?;
     let mut vng = Command::new(&vng);
     vng.env("PATH", path);
     vng.arg("--run").arg(&kernel);
     vng.args(["--cpus", &args.cpus.to_string(), "--memory", &args.memory]);
-    vng.arg("--rwdir")
-        .arg(&dir)
-        .arg("--overlay-rwdir")
-        .arg(root);
+    vng.arg("--rwdir").arg(&dir).arg("--overlay-rwdir").arg(root);
     vng.args((!args.kvm).then_some("--disable-kvm"));
     vng.args(args.boot_log.then_some("--verbose"));
     vng.arg("--exec").arg(format!("sh {}", script.display()));
-    println!(
-        "xtask vm: booting {} ({} CPUs, {})",
-        kernel.display(),
-        args.cpus,
-        args.memory
-    );
+    println!("xtask vm: booting {} ({} CPUs, {})", kernel.display(), args.cpus, args.memory);
     let started = Instant::now();
     let vng_status = stream(&mut vng);
     let booted = dir.join("booted").exists();
@@ -111,14 +94,9 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
             kernel.display()
         ),
         (true, Err(_)) => {
-            bail!(
-                "the guest stopped before the command ended (panic? out of memory?): see --boot-log"
-            )
+            bail!("the guest stopped before the command ended (panic? out of memory?): see --boot-log")
         }
-        (true, Ok(code)) => code
-            .trim()
-            .parse::<i32>()
-            .with_context(|| format!("guest status {code:?}"))?,
+        (true, Ok(code)) => code.trim().parse::<i32>().with_context(|| format!("guest status {code:?}"))?,
     };
     let secs = started.elapsed().as_secs_f32();
     println!("xtask vm: exit status {code} after {secs:.1} s, boot included");
@@ -139,19 +117,14 @@ fn stream(command: &mut Command) -> anyhow::Result<ExitStatus> {
     let out = child.stdout.take().context("no stdout pipe")?;
     let err = child.stderr.take().context("no stderr pipe")?;
     let pumps = [pump(out, io::stdout()), pump(err, io::stderr())];
-    let status = child
-        .wait()
-        .with_context(|| format!("waiting for `{shown}`"))?;
+    let status = child.wait().with_context(|| format!("waiting for `{shown}`"))?;
     for p in pumps {
         let _ = p.join();
     }
     Ok(status)
 }
 
-fn pump(
-    mut from: impl Read + Send + 'static,
-    mut to: impl Write + Send + 'static,
-) -> thread::JoinHandle<()> {
+fn pump(mut from: impl Read + Send + 'static, mut to: impl Write + Send + 'static) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let _ = io::copy(&mut from, &mut to);
         let _ = to.flush();
@@ -163,24 +136,13 @@ fn pump(
 /// none) virtme-ng-init finds no `/dev/virtio-ports/virtme.*` links, runs
 /// the script on the serial console and reports no status: the script then
 /// opens the ports itself.
-pub fn guest_script(
-    dir: &Path,
-    root: &Path,
-    command: &[String],
-    host_env: impl Iterator<Item = (String, String)>,
-) -> String {
+pub fn guest_script(dir: &Path, root: &Path, command: &[String], host_env: impl Iterator<Item = (String, String)>) -> String {
     let command = match command {
         [line] => line.clone(),
-        argv => argv
-            .iter()
-            .map(|a| sh_quote(a))
-            .collect::<Vec<_>>()
-            .join(" "),
+        argv => argv.iter().map(|a| sh_quote(a)).collect::<Vec<_>>().join(" "),
     };
-    let exports: String = host_env
-        .filter(|(k, _)| passed_through(k))
-        .map(|(k, v)| format!("export {k}={}\n", sh_quote(&v)))
-        .collect();
+    let exports: String =
+        host_env.filter(|(k, _)| passed_through(k)).map(|(k, v)| format!("export {k}={}\n", sh_quote(&v))).collect();
     format!(
         r#"#!/bin/sh
 # Written by `cargo xtask vm`; run by virtme-ng-init in the guest.
@@ -208,10 +170,8 @@ echo $? > "$run/status"
 
 /// Host variables the guest gets: where the tools are, and what tests read.
 fn passed_through(name: &str) -> bool {
-    matches!(
-        name,
-        "PATH" | "CI" | "RUST_BACKTRACE" | "RUST_LOG" | "CARGO_HOME" | "RUSTUP_HOME"
-    ) || name.starts_with("PORTCULLIS_")
+    matches!(name, "PATH" | "CI" | "RUST_BACKTRACE" | "RUST_LOG" | "CARGO_HOME" | "RUSTUP_HOME")
+        || name.starts_with("PORTCULLIS_")
 }
 
 pub fn sh_quote(s: &str) -> String {
@@ -225,22 +185,12 @@ mod tests {
     #[test]
     fn commands_are_quoted_for_sh() {
         assert_eq!(sh_quote("it's"), r"'it'\''s'");
-        let env = [
-            ("PATH", "/bin"),
-            ("SECRET", "x"),
-            ("PORTCULLIS_BIN", "/p b"),
-        ];
+        let env = [("PATH", "/bin"), ("SECRET", "x"), ("PORTCULLIS_BIN", "/p b")];
         let env = env.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned()));
         let argv = ["echo".to_owned(), "a b".to_owned()];
         let s = guest_script(Path::new("/r"), Path::new("/w"), &argv, env);
-        assert!(
-            s.contains("\nexport PATH='/bin'\nexport PORTCULLIS_BIN='/p b'\ncd '/w' || {"),
-            "{s}"
-        );
-        assert!(
-            s.contains("\n(\n'echo' 'a b'\n)\necho $? > \"$run/status\"\n"),
-            "{s}"
-        );
+        assert!(s.contains("\nexport PATH='/bin'\nexport PORTCULLIS_BIN='/p b'\ncd '/w' || {"), "{s}");
+        assert!(s.contains("\n(\n'echo' 'a b'\n)\necho $? > \"$run/status\"\n"), "{s}");
         assert!(!s.contains("SECRET"));
     }
 
@@ -249,9 +199,6 @@ mod tests {
         let line = ["uname -r; exit 3".to_owned()];
         let s = guest_script(Path::new("/r"), Path::new("/w"), &line, std::iter::empty());
         assert!(s.contains("\n(\nuname -r; exit 3\n)\n"), "{s}");
-        assert!(
-            s.starts_with("#!/bin/sh\n") && s.contains("\nrun='/r'\n"),
-            "{s}"
-        );
+        assert!(s.starts_with("#!/bin/sh\n") && s.contains("\nrun='/r'\n"), "{s}");
     }
 }

@@ -23,13 +23,7 @@ use crate::{
 /// Kernels, the virtme-ng venv, and one directory per run (shared with the
 /// guest: not under /var/cache, which virtme-ng hides behind a tmpfs).
 pub const STATE: &str = "/var/lib/portcullis-vm";
-const PACKAGES: &[&str] = &[
-    "qemu-system-x86",
-    "busybox-static",
-    "kmod",
-    "file",
-    "python3-venv",
-];
+const PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "file", "python3-venv"];
 /// Pinned: `vm::guest_script` works around how its init finds its ports.
 const VIRTME_NG: &str = "1.42";
 
@@ -41,16 +35,8 @@ pub struct Series {
 }
 
 pub const SERIES: &[Series] = &[
-    Series {
-        name: "6.1",
-        meta: "linux-image-amd64",
-        prefix: "linux-image-6.1.0-",
-    },
-    Series {
-        name: "6.12",
-        meta: "linux-image-6.12-amd64",
-        prefix: "linux-image-6.12.",
-    },
+    Series { name: "6.1", meta: "linux-image-amd64", prefix: "linux-image-6.1.0-" },
+    Series { name: "6.12", meta: "linux-image-6.12-amd64", prefix: "linux-image-6.12." },
 ];
 
 /// Debian packages and virtme-ng (in a venv: no PEP 668 refusal, no change
@@ -58,23 +44,17 @@ pub const SERIES: &[Series] = &[
 pub fn tools() -> anyhow::Result<PathBuf> {
     let mut missing = Vec::new();
     for &pkg in PACKAGES {
-        let out = cmd("dpkg-query", ["-W", "-f=${Status}", pkg])
-            .output()
-            .context("cannot run dpkg-query: Debian-like systems only")?;
+        let out =
+            cmd("dpkg-query", ["-W", "-f=${Status}", pkg]).output().context("cannot run dpkg-query: Debian-like systems only")?;
         if !setup::dpkg_installed(&String::from_utf8_lossy(&out.stdout)) {
             missing.push(pkg);
         }
     }
     if !missing.is_empty() {
-        println!(
-            "xtask vm: Debian packages ... installing {}",
-            missing.join(" ")
-        );
+        println!("xtask vm: Debian packages ... installing {}", missing.join(" "));
         apt_update()?;
         let mut install = cmd("apt-get", ["install", "-y", "--no-install-recommends"]);
-        install
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive");
+        install.args(&missing).env("DEBIAN_FRONTEND", "noninteractive");
         util::run(&mut install)?;
     }
     let venv = Path::new(STATE).join("venv");
@@ -86,22 +66,13 @@ pub fn tools() -> anyhow::Result<PathBuf> {
     if has_version() {
         return Ok(vng);
     }
-    println!(
-        "xtask vm: virtme-ng {VIRTME_NG} ... installing into {}",
-        venv.display()
-    );
+    println!("xtask vm: virtme-ng {VIRTME_NG} ... installing into {}", venv.display());
     util::run(cmd("python3", ["-m", "venv", "--clear"]).arg(&venv))?;
     let pip = venv.join("bin/pip");
     let spec = format!("virtme-ng=={VIRTME_NG}");
-    util::run(&mut cmd(
-        &pip.to_string_lossy(),
-        ["install", "--quiet", &spec],
-    ))?;
+    util::run(&mut cmd(&pip.to_string_lossy(), ["install", "--quiet", &spec]))?;
     if !has_version() {
-        bail!(
-            "virtme-ng was installed but `{} --version` does not say {VIRTME_NG}",
-            vng.display()
-        );
+        bail!("virtme-ng was installed but `{} --version` does not say {VIRTME_NG}", vng.display());
     }
     Ok(vng)
 }
@@ -116,14 +87,10 @@ pub fn kernel(series: &Series) -> anyhow::Result<PathBuf> {
     if let Some(image) = installed(&kernels, series.prefix) {
         return Ok(image);
     }
-    println!(
-        "xtask vm: kernel {} ... fetching ({})",
-        series.name, series.meta
-    );
+    println!("xtask vm: kernel {} ... fetching ({})", series.name, series.meta);
     apt_update()?;
     let deps = util::output(&mut cmd("apt-cache", ["depends", series.meta]))?;
-    let signed =
-        first_dependency(&deps).with_context(|| format!("{} depends on no kernel", series.meta))?;
+    let signed = first_dependency(&deps).with_context(|| format!("{} depends on no kernel", series.meta))?;
     // The same files as the signed package, without the Secure Boot signature.
     let pkg = format!("{signed}-unsigned");
     if !pkg.starts_with(series.prefix) {
@@ -133,10 +100,7 @@ pub fn kernel(series: &Series) -> anyhow::Result<PathBuf> {
     let _ = fs::remove_dir_all(&debs);
     fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
     // As root: apt's `_apt` sandbox user cannot write here.
-    let mut download = cmd(
-        "apt-get",
-        ["download", "-o", "APT::Sandbox::User=root", &pkg],
-    );
+    let mut download = cmd("apt-get", ["download", "-o", "APT::Sandbox::User=root", &pkg]);
     util::run(download.current_dir(&debs))?;
     let deb = fs::read_dir(&debs)?
         .filter_map(Result::ok)
@@ -148,22 +112,13 @@ pub fn kernel(series: &Series) -> anyhow::Result<PathBuf> {
     fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
     util::run(cmd("dpkg-deb", ["-x"]).arg(&deb).arg(&partial))?;
     // What the package's postinst would do: virtme-ng looks modules up in modules.dep.
-    let base = if partial.join("lib/modules").is_dir() {
-        partial.clone()
-    } else {
-        partial.join("usr")
-    };
+    let base = if partial.join("lib/modules").is_dir() { partial.clone() } else { partial.join("usr") };
     let version = only_entry(&base.join("lib/modules"))?;
     util::run(cmd("depmod", ["-b"]).arg(&base).arg(&version))?;
     fs::rename(&partial, kernels.join(&pkg))?;
     fs::remove_dir_all(&debs)?;
-    let image =
-        installed(&kernels, series.prefix).context("the unpacked kernel has no boot/vmlinuz-*")?;
-    println!(
-        "xtask vm: kernel {} ... installed {}",
-        series.name,
-        image.display()
-    );
+    let image = installed(&kernels, series.prefix).context("the unpacked kernel has no boot/vmlinuz-*")?;
+    println!("xtask vm: kernel {} ... installed {}", series.name, image.display());
     Ok(image)
 }
 
@@ -177,9 +132,7 @@ fn installed(kernels: &Path, prefix: &str) -> Option<PathBuf> {
             name.starts_with(prefix) && !name.ends_with(".partial")
         })
         .filter_map(|e| {
-            let mut boot = fs::read_dir(e.path().join("boot"))
-                .ok()?
-                .filter_map(Result::ok);
+            let mut boot = fs::read_dir(e.path().join("boot")).ok()?.filter_map(Result::ok);
             let image = boot.find(|f| f.file_name().to_string_lossy().starts_with("vmlinuz-"))?;
             Some((e.metadata().ok()?.modified().ok()?, image.path()))
         })
@@ -196,10 +149,7 @@ fn only_entry(dir: &Path) -> anyhow::Result<String> {
         .collect();
     match names.as_slice() {
         [one] => Ok(one.clone()),
-        _ => bail!(
-            "{}: expected one kernel version, found {names:?}",
-            dir.display()
-        ),
+        _ => bail!("{}: expected one kernel version, found {names:?}", dir.display()),
     }
 }
 
@@ -219,10 +169,7 @@ mod tests {
     fn meta_package_names_its_kernel() {
         let text = "linux-image-amd64\n  Depends: linux-image-6.1.0-57-amd64\n";
         assert_eq!(first_dependency(text), Some("linux-image-6.1.0-57-amd64"));
-        assert_eq!(
-            first_dependency("x\n  Depends: <virtual>\n |Depends: real\n"),
-            Some("real")
-        );
+        assert_eq!(first_dependency("x\n  Depends: <virtual>\n |Depends: real\n"), Some("real"));
         assert_eq!(first_dependency("x\n  Recommends: y\n"), None);
     }
 
@@ -231,14 +178,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("xtask-vm-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         for (pkg, image) in [
-            (
-                "linux-image-6.1.0-57-amd64-unsigned",
-                "vmlinuz-6.1.0-57-amd64",
-            ),
-            (
-                "linux-image-6.12.1+deb12-amd64-unsigned.partial",
-                "vmlinuz-6.12.1+deb12-amd64",
-            ),
+            ("linux-image-6.1.0-57-amd64-unsigned", "vmlinuz-6.1.0-57-amd64"),
+            ("linux-image-6.12.1+deb12-amd64-unsigned.partial", "vmlinuz-6.12.1+deb12-amd64"),
         ] {
             fs::create_dir_all(dir.join(pkg).join("boot")).unwrap();
             fs::write(dir.join(pkg).join("boot").join(image), b"").unwrap();

@@ -44,9 +44,7 @@ pub fn parse_message(payload: &[u8]) -> Result<Message, DnsError> {
     let mut decoder = BinDecoder::new(payload);
     let msg = Message::read(&mut decoder)?;
     if !decoder.is_empty() {
-        return Err(DnsError::DnsTrailingBytes {
-            extra: decoder.len(),
-        });
+        return Err(DnsError::DnsTrailingBytes { extra: decoder.len() });
     }
     Ok(msg)
 }
@@ -105,13 +103,8 @@ pub fn learnable(msg: &Message, max_cname_chain: usize) -> Result<Option<Learned
                 RData::AAAA(aaaa) => IpAddr::V6(aaaa.0),
                 _ => return None,
             };
-            let on_chain =
-                r.name.eq_ignore_root(qname) || chain.iter().any(|n| r.name.eq_ignore_root(n));
-            on_chain.then(|| LearnedAddr {
-                ip,
-                ttl: r.ttl,
-                owner: name_to_string(&r.name),
-            })
+            let on_chain = r.name.eq_ignore_root(qname) || chain.iter().any(|n| r.name.eq_ignore_root(n));
+            on_chain.then(|| LearnedAddr { ip, ttl: r.ttl, owner: name_to_string(&r.name) })
         })
         .collect();
 
@@ -125,11 +118,7 @@ pub fn learnable(msg: &Message, max_cname_chain: usize) -> Result<Option<Learned
 
 /// Follows `qname`'s CNAME records within `answers` and returns the targets
 /// in order. Only IN-class CNAMEs count, like the addresses they lead to.
-fn follow_cnames<'m>(
-    qname: &'m Name,
-    answers: &'m [Record],
-    max: usize,
-) -> Result<Vec<&'m Name>, DnsError> {
+fn follow_cnames<'m>(qname: &'m Name, answers: &'m [Record], max: usize) -> Result<Vec<&'m Name>, DnsError> {
     let mut chain: Vec<&Name> = Vec::new();
     let mut current = qname;
     // Terminates: every iteration either returns or appends a name not yet
@@ -139,9 +128,7 @@ fn follow_cnames<'m>(
             return Ok(chain);
         };
         if target.eq_ignore_root(qname) || chain.iter().any(|n| target.eq_ignore_root(n)) {
-            return Err(DnsError::CnameLoop {
-                name: name_to_string(target),
-            });
+            return Err(DnsError::CnameLoop { name: name_to_string(target) });
         }
         if chain.len() >= max {
             return Err(DnsError::CnameChainTooLong { max });
@@ -164,9 +151,7 @@ fn cname_target<'m>(owner: &Name, answers: &'m [Record]) -> Result<Option<&'m Na
         }
         match found {
             Some(prev) if !prev.eq_ignore_root(&cname.0) => {
-                return Err(DnsError::CnameConflict {
-                    name: name_to_string(owner),
-                });
+                return Err(DnsError::CnameConflict { name: name_to_string(owner) });
             }
             _ => found = Some(&cname.0),
         }

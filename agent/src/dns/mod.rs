@@ -29,9 +29,7 @@ mod tests_packet;
 #[cfg(test)]
 mod tests_robust;
 
-pub use answer::{
-    Learned, LearnedAddr, learnable, name_to_string, parse_message, question, transaction_id,
-};
+pub use answer::{Learned, LearnedAddr, learnable, name_to_string, parse_message, question, transaction_id};
 pub use packet::{UdpPacket, build_udp, parse_udp};
 pub use query::{Suspicion, parse_query, refusal, suspicion};
 pub use rewrite::strip_addresses;
@@ -77,10 +75,7 @@ pub enum DnsError {
     /// value would leave unchecked trailing bytes, a longer one reads past
     /// the packet. 0 (jumbogram) is rejected here as well.
     #[error("UDP length field is {udp_len} but the IP payload is {ip_payload_len} bytes")]
-    UdpLengthMismatch {
-        udp_len: usize,
-        ip_payload_len: usize,
-    },
+    UdpLengthMismatch { udp_len: usize, ip_payload_len: usize },
 
     #[error("source {src} and destination {dst} are not the same address family")]
     FamilyMismatch { src: SocketAddr, dst: SocketAddr },

@@ -53,10 +53,7 @@ pub fn parse_udp(ip_packet: &[u8]) -> Result<UdpPacket<'_>, DnsError> {
         }
     };
     if declared != ip_packet.len() {
-        return Err(DnsError::IpLengthMismatch {
-            declared,
-            actual: ip_packet.len(),
-        });
+        return Err(DnsError::IpLengthMismatch { declared, actual: ip_packet.len() });
     }
 
     // Checked before the protocol: a non-first fragment still says "UDP" but
@@ -66,29 +63,18 @@ pub fn parse_udp(ip_packet: &[u8]) -> Result<UdpPacket<'_>, DnsError> {
     }
     let ip_payload = ip.payload();
     if ip_payload.ip_number != ip_number::UDP {
-        return Err(DnsError::NotUdp {
-            protocol: ip_payload.ip_number.0,
-        });
+        return Err(DnsError::NotUdp { protocol: ip_payload.ip_number.0 });
     }
 
     let udp_bytes = ip_payload.payload;
-    let (udp, _) = UdpHeader::from_slice(udp_bytes).map_err(|_| DnsError::UdpTruncated {
-        len: udp_bytes.len(),
-    })?;
+    let (udp, _) = UdpHeader::from_slice(udp_bytes).map_err(|_| DnsError::UdpTruncated { len: udp_bytes.len() })?;
     let udp_len = usize::from(udp.length);
     if udp_len != udp_bytes.len() {
-        return Err(DnsError::UdpLengthMismatch {
-            udp_len,
-            ip_payload_len: udp_bytes.len(),
-        });
+        return Err(DnsError::UdpLengthMismatch { udp_len, ip_payload_len: udp_bytes.len() });
     }
     // Cannot fail: udp_len == udp_bytes.len() >= UdpHeader::LEN (from_slice
     // succeeded), but `get` keeps this path panic-free regardless.
-    let payload = udp_bytes
-        .get(UdpHeader::LEN..udp_len)
-        .ok_or(DnsError::UdpTruncated {
-            len: udp_bytes.len(),
-        })?;
+    let payload = udp_bytes.get(UdpHeader::LEN..udp_len).ok_or(DnsError::UdpTruncated { len: udp_bytes.len() })?;
 
     Ok(UdpPacket {
         src: SocketAddr::new(ip.source_addr(), udp.source_port),
@@ -105,23 +91,12 @@ pub fn parse_udp(ip_packet: &[u8]) -> Result<UdpPacket<'_>, DnsError> {
 /// DSCP/ECN, flow label and IPv4 identification 0, IPv4 DF set (a DNS answer
 /// re-injected on the same host must not be fragmented). Scope id and flow
 /// info of IPv6 socket addresses are ignored.
-pub fn build_udp(
-    src: SocketAddr,
-    dst: SocketAddr,
-    payload: &[u8],
-    ttl_or_hop_limit: u8,
-) -> Result<Vec<u8>, DnsError> {
+pub fn build_udp(src: SocketAddr, dst: SocketAddr, payload: &[u8], ttl_or_hop_limit: u8) -> Result<Vec<u8>, DnsError> {
     match (src.ip(), dst.ip()) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             let udp_len = udp_len(payload, MAX_PAYLOAD_V4)?;
-            let mut ip = Ipv4Header::new(
-                udp_len,
-                ttl_or_hop_limit,
-                ip_number::UDP,
-                s.octets(),
-                d.octets(),
-            )
-            .map_err(|_| too_large(payload, MAX_PAYLOAD_V4))?;
+            let mut ip = Ipv4Header::new(udp_len, ttl_or_hop_limit, ip_number::UDP, s.octets(), d.octets())
+                .map_err(|_| too_large(payload, MAX_PAYLOAD_V4))?;
             ip.header_checksum = ip.calc_header_checksum();
             let udp = UdpHeader::with_ipv4_checksum(src.port(), dst.port(), &ip, payload)
                 .map_err(|_| too_large(payload, MAX_PAYLOAD_V4))?;
@@ -155,10 +130,7 @@ fn udp_len(payload: &[u8], max: usize) -> Result<u16, DnsError> {
 }
 
 fn too_large(payload: &[u8], max: usize) -> DnsError {
-    DnsError::PayloadTooLarge {
-        len: payload.len(),
-        max,
-    }
+    DnsError::PayloadTooLarge { len: payload.len(), max }
 }
 
 fn assemble(ip_header: &[u8], udp: &UdpHeader, payload: &[u8]) -> Vec<u8> {

@@ -50,10 +50,14 @@ fn entropy(label: &str) -> f64 {
         counts[usize::from(b)] += 1;
     }
     let n = label.len() as f64;
-    counts.iter().filter(|c| **c > 0).map(|c| {
-        let p = f64::from(*c) / n;
-        -p * p.log2()
-    }).sum()
+    counts
+        .iter()
+        .filter(|c| **c > 0)
+        .map(|c| {
+            let p = f64::from(*c) / n;
+            -p * p.log2()
+        })
+        .sum()
 }
 
 /// The first reason `name` looks like tunnelled data, if any.

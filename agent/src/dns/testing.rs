@@ -41,9 +41,7 @@ pub fn response(id: u16, qname: &str, qtype: RecordType, answers: Vec<Record>) -
 
 /// Wire bytes of [`response`].
 pub fn build_answer(qname: &str, qtype: RecordType, answers: Vec<Record>) -> Vec<u8> {
-    response(0x1234, qname, qtype, answers)
-        .to_vec()
-        .expect("encode answer")
+    response(0x1234, qname, qtype, answers).to_vec().expect("encode answer")
 }
 
 pub const RESOLVER_V4: &str = "10.96.0.10:53";

@@ -9,11 +9,7 @@ use super::testing::*;
 use super::{DnsError, build_udp, parse_udp};
 
 fn dns_payload() -> Vec<u8> {
-    build_answer(
-        "www.example.com",
-        RecordType::A,
-        vec![a("www.example.com", [93, 184, 216, 34], 300)],
-    )
+    build_answer("www.example.com", RecordType::A, vec![a("www.example.com", [93, 184, 216, 34], 300)])
 }
 
 /// RFC 1071 ones'-complement sum, written independently of etherparse.
@@ -34,11 +30,7 @@ fn ones_sum(chunks: &[&[u8]]) -> u16 {
 
 fn assert_ipv4_header_checksum(pkt: &[u8]) {
     let ihl = usize::from(pkt[0] & 0xf) * 4;
-    assert_eq!(
-        ones_sum(&[&pkt[..ihl]]),
-        0xffff,
-        "IPv4 header checksum wrong"
-    );
+    assert_eq!(ones_sum(&[&pkt[..ihl]]), 0xffff, "IPv4 header checksum wrong");
     assert_ne!(&pkt[10..12], &[0, 0], "IPv4 header checksum not filled in");
 }
 
@@ -56,11 +48,7 @@ fn assert_udp_checksum(pkt: &[u8]) {
     assert_eq!(&udp[4..6], &len, "UDP length field");
     let pseudo_tail = [0, 17, len[0], len[1]];
     assert_ne!(&udp[6..8], &[0, 0], "UDP checksum missing");
-    assert_eq!(
-        ones_sum(&[src, dst, &pseudo_tail, udp]),
-        0xffff,
-        "UDP checksum wrong"
-    );
+    assert_eq!(ones_sum(&[src, dst, &pseudo_tail, udp]), 0xffff, "UDP checksum wrong");
 }
 
 #[test]
@@ -115,16 +103,10 @@ fn checksums_are_correct() {
     let (ip, _) = etherparse::Ipv4Header::from_slice(&v4).expect("v4 header");
     assert_eq!(ip.calc_header_checksum(), ip.header_checksum);
     let (udp, _) = UdpHeader::from_slice(&v4[20..]).expect("udp");
-    assert_eq!(
-        udp.calc_checksum_ipv4(&ip, &payload).expect("sum"),
-        udp.checksum
-    );
+    assert_eq!(udp.calc_checksum_ipv4(&ip, &payload).expect("sum"), udp.checksum);
     let (ip6, _) = etherparse::Ipv6Header::from_slice(&v6).expect("v6 header");
     let (udp6, _) = UdpHeader::from_slice(&v6[40..]).expect("udp6");
-    assert_eq!(
-        udp6.calc_checksum_ipv6(&ip6, &payload).expect("sum"),
-        udp6.checksum
-    );
+    assert_eq!(udp6.calc_checksum_ipv6(&ip6, &payload).expect("sum"), udp6.checksum);
 }
 
 #[test]
@@ -174,16 +156,10 @@ fn payload_size_limits() {
 fn wrong_protocol_is_rejected() {
     let mut v4 = packet_v4(&dns_payload());
     v4[9] = 6; // TCP
-    assert!(matches!(
-        parse_udp(&v4),
-        Err(DnsError::NotUdp { protocol: 6 })
-    ));
+    assert!(matches!(parse_udp(&v4), Err(DnsError::NotUdp { protocol: 6 })));
     let mut v6 = packet_v6(&dns_payload());
     v6[6] = 6;
-    assert!(matches!(
-        parse_udp(&v6),
-        Err(DnsError::NotUdp { protocol: 6 })
-    ));
+    assert!(matches!(parse_udp(&v6), Err(DnsError::NotUdp { protocol: 6 })));
 }
 
 #[test]
@@ -258,10 +234,7 @@ fn inconsistent_udp_length_is_rejected() {
             let mut bad = pkt.clone();
             bad[off + 4..off + 6].copy_from_slice(&bad_len.to_be_bytes());
             let err = parse_udp(&bad).unwrap_err();
-            assert!(
-                matches!(err, DnsError::UdpLengthMismatch { .. }),
-                "len {bad_len}: {err}"
-            );
+            assert!(matches!(err, DnsError::UdpLengthMismatch { .. }), "len {bad_len}: {err}");
         }
     }
 }
@@ -271,20 +244,14 @@ fn ip_payload_shorter_than_udp_header_is_rejected() {
     let pkt = packet_v4(b"");
     let mut short = pkt[..24].to_vec();
     short[2..4].copy_from_slice(&24u16.to_be_bytes());
-    assert!(matches!(
-        parse_udp(&short),
-        Err(DnsError::UdpTruncated { len: 4 })
-    ));
+    assert!(matches!(parse_udp(&short), Err(DnsError::UdpTruncated { len: 4 })));
 }
 
 #[test]
 fn trailing_bytes_after_ip_packet_are_rejected() {
     for mut pkt in [packet_v4(&dns_payload()), packet_v6(&dns_payload())] {
         pkt.push(0);
-        assert!(matches!(
-            parse_udp(&pkt),
-            Err(DnsError::IpLengthMismatch { .. })
-        ));
+        assert!(matches!(parse_udp(&pkt), Err(DnsError::IpLengthMismatch { .. })));
     }
 }
 
@@ -308,10 +275,7 @@ fn unknown_ip_version_and_empty_input_are_rejected() {
 fn every_truncation_is_an_error() {
     for pkt in [packet_v4(&dns_payload()), packet_v6(&dns_payload())] {
         for cut in 0..pkt.len() {
-            assert!(
-                parse_udp(&pkt[..cut]).is_err(),
-                "prefix of {cut} bytes accepted"
-            );
+            assert!(parse_udp(&pkt[..cut]).is_err(), "prefix of {cut} bytes accepted");
         }
         assert!(parse_udp(&pkt).is_ok());
     }

@@ -14,17 +14,10 @@ const V6: Ipv6Addr = Ipv6Addr::new(0x2606, 0x2800, 0x220, 1, 0x248, 0x1893, 0x25
 
 #[test]
 fn trailing_garbage_is_rejected() {
-    let mut bytes = build_answer(
-        "www.example.com",
-        RecordType::A,
-        vec![a("www.example.com", [192, 0, 2, 1], 5)],
-    );
+    let mut bytes = build_answer("www.example.com", RecordType::A, vec![a("www.example.com", [192, 0, 2, 1], 5)]);
     assert!(parse_message(&bytes).is_ok());
     bytes.extend_from_slice(&[0, 0, 0]);
-    assert!(matches!(
-        parse_message(&bytes),
-        Err(DnsError::DnsTrailingBytes { extra: 3 })
-    ));
+    assert!(matches!(parse_message(&bytes), Err(DnsError::DnsTrailingBytes { extra: 3 })));
 }
 
 #[test]
@@ -32,10 +25,7 @@ fn full_path_from_held_packet() {
     let payload = build_answer(
         "www.example.com",
         RecordType::AAAA,
-        vec![
-            cname("www.example.com", "edge.cdn.example", 300),
-            aaaa("edge.cdn.example", V6, 30),
-        ],
+        vec![cname("www.example.com", "edge.cdn.example", 300), aaaa("edge.cdn.example", V6, 30)],
     );
     for pkt in [packet_v4(&payload), packet_v6(&payload)] {
         let udp = parse_udp(&pkt).expect("udp");
@@ -70,25 +60,17 @@ fn rich_answer() -> Vec<u8> {
 fn every_truncation_is_an_error() {
     let dns = rich_answer();
     for cut in 0..dns.len() {
-        assert!(
-            parse_message(&dns[..cut]).is_err(),
-            "DNS prefix of {cut} bytes accepted"
-        );
+        assert!(parse_message(&dns[..cut]).is_err(), "DNS prefix of {cut} bytes accepted");
     }
     let pkt = packet_v4(&dns);
     for cut in 0..pkt.len() {
-        assert!(
-            parse_udp(&pkt[..cut]).is_err(),
-            "packet prefix of {cut} bytes accepted"
-        );
+        assert!(parse_udp(&pkt[..cut]).is_err(), "packet prefix of {cut} bytes accepted");
         // Even misread as a bare DNS payload, a prefix must not panic.
         if let Ok(msg) = parse_message(&pkt[..cut]) {
             let _ = learnable(&msg, MAX_CHAIN);
         }
     }
-    let learned = learnable(&parse_message(&dns).expect("full"), MAX_CHAIN)
-        .expect("ok")
-        .expect("learnable");
+    let learned = learnable(&parse_message(&dns).expect("full"), MAX_CHAIN).expect("ok").expect("learnable");
     assert_eq!(learned.addrs.len(), 2);
 }
 
@@ -122,10 +104,7 @@ fn mutated_answers_never_panic() {
             if let Ok(Some(learned)) = learnable(&msg, MAX_CHAIN) {
                 // Whatever got through, every owner is on the chain.
                 for addr in &learned.addrs {
-                    assert!(
-                        addr.owner == learned.qname || learned.cname_chain.contains(&addr.owner),
-                        "{learned:?}"
-                    );
+                    assert!(addr.owner == learned.qname || learned.cname_chain.contains(&addr.owner), "{learned:?}");
                 }
             }
         }

@@ -63,9 +63,8 @@ pub fn attach_to_cgroup(cgroup: BorrowedFd<'_>, prog: BorrowedFd<'_>, attach_typ
     };
     // SAFETY: a bpf_attr prefix of the size passed; the kernel zero-fills
     // the rest (kernel/bpf/syscall.c `bpf_check_uarg_tail_zero`).
-    let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_PROG_ATTACH, &raw const attr, size_of::<ProgAttachAttr>() as libc::c_uint)
-    };
+    let rc =
+        unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_ATTACH, &raw const attr, size_of::<ProgAttachAttr>() as libc::c_uint) };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -21,16 +21,15 @@ use agent_common::Config;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
-    programs::{
-        CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, ProgramError,
-    },
+    programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, ProgramError},
 };
 use thiserror::Error;
 
 use super::{
-    attach, probe,
+    attach,
     maps::PolicyMaps,
     pin::{self, Pins},
+    probe,
     solo::{self, CACHED_PROGRAMS, SoloHooks},
     verdict_cache::SoloCache,
 };
@@ -38,8 +37,7 @@ use super::{
 /// The compiled kernel programs (built by `agent/build.rs`).
 pub(super) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
 
-const SOCK_PROGRAMS: [&str; 6] =
-    ["pc_connect4", "pc_connect6", "pc_sendmsg4", "pc_sendmsg6", "pc_recvmsg4", "pc_recvmsg6"];
+const SOCK_PROGRAMS: [&str; 6] = ["pc_connect4", "pc_connect6", "pc_sendmsg4", "pc_sendmsg6", "pc_recvmsg4", "pc_recvmsg6"];
 const SKB_PROGRAMS: [&str; 2] = ["pc_egress", "pc_ingress"];
 
 /// `cgroup/sock_release` (forgets closed sockets) and `cgroup/sock_create`
@@ -50,8 +48,17 @@ const SOCKOPT_PROGRAM: &str = "pc_setsockopt";
 
 /// Every program name, for tests and `bpftool` checks.
 pub const PROGRAM_NAMES: [&str; 11] = [
-    "pc_connect4", "pc_connect6", "pc_sendmsg4", "pc_sendmsg6", "pc_recvmsg4", "pc_recvmsg6", "pc_egress", "pc_ingress",
-    "pc_release", "pc_setsockopt", "pc_sock_create",
+    "pc_connect4",
+    "pc_connect6",
+    "pc_sendmsg4",
+    "pc_sendmsg6",
+    "pc_recvmsg4",
+    "pc_recvmsg6",
+    "pc_egress",
+    "pc_ingress",
+    "pc_release",
+    "pc_setsockopt",
+    "pc_sock_create",
 ];
 
 /// How `Datapath::attach` attaches.
@@ -93,9 +100,25 @@ pub enum LoadError {
 /// Every map of the object, pinned by name in node mode.
 /// (`SOLO_CACHE` is not here: each load has its own; `solo` pins those.)
 pub const MAP_NAMES: [&str; 19] = [
-    "CONFIG", "ENDPOINTS", "EP_CACHE", "LEARNED", "CIDRS", "DNS_SERVERS", "GATES", "GATE_PORTS", "GATE_CLIENTS",
-    "DNS_SOCKS", "COUNTERS",
-    "EVENT_RATE", "DENIED_EVENTS", "DNS_HOLD", "SK_FLOWS", "SK_NETNS", "INBOUND", "SOCK_OWNERS", "VERDICT_CACHE",
+    "CONFIG",
+    "ENDPOINTS",
+    "EP_CACHE",
+    "LEARNED",
+    "CIDRS",
+    "DNS_SERVERS",
+    "GATES",
+    "GATE_PORTS",
+    "GATE_CLIENTS",
+    "DNS_SOCKS",
+    "COUNTERS",
+    "EVENT_RATE",
+    "DENIED_EVENTS",
+    "DNS_HOLD",
+    "SK_FLOWS",
+    "SK_NETNS",
+    "INBOUND",
+    "SOCK_OWNERS",
+    "VERDICT_CACHE",
 ];
 
 /// A loaded datapath: programs (attached or not), policy maps, ring buffers.
@@ -177,9 +200,7 @@ impl Datapath {
             // The previous agent's cached verdicts: off until this agent,
             // with its own view of the policy, turns them on at attach.
             for (cgroup_id, _) in maps.kernel_endpoints() {
-                maps.verdict_cache()
-                    .disable(cgroup_id)
-                    .map_err(|source| LoadError::Map { name: "VERDICT_CACHE", source })?;
+                maps.verdict_cache().disable(cgroup_id).map_err(|source| LoadError::Map { name: "VERDICT_CACHE", source })?;
             }
         }
         let config = if adopting {
@@ -213,8 +234,7 @@ impl Datapath {
     /// cgroup storage.
     pub fn attach(&mut self, cgroup: &Path, how: Attachment) -> Result<Option<SoloCache>, LoadError> {
         self.claim_attach_point(cgroup)?;
-        let file = File::open(cgroup)
-            .map_err(|source| LoadError::Cgroup { path: cgroup.to_owned(), source })?;
+        let file = File::open(cgroup).map_err(|source| LoadError::Cgroup { path: cgroup.to_owned(), source })?;
         for name in PROGRAM_NAMES {
             let (fd, kind) = attachable(&self.ebpf, name)?;
             match how {
@@ -233,8 +253,7 @@ impl Datapath {
     /// own for this attach point (`solo`), whose verdict cache is returned.
     pub fn attach_pinned(&mut self, cgroup: &Path, cgroup_id: u64, pins: &Pins) -> Result<Option<SoloCache>, LoadError> {
         self.claim_attach_point(cgroup)?;
-        let file = File::open(cgroup)
-            .map_err(|source| LoadError::Cgroup { path: cgroup.to_owned(), source })?;
+        let file = File::open(cgroup).map_err(|source| LoadError::Cgroup { path: cgroup.to_owned(), source })?;
         let pin_err = |what: String| move |source| LoadError::Pin { what, source };
         let mut solo = SoloHooks::load(pins)?;
         for name in PROGRAM_NAMES {
@@ -326,15 +345,8 @@ pub fn netns_cookie_of(sock: &impl AsRawFd) -> std::io::Result<u64> {
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: valid fd, out-pointers sized for a u64.
-    let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &raw mut len,
-        )
-    };
+    let rc =
+        unsafe { libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, (&raw mut cookie).cast(), &raw mut len) };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }

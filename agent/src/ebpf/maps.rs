@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 
 use agent_common::{
-    CidrKey, CidrValue, Config, DnsServerKey, DnsSockInfo, EndpointInfo, GateKey, GatePortKey, GatePortValue, GateValue, InboundKey, LearnedKey,
-    LearnedValue, COUNTERS_LEN,
+    COUNTERS_LEN, CidrKey, CidrValue, Config, DnsServerKey, DnsSockInfo, EndpointInfo, GateKey, GatePortKey, GatePortValue,
+    GateValue, InboundKey, LearnedKey, LearnedValue,
 };
 use aya::{
     Ebpf,
@@ -30,10 +30,7 @@ pub struct PolicyMaps {
     current: Config,
 }
 
-fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-) -> Result<T, LoadError> {
+fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError> {
     let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
     T::try_from(map).map_err(|source| LoadError::Map { name, source })
 }
@@ -69,9 +66,7 @@ impl PolicyMaps {
     }
 
     pub fn set_config(&mut self, cfg: &Config) -> Result<(), LoadError> {
-        self.config
-            .set(0, cfg, 0)
-            .map_err(|source| LoadError::Map { name: "CONFIG", source })?;
+        self.config.set(0, cfg, 0).map_err(|source| LoadError::Map { name: "CONFIG", source })?;
         self.current = *cfg;
         Ok(())
     }
@@ -161,10 +156,9 @@ impl PolicyMaps {
     /// socket-local storage and go with the sockets; the endpoint's cgroup
     /// normally goes away with it.)
     pub fn purge_flows(&mut self, endpoint: u32) -> Result<usize, MapError> {
-        let socks: Vec<u64> = self.dns_socks.iter().filter_map(Result::ok)
-            .filter(|(_, d)| d.endpoint == endpoint).map(|(k, _)| k).collect();
-        let peers: Vec<InboundKey> = self.inbound.keys().filter_map(Result::ok)
-            .filter(|k| k.endpoint == endpoint).collect();
+        let socks: Vec<u64> =
+            self.dns_socks.iter().filter_map(Result::ok).filter(|(_, d)| d.endpoint == endpoint).map(|(k, _)| k).collect();
+        let peers: Vec<InboundKey> = self.inbound.keys().filter_map(Result::ok).filter(|k| k.endpoint == endpoint).collect();
         let n = socks.len() + peers.len();
         for k in socks {
             ignore_missing(self.dns_socks.remove(&k))?;
@@ -241,9 +235,7 @@ impl PolicyMaps {
 
     /// Sum over CPUs of every counter (index = `agent_common::counter_index`).
     pub fn counters(&self) -> Result<Vec<u64>, MapError> {
-        (0..COUNTERS_LEN)
-            .map(|i| self.counters.get(&i, 0).map(|v| v.iter().sum()))
-            .collect()
+        (0..COUNTERS_LEN).map(|i| self.counters.get(&i, 0).map(|v| v.iter().sum())).collect()
     }
 }
 

@@ -84,7 +84,11 @@ impl VerdictCacheMap {
     /// Applies `plan` to the attach points: on where it names an endpoint
     /// (unless on already), off elsewhere. Failing to turn it on only costs
     /// speed (logged); failing to turn it off is an error, with its cgroup.
-    pub fn refresh(&mut self, attached: &[(PathBuf, u64)], endpoint_of: impl Fn(u64) -> Option<u32>) -> Result<(), (u64, MapError)> {
+    pub fn refresh(
+        &mut self,
+        attached: &[(PathBuf, u64)],
+        endpoint_of: impl Fn(u64) -> Option<u32>,
+    ) -> Result<(), (u64, MapError)> {
         for (cgroup_id, endpoint) in plan(attached, endpoint_of) {
             match endpoint {
                 Some(ep) if self.is_on(ep) => {}

@@ -10,9 +10,15 @@ mod sandbox;
 
 use std::{
     fs::File,
-    os::{fd::AsRawFd as _, unix::process::{CommandExt as _, ExitStatusExt as _}},
+    os::{
+        fd::AsRawFd as _,
+        unix::process::{CommandExt as _, ExitStatusExt as _},
+    },
     process::{Child, Command},
-    sync::{Arc, atomic::{AtomicI32, Ordering}},
+    sync::{
+        Arc,
+        atomic::{AtomicI32, Ordering},
+    },
     thread,
 };
 
@@ -119,8 +125,7 @@ enum Spawned {
 
 fn spawn(args: &ExecArgs, cgroup: &OwnedCgroup) -> Result<Spawned> {
     let procs_path = cgroup.path().join("cgroup.procs");
-    let procs = File::options().write(true).open(&procs_path)
-        .with_context(|| format!("opening {}", procs_path.display()))?;
+    let procs = File::options().write(true).open(&procs_path).with_context(|| format!("opening {}", procs_path.display()))?;
     let sandbox = sandbox::Sandbox::new(procs.as_raw_fd(), args.netns.as_deref(), args.user.as_deref(), args.keep_caps)?;
     let (program, rest) = args.command.split_first().context("no command given")?;
     let mut cmd = Command::new(program);

@@ -14,8 +14,7 @@
 
 use std::{
     ffi::CString,
-    fs,
-    io,
+    fs, io,
     os::{
         fd::{AsRawFd as _, OwnedFd, RawFd},
         unix::ffi::OsStrExt as _,
@@ -78,8 +77,7 @@ impl Sandbox {
     pub fn new(procs: RawFd, netns: Option<&Path>, user: Option<&str>, keep_caps: bool) -> Result<Self, SandboxError> {
         let (netns, etc_binds) = match netns {
             Some(p) => {
-                let fd = fs::File::open(p)
-                    .map_err(|source| SandboxError::Netns { path: p.display().to_string(), source })?;
+                let fd = fs::File::open(p).map_err(|source| SandboxError::Netns { path: p.display().to_string(), source })?;
                 (Some(OwnedFd::from(fd)), etc_binds(p)?)
             }
             None => (None, Vec::new()),

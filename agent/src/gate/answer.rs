@@ -7,9 +7,7 @@ use tracing::{debug, warn};
 
 use super::{Gate, GateStats, MAX_CNAME_CHAIN, QueryKey, judge::vet_answer};
 
-use crate::{
-    dns::{build_udp, learnable, parse_message, parse_udp, question, refusal, transaction_id},
-};
+use crate::dns::{build_udp, learnable, parse_message, parse_udp, question, refusal, transaction_id};
 
 impl Gate {
     pub(super) fn handle_answer(&mut self, held: &DnsHeldPacket, data: &[u8]) -> bool {
@@ -59,7 +57,8 @@ impl Gate {
                 return false;
             }
         }
-        let Some(stripped) = vet_answer(self.shared(), held.endpoint, held.tgid, held.cgroup_id, &qname, learned.as_ref(), &mut msg)
+        let Some(stripped) =
+            vet_answer(self.shared(), held.endpoint, held.tgid, held.cgroup_id, &qname, learned.as_ref(), &mut msg)
         else {
             return false;
         };

@@ -57,22 +57,25 @@ pub fn judge_query(shared: &Shared, endpoint: u32, qname: &str, resolver: Socket
         shared.stats.with_endpoint(endpoint, |s| s.refused += 1);
     }
     if !allowed && may_log(shared, endpoint) {
-        write_record(&shared.log, &BlockedRecord {
-            time: now_rfc3339(),
-            verdict: if audit { "audit" } else { "blocked" },
-            reason: Reason::DeniedDnsName.as_str(),
-            endpoint: identity.name,
-            namespace: identity.namespace,
-            pod: identity.pod,
-            protocol: "dns".into(),
-            dst: resolver.ip(),
-            dport: resolver.port(),
-            host: Some(qname.to_owned()),
-            pid: (tgid != 0).then_some(tgid),
-            comm: proc_comm(tgid),
-            hook: "dns-gate",
-            cgroup_id,
-        });
+        write_record(
+            &shared.log,
+            &BlockedRecord {
+                time: now_rfc3339(),
+                verdict: if audit { "audit" } else { "blocked" },
+                reason: Reason::DeniedDnsName.as_str(),
+                endpoint: identity.name,
+                namespace: identity.namespace,
+                pod: identity.pod,
+                protocol: "dns".into(),
+                dst: resolver.ip(),
+                dport: resolver.port(),
+                host: Some(qname.to_owned()),
+                pid: (tgid != 0).then_some(tgid),
+                comm: proc_comm(tgid),
+                hook: "dns-gate",
+                cgroup_id,
+            },
+        );
     }
     Some(allowed || audit)
 }
@@ -159,22 +162,25 @@ pub fn vet_answer(
     if !rebinding.is_empty() {
         let identity = ep.identity.clone();
         for ip in rebinding.into_iter().filter(|_| may_log(shared, endpoint)) {
-            write_record(&shared.log, &BlockedRecord {
-                time: now_rfc3339(),
-                verdict: if audit { "audit" } else { "blocked" },
-                reason: Reason::DeniedRange.as_str(),
-                endpoint: identity.name.clone(),
-                namespace: identity.namespace.clone(),
-                pod: identity.pod.clone(),
-                protocol: "dns".into(),
-                dst: ip,
-                dport: 0,
-                host: Some(qname.to_owned()),
-                pid: (tgid != 0).then_some(tgid),
-                comm: proc_comm(tgid),
-                hook: "dns-gate",
-                cgroup_id,
-            });
+            write_record(
+                &shared.log,
+                &BlockedRecord {
+                    time: now_rfc3339(),
+                    verdict: if audit { "audit" } else { "blocked" },
+                    reason: Reason::DeniedRange.as_str(),
+                    endpoint: identity.name.clone(),
+                    namespace: identity.namespace.clone(),
+                    pod: identity.pod.clone(),
+                    protocol: "dns".into(),
+                    dst: ip,
+                    dport: 0,
+                    host: Some(qname.to_owned()),
+                    pid: (tgid != 0).then_some(tgid),
+                    comm: proc_comm(tgid),
+                    hook: "dns-gate",
+                    cgroup_id,
+                },
+            );
         }
     }
     Some(stripped)

@@ -111,12 +111,7 @@ mod tests {
     use super::*;
 
     fn key(txid: u16) -> QueryKey {
-        QueryKey {
-            endpoint: 1,
-            client: "198.18.1.2:40000".parse().unwrap(),
-            resolver: "198.51.100.53:53".parse().unwrap(),
-            txid,
-        }
+        QueryKey { endpoint: 1, client: "198.18.1.2:40000".parse().unwrap(), resolver: "198.51.100.53:53".parse().unwrap(), txid }
     }
 
     #[test]

@@ -47,8 +47,7 @@ impl Gate {
             // DNS over TCP from there stays refused (fail closed).
             debug!(error = %e, endpoint = held.endpoint, "cannot open a TCP DNS gate");
         }
-        let Some(allowed) = judge_query(self.shared(), held.endpoint, &qname, udp.dst, held.tgid, held.cgroup_id)
-        else {
+        let Some(allowed) = judge_query(self.shared(), held.endpoint, &qname, udp.dst, held.tgid, held.cgroup_id) else {
             GateStats::bump(&self.shared.stats.dropped_unknown_endpoint);
             return false;
         };
@@ -68,11 +67,8 @@ impl Gate {
         };
         // An IPv6 resolver's query caught over IPv4 (`DNS_PLACEHOLDER_V4`):
         // forwarded to the resolver, answered from the placeholder.
-        let resolver = if held.resolver == [0; 16] {
-            udp.dst
-        } else {
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::from(held.resolver)), 53)
-        };
+        let resolver =
+            if held.resolver == [0; 16] { udp.dst } else { SocketAddr::new(IpAddr::V6(Ipv6Addr::from(held.resolver)), 53) };
         debug!(client = %udp.src, %resolver, to = %udp.dst, netns = held.netns_cookie, "DNS query caught on loopback");
         let Some(gates) = &self.dns_gates else {
             return false;

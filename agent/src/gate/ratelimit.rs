@@ -42,11 +42,7 @@ impl RecordLimit {
     /// `per_sec` tokens refill each second, up to `burst`; a new endpoint
     /// starts with a full bucket.
     pub fn new(per_sec: u32, burst: u32) -> Self {
-        Self {
-            per_sec,
-            burst,
-            buckets: Mutex::default(),
-        }
+        Self { per_sec, burst, buckets: Mutex::default() }
     }
 
     /// A new limit with the same rate and burst (empty of state).
@@ -66,10 +62,7 @@ impl RecordLimit {
         if !buckets.contains_key(&endpoint) && buckets.len() >= PRUNE_ABOVE {
             buckets.retain(|_, b| self.refill(*b, now).tokens < self.burst);
         }
-        let b = buckets.entry(endpoint).or_insert(Bucket {
-            tokens: self.burst,
-            last: now,
-        });
+        let b = buckets.entry(endpoint).or_insert(Bucket { tokens: self.burst, last: now });
         *b = self.refill(*b, now);
         if b.tokens == 0 {
             return false;
@@ -83,8 +76,7 @@ impl RecordLimit {
     /// burst; a fraction of a token waits for the next call.
     fn refill(&self, b: Bucket, now: Instant) -> Bucket {
         let elapsed = now.saturating_duration_since(b.last);
-        let earned =
-            elapsed.as_nanos() * u128::from(self.per_sec) / Duration::from_secs(1).as_nanos();
+        let earned = elapsed.as_nanos() * u128::from(self.per_sec) / Duration::from_secs(1).as_nanos();
         if earned == 0 {
             return b;
         }
@@ -115,16 +107,8 @@ mod tests {
     fn a_burst_then_the_refill_rate() {
         let l = RecordLimit::new(50, 200);
         let t0 = Instant::now();
-        assert_eq!(
-            take(&l, 1, 1000, t0),
-            200,
-            "a full bucket lets the burst through"
-        );
-        assert_eq!(
-            take(&l, 1, 10, t0 + ms(10)),
-            0,
-            "10 ms earn no token at 50/s"
-        );
+        assert_eq!(take(&l, 1, 1000, t0), 200, "a full bucket lets the burst through");
+        assert_eq!(take(&l, 1, 10, t0 + ms(10)), 0, "10 ms earn no token at 50/s");
         // 20 ms per token: 1 s earns 50.
         assert_eq!(take(&l, 1, 1000, t0 + ms(1000)), 50);
         assert_eq!(take(&l, 1, 1000, t0 + ms(1020)), 1);
@@ -138,10 +122,7 @@ mod tests {
         let t0 = Instant::now();
         // 1000 records a second for 10 s, one every millisecond.
         let passed: u32 = (0..10_000).map(|i| take(&l, 7, 1, t0 + ms(i))).sum();
-        assert!(
-            (200 + 450..=200 + 500).contains(&passed),
-            "{passed} of 10000"
-        );
+        assert!((200 + 450..=200 + 500).contains(&passed), "{passed} of 10000");
     }
 
     #[test]
@@ -183,10 +164,7 @@ mod tests {
         assert_eq!(take(&no_refill, 1, 10, t0 + ms(60_000)), 0);
         let l = RecordLimit::new(50, 1);
         assert!(l.allow_at(1, t0));
-        assert!(
-            !l.allow_at(1, t0 - ms(5000)),
-            "an earlier time earns nothing"
-        );
+        assert!(!l.allow_at(1, t0 - ms(5000)), "an earlier time earns nothing");
     }
 
     #[test]
@@ -201,10 +179,6 @@ mod tests {
         assert_eq!(take(&l, 0, 100, t0), 9);
         assert!(l.allow_at(100_000, t0 + ms(100)));
         assert_eq!(l.buckets(), 2);
-        assert_eq!(
-            take(&l, 0, 100, t0 + ms(100)),
-            5,
-            "endpoint 0 kept its state"
-        );
+        assert_eq!(take(&l, 0, 100, t0 + ms(100)), 5, "endpoint 0 kept its state");
     }
 }

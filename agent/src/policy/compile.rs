@@ -24,10 +24,7 @@ pub struct PortKey {
 }
 
 impl PortKey {
-    pub const ALL: PortKey = PortKey {
-        proto: proto::ANY,
-        port: 0,
-    };
+    pub const ALL: PortKey = PortKey { proto: proto::ANY, port: 0 };
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,15 +55,8 @@ pub struct CompiledPolicy {
 
 #[derive(Debug, Error)]
 pub enum CompileError {
-    #[error(
-        "{rule} ({net}) needs {needed} port ranges{inherited}; the kernel holds at most {CIDR_MAX_PORTS} per CIDR"
-    )]
-    TooManyPorts {
-        rule: String,
-        net: IpNet,
-        needed: usize,
-        inherited: String,
-    },
+    #[error("{rule} ({net}) needs {needed} port ranges{inherited}; the kernel holds at most {CIDR_MAX_PORTS} per CIDR")]
+    TooManyPorts { rule: String, net: IpNet, needed: usize, inherited: String },
     #[error("dns.servers is not set and reading the system resolvers failed: {0}")]
     DefaultDns(#[source] Box<dyn StdError + Send + Sync>),
     #[error("dns.servers is not set and the system resolver configuration lists no nameservers")]
@@ -95,10 +85,7 @@ impl CompiledPolicy {
 
     /// Name may be resolved (any fqdn rule or dns.allowNames matches).
     pub fn may_resolve(&self, name: &str) -> bool {
-        self.fqdn_rules
-            .iter()
-            .flat_map(|r| &r.selectors)
-            .any(|s| s.matches(name))
+        self.fqdn_rules.iter().flat_map(|r| &r.selectors).any(|s| s.matches(name))
             || self.dns_allow_names.iter().any(|s| s.matches(name))
     }
 }
@@ -172,12 +159,7 @@ where
         }
     }
 
-    Ok(CompiledPolicy {
-        fqdn_rules,
-        cidr_entries,
-        dns_servers,
-        dns_allow_names: policy.dns.allow_names.clone(),
-    })
+    Ok(CompiledPolicy { fqdn_rules, cidr_entries, dns_servers, dns_allow_names: policy.dns.allow_names.clone() })
 }
 
 /// A rule's ports as keys: none = `ALL`; protocol ANY = TCP, UDP and SCTP.
@@ -193,29 +175,18 @@ fn port_keys(ports: &[Port]) -> BTreeSet<PortKey> {
             Protocol::Sctp => &[proto::SCTP],
             Protocol::Any => &[proto::TCP, proto::UDP, proto::SCTP],
         };
-        out.extend(protos.iter().map(|&proto| PortKey {
-            proto,
-            port: p.port,
-        }));
+        out.extend(protos.iter().map(|&proto| PortKey { proto, port: p.port }));
     }
     out
 }
 
 /// Deny entries plus allow entries, one per prefix (see `compile`).
-fn cidr_entries(
-    allows: &BTreeMap<Ipv6Net, (BTreeSet<PortKey>, Vec<String>)>,
-) -> Result<Vec<CidrEntry>, CompileError> {
+fn cidr_entries(allows: &BTreeMap<Ipv6Net, (BTreeSet<PortKey>, Vec<String>)>) -> Result<Vec<CidrEntry>, CompileError> {
     let deny = kernel_deny_entries();
     let mut out: Vec<CidrEntry> = deny
         .iter()
         .filter(|(net, _)| !allows.contains_key(net))
-        .map(|&(net, kind)| CidrEntry {
-            net,
-            value: CidrValue {
-                kind,
-                ..CidrValue::default()
-            },
-        })
+        .map(|&(net, kind)| CidrEntry { net, value: CidrValue { kind, ..CidrValue::default() } })
         .collect();
 
     for (p, (own, labels)) in allows {
@@ -226,9 +197,8 @@ fn cidr_entries(
                 continue;
             }
             // A denied range D with Q ⊋ D ⊇ P cuts Q off from P.
-            let cut_off = deny.iter().any(|(d, _)| {
-                d.prefix_len() > q.prefix_len() && d.prefix_len() <= p.prefix_len() && d.contains(p)
-            });
+            let cut_off =
+                deny.iter().any(|(d, _)| d.prefix_len() > q.prefix_len() && d.prefix_len() <= p.prefix_len() && d.contains(p));
             if !cut_off {
                 keys.extend(q_keys.iter().copied());
                 inherited.extend(q_labels.iter().cloned());
@@ -239,10 +209,7 @@ fn cidr_entries(
             let inherited = if inherited.is_empty() {
                 String::new()
             } else {
-                format!(
-                    " (its own ports plus those of enclosing {})",
-                    inherited.join(", ")
-                )
+                format!(" (its own ports plus those of enclosing {})", inherited.join(", "))
             };
             return Err(CompileError::TooManyPorts {
                 rule: labels.join(", "),
@@ -269,26 +236,14 @@ fn cidr_entries(
 /// consecutive ports of one protocol merge into one range.
 fn port_ranges(keys: &BTreeSet<PortKey>) -> Vec<PortRange> {
     if keys.contains(&PortKey::ALL) {
-        return vec![PortRange {
-            proto: proto::ANY,
-            port_lo: 0,
-            port_hi: u16::MAX,
-            ..PortRange::default()
-        }];
+        return vec![PortRange { proto: proto::ANY, port_lo: 0, port_hi: u16::MAX, ..PortRange::default() }];
     }
     let mut out: Vec<PortRange> = Vec::new();
     // BTreeSet order is (proto, port), so runs are adjacent.
     for k in keys {
         match out.last_mut() {
-            Some(r) if r.proto == k.proto && u32::from(r.port_hi) + 1 == u32::from(k.port) => {
-                r.port_hi = k.port
-            }
-            _ => out.push(PortRange {
-                proto: k.proto,
-                port_lo: k.port,
-                port_hi: k.port,
-                ..PortRange::default()
-            }),
+            Some(r) if r.proto == k.proto && u32::from(r.port_hi) + 1 == u32::from(k.port) => r.port_hi = k.port,
+            _ => out.push(PortRange { proto: k.proto, port_lo: k.port, port_hi: k.port, ..PortRange::default() }),
         }
     }
     out
@@ -297,9 +252,7 @@ fn port_ranges(keys: &BTreeSet<PortKey>) -> Vec<PortRange> {
 /// A canonical prefix as the user would write it (IPv4 when mapped).
 fn display_net(n: Ipv6Net) -> IpNet {
     match n.network().to_ipv4_mapped() {
-        Some(v4) if n.prefix_len() >= 96 => ipnet::Ipv4Net::new(v4, n.prefix_len() - 96)
-            .map(IpNet::V4)
-            .unwrap_or(IpNet::V6(n)),
+        Some(v4) if n.prefix_len() >= 96 => ipnet::Ipv4Net::new(v4, n.prefix_len() - 96).map(IpNet::V4).unwrap_or(IpNet::V6(n)),
         _ => IpNet::V6(n),
     }
 }

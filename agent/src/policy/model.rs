@@ -170,23 +170,13 @@ pub enum LoadError {
     // The underlying errors are part of the message, deliberately not a
     // `source`: printing the chain (`{:#}`) would repeat them.
     #[error("reading policy file {}: {error}", path.display())]
-    Read {
-        path: PathBuf,
-        error: std::io::Error,
-    },
+    Read { path: PathBuf, error: std::io::Error },
     #[error("{origin}: invalid policy: {error}")]
-    Yaml {
-        origin: String,
-        error: Box<serde_saphyr::Error>,
-    },
+    Yaml { origin: String, error: Box<serde_saphyr::Error> },
     #[error("{origin}: the policy is empty (write `egress: []` to deny all egress but DNS)")]
     Empty { origin: String },
     #[error("{origin}: {field}: {problem}")]
-    Invalid {
-        origin: String,
-        field: String,
-        problem: FieldError,
-    },
+    Invalid { origin: String, field: String, problem: FieldError },
 }
 
 // ------------------------------------------------------------------ loading
@@ -195,36 +185,24 @@ impl Policy {
     /// Reads and validates a YAML policy file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Policy, LoadError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
-            path: path.to_owned(),
-            error,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read { path: path.to_owned(), error })?;
         Self::from_yaml_str(&text, &path.display().to_string())
     }
 
     /// Parses and validates YAML text. `origin` (a file name, "EgressPolicy
     /// ns/name", ...) prefixes every error message.
     pub fn from_yaml_str(yaml: &str, origin: &str) -> Result<Policy, LoadError> {
-        let spec: Option<PolicySpec> =
-            serde_saphyr::from_str(yaml).map_err(|error| LoadError::Yaml {
-                origin: origin.to_owned(),
-                error: Box::new(error),
-            })?;
+        let spec: Option<PolicySpec> = serde_saphyr::from_str(yaml)
+            .map_err(|error| LoadError::Yaml { origin: origin.to_owned(), error: Box::new(error) })?;
         // An empty document is more likely a broken mount or a truncated file
         // than a deliberate "deny all", which is spelled `egress: []`.
-        let spec = spec.ok_or_else(|| LoadError::Empty {
-            origin: origin.to_owned(),
-        })?;
+        let spec = spec.ok_or_else(|| LoadError::Empty { origin: origin.to_owned() })?;
         Self::from_spec(&spec, origin)
     }
 
     /// Validates an already deserialized spec (e.g. from the CRD).
     pub fn from_spec(spec: &PolicySpec, origin: &str) -> Result<Policy, LoadError> {
-        let invalid = |field: String, problem: FieldError| LoadError::Invalid {
-            origin: origin.to_owned(),
-            field,
-            problem,
-        };
+        let invalid = |field: String, problem: FieldError| LoadError::Invalid { origin: origin.to_owned(), field, problem };
         let mut egress = Vec::with_capacity(spec.egress.len());
         for (i, rule) in spec.egress.iter().enumerate() {
             egress.push(rule_from_spec(i, rule).map_err(|(f, p)| invalid(f, p))?);
@@ -234,9 +212,7 @@ impl Policy {
             Some(list) => Some(
                 list.iter()
                     .enumerate()
-                    .map(|(j, s)| {
-                        parse_dns_server(s).map_err(|p| invalid(format!("dns.servers[{j}]"), p))
-                    })
+                    .map(|(j, s)| parse_dns_server(s).map_err(|p| invalid(format!("dns.servers[{j}]"), p)))
                     .collect::<Result<Vec<_>, _>>()?,
             ),
         };
@@ -245,18 +221,9 @@ impl Policy {
             .allow_names
             .iter()
             .enumerate()
-            .map(|(j, n)| {
-                NameSelector::pattern(n)
-                    .map_err(|e| invalid(format!("dns.allowNames[{j}]"), e.into()))
-            })
+            .map(|(j, n)| NameSelector::pattern(n).map_err(|e| invalid(format!("dns.allowNames[{j}]"), e.into())))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Policy {
-            egress,
-            dns: DnsPolicy {
-                servers,
-                allow_names,
-            },
-        })
+        Ok(Policy { egress, dns: DnsPolicy { servers, allow_names } })
     }
 }
 
@@ -273,21 +240,15 @@ fn rule_from_spec(i: usize, rule: &EgressRuleSpec) -> Result<EgressRule, (String
             let mut sels = Vec::with_capacity(list.len());
             for (j, f) in list.iter().enumerate() {
                 let sel = match (&f.match_name, &f.match_pattern) {
-                    (Some(n), None) => NameSelector::exact(n)
-                        .map_err(|e| (at(&format!(".toFQDNs[{j}].matchName")), e.into()))?,
-                    (None, Some(p)) => NameSelector::pattern(p)
-                        .map_err(|e| (at(&format!(".toFQDNs[{j}].matchPattern")), e.into()))?,
+                    (Some(n), None) => NameSelector::exact(n).map_err(|e| (at(&format!(".toFQDNs[{j}].matchName")), e.into()))?,
+                    (None, Some(p)) => {
+                        NameSelector::pattern(p).map_err(|e| (at(&format!(".toFQDNs[{j}].matchPattern")), e.into()))?
+                    }
                     (Some(_), Some(_)) => {
-                        return Err((
-                            at(&format!(".toFQDNs[{j}]")),
-                            FieldError::FqdnSelector("both"),
-                        ));
+                        return Err((at(&format!(".toFQDNs[{j}]")), FieldError::FqdnSelector("both")));
                     }
                     (None, None) => {
-                        return Err((
-                            at(&format!(".toFQDNs[{j}]")),
-                            FieldError::FqdnSelector("neither"),
-                        ));
+                        return Err((at(&format!(".toFQDNs[{j}]")), FieldError::FqdnSelector("neither")));
                     }
                 };
                 sels.push(sel);
@@ -321,20 +282,14 @@ fn rule_from_spec(i: usize, rule: &EgressRuleSpec) -> Result<EgressRule, (String
                     .ok_or_else(|| (at(&format!(".ports[{j}].port")), FieldError::Port(p.port)))?;
                 let protocol = match &p.protocol {
                     None => Protocol::Tcp,
-                    Some(s) => {
-                        parse_protocol(s).map_err(|e| (at(&format!(".ports[{j}].protocol")), e))?
-                    }
+                    Some(s) => parse_protocol(s).map_err(|e| (at(&format!(".ports[{j}].protocol")), e))?,
                 };
                 out.push(Port { port, protocol });
             }
             out
         }
     };
-    Ok(EgressRule {
-        origin: RuleOrigin::Policy(i),
-        to,
-        ports,
-    })
+    Ok(EgressRule { origin: RuleOrigin::Policy(i), to, ports })
 }
 
 // ------------------------------------------------------------ value parsers
@@ -355,22 +310,13 @@ pub fn parse_protocol(s: &str) -> Result<Protocol, FieldError> {
 /// the author meant.
 pub fn parse_cidr(s: &str) -> Result<IpNet, FieldError> {
     let net = if s.contains('/') {
-        s.parse::<IpNet>().map_err(|e| FieldError::Cidr {
-            value: s.to_owned(),
-            reason: e.to_string(),
-        })?
+        s.parse::<IpNet>().map_err(|e| FieldError::Cidr { value: s.to_owned(), reason: e.to_string() })?
     } else {
-        let ip = s.parse::<IpAddr>().map_err(|e| FieldError::Cidr {
-            value: s.to_owned(),
-            reason: e.to_string(),
-        })?;
+        let ip = s.parse::<IpAddr>().map_err(|e| FieldError::Cidr { value: s.to_owned(), reason: e.to_string() })?;
         IpNet::from(ip)
     };
     if net.trunc() != net {
-        return Err(FieldError::HostBits {
-            value: s.to_owned(),
-            network: net.trunc(),
-        });
+        return Err(FieldError::HostBits { value: s.to_owned(), network: net.trunc() });
     }
     Ok(net)
 }
@@ -380,8 +326,7 @@ pub fn parse_dns_server(s: &str) -> Result<SocketAddr, FieldError> {
     let addr = if let Ok(ip) = s.parse::<IpAddr>() {
         SocketAddr::new(ip, 53)
     } else {
-        s.parse::<SocketAddr>()
-            .map_err(|_| FieldError::DnsServer(s.to_owned()))?
+        s.parse::<SocketAddr>().map_err(|_| FieldError::DnsServer(s.to_owned()))?
     };
     if addr.port() == 0 {
         return Err(FieldError::DnsServerPort(s.to_owned()));

@@ -41,13 +41,7 @@ fn parses_example() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(
-        r0.ports,
-        [Port {
-            port: 443,
-            protocol: Protocol::Tcp
-        }]
-    );
+    assert_eq!(r0.ports, [Port { port: 443, protocol: Protocol::Tcp }]);
     let r1 = &p.egress[1];
     match &r1.to {
         Destination::Cidrs(n) => {
@@ -59,36 +53,13 @@ fn parses_example() {
     assert_eq!(
         r1.ports,
         [
-            Port {
-                port: 8080,
-                protocol: Protocol::Tcp
-            },
-            Port {
-                port: 53,
-                protocol: Protocol::Udp
-            },
-            Port {
-                port: 9,
-                protocol: Protocol::Any
-            },
+            Port { port: 8080, protocol: Protocol::Tcp },
+            Port { port: 53, protocol: Protocol::Udp },
+            Port { port: 9, protocol: Protocol::Any },
         ]
     );
-    let servers: Vec<String> = p
-        .dns
-        .servers
-        .unwrap()
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    assert_eq!(
-        servers,
-        [
-            "198.51.100.53:53",
-            "198.51.100.54:5353",
-            "[2001:db8::53]:53",
-            "[2001:db8::54]:53"
-        ]
-    );
+    let servers: Vec<String> = p.dns.servers.unwrap().iter().map(|s| s.to_string()).collect();
+    assert_eq!(servers, ["198.51.100.53:53", "198.51.100.54:5353", "[2001:db8::53]:53", "[2001:db8::54]:53"]);
     assert!(p.dns.allow_names[0].matches("a.b.internal.example"));
 }
 
@@ -100,10 +71,7 @@ fn empty_and_minimal_policies() {
         assert_eq!(p.dns.servers, None, "{yaml}");
     }
     for yaml in ["", "# nothing\n", "---\n", "~"] {
-        assert!(
-            matches!(load(yaml), Err(LoadError::Empty { .. })),
-            "{yaml:?}"
-        );
+        assert!(matches!(load(yaml), Err(LoadError::Empty { .. })), "{yaml:?}");
     }
     assert!(err("").contains("test.yaml: the policy is empty"));
     let p = load("dns: {servers: []}").unwrap();
@@ -128,10 +96,7 @@ fn unknown_fields_are_named() {
 fn syntax_errors_have_a_location() {
     let e = err("egress:\n  - toCIDRs: [\"192.0.2.0/24\"\n");
     assert!(e.starts_with("test.yaml: invalid policy:"), "{e}");
-    assert!(
-        e.contains("line") || e.contains(":2:") || e.contains(":3:"),
-        "{e}"
-    );
+    assert!(e.contains("line") || e.contains(":2:") || e.contains(":3:"), "{e}");
 }
 
 #[test]
@@ -145,14 +110,8 @@ fn bad_values_name_the_field() {
             "egress:\n  - toCIDRs: [\"10.0.0.1/8\"]\n",
             "egress[0].toCIDRs[0]: CIDR \"10.0.0.1/8\" has host bits set (did you mean 10.0.0.0/8?)",
         ),
-        (
-            "egress:\n  - toCIDRs: [\"192.0.2.0/33\"]\n",
-            "egress[0].toCIDRs[0]: invalid CIDR",
-        ),
-        (
-            "egress:\n  - toCIDRs: [\"x\"]\n    ports: [{port: 0}]\n",
-            "egress[0].toCIDRs[0]",
-        ),
+        ("egress:\n  - toCIDRs: [\"192.0.2.0/33\"]\n", "egress[0].toCIDRs[0]: invalid CIDR"),
+        ("egress:\n  - toCIDRs: [\"x\"]\n    ports: [{port: 0}]\n", "egress[0].toCIDRs[0]"),
         (
             "egress:\n  - toCIDRs: [\"192.0.2.0/24\"]\n    ports: [{port: 443}, {port: 0}]\n",
             "egress[0].ports[1].port: port 0 is out of range 1..=65535",
@@ -185,42 +144,18 @@ fn bad_values_name_the_field() {
             "egress:\n  - toFQDNs: [{matchName: a.com, matchPattern: b.com}]\n",
             "egress[0].toFQDNs[0]: set exactly one of matchName or matchPattern (found both)",
         ),
-        (
-            "egress:\n  - toFQDNs: [{}]\n",
-            "egress[0].toFQDNs[0]: set exactly one of matchName or matchPattern (found neither)",
-        ),
+        ("egress:\n  - toFQDNs: [{}]\n", "egress[0].toFQDNs[0]: set exactly one of matchName or matchPattern (found neither)"),
         (
             "egress:\n  - toFQDNs: [{matchName: a.com}]\n    toCIDRs: [\"192.0.2.0/24\"]\n",
             "egress[0]: set exactly one of toFQDNs or toCIDRs (found both)",
         ),
-        (
-            "egress:\n  - ports: [{port: 443}]\n",
-            "egress[0]: set exactly one of toFQDNs or toCIDRs (found neither)",
-        ),
-        (
-            "egress:\n  - toFQDNs: []\n",
-            "egress[0].toFQDNs: empty list",
-        ),
-        (
-            "egress:\n  - toCIDRs: []\n",
-            "egress[0].toCIDRs: empty list",
-        ),
-        (
-            "dns: {servers: [\"1.1.1.1\", \"dns.google\"]}\n",
-            "dns.servers[1]: invalid DNS server \"dns.google\"",
-        ),
-        (
-            "dns: {servers: [\"1.1.1.1:0\"]}\n",
-            "dns.servers[0]: DNS server \"1.1.1.1:0\": port 0",
-        ),
-        (
-            "dns: {servers: [\"2001:db8::1:99999\"]}\n",
-            "dns.servers[0]: invalid DNS server",
-        ),
-        (
-            "dns: {allowNames: [\"x.*\"]}\n",
-            "dns.allowNames[0]: \"x.*\"",
-        ),
+        ("egress:\n  - ports: [{port: 443}]\n", "egress[0]: set exactly one of toFQDNs or toCIDRs (found neither)"),
+        ("egress:\n  - toFQDNs: []\n", "egress[0].toFQDNs: empty list"),
+        ("egress:\n  - toCIDRs: []\n", "egress[0].toCIDRs: empty list"),
+        ("dns: {servers: [\"1.1.1.1\", \"dns.google\"]}\n", "dns.servers[1]: invalid DNS server \"dns.google\""),
+        ("dns: {servers: [\"1.1.1.1:0\"]}\n", "dns.servers[0]: DNS server \"1.1.1.1:0\": port 0"),
+        ("dns: {servers: [\"2001:db8::1:99999\"]}\n", "dns.servers[0]: invalid DNS server"),
+        ("dns: {allowNames: [\"x.*\"]}\n", "dns.allowNames[0]: \"x.*\""),
     ];
     for (yaml, want) in cases {
         let e = err(yaml);
@@ -239,10 +174,7 @@ fn file_loading() {
     let bad = dir.join("bad.yaml");
     std::fs::write(&bad, "egress:\n  - toCIDRs: [\"10.0.0/8\"]\n").unwrap();
     let e = Policy::from_file(&bad).unwrap_err().to_string();
-    assert!(
-        e.starts_with(&format!("{}: egress[0].toCIDRs[0]", bad.display())),
-        "{e}"
-    );
+    assert!(e.starts_with(&format!("{}: egress[0].toCIDRs[0]", bad.display())), "{e}");
 
     let missing = dir.join("missing.yaml");
     let e = Policy::from_file(&missing).unwrap_err();
@@ -255,10 +187,7 @@ fn file_loading() {
 fn spec_round_trips_through_yaml() {
     let spec: PolicySpec = serde_saphyr::from_str(EXAMPLE).unwrap();
     let text = serde_saphyr::to_string(&spec).unwrap();
-    assert!(
-        text.contains("toFQDNs") && text.contains("allowNames"),
-        "{text}"
-    );
+    assert!(text.contains("toFQDNs") && text.contains("allowNames"), "{text}");
     let again: PolicySpec = serde_saphyr::from_str(&text).unwrap();
     assert_eq!(spec, again);
 }
@@ -267,18 +196,9 @@ fn spec_round_trips_through_yaml() {
 fn value_parsers() {
     assert_eq!(parse_protocol("sctp").unwrap(), Protocol::Sctp);
     assert!(parse_protocol("").is_err());
-    assert_eq!(
-        parse_cidr("2001:db8::1").unwrap().to_string(),
-        "2001:db8::1/128"
-    );
-    assert!(matches!(
-        parse_cidr("2001:db8::1/32"),
-        Err(FieldError::HostBits { .. })
-    ));
-    assert_eq!(
-        parse_dns_server("[::1]:5300").unwrap().to_string(),
-        "[::1]:5300"
-    );
+    assert_eq!(parse_cidr("2001:db8::1").unwrap().to_string(), "2001:db8::1/128");
+    assert!(matches!(parse_cidr("2001:db8::1/32"), Err(FieldError::HostBits { .. })));
+    assert_eq!(parse_dns_server("[::1]:5300").unwrap().to_string(), "[::1]:5300");
     assert!(parse_dns_server("1.1.1.1:").is_err());
     assert!(parse_dns_server("[1.1.1.1]:53").is_err());
 }

@@ -24,22 +24,14 @@ pub enum NameError {
     #[error("{name:?}: name is {len} characters long, at most {MAX_NAME_LEN} allowed")]
     TooLong { name: String, len: usize },
     #[error("{name:?}: label {label:?} is {len} characters long, at most {MAX_LABEL_LEN} allowed")]
-    LabelTooLong {
-        name: String,
-        label: String,
-        len: usize,
-    },
+    LabelTooLong { name: String, label: String, len: usize },
     #[error("{0:?}: empty label (two dots in a row, or a leading dot)")]
     EmptyLabel(String),
-    #[error(
-        "{name:?}: invalid character {ch:?} (only letters, digits, '-', '.' and a leading '*' label are allowed)"
-    )]
+    #[error("{name:?}: invalid character {ch:?} (only letters, digits, '-', '.' and a leading '*' label are allowed)")]
     InvalidChar { name: String, ch: char },
     #[error("{0:?}: '*' is not allowed in matchName (use matchPattern)")]
     WildcardInName(String),
-    #[error(
-        "{0:?}: '*' or '**' may only be the whole leftmost label, as in \"*.example.com\" or \"**.example.com\""
-    )]
+    #[error("{0:?}: '*' or '**' may only be the whole leftmost label, as in \"*.example.com\" or \"**.example.com\"")]
     MisplacedWildcard(String),
 }
 
@@ -70,9 +62,7 @@ impl NameSelector {
             return Err(NameError::WildcardInName(name.to_owned()));
         }
         validate_labels(name, &n)?;
-        Ok(Self {
-            kind: Kind::Exact(n),
-        })
+        Ok(Self { kind: Kind::Exact(n) })
     }
 
     /// A `matchPattern` value: `*`, `*.suffix`, `**.suffix`, or a plain name
@@ -150,32 +140,19 @@ fn normalize_policy_name(raw: &str) -> Result<String, NameError> {
 /// Checks length, labels and characters of a normalized policy name.
 /// `raw` is only used in error messages.
 fn validate_labels(raw: &str, n: &str) -> Result<(), NameError> {
-    if let Some(ch) = n
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.'))
-    {
+    if let Some(ch) = n.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.')) {
         // Report the character as the user wrote it (case aside).
-        return Err(NameError::InvalidChar {
-            name: raw.to_owned(),
-            ch,
-        });
+        return Err(NameError::InvalidChar { name: raw.to_owned(), ch });
     }
     if n.len() > MAX_NAME_LEN {
-        return Err(NameError::TooLong {
-            name: raw.to_owned(),
-            len: n.len(),
-        });
+        return Err(NameError::TooLong { name: raw.to_owned(), len: n.len() });
     }
     for label in n.split('.') {
         if label.is_empty() {
             return Err(NameError::EmptyLabel(raw.to_owned()));
         }
         if label.len() > MAX_LABEL_LEN {
-            return Err(NameError::LabelTooLong {
-                name: raw.to_owned(),
-                label: label.to_owned(),
-                len: label.len(),
-            });
+            return Err(NameError::LabelTooLong { name: raw.to_owned(), label: label.to_owned(), len: label.len() });
         }
     }
     Ok(())
@@ -197,11 +174,7 @@ fn prefix_before<'a>(name: &'a [u8], suffix: &[u8]) -> Option<&'a [u8]> {
 fn labels_valid(prefix: &[u8], full_len: usize) -> bool {
     full_len <= MAX_NAME_LEN
         && prefix.split(|b| *b == b'.').all(|label| {
-            !label.is_empty()
-                && label.len() <= MAX_LABEL_LEN
-                && label
-                    .iter()
-                    .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+            !label.is_empty() && label.len() <= MAX_LABEL_LEN && label.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')
         })
 }
 
@@ -220,13 +193,7 @@ mod tests {
         for yes in ["api.openai.com", "API.OPENAI.COM", "api.openai.com."] {
             assert!(s.matches(yes), "{yes}");
         }
-        for no in [
-            "openai.com",
-            "x.api.openai.com",
-            "api.openai.com..",
-            "api.openai.co",
-            "",
-        ] {
+        for no in ["openai.com", "x.api.openai.com", "api.openai.com..", "api.openai.co", ""] {
             assert!(!s.matches(no), "{no}");
         }
     }
@@ -268,47 +235,21 @@ mod tests {
 
     #[test]
     fn rejects_bad_patterns() {
-        for bad in [
-            "a*.x.com", "x.*.com", "***.x", "*x.com", "**", "*.*.com", "x.com.*",
-        ] {
+        for bad in ["a*.x.com", "x.*.com", "***.x", "*x.com", "**", "*.*.com", "x.com.*"] {
             let err = NameSelector::pattern(bad).unwrap_err();
-            assert!(
-                matches!(err, NameError::MisplacedWildcard(_)),
-                "{bad}: {err}"
-            );
+            assert!(matches!(err, NameError::MisplacedWildcard(_)), "{bad}: {err}");
         }
-        assert!(matches!(
-            NameSelector::pattern(""),
-            Err(NameError::Empty(_))
-        ));
-        assert!(matches!(
-            NameSelector::pattern("."),
-            Err(NameError::Empty(_))
-        ));
-        assert!(matches!(
-            NameSelector::pattern("a..b"),
-            Err(NameError::EmptyLabel(_))
-        ));
-        assert!(matches!(
-            NameSelector::pattern("*..com"),
-            Err(NameError::EmptyLabel(_))
-        ));
+        assert!(matches!(NameSelector::pattern(""), Err(NameError::Empty(_))));
+        assert!(matches!(NameSelector::pattern("."), Err(NameError::Empty(_))));
+        assert!(matches!(NameSelector::pattern("a..b"), Err(NameError::EmptyLabel(_))));
+        assert!(matches!(NameSelector::pattern("*..com"), Err(NameError::EmptyLabel(_))));
         // One trailing dot is dropped, so "*." is "*".
         assert_eq!(pat("*."), pat("*"));
-        assert!(matches!(
-            NameSelector::pattern("a_b.com"),
-            Err(NameError::InvalidChar { ch: '_', .. })
-        ));
+        assert!(matches!(NameSelector::pattern("a_b.com"), Err(NameError::InvalidChar { ch: '_', .. })));
         let long_label = format!("{}.com", "a".repeat(64));
-        assert!(matches!(
-            NameSelector::pattern(&long_label),
-            Err(NameError::LabelTooLong { len: 64, .. })
-        ));
+        assert!(matches!(NameSelector::pattern(&long_label), Err(NameError::LabelTooLong { len: 64, .. })));
         let long_name = vec!["a".repeat(63); 4].join("."); // 255 chars
-        assert!(matches!(
-            NameSelector::exact(&long_name),
-            Err(NameError::TooLong { len: 255, .. })
-        ));
+        assert!(matches!(NameSelector::exact(&long_name), Err(NameError::TooLong { len: 255, .. })));
         let ok_name = format!("{}.{}", "a".repeat(63), vec!["b".repeat(61); 3].join("."));
         assert_eq!(ok_name.len(), 249);
         assert!(NameSelector::exact(&ok_name).is_ok());
@@ -316,14 +257,8 @@ mod tests {
 
     #[test]
     fn exact_rejects_wildcards() {
-        assert!(matches!(
-            NameSelector::exact("*.x.com"),
-            Err(NameError::WildcardInName(_))
-        ));
+        assert!(matches!(NameSelector::exact("*.x.com"), Err(NameError::WildcardInName(_))));
         let msg = NameSelector::pattern("a*.b").unwrap_err().to_string();
-        assert!(
-            msg.contains("\"a*.b\"") && msg.contains("leftmost"),
-            "{msg}"
-        );
+        assert!(msg.contains("\"a*.b\"") && msg.contains("leftmost"), "{msg}");
     }
 }

@@ -9,10 +9,7 @@ use std::net::SocketAddr;
 
 use thiserror::Error;
 
-use super::model::{
-    Destination, EgressRule, FieldError, Policy, Port, Protocol, RuleOrigin, parse_cidr,
-    parse_dns_server,
-};
+use super::model::{Destination, EgressRule, FieldError, Policy, Port, Protocol, RuleOrigin, parse_cidr, parse_dns_server};
 use super::names::NameSelector;
 
 pub const FLAG_ALLOW_FQDN: &str = "--allow-fqdn";
@@ -38,11 +35,7 @@ pub struct Overrides {
 impl Overrides {
     /// Parses the raw values of each repeated flag. Stops at the first bad
     /// value: nothing is applied from a partly valid command line.
-    pub fn from_flags<S: AsRef<str>>(
-        allow_fqdn: &[S],
-        allow_cidr: &[S],
-        dns_server: &[S],
-    ) -> Result<Overrides, OverrideError> {
+    pub fn from_flags<S: AsRef<str>>(allow_fqdn: &[S], allow_cidr: &[S], dns_server: &[S]) -> Result<Overrides, OverrideError> {
         let mut rules = Vec::with_capacity(allow_fqdn.len() + allow_cidr.len());
         for v in allow_fqdn {
             rules.push(parse_allow_fqdn(v.as_ref())?);
@@ -50,10 +43,7 @@ impl Overrides {
         for v in allow_cidr {
             rules.push(parse_allow_cidr(v.as_ref())?);
         }
-        let dns_servers = dns_server
-            .iter()
-            .map(|v| parse_dns_server_flag(v.as_ref()))
-            .collect::<Result<_, _>>()?;
+        let dns_servers = dns_server.iter().map(|v| parse_dns_server_flag(v.as_ref())).collect::<Result<_, _>>()?;
         Ok(Overrides { rules, dns_servers })
     }
 
@@ -68,41 +58,24 @@ impl Policy {
     pub fn apply_overrides(&mut self, o: &Overrides) {
         self.egress.extend(o.rules.iter().cloned());
         if !o.dns_servers.is_empty() {
-            self.dns
-                .servers
-                .get_or_insert_with(Vec::new)
-                .extend(o.dns_servers.iter().copied());
+            self.dns.servers.get_or_insert_with(Vec::new).extend(o.dns_servers.iter().copied());
         }
     }
 }
 
 fn flag_err(flag: &'static str, value: &str, problem: FieldError) -> OverrideError {
-    OverrideError {
-        flag,
-        value: value.to_owned(),
-        problem,
-    }
+    OverrideError { flag, value: value.to_owned(), problem }
 }
 
 /// Port from a flag: 1..=65535.
 fn parse_port(s: &str) -> Result<u16, FieldError> {
-    let n: i64 = s
-        .parse()
-        .map_err(|_| FieldError::PortSyntax(s.to_owned()))?;
-    u16::try_from(n)
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or(FieldError::Port(n))
+    let n: i64 = s.parse().map_err(|_| FieldError::PortSyntax(s.to_owned()))?;
+    u16::try_from(n).ok().filter(|p| *p != 0).ok_or(FieldError::Port(n))
 }
 
 /// Single TCP port, or all ports when absent.
 fn tcp_ports(port: Option<u16>) -> Vec<Port> {
-    port.map(|port| Port {
-        port,
-        protocol: Protocol::Tcp,
-    })
-    .into_iter()
-    .collect()
+    port.map(|port| Port { port, protocol: Protocol::Tcp }).into_iter().collect()
 }
 
 /// `NAME[:PORT]`: NAME is a name or pattern (`*.example.com`); with PORT the
@@ -116,10 +89,7 @@ pub fn parse_allow_fqdn(value: &str) -> Result<EgressRule, OverrideError> {
     };
     let sel = NameSelector::pattern(name).map_err(|e| err(e.into()))?;
     Ok(EgressRule {
-        origin: RuleOrigin::Flag {
-            flag: FLAG_ALLOW_FQDN,
-            value: value.to_owned(),
-        },
+        origin: RuleOrigin::Flag { flag: FLAG_ALLOW_FQDN, value: value.to_owned() },
         to: Destination::Fqdns(vec![sel]),
         ports: tcp_ports(port),
     })
@@ -136,17 +106,11 @@ pub fn parse_allow_cidr(value: &str) -> Result<EgressRule, OverrideError> {
             Some((cidr, tail)) => match tail.strip_prefix(':') {
                 Some(port) => (cidr, Some(parse_port(port).map_err(err)?)),
                 None => {
-                    return Err(err(FieldError::Cidr {
-                        value: value.to_owned(),
-                        reason: "expected \"[CIDR]:PORT\"".to_owned(),
-                    }));
+                    return Err(err(FieldError::Cidr { value: value.to_owned(), reason: "expected \"[CIDR]:PORT\"".to_owned() }));
                 }
             },
             None => {
-                return Err(err(FieldError::Cidr {
-                    value: value.to_owned(),
-                    reason: "missing ']'".to_owned(),
-                }));
+                return Err(err(FieldError::Cidr { value: value.to_owned(), reason: "missing ']'".to_owned() }));
             }
         }
     } else if value.matches(':').count() == 1 {
@@ -159,10 +123,7 @@ pub fn parse_allow_cidr(value: &str) -> Result<EgressRule, OverrideError> {
     };
     let net = parse_cidr(cidr).map_err(err)?;
     Ok(EgressRule {
-        origin: RuleOrigin::Flag {
-            flag: FLAG_ALLOW_CIDR,
-            value: value.to_owned(),
-        },
+        origin: RuleOrigin::Flag { flag: FLAG_ALLOW_CIDR, value: value.to_owned() },
         to: Destination::Cidrs(vec![net]),
         ports: tcp_ports(port),
     })
@@ -188,40 +149,21 @@ mod tests {
     #[test]
     fn allow_fqdn() {
         let r = parse_allow_fqdn("api.openai.com:443").unwrap();
-        assert_eq!(
-            r.ports,
-            [Port {
-                port: 443,
-                protocol: Protocol::Tcp
-            }]
-        );
+        assert_eq!(r.ports, [Port { port: 443, protocol: Protocol::Tcp }]);
         assert_eq!(r.origin.to_string(), "--allow-fqdn api.openai.com:443");
-        let Destination::Fqdns(sels) = &r.to else {
-            panic!("{r:?}")
-        };
+        let Destination::Fqdns(sels) = &r.to else { panic!("{r:?}") };
         assert!(sels[0].matches("API.openai.com."));
 
         let r = parse_allow_fqdn("**.example.com").unwrap();
         assert!(r.ports.is_empty());
-        let Destination::Fqdns(sels) = &r.to else {
-            panic!("{r:?}")
-        };
+        let Destination::Fqdns(sels) = &r.to else { panic!("{r:?}") };
         assert!(sels[0].matches("a.b.example.com") && !sels[0].matches("example.com"));
 
         for (bad, want) in [
-            (
-                "api.x.com:",
-                "--allow-fqdn \"api.x.com:\": invalid port \"\"",
-            ),
-            (
-                "api.x.com:0",
-                "--allow-fqdn \"api.x.com:0\": port 0 is out of range",
-            ),
+            ("api.x.com:", "--allow-fqdn \"api.x.com:\": invalid port \"\""),
+            ("api.x.com:0", "--allow-fqdn \"api.x.com:0\": port 0 is out of range"),
             ("api.x.com:65536", "port 65536 is out of range"),
-            (
-                "a*.x.com",
-                "--allow-fqdn \"a*.x.com\": \"a*.x.com\": '*' or '**' may only",
-            ),
+            ("a*.x.com", "--allow-fqdn \"a*.x.com\": \"a*.x.com\": '*' or '**' may only"),
             (":443", "--allow-fqdn \":443\": \"\": name is empty"),
             ("a:b:443", "invalid character ':'"),
         ] {
@@ -248,14 +190,8 @@ mod tests {
             assert_eq!(r.ports, tcp_ports(*port), "{v}");
         }
         for (bad, want) in [
-            (
-                "10.0.0.1/8",
-                "--allow-cidr \"10.0.0.1/8\": CIDR \"10.0.0.1/8\" has host bits set",
-            ),
-            (
-                "10.0.0/8:443",
-                "--allow-cidr \"10.0.0/8:443\": invalid CIDR \"10.0.0/8\"",
-            ),
+            ("10.0.0.1/8", "--allow-cidr \"10.0.0.1/8\": CIDR \"10.0.0.1/8\" has host bits set"),
+            ("10.0.0/8:443", "--allow-cidr \"10.0.0/8:443\": invalid CIDR \"10.0.0/8\""),
             ("192.0.2.0/24:x", "invalid port \"x\""),
             ("[2001:db8::/32]443", "expected \"[CIDR]:PORT\""),
             ("[2001:db8::/32:443", "missing ']'"),
@@ -268,42 +204,24 @@ mod tests {
 
     #[test]
     fn dns_server_flag() {
-        assert_eq!(
-            parse_dns_server_flag("198.51.100.53").unwrap().to_string(),
-            "198.51.100.53:53"
-        );
-        assert_eq!(
-            parse_dns_server_flag("[2001:db8::53]:5353")
-                .unwrap()
-                .to_string(),
-            "[2001:db8::53]:5353"
-        );
+        assert_eq!(parse_dns_server_flag("198.51.100.53").unwrap().to_string(), "198.51.100.53:53");
+        assert_eq!(parse_dns_server_flag("[2001:db8::53]:5353").unwrap().to_string(), "[2001:db8::53]:5353");
         let e = parse_dns_server_flag("resolver").unwrap_err().to_string();
-        assert!(
-            e.starts_with("--dns-server \"resolver\": invalid DNS server"),
-            "{e}"
-        );
+        assert!(e.starts_with("--dns-server \"resolver\": invalid DNS server"), "{e}");
     }
 
     #[test]
     fn merge_into_policy() {
-        let o = Overrides::from_flags(&["api.x.com:443"], &["192.0.2.0/24"], &["198.51.100.53"])
-            .unwrap();
+        let o = Overrides::from_flags(&["api.x.com:443"], &["192.0.2.0/24"], &["198.51.100.53"]).unwrap();
         assert!(!o.is_empty());
         let mut p = Policy::default();
         p.apply_overrides(&o);
         assert_eq!(p.egress.len(), 2);
-        assert_eq!(
-            p.dns.servers,
-            Some(vec!["198.51.100.53:53".parse().unwrap()])
-        );
+        assert_eq!(p.dns.servers, Some(vec!["198.51.100.53:53".parse().unwrap()]));
 
         // Appends to an explicit list.
-        let mut p = Policy::from_yaml_str(
-            "egress: [{toCIDRs: [\"203.0.113.0/24\"]}]\ndns: {servers: [\"198.51.100.1\"]}",
-            "t",
-        )
-        .unwrap();
+        let mut p =
+            Policy::from_yaml_str("egress: [{toCIDRs: [\"203.0.113.0/24\"]}]\ndns: {servers: [\"198.51.100.1\"]}", "t").unwrap();
         p.apply_overrides(&o);
         assert_eq!(p.egress.len(), 3);
         assert_eq!(p.egress[0].origin, RuleOrigin::Policy(0));

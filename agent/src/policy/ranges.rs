@@ -25,44 +25,19 @@ struct V6Range {
 }
 
 const fn v4(a: u8, b: u8, c: u8, d: u8, len: u8, description: &'static str) -> V4Range {
-    V4Range {
-        net: Ipv4Net::new_assert(Ipv4Addr::new(a, b, c, d), len),
-        description,
-        loopback: false,
-    }
+    V4Range { net: Ipv4Net::new_assert(Ipv4Addr::new(a, b, c, d), len), description, loopback: false }
 }
 
 const fn v6(addr: u128, len: u8, description: &'static str) -> V6Range {
-    V6Range {
-        net: Ipv6Net::new_assert(Ipv6Addr::from_bits(addr), len),
-        description,
-        loopback: false,
-    }
+    V6Range { net: Ipv6Net::new_assert(Ipv6Addr::from_bits(addr), len), description, loopback: false }
 }
 
 const V4_RANGES: [V4Range; 10] = [
     v4(0, 0, 0, 0, 8, "\"this network\" (RFC 1122)"),
     v4(10, 0, 0, 0, 8, "private (RFC 1918)"),
-    v4(
-        100,
-        64,
-        0,
-        0,
-        10,
-        "shared/CGNAT space (RFC 6598), incl. Alibaba Cloud metadata 100.100.100.200",
-    ),
-    V4Range {
-        loopback: true,
-        ..v4(127, 0, 0, 0, 8, "loopback")
-    },
-    v4(
-        169,
-        254,
-        0,
-        0,
-        16,
-        "link-local, incl. cloud metadata 169.254.169.254",
-    ),
+    v4(100, 64, 0, 0, 10, "shared/CGNAT space (RFC 6598), incl. Alibaba Cloud metadata 100.100.100.200"),
+    V4Range { loopback: true, ..v4(127, 0, 0, 0, 8, "loopback") },
+    v4(169, 254, 0, 0, 16, "link-local, incl. cloud metadata 169.254.169.254"),
     v4(172, 16, 0, 0, 12, "private (RFC 1918)"),
     v4(192, 168, 0, 0, 16, "private (RFC 1918)"),
     v4(224, 0, 0, 0, 4, "multicast"),
@@ -71,18 +46,11 @@ const V4_RANGES: [V4Range; 10] = [
 ];
 
 const V6_RANGES: [V6Range; 7] = [
-    V6Range {
-        loopback: true,
-        ..v6(1, 128, "loopback")
-    },
+    V6Range { loopback: true, ..v6(1, 128, "loopback") },
     v6(0, 128, "unspecified address"),
     v6(0, 96, "deprecated IPv4-compatible IPv6 (RFC 4291)"),
     v6(0xfe80 << 112, 10, "link-local"),
-    v6(
-        0xfc00 << 112,
-        7,
-        "unique local, incl. AWS metadata fd00:ec2::254",
-    ),
+    v6(0xfc00 << 112, 7, "unique local, incl. AWS metadata fd00:ec2::254"),
     v6(0xff00 << 112, 8, "multicast"),
     v6(0x0064_ff9b_0001 << 80, 48, "local-use NAT64 (RFC 8215)"),
 ];
@@ -120,11 +88,7 @@ pub struct DeniedRange {
 impl DeniedRange {
     /// `CIDR_KIND_LOOPBACK` or `CIDR_KIND_DENY_RANGE`.
     pub fn kernel_kind(&self) -> u32 {
-        if self.loopback {
-            CIDR_KIND_LOOPBACK
-        } else {
-            CIDR_KIND_DENY_RANGE
-        }
+        if self.loopback { CIDR_KIND_LOOPBACK } else { CIDR_KIND_DENY_RANGE }
     }
 }
 
@@ -176,31 +140,23 @@ pub fn deny_reason(ip: IpAddr) -> Option<DeniedRange> {
                 // Low 32 bits are the IPv4 address; truncation is the point.
                 return v4_reason(Ipv4Addr::from_bits(a.to_bits() as u32), Embedding::Nat64);
             }
-            V6_RANGES
-                .iter()
-                .filter(|r| r.net.contains(&a))
-                .max_by_key(|r| r.net.prefix_len())
-                .map(|r| DeniedRange {
-                    net: IpNet::V6(r.net),
-                    description: r.description,
-                    via: Embedding::Direct,
-                    loopback: r.loopback,
-                })
+            V6_RANGES.iter().filter(|r| r.net.contains(&a)).max_by_key(|r| r.net.prefix_len()).map(|r| DeniedRange {
+                net: IpNet::V6(r.net),
+                description: r.description,
+                via: Embedding::Direct,
+                loopback: r.loopback,
+            })
         }
     }
 }
 
 fn v4_reason(a: Ipv4Addr, via: Embedding) -> Option<DeniedRange> {
-    V4_RANGES
-        .iter()
-        .filter(|r| r.net.contains(&a))
-        .max_by_key(|r| r.net.prefix_len())
-        .map(|r| DeniedRange {
-            net: IpNet::V4(r.net),
-            description: r.description,
-            via,
-            loopback: r.loopback && via != Embedding::Nat64,
-        })
+    V4_RANGES.iter().filter(|r| r.net.contains(&a)).max_by_key(|r| r.net.prefix_len()).map(|r| DeniedRange {
+        net: IpNet::V4(r.net),
+        description: r.description,
+        via,
+        loopback: r.loopback && via != Embedding::Nat64,
+    })
 }
 
 /// True when `ip` may never be opened by DNS learning, loopback included.
@@ -216,20 +172,12 @@ pub fn is_always_denied(ip: IpAddr) -> bool {
 pub fn kernel_deny_entries() -> Vec<(Ipv6Net, u32)> {
     let mut out = Vec::with_capacity(V4_RANGES.len() * 2 + V6_RANGES.len());
     for r in &V4_RANGES {
-        let kind = if r.loopback {
-            CIDR_KIND_LOOPBACK
-        } else {
-            CIDR_KIND_DENY_RANGE
-        };
+        let kind = if r.loopback { CIDR_KIND_LOOPBACK } else { CIDR_KIND_DENY_RANGE };
         out.push((embed(MAPPED_PREFIX, r.net), kind));
         out.push((embed(NAT64_PREFIX, r.net), CIDR_KIND_DENY_RANGE));
     }
     for r in &V6_RANGES {
-        let kind = if r.loopback {
-            CIDR_KIND_LOOPBACK
-        } else {
-            CIDR_KIND_DENY_RANGE
-        };
+        let kind = if r.loopback { CIDR_KIND_LOOPBACK } else { CIDR_KIND_DENY_RANGE };
         out.push((r.net, kind));
     }
     out
@@ -246,12 +194,7 @@ mod tests {
     #[test]
     fn denied_table() {
         let denied: &[(&str, &str, Embedding, bool)] = &[
-            (
-                "169.254.169.254",
-                "169.254.0.0/16",
-                Embedding::Direct,
-                false,
-            ),
+            ("169.254.169.254", "169.254.0.0/16", Embedding::Direct, false),
             ("10.1.2.3", "10.0.0.0/8", Embedding::Direct, false),
             ("100.100.100.200", "100.64.0.0/10", Embedding::Direct, false),
             ("0.0.0.0", "0.0.0.0/8", Embedding::Direct, false),
@@ -259,38 +202,13 @@ mod tests {
             ("192.168.1.1", "192.168.0.0/16", Embedding::Direct, false),
             ("224.0.0.251", "224.0.0.0/4", Embedding::Direct, false),
             ("255.255.255.255", "240.0.0.0/4", Embedding::Direct, false),
-            (
-                "168.63.129.16",
-                "168.63.129.16/32",
-                Embedding::Direct,
-                false,
-            ),
+            ("168.63.129.16", "168.63.129.16/32", Embedding::Direct, false),
             ("127.0.0.1", "127.0.0.0/8", Embedding::Direct, true),
-            (
-                "::ffff:127.0.0.1",
-                "127.0.0.0/8",
-                Embedding::Ipv4Mapped,
-                true,
-            ),
+            ("::ffff:127.0.0.1", "127.0.0.0/8", Embedding::Ipv4Mapped, true),
             ("64:ff9b::127.0.0.1", "127.0.0.0/8", Embedding::Nat64, false),
-            (
-                "::ffff:169.254.169.254",
-                "169.254.0.0/16",
-                Embedding::Ipv4Mapped,
-                false,
-            ),
-            (
-                "64:ff9b::a9fe:a9fe",
-                "169.254.0.0/16",
-                Embedding::Nat64,
-                false,
-            ),
-            (
-                "64:ff9b:1::8.8.8.8",
-                "64:ff9b:1::/48",
-                Embedding::Direct,
-                false,
-            ),
+            ("::ffff:169.254.169.254", "169.254.0.0/16", Embedding::Ipv4Mapped, false),
+            ("64:ff9b::a9fe:a9fe", "169.254.0.0/16", Embedding::Nat64, false),
+            ("64:ff9b:1::8.8.8.8", "64:ff9b:1::/48", Embedding::Direct, false),
             ("fd00:ec2::254", "fc00::/7", Embedding::Direct, false),
             ("fe80::1", "fe80::/10", Embedding::Direct, false),
             ("ff02::1", "ff00::/8", Embedding::Direct, false),
@@ -330,35 +248,16 @@ mod tests {
 
     #[test]
     fn canonical_forms() {
-        assert_eq!(
-            canonical(ip("10.1.2.3")),
-            "::ffff:10.1.2.3".parse::<Ipv6Addr>().unwrap()
-        );
-        assert_eq!(
-            canonical(ip("2001:db8::1")),
-            "2001:db8::1".parse::<Ipv6Addr>().unwrap()
-        );
-        assert_eq!(
-            canonical_net("10.0.0.0/8".parse().unwrap()).to_string(),
-            "::ffff:10.0.0.0/104"
-        );
-        assert_eq!(
-            canonical_net("0.0.0.0/0".parse().unwrap()).to_string(),
-            "::ffff:0.0.0.0/96"
-        );
-        assert_eq!(
-            canonical_net("2001:db8::1/32".parse().unwrap()).to_string(),
-            "2001:db8::/32"
-        );
+        assert_eq!(canonical(ip("10.1.2.3")), "::ffff:10.1.2.3".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(canonical(ip("2001:db8::1")), "2001:db8::1".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(canonical_net("10.0.0.0/8".parse().unwrap()).to_string(), "::ffff:10.0.0.0/104");
+        assert_eq!(canonical_net("0.0.0.0/0".parse().unwrap()).to_string(), "::ffff:0.0.0.0/96");
+        assert_eq!(canonical_net("2001:db8::1/32".parse().unwrap()).to_string(), "2001:db8::/32");
     }
 
     /// Longest-prefix match over the kernel entries, like the CIDRS trie.
     fn lpm(entries: &[(Ipv6Net, u32)], a: Ipv6Addr) -> Option<u32> {
-        entries
-            .iter()
-            .filter(|(n, _)| n.contains(&a))
-            .max_by_key(|(n, _)| n.prefix_len())
-            .map(|e| e.1)
+        entries.iter().filter(|(n, _)| n.contains(&a)).max_by_key(|(n, _)| n.prefix_len()).map(|e| e.1)
     }
 
     #[test]
@@ -372,17 +271,10 @@ mod tests {
         for (n, _) in &entries {
             assert_eq!(*n, n.trunc(), "{n} has host bits");
         }
-        let loopback: Vec<String> = entries
-            .iter()
-            .filter(|e| e.1 == CIDR_KIND_LOOPBACK)
-            .map(|e| e.0.to_string())
-            .collect();
+        let loopback: Vec<String> = entries.iter().filter(|e| e.1 == CIDR_KIND_LOOPBACK).map(|e| e.0.to_string()).collect();
         assert_eq!(loopback, ["::ffff:127.0.0.0/104", "::1/128"]);
         assert!(entries.contains(&("64:ff9b::7f00:0/104".parse().unwrap(), CIDR_KIND_DENY_RANGE)));
-        assert!(entries.contains(&(
-            "::ffff:168.63.129.16/128".parse().unwrap(),
-            CIDR_KIND_DENY_RANGE
-        )));
+        assert!(entries.contains(&("::ffff:168.63.129.16/128".parse().unwrap(), CIDR_KIND_DENY_RANGE)));
         for addr in [
             "169.254.169.254",
             "10.1.2.3",
@@ -410,9 +302,6 @@ mod tests {
     #[test]
     fn display_names_the_range() {
         let r = deny_reason(ip("64:ff9b::a9fe:a9fe")).unwrap();
-        assert_eq!(
-            r.to_string(),
-            "169.254.0.0/16 (link-local, incl. cloud metadata 169.254.169.254) via NAT64 64:ff9b::/96"
-        );
+        assert_eq!(r.to_string(), "169.254.0.0/16 (link-local, incl. cloud metadata 169.254.169.254) via NAT64 64:ff9b::/96");
     }
 }

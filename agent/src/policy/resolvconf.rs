@@ -48,20 +48,13 @@ mod tests {
         let conf = b"# generated\nsearch default.svc.cluster.local svc.cluster.local\n\
 nameserver 10.96.0.10\nnameserver 2001:db8::53\noptions ndots:5\n";
         let got = resolvers_from_resolv_conf(conf).unwrap();
-        let want: Vec<SocketAddr> = vec![
-            "10.96.0.10:53".parse().unwrap(),
-            "[2001:db8::53]:53".parse().unwrap(),
-        ];
+        let want: Vec<SocketAddr> = vec!["10.96.0.10:53".parse().unwrap(), "[2001:db8::53]:53".parse().unwrap()];
         assert_eq!(got, want);
     }
 
     #[test]
     fn no_nameserver_is_an_error() {
         let e = resolvers_from_resolv_conf(b"search example.com\n").unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("reading nameservers from /etc/resolv.conf"),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("reading nameservers from /etc/resolv.conf"), "{e}");
     }
 }

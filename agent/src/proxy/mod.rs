@@ -110,13 +110,7 @@ pub struct DnsGates {
 const STALE_PORTS_GRACE: Duration = Duration::from_secs(30);
 
 fn key(netns_cookie: u64, endpoint: u32, resolver: SocketAddr) -> GateKey {
-    GateKey {
-        netns_cookie,
-        endpoint,
-        port: resolver.port().to_be_bytes(),
-        _pad: [0; 2],
-        ip: canonical(resolver.ip()).octets(),
-    }
+    GateKey { netns_cookie, endpoint, port: resolver.port().to_be_bytes(), _pad: [0; 2], ip: canonical(resolver.ip()).octets() }
 }
 
 /// Where the gate for `resolver` listens: loopback of the resolver's family.
@@ -170,8 +164,7 @@ fn open_sockets(resolver: SocketAddr, inject_mark: u32) -> Result<Sockets, GateE
     let err = |addr| move |source| GateError::Socket { addr, source };
     let tcp = TcpListener::bind(addr).map_err(err(addr))?;
     let udp = UdpSocket::bind(addr).map_err(err(addr))?;
-    let any: SocketAddr =
-        if resolver.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
+    let any: SocketAddr = if resolver.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
     let upstream = UdpSocket::bind(any).map_err(err(any))?;
     upstream.connect(resolver).map_err(err(resolver))?;
     // Both families: an IPv6 resolver's caught queries can arrive over
@@ -248,8 +241,7 @@ impl DnsGates {
         for resolver in resolvers {
             let (tx, rx) = mpsc::channel();
             let ns = ns.try_clone().map_err(|source| GateError::OpenNetns { tgid, source })?;
-            let conn =
-                GateCtx { shared: self.shared.clone(), endpoint, cgroup_id, resolver, deny_rcode: self.deny_rcode };
+            let conn = GateCtx { shared: self.shared.clone(), endpoint, cgroup_id, resolver, deny_rcode: self.deny_rcode };
             let table = udp::Table::default();
             // Ends with the agent, or at once if this gate is not needed.
             let mine = Arc::new(AtomicBool::new(false));

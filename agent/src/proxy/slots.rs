@@ -31,11 +31,7 @@ pub(super) struct Slot {
 
 impl Slots {
     pub(super) fn new(cap: usize) -> Self {
-        Self {
-            cap,
-            next: 0,
-            open: HashMap::new(),
-        }
+        Self { cap, next: 0, open: HashMap::new() }
     }
 
     /// A place for a new connection, which waits for its first query from
@@ -43,24 +39,13 @@ impl Slots {
     /// `None` if the gate is full of connections in the middle of a query.
     pub(super) fn take(slots: &Arc<Mutex<Slots>>) -> Option<(Slot, bool)> {
         let (id, evict, evicted) = lock(slots).admit(Instant::now())?;
-        Some((
-            Slot {
-                slots: slots.clone(),
-                id,
-                evict,
-            },
-            evicted,
-        ))
+        Some((Slot { slots: slots.clone(), id, evict }, evicted))
     }
 
     fn admit(&mut self, now: Instant) -> Option<(u64, Arc<Notify>, bool)> {
         let full = self.open.len() >= self.cap;
         if full {
-            let (_, id) = self
-                .open
-                .iter()
-                .filter_map(|(id, (since, _))| since.map(|t| (t, *id)))
-                .min()?;
+            let (_, id) = self.open.iter().filter_map(|(id, (since, _))| since.map(|t| (t, *id))).min()?;
             if let Some((_, evict)) = self.open.remove(&id) {
                 evict.notify_one();
             }
@@ -110,15 +95,8 @@ mod tests {
 
     /// Whether `n` was notified (without waiting).
     fn notified(n: &Notify) -> bool {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            tokio::time::timeout(Duration::ZERO, n.notified())
-                .await
-                .is_ok()
-        })
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        rt.block_on(async { tokio::time::timeout(Duration::ZERO, n.notified()).await.is_ok() })
     }
 
     #[test]

@@ -63,17 +63,8 @@ type Stop = (Arc<AtomicBool>, Arc<AtomicBool>);
 /// (which is in the workload's namespace). `netns_cookie`: the
 /// namespace's, to name each client's process (noted by `skb::egress` from
 /// its SYN in `GATE_CLIENTS`) in the log.
-pub(super) fn accept_loop(
-    listener: std::net::TcpListener,
-    conn: GateCtx,
-    netns_cookie: u64,
-    stop: Stop,
-) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-    {
+pub(super) fn accept_loop(listener: std::net::TcpListener, conn: GateCtx, netns_cookie: u64, stop: Stop) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
         Ok(rt) => rt,
         Err(e) => {
             // The listener closes: DNS over TCP from here fails (closed).
@@ -86,10 +77,7 @@ pub(super) fn accept_loop(
 }
 
 async fn accept_all(listener: std::net::TcpListener, conn: GateCtx, netns_cookie: u64, stop: Stop) {
-    let listener = match listener
-        .set_nonblocking(true)
-        .and_then(|()| TcpListener::from_std(listener))
-    {
+    let listener = match listener.set_nonblocking(true).and_then(|()| TcpListener::from_std(listener)) {
         Ok(l) => l,
         Err(e) => {
             warn!(error = %e, "TCP DNS gate cannot listen");
@@ -121,9 +109,7 @@ async fn accept_all(listener: std::net::TcpListener, conn: GateCtx, netns_cookie
 
 /// `f`, or `TimedOut` after `IO_TIMEOUT`.
 async fn within<T>(f: impl Future<Output = io::Result<T>>) -> io::Result<T> {
-    tokio::time::timeout(IO_TIMEOUT, f)
-        .await
-        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+    tokio::time::timeout(IO_TIMEOUT, f).await.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 
 fn invalid(what: &str) -> io::Error {
@@ -133,29 +119,17 @@ fn invalid(what: &str) -> io::Error {
 impl GateCtx {
     /// Takes a new connection if `slots` has room (or makes some), else
     /// closes it; counted either way.
-    fn admit(
-        &self,
-        client: TcpStream,
-        peer: SocketAddr,
-        netns_cookie: u64,
-        slots: &Arc<Mutex<Slots>>,
-    ) {
+    fn admit(&self, client: TcpStream, peer: SocketAddr, netns_cookie: u64, slots: &Arc<Mutex<Slots>>) {
         let stats = &self.shared.stats;
         let Some((slot, evicted)) = Slots::take(slots) else {
             stats.with_endpoint(self.endpoint, |s| s.tcp_refused += 1);
-            debug!(
-                endpoint = self.endpoint,
-                "TCP DNS gate full; connection closed"
-            );
+            debug!(endpoint = self.endpoint, "TCP DNS gate full; connection closed");
             return;
         };
         if evicted {
             stats.with_endpoint(self.endpoint, |s| s.tcp_evicted += 1);
         }
-        let tgid = lock(&self.shared.state)
-            .maps
-            .gate_client(netns_cookie, peer.port(), proto::TCP)
-            .unwrap_or(0);
+        let tgid = lock(&self.shared.state).maps.gate_client(netns_cookie, peer.port(), proto::TCP).unwrap_or(0);
         let c = self.clone();
         tokio::spawn(async move {
             if let Err(e) = c.serve(client, tgid, &slot).await {
@@ -184,23 +158,14 @@ impl GateCtx {
             let query = parse_message(&bytes).map_err(&malformed)?;
             let (qname, qtype) = parse_query(&query).map_err(&malformed)?;
             note_shape(&self.shared, self.endpoint, &qname);
-            let Some(allowed) = judge_query(
-                &self.shared,
-                self.endpoint,
-                &qname,
-                self.resolver,
-                tgid,
-                self.cgroup_id,
-            ) else {
+            let Some(allowed) = judge_query(&self.shared, self.endpoint, &qname, self.resolver, tgid, self.cgroup_id) else {
                 GateStats::bump(&stats.dropped_unknown_endpoint);
                 return Err(invalid("endpoint gone"));
             };
             if !allowed {
                 // Answered here: the query never leaves the node.
                 GateStats::bump(&stats.queries_refused);
-                let reply = refusal(&query, self.deny_rcode)
-                    .to_vec()
-                    .map_err(|e| invalid(&e.to_string()))?;
+                let reply = refusal(&query, self.deny_rcode).to_vec().map_err(|e| invalid(&e.to_string()))?;
                 within(write_frame_async(&mut client, &reply)).await?;
                 continue;
             }
@@ -209,28 +174,17 @@ impl GateCtx {
                 None => upstream.insert(within(TcpStream::connect(self.resolver)).await?),
             };
             within(write_frame_async(up, &bytes)).await?;
-            let answer = within(read_frame_async(up))
-                .await?
-                .ok_or_else(|| invalid("resolver closed the connection"))?;
+            let answer = within(read_frame_async(up)).await?.ok_or_else(|| invalid("resolver closed the connection"))?;
             let mut msg = parse_message(&answer).map_err(&malformed)?;
             // Our own connection to the resolver, but still: the answer
             // must be to this query.
-            if transaction_id(&msg) != transaction_id(&query)
-                || crate::dns::question(&msg) != Some((qname.clone(), qtype))
-            {
+            if transaction_id(&msg) != transaction_id(&query) || crate::dns::question(&msg) != Some((qname.clone(), qtype)) {
                 GateStats::bump(&stats.answers_unsolicited);
                 return Err(invalid("answer does not match the query"));
             }
             let learned = learnable(&msg, MAX_CNAME_CHAIN).map_err(&malformed)?;
-            let Some(stripped) = vet_answer(
-                &self.shared,
-                self.endpoint,
-                0,
-                self.cgroup_id,
-                &qname,
-                learned.as_ref(),
-                &mut msg,
-            ) else {
+            let Some(stripped) = vet_answer(&self.shared, self.endpoint, 0, self.cgroup_id, &qname, learned.as_ref(), &mut msg)
+            else {
                 return Err(invalid("answer not learned"));
             };
             if stripped.is_empty() {

@@ -25,8 +25,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nix::sys::socket::{MsgFlags, SockaddrIn, SockaddrIn6, sendto};
 use agent_common::proto;
+use nix::sys::socket::{MsgFlags, SockaddrIn, SockaddrIn6, sendto};
 use tracing::debug;
 
 use super::GateCtx;
@@ -275,9 +275,7 @@ fn answers(g: &UdpGate, stop: &Stop) {
             GateStats::bump(&stats.dropped_malformed);
             continue;
         };
-        let Some(stripped) =
-            vet_answer(&c.shared, c.endpoint, f.tgid, c.cgroup_id, &f.qname, learned.as_ref(), &mut msg)
-        else {
+        let Some(stripped) = vet_answer(&c.shared, c.endpoint, f.tgid, c.cgroup_id, &f.qname, learned.as_ref(), &mut msg) else {
             continue;
         };
         let sent = if stripped.is_empty() {

@@ -61,7 +61,15 @@ impl H {
         self.check();
     }
 
-    fn learn_with(&mut self, ep: u32, name: &str, ports: &[PortKey], ips: &[(Ip, u64)], now: u64, live: impl FnOnce() -> LiveIps) -> Learned {
+    fn learn_with(
+        &mut self,
+        ep: u32,
+        name: &str,
+        ports: &[PortKey],
+        ips: &[(Ip, u64)],
+        now: u64,
+        live: impl FnOnce() -> LiveIps,
+    ) -> Learned {
         let out = self.t.learn(ep, name, ports, ips, now, live);
         self.apply(&out.changes);
         out

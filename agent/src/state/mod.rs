@@ -78,12 +78,7 @@ impl Endpoint {
             return false;
         }
         let ip6 = canonical(ip);
-        let best = self
-            .policy
-            .cidr_entries
-            .iter()
-            .filter(|e| e.net.contains(&ip6))
-            .max_by_key(|e| e.net.prefix_len());
+        let best = self.policy.cidr_entries.iter().filter(|e| e.net.contains(&ip6)).max_by_key(|e| e.net.prefix_len());
         best.is_none_or(|e| e.value.kind != agent_common::CIDR_KIND_ALLOW)
     }
 
@@ -223,9 +218,7 @@ impl State {
                 .ok_or(StateError::TooManyEndpoints)?,
         };
         for e in &policy.cidr_entries {
-            self.maps
-                .insert_cidr(id, e.net.addr().octets(), e.net.prefix_len(), e.value)
-                .map_err(map_err("CIDRS"))?;
+            self.maps.insert_cidr(id, e.net.addr().octets(), e.net.prefix_len(), e.value).map_err(map_err("CIDRS"))?;
         }
         for s in &policy.dns_servers {
             self.maps.insert_dns_server(dns_key(id, *s)).map_err(map_err("DNS_SERVERS"))?;
@@ -236,7 +229,8 @@ impl State {
             // New entries are in; only now drop what the old policy had.
             self.prune_policy_entries(id, &policy)?;
         }
-        self.endpoints.insert(id, Endpoint { id, identity, cgroup_id, policy, audit, names: HashMap::new(), uncontained: Vec::new() });
+        self.endpoints
+            .insert(id, Endpoint { id, identity, cgroup_id, policy, audit, names: HashMap::new(), uncontained: Vec::new() });
         Ok(id)
     }
 
@@ -310,9 +304,8 @@ impl State {
         };
         let done = self.learned.learn(id, qname, &ports, &learnable, now, live_ips);
         // Report addresses as the caller gave them, not in the key form.
-        let given = |k: [u8; 16]| {
-            addrs.iter().map(|(ip, _)| *ip).find(|ip| key_bytes(*ip) == k).unwrap_or(IpAddr::V6(Ipv6Addr::from(k)))
-        };
+        let given =
+            |k: [u8; 16]| addrs.iter().map(|(ip, _)| *ip).find(|ip| key_bytes(*ip) == k).unwrap_or(IpAddr::V6(Ipv6Addr::from(k)));
         out.allowed = done.allowed.into_iter().map(given).collect();
         out.refused = done.refused.into_iter().map(given).collect();
         out.evicted = done.evicted;

@@ -61,10 +61,16 @@ impl EndpointTable {
     pub(super) fn sync(&mut self, id: u32, ip: Ip, ports: &[PortKey], tx: &mut Tx) -> isize {
         let mut delta = 0;
         for &p in ports {
-            let want = self.ip_names.get(&ip).into_iter().flatten().filter_map(|n| {
-                let ne = &self.names[n];
-                ne.ports.contains(&p).then(|| ne.ips[&ip].expires)
-            }).max();
+            let want = self
+                .ip_names
+                .get(&ip)
+                .into_iter()
+                .flatten()
+                .filter_map(|n| {
+                    let ne = &self.names[n];
+                    ne.ports.contains(&p).then(|| ne.ips[&ip].expires)
+                })
+                .max();
             let key = learned_key(id, p, ip);
             let have = self.keys.get(&key).copied();
             if want == have {
@@ -157,4 +163,3 @@ impl EndpointTable {
         self.names.get(name).is_some_and(|ne| ne.ips.contains_key(ip))
     }
 }
-

@@ -1,7 +1,7 @@
 //! Shared by the privileged agent tests (`BPF_PROG_TEST_RUN`).
 #![allow(dead_code)] // each test binary uses a different part of this harness
 
-use portcullis::cgroup::{cgroup2_mount, cgroup_id};
+use portcullis::cgroup::{cgroup_id, cgroup2_mount};
 
 /// Root, or a clear skip; under CI (or `PORTCULLIS_REQUIRE_PRIVILEGED`) a
 /// privileged test that cannot run is a failure, never a skip.
@@ -9,8 +9,7 @@ pub fn privileged() -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    let required = std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var_os("PORTCULLIS_REQUIRE_PRIVILEGED").is_some();
+    let required = std::env::var("CI").is_ok_and(|v| v == "true") || std::env::var_os("PORTCULLIS_REQUIRE_PRIVILEGED").is_some();
     assert!(!required, "privileged test cannot run: not root (CI requires it)");
     eprintln!("SKIP: BPF_PROG_TEST_RUN needs root");
     false
@@ -82,8 +81,7 @@ pub fn load_endpoint_with(
     let mut state = State::with_caps(maps, ttl, caps);
     let policy = Policy::from_yaml_str(policy_yaml, "test").expect("policy");
     let compiled = compile(&policy, || Ok::<_, std::io::Error>(vec![])).expect("compile");
-    let ep = state
-        .add_endpoint(Identity { name: "t".into(), ..Default::default() }, cgroup_id, compiled, false)
-        .expect("endpoint");
+    let ep =
+        state.add_endpoint(Identity { name: "t".into(), ..Default::default() }, cgroup_id, compiled, false).expect("endpoint");
     (dp, state, ep)
 }

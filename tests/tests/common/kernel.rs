@@ -16,8 +16,7 @@ pub fn cgroup2_mount() -> PathBuf {
     info.lines()
         .find_map(|l| {
             let (left, right) = l.split_once(" - ")?;
-            (right.split_whitespace().next()? == "cgroup2")
-                .then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap()))
+            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap()))
         })
         .expect("no cgroup2 mount in /proc/self/mountinfo")
 }
@@ -39,15 +38,8 @@ pub fn exec_cgroup_of(pid: u32) -> PathBuf {
 
 /// Ids of loaded BPF programs named `pc_*` (bpftool prog show -j).
 pub fn pc_prog_ids() -> BTreeSet<u64> {
-    let out = Command::new("bpftool")
-        .args(["prog", "show", "-j"])
-        .output()
-        .expect("run bpftool");
-    assert!(
-        out.status.success(),
-        "bpftool: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("bpftool").args(["prog", "show", "-j"]).output().expect("run bpftool");
+    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
     let progs: Value = serde_json::from_slice(&out.stdout).unwrap();
     progs
         .as_array()
@@ -121,34 +113,18 @@ impl Drop for TestCgroup {
 }
 
 pub fn bpftool_json(args: &[&str]) -> Value {
-    let out = Command::new("bpftool")
-        .args(args)
-        .arg("-j")
-        .output()
-        .expect("run bpftool");
-    assert!(
-        out.status.success(),
-        "bpftool {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("bpftool").args(args).arg("-j").output().expect("run bpftool");
+    assert!(out.status.success(), "bpftool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     // `bpftool cgroup show` prints nothing at all when nothing is attached.
     if out.stdout.iter().all(u8::is_ascii_whitespace) {
         return Value::Array(vec![]);
     }
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "bpftool {args:?}: {e}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bpftool {args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 fn ids(v: &Value) -> BTreeSet<u64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["id"].as_u64().unwrap())
-        .collect()
+    v.as_array().unwrap().iter().map(|p| p["id"].as_u64().unwrap()).collect()
 }
 
 /// What an agent run attached to its cgroup: program ids and names, and the
@@ -175,8 +151,7 @@ pub fn attached(cgroup: &Path) -> Attached {
         let name = p["name"].as_str().unwrap_or("").to_owned();
         progs.push((id, name.clone(), p["attach_type"].as_str().unwrap_or("").to_owned()));
         let info = bpftool_json(&["prog", "show", "id", &id.to_string()]);
-        let used: BTreeSet<u64> =
-            info["map_ids"].as_array().into_iter().flatten().map(|m| m.as_u64().unwrap()).collect();
+        let used: BTreeSet<u64> = info["map_ids"].as_array().into_iter().flatten().map(|m| m.as_u64().unwrap()).collect();
         maps.extend(used.iter().copied());
         prog_maps.push((name, used));
     }
@@ -201,11 +176,7 @@ impl Attached {
 
     /// The eleven programs, one per hook.
     pub fn expect_all_hooks(&self) {
-        let mut got: Vec<(&str, &str)> = self
-            .progs
-            .iter()
-            .map(|(_, n, t)| (n.as_str(), t.as_str()))
-            .collect();
+        let mut got: Vec<(&str, &str)> = self.progs.iter().map(|(_, n, t)| (n.as_str(), t.as_str())).collect();
         got.sort();
         assert_eq!(
             got,
@@ -245,26 +216,15 @@ impl Attached {
         loop {
             let progs = ids(&bpftool_json(&["prog", "show"]));
             let maps = ids(&bpftool_json(&["map", "show"]));
-            let left_progs: Vec<_> = self
-                .progs
-                .iter()
-                .filter(|(id, _, _)| progs.contains(id))
-                .collect();
+            let left_progs: Vec<_> = self.progs.iter().filter(|(id, _, _)| progs.contains(id)).collect();
             let left_maps: Vec<_> = self.maps.intersection(&maps).collect();
             if left_progs.is_empty() && left_maps.is_empty() {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "programs left: {left_progs:?}, maps left: {left_maps:?}"
-            );
+            assert!(Instant::now() < deadline, "programs left: {left_progs:?}, maps left: {left_maps:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert_eq!(
-            pinned_leftovers(),
-            Vec::<PathBuf>::new(),
-            "pinned under /sys/fs/bpf"
-        );
+        assert_eq!(pinned_leftovers(), Vec::<PathBuf>::new(), "pinned under /sys/fs/bpf");
     }
 }
 

@@ -13,53 +13,31 @@ pub struct Log {
 impl Log {
     pub fn read(path: &Path) -> Log {
         let raw = super::read(path);
-        let records = raw
-            .lines()
-            .map(|l| {
-                serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"))
-            })
-            .collect();
+        let records =
+            raw.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"))).collect();
         Log { records, raw }
     }
 
     /// Records for `dst` (as the log prints it) and `dport`.
     pub fn to(&self, dst: &str, dport: u16) -> Vec<&Value> {
-        self.records
-            .iter()
-            .filter(|r| r["dst"] == dst && r["dport"] == dport)
-            .collect()
+        self.records.iter().filter(|r| r["dst"] == dst && r["dport"] == dport).collect()
     }
 
     /// A record for `dst`/`dport` whose fields match all of `want` (a
     /// `Value::Null` in `want` means: the field must be absent).
     pub fn expect(&self, dst: &str, dport: u16, want: &[(&str, Value)]) -> &Value {
         let recs = self.to(dst, dport);
-        let matches = |rec: &&Value| {
-            want.iter()
-                .all(|(k, v)| rec.get(*k).unwrap_or(&Value::Null) == v)
-        };
+        let matches = |rec: &&Value| want.iter().all(|(k, v)| rec.get(*k).unwrap_or(&Value::Null) == v);
         match recs.into_iter().find(matches) {
             Some(rec) => rec,
-            None => panic!(
-                "no log record for {dst} port {dport} with {want:?}; log:\n{}",
-                self.raw
-            ),
+            None => panic!("no log record for {dst} port {dport} with {want:?}; log:\n{}", self.raw),
         }
     }
 
     /// Only the records of one protocol ("tcp", "udp", ...).
     pub fn only(&self, protocol: &str) -> Log {
-        let records: Vec<Value> = self
-            .records
-            .iter()
-            .filter(|r| r["protocol"] == protocol)
-            .cloned()
-            .collect();
-        Log {
-            records,
-            raw: self.raw.clone(),
-        }
+        let records: Vec<Value> = self.records.iter().filter(|r| r["protocol"] == protocol).cloned().collect();
+        Log { records, raw: self.raw.clone() }
     }
 
     /// No record at all for `dst` (any port).
@@ -71,28 +49,12 @@ impl Log {
     /// Every record has the common fields of the format.
     pub fn expect_well_formed(&self, endpoint_prefix: &str) {
         for r in &self.records {
-            for k in [
-                "time",
-                "verdict",
-                "reason",
-                "endpoint",
-                "protocol",
-                "dst",
-                "dport",
-                "hook",
-                "cgroup_id",
-            ] {
+            for k in ["time", "verdict", "reason", "endpoint", "protocol", "dst", "dport", "hook", "cgroup_id"] {
                 assert!(r.get(k).is_some(), "record without {k}: {r}");
             }
-            assert!(
-                r["endpoint"].as_str().unwrap().starts_with(endpoint_prefix),
-                "endpoint of {r}"
-            );
+            assert!(r["endpoint"].as_str().unwrap().starts_with(endpoint_prefix), "endpoint of {r}");
             let t = r["time"].as_str().unwrap();
-            assert!(
-                t.len() == 24 && t.ends_with('Z') && t.as_bytes()[10] == b'T',
-                "time {t}"
-            );
+            assert!(t.len() == 24 && t.ends_with('Z') && t.as_bytes()[10] == b'T', "time {t}");
         }
     }
 }

@@ -122,9 +122,7 @@ pub fn shell_code(st: ExitStatus) -> i32 {
 /// is stopped (SIGTERM, then SIGKILL) and the test fails.
 pub fn run_with_deadline(dir: &Path, mut cmd: Command, limit: Duration) -> Ran {
     let (out, err) = (fresh_path(dir, "stdout"), fresh_path(dir, "stderr"));
-    cmd.stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap());
+    cmd.stdin(Stdio::null()).stdout(std::fs::File::create(&out).unwrap()).stderr(std::fs::File::create(&err).unwrap());
     let started = Instant::now();
     let mut child = ChildGuard::spawn(cmd).expect("spawn");
     let pid = child.pid();
@@ -134,21 +132,11 @@ pub fn run_with_deadline(dir: &Path, mut cmd: Command, limit: Duration) -> Ran {
         }
         if started.elapsed() > limit {
             child.stop();
-            panic!(
-                "timed out after {limit:?}; stdout:\n{}\nstderr:\n{}",
-                read(&out),
-                read(&err)
-            );
+            panic!("timed out after {limit:?}; stdout:\n{}\nstderr:\n{}", read(&out), read(&err));
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    Ran {
-        pid,
-        code: shell_code(status),
-        stdout: read(&out),
-        stderr: read(&err),
-        elapsed: started.elapsed(),
-    }
+    Ran { pid, code: shell_code(status), stdout: read(&out), stderr: read(&err), elapsed: started.elapsed() }
 }
 
 pub(crate) fn read(p: &Path) -> String {
@@ -189,14 +177,7 @@ pub struct Exec<'b> {
 
 impl<'b> Exec<'b> {
     pub fn new(bench: &'b Bench) -> Self {
-        Self {
-            bench,
-            pod: "pod".into(),
-            policy: None,
-            args: vec![],
-            enter: Enter::NetnsExec,
-            limit: Duration::from_secs(30),
-        }
+        Self { bench, pod: "pod".into(), policy: None, args: vec![], enter: Enter::NetnsExec, limit: Duration::from_secs(30) }
     }
     /// Policy YAML, written to a file and passed as `--policy`.
     pub fn policy(mut self, yaml: &str) -> Self {
@@ -249,10 +230,7 @@ impl<'b> Exec<'b> {
         }
         c.args(cmd);
         let ran = run_with_deadline(work, c, self.limit);
-        Outcome {
-            log: Log::read(&log),
-            ran,
-        }
+        Outcome { log: Log::read(&log), ran }
     }
 
     /// Runs a script of named shell steps in one agent run; each step's
@@ -289,10 +267,7 @@ impl<'b> Exec<'b> {
             .map(|(i, (name, cmd))| {
                 let rc = read(&dir.join(format!("{i}.rc")));
                 let (code, ms) = rc.trim().split_once(' ').unwrap_or_else(|| {
-                    panic!(
-                        "step {name} did not run (agent exit {}); stderr:\n{}",
-                        outcome.ran.code, outcome.ran.stderr
-                    )
+                    panic!("step {name} did not run (agent exit {}); stderr:\n{}", outcome.ran.code, outcome.ran.stderr)
                 });
                 Step {
                     name: name.to_string(),
@@ -356,10 +331,7 @@ pub struct Steps {
 
 impl Steps {
     pub fn get(&self, name: &str) -> &Step {
-        self.results
-            .iter()
-            .find(|s| s.name == name)
-            .unwrap_or_else(|| panic!("no step {name}"))
+        self.results.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no step {name}"))
     }
     pub fn log(&self) -> &Log {
         &self.outcome.log
@@ -373,27 +345,18 @@ impl Steps {
     /// The step succeeded and printed exactly `stdout`.
     pub fn ok(&self, name: &str, stdout: &str) {
         let s = self.get(name);
-        assert!(
-            s.code == 0 && s.stdout == stdout,
-            "want exit 0, stdout {stdout:?}; {}",
-            self.show(s)
-        );
+        assert!(s.code == 0 && s.stdout == stdout, "want exit 0, stdout {stdout:?}; {}", self.show(s));
     }
     /// The step exited with `code` within `max_ms`.
     pub fn fails(&self, name: &str, code: i32, max_ms: u64) -> &Step {
         let s = self.get(name);
-        assert!(
-            s.code == code && s.ms <= max_ms,
-            "want exit {code} within {max_ms} ms; {}",
-            self.show(s)
-        );
+        assert!(s.code == code && s.ms <= max_ms, "want exit {code} within {max_ms} ms; {}", self.show(s));
         s
     }
     /// A `sock.py` step: its JSON result.
     pub fn sock(&self, name: &str) -> Value {
         let s = self.get(name);
-        serde_json::from_str(s.stdout.trim())
-            .unwrap_or_else(|e| panic!("sock.py output ({e}); {}", self.show(s)))
+        serde_json::from_str(s.stdout.trim()).unwrap_or_else(|e| panic!("sock.py output ({e}); {}", self.show(s)))
     }
     /// A `sock.py` step failed at `stage` with `errno` (e.g. EPERM).
     pub fn sock_errno(&self, name: &str, stage: &str, errno: &str) {
