@@ -1,7 +1,5 @@
 //! Records the kernel sends to user space through ring buffers.
 
-use core::mem::size_of;
-
 /// `DENIED_EVENTS`: one denied (or, in audit mode, would-be-denied) attempt.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

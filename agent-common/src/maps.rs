@@ -4,8 +4,6 @@
 //! cgroup id directly: cgroup hooks resolve cgroup -> endpoint, and a later TC
 //! mode can resolve ifindex/pod IP -> endpoint and reuse every policy map.
 
-use core::mem::size_of;
-
 /// `ENDPOINTS`: cgroup id -> endpoint. Also the value of the resolution cache.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

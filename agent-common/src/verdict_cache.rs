@@ -21,8 +21,6 @@
 //! `endpoint == 0` (a fresh attachment, a parent attach point) turns the
 //! cache off.
 
-use core::mem::size_of;
-
 /// Slots per (attach point, attach type, CPU); a power of two.
 pub const VERDICT_SLOTS: usize = 8;
 

@@ -37,7 +37,7 @@ fn storage(hook: Hook) -> Option<&'static mut VerdictCache> {
     // SAFETY: a plain read of a constant the agent set at load (read-only
     // data, so the verifier knows it and prunes the other branch).
     let p = if unsafe { read_volatile(&SOLO_ATTACH) } != 0 {
-        SOLO_CACHE.get_ptr_mut(hook as u32).unwrap_or(core::ptr::null_mut())
+        SOLO_CACHE.get_ptr_mut(hook as u32).unwrap_or_default()
     } else {
         VERDICT_CACHE.get_ptr_mut()
     };

@@ -16,29 +16,30 @@ use crate::maps::{ENDPOINTS, EP_CACHE};
 #[inline(always)]
 pub fn resolve<'a>(cgid: u64, ancestor: impl Fn(i32) -> u64, cfg: impl FnOnce() -> Option<&'a Config>) -> Option<EndpointInfo> {
     // SAFETY: values are plain data copied out before use.
-    if let Some(info) = unsafe { ENDPOINTS.get(&cgid) } {
+    if let Some(info) = unsafe { ENDPOINTS.get(cgid) } {
         return Some(*info);
     }
     let generation = cfg()?.generation;
-    if let Some(cached) = unsafe { EP_CACHE.get(&cgid) } {
-        if cached.generation == generation {
-            return (cached.endpoint != 0).then_some(*cached);
-        }
+    if let Some(cached) = unsafe { EP_CACHE.get(cgid) }
+        && cached.generation == generation
+    {
+        return (cached.endpoint != 0).then_some(*cached);
     }
     let mut found = EndpointInfo { endpoint: 0, flags: 0, generation };
     let mut level = MAX_CGROUP_DEPTH as i32 - 1;
     while level >= 0 {
         let id = ancestor(level);
-        if id != 0 && id != cgid {
-            if let Some(info) = unsafe { ENDPOINTS.get(&id) } {
-                found.endpoint = info.endpoint;
-                found.flags = info.flags;
-                break;
-            }
+        if id != 0
+            && id != cgid
+            && let Some(info) = unsafe { ENDPOINTS.get(id) }
+        {
+            found.endpoint = info.endpoint;
+            found.flags = info.flags;
+            break;
         }
         level -= 1;
     }
     // A failed cache insert only costs a later walk; the verdict is unchanged.
-    let _ = EP_CACHE.insert(&cgid, &found, 0);
+    let _ = EP_CACHE.insert(cgid, found, 0);
     (found.endpoint != 0).then_some(found)
 }

@@ -91,7 +91,10 @@ pub fn emit(cfg: &Config, a: &Attempt) {
 /// Reports a denied attempt (an event, rate-limited) and returns whether the
 /// endpoint is in audit mode, i.e. whether the caller must let it through.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined into the hooks: a struct of arguments would cost stack the verifier counts"
+)]
 pub fn report(
     cfg: &Config,
     cgroup_id: u64,

@@ -104,7 +104,7 @@ pub static SOCK_OWNERS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entrie
 /// (`cache.rs`). The kernel allocates one value per cgroup a program using
 /// it is attached to; the agent turns it on by writing the endpoint.
 #[map]
-#[allow(deprecated)] // BPF_MAP_TYPE_CGRP_STORAGE (its successor) is keyed by cgroup, not attach point.
+#[expect(deprecated, reason = "BPF_MAP_TYPE_CGRP_STORAGE (its successor) is keyed by cgroup, not attach point")]
 pub static VERDICT_CACHE: aya_ebpf::maps::PerCpuCgroupStorage<VerdictCache> = aya_ebpf::maps::PerCpuCgroupStorage::new();
 
 /// Whether this load is attached at one cgroup only (`portcullis exec`;

@@ -42,7 +42,7 @@ pub(crate) fn of_packet(ctx: &SkBuffContext, cookie: u64) -> Option<u64> {
         return Some(netns);
     }
     // SAFETY: plain data copied out.
-    unsafe { DNS_SOCKS.get(&cookie) }.map(|o| o.netns_cookie)
+    unsafe { DNS_SOCKS.get(cookie) }.map(|o| o.netns_cookie)
 }
 
 /// `cgroup/sock_create`: notes the new socket's namespace (only where the

@@ -4,8 +4,6 @@
 //! `bpf_skb_load_bytes` when a header is not in the linear part, so short or
 //! odd packets fail cleanly instead of reading out of bounds.
 
-use core::mem::size_of;
-
 use agent_common::{
     proto::{self, has_ports},
     source_route::{IPPROTO_ROUTING, MAX_IPV4_OPTIONS, ipv4_options_may_route},

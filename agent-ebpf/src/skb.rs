@@ -271,7 +271,7 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
 fn deny(cfg: &Config, cgid: u64, ep: &EndpointInfo, cookie: u64, reason: Reason, dest: &Dest) -> i32 {
     let hook = Hook::SkbEgress;
     count(hook, reason);
-    let owner = unsafe { SOCK_OWNERS.get(&cookie) };
+    let owner = unsafe { SOCK_OWNERS.get(cookie) };
     let (tgid, comm) = owner.map_or((0, [0; 16]), |o| (o.tgid, o.comm));
     if report(cfg, cgid, ep, hook, reason, dest, tgid, comm) { PASS } else { DROP }
 }
@@ -292,7 +292,7 @@ fn is_reply_to_inbound(ep: &EndpointInfo, f: &Flow) -> bool {
         _pad2: [0; 2],
         peer_ip: f.dst,
     };
-    INBOUND.get_ptr(&key).is_some()
+    INBOUND.get_ptr(key).is_some()
 }
 
 /// Remembers a peer that opened a TCP connection to, or sent a datagram to,
@@ -311,9 +311,9 @@ fn note_inbound(ep: &EndpointInfo, f: &Flow) {
     };
     // Look before writing: a steady stream from one peer costs a lookup,
     // not an LRU insert per datagram.
-    if INBOUND.get_ptr(&key).is_none() {
+    if INBOUND.get_ptr(key).is_none() {
         let now = unsafe { bpf_ktime_get_boot_ns() };
-        let _ = INBOUND.insert(&key, &now, 0);
+        let _ = INBOUND.insert(key, now, 0);
     }
 }
 

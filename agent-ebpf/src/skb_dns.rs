@@ -42,11 +42,11 @@ pub(crate) fn note_tcp_gate_client(ctx: &SkBuffContext, full: *mut bpf_sock) {
         return;
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if let Some(owner) = unsafe { DNS_SOCKS.get(&cookie) } {
+    if let Some(owner) = unsafe { DNS_SOCKS.get(cookie) } {
         // The namespace its connect hook noted (the socket's own).
         let client =
             GatePortKey { netns_cookie: owner.netns_cookie, port: (sport as u16).to_be_bytes(), proto: proto::TCP, _pad: [0; 5] };
-        let _ = GATE_CLIENTS.insert(&client, &owner.tgid, 0);
+        let _ = GATE_CLIENTS.insert(client, owner.tgid, 0);
     }
 }
 
@@ -84,9 +84,9 @@ pub(crate) fn to_gate(ctx: &SkBuffContext, cookie: u64, f: &Flow) -> bool {
     let Some(netns) = gate_port(ctx, cookie, f, &f.dst, f.dport) else {
         return false;
     };
-    if let Some(owner) = unsafe { DNS_SOCKS.get(&cookie) } {
+    if let Some(owner) = unsafe { DNS_SOCKS.get(cookie) } {
         let client = GatePortKey { netns_cookie: netns, port: f.sport, proto: f.proto, _pad: [0; 5] };
-        let _ = GATE_CLIENTS.insert(&client, &owner.tgid, 0);
+        let _ = GATE_CLIENTS.insert(client, owner.tgid, 0);
     }
     true
 }
@@ -103,11 +103,14 @@ pub(crate) fn gate_port(ctx: &SkBuffContext, cookie: u64, f: &Flow, ip: &[u8; 16
     }
     let netns = crate::netns::of_packet(ctx, cookie)?;
     let key = GatePortKey { netns_cookie: netns, port, proto: f.proto, _pad: [0; 5] };
-    GATE_PORTS.get_ptr(&key).map(|_| netns)
+    GATE_PORTS.get_ptr(key).map(|_| netns)
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined into the hooks: a struct of arguments would cost stack the verifier counts"
+)]
 pub(crate) fn hold(
     ctx: &SkBuffContext,
     cookie: u64,
@@ -124,7 +127,7 @@ pub(crate) fn hold(
         bump(loss::DNS_TOO_LARGE);
         return false;
     }
-    let Some(owner) = (unsafe { DNS_SOCKS.get(&cookie) }) else {
+    let Some(owner) = (unsafe { DNS_SOCKS.get(cookie) }) else {
         bump(loss::DNS_NO_OWNER);
         return false;
     };

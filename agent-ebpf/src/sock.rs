@@ -125,7 +125,7 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
                 DnsSockInfo { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, endpoint: ep.endpoint, netns_cookie: netns() };
             // If this fails, the answer is later dropped for lack of an owner
             // (counted as DNS_NO_OWNER): fail closed, never unlearned.
-            let _ = DNS_SOCKS.insert(&cookie, &info, 0);
+            let _ = DNS_SOCKS.insert(cookie, info, 0);
         }
         if connect && dest.proto != proto::TCP {
             // From now on the socket's packets pass on one lookup, also
@@ -148,7 +148,7 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
         count(hook, Reason::UdpConnectDeferred);
         remember_flow(ctx, &dest, ep.endpoint, FLOW_F_DENIED);
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        let _ = SOCK_OWNERS.insert(&cookie, &SockOwner { tgid, _pad: 0, comm }, 0);
+        let _ = SOCK_OWNERS.insert(cookie, SockOwner { tgid, _pad: 0, comm }, 0);
         return ALLOW;
     }
     count(hook, reason);
@@ -235,7 +235,7 @@ pub fn release(ctx: &SockContext) -> i32 {
         return ALLOW;
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let _ = DNS_SOCKS.remove(&cookie);
-    let _ = SOCK_OWNERS.remove(&cookie);
+    let _ = DNS_SOCKS.remove(cookie);
+    let _ = SOCK_OWNERS.remove(cookie);
     ALLOW
 }

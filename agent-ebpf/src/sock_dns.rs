@@ -144,7 +144,7 @@ pub(crate) fn point_at_loopback(ctx: &SockAddrContext, v6: bool, d: &Dest, port:
 pub(crate) fn redirect_to_gate(ctx: &SockAddrContext, v6: bool, netns: u64, endpoint: u32, d: &Dest) -> bool {
     let key = GateKey { netns_cookie: netns, endpoint, port: d.port, _pad: [0; 2], ip: d.ip };
     // SAFETY: a plain-data value copied out at once.
-    let Some(gate) = (unsafe { GATES.get(&key) }).copied() else {
+    let Some(gate) = (unsafe { GATES.get(key) }).copied() else {
         return false;
     };
     let port = match d.proto {
@@ -187,7 +187,7 @@ pub fn recvmsg(ctx: &SockAddrContext, v6: bool) -> i32 {
         _pad: [0; 5],
     };
     // SAFETY: plain data copied out at once.
-    let Some(r) = (unsafe { GATE_PORTS.get(&key) }).copied() else {
+    let Some(r) = (unsafe { GATE_PORTS.get(key) }).copied() else {
         return ALLOW;
     };
     let ip = r.ip;

@@ -63,7 +63,7 @@ pub fn setsockopt(ctx: &SockoptContext) -> i32 {
     let (start, end) = unsafe { (so.__bindgen_anon_2.optval as usize, so.__bindgen_anon_3.optval_end as usize) };
     let byte = |i: usize| {
         // SAFETY: start + i is below optval_end, checked first.
-        (start + i + 1 <= end).then(|| unsafe { *((start + i) as *const u8) })
+        (start + i < end).then(|| unsafe { *((start + i) as *const u8) })
     };
     if !setsockopt_source_routes(level, optname, len, byte) {
         return PASS;

@@ -23,7 +23,7 @@ const DNS_PORT_BE: [u8; 2] = 53u16.to_be_bytes();
 #[inline(always)]
 pub fn is_trusted_resolver(ep: u32, d: &Dest) -> bool {
     let key = DnsServerKey { endpoint: ep, port: d.port, _pad: [0; 2], ip: d.ip };
-    DNS_SERVERS.get_ptr(&key).is_some()
+    DNS_SERVERS.get_ptr(key).is_some()
 }
 
 /// How long the learned allowance for `d` still lasts (ns), if any.
@@ -31,7 +31,7 @@ pub fn is_trusted_resolver(ep: u32, d: &Dest) -> bool {
 fn learned(ep: u32, d: &Dest) -> Option<u64> {
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let mut key = LearnedKey { endpoint: ep, proto: d.proto, _pad: 0, port: d.port, ip: d.ip };
-    if let Some(v) = LEARNED.get_ptr(&key) {
+    if let Some(v) = LEARNED.get_ptr(key) {
         // SAFETY: plain u64 read from a map value.
         let expires = unsafe { (*v).expires_ns };
         if expires > now {
@@ -40,7 +40,7 @@ fn learned(ep: u32, d: &Dest) -> Option<u64> {
     }
     key.proto = proto::ANY;
     key.port = [0, 0];
-    let v = LEARNED.get_ptr(&key)?;
+    let v = LEARNED.get_ptr(key)?;
     let expires = unsafe { (*v).expires_ns };
     (expires > now).then(|| expires - now)
 }

@@ -47,7 +47,7 @@ pub fn cgroup2_mounts_in(mountinfo: &str) -> impl Iterator<Item = PathBuf> + '_ 
 /// mountinfo escapes spaces and friends as octal (`\040`).
 fn unescape(s: &str) -> PathBuf {
     let mut out = String::with_capacity(s.len());
-    let mut it = s.chars().peekable();
+    let mut it = s.chars();
     while let Some(c) = it.next() {
         if c == '\\' {
             let oct: String = it.by_ref().take(3).collect();

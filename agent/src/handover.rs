@@ -254,7 +254,7 @@ mod tests {
         let d = tempdir("sock");
         assert_eq!(request(&d).unwrap(), None, "nobody listens yet");
         let listener = listen(&d).unwrap();
-        let server = std::thread::spawn(move || {
+        let server = thread::spawn(move || {
             let (s, _) = listener.accept().unwrap();
             serve(s, sample).unwrap()
         });

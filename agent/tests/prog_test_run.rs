@@ -188,7 +188,7 @@ fn malformed_packets_are_dropped() {
     let mut short_tcp = good[..14 + 20 + 2].to_vec();
     short_tcp[16..18].copy_from_slice(&22u16.to_be_bytes());
     // IHL below 5 words.
-    let mut bad_ihl = good.clone();
+    let mut bad_ihl = good;
     bad_ihl[14] = 0x43;
     for pkt in [short_tcp, bad_ihl] {
         assert_eq!(run(h.dp.egress_program().unwrap(), &pkt, 0), DROP);
@@ -213,7 +213,7 @@ fn dns_answer_without_owner_is_held_back() {
     let ingress = h.dp.ingress_program().unwrap();
     let answer = packet("198.51.100.53".parse().unwrap(), "198.18.1.2".parse().unwrap(), L4::Udp(40000));
     // The synthetic socket never sent a query: no owner, fail closed.
-    let mut answer_from_53 = answer.clone();
+    let mut answer_from_53 = answer;
     answer_from_53[34..36].copy_from_slice(&53u16.to_be_bytes());
     assert_eq!(run(ingress, &answer_from_53, 0), DROP);
     let c = h.state.maps.counters().unwrap();
@@ -357,7 +357,7 @@ fn ipv6_routing_headers_are_dropped() {
     // Destination options alone do not route.
     assert_eq!(run(egress, &with_ipv6_ext(&udp, 60, &dest_opts), 0), ALLOW);
     // More extension headers than are followed: fail closed.
-    let mut deep = udp.clone();
+    let mut deep = udp;
     for _ in 0..7 {
         deep = with_ipv6_ext(&deep, 60, &dest_opts);
     }

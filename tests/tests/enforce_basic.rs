@@ -113,8 +113,8 @@ dns:
     for (step, host) in [("b.c.wild", "b.c.wild.test"), ("wild", "wild.test"), ("other", "other.example.test")] {
         let st = r.fails(step, 6, 1000);
         assert!(st.stderr.contains("Could not resolve host"), "{step}: {}", st.stderr);
-        let recs: Vec<_> = r.log().records.iter().filter(|x| x["host"] == host).collect();
-        assert_eq!(recs.len(), 1, "{host}: {}", r.log().raw);
+        let recs = r.log().records.iter().filter(|x| x["host"] == host).count();
+        assert_eq!(recs, 1, "{host}: {}", r.log().raw);
         r.log().expect(
             "198.51.100.53",
             53,
@@ -125,7 +125,7 @@ dns:
     assert!(r.log().only("tcp").records.is_empty(), "{}", r.log().raw);
 
     // `*` alone matches every name.
-    let star = "egress:\n  - toFQDNs: [{matchPattern: \"*\"}]\n    ports: [{port: 80}]\n".to_owned() + common::DNS_TRUSTED;
+    let star = format!("egress:\n  - toFQDNs: [{{matchPattern: \"*\"}}]\n    ports: [{{port: 80}}]\n{}", common::DNS_TRUSTED);
     let r = Exec::new(&bench).policy(&star).steps(&[
         ("other", &format!("{CURL} -4 http://other.example.test/")),
         ("b.c.wild", &format!("{CURL} -4 http://b.c.wild.test/")),

@@ -109,8 +109,8 @@ fn run_mode_enforces_a_configured_cgroup_until_sigterm() {
     log.expect_well_formed("run-ep");
     let who = [("endpoint", s("run-ep")), ("namespace", s("team-a")), ("pod", s("pod-a"))];
     // The refused lookup (one A query each time) names the host.
-    let dns: Vec<_> = log.records.iter().filter(|r| r["reason"] == "denied-dns-name").collect();
-    assert_eq!(dns.len(), 2, "{}", log.raw);
+    let dns = log.records.iter().filter(|r| r["reason"] == "denied-dns-name").count();
+    assert_eq!(dns, 2, "{}", log.raw);
     let mut want = who.to_vec();
     want.extend([("host", s("other.example.test")), ("hook", s("dns-gate")), ("protocol", s("dns"))]);
     log.expect("198.51.100.53", 53, &want);

@@ -65,9 +65,10 @@ pub fn guest_line(bins: &[(PathBuf, Option<&str>)], extra_filter: Option<&str>) 
     let mut s = String::from("rc=0; ");
     for (exe, filter) in bins {
         let filter = extra_filter.or(*filter).map(|f| format!(" {}", crate::vm::sh_quote(f))).unwrap_or_default();
-        s += &format!("{}{filter} --test-threads=1 || rc=1; ", crate::vm::sh_quote(&exe.to_string_lossy()));
+        s.push_str(&format!("{}{filter} --test-threads=1 || rc=1; ", crate::vm::sh_quote(&exe.to_string_lossy())));
     }
-    s + "exit $rc"
+    s.push_str("exit $rc");
+    s
 }
 
 /// `cargo xtask vm --kernel K -- LINE`, with the tests' environment.

@@ -39,7 +39,6 @@ pub enum Mode {
 #[derive(Debug, Clone)]
 pub struct Env {
     /// Where the cgroup v2 hierarchy is mounted, if anywhere.
-    #[allow(dead_code)] // for demo/bench
     pub cgroup2: Option<PathBuf>,
 }
 

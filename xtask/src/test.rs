@@ -160,6 +160,7 @@ fn cargo_counting(mut command: Command, tally: &mut Tally) -> anyhow::Result<()>
     Ok(())
 }
 
+#[expect(clippy::exit, reason = "the exit status is the test verdict")]
 pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     let ci = util::env_flag("CI");
     let root = util::is_root();
@@ -197,11 +198,33 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         if !bin.exists() {
             bail!("the build did not produce {}", bin.display());
         }
-        // Lints are part of the test: the default members (not the BPF
-        // crate, which only builds for its target), every target, no warning.
+        // Formatting and lints are part of the test: every crate, every
+        // target, no warning. The BPF crate only builds for its own target,
+        // with the nightly toolchain that builds it (its own target dir, so
+        // the host build is not invalidated).
+        let mut fmt = base(&["fmt", "--all", "--check"]);
+        println!("xtask test: running `{}`", util::display(&fmt));
+        util::run(&mut fmt).context("the workspace is not rustfmt-clean: run `cargo fmt --all`")?;
         let mut clippy = base(&["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"]);
         println!("xtask test: running `{}`", util::display(&clippy));
         util::run(&mut clippy)?;
+        let mut clippy_bpf = base(&[
+            "+nightly",
+            "clippy",
+            "-p",
+            "agent-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--quiet",
+            "--",
+            "-D",
+            "warnings",
+        ]);
+        clippy_bpf.env("CARGO_TARGET_DIR", ws.target_dir.join("ebpf-clippy"));
+        println!("xtask test: running `{}`", util::display(&clippy_bpf));
+        util::run(&mut clippy_bpf)?;
         if !ws.unit_flags.is_empty() {
             let mut unit = base(&["test"]);
             unit.args(&ws.unit_flags);

@@ -170,7 +170,7 @@ fn ipv4_fragments_are_rejected() {
     let err = parse_udp(&more).unwrap_err();
     assert!(matches!(err, DnsError::Fragment), "{err}");
     assert!(err.to_string().contains("fragment"));
-    let mut later = pkt.clone();
+    let mut later = pkt;
     later[6] &= !0x40; // DF off
     later[7] = 1; // offset 8 bytes
     assert!(matches!(parse_udp(&later), Err(DnsError::Fragment)));

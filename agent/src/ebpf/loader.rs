@@ -343,7 +343,7 @@ const SO_NETNS_COOKIE: libc::c_int = 71;
 /// The network-namespace cookie of a socket (so of the namespace it was made in).
 pub fn netns_cookie_of(sock: &impl AsRawFd) -> std::io::Result<u64> {
     let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    let mut len = size_of::<u64>() as libc::socklen_t;
     // SAFETY: valid fd, out-pointers sized for a u64.
     let rc =
         unsafe { libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, (&raw mut cookie).cast(), &raw mut len) };

@@ -48,7 +48,7 @@ pub struct Pins {
     root: PathBuf,
 }
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
 
 impl Pins {
     /// `base` must be on bpffs; the layout directories are created.
@@ -58,7 +58,7 @@ impl Pins {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
         let fs = nix::sys::statfs::statfs(&root).map_err(|e| PinError::Io { path: root.clone(), source: e.into() })?;
-        if fs.filesystem_type().0 as i64 != BPF_FS_MAGIC {
+        if fs.filesystem_type().0 != BPF_FS_MAGIC {
             return Err(PinError::NotBpffs { path: root });
         }
         Ok(Self { root })

@@ -6,7 +6,7 @@
 //! a generation, and empty slots. Writing a new generation is what makes
 //! every cached allowance of the endpoint stale, so it follows every change
 //! that can take an allowance away.
-#![allow(deprecated)] // BPF_MAP_TYPE_CGRP_STORAGE is keyed by cgroup only; we need the attach point.
+#![expect(deprecated, reason = "BPF_MAP_TYPE_CGRP_STORAGE is keyed by cgroup only; the cache needs the attach point")]
 
 use std::{collections::HashMap, path::PathBuf};
 

@@ -181,7 +181,7 @@ fn drop_caps() -> io::Result<()> {
 /// 5.11; before that one `fcntl` each up to the descriptor limit).
 fn close_from_3() {
     const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC) };
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3_u32, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC) };
     if rc == 0 {
         return;
     }

@@ -17,7 +17,6 @@
 //!   waits on the thread: a silent or slow client delays only itself.
 
 use std::{
-    future::Future,
     io,
     net::SocketAddr,
     sync::{

@@ -267,7 +267,7 @@ impl LearnedTable {
 
     /// Evicts until (name, ip), not yet learned, fits every cap. False if
     /// some cap cannot be met without evicting a live address.
-    #[allow(clippy::too_many_arguments)]
+    #[expect(clippy::too_many_arguments, reason = "the caps' inputs are separate borrows of the table")]
     fn make_room<F: FnOnce() -> LiveIps>(
         &mut self,
         endpoint: u32,

@@ -2,12 +2,9 @@
 //! and receives every `Changes`; after each step the mirror must equal the
 //! keys the table's pairs need, computed from scratch.
 
-use std::{
-    cell::Cell,
-    collections::{HashMap, HashSet},
-};
+use std::cell::Cell;
 
-use agent_common::{LearnedKey, proto};
+use agent_common::proto;
 
 use super::*;
 

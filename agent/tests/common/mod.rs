@@ -1,5 +1,5 @@
 //! Shared by the privileged agent tests (`BPF_PROG_TEST_RUN`).
-#![allow(dead_code)] // each test binary uses a different part of this harness
+#![allow(dead_code, reason = "each test binary uses a different part of this harness")]
 
 use portcullis::cgroup::{cgroup_id, cgroup2_mount};
 

@@ -5,7 +5,7 @@
 //! Every test builds its own [`Bench`]; the agent runs in the root namespace
 //! and puts the command into the pod (`ip netns exec`, so getaddrinfo uses the
 //! bench DNS; or `nsenter`, explicit DNS servers only).
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports, reason = "each test binary uses a different part of this harness")]
 
 use portcullis_tests::{Bench, ChildGuard, portcullis_bin, servers::python};
 use serde_json::Value;
@@ -39,9 +39,7 @@ pub const DNS_TRUSTED: &str = "dns:\n  servers: [\"198.51.100.53\"]\n";
 mod kernel;
 mod log;
 pub mod target;
-#[allow(unused_imports)]
 pub use kernel::*;
-#[allow(unused_imports)]
 pub use log::*;
 
 const AGENT_ENV: [&str; 8] = [
