@@ -20,7 +20,6 @@ use tokio::{
 };
 
 use crate::{
-    proxy::DnsGates,
     runtime::lock,
     state::{State, boot_ns},
 };
@@ -146,17 +145,20 @@ fn decode(bytes: &[u8]) -> Option<DeniedEvent> {
         .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }
 
+/// Asks the DNS side for a gate in a process's namespace: (tgid, endpoint).
+pub type GateRequests = std::sync::mpsc::SyncSender<(u32, u32)>;
+
 /// Writes every queued event as a record. DNS over TCP refused for want
-/// of a gate in the caller's namespace opens one there, so a retry works.
-fn drain(ring: &mut RingBuf<MapData>, state: &Mutex<State>, out: &LogSink, gates: Option<&DnsGates>) {
+/// of a gate in the caller's namespace asks for one there (without waiting
+/// for it), so a retry works.
+fn drain(ring: &mut RingBuf<MapData>, state: &Mutex<State>, out: &LogSink, gates: Option<&GateRequests>) {
     while let Some(item) = ring.next() {
         let Some(ev) = decode(&item) else { continue };
         let rec = record(&ev, &lock(state));
         write_record(out, &rec);
-        if let Some(g) = gates.filter(|_| ev.reason == Reason::DeniedDnsNoGate as u32 && ev.tgid != 0)
-            && let Err(e) = g.ensure(ev.tgid, None, ev.endpoint)
-        {
-            tracing::debug!(error = %e, "cannot open a TCP DNS gate");
+        if let Some(g) = gates.filter(|_| ev.reason == Reason::DeniedDnsNoGate as u32 && ev.tgid != 0) {
+            // Full: this retry goes without; the client's next one asks again.
+            let _ = g.try_send((ev.tgid, ev.endpoint));
         }
     }
 }
@@ -169,7 +171,7 @@ pub async fn run(
     ring: RingBuf<MapData>,
     state: Arc<Mutex<State>>,
     out: LogSink,
-    gates: Option<Arc<DnsGates>>,
+    gates: Option<GateRequests>,
     mut stop: watch::Receiver<bool>,
 ) {
     // SAFETY: the AsyncFd owns the RingBuf, which owns the fd, so the fd
@@ -185,11 +187,11 @@ pub async fn run(
         tokio::select! {
             ready = fd.readable_mut() => {
                 let Ok(mut guard) = ready else { break };
-                drain(guard.get_inner_mut(), &state, &out, gates.as_deref());
+                drain(guard.get_inner_mut(), &state, &out, gates.as_ref());
                 guard.clear_ready();
             }
             _ = stop.changed() => break,
         }
     }
-    drain(fd.get_mut(), &state, &out, gates.as_deref());
+    drain(fd.get_mut(), &state, &out, gates.as_ref());
 }

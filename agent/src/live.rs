@@ -70,6 +70,10 @@ impl LiveConns {
         lock(&self.inner).cgroups.insert(cgroup_id, dir.to_path_buf());
     }
 
+    pub fn unwatch_cgroup(&self, cgroup_id: u64) {
+        lock(&self.inner).cgroups.remove(&cgroup_id);
+    }
+
     /// Destination addresses (canonical form) of live connections, per
     /// endpoint, for `endpoints` as (endpoint id, cgroup id). A namespace
     /// that cannot be asked counts nothing (the caps then evict as usual).

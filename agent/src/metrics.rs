@@ -11,7 +11,10 @@
 use std::{
     fmt::Write as _,
     net::SocketAddr,
-    sync::{Arc, Mutex, atomic::Ordering::Relaxed},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
     time::Duration,
 };
 
@@ -23,7 +26,7 @@ use tokio::{
 };
 use tracing::warn;
 
-use crate::{gate::GateStats, runtime::lock, state::State};
+use crate::{ebpf::maps::KernelCounters, gate::GateStats, runtime::lock, state::State};
 
 /// Binds `addr` (with `SO_REUSEPORT`).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -35,14 +38,14 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves `/metrics` until `stop`.
-pub async fn serve(listener: TcpListener, state: Arc<Mutex<State>>, gate: Arc<GateStats>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, src: Sources, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((conn, _)) => {
-                    let (state, gate) = (state.clone(), gate.clone());
+                    let src = src.clone();
                     tokio::spawn(async move {
-                        let _ = tokio::time::timeout(Duration::from_secs(5), answer(conn, &state, &gate)).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(5), answer(conn, &src)).await;
                     });
                 }
                 Err(e) => {
@@ -57,7 +60,7 @@ pub async fn serve(listener: TcpListener, state: Arc<Mutex<State>>, gate: Arc<Ga
 
 /// One HTTP/1.x request: `GET /metrics` gets the metrics, anything else a
 /// 404; the connection then closes.
-async fn answer(mut conn: TcpStream, state: &Mutex<State>, gate: &GateStats) -> std::io::Result<()> {
+async fn answer(mut conn: TcpStream, src: &Sources) -> std::io::Result<()> {
     let mut buf = vec![0u8; 8192];
     let mut n = 0;
     while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
@@ -71,7 +74,7 @@ async fn answer(mut conn: TcpStream, state: &Mutex<State>, gate: &GateStats) -> 
     let mut parts = line.split(|b| *b == b' ');
     let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
     let (status, body) = if method == b"GET" && (path == b"/metrics" || path.starts_with(b"/metrics?")) {
-        ("200 OK", render(state, gate))
+        ("200 OK", render(src))
     } else {
         ("404 Not Found", "only /metrics here\n".to_owned())
     };
@@ -93,11 +96,50 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// What a scrape reads, none of it behind the lock the DNS and connect
+/// paths wait on: the kernel's counters have their own handle, the gate's
+/// counts are atomics, and the endpoints are copied out in one short lock.
+#[derive(Clone)]
+pub struct Sources {
+    pub state: Arc<Mutex<State>>,
+    pub gate: Arc<GateStats>,
+    pub counters: Arc<KernelCounters>,
+    pub config: Arc<ConfigStats>,
+}
+
+/// Outcomes of `portcullis run` config reloads.
+#[derive(Debug, Default)]
+pub struct ConfigStats {
+    pub applied: AtomicU64,
+    /// Refused: the new config does not parse, names a bad field or a
+    /// cgroup that does not exist; nothing changed.
+    pub invalid: AtomicU64,
+    /// Valid, but applying part of it failed (that part kept what it had).
+    pub failed: AtomicU64,
+}
+
+/// One endpoint's row, copied out of the state.
+struct Row {
+    id: u32,
+    labels: String,
+    learned: usize,
+    uncontained: crate::coverage::Held,
+}
+
 /// The whole exposition.
-pub fn render(state: &Mutex<State>, gate: &GateStats) -> String {
+pub fn render(src: &Sources) -> String {
     let mut out = String::new();
-    let st = lock(state);
-    let counters = st.maps.counters().unwrap_or_default();
+    let gate = &*src.gate;
+    let counters = src.counters.read().unwrap_or_default();
+    let eps: Vec<Row> = {
+        let st = lock(&src.state);
+        let mut eps: Vec<Row> = st
+            .endpoints()
+            .map(|e| Row { id: e.id, labels: labels(e), learned: st.learned_count(e.id), uncontained: e.uncontained.clone() })
+            .collect();
+        eps.sort_by_key(|e| e.id);
+        eps
+    };
     let at = |i: u32| counters.get(i as usize).copied().unwrap_or(0);
     family(&mut out, "portcullis_verdicts_total", "counter", "Kernel verdicts by hook and reason (allowed-* and denied-*).");
     for h in 0..Hook::COUNT {
@@ -144,17 +186,8 @@ pub fn render(state: &Mutex<State>, gate: &GateStats) -> String {
     ] {
         let _ = writeln!(out, "portcullis_learned_ips_total{{what=\"{what}\"}} {}", c.load(Relaxed));
     }
-    let mut eps: Vec<_> = st.endpoints().collect();
-    eps.sort_by_key(|e| e.id);
     let per = gate.per_endpoint.lock().map(|m| m.clone()).unwrap_or_default();
-    let labels = |e: &crate::state::Endpoint| {
-        format!(
-            "endpoint=\"{}\",namespace=\"{}\",pod=\"{}\"",
-            esc(&e.identity.name),
-            esc(e.identity.namespace.as_deref().unwrap_or("")),
-            esc(e.identity.pod.as_deref().unwrap_or(""))
-        )
-    };
+    let labels = |e: &Row| e.labels.clone();
     family(
         &mut out,
         "portcullis_dns_queries_refused_total",
@@ -206,7 +239,7 @@ pub fn render(state: &Mutex<State>, gate: &GateStats) -> String {
         "Kernel LEARNED entries (endpoint, protocol, port, address) held now.",
     );
     for e in &eps {
-        let _ = writeln!(out, "portcullis_learned_entries{{{}}} {}", labels(e), st.learned_count(e.id));
+        let _ = writeln!(out, "portcullis_learned_entries{{{}}} {}", labels(e), e.learned);
     }
     family(
         &mut out,
@@ -221,7 +254,25 @@ pub fn render(state: &Mutex<State>, gate: &GateStats) -> String {
     }
     family(&mut out, "portcullis_endpoints", "gauge", "Endpoints enforced by this agent.");
     let _ = writeln!(out, "portcullis_endpoints {}", eps.len());
+    family(
+        &mut out,
+        "portcullis_config_reloads_total",
+        "counter",
+        "Config reloads of `portcullis run`: applied, invalid (refused, nothing changed) or failed (partly applied).",
+    );
+    for (result, c) in [("applied", &src.config.applied), ("invalid", &src.config.invalid), ("failed", &src.config.failed)] {
+        let _ = writeln!(out, "portcullis_config_reloads_total{{result=\"{result}\"}} {}", c.load(Relaxed));
+    }
     out
+}
+
+fn labels(e: &crate::state::Endpoint) -> String {
+    format!(
+        "endpoint=\"{}\",namespace=\"{}\",pod=\"{}\"",
+        esc(&e.identity.name),
+        esc(e.identity.namespace.as_deref().unwrap_or("")),
+        esc(e.identity.pod.as_deref().unwrap_or(""))
+    )
 }
 
 #[cfg(test)]

@@ -24,15 +24,16 @@ use crate::{
     ebpf::{
         Datapath, Pins,
         loader::{Attachment, current_netns_cookie},
+        maps::KernelCounters,
     },
     events::{self, LogSink},
     gate::{Gate, GateOptions, GateStats, PendingQueries, ratelimit::RecordLimit},
     handover::{self, Handover},
     live::LiveConns,
-    metrics,
+    metrics::{self, ConfigStats},
     policy::CompiledPolicy,
     proxy::DnsGates,
-    state::{Caps, Identity, State, TtlBounds},
+    state::{Caps, Identity, PolicyChange, State, TtlBounds},
 };
 
 pub struct AgentOptions {
@@ -124,6 +125,10 @@ pub struct Agent {
     attached: Vec<(PathBuf, u64)>,
     /// Live connections per endpoint, for the learned-address caps.
     live: Arc<LiveConns>,
+    /// The kernel's counters, read without the state lock.
+    counters: Arc<KernelCounters>,
+    /// Outcomes of config reloads (`run`), for the metrics.
+    pub config_stats: Arc<ConfigStats>,
 }
 
 /// Drops expired learned IPs from the maps (the kernel refuses them at
@@ -159,6 +164,33 @@ async fn expire_learned(
                 }
             }
             _ = stop.changed() => return,
+        }
+    }
+}
+
+/// How many gate-opening requests may wait; more are dropped (the client
+/// retries, and its retry asks again).
+const GATE_OPEN_QUEUE: usize = 256;
+
+/// A thread that opens TCP DNS gates on request: DNS over TCP refused for
+/// want of a gate in the caller's namespace (`denied-dns-no-gate`) asks
+/// for one there, so a retry works. Opening enters a namespace and waits
+/// for a thread: work for the DNS side, never for the blocked-log reader,
+/// which only queues the request (and drops it when the queue is full).
+fn gate_opener(gates: Arc<DnsGates>) -> Option<std::sync::mpsc::SyncSender<(u32, u32)>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(u32, u32)>(GATE_OPEN_QUEUE);
+    let spawned = thread::Builder::new().name("dns-gate-open".into()).spawn(move || {
+        for (tgid, endpoint) in rx {
+            if let Err(e) = gates.ensure(tgid, None, endpoint) {
+                tracing::debug!(error = %e, "cannot open a TCP DNS gate");
+            }
+        }
+    });
+    match spawned {
+        Ok(_) => Some(tx),
+        Err(e) => {
+            warn!(error = %e, "cannot start the DNS gate opener; TCP DNS from new namespaces waits for a UDP query");
+            None
         }
     }
 }
@@ -202,6 +234,7 @@ impl Agent {
                 info!(endpoints = n, "adopting pinned state of a previous agent");
             }
         }
+        let counters = st.maps.counter_reader();
         let state = Arc::new(Mutex::new(st));
         let log = events::log_sink(opts.log);
         let records = RecordLimit::new(opts.events_per_sec, opts.events_burst);
@@ -232,6 +265,8 @@ impl Agent {
             listener: None,
             attached: Vec::new(),
             live,
+            counters,
+            config_stats: Arc::default(),
         })
     }
 
@@ -284,8 +319,9 @@ impl Agent {
             thread::Builder::new().name("dns-gate".into()).spawn(move || gate.run(hold, stop))?
         };
         let (stop, stop_rx) = watch::channel(false);
+        let opener = gate_opener(self.dns_gates.clone());
         let mut tasks = vec![
-            self.rt.spawn(events::run(denied, self.state.clone(), log, Some(self.dns_gates.clone()), stop_rx.clone())),
+            self.rt.spawn(events::run(denied, self.state.clone(), log, opener, stop_rx.clone())),
             self.rt.spawn(expire_learned(self.state.clone(), self.dns_gates.clone(), self.state_dir.clone(), stop_rx.clone())),
         ];
         if let Some(addr) = self.metrics_addr {
@@ -293,7 +329,13 @@ impl Agent {
                 let _rt = self.rt.enter();
                 metrics::bind(addr).with_context(|| format!("metrics address {addr}"))?
             };
-            tasks.push(self.rt.spawn(metrics::serve(listener, self.state.clone(), self.gate_stats.clone(), stop_rx)));
+            let src = metrics::Sources {
+                state: self.state.clone(),
+                gate: self.gate_stats.clone(),
+                counters: self.counters.clone(),
+                config: self.config_stats.clone(),
+            };
+            tasks.push(self.rt.spawn(metrics::serve(listener, src, stop_rx)));
         }
         *lock(&self.core.running) = Some(Consumers { stop_gate, gate_thread, stop, tasks });
         // Only now may the kernel hold answers for us: someone is listening.
@@ -314,6 +356,50 @@ impl Agent {
         Ok(lock(&self.state).add_endpoint(identity, cgroup_id, policy, audit)?)
     }
 
+    /// Gives a running endpoint a new identity, policy and audit flag
+    /// (`State::set_policy`): in force when this returns. Gates to
+    /// resolvers the new policy no longer trusts close; gates to new ones
+    /// open with the next query from the endpoint's namespaces (or now, for
+    /// `pids`).
+    pub fn set_policy(
+        &self,
+        id: u32,
+        identity: Identity,
+        policy: CompiledPolicy,
+        audit: bool,
+        pids: &[u32],
+    ) -> Result<PolicyChange> {
+        let resolvers = policy.dns_servers.clone();
+        let change = lock(&self.state).set_policy(id, identity, policy, audit)?;
+        self.dns_gates.close(id, &resolvers);
+        if self.idle.is_none() {
+            self.open_dns_gates(id, pids);
+        }
+        Ok(change)
+    }
+
+    /// Stops enforcing endpoint `id`: its programs detach from its cgroup
+    /// (links closed or unpinned, with its own load and cache), its DNS
+    /// gates close, and every kernel entry it had goes (`State::
+    /// remove_endpoint`). A cgroup nested in it or around it keeps its own
+    /// attach point; their verdict caches are planned again.
+    pub fn remove_endpoint(&mut self, id: u32) -> Result<()> {
+        let Some(cgroup_id) = lock(&self.state).endpoint(id).map(|e| e.cgroup_id) else { return Ok(()) };
+        if self.attached.iter().any(|(_, c)| *c == cgroup_id) {
+            self.datapath.detach(cgroup_id, self.pins.as_ref()).with_context(|| format!("detaching from cgroup {cgroup_id}"))?;
+            self.attached.retain(|(_, c)| *c != cgroup_id);
+        }
+        self.dns_gates.close(id, &[]);
+        {
+            let mut st = lock(&self.state);
+            st.remove_endpoint(id)?;
+            st.maps.verdict_cache().forget(cgroup_id);
+        }
+        self.gate_stats.forget(id);
+        self.live.unwatch_cgroup(cgroup_id);
+        self.refresh_verdict_caches()
+    }
+
     /// Opens the endpoint's TCP DNS gates in the network namespace of each
     /// process given (DNS over TCP from a namespace without one is refused
     /// until a UDP query from there opens it).
@@ -330,7 +416,7 @@ impl Agent {
     pub fn attach(&mut self, cgroup: &Path, cgroup_id: u64) -> Result<()> {
         let own_cache = match &self.pins {
             Some(p) => self.datapath.attach_pinned(cgroup, cgroup_id, p),
-            None => self.datapath.attach(cgroup, self.attachment),
+            None => self.datapath.attach(cgroup, cgroup_id, self.attachment),
         }
         .with_context(|| format!("attaching to {}", cgroup.display()))?;
         if let Some(cache) = own_cache {
@@ -358,7 +444,7 @@ impl Agent {
     /// gates' records held back by the same rate limit, as (what, count).
     pub fn losses(&self) -> Vec<(&'static str, u64)> {
         use agent_common::loss;
-        let c = lock(&self.state).maps.counters().unwrap_or_default();
+        let c = self.counters.read().unwrap_or_default();
         let at = |i: u32| c.get(i as usize).copied().unwrap_or(0);
         [
             ("blocked-attempt records suppressed by the rate limit", at(loss::EVENT_RATE_LIMITED)),

@@ -81,7 +81,7 @@ fn setup(tag: &str, caps: Caps, solo: bool) -> (portcullis::ebpf::Datapath, port
     let name = format!("pc-test-vcache-{tag}-{solo}-{}", std::process::id());
     let cg = OwnedCgroup::create(&cgroup2_mount().expect("cgroup2"), &name).expect("test cgroup");
     let (mut dp, mut state, ep) = load_endpoint_with(test_config(false), caps, POLICY, cg.id(), solo);
-    if let Some(own) = dp.attach(cg.path(), Attachment::Links).expect("attach") {
+    if let Some(own) = dp.attach(cg.path(), cg.id(), Attachment::Links).expect("attach") {
         state.maps.verdict_cache().set_home(cg.id(), own);
     }
     state.maps.verdict_cache().enable(cg.id(), ep).expect("turn the cache on");
@@ -185,7 +185,7 @@ fn a_load_for_one_attach_point_refuses_a_second() {
     let other =
         OwnedCgroup::create(&cgroup2_mount().expect("cgroup2"), &format!("pc-test-vcache-second-b-{}", std::process::id()))
             .expect("second cgroup");
-    let Err(err) = dp.attach(other.path(), Attachment::Links) else {
+    let Err(err) = dp.attach(other.path(), other.id(), Attachment::Links) else {
         panic!("a second attach point would share the first one's cache")
     };
     assert!(err.to_string().contains("one attach point"), "{err}");

@@ -12,6 +12,7 @@
 //! with another CNI instead of replacing its hooks.
 
 use std::{
+    collections::HashMap,
     fs::File,
     os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
@@ -132,8 +133,9 @@ pub struct Datapath {
     one_attach_point: bool,
     own_cache: Option<SoloCache>,
     attached_at: Option<PathBuf>,
-    /// `Attachment::Links`: the links, closed (detached) with the datapath.
-    links: Vec<OwnedFd>,
+    /// `Attachment::Links`, per attach point (cgroup id): the links, closed
+    /// (detached) by `detach` or with the datapath.
+    links: HashMap<u64, Vec<OwnedFd>>,
 }
 
 impl Datapath {
@@ -222,7 +224,7 @@ impl Datapath {
             one_attach_point,
             own_cache,
             attached_at: None,
-            links: Vec::new(),
+            links: HashMap::new(),
         })
     }
 
@@ -232,18 +234,35 @@ impl Datapath {
     /// (`Attachment`). Returns the attach point's own verdict cache if this
     /// load has one (loaded for one attach point); else the programs use
     /// cgroup storage.
-    pub fn attach(&mut self, cgroup: &Path, how: Attachment) -> Result<Option<SoloCache>, LoadError> {
+    pub fn attach(&mut self, cgroup: &Path, cgroup_id: u64, how: Attachment) -> Result<Option<SoloCache>, LoadError> {
         self.claim_attach_point(cgroup)?;
         let file = File::open(cgroup).map_err(|source| LoadError::Cgroup { path: cgroup.to_owned(), source })?;
+        let mut links = Vec::new();
         for name in PROGRAM_NAMES {
             let (fd, kind) = attachable(&self.ebpf, name)?;
+            // On a failure, the links made so far close with `links`.
             match how {
                 Attachment::UntilCgroupRemoved => attach::attach_to_cgroup(file.as_fd(), fd, kind),
-                Attachment::Links => attach::link_create(file.as_fd(), fd, kind).map(|link| self.links.push(link)),
+                Attachment::Links => attach::link_create(file.as_fd(), fd, kind).map(|link| links.push(link)),
             }
             .map_err(|source| LoadError::Attach { name, source })?;
         }
+        if !links.is_empty() {
+            self.links.entry(cgroup_id).or_default().extend(links);
+        }
         Ok(self.own_cache.take())
+    }
+
+    /// Detaches every program from the attach point `cgroup_id`: closes its
+    /// links, or unpins them (with its own load's cache) in node mode. The
+    /// kernel frees a per-attach-point load once its last link is gone.
+    pub fn detach(&mut self, cgroup_id: u64, pins: Option<&Pins>) -> Result<(), LoadError> {
+        drop(self.links.remove(&cgroup_id));
+        if let Some(p) = pins {
+            p.unlink_cgroup(cgroup_id)
+                .map_err(|e| LoadError::Pin { what: format!("links of cgroup {cgroup_id}"), source: std::io::Error::other(e) })?;
+        }
+        Ok(())
     }
 
     /// Attaches every program to `cgroup` with pinned links: where a link of

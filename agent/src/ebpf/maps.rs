@@ -1,7 +1,7 @@
 //! Typed access to the policy maps (the firezone "Program facade"). The
 //! agent is the only writer; the kernel only reads these (and writes caches).
 
-use std::collections::HashSet;
+use std::{collections::HashSet, sync::Arc};
 
 use agent_common::{
     COUNTERS_LEN, CidrKey, CidrValue, Config, DnsServerKey, DnsSockInfo, EndpointInfo, GateKey, GatePortKey, GatePortValue,
@@ -20,7 +20,7 @@ pub struct PolicyMaps {
     learned: HashMap<MapData, LearnedKey, LearnedValue>,
     cidrs: LpmTrie<MapData, CidrKey, CidrValue>,
     dns_servers: HashMap<MapData, DnsServerKey, u32>,
-    counters: PerCpuArray<MapData, u64>,
+    counters: Arc<KernelCounters>,
     dns_socks: HashMap<MapData, u64, DnsSockInfo>,
     inbound: HashMap<MapData, InboundKey, u64>,
     gates: HashMap<MapData, GateKey, GateValue>,
@@ -43,7 +43,7 @@ impl PolicyMaps {
             learned: take(ebpf, "LEARNED")?,
             cidrs: take(ebpf, "CIDRS")?,
             dns_servers: take(ebpf, "DNS_SERVERS")?,
-            counters: take(ebpf, "COUNTERS")?,
+            counters: Arc::new(KernelCounters(take(ebpf, "COUNTERS")?)),
             dns_socks: take(ebpf, "DNS_SOCKS")?,
             inbound: take(ebpf, "INBOUND")?,
             gates: take(ebpf, "GATES")?,
@@ -235,7 +235,24 @@ impl PolicyMaps {
 
     /// Sum over CPUs of every counter (index = `agent_common::counter_index`).
     pub fn counters(&self) -> Result<Vec<u64>, MapError> {
-        (0..COUNTERS_LEN).map(|i| self.counters.get(&i, 0).map(|v| v.iter().sum())).collect()
+        self.counters.read()
+    }
+
+    /// The kernel's counters for readers that must not wait for (or hold up)
+    /// the owner of these maps: a metrics scrape reads hundreds of per-CPU
+    /// values.
+    pub fn counter_reader(&self) -> Arc<KernelCounters> {
+        Arc::clone(&self.counters)
+    }
+}
+
+/// The `COUNTERS` map, read-only: the kernel updates it, nobody else writes.
+pub struct KernelCounters(PerCpuArray<MapData, u64>);
+
+impl KernelCounters {
+    /// Sum over CPUs of every counter (index = `agent_common::counter_index`).
+    pub fn read(&self) -> Result<Vec<u64>, MapError> {
+        (0..COUNTERS_LEN).map(|i| self.0.get(&i, 0).map(|v| v.iter().sum())).collect()
     }
 }
 

@@ -69,6 +69,13 @@ impl VerdictCacheMap {
         }
     }
 
+    /// Forgets the attach point `cgroup_id` (its programs are detached):
+    /// a load's own cache is closed with it.
+    pub fn forget(&mut self, cgroup_id: u64) {
+        self.on.retain(|_, (c, _)| *c != cgroup_id);
+        self.homes.remove(&cgroup_id);
+    }
+
     /// Makes every cached allowance of `endpoint` stale.
     pub fn invalidate(&mut self, endpoint: u32) -> Result<(), MapError> {
         let Some(&(cgroup_id, generation)) = self.on.get(&endpoint) else { return Ok(()) };

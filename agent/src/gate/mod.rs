@@ -100,6 +100,13 @@ impl GateStats {
         }
     }
 
+    /// Drops a removed endpoint's counts (its id may be given out again).
+    pub fn forget(&self, id: u32) {
+        if let Ok(mut m) = self.per_endpoint.lock() {
+            m.remove(&id);
+        }
+    }
+
     /// A per-endpoint count summed over every endpoint.
     pub fn sum(&self, f: impl Fn(&EndpointDnsStats) -> u64) -> u64 {
         self.per_endpoint.lock().map(|m| m.values().map(f).sum()).unwrap_or_default()

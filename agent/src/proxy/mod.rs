@@ -100,6 +100,8 @@ pub struct DnsGates {
     /// UDP queries forwarded and not answered yet, per gate (a stopping
     /// agent waits for them).
     in_flight: Mutex<Vec<udp::Table>>,
+    /// Each open gate's own stop flag (`close`).
+    stops: Mutex<HashMap<GateKey, Arc<AtomicBool>>>,
     /// A previous agent's gate ports, removed once its answers are in.
     stale_ports: Mutex<(Vec<GatePortKey>, Option<Instant>)>,
     stop: Arc<AtomicBool>,
@@ -204,6 +206,7 @@ impl DnsGates {
             udp: Mutex::default(),
             cookies: Mutex::default(),
             in_flight: Mutex::default(),
+            stops: Mutex::default(),
             stale_ports: Mutex::default(),
             stop: Arc::default(),
         }
@@ -306,6 +309,7 @@ impl DnsGates {
                 st.maps.insert_gate(k, value).map_err(|e| GateError::Map("GATES", e))?;
             }
             open.insert(k, value);
+            lock(&self.stops).insert(k, mine);
             lock(&self.udp).insert(k, udp_gate);
             lock(&self.in_flight).push(table);
             debug!(endpoint, %resolver, tcp_port, udp_port, netns = cookie, "DNS gate open");
@@ -326,6 +330,39 @@ impl DnsGates {
         };
         g.serve_caught(query, client, from, tgid);
         Ok(true)
+    }
+
+    /// Closes the gates of `endpoint` to every resolver not in `keep` (all
+    /// of them when the endpoint goes; those its new policy dropped): the
+    /// kernel stops sending DNS there first, then the gates' threads end.
+    pub fn close(&self, endpoint: u32, keep: &[SocketAddr]) {
+        let mut open = lock(&self.open);
+        let gone: Vec<(GateKey, GateValue)> = open
+            .iter()
+            .filter(|(k, _)| k.endpoint == endpoint && !keep.iter().any(|r| key(k.netns_cookie, endpoint, *r) == **k))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        let mut st = lock(&self.shared.state);
+        for (k, v) in &gone {
+            if let Err(e) = st.maps.remove_gate_if(k, v) {
+                tracing::warn!(error = %e, endpoint, "removing a DNS gate entry failed");
+            }
+            for (port, proto) in [(v.port, proto::TCP), (v.udp_port, proto::UDP)] {
+                let pk = GatePortKey { netns_cookie: k.netns_cookie, port, proto, _pad: [0; 5] };
+                if let Err(e) = st.maps.remove_gate_port(&pk) {
+                    tracing::warn!(error = %e, endpoint, "removing a DNS gate port failed");
+                }
+            }
+            open.remove(k);
+            lock(&self.udp).remove(k);
+            if let Some(stop) = lock(&self.stops).remove(k) {
+                stop.store(true, Ordering::Relaxed);
+            }
+        }
+        debug!(endpoint, gates = gone.len(), "DNS gates closed");
     }
 
     /// Notes a previous agent's gate ports for removal after a grace time.

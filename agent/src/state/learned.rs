@@ -229,10 +229,26 @@ impl LearnedTable {
         live: impl FnOnce() -> LiveIps,
     ) -> Learned {
         let mut tx = Tx::default();
+        let mut out = self.learn_in(endpoint, name, ports, addrs, now, live, &mut tx);
+        out.changes = self.finish(tx);
+        out
+    }
+
+    /// `learn`, recording into `tx` (its `changes` stay empty).
+    #[expect(clippy::too_many_arguments, reason = "`learn` plus the transaction it records into")]
+    fn learn_in(
+        &mut self,
+        endpoint: u32,
+        name: &str,
+        ports: &[PortKey],
+        addrs: &[(Ip, u64)],
+        now: u64,
+        live: impl FnOnce() -> LiveIps,
+        tx: &mut Tx,
+    ) -> Learned {
         let mut out = Learned::default();
-        self.reap(now, &mut tx);
+        self.reap(now, tx);
         if ports.is_empty() || addrs.is_empty() {
-            out.changes = self.finish(tx);
             return out;
         }
         let mut live = Live { fetch: Some(live), set: LiveIps::new() };
@@ -240,28 +256,28 @@ impl LearnedTable {
         let ports: Arc<[PortKey]> = ports.into();
         let name: Arc<str> = name.into();
         if self.endpoints.get(&endpoint).and_then(|t| t.names.get(&name)).is_some_and(|ne| ne.ports != ports) {
-            // Not reachable today (policies are fixed per endpoint): start over.
+            // The name's ports changed with the policy (`repolicy` re-keys
+            // every name at once; this is for a caller that did not): start over.
             let t = self.endpoints.get_mut(&endpoint).expect("checked");
-            let (_, d) = t.remove_name(endpoint, &name, &mut tx);
+            let (_, d) = t.remove_name(endpoint, &name, tx);
             self.apply_delta(d);
         }
         for &(ip, expires) in addrs {
             self.seq += 1;
             let seq = self.seq;
             let t = self.endpoints.entry(endpoint).or_default();
-            if !t.has_pair(&name, &ip) && !self.make_room(endpoint, &name, &ports, ip, &mut live, &mut scan, &mut tx, &mut out) {
+            if !t.has_pair(&name, &ip) && !self.make_room(endpoint, &name, &ports, ip, &mut live, &mut scan, tx, &mut out) {
                 self.stats.refused_live += 1;
                 out.refused.push(ip);
                 continue;
             }
             let t = self.endpoints.get_mut(&endpoint).expect("created above");
-            let d = t.upsert(endpoint, &name, &ports, ip, Pair { seq, expires }, &mut tx);
+            let d = t.upsert(endpoint, &name, &ports, ip, Pair { seq, expires }, tx);
             self.apply_delta(d);
         }
         let t = &self.endpoints[&endpoint];
         let mut seen = HashSet::new();
         out.allowed = addrs.iter().map(|(ip, _)| *ip).filter(|ip| t.has_pair(&name, ip) && seen.insert(*ip)).collect();
-        out.changes = self.finish(tx);
         out
     }
 
@@ -364,6 +380,43 @@ impl LearnedTable {
         let mut tx = Tx::default();
         let n = self.reap(now, &mut tx);
         (n, self.finish(tx))
+    }
+
+    /// Brings an endpoint's pairs in line with a new policy: a name the
+    /// policy no longer allows loses its pairs (their keys are revoked); a
+    /// name whose ports changed keeps its addresses and expiries, re-keyed
+    /// for the new ports (within the caps, evicting without regard to live
+    /// connections: the policy decides); others stay untouched. `ports_for`
+    /// gives a name's ports under the new policy (empty: not allowed).
+    /// Returns the pairs revoked and the kernel changes.
+    pub fn repolicy(&mut self, endpoint: u32, ports_for: impl Fn(&str) -> Vec<PortKey>, now: u64) -> (usize, Changes) {
+        let mut tx = Tx::default();
+        self.reap(now, &mut tx);
+        let Some(t) = self.endpoints.get(&endpoint) else { return (0, self.finish(tx)) };
+        let mut revoked = 0;
+        let mut rekey = Vec::new();
+        let names: Vec<(Arc<str>, Arc<[PortKey]>)> = t.names.iter().map(|(n, ne)| (n.clone(), ne.ports.clone())).collect();
+        for (name, old) in names {
+            let new = ports_for(&name);
+            if *old == *new {
+                continue;
+            }
+            let t = self.endpoints.get_mut(&endpoint).expect("checked above");
+            // Oldest first, so learning them again keeps the LRU order.
+            let pairs: Vec<(Ip, u64)> =
+                t.names.get(&name).map(|ne| ne.lru.values().map(|ip| (*ip, ne.ips[ip].expires)).collect()).unwrap_or_default();
+            let (n, d) = t.remove_name(endpoint, &name, &mut tx);
+            self.apply_delta(d);
+            if new.is_empty() {
+                revoked += n;
+            } else {
+                rekey.push((name, new, pairs));
+            }
+        }
+        for (name, ports, pairs) in rekey {
+            self.learn_in(endpoint, &name, &ports, &pairs, now, LiveIps::new, &mut tx);
+        }
+        (revoked, self.finish(tx))
     }
 
     /// Forgets an endpoint; returns its keys.

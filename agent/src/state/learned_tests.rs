@@ -356,3 +356,50 @@ fn randomized_operations_keep_every_invariant() {
     let s = h.t.stats();
     assert!(s.evicted_ips_per_name > 0 && s.evicted_names > 0 && s.evicted_total > 0 && s.refused_live > 0, "{s:?}");
 }
+
+#[test]
+fn a_new_policy_revokes_names_it_no_longer_allows_and_rekeys_changed_ports() {
+    let mut h = H::new(10, 10, 100);
+    h.learn(1, "a.test", &[P443], &[ip(1), ip(2)]);
+    h.learn(1, "b.test", &[P443], &[ip(3)]);
+    h.learn(1, "c.test", &[P80], &[ip(1)]);
+    h.learn(2, "b.test", &[P443], &[ip(3)]);
+    let before = h.pairs();
+    let (revoked, changes) = h.t.repolicy(
+        1,
+        |name| match name {
+            "a.test" => vec![P443, P80],
+            "c.test" => vec![P80],
+            _ => Vec::new(),
+        },
+        0,
+    );
+    h.apply(&changes);
+    assert_eq!(revoked, 1, "b.test's one address");
+    assert!(!h.has(1, P443, ip(3)), "a name no longer allowed loses its key at once");
+    assert!(h.has(2, P443, ip(3)), "another endpoint's pair of the same name stays");
+    assert!(h.has(1, P443, ip(1)) && h.has(1, P443, ip(2)), "a name still allowed keeps its keys");
+    assert!(h.has(1, P80, ip(2)), "a port the policy added works without a new lookup");
+    assert!(h.has(1, P80, ip(1)), "c.test still needs this key");
+    // Addresses kept keep their expiry; nothing but the revoked pair went.
+    let after = h.pairs();
+    assert_eq!(after.len(), before.len() - 1);
+    for (k, e) in &after {
+        assert_eq!(before.get(k), Some(e), "{k:?}");
+    }
+    // Touching nothing changes nothing in the kernel.
+    let (revoked, changes) = h.t.repolicy(2, |_| vec![P443], 0);
+    assert_eq!((revoked, changes), (0, Changes::default()));
+}
+
+#[test]
+fn narrowing_a_names_ports_drops_only_the_removed_ports_keys() {
+    let mut h = H::new(10, 10, 100);
+    h.learn(1, "a.test", &[P443, P80], &[ip(1)]);
+    let (_, changes) = h.t.repolicy(1, |_| vec![P443], 0);
+    h.apply(&changes);
+    assert!(h.has(1, P443, ip(1)));
+    assert!(!h.has(1, P80, ip(1)));
+    assert_eq!(changes.removes, [key(1, P80, ip(1))]);
+    assert!(changes.inserts.is_empty(), "the kept key is not written again: {changes:?}");
+}

@@ -10,6 +10,7 @@
 mod adopt;
 mod learned;
 mod table;
+mod update;
 
 use std::{
     collections::HashMap,
@@ -24,6 +25,7 @@ use thiserror::Error;
 use tracing::warn;
 
 pub use learned::{CapStats, Caps, Changes, LEARNED_CAPACITY, LearnedTable, LiveIps};
+pub use update::PolicyChange;
 
 use crate::{
     ebpf::PolicyMaps,
@@ -37,6 +39,8 @@ pub enum StateError {
     TooManyEndpoints,
     #[error("cgroup {0} is already an endpoint")]
     DuplicateCgroup(u64),
+    #[error("no endpoint {0}")]
+    UnknownEndpoint(u32),
     #[error("updating kernel map {map}: {source}")]
     Map { map: &'static str, source: MapError },
 }
@@ -46,7 +50,7 @@ fn map_err(map: &'static str) -> impl FnOnce(MapError) -> StateError {
 }
 
 /// Who an endpoint is, for logs and metrics.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Identity {
     pub name: String,
     pub namespace: Option<String>,

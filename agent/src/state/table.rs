@@ -17,7 +17,8 @@ pub(super) struct Pair {
 }
 
 pub(super) struct NameEntry {
-    /// Fixed per name (an endpoint's policy does not change).
+    /// The name's ports under the endpoint's policy (`repolicy` re-keys
+    /// the name when they change).
     pub(super) ports: Arc<[PortKey]>,
     pub(super) ips: HashMap<Ip, Pair>,
     /// seq -> IP, oldest first.

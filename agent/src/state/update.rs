@@ -1,0 +1,69 @@
+//! Changing a running endpoint's policy in place: make before break, so a
+//! connection the new policy allows never sees a gap, and everything the
+//! new policy takes away is gone from the kernel before the call returns.
+//!
+//! Established connections keep the allowance they were given at connect
+//! (it lives in their socket's storage, `SK_FLOWS`), as with a conntrack
+//! entry in Cilium or Calico: a narrowed policy refuses *new* connects,
+//! datagrams of unconnected sockets and cached verdicts, not flows already
+//! judged. docs/ARCHITECTURE.md "Live changes" says how to cut those too.
+
+use agent_common::{ENDPOINT_F_AUDIT, EndpointInfo};
+
+use super::{Identity, State, StateError, boot_ns, dns_key, map_err};
+use crate::policy::CompiledPolicy;
+
+/// What a policy change did to learned state.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PolicyChange {
+    /// (name, IP) pairs revoked: their names are no longer allowed.
+    pub revoked_pairs: usize,
+    /// Learned kernel keys removed and written.
+    pub keys_removed: usize,
+    pub keys_written: usize,
+}
+
+impl State {
+    /// Gives endpoint `id` a new identity, policy and audit flag.
+    ///
+    /// Order: the new CIDR entries and resolvers go in first; then learned
+    /// addresses follow the new policy (names no longer allowed lose them,
+    /// names whose ports changed are re-keyed with their remaining TTL,
+    /// names still allowed as before are not touched, so no lookup is
+    /// needed again); then what only the old policy had goes; then the
+    /// endpoint's flags. Every step that can take an allowance away makes
+    /// the endpoint's cached verdicts stale (`PolicyMaps`), and a last
+    /// invalidation covers the rest. The DNS side reads the new policy from
+    /// the same state, so the next query is judged by it.
+    pub fn set_policy(
+        &mut self,
+        id: u32,
+        identity: Identity,
+        policy: CompiledPolicy,
+        audit: bool,
+    ) -> Result<PolicyChange, StateError> {
+        let cgroup_id = self.endpoints.get(&id).ok_or(StateError::UnknownEndpoint(id))?.cgroup_id;
+        for e in &policy.cidr_entries {
+            self.maps.insert_cidr(id, e.net.addr().octets(), e.net.prefix_len(), e.value).map_err(map_err("CIDRS"))?;
+        }
+        for s in &policy.dns_servers {
+            self.maps.insert_dns_server(dns_key(id, *s)).map_err(map_err("DNS_SERVERS"))?;
+        }
+        let (revoked_pairs, changes) = self.learned.repolicy(id, |name| policy.ports_for_name(name), boot_ns());
+        let out = PolicyChange { revoked_pairs, keys_removed: changes.removes.len(), keys_written: changes.inserts.len() };
+        self.apply(changes)?;
+        self.prune_policy_entries(id, &policy)?;
+        let was_audit = self.endpoints.get(&id).is_some_and(|e| e.audit);
+        if was_audit != audit {
+            let info = EndpointInfo { endpoint: id, flags: if audit { ENDPOINT_F_AUDIT } else { 0 }, generation: 0 };
+            self.maps.add_endpoint(cgroup_id, info).map_err(map_err("ENDPOINTS"))?;
+        }
+        self.maps.verdict_cache().invalidate(id).map_err(map_err("VERDICT_CACHE"))?;
+        let ep = self.endpoints.get_mut(&id).ok_or(StateError::UnknownEndpoint(id))?;
+        ep.identity = identity;
+        ep.policy = policy;
+        ep.audit = audit;
+        self.version += 1;
+        Ok(out)
+    }
+}
