@@ -61,9 +61,10 @@ pub fn setsockopt(ctx: &SockoptContext) -> i32 {
     let len = so.optlen.clamp(0, MAX_IPV4_OPTIONS as i32) as usize;
     // SAFETY: the kernel's optval..optval_end window for this run.
     let (start, end) = unsafe { (so.__bindgen_anon_2.optval as usize, so.__bindgen_anon_3.optval_end as usize) };
+    #[expect(clippy::int_plus_one, reason = "the verifier proves a read in bounds only from `start + offset + size <= end`")]
     let byte = |i: usize| {
         // SAFETY: start + i is below optval_end, checked first.
-        (start + i < end).then(|| unsafe { *((start + i) as *const u8) })
+        (start + i + 1 <= end).then(|| unsafe { *((start + i) as *const u8) })
     };
     if !setsockopt_source_routes(level, optname, len, byte) {
         return PASS;

@@ -5,33 +5,19 @@
 
 mod common;
 
-use common::{TestCgroup, agent_cmd, attached, fresh_path, run_with_deadline, wait_for};
+use common::{
+    TestCgroup, agent_cmd, attached, fresh_path,
+    pins::{NodeAgent, PinDir, hex_bytes, in_cgroup_cmd},
+    run_with_deadline,
+};
 use portcullis_tests::{Bench, ChildGuard, require_root, servers::python};
 use serde_json::Value;
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const TAKEOVER_PY: &str = include_str!("../clients/takeover.py");
-
-/// A pin directory of this test under /sys/fs/bpf, removed on drop (also on
-/// panic): unpinning detaches whatever the agents left.
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn new(tag: &str) -> Self {
-        let p = PathBuf::from(format!("/sys/fs/bpf/portcullis-test-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        Self(p)
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn config(log: &Path, cg: &Path) -> String {
     format!(
@@ -55,71 +41,6 @@ endpoints:
     )
 }
 
-struct Agent {
-    child: ChildGuard,
-    stderr: PathBuf,
-}
-
-impl Agent {
-    /// Starts `run` and waits for "ready".
-    fn start(bench: &Bench, cfg: &Path, pins: &PinDir, state: &Path) -> Self {
-        let stderr = fresh_path(bench.workdir(), "run.stderr");
-        let mut c = agent_cmd();
-        c.args(["run", "--config"])
-            .arg(cfg)
-            .arg("--pin-path")
-            .arg(&pins.0)
-            .arg("--state-dir")
-            .arg(state)
-            .env("PORTCULLIS_LOG_LEVEL", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap());
-        let mut a = Self { child: ChildGuard::spawn(c).unwrap(), stderr };
-        a.wait_message("ready");
-        a
-    }
-
-    fn messages(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.stderr)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .map(|l| l["fields"].clone())
-            .collect()
-    }
-
-    fn wait_message(&mut self, msg: &str) -> Value {
-        let stderr = self.stderr.clone();
-        wait_for(&format!("agent to log {msg:?}"), Duration::from_secs(15), || {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                panic!("agent exited ({st}): {}", std::fs::read_to_string(&stderr).unwrap());
-            }
-            self.messages().into_iter().find(|l| l["message"] == msg)
-        })
-    }
-
-    fn sigterm(&mut self) {
-        // SAFETY: kill(2) on our own, not yet reaped child.
-        assert_eq!(unsafe { libc::kill(self.child.pid() as i32, libc::SIGTERM) }, 0);
-        let st = wait_for("agent to exit", Duration::from_secs(10), || self.child.try_wait().unwrap());
-        assert_eq!(st.code(), Some(0), "{}", std::fs::read_to_string(&self.stderr).unwrap());
-    }
-
-    fn sigkill(&mut self) {
-        // SAFETY: as above.
-        assert_eq!(unsafe { libc::kill(self.child.pid() as i32, libc::SIGKILL) }, 0);
-        wait_for("agent to die", Duration::from_secs(10), || self.child.try_wait().unwrap());
-    }
-}
-
-/// `sh -c 'echo $$ > CG/cgroup.procs; exec ip netns exec POD argv...'`.
-fn in_cgroup_cmd(bench: &Bench, cg: &Path, argv: &str) -> Command {
-    let mut c = Command::new("sh");
-    c.arg("-c").arg(format!("echo $$ > {}/cgroup.procs && exec ip netns exec {} {argv}", cg.display(), bench.pod_ns_name("pod")));
-    c
-}
-
 fn curl(bench: &Bench, cg: &Path, url: &str) -> (i32, String) {
     let c = in_cgroup_cmd(bench, cg, &format!("curl -sS --max-time 3 {url}"));
     let r = run_with_deadline(bench.workdir(), c, Duration::from_secs(10));
@@ -140,12 +61,6 @@ fn solo_cache(pins: &PinDir, cg: &Path) -> (u64, Vec<Vec<u8>>) {
     let entry = dump.as_array().unwrap().iter().find(|e| hex_bytes(&e["key"]) == [0, 0, 0, 0]).expect("key 0");
     let values = entry["values"].as_array().expect("per-CPU values").iter().map(|v| hex_bytes(&v["value"])).collect();
     (id, values)
-}
-
-/// `["0x01", "0x00", ...]` (bpftool's JSON for a map without BTF) as bytes.
-fn hex_bytes(v: &Value) -> Vec<u8> {
-    let a = v.as_array().unwrap_or_else(|| panic!("not raw bytes: {v}"));
-    a.iter().map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()).collect()
 }
 
 /// Whether some CPU's cache is on (endpoint != 0) and holds `ip` (the slot's
@@ -171,7 +86,7 @@ fn pinned_enforcement_outlives_the_agent_and_a_restart_adopts_it() {
         return;
     }
     let (bench, cg, pins, state, cfg) = setup("pinrestart", false);
-    let mut a = Agent::start(&bench, &cfg, &pins, &state);
+    let mut a = NodeAgent::start(&bench, &cfg, &pins, &state);
     let first = attached(&cg.path);
     first.expect_all_hooks();
     let hello = "hello from 203.0.113.10:443\n".to_owned();
@@ -196,7 +111,7 @@ fn pinned_enforcement_outlives_the_agent_and_a_restart_adopts_it() {
     }
 
     // Restarted: adopts the pins (same programs' maps, the learned name).
-    let mut b = Agent::start(&bench, &cfg, &pins, &state);
+    let mut b = NodeAgent::start(&bench, &cfg, &pins, &state);
     let adopted = b.wait_message("adopted learned names");
     assert!(adopted["pairs"].as_u64().unwrap() >= 1, "{adopted}");
     let after = attached(&cg.path);
@@ -253,7 +168,7 @@ fn takeover_under_load(tag: &str, no_gates: bool) -> Option<Value> {
         let text = std::fs::read_to_string(&cfg).unwrap().replacen("endpoints:", "dnsGates: false\nendpoints:", 1);
         std::fs::write(&cfg, text).unwrap();
     }
-    let mut old = Agent::start(&bench, &cfg, &pins, &state);
+    let mut old = NodeAgent::start(&bench, &cfg, &pins, &state);
     // Answers 300 ms late: two client threads keep a query to it in flight.
     bench.set_bad_dns_mode("slow").unwrap();
     let script = common::client(&bench, "takeover.py", TAKEOVER_PY);
@@ -277,7 +192,7 @@ fn takeover_under_load(tag: &str, no_gates: bool) -> Option<Value> {
     std::thread::sleep(Duration::from_millis(1500));
 
     // The rolling update: the new pod starts while the old one runs...
-    let mut new = Agent::start(&bench, &cfg, &pins, &state);
+    let mut new = NodeAgent::start(&bench, &cfg, &pins, &state);
     let took = new.wait_message("took over from the running agent");
     old.wait_message("handed over to the next agent; enforcement stays pinned");
     std::thread::sleep(Duration::from_millis(500));

@@ -38,6 +38,7 @@ pub const DNS_TRUSTED: &str = "dns:\n  servers: [\"198.51.100.53\"]\n";
 /// caller's environment.
 mod kernel;
 mod log;
+pub mod pins;
 pub mod target;
 pub use kernel::*;
 pub use log::*;
