@@ -69,7 +69,8 @@ fn a_name_not_allowed_over_tcp_is_answered_by_the_gate_and_never_leaves() {
         // gate there yet, so refused at connect (fail closed); the agent
         // opens one on seeing that.
         ("first", &format!("{DIG} @198.51.100.53 +tcp many.example.test A")),
-        ("other", &format!("{DIG} @198.51.100.53 +tcp other.example.test A")),
+        // The gate opens a moment after that refusal: a client retries.
+        ("other", &format!("for i in $(seq 25); do {DIG} @198.51.100.53 +tcp other.example.test A && break; sleep 0.2; done")),
         // An allowed name pointing at the metadata address: stripped.
         ("rebind", &format!("{DIG} @198.51.100.53 +tcp +short meta.example.test A")),
         ("meta", "$PY $SOCK tcp 169.254.169.254 80"),

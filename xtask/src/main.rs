@@ -21,6 +21,8 @@ mod fuzz;
 mod kernel_matrix;
 mod linker;
 mod load;
+#[cfg(test)]
+mod modgraph;
 mod setup;
 mod test;
 mod util;
