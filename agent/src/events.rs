@@ -20,8 +20,8 @@ use tokio::{
 };
 
 use crate::{
-    runtime::lock,
-    state::{State, boot_ns},
+    util::lock,
+    enforcer::{State, boot_ns},
 };
 
 /// Where blocked-connection records go; shared by the kernel-event reader

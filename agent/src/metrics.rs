@@ -26,7 +26,7 @@ use tokio::{
 };
 use tracing::warn;
 
-use crate::{ebpf::maps::KernelCounters, gate::GateStats, runtime::lock, state::State};
+use crate::{ebpf::maps::KernelCounters, gate::GateStats, util::lock, enforcer::State};
 
 /// Binds `addr` (with `SO_REUSEPORT`).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -266,7 +266,7 @@ pub fn render(src: &Sources) -> String {
     out
 }
 
-fn labels(e: &crate::state::Endpoint) -> String {
+fn labels(e: &crate::enforcer::Endpoint) -> String {
     format!(
         "endpoint=\"{}\",namespace=\"{}\",pod=\"{}\"",
         esc(&e.identity.name),

@@ -29,11 +29,12 @@ use crate::{
     events::{self, LogSink},
     gate::{Gate, GateOptions, GateStats, PendingQueries, ratelimit::RecordLimit},
     handover::{self, Handover},
-    live::LiveConns,
+    enforcer::live::LiveConns,
     metrics::{self, ConfigStats},
     policy::CompiledPolicy,
     proxy::DnsGates,
-    state::{Caps, Identity, PolicyChange, State, TtlBounds},
+    enforcer::{Caps, Identity, PolicyChange, State, TtlBounds},
+    util::lock,
 };
 
 pub struct AgentOptions {
@@ -506,15 +507,5 @@ impl Agent {
             warn!(error = %e, "writing the state snapshot failed; the next agent starts without it");
         }
         drop(self.datapath);
-    }
-}
-
-/// Locks, recovering from a poisoned lock: a panic elsewhere must not stop
-/// enforcement bookkeeping or the blocked log (the data stays consistent:
-/// every writer finishes its map update before it could panic).
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }

@@ -15,7 +15,7 @@ use aya::programs::{CgroupSkb, TestRun as _, TestRunOptions};
 use etherparse::PacketBuilder;
 use portcullis::{
     ebpf::Datapath,
-    state::{Caps, State},
+    enforcer::{Caps, State},
 };
 
 const POLICY: &str = r#"

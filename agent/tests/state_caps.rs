@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use agent_common::{Hook, Reason, counter_index};
 use aya::programs::{CgroupSkb, TestRun as _, TestRunOptions};
 use etherparse::PacketBuilder;
-use portcullis::state::Caps;
+use portcullis::enforcer::Caps;
 
 const POLICY: &str = r#"
 egress:

@@ -62,7 +62,7 @@ fn connects(cg: &OwnedCgroup, targets: &[(&str, u16)]) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect()
 }
 
-fn cached_slots(state: &mut portcullis::state::State, cg: &OwnedCgroup, ip: &str) -> usize {
+fn cached_slots(state: &mut portcullis::enforcer::State, cg: &OwnedCgroup, ip: &str) -> usize {
     let ip: IpAddr = ip.parse().unwrap();
     let IpAddr::V4(v4) = ip else { panic!("IPv4 only") };
     let (hi, lo) = ip_words(&v4_mapped(v4.octets()));
@@ -77,7 +77,7 @@ fn cached_slots(state: &mut portcullis::state::State, cg: &OwnedCgroup, ip: &str
 /// Where the cache lives: `SOLO_CACHE` (a load for one attach point) or not.
 const HOMES: [bool; 2] = [false, true];
 
-fn setup(tag: &str, caps: Caps, solo: bool) -> (portcullis::ebpf::Datapath, portcullis::state::State, u32, OwnedCgroup) {
+fn setup(tag: &str, caps: Caps, solo: bool) -> (portcullis::ebpf::Datapath, portcullis::enforcer::State, u32, OwnedCgroup) {
     let name = format!("pc-test-vcache-{tag}-{solo}-{}", std::process::id());
     let cg = OwnedCgroup::create(&cgroup2_mount().expect("cgroup2"), &name).expect("test cgroup");
     let (mut dp, mut state, ep) = load_endpoint_with(test_config(false), caps, POLICY, cg.id(), solo);

@@ -2,7 +2,7 @@
 //!
 //! An allowed name whose authoritative server an attacker controls can
 //! answer with 169.254.169.254 or 10.x. Such an address is never learned
-//! (see `state::State::learn`), and it is also *stripped* from the answer,
+//! (see `enforcer::State::learn`), and it is also *stripped* from the answer,
 //! so the workload never even holds it: a client that falls back to the next
 //! address, or caches it for later, gets nothing to misuse. We strip rather
 //! than fail the whole answer so the legitimate addresses of the same name

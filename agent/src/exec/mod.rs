@@ -32,7 +32,7 @@ use crate::{
     cli::ExecArgs,
     gate::GateOptions,
     runtime::{Agent, AgentOptions},
-    state::{Caps, Identity, TtlBounds},
+    enforcer::{Caps, Identity, TtlBounds},
 };
 
 /// Signals forwarded to the command instead of killing the agent.

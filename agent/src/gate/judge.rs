@@ -15,8 +15,8 @@ use super::{GateStats, ratelimit::RecordLimit};
 use crate::{
     dns::{Learned, Suspicion, strip_addresses, suspicion},
     events::{BlockedRecord, LogSink, now_rfc3339, proc_comm, write_record},
-    runtime::lock,
-    state::State,
+    util::lock,
+    enforcer::State,
 };
 
 /// What the gate decides with.

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::runtime::lock;
+use crate::util::lock;
 
 /// Above this many buckets, full ones are dropped when a new one is made
 /// (a full bucket and a missing one behave the same).

@@ -64,6 +64,18 @@ pub enum CompileError {
 }
 
 impl CompiledPolicy {
+    /// Whether the workload may never reach `ip` whatever DNS says: it is in
+    /// an always-denied range and no CIDR rule opens it (the longest
+    /// matching prefix decides, as in the kernel).
+    pub fn unreachable(&self, ip: std::net::IpAddr) -> bool {
+        if !super::is_always_denied(ip) {
+            return false;
+        }
+        let ip6 = super::canonical(ip);
+        let best = self.cidr_entries.iter().filter(|e| e.net.contains(&ip6)).max_by_key(|e| e.net.prefix_len());
+        best.is_none_or(|e| e.value.kind != CIDR_KIND_ALLOW)
+    }
+
     /// Sorted, deduplicated (proto, port) keys an IP learned for `name` is
     /// allowed on (union over all matching rules); empty = name not allowed.
     /// If any matching rule allows everything, the result is just

@@ -61,9 +61,9 @@ use crate::{
     ebpf::loader::netns_cookie_of,
     gate::judge::Shared,
     inject::{InjectError, raw_socket, set_int_option},
-    live::LiveConns,
+    enforcer::live::LiveConns,
     policy::canonical,
-    runtime::lock,
+    util::lock,
 };
 
 #[derive(Debug, Error)]
@@ -185,7 +185,7 @@ fn open_sockets(resolver: SocketAddr, inject_mark: u32) -> Result<Sockets, GateE
     // device fails with ENETUNREACH (an `IPV6_V6ONLY` socket's, caught on
     // egress).
     let raw6 = raw_socket(libc::AF_INET6, inject_mark)?;
-    let diag = crate::live::diag_socket().map_err(|e| debug!(error = %e, "no socket diagnostics")).ok();
+    let diag = crate::enforcer::live::diag_socket().map_err(|e| debug!(error = %e, "no socket diagnostics")).ok();
     Ok(Sockets { tcp, udp, upstream, raw4, raw6, diag })
 }
 

@@ -11,7 +11,7 @@ use std::{
 
 use tokio::sync::Notify;
 
-use crate::runtime::lock;
+use crate::util::lock;
 
 /// A gate's connections, and since when each has been waiting for its
 /// client's next query (`None`: in the middle of one).

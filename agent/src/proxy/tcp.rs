@@ -44,7 +44,7 @@ use crate::{
         GateStats, MAX_CNAME_CHAIN,
         judge::{judge_query, note_shape, vet_answer},
     },
-    runtime::lock,
+    util::lock,
 };
 
 /// How long a client or the resolver may take for one step: the client's

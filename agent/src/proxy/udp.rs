@@ -36,7 +36,7 @@ use crate::{
         GateStats, MAX_CNAME_CHAIN,
         judge::{judge_query, note_shape, vet_answer},
     },
-    runtime::lock,
+    util::lock,
 };
 
 /// How long a forwarded query waits for its answer (stub resolvers retry

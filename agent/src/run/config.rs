@@ -16,7 +16,7 @@ use crate::{
     cgroup::cgroup_id,
     check::BadPolicy,
     policy::{CompiledPolicy, Policy, PolicySpec, compile, system_resolvers},
-    state::{Caps, Identity},
+    enforcer::{Caps, Identity},
 };
 
 #[derive(Debug, Deserialize, PartialEq)]

@@ -31,7 +31,7 @@ use crate::{
     gate::{GateOptions, parse_deny_rcode},
     handover,
     runtime::{Agent, AgentOptions},
-    state::{Caps, TtlBounds},
+    enforcer::{Caps, TtlBounds},
 };
 
 /// How often the config file is looked at; a change is applied once it

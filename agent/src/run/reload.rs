@@ -107,7 +107,7 @@ mod tests {
     use super::*;
     use crate::{
         policy::{Policy, compile},
-        state::Identity,
+        enforcer::Identity,
     };
 
     fn ep(cgroup_id: u64, name: &str, allow: &str) -> Prepared {

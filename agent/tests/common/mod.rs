@@ -46,19 +46,19 @@ pub const INJECT_MARK: u32 = 0x8000_1234;
 /// `State`). Returns the datapath, the state and the endpoint id.
 pub fn load_endpoint(
     cfg: agent_common::Config,
-    caps: portcullis::state::Caps,
+    caps: portcullis::enforcer::Caps,
     policy_yaml: &str,
-) -> (portcullis::ebpf::Datapath, portcullis::state::State, u32) {
+) -> (portcullis::ebpf::Datapath, portcullis::enforcer::State, u32) {
     load_endpoint_at(cfg, caps, policy_yaml, own_cgroup_id())
 }
 
 /// `load_endpoint` for the cgroup `cgroup_id`.
 pub fn load_endpoint_at(
     cfg: agent_common::Config,
-    caps: portcullis::state::Caps,
+    caps: portcullis::enforcer::Caps,
     policy_yaml: &str,
     cgroup_id: u64,
-) -> (portcullis::ebpf::Datapath, portcullis::state::State, u32) {
+) -> (portcullis::ebpf::Datapath, portcullis::enforcer::State, u32) {
     load_endpoint_with(cfg, caps, policy_yaml, cgroup_id, false)
 }
 
@@ -66,14 +66,14 @@ pub fn load_endpoint_at(
 /// number (as `run` does): see `Datapath::load`.
 pub fn load_endpoint_with(
     cfg: agent_common::Config,
-    caps: portcullis::state::Caps,
+    caps: portcullis::enforcer::Caps,
     policy_yaml: &str,
     cgroup_id: u64,
     one_attach_point: bool,
-) -> (portcullis::ebpf::Datapath, portcullis::state::State, u32) {
+) -> (portcullis::ebpf::Datapath, portcullis::enforcer::State, u32) {
     use portcullis::{
         policy::{Policy, compile},
-        state::{Identity, State, TtlBounds},
+        enforcer::{Identity, State, TtlBounds},
     };
     let mut dp = portcullis::ebpf::Datapath::load(cfg, None, one_attach_point).expect("load programs");
     let maps = dp.take_maps().expect("maps");

@@ -8,6 +8,8 @@
 //! datagrams of unconnected sockets and cached verdicts, not flows already
 //! judged. docs/ARCHITECTURE.md "Live changes" says how to cut those too.
 
+use std::sync::Arc;
+
 use agent_common::{ENDPOINT_F_AUDIT, EndpointInfo};
 
 use super::{Identity, State, StateError, boot_ns, dns_key, map_err};
@@ -61,7 +63,7 @@ impl State {
         self.maps.verdict_cache().invalidate(id).map_err(map_err("VERDICT_CACHE"))?;
         let ep = self.endpoints.get_mut(&id).ok_or(StateError::UnknownEndpoint(id))?;
         ep.identity = identity;
-        ep.policy = policy;
+        ep.policy = Arc::new(policy);
         ep.audit = audit;
         self.version += 1;
         Ok(out)

@@ -22,9 +22,9 @@ use std::{
 
 use crate::{
     cgroup::{self, dirs_below},
+    enforcer::LiveIps,
     policy::canonical,
-    runtime::lock,
-    state::LiveIps,
+    util::lock,
 };
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;

@@ -29,7 +29,7 @@ pub use update::PolicyChange;
 
 use crate::{
     ebpf::PolicyMaps,
-    live::LiveConns,
+    enforcer::live::LiveConns,
     policy::{CompiledPolicy, PortKey, canonical, is_always_denied},
 };
 
@@ -61,7 +61,8 @@ pub struct Endpoint {
     pub id: u32,
     pub identity: Identity,
     pub cgroup_id: u64,
-    pub policy: CompiledPolicy,
+    /// Shared with readers (`EndpointView`): a new policy replaces it.
+    pub policy: Arc<CompiledPolicy>,
     pub audit: bool,
     /// Last DNS name seen for an IP (allowed or not), bounded.
     names: HashMap<IpAddr, String>,
@@ -78,12 +79,7 @@ impl Endpoint {
     /// an always-denied range and no CIDR rule of this endpoint opens it
     /// (the longest matching prefix decides, as in the kernel).
     pub fn unreachable(&self, ip: IpAddr) -> bool {
-        if !is_always_denied(ip) {
-            return false;
-        }
-        let ip6 = canonical(ip);
-        let best = self.policy.cidr_entries.iter().filter(|e| e.net.contains(&ip6)).max_by_key(|e| e.net.prefix_len());
-        best.is_none_or(|e| e.value.kind != agent_common::CIDR_KIND_ALLOW)
+        self.policy.unreachable(ip)
     }
 
     pub fn name_for(&self, ip: IpAddr) -> Option<&str> {
@@ -142,11 +138,7 @@ pub struct State {
     live: Option<Arc<LiveConns>>,
 }
 
-pub fn boot_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
-}
+pub use crate::util::boot_ns;
 
 fn key_bytes(ip: IpAddr) -> [u8; 16] {
     canonical(ip).octets()
@@ -234,7 +226,7 @@ impl State {
             self.prune_policy_entries(id, &policy)?;
         }
         self.endpoints
-            .insert(id, Endpoint { id, identity, cgroup_id, policy, audit, names: HashMap::new(), uncontained: Vec::new() });
+            .insert(id, Endpoint { id, identity, cgroup_id, policy: Arc::new(policy), audit, names: HashMap::new(), uncontained: Vec::new() });
         Ok(id)
     }
 
