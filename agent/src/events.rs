@@ -20,8 +20,8 @@ use tokio::{
 };
 
 use crate::{
-    util::lock,
     enforcer::{State, boot_ns},
+    util::lock,
 };
 
 /// Where blocked-connection records go; shared by the kernel-event reader

@@ -26,7 +26,7 @@ use tokio::{
 };
 use tracing::warn;
 
-use crate::{ebpf::maps::KernelCounters, gate::GateStats, util::lock, enforcer::State};
+use crate::{ebpf::maps::KernelCounters, enforcer::State, gate::GateStats, util::lock};
 
 /// Binds `addr` (with `SO_REUSEPORT`).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

@@ -26,14 +26,14 @@ use crate::{
         loader::{Attachment, current_netns_cookie},
         maps::KernelCounters,
     },
+    enforcer::live::LiveConns,
+    enforcer::{Caps, Identity, PolicyChange, State, TtlBounds},
     events::{self, LogSink},
     gate::{Gate, GateOptions, GateStats, PendingQueries, ratelimit::RecordLimit},
     handover::{self, Handover},
-    enforcer::live::LiveConns,
     metrics::{self, ConfigStats},
     policy::CompiledPolicy,
     proxy::DnsGates,
-    enforcer::{Caps, Identity, PolicyChange, State, TtlBounds},
     util::lock,
 };
 

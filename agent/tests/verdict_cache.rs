@@ -22,7 +22,7 @@ use common::{load_endpoint_with, privileged, test_config};
 use portcullis::{
     cgroup::{OwnedCgroup, cgroup2_mount},
     ebpf::loader::Attachment,
-    state::Caps,
+    enforcer::Caps,
 };
 
 const POLICY: &str = r#"

@@ -178,7 +178,7 @@ fn a_reload_applies_only_the_difference_and_a_removed_endpoint_leaves_nothing() 
         metrics,
         &[
             ("same", &same.path, &api_echo),
-            ("narrow", &narrow.path, &(api_echo.clone() + &other)),
+            ("narrow", &narrow.path, &format!("{api_echo}{other}")),
             ("widen", &widen.path, &api),
             ("gone", &gone.path, &api),
         ],
@@ -226,17 +226,13 @@ fn a_reload_applies_only_the_difference_and_a_removed_endpoint_leaves_nothing() 
         &[
             ("same", &same.path, &api_echo),
             ("narrow", &narrow.path, &other),
-            ("widen", &widen.path, &(rule("api.example.test", &[443, 80]) + &other)),
+            ("widen", &widen.path, &format!("{}{other}", rule("api.example.test", &[443, 80]))),
             ("new", &new.path, &api),
         ],
     );
     cm.update(&v2);
     let done = agent.wait_message("config reloaded");
-    assert_eq!(
-        [&done["added"], &done["changed"], &done["removed"], &done["untouched"]],
-        [1, 2, 1, 1],
-        "{done}"
-    );
+    assert_eq!([&done["added"], &done["changed"], &done["removed"], &done["untouched"]], [1, 2, 1, 1], "{done}");
 
     // Untouched: same programs, same learned keys, same cache; its
     // connection and its learned address work without a lookup.
@@ -270,7 +266,11 @@ fn a_reload_applies_only_the_difference_and_a_removed_endpoint_leaves_nothing() 
     assert!(attached(&gone.path).progs.is_empty(), "still attached to the removed endpoint's cgroup");
     assert_eq!(pins.links_of(cgroup_id(&gone.path)), Vec::<String>::new());
     assert!(entries_of(&pins, gone_id).values().all(|n| *n == 0), "{:?}", entries_of(&pins, gone_id));
-    let own: Vec<u64> = gone_progs.iter().filter(|(_, n, _)| ["pc_connect4", "pc_connect6", "pc_sendmsg4", "pc_sendmsg6"].contains(&n.as_str())).map(|p| p.0).collect();
+    let own: Vec<u64> = gone_progs
+        .iter()
+        .filter(|(_, n, _)| ["pc_connect4", "pc_connect6", "pc_sendmsg4", "pc_sendmsg6"].contains(&n.as_str()))
+        .map(|p| p.0)
+        .collect();
     assert_eq!(own.len(), 4, "{gone_progs:?}");
     wait_for("the removed endpoint's own load to be freed", Duration::from_secs(5), || {
         let live = common::pc_prog_ids();

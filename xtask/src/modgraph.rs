@@ -239,15 +239,11 @@ mod tests {
     #[test]
     fn use_trees_expand() {
         let p = paths("use crate::{a::b, c::{d, e::*}};\nlet x = super::f::g(); // crate::not");
-        let want: Vec<Vec<String>> = [
-            vec!["crate", "a", "b"],
-            vec!["crate", "c", "d"],
-            vec!["crate", "c", "e", ""],
-            vec!["super", "f", "g"],
-        ]
-        .iter()
-        .map(|v| v.iter().map(|s| (*s).to_owned()).filter(|s| !s.is_empty()).collect())
-        .collect();
+        let want: Vec<Vec<String>> =
+            [vec!["crate", "a", "b"], vec!["crate", "c", "d"], vec!["crate", "c", "e", ""], vec!["super", "f", "g"]]
+                .iter()
+                .map(|v| v.iter().map(|s| (*s).to_owned()).filter(|s| !s.is_empty()).collect())
+                .collect();
         assert_eq!(p, want);
     }
 

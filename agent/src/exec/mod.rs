@@ -30,9 +30,9 @@ use crate::{
     cgroup::{OwnedCgroup, cgroup2_mount},
     check::load_policy,
     cli::ExecArgs,
+    enforcer::{Caps, Identity, TtlBounds},
     gate::GateOptions,
     runtime::{Agent, AgentOptions},
-    enforcer::{Caps, Identity, TtlBounds},
 };
 
 /// Signals forwarded to the command instead of killing the agent.

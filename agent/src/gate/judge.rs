@@ -14,9 +14,9 @@ use tracing::warn;
 use super::{GateStats, ratelimit::RecordLimit};
 use crate::{
     dns::{Learned, Suspicion, strip_addresses, suspicion},
+    enforcer::State,
     events::{BlockedRecord, LogSink, now_rfc3339, proc_comm, write_record},
     util::lock,
-    enforcer::State,
 };
 
 /// What the gate decides with.

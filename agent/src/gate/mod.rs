@@ -39,7 +39,7 @@ use aya::maps::{MapData, RingBuf};
 use hickory_proto::op::ResponseCode;
 
 pub use self::pending::{PendingQueries, QueryKey};
-use crate::{events::LogSink, inject::Injector, proxy::DnsGates, enforcer::State};
+use crate::{enforcer::State, events::LogSink, inject::Injector, proxy::DnsGates};
 
 /// Longest CNAME chain followed inside one answer.
 pub const MAX_CNAME_CHAIN: usize = 8;

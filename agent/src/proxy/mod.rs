@@ -59,9 +59,9 @@ use tracing::debug;
 
 use crate::{
     ebpf::loader::netns_cookie_of,
+    enforcer::live::LiveConns,
     gate::judge::Shared,
     inject::{InjectError, raw_socket, set_int_option},
-    enforcer::live::LiveConns,
     policy::canonical,
     util::lock,
 };

@@ -15,8 +15,8 @@ use serde::Deserialize;
 use crate::{
     cgroup::cgroup_id,
     check::BadPolicy,
-    policy::{CompiledPolicy, Policy, PolicySpec, compile, system_resolvers},
     enforcer::{Caps, Identity},
+    policy::{CompiledPolicy, Policy, PolicySpec, compile, system_resolvers},
 };
 
 #[derive(Debug, Deserialize, PartialEq)]

@@ -14,7 +14,7 @@ use std::{
 use tracing::{info, warn};
 
 use super::reload::Enforced;
-use crate::{util::lock, enforcer::State};
+use crate::{enforcer::State, util::lock};
 
 /// How often node mode looks at what the pods' processes hold.
 const COVERAGE_EVERY: Duration = Duration::from_secs(5);

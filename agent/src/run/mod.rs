@@ -28,10 +28,10 @@ use crate::{
     check::BadPolicy,
     cli::{RunArgs, UnpinArgs},
     ebpf::{Pins, pin},
+    enforcer::{Caps, TtlBounds},
     gate::{GateOptions, parse_deny_rcode},
     handover,
     runtime::{Agent, AgentOptions},
-    enforcer::{Caps, TtlBounds},
 };
 
 /// How often the config file is looked at; a change is applied once it

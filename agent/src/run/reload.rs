@@ -106,8 +106,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        policy::{Policy, compile},
         enforcer::Identity,
+        policy::{Policy, compile},
     };
 
     fn ep(cgroup_id: u64, name: &str, allow: &str) -> Prepared {

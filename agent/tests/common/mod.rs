@@ -72,8 +72,8 @@ pub fn load_endpoint_with(
     one_attach_point: bool,
 ) -> (portcullis::ebpf::Datapath, portcullis::enforcer::State, u32) {
     use portcullis::{
-        policy::{Policy, compile},
         enforcer::{Identity, State, TtlBounds},
+        policy::{Policy, compile},
     };
     let mut dp = portcullis::ebpf::Datapath::load(cfg, None, one_attach_point).expect("load programs");
     let maps = dp.take_maps().expect("maps");

@@ -225,8 +225,10 @@ impl State {
             // New entries are in; only now drop what the old policy had.
             self.prune_policy_entries(id, &policy)?;
         }
-        self.endpoints
-            .insert(id, Endpoint { id, identity, cgroup_id, policy: Arc::new(policy), audit, names: HashMap::new(), uncontained: Vec::new() });
+        self.endpoints.insert(
+            id,
+            Endpoint { id, identity, cgroup_id, policy: Arc::new(policy), audit, names: HashMap::new(), uncontained: Vec::new() },
+        );
         Ok(id)
     }
 
