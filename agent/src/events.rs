@@ -5,7 +5,7 @@
 use std::{
     fs::OpenOptions,
     io::Write,
-    net::{IpAddr, Ipv6Addr},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     path::Path,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
@@ -20,8 +20,8 @@ use tokio::{
 };
 
 use crate::{
-    enforcer::{State, boot_ns},
-    util::lock,
+    enforcer::{EndpointView, Enforcer},
+    util::{boot_ns, lock},
 };
 
 /// Where blocked-connection records go; shared by the kernel-event reader
@@ -116,26 +116,50 @@ fn wall_time(ts_boot_ns: u64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// Builds the record for a raw event using the endpoint table.
-pub fn record(ev: &DeniedEvent, st: &State) -> BlockedRecord {
-    let dst = display_ip(ev.daddr);
-    let ep = st.endpoint(ev.endpoint);
-    let comm_len = ev.comm.iter().position(|b| *b == 0).unwrap_or(ev.comm.len());
-    BlockedRecord {
-        time: wall_time(ev.ts_ns),
-        verdict: if ev.audit != 0 { "audit" } else { "blocked" },
-        reason: Reason::from_u32(ev.reason).map_or("unknown", Reason::as_str),
-        endpoint: ep.map_or_else(|| format!("endpoint-{}", ev.endpoint), |e| e.identity.name.clone()),
-        namespace: ep.and_then(|e| e.identity.namespace.clone()),
-        pod: ep.and_then(|e| e.identity.pod.clone()),
-        protocol: protocol_name(ev.proto),
-        dst,
-        dport: u16::from_be_bytes(ev.dport),
-        host: ep.and_then(|e| e.name_for(dst)).map(str::to_owned),
-        pid: (ev.tgid != 0).then_some(ev.tgid),
-        comm: (comm_len > 0).then(|| String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned()),
-        hook: Hook::from_u32(ev.hook).map_or("unknown", Hook::as_str),
-        cgroup_id: ev.cgroup_id,
+impl BlockedRecord {
+    /// A kernel event's record; `ep` is its endpoint and the name it last
+    /// resolved to the destination, if known.
+    pub fn from_event(ev: &DeniedEvent, ep: Option<&(EndpointView, Option<String>)>) -> Self {
+        let comm_len = ev.comm.iter().position(|b| *b == 0).unwrap_or(ev.comm.len());
+        let view = ep.map(|(v, _)| v);
+        Self {
+            time: wall_time(ev.ts_ns),
+            verdict: if ev.audit != 0 { "audit" } else { "blocked" },
+            reason: Reason::from_u32(ev.reason).map_or("unknown", Reason::as_str),
+            endpoint: view.map_or_else(|| format!("endpoint-{}", ev.endpoint), |e| e.identity.name.clone()),
+            namespace: view.and_then(|e| e.identity.namespace.clone()),
+            pod: view.and_then(|e| e.identity.pod.clone()),
+            protocol: protocol_name(ev.proto),
+            dst: display_ip(ev.daddr),
+            dport: u16::from_be_bytes(ev.dport),
+            host: ep.and_then(|(_, host)| host.clone()),
+            pid: (ev.tgid != 0).then_some(ev.tgid),
+            comm: (comm_len > 0).then(|| String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned()),
+            hook: Hook::from_u32(ev.hook).map_or("unknown", Hook::as_str),
+            cgroup_id: ev.cgroup_id,
+        }
+    }
+
+    /// A record the DNS side makes (a refused name to `dst`, the resolver;
+    /// a rebinding address in an answer): the process, if known, is read
+    /// from /proc.
+    pub fn from_dns(ep: &EndpointView, reason: Reason, dst: SocketAddr, host: &str, tgid: u32, cgroup_id: u64) -> Self {
+        Self {
+            time: now_rfc3339(),
+            verdict: if ep.audit { "audit" } else { "blocked" },
+            reason: reason.as_str(),
+            endpoint: ep.identity.name.clone(),
+            namespace: ep.identity.namespace.clone(),
+            pod: ep.identity.pod.clone(),
+            protocol: "dns".into(),
+            dst: dst.ip(),
+            dport: dst.port(),
+            host: Some(host.to_owned()),
+            pid: (tgid != 0).then_some(tgid),
+            comm: proc_comm(tgid),
+            hook: "dns-gate",
+            cgroup_id,
+        }
     }
 }
 
@@ -151,11 +175,11 @@ pub type GateRequests = std::sync::mpsc::SyncSender<(u32, u32)>;
 /// Writes every queued event as a record. DNS over TCP refused for want
 /// of a gate in the caller's namespace asks for one there (without waiting
 /// for it), so a retry works.
-fn drain(ring: &mut RingBuf<MapData>, state: &Mutex<State>, out: &LogSink, gates: Option<&GateRequests>) {
+fn drain(ring: &mut RingBuf<MapData>, enforcer: &Enforcer, out: &LogSink, gates: Option<&GateRequests>) {
     while let Some(item) = ring.next() {
         let Some(ev) = decode(&item) else { continue };
-        let rec = record(&ev, &lock(state));
-        write_record(out, &rec);
+        let ep = enforcer.describe(ev.endpoint, display_ip(ev.daddr));
+        write_record(out, &BlockedRecord::from_event(&ev, ep.as_ref()));
         if let Some(g) = gates.filter(|_| ev.reason == Reason::DeniedDnsNoGate as u32 && ev.tgid != 0) {
             // Full: this retry goes without; the client's next one asks again.
             let _ = g.try_send((ev.tgid, ev.endpoint));
@@ -169,7 +193,7 @@ fn drain(ring: &mut RingBuf<MapData>, state: &Mutex<State>, out: &LogSink, gates
 /// log reader does).
 pub async fn run(
     ring: RingBuf<MapData>,
-    state: Arc<Mutex<State>>,
+    enforcer: Enforcer,
     out: LogSink,
     gates: Option<GateRequests>,
     mut stop: watch::Receiver<bool>,
@@ -187,11 +211,11 @@ pub async fn run(
         tokio::select! {
             ready = fd.readable_mut() => {
                 let Ok(mut guard) = ready else { break };
-                drain(guard.get_inner_mut(), &state, &out, gates.as_ref());
+                drain(guard.get_inner_mut(), &enforcer, &out, gates.as_ref());
                 guard.clear_ready();
             }
             _ = stop.changed() => break,
         }
     }
-    drain(fd.get_mut(), &state, &out, gates.as_ref());
+    drain(fd.get_mut(), &enforcer, &out, gates.as_ref());
 }

@@ -4,7 +4,7 @@
 //! names nor DNS lookups in flight.
 //!
 //! The kernel side needs no handover: programs, links and maps are pinned
-//! (`ebpf::pin`), and both agents' programs write into the same pinned
+//! (`datapath::pin`), and both agents' programs write into the same pinned
 //! rings. What lives only in user space is handed over here:
 //! - the queries waiting for their answers (`PendingRecord`): an answer
 //!   still in the ring is paired by the new agent with the query the old

@@ -28,7 +28,7 @@ use nix::{
 };
 use thiserror::Error;
 
-use crate::ebpf::loader::netns_cookie_of;
+use crate::datapath::loader::netns_cookie_of;
 
 #[derive(Debug, Error)]
 pub enum InjectError {

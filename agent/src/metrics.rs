@@ -12,7 +12,7 @@ use std::{
     fmt::Write as _,
     net::SocketAddr,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
@@ -26,7 +26,10 @@ use tokio::{
 };
 use tracing::warn;
 
-use crate::{ebpf::maps::KernelCounters, enforcer::State, gate::GateStats, util::lock};
+use crate::{
+    enforcer::{EndpointView, Enforcer},
+    gate::GateStats,
+};
 
 /// Binds `addr` (with `SO_REUSEPORT`).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -101,9 +104,8 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 /// counts are atomics, and the endpoints are copied out in one short lock.
 #[derive(Clone)]
 pub struct Sources {
-    pub state: Arc<Mutex<State>>,
+    pub enforcer: Enforcer,
     pub gate: Arc<GateStats>,
-    pub counters: Arc<KernelCounters>,
     pub config: Arc<ConfigStats>,
 }
 
@@ -126,20 +128,32 @@ struct Row {
     uncontained: crate::coverage::Held,
 }
 
+fn labels(e: &EndpointView) -> String {
+    format!(
+        "endpoint=\"{}\",namespace=\"{}\",pod=\"{}\"",
+        esc(&e.identity.name),
+        esc(e.identity.namespace.as_deref().unwrap_or("")),
+        esc(e.identity.pod.as_deref().unwrap_or(""))
+    )
+}
+
 /// The whole exposition.
 pub fn render(src: &Sources) -> String {
     let mut out = String::new();
     let gate = &*src.gate;
-    let counters = src.counters.read().unwrap_or_default();
-    let eps: Vec<Row> = {
-        let st = lock(&src.state);
-        let mut eps: Vec<Row> = st
-            .endpoints()
-            .map(|e| Row { id: e.id, labels: labels(e), learned: st.learned_count(e.id), uncontained: e.uncontained.clone() })
-            .collect();
-        eps.sort_by_key(|e| e.id);
-        eps
-    };
+    let counters = src.enforcer.counters();
+    let mut uncontained = src.enforcer.uncontained();
+    let eps: Vec<Row> = src
+        .enforcer
+        .snapshot()
+        .into_iter()
+        .map(|r| Row {
+            id: r.view.id,
+            labels: labels(&r.view),
+            learned: r.learned,
+            uncontained: uncontained.remove(&r.view.id).unwrap_or_default(),
+        })
+        .collect();
     let at = |i: u32| counters.get(i as usize).copied().unwrap_or(0);
     family(&mut out, "portcullis_verdicts_total", "counter", "Kernel verdicts by hook and reason (allowed-* and denied-*).");
     for h in 0..Hook::COUNT {
@@ -264,15 +278,6 @@ pub fn render(src: &Sources) -> String {
         let _ = writeln!(out, "portcullis_config_reloads_total{{result=\"{result}\"}} {}", c.load(Relaxed));
     }
     out
-}
-
-fn labels(e: &crate::enforcer::Endpoint) -> String {
-    format!(
-        "endpoint=\"{}\",namespace=\"{}\",pod=\"{}\"",
-        esc(&e.identity.name),
-        esc(e.identity.namespace.as_deref().unwrap_or("")),
-        esc(e.identity.pod.as_deref().unwrap_or(""))
-    )
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 //! `portcullis exec` and `portcullis run`.
 
 use std::{
-    collections::HashMap,
     io::Write,
     path::{Path, PathBuf},
     sync::{
@@ -21,13 +20,12 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::{
-    ebpf::{
+    datapath::{
         Datapath, Pins,
         loader::{Attachment, current_netns_cookie},
-        maps::KernelCounters,
     },
     enforcer::live::LiveConns,
-    enforcer::{Caps, Identity, PolicyChange, State, TtlBounds},
+    enforcer::{Caps, Enforcer, Identity, PolicyChange, State, TtlBounds},
     events::{self, LogSink},
     gate::{Gate, GateOptions, GateStats, PendingQueries, ratelimit::RecordLimit},
     handover::{self, Handover},
@@ -85,7 +83,7 @@ struct Idle {
 
 /// The part a handover request (from another thread) needs.
 struct Core {
-    state: Arc<Mutex<State>>,
+    enforcer: Enforcer,
     running: Mutex<Option<Consumers>>,
     rt: tokio::runtime::Handle,
 }
@@ -103,13 +101,13 @@ impl Core {
                 let _ = t.await;
             }
         });
-        let learned = lock(&self.state).export_learned();
+        let learned = self.enforcer.export_learned();
         Some(Handover { pending, learned })
     }
 }
 
 pub struct Agent {
-    pub state: Arc<Mutex<State>>,
+    pub enforcer: Enforcer,
     pub gate_stats: Arc<GateStats>,
     datapath: Datapath,
     rt: tokio::runtime::Runtime,
@@ -126,8 +124,6 @@ pub struct Agent {
     attached: Vec<(PathBuf, u64)>,
     /// Live connections per endpoint, for the learned-address caps.
     live: Arc<LiveConns>,
-    /// The kernel's counters, read without the state lock.
-    counters: Arc<KernelCounters>,
     /// Outcomes of config reloads (`run`), for the metrics.
     pub config_stats: Arc<ConfigStats>,
 }
@@ -136,30 +132,27 @@ pub struct Agent {
 /// connect time already; this keeps the maps and bookkeeping small) and,
 /// in node mode, snapshots learned state about once a second when it
 /// changed (for a restart after a crash).
-async fn expire_learned(
-    state: Arc<Mutex<State>>,
-    gates: Arc<DnsGates>,
-    snapshot: Option<PathBuf>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn expire_learned(enforcer: Enforcer, gates: Arc<DnsGates>, snapshot: Option<PathBuf>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let (mut written, mut n) = (None, 0u32);
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 gates.sweep();
-                let mut st = lock(&state);
-                if let Err(e) = st.expire() {
-                    warn!(error = %e, "expiring learned IPs failed");
-                }
+                let version = match enforcer.expire() {
+                    Ok(v) => v,
+                    Err(e) => {
+                        warn!(error = %e, "expiring learned IPs failed");
+                        continue;
+                    }
+                };
                 n += 1;
                 let Some(dir) = snapshot.as_deref() else { continue };
-                if n % 4 != 0 || written == Some(st.version()) {
+                if n % 4 != 0 || written == Some(version) {
                     continue;
                 }
-                let h = Handover { pending: Vec::new(), learned: st.export_learned() };
-                written = Some(st.version());
-                drop(st);
+                let h = Handover { pending: Vec::new(), learned: enforcer.export_learned() };
+                written = Some(version);
                 if let Err(e) = handover::write_snapshot(dir, &h) {
                     warn!(error = %e, "writing the learned-state snapshot failed");
                 }
@@ -235,14 +228,12 @@ impl Agent {
                 info!(endpoints = n, "adopting pinned state of a previous agent");
             }
         }
-        let counters = st.maps.counter_reader();
-        let state = Arc::new(Mutex::new(st));
+        let enforcer = Enforcer::new(st);
         let log = events::log_sink(opts.log);
         let records = RecordLimit::new(opts.events_per_sec, opts.events_burst);
-        let gate = Gate::new(state.clone(), mark, log.clone(), opts.gate, records);
-        let gate_stats = gate.shared().stats.clone();
-        let dns_gates =
-            Arc::new(DnsGates::new(gate.shared().clone(), opts.gate.deny_rcode, opts.gate.dns_gates, mark, live.clone()));
+        let gate = Gate::new(enforcer.clone(), mark, log.clone(), opts.gate, records);
+        let gate_stats = gate.engine().stats.clone();
+        let dns_gates = Arc::new(DnsGates::new(gate.engine().clone(), enforcer.clone(), opts.gate.dns_gates, mark, live.clone()));
         let gate = gate.with_dns_gates(dns_gates.clone());
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -250,9 +241,9 @@ impl Agent {
             .enable_all()
             .build()
             .context("starting the tokio runtime")?;
-        let core = Arc::new(Core { state: state.clone(), running: Mutex::new(None), rt: rt.handle().clone() });
+        let core = Arc::new(Core { enforcer: enforcer.clone(), running: Mutex::new(None), rt: rt.handle().clone() });
         Ok(Self {
-            state,
+            enforcer,
             gate_stats,
             datapath,
             rt,
@@ -266,7 +257,6 @@ impl Agent {
             listener: None,
             attached: Vec::new(),
             live,
-            counters,
             config_stats: Arc::default(),
         })
     }
@@ -289,18 +279,16 @@ impl Agent {
                 }
             },
         };
-        let mut st = lock(&self.state);
-        // The previous agent's DNS gates die with it; ours open later.
-        let ports = st.maps.clear_gates().map_err(|e| anyhow::anyhow!("clearing GATES: {e}"))?;
+        // The previous agent's DNS gates die with it (ours open later); its
+        // endpoints this agent's source did not name go.
+        let (gone, ports, n, orphans) = self.enforcer.adopt(h.as_ref().map_or(&[][..], |h| &h.learned))?;
         self.dns_gates.retire_ports(ports);
-        let gone = st.drop_unclaimed()?;
+        info!(pairs = n, orphans, "adopted learned names");
         if let Some(p) = &self.pins {
             for cg in gone {
                 p.unlink_cgroup(cg)?;
             }
         }
-        let n = st.adopt_learned(h.as_ref().map_or(&[][..], |h| &h.learned))?;
-        info!(pairs = n, orphans = st.orphan_count(), "adopted learned names");
         Ok(h)
     }
 
@@ -322,8 +310,8 @@ impl Agent {
         let (stop, stop_rx) = watch::channel(false);
         let opener = gate_opener(self.dns_gates.clone());
         let mut tasks = vec![
-            self.rt.spawn(events::run(denied, self.state.clone(), log, opener, stop_rx.clone())),
-            self.rt.spawn(expire_learned(self.state.clone(), self.dns_gates.clone(), self.state_dir.clone(), stop_rx.clone())),
+            self.rt.spawn(events::run(denied, self.enforcer.clone(), log, opener, stop_rx.clone())),
+            self.rt.spawn(expire_learned(self.enforcer.clone(), self.dns_gates.clone(), self.state_dir.clone(), stop_rx.clone())),
         ];
         if let Some(addr) = self.metrics_addr {
             let listener = {
@@ -331,21 +319,15 @@ impl Agent {
                 metrics::bind(addr).with_context(|| format!("metrics address {addr}"))?
             };
             let src = metrics::Sources {
-                state: self.state.clone(),
+                enforcer: self.enforcer.clone(),
                 gate: self.gate_stats.clone(),
-                counters: self.counters.clone(),
                 config: self.config_stats.clone(),
             };
             tasks.push(self.rt.spawn(metrics::serve(listener, src, stop_rx)));
         }
         *lock(&self.core.running) = Some(Consumers { stop_gate, gate_thread, stop, tasks });
         // Only now may the kernel hold answers for us: someone is listening.
-        {
-            let mut st = lock(&self.state);
-            let mut cfg = st.maps.config();
-            cfg.agent_ready = 1;
-            st.maps.set_config(&cfg)?;
-        }
+        self.enforcer.set_agent_ready()?;
         if let Some(dir) = &self.state_dir {
             let core = self.core.clone();
             self.listener = Some(handover::Server::start(dir, move || core.hand_over().unwrap_or_default())?);
@@ -354,7 +336,7 @@ impl Agent {
     }
 
     pub fn add_endpoint(&self, identity: Identity, cgroup_id: u64, policy: CompiledPolicy, audit: bool) -> Result<u32> {
-        Ok(lock(&self.state).add_endpoint(identity, cgroup_id, policy, audit)?)
+        Ok(self.enforcer.add_endpoint(identity, cgroup_id, policy, audit)?)
     }
 
     /// Gives a running endpoint a new identity, policy and audit flag
@@ -371,7 +353,7 @@ impl Agent {
         pids: &[u32],
     ) -> Result<PolicyChange> {
         let resolvers = policy.dns_servers.clone();
-        let change = lock(&self.state).set_policy(id, identity, policy, audit)?;
+        let change = self.enforcer.set_policy(id, identity, policy, audit)?;
         self.dns_gates.close(id, &resolvers);
         if self.idle.is_none() {
             self.open_dns_gates(id, pids);
@@ -385,17 +367,13 @@ impl Agent {
     /// remove_endpoint`). A cgroup nested in it or around it keeps its own
     /// attach point; their verdict caches are planned again.
     pub fn remove_endpoint(&mut self, id: u32) -> Result<()> {
-        let Some(cgroup_id) = lock(&self.state).endpoint(id).map(|e| e.cgroup_id) else { return Ok(()) };
+        let Some(cgroup_id) = self.enforcer.endpoint(id).map(|e| e.cgroup_id) else { return Ok(()) };
         if self.attached.iter().any(|(_, c)| *c == cgroup_id) {
             self.datapath.detach(cgroup_id, self.pins.as_ref()).with_context(|| format!("detaching from cgroup {cgroup_id}"))?;
             self.attached.retain(|(_, c)| *c != cgroup_id);
         }
         self.dns_gates.close(id, &[]);
-        {
-            let mut st = lock(&self.state);
-            st.remove_endpoint(id)?;
-            st.maps.verdict_cache().forget(cgroup_id);
-        }
+        self.enforcer.remove_endpoint(id)?;
         self.gate_stats.forget(id);
         self.live.unwatch_cgroup(cgroup_id);
         self.refresh_verdict_caches()
@@ -421,7 +399,7 @@ impl Agent {
         }
         .with_context(|| format!("attaching to {}", cgroup.display()))?;
         if let Some(cache) = own_cache {
-            lock(&self.state).maps.verdict_cache().set_home(cgroup_id, cache);
+            self.enforcer.set_cache_home(cgroup_id, cache);
         }
         self.attached.push((cgroup.canonicalize().unwrap_or_else(|_| cgroup.to_owned()), cgroup_id));
         self.live.watch_cgroup(cgroup_id, cgroup);
@@ -434,9 +412,7 @@ impl Agent {
     /// Failing to turn it on only costs speed; failing to turn it off is an
     /// error.
     fn refresh_verdict_caches(&mut self) -> Result<()> {
-        let mut st = lock(&self.state);
-        let owner: HashMap<u64, u32> = st.endpoints().map(|e| (e.cgroup_id, e.id)).collect();
-        st.maps.verdict_cache().refresh(&self.attached, |id| owner.get(&id).copied()).map_err(|(cgroup_id, e)| {
+        self.enforcer.refresh_caches(&self.attached).map_err(|(cgroup_id, e)| {
             anyhow::Error::new(e).context(format!("turning the verdict cache off at cgroup {cgroup_id}"))
         })
     }
@@ -445,7 +421,7 @@ impl Agent {
     /// gates' records held back by the same rate limit, as (what, count).
     pub fn losses(&self) -> Vec<(&'static str, u64)> {
         use agent_common::loss;
-        let c = self.counters.read().unwrap_or_default();
+        let c = self.enforcer.counters();
         let at = |i: u32| c.get(i as usize).copied().unwrap_or(0);
         [
             ("blocked-attempt records suppressed by the rate limit", at(loss::EVENT_RATE_LIMITED)),

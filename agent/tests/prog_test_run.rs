@@ -14,7 +14,7 @@ use agent_common::{Config, Hook, Reason, counter_index, loss};
 use aya::programs::{CgroupSkb, TestRun as _, TestRunOptions};
 use etherparse::PacketBuilder;
 use portcullis::{
-    ebpf::Datapath,
+    datapath::Datapath,
     enforcer::{Caps, State},
 };
 
@@ -232,7 +232,7 @@ fn dns_answer_without_owner_is_held_back() {
 #[test]
 fn traffic_to_a_dns_gate_port_passes_as_dns() {
     let Some(mut h) = harness(false) else { return };
-    let netns = portcullis::ebpf::loader::current_netns_cookie().expect("netns cookie");
+    let netns = portcullis::datapath::loader::current_netns_cookie().expect("netns cookie");
     let before = h.counter(Hook::SkbEgress, Reason::AllowedDns);
     let install_gate = |h: &mut Harness| {
         let gate = agent_common::GatePortKey { netns_cookie: netns, port: 5353u16.to_be_bytes(), proto: 17, _pad: [0; 5] };
@@ -244,7 +244,7 @@ fn traffic_to_a_dns_gate_port_passes_as_dns() {
         };
         h.state.maps.insert_gate_port(gate, resolver).expect("gate port");
     };
-    if !portcullis::ebpf::probe::features().skb_netns_cookie {
+    if !portcullis::datapath::probe::features().skb_netns_cookie {
         // Where the packet programs cannot ask the kernel, a socket's
         // namespace is what `cgroup/sock_create` noted; the synthetic socket
         // of BPF_PROG_TEST_RUN never met it, like a socket older than the

@@ -21,7 +21,7 @@ use agent_common::{Hook, Reason, counter_index, ip_words, v4_mapped};
 use common::{load_endpoint_with, privileged, test_config};
 use portcullis::{
     cgroup::{OwnedCgroup, cgroup2_mount},
-    ebpf::loader::Attachment,
+    datapath::loader::Attachment,
     enforcer::Caps,
 };
 
@@ -77,7 +77,7 @@ fn cached_slots(state: &mut portcullis::enforcer::State, cg: &OwnedCgroup, ip: &
 /// Where the cache lives: `SOLO_CACHE` (a load for one attach point) or not.
 const HOMES: [bool; 2] = [false, true];
 
-fn setup(tag: &str, caps: Caps, solo: bool) -> (portcullis::ebpf::Datapath, portcullis::enforcer::State, u32, OwnedCgroup) {
+fn setup(tag: &str, caps: Caps, solo: bool) -> (portcullis::datapath::Datapath, portcullis::enforcer::State, u32, OwnedCgroup) {
     let name = format!("pc-test-vcache-{tag}-{solo}-{}", std::process::id());
     let cg = OwnedCgroup::create(&cgroup2_mount().expect("cgroup2"), &name).expect("test cgroup");
     let (mut dp, mut state, ep) = load_endpoint_with(test_config(false), caps, POLICY, cg.id(), solo);
@@ -205,7 +205,7 @@ impl Drop for PinDir {
 fn an_adopting_agent_turns_the_previous_agents_own_caches_off() {
     use agent_common::VerdictCache;
     use aya::maps::{Map, MapData, PerCpuArray};
-    use portcullis::ebpf::{Datapath, Pins, verdict_cache::write_solo};
+    use portcullis::datapath::{Datapath, Pins, verdict_cache::write_solo};
 
     if !privileged() {
         return;

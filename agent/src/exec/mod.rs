@@ -4,7 +4,7 @@
 //! its exit status passed through, and everything removed on every exit
 //! path (normal exit, error, Ctrl-C, SIGTERM): first what the command left
 //! running, then, with the cgroup, the programs. A killed agent leaves
-//! the programs attached to the cgroup (fail closed, `ebpf::attach`).
+//! the programs attached to the cgroup (fail closed, `datapath::attach`).
 
 mod sandbox;
 
@@ -77,7 +77,7 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
         gate: GateOptions { deny_rcode: args.dns_deny_rcode, dns_gates: true },
         pins: None,
         one_attach_point: true,
-        attachment: crate::ebpf::loader::Attachment::UntilCgroupRemoved,
+        attachment: crate::datapath::loader::Attachment::UntilCgroupRemoved,
         state_dir: None,
         metrics_addr: None,
     })?;

@@ -119,7 +119,7 @@ impl Sandbox {
             }
         }
         // If the agent dies, its command goes too (daemons it started stay
-        // in the cgroup, which stays enforced: `ebpf::attach`).
+        // in the cgroup, which stays enforced: `datapath::attach`).
         check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) })?;
         if !self.keep_caps {
             drop_caps()?;

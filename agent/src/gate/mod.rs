@@ -19,7 +19,7 @@
 //! closed, the client retries or fails, nothing unlearned passes.
 
 mod answer;
-pub mod judge;
+pub mod engine;
 mod pending;
 mod query;
 pub mod ratelimit;
@@ -38,8 +38,9 @@ use agent_common::{DNS_KIND_CAUGHT, DNS_KIND_QUERY, DnsHeldPacket};
 use aya::maps::{MapData, RingBuf};
 use hickory_proto::op::ResponseCode;
 
+use self::engine::Engine;
 pub use self::pending::{PendingQueries, QueryKey};
-use crate::{enforcer::State, events::LogSink, inject::Injector, proxy::DnsGates};
+use crate::{enforcer::Enforcer, events::LogSink, inject::Injector, proxy::DnsGates};
 
 /// Longest CNAME chain followed inside one answer.
 pub const MAX_CNAME_CHAIN: usize = 8;
@@ -141,9 +142,8 @@ pub fn parse_deny_rcode(s: &str) -> Result<ResponseCode, String> {
 pub struct Gate {
     injector: Injector,
     pending: PendingQueries,
-    /// State, stats and the blocked log, as the DNS gates share them.
-    shared: judge::Shared,
-    opts: GateOptions,
+    /// The decisions, as the DNS gates share them.
+    engine: Engine,
     /// Per endpoint: start of the current one-second window, queries in it.
     rate: HashMap<u32, (Instant, u32)>,
     /// DNS gates in workload namespaces; opened for every namespace a
@@ -168,24 +168,18 @@ pub fn decode(record: &[u8]) -> Option<(DnsHeldPacket, &[u8])> {
 impl Gate {
     /// `records`: the rate limit on the blocked-log records the gates write
     /// (their warnings get one of their own, alike).
-    pub fn new(
-        state: Arc<Mutex<State>>,
-        inject_mark: u32,
-        log: LogSink,
-        opts: GateOptions,
-        records: ratelimit::RecordLimit,
-    ) -> Self {
+    pub fn new(enforcer: Enforcer, inject_mark: u32, log: LogSink, opts: GateOptions, records: ratelimit::RecordLimit) -> Self {
         Self {
-            shared: judge::Shared {
-                state,
+            engine: Engine {
+                learner: Arc::new(enforcer),
                 stats: Arc::default(),
                 log,
                 warnings: Arc::new(records.twin()),
                 records: Arc::new(records),
+                deny_rcode: opts.deny_rcode,
             },
             injector: Injector::new(inject_mark),
             pending: PendingQueries::default(),
-            opts,
             rate: HashMap::new(),
             dns_gates: None,
         }
@@ -198,17 +192,17 @@ impl Gate {
         self
     }
 
-    /// What the shared decisions (`judge`) need; `stats` are the gate's.
-    pub fn shared(&self) -> &judge::Shared {
-        &self.shared
+    /// The decisions (`engine`), shared with the DNS gates.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     /// Handles one held packet; returns whether something was sent on
     /// (the query forwarded or answered, the answer delivered).
     pub fn handle(&mut self, record: &[u8]) -> bool {
-        GateStats::bump(&self.shared.stats.held);
+        GateStats::bump(&self.engine.stats.held);
         let Some((held, data)) = decode(record) else {
-            GateStats::bump(&self.shared.stats.dropped_malformed);
+            GateStats::bump(&self.engine.stats.dropped_malformed);
             return false;
         };
         let sent = match held.kind {
@@ -217,7 +211,7 @@ impl Gate {
             _ => self.handle_answer(&held, data),
         };
         if sent {
-            GateStats::bump(&self.shared.stats.released);
+            GateStats::bump(&self.engine.stats.released);
         }
         sent
     }

@@ -1,7 +1,7 @@
-//! Queries (copies seen in `cgroup_skb/egress`): remember each one so its
-//! answer can be paired with it, log the names the policy does not let the
-//! endpoint resolve (their answers are replaced with NXDOMAIN), and count
-//! names that look like tunnelled data.
+//! Queries on the hold path (copies seen in `cgroup_skb/egress`; the query
+//! itself goes on): judged by the engine and remembered, so the answer can
+//! be paired with it and, for a name the endpoint may not resolve,
+//! replaced.
 
 use std::{
     net::{IpAddr, Ipv6Addr, SocketAddr},
@@ -13,12 +13,9 @@ use tracing::debug;
 
 use super::{
     Gate, GateStats, QueryKey,
-    judge::{judge_query, note_shape},
+    engine::{Client, QueryVerdict},
 };
-use crate::{
-    dns::{parse_message, parse_query, parse_udp, transaction_id},
-    proxy::CaughtQuery,
-};
+use crate::{dns::parse_udp, proxy::CaughtQuery};
 
 /// Queries per endpoint per second above which the rate is counted as
 /// suspicious (a stub resolver asks a handful per lookup).
@@ -26,34 +23,31 @@ pub const QUERY_RATE_LIMIT: u32 = 200;
 
 impl Gate {
     pub(super) fn handle_query(&mut self, held: &DnsHeldPacket, data: &[u8]) -> bool {
-        let parsed = parse_udp(data).and_then(|u| {
-            let m = parse_message(u.payload)?;
-            let q = parse_query(&m)?;
-            Ok((u, m, q))
-        });
-        let (udp, msg, (qname, qtype)) = match parsed {
-            Ok(v) => v,
+        let udp = match parse_udp(data) {
+            Ok(u) => u,
             Err(e) => {
                 // Not something we can vouch for: it does not leave.
                 debug!(error = %e, endpoint = held.endpoint, "dropping unparseable DNS query");
-                GateStats::bump(&self.shared.stats.dropped_malformed);
+                GateStats::bump(&self.engine.stats.dropped_malformed);
                 return false;
             }
         };
-        self.note_rate_and_shape(held.endpoint, &qname);
+        self.note_rate(held.endpoint);
         if let Some(g) = &self.dns_gates
             && let Err(e) = g.ensure(held.tgid, Some(held.netns_cookie), held.endpoint)
         {
             // DNS over TCP from there stays refused (fail closed).
             debug!(error = %e, endpoint = held.endpoint, "cannot open a TCP DNS gate");
         }
-        let Some(allowed) = judge_query(self.shared(), held.endpoint, &qname, udp.dst, held.tgid, held.cgroup_id) else {
-            GateStats::bump(&self.shared.stats.dropped_unknown_endpoint);
-            return false;
+        let who = Client { endpoint: held.endpoint, tgid: held.tgid, cgroup_id: held.cgroup_id, resolver: udp.dst };
+        let (q, allowed) = match self.engine.on_query(&who, udp.payload) {
+            QueryVerdict::Forward(q) => (q, true),
+            // The query already left: its answer is replaced (`answer`).
+            QueryVerdict::Refuse(q, _) => (q, false),
+            QueryVerdict::Drop => return false,
         };
-        let key = QueryKey { endpoint: held.endpoint, client: udp.src, resolver: udp.dst, txid: transaction_id(&msg) };
-        // Audit mode lets the answer through; it was logged above.
-        self.pending.insert(key, &qname, qtype, allowed, Instant::now());
+        let key = QueryKey { endpoint: held.endpoint, client: udp.src, resolver: udp.dst, txid: q.txid };
+        self.pending.insert(key, &q.qname, q.qtype, allowed, Instant::now());
         true
     }
 
@@ -62,7 +56,7 @@ impl Gate {
     /// answers by injection). Without one it is dropped: the client retries.
     pub(super) fn handle_caught(&mut self, held: &DnsHeldPacket, data: &[u8]) -> bool {
         let Ok(udp) = parse_udp(data) else {
-            GateStats::bump(&self.shared.stats.dropped_malformed);
+            GateStats::bump(&self.engine.stats.dropped_malformed);
             return false;
         };
         // An IPv6 resolver's query caught over IPv4 (`DNS_PLACEHOLDER_V4`):
@@ -90,7 +84,7 @@ impl Gate {
         }
     }
 
-    fn note_rate_and_shape(&mut self, endpoint: u32, qname: &str) {
+    fn note_rate(&mut self, endpoint: u32) {
         let now = Instant::now();
         let w = self.rate.entry(endpoint).or_insert((now, 0));
         if now.duration_since(w.0).as_secs() >= 1 {
@@ -98,8 +92,7 @@ impl Gate {
         }
         w.1 += 1;
         if w.1 > QUERY_RATE_LIMIT {
-            self.shared.stats.with_endpoint(endpoint, |s| s.high_rate += 1);
+            self.engine.stats.with_endpoint(endpoint, |s| s.high_rate += 1);
         }
-        note_shape(self.shared(), endpoint, qname);
     }
 }

@@ -52,15 +52,15 @@ use std::{
 };
 
 use agent_common::{GateKey, GatePortKey, GatePortValue, GateValue, LOOPBACK_IFINDEX, proto};
-use hickory_proto::op::ResponseCode;
 use nix::sched::{CloneFlags, setns};
 use thiserror::Error;
 use tracing::debug;
 
 use crate::{
-    ebpf::loader::netns_cookie_of,
+    datapath::loader::netns_cookie_of,
+    enforcer::Enforcer,
     enforcer::live::LiveConns,
-    gate::judge::Shared,
+    gate::engine::{Client, Engine},
     inject::{InjectError, raw_socket, set_int_option},
     policy::canonical,
     util::lock,
@@ -84,8 +84,8 @@ pub enum GateError {
 
 /// The gates this agent runs.
 pub struct DnsGates {
-    shared: Shared,
-    deny_rcode: ResponseCode,
+    engine: Engine,
+    enforcer: Enforcer,
     enabled: bool,
     /// `skb->mark` of injected answers (the ingress hook passes them).
     inject_mark: u32,
@@ -126,11 +126,19 @@ fn loopback_for(resolver: SocketAddr) -> SocketAddr {
 /// What a gate needs to serve its clients (UDP and TCP).
 #[derive(Clone)]
 struct GateCtx {
-    shared: Shared,
-    endpoint: u32,
-    cgroup_id: u64,
-    resolver: SocketAddr,
-    deny_rcode: ResponseCode,
+    engine: Engine,
+    /// Who sent to the gate's ports (`gate_client`).
+    enforcer: Enforcer,
+    /// The endpoint and resolver; `tgid` is filled in per client.
+    who: Client,
+    netns_cookie: u64,
+}
+
+impl GateCtx {
+    /// The process that sent to the gate from `port` (0: unknown).
+    fn client(&self, port: u16, proto: u8) -> Client {
+        Client { tgid: self.enforcer.gate_client(self.netns_cookie, port, proto).unwrap_or(0), ..self.who }
+    }
 }
 
 /// Where a caught query came from and was meant to go.
@@ -195,10 +203,10 @@ fn port_of(local: io::Result<SocketAddr>) -> u16 {
 
 impl DnsGates {
     /// `enabled` false: `ensure` opens nothing (see `GateOptions::dns_gates`).
-    pub fn new(shared: Shared, deny_rcode: ResponseCode, enabled: bool, inject_mark: u32, live: Arc<LiveConns>) -> Self {
+    pub fn new(engine: Engine, enforcer: Enforcer, enabled: bool, inject_mark: u32, live: Arc<LiveConns>) -> Self {
         Self {
-            shared,
-            deny_rcode,
+            engine,
+            enforcer,
             enabled,
             inject_mark,
             live,
@@ -219,13 +227,10 @@ impl DnsGates {
         if !self.enabled {
             return Ok(());
         }
-        let (resolvers, cgroup_id) = {
-            let st = lock(&self.shared.state);
-            let Some(ep) = st.endpoint(endpoint) else {
-                return Ok(());
-            };
-            (ep.policy.dns_servers.clone(), ep.cgroup_id)
+        let Some(ep) = self.enforcer.endpoint(endpoint) else {
+            return Ok(());
         };
+        let (resolvers, cgroup_id) = (ep.policy.dns_servers.clone(), ep.cgroup_id);
         let known = |cookie: u64| {
             let open = lock(&self.open);
             resolvers.iter().all(|r| open.contains_key(&key(cookie, endpoint, *r)))
@@ -244,7 +249,12 @@ impl DnsGates {
         for resolver in resolvers {
             let (tx, rx) = mpsc::channel();
             let ns = ns.try_clone().map_err(|source| GateError::OpenNetns { tgid, source })?;
-            let conn = GateCtx { shared: self.shared.clone(), endpoint, cgroup_id, resolver, deny_rcode: self.deny_rcode };
+            let mut conn = GateCtx {
+                engine: self.engine.clone(),
+                enforcer: self.enforcer.clone(),
+                who: Client { endpoint, tgid: 0, cgroup_id, resolver },
+                netns_cookie: 0,
+            };
             let table = udp::Table::default();
             // Ends with the agent, or at once if this gate is not needed.
             let mine = Arc::new(AtomicBool::new(false));
@@ -268,6 +278,7 @@ impl DnsGates {
                         }
                     };
                     let cookie = netns_cookie_of(&socks.udp).unwrap_or(0);
+                    conn.netns_cookie = cookie;
                     let ports = (port_of(socks.tcp.local_addr()), port_of(socks.udp.local_addr()));
                     let g = Arc::new(udp::UdpGate {
                         gate: socks.udp,
@@ -275,14 +286,13 @@ impl DnsGates {
                         raw4: socks.raw4,
                         raw6: socks.raw6,
                         conn: conn.clone(),
-                        netns_cookie: cookie,
                         table: t,
                     });
                     if tx.send(Ok((cookie, ports, g.clone(), socks.diag))).is_err() {
                         return;
                     }
                     udp::spawn(g, stop.clone());
-                    tcp::accept_loop(socks.tcp, conn, cookie, stop);
+                    tcp::accept_loop(socks.tcp, conn, stop);
                 })
                 .map_err(|_| GateError::Thread)?;
             let (cookie, (tcp_port, udp_port), udp_gate, diag) = rx.recv().map_err(|_| GateError::Thread)??;
@@ -299,15 +309,11 @@ impl DnsGates {
             }
             let value = GateValue { port: tcp_port.to_be_bytes(), udp_port: udp_port.to_be_bytes(), _pad: [0; 4] };
             let resolver_v = GatePortValue { ip: k.ip, port: resolver.port().to_be_bytes(), _pad: [0; 2], endpoint };
-            {
-                let mut st = lock(&self.shared.state);
-                for (p, pr) in [(tcp_port, proto::TCP), (udp_port, proto::UDP)] {
-                    let pk = GatePortKey { netns_cookie: cookie, port: p.to_be_bytes(), proto: pr, _pad: [0; 5] };
-                    st.maps.insert_gate_port(pk, resolver_v).map_err(|e| GateError::Map("GATE_PORTS", e))?;
-                }
-                // Last: only now does the kernel send DNS here.
-                st.maps.insert_gate(k, value).map_err(|e| GateError::Map("GATES", e))?;
-            }
+            let ports = [(tcp_port, proto::TCP), (udp_port, proto::UDP)].map(|(p, pr)| {
+                (GatePortKey { netns_cookie: cookie, port: p.to_be_bytes(), proto: pr, _pad: [0; 5] }, resolver_v)
+            });
+            // The entry last: only then does the kernel send DNS here.
+            self.enforcer.publish_gate(k, value, &ports).map_err(|e| GateError::Map("GATES", e))?;
             open.insert(k, value);
             lock(&self.stops).insert(k, mine);
             lock(&self.udp).insert(k, udp_gate);
@@ -345,16 +351,18 @@ impl DnsGates {
         if gone.is_empty() {
             return;
         }
-        let mut st = lock(&self.shared.state);
         for (k, v) in &gone {
-            if let Err(e) = st.maps.remove_gate_if(k, v) {
+            if let Err(e) = self.enforcer.unpublish_gate(k, v) {
                 tracing::warn!(error = %e, endpoint, "removing a DNS gate entry failed");
             }
-            for (port, proto) in [(v.port, proto::TCP), (v.udp_port, proto::UDP)] {
-                let pk = GatePortKey { netns_cookie: k.netns_cookie, port, proto, _pad: [0; 5] };
-                if let Err(e) = st.maps.remove_gate_port(&pk) {
-                    tracing::warn!(error = %e, endpoint, "removing a DNS gate port failed");
-                }
+            let ports = [(v.port, proto::TCP), (v.udp_port, proto::UDP)].map(|(port, proto)| GatePortKey {
+                netns_cookie: k.netns_cookie,
+                port,
+                proto,
+                _pad: [0; 5],
+            });
+            if let Err(e) = self.enforcer.remove_gate_ports(&ports) {
+                tracing::warn!(error = %e, endpoint, "removing a DNS gate port failed");
             }
             open.remove(k);
             lock(&self.udp).remove(k);
@@ -391,11 +399,9 @@ impl DnsGates {
                 })
             })
             .collect();
-        let mut st = lock(&self.shared.state);
-        for k in ports.iter().filter(|k| !ours.contains(k)) {
-            if let Err(e) = st.maps.remove_gate_port(k) {
-                debug!(error = %e, "removing a retired gate port failed");
-            }
+        let retired: Vec<GatePortKey> = ports.into_iter().filter(|k| !ours.contains(k)).collect();
+        if let Err(e) = self.enforcer.remove_gate_ports(&retired) {
+            debug!(error = %e, "removing a retired gate port failed");
         }
     }
 
@@ -404,9 +410,8 @@ impl DnsGates {
     /// and wait in the pinned ring for the next agent.
     pub fn unpublish(&self) {
         let open = lock(&self.open);
-        let mut st = lock(&self.shared.state);
         for (k, v) in open.iter() {
-            if let Err(e) = st.maps.remove_gate_if(k, v) {
+            if let Err(e) = self.enforcer.unpublish_gate(k, v) {
                 debug!(error = %e, "removing a gate entry failed");
             }
         }

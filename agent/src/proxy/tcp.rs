@@ -35,16 +35,11 @@ use super::{
     slots::{Slot, Slots},
 };
 use crate::{
-    dns::{
-        DnsError, learnable, parse_message, parse_query, refusal,
-        stream::{read_frame_async, write_frame_async},
-        transaction_id,
-    },
+    dns::stream::{read_frame_async, write_frame_async},
     gate::{
-        GateStats, MAX_CNAME_CHAIN,
-        judge::{judge_query, note_shape, vet_answer},
+        GateStats,
+        engine::{Client, QueryVerdict},
     },
-    util::lock,
 };
 
 /// How long a client or the resolver may take for one step: the client's
@@ -62,7 +57,7 @@ type Stop = (Arc<AtomicBool>, Arc<AtomicBool>);
 /// (which is in the workload's namespace). `netns_cookie`: the
 /// namespace's, to name each client's process (noted by `skb::egress` from
 /// its SYN in `GATE_CLIENTS`) in the log.
-pub(super) fn accept_loop(listener: std::net::TcpListener, conn: GateCtx, netns_cookie: u64, stop: Stop) {
+pub(super) fn accept_loop(listener: std::net::TcpListener, conn: GateCtx, stop: Stop) {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -71,11 +66,11 @@ pub(super) fn accept_loop(listener: std::net::TcpListener, conn: GateCtx, netns_
             return;
         }
     };
-    rt.block_on(accept_all(listener, conn, netns_cookie, stop));
+    rt.block_on(accept_all(listener, conn, stop));
     // Dropping the runtime closes the connections still open.
 }
 
-async fn accept_all(listener: std::net::TcpListener, conn: GateCtx, netns_cookie: u64, stop: Stop) {
+async fn accept_all(listener: std::net::TcpListener, conn: GateCtx, stop: Stop) {
     let listener = match listener.set_nonblocking(true).and_then(|()| TcpListener::from_std(listener)) {
         Ok(l) => l,
         Err(e) => {
@@ -91,7 +86,7 @@ async fn accept_all(listener: std::net::TcpListener, conn: GateCtx, netns_cookie
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((client, peer)) => conn.admit(client, peer, netns_cookie, &slots),
+                Ok((client, peer)) => conn.admit(client, peer, &slots),
                 Err(e) => {
                     warn!(error = %e, "TCP DNS gate accept failed");
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -118,32 +113,26 @@ fn invalid(what: &str) -> io::Error {
 impl GateCtx {
     /// Takes a new connection if `slots` has room (or makes some), else
     /// closes it; counted either way.
-    fn admit(&self, client: TcpStream, peer: SocketAddr, netns_cookie: u64, slots: &Arc<Mutex<Slots>>) {
-        let stats = &self.shared.stats;
+    fn admit(&self, client: TcpStream, peer: SocketAddr, slots: &Arc<Mutex<Slots>>) {
+        let (stats, endpoint) = (&self.engine.stats, self.who.endpoint);
         let Some((slot, evicted)) = Slots::take(slots) else {
-            stats.with_endpoint(self.endpoint, |s| s.tcp_refused += 1);
-            debug!(endpoint = self.endpoint, "TCP DNS gate full; connection closed");
+            stats.with_endpoint(endpoint, |s| s.tcp_refused += 1);
+            debug!(endpoint, "TCP DNS gate full; connection closed");
             return;
         };
         if evicted {
-            stats.with_endpoint(self.endpoint, |s| s.tcp_evicted += 1);
+            stats.with_endpoint(endpoint, |s| s.tcp_evicted += 1);
         }
-        let tgid = lock(&self.shared.state).maps.gate_client(netns_cookie, peer.port(), proto::TCP).unwrap_or(0);
+        let who = self.client(peer.port(), proto::TCP);
         let c = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = c.serve(client, tgid, &slot).await {
+            if let Err(e) = c.serve(client, &who, &slot).await {
                 debug!(error = %e, "TCP DNS gate connection closed");
             }
         });
     }
 
-    async fn serve(&self, mut client: TcpStream, tgid: u32, slot: &Slot) -> io::Result<()> {
-        let stats = &self.shared.stats;
-        // Bytes we cannot vouch for end the connection, counted.
-        let malformed = |e: DnsError| {
-            GateStats::bump(&stats.dropped_malformed);
-            invalid(&e.to_string())
-        };
+    async fn serve(&self, mut client: TcpStream, who: &Client, slot: &Slot) -> io::Result<()> {
         let mut upstream: Option<TcpStream> = None;
         loop {
             slot.idle(true);
@@ -154,46 +143,29 @@ impl GateCtx {
             };
             let Some(bytes) = next else { return Ok(()) };
             slot.idle(false);
-            let query = parse_message(&bytes).map_err(&malformed)?;
-            let (qname, qtype) = parse_query(&query).map_err(&malformed)?;
-            note_shape(&self.shared, self.endpoint, &qname);
-            let Some(allowed) = judge_query(&self.shared, self.endpoint, &qname, self.resolver, tgid, self.cgroup_id) else {
-                GateStats::bump(&stats.dropped_unknown_endpoint);
-                return Err(invalid("endpoint gone"));
-            };
-            if !allowed {
+            let q = match self.engine.on_query(who, &bytes) {
+                QueryVerdict::Forward(q) => q,
                 // Answered here: the query never leaves the node.
-                GateStats::bump(&stats.queries_refused);
-                let reply = refusal(&query, self.deny_rcode).to_vec().map_err(|e| invalid(&e.to_string()))?;
-                within(write_frame_async(&mut client, &reply)).await?;
-                continue;
-            }
+                QueryVerdict::Refuse(_, reply) => {
+                    within(write_frame_async(&mut client, &reply)).await?;
+                    continue;
+                }
+                // Bytes we cannot vouch for end the connection (counted).
+                QueryVerdict::Drop => return Err(invalid("query not accepted")),
+            };
             let up = match &mut upstream {
                 Some(u) => u,
-                None => upstream.insert(within(TcpStream::connect(self.resolver)).await?),
+                None => upstream.insert(within(TcpStream::connect(self.who.resolver)).await?),
             };
             within(write_frame_async(up, &bytes)).await?;
             let answer = within(read_frame_async(up)).await?.ok_or_else(|| invalid("resolver closed the connection"))?;
-            let mut msg = parse_message(&answer).map_err(&malformed)?;
-            // Our own connection to the resolver, but still: the answer
-            // must be to this query.
-            if transaction_id(&msg) != transaction_id(&query) || crate::dns::question(&msg) != Some((qname.clone(), qtype)) {
-                GateStats::bump(&stats.answers_unsolicited);
-                return Err(invalid("answer does not match the query"));
-            }
-            let learned = learnable(&msg, MAX_CNAME_CHAIN).map_err(&malformed)?;
-            let Some(stripped) = vet_answer(&self.shared, self.endpoint, 0, self.cgroup_id, &qname, learned.as_ref(), &mut msg)
-            else {
-                return Err(invalid("answer not learned"));
+            // Our own connection to the resolver, but still: the answer must
+            // be to this query (the engine checks).
+            let Some(out) = self.engine.on_answer(who, &q, &answer) else {
+                return Err(invalid("answer not accepted"));
             };
-            if stripped.is_empty() {
-                within(write_frame_async(&mut client, &answer)).await?;
-            } else {
-                GateStats::bump(&stats.answers_stripped);
-                let rewritten = msg.to_vec().map_err(|e| invalid(&e.to_string()))?;
-                within(write_frame_async(&mut client, &rewritten)).await?;
-            }
-            GateStats::bump(&stats.released);
+            within(write_frame_async(&mut client, &out)).await?;
+            GateStats::bump(&self.engine.stats.released);
         }
     }
 }

@@ -31,10 +31,10 @@ use tracing::debug;
 
 use super::GateCtx;
 use crate::{
-    dns::{build_udp, learnable, parse_message, parse_query, question, refusal},
+    dns::build_udp,
     gate::{
-        GateStats, MAX_CNAME_CHAIN,
-        judge::{judge_query, note_shape, vet_answer},
+        GateStats,
+        engine::{Client, QueryVerdict, Question},
     },
     util::lock,
 };
@@ -63,9 +63,8 @@ pub(super) enum ReplyTo {
 
 struct InFlight {
     reply: ReplyTo,
-    id: u16,
-    qname: String,
-    qtype: u16,
+    /// Its question, with the client's own transaction id.
+    question: Question,
     tgid: u32,
     at: Instant,
 }
@@ -121,7 +120,6 @@ pub(super) struct UdpGate {
     pub raw4: OwnedFd,
     pub raw6: OwnedFd,
     pub conn: GateCtx,
-    pub netns_cookie: u64,
     pub table: Table,
 }
 
@@ -158,7 +156,7 @@ fn queries(g: &UdpGate, stop: &Stop) {
                 continue;
             }
         };
-        let tgid = lock(&g.conn.shared.state).maps.gate_client(g.netns_cookie, client.port(), proto::UDP).unwrap_or(0);
+        let tgid = g.conn.client(client.port(), proto::UDP).tgid;
         g.serve(&mut buf[..len], ReplyTo::Gate(client), tgid);
     }
 }
@@ -175,35 +173,24 @@ impl UdpGate {
     /// the node), forwards an allowed one under a fresh id.
     fn serve(&self, bytes: &mut [u8], reply: ReplyTo, tgid: u32) {
         let c = &self.conn;
-        let stats = &c.shared.stats;
-        let parsed = parse_message(bytes).and_then(|m| Ok((parse_query(&m)?, m)));
-        let Ok(((qname, qtype), query)) = parsed else {
-            // Not something we can vouch for: it does not leave.
-            GateStats::bump(&stats.dropped_malformed);
-            return;
-        };
-        note_shape(&c.shared, c.endpoint, &qname);
-        let Some(allowed) = judge_query(&c.shared, c.endpoint, &qname, c.resolver, tgid, c.cgroup_id) else {
-            GateStats::bump(&stats.dropped_unknown_endpoint);
-            return;
-        };
-        if !allowed {
-            GateStats::bump(&stats.queries_refused);
-            if let Ok(answer) = refusal(&query, c.deny_rcode).to_vec()
-                && let Err(e) = self.reply(reply, &answer)
-            {
-                debug!(error = %e, ?reply, "answering a refused query failed");
+        let who = Client { tgid, ..c.who };
+        let question = match c.engine.on_query(&who, bytes) {
+            QueryVerdict::Forward(q) => q,
+            QueryVerdict::Refuse(_, answer) => {
+                if let Err(e) = self.reply(reply, &answer) {
+                    debug!(error = %e, ?reply, "answering a refused query failed");
+                }
+                return;
             }
-            return;
-        }
-        let orig = u16::from_be_bytes([bytes[0], bytes[1]]);
-        let Some(id) = self.table.add(InFlight { reply, id: orig, qname, qtype, tgid, at: Instant::now() }) else {
-            GateStats::bump(&stats.dropped_inject_failed);
+            QueryVerdict::Drop => return,
+        };
+        let Some(id) = self.table.add(InFlight { reply, question, tgid, at: Instant::now() }) else {
+            GateStats::bump(&c.engine.stats.dropped_inject_failed);
             return;
         };
         bytes[..2].copy_from_slice(&id.to_be_bytes());
         if let Err(e) = self.upstream.send(bytes) {
-            debug!(error = %e, resolver = %c.resolver, "forwarding a DNS query failed");
+            debug!(error = %e, resolver = %c.who.resolver, "forwarding a DNS query failed");
             lock(&self.table.0).by_id.remove(&id);
         }
     }
@@ -237,7 +224,7 @@ impl UdpGate {
 /// Resolver -> gate: match, learn, strip, send on to the workload.
 fn answers(g: &UdpGate, stop: &Stop) {
     let c = &g.conn;
-    let stats = &c.shared.stats;
+    let stats = &c.engine.stats;
     let mut buf = vec![0u8; 65535];
     while !stopped(stop) {
         let len = match g.upstream.recv(&mut buf) {
@@ -255,44 +242,17 @@ fn answers(g: &UdpGate, stop: &Stop) {
             GateStats::bump(&stats.dropped_malformed);
             continue;
         }
+        // Only an id we gave a query: the client's own goes back in, and
+        // the engine checks the rest of the question.
         let id = u16::from_be_bytes([bytes[0], bytes[1]]);
-        let Ok(mut msg) = parse_message(bytes) else {
-            GateStats::bump(&stats.dropped_malformed);
-            continue;
-        };
-        let matched = {
-            let mut t = lock(&g.table.0);
-            match t.by_id.get(&id) {
-                Some(f) if question(&msg) == Some((f.qname.clone(), f.qtype)) => t.by_id.remove(&id),
-                _ => None,
-            }
-        };
-        let Some(f) = matched else {
+        let Some((reply, question, tgid)) = lock(&g.table.0).by_id.get(&id).map(|f| (f.reply, f.question.clone(), f.tgid)) else {
             GateStats::bump(&stats.answers_unsolicited);
             continue;
         };
-        let Ok(learned) = learnable(&msg, MAX_CNAME_CHAIN) else {
-            GateStats::bump(&stats.dropped_malformed);
-            continue;
-        };
-        let Some(stripped) = vet_answer(&c.shared, c.endpoint, f.tgid, c.cgroup_id, &f.qname, learned.as_ref(), &mut msg) else {
-            continue;
-        };
-        let sent = if stripped.is_empty() {
-            bytes[..2].copy_from_slice(&f.id.to_be_bytes());
-            g.reply(f.reply, bytes)
-        } else {
-            GateStats::bump(&stats.answers_stripped);
-            msg.metadata.id = f.id;
-            match msg.to_vec() {
-                Ok(v) => g.reply(f.reply, &v),
-                Err(_) => {
-                    GateStats::bump(&stats.dropped_malformed);
-                    continue;
-                }
-            }
-        };
-        match sent {
+        bytes[..2].copy_from_slice(&question.txid.to_be_bytes());
+        let Some(answer) = c.engine.on_answer(&Client { tgid, ..c.who }, &question, bytes) else { continue };
+        lock(&g.table.0).by_id.remove(&id);
+        match g.reply(reply, &answer) {
             Ok(()) => GateStats::bump(&stats.released),
             Err(e) => debug!(error = %e, "answering through the UDP DNS gate failed"),
         }

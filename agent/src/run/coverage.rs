@@ -14,7 +14,7 @@ use std::{
 use tracing::{info, warn};
 
 use super::reload::Enforced;
-use crate::{enforcer::State, util::lock};
+use crate::{enforcer::Enforcer, util::lock};
 
 /// How often node mode looks at what the pods' processes hold.
 const COVERAGE_EVERY: Duration = Duration::from_secs(5);
@@ -31,7 +31,7 @@ pub fn update(watched: &Watched, enforced: &Enforced) {
     *lock(watched) = list(enforced);
 }
 
-pub fn watch(state: Arc<Mutex<State>>, enforced: &Enforced) -> Watched {
+pub fn watch(enforcer: Enforcer, enforced: &Enforced) -> Watched {
     let watched: Watched = Arc::new(Mutex::new(list(enforced)));
     let endpoints = watched.clone();
     let spawned = std::thread::Builder::new().name("coverage".into()).spawn(move || {
@@ -39,13 +39,9 @@ pub fn watch(state: Arc<Mutex<State>>, enforced: &Enforced) -> Watched {
             let now = lock(&endpoints).clone();
             for (id, cgroup, name) in &now {
                 let held = crate::coverage::scan(cgroup);
-                let mut st = lock(&state);
-                let Some(ep) = st.endpoint_mut(*id) else { continue };
-                if ep.uncontained == held {
+                if !enforcer.set_uncontained(*id, &held) {
                     continue;
                 }
-                ep.uncontained.clone_from(&held);
-                drop(st);
                 if held.is_empty() {
                     info!(endpoint = %name, "no process holds a capability the cgroup hooks cannot contain");
                 } else {

@@ -27,7 +27,7 @@ use self::{
 use crate::{
     check::BadPolicy,
     cli::{RunArgs, UnpinArgs},
-    ebpf::{Pins, pin},
+    datapath::{Pins, pin},
     enforcer::{Caps, TtlBounds},
     gate::{GateOptions, parse_deny_rcode},
     handover,
@@ -89,7 +89,7 @@ fn agent_options(cfg: &NodeConfig, args: &RunArgs) -> Result<AgentOptions> {
         events_burst: 200,
         gate: GateOptions { deny_rcode, dns_gates: cfg.dns_gates },
         one_attach_point: false,
-        attachment: crate::ebpf::loader::Attachment::Links,
+        attachment: crate::datapath::loader::Attachment::Links,
         pins: args.pin_path.as_deref().map(Pins::open).transpose().context("--pin-path")?,
         state_dir: args.pin_path.as_ref().map(|_| args.state_dir.clone()),
         metrics_addr: args.metrics_addr.or(cfg.metrics_addr),
@@ -112,7 +112,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let result = (|| -> Result<()> {
         let enforced = start(&mut agent, endpoints)?;
         info!("ready");
-        let watch = coverage::watch(agent.state.clone(), &enforced);
+        let watch = coverage::watch(agent.enforcer.clone(), &enforced);
         let mut node = Node { agent: &mut agent, cfg, enforced, watch };
         // A change is applied once it has been seen twice in a row.
         let mut pending: Option<u64> = None;

@@ -48,7 +48,7 @@ pub fn load_endpoint(
     cfg: agent_common::Config,
     caps: portcullis::enforcer::Caps,
     policy_yaml: &str,
-) -> (portcullis::ebpf::Datapath, portcullis::enforcer::State, u32) {
+) -> (portcullis::datapath::Datapath, portcullis::enforcer::State, u32) {
     load_endpoint_at(cfg, caps, policy_yaml, own_cgroup_id())
 }
 
@@ -58,7 +58,7 @@ pub fn load_endpoint_at(
     caps: portcullis::enforcer::Caps,
     policy_yaml: &str,
     cgroup_id: u64,
-) -> (portcullis::ebpf::Datapath, portcullis::enforcer::State, u32) {
+) -> (portcullis::datapath::Datapath, portcullis::enforcer::State, u32) {
     load_endpoint_with(cfg, caps, policy_yaml, cgroup_id, false)
 }
 
@@ -70,12 +70,12 @@ pub fn load_endpoint_with(
     policy_yaml: &str,
     cgroup_id: u64,
     one_attach_point: bool,
-) -> (portcullis::ebpf::Datapath, portcullis::enforcer::State, u32) {
+) -> (portcullis::datapath::Datapath, portcullis::enforcer::State, u32) {
     use portcullis::{
         enforcer::{Identity, State, TtlBounds},
         policy::{Policy, compile},
     };
-    let mut dp = portcullis::ebpf::Datapath::load(cfg, None, one_attach_point).expect("load programs");
+    let mut dp = portcullis::datapath::Datapath::load(cfg, None, one_attach_point).expect("load programs");
     let maps = dp.take_maps().expect("maps");
     let ttl = TtlBounds { min: std::time::Duration::ZERO, max: std::time::Duration::from_secs(3600) };
     let mut state = State::with_caps(maps, ttl, caps);

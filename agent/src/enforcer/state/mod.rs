@@ -28,7 +28,7 @@ pub use learned::{CapStats, Caps, Changes, LEARNED_CAPACITY, LearnedTable, LiveI
 pub use update::PolicyChange;
 
 use crate::{
-    ebpf::PolicyMaps,
+    datapath::PolicyMaps,
     enforcer::live::LiveConns,
     policy::{CompiledPolicy, PortKey, canonical, is_always_denied},
 };

@@ -88,7 +88,7 @@ pub fn link_create(cgroup: BorrowedFd<'_>, prog: BorrowedFd<'_>, attach_type: u3
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ebpf::loader::PROGRAM_NAMES;
+    use crate::datapath::loader::PROGRAM_NAMES;
 
     #[test]
     fn kernel_option_numbers_match_libc() {

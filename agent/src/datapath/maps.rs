@@ -25,7 +25,7 @@ pub struct PolicyMaps {
     inbound: HashMap<MapData, InboundKey, u64>,
     gates: HashMap<MapData, GateKey, GateValue>,
     gate_ports: HashMap<MapData, GatePortKey, GatePortValue>,
-    gate_clients: HashMap<MapData, GatePortKey, u32>,
+    gate_clients: Arc<GateClients>,
     verdict_cache: VerdictCacheMap,
     current: Config,
 }
@@ -48,7 +48,7 @@ impl PolicyMaps {
             inbound: take(ebpf, "INBOUND")?,
             gates: take(ebpf, "GATES")?,
             gate_ports: take(ebpf, "GATE_PORTS")?,
-            gate_clients: take(ebpf, "GATE_CLIENTS")?,
+            gate_clients: Arc::new(GateClients(take(ebpf, "GATE_CLIENTS")?)),
             verdict_cache: VerdictCacheMap::new(take(ebpf, "VERDICT_CACHE")?),
             current: Config::default(),
         })
@@ -188,8 +188,13 @@ impl PolicyMaps {
 
     /// The process that last sent a datagram to a UDP gate from `port`.
     pub fn gate_client(&self, netns_cookie: u64, port: u16, proto: u8) -> Option<u32> {
-        let key = GatePortKey { netns_cookie, port: port.to_be_bytes(), proto, _pad: [0; 5] };
-        self.gate_clients.get(&key, 0).ok()
+        self.gate_clients.get(netns_cookie, port, proto)
+    }
+
+    /// `GATE_CLIENTS` for the DNS gates, which read it per query and must
+    /// not wait for the owner of these maps.
+    pub fn client_reader(&self) -> Arc<GateClients> {
+        Arc::clone(&self.gate_clients)
     }
 
     /// Forgets every DNS gate of a previous agent: new DNS takes the hold
@@ -243,6 +248,17 @@ impl PolicyMaps {
     /// values.
     pub fn counter_reader(&self) -> Arc<KernelCounters> {
         Arc::clone(&self.counters)
+    }
+}
+
+/// The `GATE_CLIENTS` map, read-only: the kernel notes which process sent
+/// to a gate's port (for the blocked log's pid).
+pub struct GateClients(HashMap<MapData, GatePortKey, u32>);
+
+impl GateClients {
+    pub fn get(&self, netns_cookie: u64, port: u16, proto: u8) -> Option<u32> {
+        let key = GatePortKey { netns_cookie, port: port.to_be_bytes(), proto, _pad: [0; 5] };
+        self.0.get(&key, 0).ok()
     }
 }
 
