@@ -19,7 +19,7 @@ use aya_ebpf::{
 
 use crate::{
     maps::{DNS_SOCKS, SK_NETNS, SKB_NETNS_HELPER},
-    skb::{full_sock, socket_storage},
+    skb_sock::{full_sock, socket_storage},
 };
 
 /// `BPF_SK_STORAGE_GET_F_CREATE`.

@@ -8,26 +8,23 @@
 
 use agent_common::{
     Config, DNS_KIND_ANSWER, DNS_KIND_CAUGHT, DNS_KIND_QUERY, EndpointInfo, FLOW_F_DENIED, FLOW_F_DNS, Hook, InboundKey,
-    LOOPBACK_IFINDEX, LiveFlow, Reason, proto, v4_mapped,
+    LOOPBACK_IFINDEX, Reason, proto, v4_mapped,
 };
 use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock,
-    btf_maps::SkStorage,
-    helpers::generated::{
-        bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_sk_storage_get, bpf_skb_ancestor_cgroup_id,
-        bpf_skb_cgroup_id,
-    },
+    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
     programs::SkBuffContext,
 };
 
 use crate::{
     endpoint,
     events::{count, report},
-    maps::{CONFIG, INBOUND, SK_FLOWS, SOCK_OWNERS},
+    maps::{CONFIG, INBOUND, SOCK_OWNERS},
     netns,
     parse::{Flow, TCP_ACK, TCP_SYN, parse},
     skb_dns::{gate_port, hold, note_tcp_gate_client, sunk_query, to_gate},
+    skb_sock::{full_sock, socket_flow},
     verdict::{Dest, decide, is_trusted_resolver},
 };
 
@@ -128,34 +125,6 @@ fn plain_dest(ctx: &SkBuffContext, want: u8) -> Option<([u8; 16], [u8; 2])> {
     // SAFETY: bounds-checked above (`l4`).
     let p = unsafe { core::ptr::read_unaligned((data + off) as *const [u8; 4]) };
     Some((ip, [p[2], p[3]]))
-}
-
-/// The packet's full socket, if it has one.
-#[inline(always)]
-pub(crate) fn full_sock(ctx: &SkBuffContext) -> Option<*mut bpf_sock> {
-    // SAFETY: skb->sk is a kernel pointer or null; bpf_sk_fullsock checks it.
-    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
-    if sk.is_null() {
-        return None;
-    }
-    let full = unsafe { bpf_sk_fullsock(sk) };
-    (!full.is_null()).then_some(full)
-}
-
-/// The socket's `SK_FLOWS` entry (set by the connect/sendmsg hooks).
-#[inline(always)]
-pub(crate) fn socket_flow(full: *mut bpf_sock) -> Option<LiveFlow> {
-    socket_storage(&SK_FLOWS, full)
-}
-
-/// A full socket's value in the socket-storage map `map`, copied out.
-#[inline(always)]
-pub(crate) fn socket_storage<T: Copy>(map: &SkStorage<T>, full: *mut bpf_sock) -> Option<T> {
-    // A map reference is the map definition's address (relocated at load).
-    let map = core::ptr::from_ref(map).cast_mut().cast();
-    let v = unsafe { bpf_sk_storage_get(map, full.cast(), core::ptr::null_mut(), 0) }.cast::<T>();
-    // SAFETY: non-null storage of this socket, copied out at once.
-    (!v.is_null()).then(|| unsafe { *v })
 }
 
 pub fn egress(ctx: &SkBuffContext) -> i32 {

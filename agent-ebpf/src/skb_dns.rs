@@ -18,8 +18,8 @@ use crate::{
     events::bump,
     maps::{DNS_HOLD, DNS_SOCKS, GATE_CLIENTS, GATE_PORTS},
     parse::Flow,
-    skb::{full_sock, socket_flow},
-    sock::ip_of,
+    skb_sock::{full_sock, socket_flow},
+    sock_addr::ip_of,
 };
 
 /// include/linux/socket.h

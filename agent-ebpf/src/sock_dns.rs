@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 
-use crate::sock::{ALLOW, ip_of, is_v4, remember_flow, words_of};
+use crate::sock_addr::{ALLOW, ip_of, is_v4, remember_flow, words_of};
 use crate::{
     maps::{GATE_PORTS, GATES, SK_FLOWS},
     verdict::Dest,

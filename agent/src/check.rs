@@ -7,8 +7,8 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 
 use crate::{
+    blocked::display_ip,
     cli::{CheckArgs, PolicyArgs},
-    events::display_ip,
     policy::{CompiledPolicy, Overrides, Policy, compile, system_resolvers},
 };
 

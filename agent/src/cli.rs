@@ -111,7 +111,7 @@ pub struct ExecArgs {
     pub max_ttl: std::time::Duration,
     /// Answer to a query for a name the policy does not allow: nxdomain
     /// (default; musl gives up the search list on refused) or refused.
-    #[arg(long, env = "PORTCULLIS_DNS_DENY_RCODE", default_value = "nxdomain", value_parser = crate::gate::parse_deny_rcode)]
+    #[arg(long, env = "PORTCULLIS_DNS_DENY_RCODE", default_value = "nxdomain", value_parser = crate::dnsgate::parse_deny_rcode)]
     pub dns_deny_rcode: hickory_proto::op::ResponseCode,
     /// Most addresses the command may learn for one DNS name; over it the
     /// least recently learned one without a live connection is forgotten.

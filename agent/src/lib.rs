@@ -2,21 +2,18 @@
 //! learned from DNS in user space before the workload sees the answer.
 //! Start with docs/ARCHITECTURE.md.
 
+pub mod agent;
+pub mod blocked;
 pub mod cgroup;
 pub mod check;
 pub mod cli;
-pub mod coverage;
 pub mod datapath;
 pub mod dns;
+pub mod dnsgate;
 pub mod enforcer;
-pub mod events;
 pub mod exec;
-pub mod gate;
 pub mod handover;
-pub mod inject;
-pub mod metrics;
 pub mod policy;
-pub mod proxy;
 pub mod run;
-pub mod runtime;
+pub mod telemetry;
 pub mod util;

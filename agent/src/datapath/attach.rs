@@ -18,21 +18,6 @@
 
 use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd};
 
-/// `enum bpf_attach_type` values (include/uapi/linux/bpf.h) of our hooks.
-pub const ATTACH_TYPES: [(&str, u32); 11] = [
-    ("pc_ingress", 0),     // BPF_CGROUP_INET_INGRESS
-    ("pc_egress", 1),      // BPF_CGROUP_INET_EGRESS
-    ("pc_sock_create", 2), // BPF_CGROUP_INET_SOCK_CREATE
-    ("pc_connect4", 10),   // BPF_CGROUP_INET4_CONNECT
-    ("pc_connect6", 11),   // BPF_CGROUP_INET6_CONNECT
-    ("pc_sendmsg4", 14),   // BPF_CGROUP_UDP4_SENDMSG
-    ("pc_sendmsg6", 15),   // BPF_CGROUP_UDP6_SENDMSG
-    ("pc_recvmsg4", 19),   // BPF_CGROUP_UDP4_RECVMSG
-    ("pc_recvmsg6", 20),   // BPF_CGROUP_UDP6_RECVMSG
-    ("pc_setsockopt", 22), // BPF_CGROUP_SETSOCKOPT
-    ("pc_release", 34),    // BPF_CGROUP_INET_SOCK_RELEASE
-];
-
 const BPF_PROG_ATTACH: libc::c_long = 8;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_F_ALLOW_MULTI: u32 = 1 << 1;
@@ -45,11 +30,6 @@ struct ProgAttachAttr {
     attach_type: u32,
     attach_flags: u32,
     replace_bpf_fd: u32,
-}
-
-/// The attach type of program `name`.
-pub fn attach_type(name: &str) -> Option<u32> {
-    ATTACH_TYPES.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
 }
 
 /// Attaches `prog` to the cgroup `cgroup` for good (see the module docs).
@@ -87,9 +67,6 @@ pub fn link_create(cgroup: BorrowedFd<'_>, prog: BorrowedFd<'_>, attach_type: u3
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::datapath::loader::PROGRAM_NAMES;
-
     #[test]
     fn kernel_option_numbers_match_libc() {
         use agent_common::source_route as sr;
@@ -100,13 +77,5 @@ mod tests {
         assert_eq!(sr::IPV6_2292RTHDR, libc::IPV6_2292RTHDR);
         assert_eq!(sr::IPV6_2292PKTOPTIONS, libc::IPV6_2292PKTOPTIONS);
         assert_eq!(i32::from(sr::IPPROTO_ROUTING), libc::IPPROTO_ROUTING);
-    }
-
-    #[test]
-    fn every_program_has_an_attach_type() {
-        for name in PROGRAM_NAMES {
-            assert!(attach_type(name).is_some(), "{name}");
-        }
-        assert_eq!(ATTACH_TYPES.len(), PROGRAM_NAMES.len());
     }
 }

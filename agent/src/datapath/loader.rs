@@ -22,45 +22,19 @@ use agent_common::Config;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
-    programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, ProgramError},
+    programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt},
 };
-use thiserror::Error;
 
 use super::{
     attach,
+    error::LoadError,
     maps::PolicyMaps,
     pin::{self, Pins},
     probe,
-    solo::{self, CACHED_PROGRAMS, SoloHooks},
+    programs::{Kind, MAP_NAMES, OBJECT, PROGRAMS, Program, program},
+    solo::{self, SoloHooks},
     verdict_cache::SoloCache,
 };
-
-/// The compiled kernel programs (built by `agent/build.rs`).
-pub(super) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
-
-const SOCK_PROGRAMS: [&str; 6] = ["pc_connect4", "pc_connect6", "pc_sendmsg4", "pc_sendmsg6", "pc_recvmsg4", "pc_recvmsg6"];
-const SKB_PROGRAMS: [&str; 2] = ["pc_egress", "pc_ingress"];
-
-/// `cgroup/sock_release` (forgets closed sockets) and `cgroup/sock_create`
-/// (notes a new socket's namespace where the packet programs cannot ask).
-const CG_SOCK_PROGRAMS: [&str; 2] = ["pc_release", "pc_sock_create"];
-/// Refuses source-routing socket options (`cgroup/setsockopt`).
-const SOCKOPT_PROGRAM: &str = "pc_setsockopt";
-
-/// Every program name, for tests and `bpftool` checks.
-pub const PROGRAM_NAMES: [&str; 11] = [
-    "pc_connect4",
-    "pc_connect6",
-    "pc_sendmsg4",
-    "pc_sendmsg6",
-    "pc_recvmsg4",
-    "pc_recvmsg6",
-    "pc_egress",
-    "pc_ingress",
-    "pc_release",
-    "pc_setsockopt",
-    "pc_sock_create",
-];
 
 /// How `Datapath::attach` attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,56 +45,6 @@ pub enum Attachment {
     /// agent leaves its cgroup enforced; `attach` module).
     UntilCgroupRemoved,
 }
-
-#[derive(Debug, Error)]
-pub enum LoadError {
-    #[error("this build has no eBPF object (built with PORTCULLIS_SKIP_EBPF=1)")]
-    NoObject,
-    #[error("loading the eBPF object failed (need root or CAP_BPF+CAP_NET_ADMIN): {0}")]
-    Load(#[from] aya::EbpfError),
-    #[error("program {name}: {source}")]
-    Program { name: &'static str, source: ProgramError },
-    #[error("program {0} missing from the eBPF object")]
-    MissingProgram(&'static str),
-    #[error("map {0} missing from the eBPF object")]
-    MissingMap(&'static str),
-    #[error("map {name}: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
-    #[error("opening cgroup {path}: {source}")]
-    Cgroup { path: PathBuf, source: std::io::Error },
-    #[error("reading the host network namespace cookie: {0}")]
-    NetnsCookie(std::io::Error),
-    #[error("programs loaded for one attach point ({0}) cannot be attached at a second one")]
-    SecondAttachPoint(PathBuf),
-    #[error("attaching program {name} to the cgroup: {source}")]
-    Attach { name: &'static str, source: std::io::Error },
-    #[error("pinning {what}: {source}")]
-    Pin { what: String, source: std::io::Error },
-}
-
-/// Every map of the object, pinned by name in node mode.
-/// (`SOLO_CACHE` is not here: each load has its own; `solo` pins those.)
-pub const MAP_NAMES: [&str; 19] = [
-    "CONFIG",
-    "ENDPOINTS",
-    "EP_CACHE",
-    "LEARNED",
-    "CIDRS",
-    "DNS_SERVERS",
-    "GATES",
-    "GATE_PORTS",
-    "GATE_CLIENTS",
-    "DNS_SOCKS",
-    "COUNTERS",
-    "EVENT_RATE",
-    "DENIED_EVENTS",
-    "DNS_HOLD",
-    "SK_FLOWS",
-    "SK_NETNS",
-    "INBOUND",
-    "SOCK_OWNERS",
-    "VERDICT_CACHE",
-];
 
 /// A loaded datapath: programs (attached or not), policy maps, ring buffers.
 pub struct Datapath {
@@ -168,25 +92,14 @@ impl Datapath {
         let skb_netns_helper = u32::from(probe::features().skb_netns_cookie);
         loader.override_global("SKB_NETNS_HELPER", &skb_netns_helper, true);
         let mut ebpf = loader.load(OBJECT)?;
-        for name in SOCK_PROGRAMS {
-            if pins.is_some() && CACHED_PROGRAMS.contains(&name) {
-                // With pins, each attach point gets these from a load of
-                // its own (`attach_pinned`): not verified here for nothing.
+        for p in &PROGRAMS {
+            if pins.is_some() && p.cache_slot.is_some() {
+                // With pins, each attach point gets these from a load of its
+                // own (`attach_pinned`): not verified here for nothing.
                 continue;
             }
-            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            prog.load().map_err(|source| LoadError::Program { name, source })?;
+            load_program(&mut ebpf, p)?;
         }
-        for name in SKB_PROGRAMS {
-            let prog: &mut CgroupSkb = program(&mut ebpf, name)?;
-            prog.load().map_err(|source| LoadError::Program { name, source })?;
-        }
-        for name in CG_SOCK_PROGRAMS {
-            let prog: &mut CgroupSock = program(&mut ebpf, name)?;
-            prog.load().map_err(|source| LoadError::Program { name, source })?;
-        }
-        let sockopt: &mut CgroupSockopt = program(&mut ebpf, SOCKOPT_PROGRAM)?;
-        sockopt.load().map_err(|source| LoadError::Program { name: SOCKOPT_PROGRAM, source })?;
         let mut maps = PolicyMaps::take(&mut ebpf)?;
         let own_cache = if one_attach_point {
             let map = ebpf.take_map("SOLO_CACHE").ok_or(LoadError::MissingMap("SOLO_CACHE"))?;
@@ -238,8 +151,8 @@ impl Datapath {
         self.claim_attach_point(cgroup)?;
         let file = File::open(cgroup).map_err(|source| LoadError::Cgroup { path: cgroup.to_owned(), source })?;
         let mut links = Vec::new();
-        for name in PROGRAM_NAMES {
-            let (fd, kind) = attachable(&self.ebpf, name)?;
+        for p in &PROGRAMS {
+            let (name, fd, kind) = (p.name, attachable(&self.ebpf, p.name)?, p.attach_type);
             // On a failure, the links made so far close with `links`.
             match how {
                 Attachment::UntilCgroupRemoved => attach::attach_to_cgroup(file.as_fd(), fd, kind),
@@ -275,11 +188,11 @@ impl Datapath {
         let file = File::open(cgroup).map_err(|source| LoadError::Cgroup { path: cgroup.to_owned(), source })?;
         let pin_err = |what: String| move |source| LoadError::Pin { what, source };
         let mut solo = SoloHooks::load(pins)?;
-        for name in PROGRAM_NAMES {
+        for p in &PROGRAMS {
+            let (name, kind) = (p.name, p.attach_type);
             let path = pins.link(cgroup_id, name);
-            let (fd, kind) = if CACHED_PROGRAMS.contains(&name) {
-                let fd = solo.program(name)?.fd().map_err(|source| LoadError::Program { name, source })?;
-                (fd.as_fd(), attach::attach_type(name).ok_or(LoadError::MissingProgram(name))?)
+            let fd = if p.cache_slot.is_some() {
+                solo.program(name)?.fd().map_err(|source| LoadError::Program { name, source })?.as_fd()
             } else {
                 attachable(&self.ebpf, name)?
             };
@@ -334,21 +247,22 @@ impl Datapath {
     }
 }
 
-pub(super) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
-{
-    ebpf.program_mut(name)
-        .ok_or(LoadError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| LoadError::Program { name, source })
+/// A loaded program's descriptor, by name.
+fn attachable<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<BorrowedFd<'a>, LoadError> {
+    let prog = ebpf.program(name).ok_or(LoadError::MissingProgram(name))?;
+    Ok(prog.fd().map_err(|source| LoadError::Program { name, source })?.as_fd())
 }
 
-/// A loaded program's descriptor and attach type, by name.
-fn attachable<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<(BorrowedFd<'a>, u32), LoadError> {
-    let prog = ebpf.program(name).ok_or(LoadError::MissingProgram(name))?;
-    let fd = prog.fd().map_err(|source| LoadError::Program { name, source })?;
-    Ok((fd.as_fd(), attach::attach_type(name).ok_or(LoadError::MissingProgram(name))?))
+/// Verifies and loads one program of the object, as its kind says.
+fn load_program(ebpf: &mut Ebpf, p: &Program) -> Result<(), LoadError> {
+    let name = p.name;
+    let loaded = match p.kind {
+        Kind::SockAddr => program::<CgroupSockAddr>(ebpf, name)?.load(),
+        Kind::Skb => program::<CgroupSkb>(ebpf, name)?.load(),
+        Kind::Sock => program::<CgroupSock>(ebpf, name)?.load(),
+        Kind::Sockopt => program::<CgroupSockopt>(ebpf, name)?.load(),
+    };
+    loaded.map_err(|source| LoadError::Program { name, source })
 }
 
 fn ring(ebpf: &mut Ebpf, name: &'static str) -> Result<RingBuf<MapData>, LoadError> {

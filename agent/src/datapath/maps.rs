@@ -12,7 +12,7 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 
-use super::{loader::LoadError, verdict_cache::VerdictCacheMap};
+use super::{error::LoadError, verdict_cache::VerdictCacheMap};
 
 pub struct PolicyMaps {
     config: Array<MapData, Config>,

@@ -1,14 +1,19 @@
-//! The kernel side as seen from user space: loading and attaching the
-//! programs (`loader`) and typed access to their maps (`maps`).
+//! The kernel side as seen from user space: the program registry
+//! (`programs`), loading and attaching (`loader`, `attach`, `solo`,
+//! `pin`), kernel feature probes (`probe`) and typed access to the maps
+//! (`maps`, `verdict_cache`).
 
 pub mod attach;
+mod error;
 pub mod loader;
 pub mod maps;
 pub mod pin;
 pub mod probe;
+pub mod programs;
 pub mod solo;
 pub mod verdict_cache;
 
-pub use loader::{Datapath, LoadError};
+pub use error::LoadError;
+pub use loader::Datapath;
 pub use maps::PolicyMaps;
 pub use pin::Pins;

@@ -28,14 +28,11 @@ use aya::{
 use tracing::debug;
 
 use super::{
-    loader::{LoadError, MAP_NAMES, OBJECT, program},
+    error::LoadError,
     pin::Pins,
+    programs::{MAP_NAMES, OBJECT, cached, program},
     verdict_cache::{SoloCache, write_solo},
 };
-
-/// The socket hooks that use the verdict cache, in `Hook` order (the index
-/// of each one's value in `SOLO_CACHE`).
-pub const CACHED_PROGRAMS: [&str; 4] = ["pc_connect4", "pc_connect6", "pc_sendmsg4", "pc_sendmsg6"];
 
 /// Pin name of an attach point's cache, next to its links.
 const CACHE_PIN: &str = "SOLO_CACHE";
@@ -57,7 +54,8 @@ impl SoloHooks {
         loader.override_global("SOLO_ATTACH", &1u32, true);
         let started = Instant::now();
         let mut ebpf = loader.load(OBJECT)?;
-        for name in CACHED_PROGRAMS {
+        for p in cached() {
+            let name = p.name;
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             prog.load().map_err(|source| LoadError::Program { name, source })?;
         }

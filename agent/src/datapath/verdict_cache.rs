@@ -18,10 +18,7 @@ use aya::{
     util::nr_cpus,
 };
 
-/// Attach types of the hooks that use the cache (include/uapi/linux/bpf.h
-/// `enum bpf_attach_type`: BPF_CGROUP_INET4_CONNECT, INET6_CONNECT,
-/// UDP4_SENDMSG, UDP6_SENDMSG).
-pub const CACHED_ATTACH_TYPES: [u32; 4] = [10, 11, 14, 15];
+pub use super::programs::CACHED_ATTACH_TYPES;
 
 /// A load's own cache (`SOLO_CACHE`), one value per (cached hook, CPU).
 pub type SoloCache = PerCpuArray<MapData, VerdictCache>;

@@ -12,7 +12,7 @@
 //! (`INET_DIAG_CGROUP_ID`, Linux 5.9). Dumped only when a cap must evict.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     io,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
@@ -22,10 +22,13 @@ use std::{
 
 use crate::{
     cgroup::{self, dirs_below},
-    enforcer::LiveIps,
     policy::canonical,
     util::lock,
 };
+
+/// Live connections: endpoint -> destination addresses (the maps' key
+/// form: IPv6, or IPv4-mapped IPv6).
+pub type LiveIps = HashMap<u32, HashSet<[u8; 16]>>;
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLMSG_ERROR: u16 = 2;

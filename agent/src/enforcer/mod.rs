@@ -125,22 +125,6 @@ impl Enforcer {
         rows
     }
 
-    /// Stores what the coverage scan found for an endpoint; whether it
-    /// changed.
-    pub fn set_uncontained(&self, id: u32, held: &crate::coverage::Held) -> bool {
-        let mut st = lock(&self.state);
-        let Some(ep) = st.endpoint_mut(id) else { return false };
-        if ep.uncontained == *held {
-            return false;
-        }
-        ep.uncontained.clone_from(held);
-        true
-    }
-
-    pub fn uncontained(&self) -> HashMap<u32, crate::coverage::Held> {
-        lock(&self.state).endpoints().map(|e| (e.id, e.uncontained.clone())).collect()
-    }
-
     // Learning.
 
     /// Learns one DNS answer (`State::learn`): the map writes are done when

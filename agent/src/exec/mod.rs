@@ -27,12 +27,12 @@ use nix::sys::signal::{SigSet, Signal, kill};
 use nix::unistd::Pid;
 
 use crate::{
+    agent::{Agent, AgentOptions},
     cgroup::{OwnedCgroup, cgroup2_mount},
     check::load_policy,
     cli::ExecArgs,
+    dnsgate::GateOptions,
     enforcer::{Caps, Identity, TtlBounds},
-    gate::GateOptions,
-    runtime::{Agent, AgentOptions},
 };
 
 /// Signals forwarded to the command instead of killing the agent.
@@ -58,7 +58,7 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
     // Block the forwarded signals before any thread exists, so every thread
     // inherits the mask and only our sigwait thread ever sees them.
     forwarded_set().thread_block().context("blocking signals")?;
-    let log = crate::events::open_log(args.log.as_deref())?;
+    let log = crate::blocked::open_log(args.log.as_deref())?;
     let mount = cgroup2_mount()?;
     let pid = std::process::id();
     for left in crate::cgroup::sweep_stale(&mount, EXEC_CGROUP_PREFIX) {

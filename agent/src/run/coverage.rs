@@ -14,7 +14,7 @@ use std::{
 use tracing::{info, warn};
 
 use super::reload::Enforced;
-use crate::{enforcer::Enforcer, util::lock};
+use crate::{telemetry::coverage::Coverage, util::lock};
 
 /// How often node mode looks at what the pods' processes hold.
 const COVERAGE_EVERY: Duration = Duration::from_secs(5);
@@ -31,15 +31,15 @@ pub fn update(watched: &Watched, enforced: &Enforced) {
     *lock(watched) = list(enforced);
 }
 
-pub fn watch(enforcer: Enforcer, enforced: &Enforced) -> Watched {
+pub fn watch(coverage: Arc<Coverage>, enforced: &Enforced) -> Watched {
     let watched: Watched = Arc::new(Mutex::new(list(enforced)));
     let endpoints = watched.clone();
     let spawned = std::thread::Builder::new().name("coverage".into()).spawn(move || {
         loop {
             let now = lock(&endpoints).clone();
             for (id, cgroup, name) in &now {
-                let held = crate::coverage::scan(cgroup);
-                if !enforcer.set_uncontained(*id, &held) {
+                let held = crate::telemetry::coverage::scan(cgroup);
+                if !coverage.set(*id, &held) {
                     continue;
                 }
                 if held.is_empty() {

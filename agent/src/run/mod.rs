@@ -25,13 +25,13 @@ use self::{
     reload::{Enforced, Plan},
 };
 use crate::{
+    agent::{Agent, AgentOptions},
     check::BadPolicy,
     cli::{RunArgs, UnpinArgs},
     datapath::{Pins, pin},
+    dnsgate::{GateOptions, parse_deny_rcode},
     enforcer::{Caps, TtlBounds},
-    gate::{GateOptions, parse_deny_rcode},
     handover,
-    runtime::{Agent, AgentOptions},
 };
 
 /// How often the config file is looked at; a change is applied once it
@@ -83,7 +83,7 @@ fn agent_options(cfg: &NodeConfig, args: &RunArgs) -> Result<AgentOptions> {
             max: Duration::from_secs(cfg.max_ttl_seconds.max(cfg.min_ttl_seconds)),
         },
         caps: Caps { ips_per_name: cfg.max_ips_per_name, names_per_endpoint: cfg.max_names_per_endpoint, ..Caps::default() },
-        log: crate::events::open_log(cfg.log.as_deref())?,
+        log: crate::blocked::open_log(cfg.log.as_deref())?,
         unmanaged_allow: true,
         events_per_sec: 50,
         events_burst: 200,
@@ -112,7 +112,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let result = (|| -> Result<()> {
         let enforced = start(&mut agent, endpoints)?;
         info!("ready");
-        let watch = coverage::watch(agent.enforcer.clone(), &enforced);
+        let watch = coverage::watch(agent.coverage.clone(), &enforced);
         let mut node = Node { agent: &mut agent, cfg, enforced, watch };
         // A change is applied once it has been seen twice in a row.
         let mut pending: Option<u64> = None;

@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 use tracing::{info, warn};
 
 use super::config::Prepared;
-use crate::runtime::Agent;
+use crate::agent::Agent;
 
 /// What the agent enforces now, by cgroup id: its endpoint id and config.
 pub type Enforced = HashMap<u64, (u32, Prepared)>;

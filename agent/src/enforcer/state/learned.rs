@@ -32,11 +32,8 @@ use agent_common::LearnedKey;
 use super::table::{EndpointTable, Pair, Tx, learned_key};
 use crate::policy::PortKey;
 
-/// An address as the maps key it: IPv6, or IPv4-mapped IPv6.
-pub type Ip = [u8; 16];
-
-/// Live connections: endpoint -> destination IPs.
-pub type LiveIps = HashMap<u32, HashSet<Ip>>;
+pub use super::table::Ip;
+pub use crate::enforcer::live::LiveIps;
 
 /// Capacity of the kernel's `LEARNED` map (agent-ebpf/src/maps.rs).
 pub const LEARNED_CAPACITY: usize = 262_144;

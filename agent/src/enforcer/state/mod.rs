@@ -66,10 +66,6 @@ pub struct Endpoint {
     pub audit: bool,
     /// Last DNS name seen for an IP (allowed or not), bounded.
     names: HashMap<IpAddr, String>,
-    /// Capabilities held in the endpoint's cgroups that the cgroup hooks
-    /// cannot contain (`coverage`; node mode), with how many processes
-    /// hold each.
-    pub uncontained: crate::coverage::Held,
 }
 
 const MAX_REMEMBERED_NAMES: usize = 8192;
@@ -225,10 +221,7 @@ impl State {
             // New entries are in; only now drop what the old policy had.
             self.prune_policy_entries(id, &policy)?;
         }
-        self.endpoints.insert(
-            id,
-            Endpoint { id, identity, cgroup_id, policy: Arc::new(policy), audit, names: HashMap::new(), uncontained: Vec::new() },
-        );
+        self.endpoints.insert(id, Endpoint { id, identity, cgroup_id, policy: Arc::new(policy), audit, names: HashMap::new() });
         Ok(id)
     }
 

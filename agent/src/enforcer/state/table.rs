@@ -8,8 +8,10 @@ use std::{
 
 use agent_common::LearnedKey;
 
-use super::learned::Ip;
 use crate::policy::PortKey;
+
+/// An address as the maps key it: IPv6, or IPv4-mapped IPv6.
+pub type Ip = [u8; 16];
 
 pub(super) struct Pair {
     pub(super) seq: u64,

@@ -11,24 +11,28 @@ use std::{
 use agent_common::DnsHeldPacket;
 use tracing::debug;
 
-use super::{
-    Gate, GateStats, QueryKey,
-    engine::{Client, QueryVerdict},
+use super::{HoldPath, QueryKey};
+use crate::{
+    dns::parse_udp,
+    dnsgate::{
+        DnsStats,
+        engine::{Client, QueryVerdict},
+        netns::CaughtQuery,
+    },
 };
-use crate::{dns::parse_udp, proxy::CaughtQuery};
 
 /// Queries per endpoint per second above which the rate is counted as
 /// suspicious (a stub resolver asks a handful per lookup).
 pub const QUERY_RATE_LIMIT: u32 = 200;
 
-impl Gate {
+impl HoldPath {
     pub(super) fn handle_query(&mut self, held: &DnsHeldPacket, data: &[u8]) -> bool {
         let udp = match parse_udp(data) {
             Ok(u) => u,
             Err(e) => {
                 // Not something we can vouch for: it does not leave.
                 debug!(error = %e, endpoint = held.endpoint, "dropping unparseable DNS query");
-                GateStats::bump(&self.engine.stats.dropped_malformed);
+                DnsStats::bump(&self.engine.stats.dropped_malformed);
                 return false;
             }
         };
@@ -56,7 +60,7 @@ impl Gate {
     /// answers by injection). Without one it is dropped: the client retries.
     pub(super) fn handle_caught(&mut self, held: &DnsHeldPacket, data: &[u8]) -> bool {
         let Ok(udp) = parse_udp(data) else {
-            GateStats::bump(&self.engine.stats.dropped_malformed);
+            DnsStats::bump(&self.engine.stats.dropped_malformed);
             return false;
         };
         // An IPv6 resolver's query caught over IPv4 (`DNS_PLACEHOLDER_V4`):

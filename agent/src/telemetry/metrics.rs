@@ -26,9 +26,10 @@ use tokio::{
 };
 use tracing::warn;
 
+use super::coverage::{Coverage, Held};
 use crate::{
+    dnsgate::DnsStats,
     enforcer::{EndpointView, Enforcer},
-    gate::GateStats,
 };
 
 /// Binds `addr` (with `SO_REUSEPORT`).
@@ -105,7 +106,8 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 #[derive(Clone)]
 pub struct Sources {
     pub enforcer: Enforcer,
-    pub gate: Arc<GateStats>,
+    pub coverage: Arc<Coverage>,
+    pub gate: Arc<DnsStats>,
     pub config: Arc<ConfigStats>,
 }
 
@@ -125,7 +127,7 @@ struct Row {
     id: u32,
     labels: String,
     learned: usize,
-    uncontained: crate::coverage::Held,
+    uncontained: Held,
 }
 
 fn labels(e: &EndpointView) -> String {
@@ -142,7 +144,7 @@ pub fn render(src: &Sources) -> String {
     let mut out = String::new();
     let gate = &*src.gate;
     let counters = src.enforcer.counters();
-    let mut uncontained = src.enforcer.uncontained();
+    let mut uncontained = src.coverage.all();
     let eps: Vec<Row> = src
         .enforcer
         .snapshot()

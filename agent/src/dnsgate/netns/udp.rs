@@ -32,8 +32,8 @@ use tracing::debug;
 use super::GateCtx;
 use crate::{
     dns::build_udp,
-    gate::{
-        GateStats,
+    dnsgate::{
+        DnsStats,
         engine::{Client, QueryVerdict, Question},
     },
     util::lock,
@@ -185,7 +185,7 @@ impl UdpGate {
             QueryVerdict::Drop => return,
         };
         let Some(id) = self.table.add(InFlight { reply, question, tgid, at: Instant::now() }) else {
-            GateStats::bump(&c.engine.stats.dropped_inject_failed);
+            DnsStats::bump(&c.engine.stats.dropped_inject_failed);
             return;
         };
         bytes[..2].copy_from_slice(&id.to_be_bytes());
@@ -239,21 +239,21 @@ fn answers(g: &UdpGate, stop: &Stop) {
         };
         let bytes = &mut buf[..len];
         if len < 12 {
-            GateStats::bump(&stats.dropped_malformed);
+            DnsStats::bump(&stats.dropped_malformed);
             continue;
         }
         // Only an id we gave a query: the client's own goes back in, and
         // the engine checks the rest of the question.
         let id = u16::from_be_bytes([bytes[0], bytes[1]]);
         let Some((reply, question, tgid)) = lock(&g.table.0).by_id.get(&id).map(|f| (f.reply, f.question.clone(), f.tgid)) else {
-            GateStats::bump(&stats.answers_unsolicited);
+            DnsStats::bump(&stats.answers_unsolicited);
             continue;
         };
         bytes[..2].copy_from_slice(&question.txid.to_be_bytes());
         let Some(answer) = c.engine.on_answer(&Client { tgid, ..c.who }, &question, bytes) else { continue };
         lock(&g.table.0).by_id.remove(&id);
         match g.reply(reply, &answer) {
-            Ok(()) => GateStats::bump(&stats.released),
+            Ok(()) => DnsStats::bump(&stats.released),
             Err(e) => debug!(error = %e, "answering through the UDP DNS gate failed"),
         }
     }

@@ -6,20 +6,21 @@ use std::net::IpAddr;
 use agent_common::DnsHeldPacket;
 use tracing::{debug, warn};
 
-use super::{
-    Gate, GateStats, QueryKey,
+use super::{HoldPath, QueryKey};
+use crate::dns::{build_udp, parse_message, parse_udp, question, transaction_id};
+use crate::dnsgate::{
+    DnsStats,
     engine::{Client, Question},
 };
-use crate::dns::{build_udp, parse_message, parse_udp, question, transaction_id};
 
-impl Gate {
+impl HoldPath {
     pub(super) fn handle_answer(&mut self, held: &DnsHeldPacket, data: &[u8]) -> bool {
         let stats = self.engine.stats.clone();
         let udp = match parse_udp(data) {
             Ok(u) => u,
             Err(e) => {
                 debug!(error = %e, "dropping held packet");
-                GateStats::bump(&stats.dropped_malformed);
+                DnsStats::bump(&stats.dropped_malformed);
                 return false;
             }
         };
@@ -32,7 +33,7 @@ impl Gate {
                 QueryKey { endpoint: held.endpoint, client: udp.dst, resolver: udp.src, txid },
             ))
         }) else {
-            GateStats::bump(&stats.dropped_malformed);
+            DnsStats::bump(&stats.dropped_malformed);
             return false;
         };
         let payload = match self.pending.take(&key, &q.qname, q.qtype) {
@@ -51,7 +52,7 @@ impl Gate {
             }
             None => {
                 debug!(endpoint = held.endpoint, name = %q.qname, from = %udp.src, "dropping unsolicited DNS answer");
-                GateStats::bump(&stats.answers_unsolicited);
+                DnsStats::bump(&stats.answers_unsolicited);
                 return false;
             }
         };
@@ -60,7 +61,7 @@ impl Gate {
             Ok(p) => p,
             Err(e) => {
                 debug!(error = %e, "cannot rebuild answer");
-                GateStats::bump(&stats.dropped_malformed);
+                DnsStats::bump(&stats.dropped_malformed);
                 return false;
             }
         };
@@ -73,7 +74,7 @@ impl Gate {
             Ok(()) => true,
             Err(e) => {
                 warn!(error = %e, "injecting DNS packet failed; dropped");
-                GateStats::bump(&self.engine.stats.dropped_inject_failed);
+                DnsStats::bump(&self.engine.stats.dropped_inject_failed);
                 false
             }
         }

@@ -6,7 +6,9 @@
 //! so: a warning when a pod's set changes, and the
 //! `portcullis_endpoint_uncontained_processes{capability}` gauge.
 
-use std::{fs, path::Path};
+use std::{collections::HashMap, fs, path::Path, sync::Mutex};
+
+use crate::util::lock;
 
 /// Capabilities (include/uapi/linux/capability.h) whose holders leave the
 /// cgroup hooks' view.
@@ -70,5 +72,35 @@ mod tests {
             vec![("CAP_BPF", 1), ("CAP_NET_ADMIN", 1), ("CAP_NET_RAW", 2), ("CAP_SYS_ADMIN", 1)]
         );
         assert_eq!(held([0, 1 << 10]), vec![]);
+    }
+}
+
+/// What the last scan found per endpoint, for the metrics (only endpoints
+/// with something held are kept).
+#[derive(Debug, Default)]
+pub struct Coverage(Mutex<HashMap<u32, Held>>);
+
+impl Coverage {
+    /// Stores an endpoint's scan; whether it changed.
+    pub fn set(&self, endpoint: u32, held: &Held) -> bool {
+        let mut m = lock(&self.0);
+        let before = m.get(&endpoint).cloned().unwrap_or_default();
+        if before == *held {
+            return false;
+        }
+        if held.is_empty() {
+            m.remove(&endpoint);
+        } else {
+            m.insert(endpoint, held.clone());
+        }
+        true
+    }
+
+    pub fn forget(&self, endpoint: u32) {
+        lock(&self.0).remove(&endpoint);
+    }
+
+    pub fn all(&self) -> HashMap<u32, Held> {
+        lock(&self.0).clone()
     }
 }

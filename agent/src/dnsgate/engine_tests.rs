@@ -75,7 +75,7 @@ fn engine(audit: bool, fail: bool) -> (Engine, Arc<Fake>, Lines) {
     let e = Engine {
         learner: fake.clone(),
         stats: Arc::default(),
-        log: crate::events::log_sink(Box::new(lines.clone())),
+        log: crate::blocked::log_sink(Box::new(lines.clone())),
         records: Arc::new(RecordLimit::new(50, 200)),
         warnings: Arc::new(RecordLimit::new(50, 200)),
         deny_rcode: ResponseCode::NXDomain,

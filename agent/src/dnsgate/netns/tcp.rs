@@ -36,8 +36,8 @@ use super::{
 };
 use crate::{
     dns::stream::{read_frame_async, write_frame_async},
-    gate::{
-        GateStats,
+    dnsgate::{
+        DnsStats,
         engine::{Client, QueryVerdict},
     },
 };
@@ -165,7 +165,7 @@ impl GateCtx {
                 return Err(invalid("answer not accepted"));
             };
             within(write_frame_async(&mut client, &out)).await?;
-            GateStats::bump(&self.engine.stats.released);
+            DnsStats::bump(&self.engine.stats.released);
         }
     }
 }

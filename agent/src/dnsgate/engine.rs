@@ -17,11 +17,11 @@ use agent_common::Reason;
 use hickory_proto::op::{Message, ResponseCode};
 use tracing::warn;
 
-use super::{GateStats, MAX_CNAME_CHAIN, ratelimit::RecordLimit};
+use super::{DnsStats, MAX_CNAME_CHAIN, ratelimit::RecordLimit};
 use crate::{
+    blocked::{BlockedRecord, LogSink, write_record},
     dns::{Suspicion, learnable, parse_message, parse_query, question, refusal, strip_addresses, suspicion, transaction_id},
     enforcer::{EndpointView, Enforcer, LearnOutcome, StateError},
-    events::{BlockedRecord, LogSink, write_record},
 };
 
 /// What the pipeline needs of the enforcer (a trait, so the pipeline is
@@ -78,7 +78,7 @@ pub enum QueryVerdict {
 #[derive(Clone)]
 pub struct Engine {
     pub learner: Arc<dyn Learner>,
-    pub stats: Arc<GateStats>,
+    pub stats: Arc<DnsStats>,
     pub log: LogSink,
     /// Per-endpoint rate limit on the blocked records written here.
     pub records: Arc<RecordLimit>,
@@ -93,12 +93,12 @@ impl Engine {
     pub fn on_query(&self, who: &Client, bytes: &[u8]) -> QueryVerdict {
         let parsed = parse_message(bytes).and_then(|m| Ok((parse_query(&m)?, m)));
         let Ok(((qname, qtype), msg)) = parsed else {
-            GateStats::bump(&self.stats.dropped_malformed);
+            DnsStats::bump(&self.stats.dropped_malformed);
             return QueryVerdict::Drop;
         };
         self.note_shape(who.endpoint, &qname);
         let Some(ep) = self.learner.endpoint(who.endpoint) else {
-            GateStats::bump(&self.stats.dropped_unknown_endpoint);
+            DnsStats::bump(&self.stats.dropped_unknown_endpoint);
             return QueryVerdict::Drop;
         };
         let q = Question { qname, qtype, txid: transaction_id(&msg) };
@@ -116,11 +116,11 @@ impl Engine {
         if ep.audit {
             return QueryVerdict::Forward(q);
         }
-        GateStats::bump(&self.stats.queries_refused);
+        DnsStats::bump(&self.stats.queries_refused);
         match refusal(&msg, self.deny_rcode).to_vec() {
             Ok(reply) => QueryVerdict::Refuse(q, reply),
             Err(_) => {
-                GateStats::bump(&self.stats.dropped_malformed);
+                DnsStats::bump(&self.stats.dropped_malformed);
                 QueryVerdict::Drop
             }
         }
@@ -129,10 +129,10 @@ impl Engine {
     /// The answer a refused query gets in place of the resolver's (the
     /// hold path, where the query itself already left).
     pub fn refuse_answer(&self, answer: &[u8]) -> Option<Vec<u8>> {
-        GateStats::bump(&self.stats.queries_refused);
+        DnsStats::bump(&self.stats.queries_refused);
         let reply = parse_message(answer).ok().and_then(|m| refusal(&m, self.deny_rcode).to_vec().ok());
         if reply.is_none() {
-            GateStats::bump(&self.stats.dropped_malformed);
+            DnsStats::bump(&self.stats.dropped_malformed);
         }
         reply
     }
@@ -144,19 +144,19 @@ impl Engine {
     /// original when nothing changed), or `None`: dropped, counted.
     pub fn on_answer<'a>(&self, who: &Client, q: &Question, bytes: &'a [u8]) -> Option<Cow<'a, [u8]>> {
         let Ok(mut msg) = parse_message(bytes) else {
-            GateStats::bump(&self.stats.dropped_malformed);
+            DnsStats::bump(&self.stats.dropped_malformed);
             return None;
         };
         if transaction_id(&msg) != q.txid || question(&msg) != Some((q.qname.clone(), q.qtype)) {
-            GateStats::bump(&self.stats.answers_unsolicited);
+            DnsStats::bump(&self.stats.answers_unsolicited);
             return None;
         }
         let Ok(learned) = learnable(&msg, MAX_CNAME_CHAIN) else {
-            GateStats::bump(&self.stats.dropped_malformed);
+            DnsStats::bump(&self.stats.dropped_malformed);
             return None;
         };
         let Some(ep) = self.learner.endpoint(who.endpoint) else {
-            GateStats::bump(&self.stats.dropped_unknown_endpoint);
+            DnsStats::bump(&self.stats.dropped_unknown_endpoint);
             return None;
         };
         let mut refused = Vec::new();
@@ -166,7 +166,7 @@ impl Engine {
                 Ok(out) => refused = self.note_learned(who.endpoint, &l.qname, out),
                 Err(e) => {
                     warn!(error = %e, "learning failed; answer held back");
-                    GateStats::bump(&self.stats.dropped_inject_failed);
+                    DnsStats::bump(&self.stats.dropped_inject_failed);
                     return None;
                 }
             }
@@ -175,11 +175,11 @@ impl Engine {
         if stripped.is_empty() {
             return Some(Cow::Borrowed(bytes));
         }
-        GateStats::bump(&self.stats.answers_stripped);
+        DnsStats::bump(&self.stats.answers_stripped);
         match msg.to_vec() {
             Ok(v) => Some(Cow::Owned(v)),
             Err(_) => {
-                GateStats::bump(&self.stats.dropped_malformed);
+                DnsStats::bump(&self.stats.dropped_malformed);
                 None
             }
         }

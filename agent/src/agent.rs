@@ -20,18 +20,22 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::{
+    blocked::{self, LogSink},
     datapath::{
         Datapath, Pins,
         loader::{Attachment, current_netns_cookie},
     },
+    dnsgate::netns::NamespaceGates,
+    dnsgate::{
+        DnsStats, GateOptions,
+        hold::{HoldPath, PendingQueries},
+        ratelimit::RecordLimit,
+    },
     enforcer::live::LiveConns,
     enforcer::{Caps, Enforcer, Identity, PolicyChange, State, TtlBounds},
-    events::{self, LogSink},
-    gate::{Gate, GateOptions, GateStats, PendingQueries, ratelimit::RecordLimit},
     handover::{self, Handover},
-    metrics::{self, ConfigStats},
     policy::CompiledPolicy,
-    proxy::DnsGates,
+    telemetry::{coverage::Coverage, metrics::ConfigStats},
     util::lock,
 };
 
@@ -75,7 +79,7 @@ struct Consumers {
 
 /// What `go` starts: built in `start`, so endpoints can be added first.
 struct Idle {
-    gate: Gate,
+    gate: HoldPath,
     hold: RingBuf<MapData>,
     denied: RingBuf<MapData>,
     log: LogSink,
@@ -108,12 +112,12 @@ impl Core {
 
 pub struct Agent {
     pub enforcer: Enforcer,
-    pub gate_stats: Arc<GateStats>,
+    pub gate_stats: Arc<DnsStats>,
     datapath: Datapath,
     rt: tokio::runtime::Runtime,
     core: Arc<Core>,
     idle: Option<Idle>,
-    dns_gates: Arc<DnsGates>,
+    dns_gates: Arc<NamespaceGates>,
     pins: Option<Pins>,
     attachment: Attachment,
     state_dir: Option<PathBuf>,
@@ -126,13 +130,20 @@ pub struct Agent {
     live: Arc<LiveConns>,
     /// Outcomes of config reloads (`run`), for the metrics.
     pub config_stats: Arc<ConfigStats>,
+    /// What the endpoints' processes hold that cgroup hooks cannot contain.
+    pub coverage: Arc<Coverage>,
 }
 
 /// Drops expired learned IPs from the maps (the kernel refuses them at
 /// connect time already; this keeps the maps and bookkeeping small) and,
 /// in node mode, snapshots learned state about once a second when it
 /// changed (for a restart after a crash).
-async fn expire_learned(enforcer: Enforcer, gates: Arc<DnsGates>, snapshot: Option<PathBuf>, mut stop: watch::Receiver<bool>) {
+async fn expire_learned(
+    enforcer: Enforcer,
+    gates: Arc<NamespaceGates>,
+    snapshot: Option<PathBuf>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let (mut written, mut n) = (None, 0u32);
     loop {
@@ -171,7 +182,7 @@ const GATE_OPEN_QUEUE: usize = 256;
 /// for one there, so a retry works. Opening enters a namespace and waits
 /// for a thread: work for the DNS side, never for the blocked-log reader,
 /// which only queues the request (and drops it when the queue is full).
-fn gate_opener(gates: Arc<DnsGates>) -> Option<std::sync::mpsc::SyncSender<(u32, u32)>> {
+fn gate_opener(gates: Arc<NamespaceGates>) -> Option<std::sync::mpsc::SyncSender<(u32, u32)>> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<(u32, u32)>(GATE_OPEN_QUEUE);
     let spawned = thread::Builder::new().name("dns-gate-open".into()).spawn(move || {
         for (tgid, endpoint) in rx {
@@ -229,11 +240,12 @@ impl Agent {
             }
         }
         let enforcer = Enforcer::new(st);
-        let log = events::log_sink(opts.log);
+        let log = blocked::log_sink(opts.log);
         let records = RecordLimit::new(opts.events_per_sec, opts.events_burst);
-        let gate = Gate::new(enforcer.clone(), mark, log.clone(), opts.gate, records);
+        let gate = HoldPath::new(enforcer.clone(), mark, log.clone(), opts.gate, records);
         let gate_stats = gate.engine().stats.clone();
-        let dns_gates = Arc::new(DnsGates::new(gate.engine().clone(), enforcer.clone(), opts.gate.dns_gates, mark, live.clone()));
+        let dns_gates =
+            Arc::new(NamespaceGates::new(gate.engine().clone(), enforcer.clone(), opts.gate.dns_gates, mark, live.clone()));
         let gate = gate.with_dns_gates(dns_gates.clone());
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -258,6 +270,7 @@ impl Agent {
             attached: Vec::new(),
             live,
             config_stats: Arc::default(),
+            coverage: Arc::default(),
         })
     }
 
@@ -310,20 +323,21 @@ impl Agent {
         let (stop, stop_rx) = watch::channel(false);
         let opener = gate_opener(self.dns_gates.clone());
         let mut tasks = vec![
-            self.rt.spawn(events::run(denied, self.enforcer.clone(), log, opener, stop_rx.clone())),
+            self.rt.spawn(blocked::run(denied, self.enforcer.clone(), log, opener, stop_rx.clone())),
             self.rt.spawn(expire_learned(self.enforcer.clone(), self.dns_gates.clone(), self.state_dir.clone(), stop_rx.clone())),
         ];
         if let Some(addr) = self.metrics_addr {
             let listener = {
                 let _rt = self.rt.enter();
-                metrics::bind(addr).with_context(|| format!("metrics address {addr}"))?
+                crate::telemetry::metrics::bind(addr).with_context(|| format!("metrics address {addr}"))?
             };
-            let src = metrics::Sources {
+            let src = crate::telemetry::metrics::Sources {
                 enforcer: self.enforcer.clone(),
+                coverage: self.coverage.clone(),
                 gate: self.gate_stats.clone(),
                 config: self.config_stats.clone(),
             };
-            tasks.push(self.rt.spawn(metrics::serve(listener, src, stop_rx)));
+            tasks.push(self.rt.spawn(crate::telemetry::metrics::serve(listener, src, stop_rx)));
         }
         *lock(&self.core.running) = Some(Consumers { stop_gate, gate_thread, stop, tasks });
         // Only now may the kernel hold answers for us: someone is listening.
@@ -375,6 +389,7 @@ impl Agent {
         self.dns_gates.close(id, &[]);
         self.enforcer.remove_endpoint(id)?;
         self.gate_stats.forget(id);
+        self.coverage.forget(id);
         self.live.unwatch_cgroup(cgroup_id);
         self.refresh_verdict_caches()
     }

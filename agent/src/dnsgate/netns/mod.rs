@@ -58,10 +58,12 @@ use tracing::debug;
 
 use crate::{
     datapath::loader::netns_cookie_of,
+    dnsgate::{
+        engine::{Client, Engine},
+        inject::{InjectError, raw_socket, set_int_option},
+    },
     enforcer::Enforcer,
     enforcer::live::LiveConns,
-    gate::engine::{Client, Engine},
-    inject::{InjectError, raw_socket, set_int_option},
     policy::canonical,
     util::lock,
 };
@@ -83,7 +85,7 @@ pub enum GateError {
 }
 
 /// The gates this agent runs.
-pub struct DnsGates {
+pub struct NamespaceGates {
     engine: Engine,
     enforcer: Enforcer,
     enabled: bool,
@@ -201,7 +203,7 @@ fn port_of(local: io::Result<SocketAddr>) -> u16 {
     local.map(|a| a.port()).unwrap_or(0)
 }
 
-impl DnsGates {
+impl NamespaceGates {
     /// `enabled` false: `ensure` opens nothing (see `GateOptions::dns_gates`).
     pub fn new(engine: Engine, enforcer: Enforcer, enabled: bool, inject_mark: u32, live: Arc<LiveConns>) -> Self {
         Self {

@@ -1,4 +1,5 @@
-//! The DNS gate: consumes DNS packets held by the kernel and decides.
+//! The hold path: consumes the DNS packets the kernel holds (`DNS_HOLD`)
+//! and decides with the engine.
 //!
 //! - Queries (copies from `cgroup_skb/egress`; the query itself goes on):
 //!   remembered as pending, with whether the endpoint's policy lets it
@@ -9,137 +10,36 @@
 //!   endpoint can never reach, and only then re-injects it, so the workload
 //!   never sees an answer before its allowed IPs are in the kernel maps. For
 //!   any other name the workload gets NXDOMAIN (configurable) instead.
-//!
 //! - Queries caught on loopback (`connect4` kept them in a namespace with no
-//!   DNS gate yet): handed to the gate opened there for them, which answers
-//!   or forwards them (`proxy`); they never leave unchecked.
+//!   DNS gate yet): handed to the namespace gate opened there for them
+//!   (`netns`), which answers or forwards them; they never leave unchecked.
 //!
 //! Anything that goes wrong (unparseable packet, unknown endpoint, no
 //! matching query, injection failure) drops the packet and counts it: fail
 //! closed, the client retries or fails, nothing unlearned passes.
 
 mod answer;
-pub mod engine;
 mod pending;
 mod query;
-pub mod ratelimit;
 
 use std::{
     collections::HashMap,
     os::fd::AsRawFd as _,
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+        atomic::{AtomicBool, Ordering},
     },
     time::Instant,
 };
 
 use agent_common::{DNS_KIND_CAUGHT, DNS_KIND_QUERY, DnsHeldPacket};
 use aya::maps::{MapData, RingBuf};
-use hickory_proto::op::ResponseCode;
 
-use self::engine::Engine;
 pub use self::pending::{PendingQueries, QueryKey};
-use crate::{enforcer::Enforcer, events::LogSink, inject::Injector, proxy::DnsGates};
+use super::{DnsStats, GateOptions, engine::Engine, inject::Injector, netns::NamespaceGates, ratelimit};
+use crate::{blocked::LogSink, enforcer::Enforcer};
 
-/// Longest CNAME chain followed inside one answer.
-pub const MAX_CNAME_CHAIN: usize = 8;
-
-#[derive(Default)]
-pub struct GateStats {
-    pub held: AtomicU64,
-    pub released: AtomicU64,
-    pub dropped_malformed: AtomicU64,
-    pub dropped_unknown_endpoint: AtomicU64,
-    pub dropped_inject_failed: AtomicU64,
-    pub ips_learned: AtomicU64,
-    pub ips_denied_range: AtomicU64,
-    /// Addresses not learned because a cap was reached and nothing could be
-    /// evicted (every older entry had a live connection).
-    pub ips_refused_cap: AtomicU64,
-    /// Older learned addresses evicted to make room (caps).
-    pub ips_evicted: AtomicU64,
-    /// Answers rewritten to remove addresses the workload may never reach.
-    pub answers_stripped: AtomicU64,
-    /// Answers that matched no query the endpoint sent (forged, late).
-    pub answers_unsolicited: AtomicU64,
-    /// Answers replaced by NXDOMAIN/REFUSED (name not allowed).
-    pub queries_refused: AtomicU64,
-    /// Per endpoint: refused queries and suspicious names, for alerts.
-    pub per_endpoint: Mutex<HashMap<u32, EndpointDnsStats>>,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EndpointDnsStats {
-    pub refused: u64,
-    pub suspicious_long_label: u64,
-    pub suspicious_entropy: u64,
-    /// Queries beyond `QUERY_RATE_LIMIT` in one second.
-    pub high_rate: u64,
-    /// Blocked-log records (refused names, rebinding answers) held back by
-    /// the endpoint's record rate limit (`ratelimit`).
-    pub records_suppressed: u64,
-    /// TCP DNS connections over a gate's cap (`proxy::tcp`): closed at
-    /// once (every connection mid-query), or the longest idle one closed
-    /// to make room.
-    pub tcp_refused: u64,
-    pub tcp_evicted: u64,
-}
-
-impl GateStats {
-    pub(crate) fn bump(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn endpoint(&self, id: u32) -> EndpointDnsStats {
-        self.per_endpoint.lock().map(|m| m.get(&id).copied().unwrap_or_default()).unwrap_or_default()
-    }
-
-    pub(crate) fn with_endpoint(&self, id: u32, f: impl FnOnce(&mut EndpointDnsStats)) {
-        if let Ok(mut m) = self.per_endpoint.lock() {
-            f(m.entry(id).or_default());
-        }
-    }
-
-    /// Drops a removed endpoint's counts (its id may be given out again).
-    pub fn forget(&self, id: u32) {
-        if let Ok(mut m) = self.per_endpoint.lock() {
-            m.remove(&id);
-        }
-    }
-
-    /// A per-endpoint count summed over every endpoint.
-    pub fn sum(&self, f: impl Fn(&EndpointDnsStats) -> u64) -> u64 {
-        self.per_endpoint.lock().map(|m| m.values().map(f).sum()).unwrap_or_default()
-    }
-}
-
-/// How the gate answers a query for a name the policy does not allow.
-#[derive(Clone, Copy, Debug)]
-pub struct GateOptions {
-    pub deny_rcode: ResponseCode,
-    /// Open DNS gates in workload namespaces (`proxy`). Off: UDP DNS takes
-    /// the hold path only (refused queries reach the resolver, their answers
-    /// are replaced) and DNS over TCP is refused.
-    pub dns_gates: bool,
-}
-
-impl Default for GateOptions {
-    fn default() -> Self {
-        Self { deny_rcode: ResponseCode::NXDomain, dns_gates: true }
-    }
-}
-
-/// `nxdomain` (default) or `refused`, for `--dns-deny-rcode`.
-pub fn parse_deny_rcode(s: &str) -> Result<ResponseCode, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "nxdomain" => Ok(ResponseCode::NXDomain),
-        "refused" => Ok(ResponseCode::Refused),
-        other => Err(format!("{other:?}: expected nxdomain or refused")),
-    }
-}
-
-pub struct Gate {
+pub struct HoldPath {
     injector: Injector,
     pending: PendingQueries,
     /// The decisions, as the DNS gates share them.
@@ -148,7 +48,7 @@ pub struct Gate {
     rate: HashMap<u32, (Instant, u32)>,
     /// DNS gates in workload namespaces; opened for every namespace a
     /// hold-path query comes from.
-    dns_gates: Option<Arc<DnsGates>>,
+    dns_gates: Option<Arc<NamespaceGates>>,
 }
 
 /// Copies the fixed header and the packet out of a ring buffer record
@@ -165,7 +65,7 @@ pub fn decode(record: &[u8]) -> Option<(DnsHeldPacket, &[u8])> {
     Some((held, data))
 }
 
-impl Gate {
+impl HoldPath {
     /// `records`: the rate limit on the blocked-log records the gates write
     /// (their warnings get one of their own, alike).
     pub fn new(enforcer: Enforcer, inject_mark: u32, log: LogSink, opts: GateOptions, records: ratelimit::RecordLimit) -> Self {
@@ -187,7 +87,7 @@ impl Gate {
 
     /// Opens TCP gates in the namespaces queries come from (before their
     /// answers are released, so a truncated answer's TCP retry finds one).
-    pub fn with_dns_gates(mut self, gates: Arc<DnsGates>) -> Self {
+    pub fn with_dns_gates(mut self, gates: Arc<NamespaceGates>) -> Self {
         self.dns_gates = Some(gates);
         self
     }
@@ -200,9 +100,9 @@ impl Gate {
     /// Handles one held packet; returns whether something was sent on
     /// (the query forwarded or answered, the answer delivered).
     pub fn handle(&mut self, record: &[u8]) -> bool {
-        GateStats::bump(&self.engine.stats.held);
+        DnsStats::bump(&self.engine.stats.held);
         let Some((held, data)) = decode(record) else {
-            GateStats::bump(&self.engine.stats.dropped_malformed);
+            DnsStats::bump(&self.engine.stats.dropped_malformed);
             return false;
         };
         let sent = match held.kind {
@@ -211,7 +111,7 @@ impl Gate {
             _ => self.handle_answer(&held, data),
         };
         if sent {
-            GateStats::bump(&self.engine.stats.released);
+            DnsStats::bump(&self.engine.stats.released);
         }
         sent
     }
