@@ -31,7 +31,7 @@ use portcullis::dns::{
     DnsError, Learned, build_udp, learnable, parse_message, parse_query, parse_udp, question,
     refusal, suspicion, transaction_id,
 };
-use portcullis::gate::MAX_CNAME_CHAIN;
+use portcullis::dnsgate::MAX_CNAME_CHAIN;
 use portcullis::policy::NameSelector;
 
 const RESOLVER_V4: &str = "10.96.0.10:53";

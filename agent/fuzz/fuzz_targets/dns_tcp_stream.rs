@@ -12,7 +12,7 @@ use portcullis::dns::{
     stream::{read_frame, write_frame},
     transaction_id,
 };
-use portcullis::gate::MAX_CNAME_CHAIN;
+use portcullis::dnsgate::MAX_CNAME_CHAIN;
 
 fuzz_target!(|data: &[u8]| {
     let mut r = data;

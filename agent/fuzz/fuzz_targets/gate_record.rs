@@ -1,6 +1,6 @@
-//! A `DNS_HOLD` ring-buffer record, through the pure part of `Gate::handle`.
+//! A `DNS_HOLD` ring-buffer record, through the pure part of the hold path (`HoldPath::handle`).
 //!
-//! `Gate::handle` needs kernel state (endpoint maps, a raw socket in the
+//! `HoldPath::handle` needs kernel state (endpoint maps, a raw socket in the
 //! workload's namespace), so this target runs the same steps without it:
 //! decode the record, dispatch on `kind`, then
 //! * a query copy (`DNS_KIND_QUERY`, bytes the workload chose):
@@ -13,8 +13,7 @@
 //!   `strip_addresses` with the always-denied ranges, re-encoding, and the
 //!   `build_udp` of the packet that would be injected.
 //!
-//! `gate/mod.rs`'s `decode` is private, so [`decode`] below is a copy of it;
-//! keep the two in sync (or make the original public and call it).
+//! The record is decoded by the agent's own `dnsgate::hold::decode`.
 //!
 //! The kernel always reserves a whole `DnsHeldPacket`, so a shorter input is
 //! zero-padded to that size: the fuzzer then only has to produce the header
@@ -35,7 +34,10 @@ use portcullis::dns::{
     UdpPacket, build_udp, learnable, parse_message, parse_query, parse_udp, question, refusal,
     strip_addresses, suspicion, transaction_id,
 };
-use portcullis::gate::{MAX_CNAME_CHAIN, PendingQueries, QueryKey};
+use portcullis::dnsgate::{
+    MAX_CNAME_CHAIN,
+    hold::{PendingQueries, QueryKey},
+};
 use portcullis::policy::{CompiledPolicy, Policy, compile, is_always_denied};
 
 
@@ -44,7 +46,7 @@ fuzz_target!(|input: &[u8]| {
     if record.len() < size_of::<DnsHeldPacket>() {
         record.resize(size_of::<DnsHeldPacket>(), 0);
     }
-    let Some((held, data)) = portcullis::gate::decode(&record) else {
+    let Some((held, data)) = portcullis::dnsgate::hold::decode(&record) else {
         return;
     };
     if held.kind == DNS_KIND_QUERY {
