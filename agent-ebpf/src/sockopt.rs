@@ -61,9 +61,14 @@ pub fn setsockopt(ctx: &SockoptContext) -> i32 {
     let len = so.optlen.clamp(0, MAX_IPV4_OPTIONS as i32) as usize;
     // SAFETY: the kernel's optval..optval_end window for this run.
     let (start, end) = unsafe { (so.__bindgen_anon_2.optval as usize, so.__bindgen_anon_3.optval_end as usize) };
+    // `start + i + 1 <= end`, not `start + i < end`: the verifier learns
+    // the packet range only from a bound on the end of the byte read (the
+    // latter compiles to a check of `start + i - 1` it cannot follow:
+    // "invalid access to packet", and the program does not load).
+    #[expect(clippy::int_plus_one, reason = "the verifier needs the bound on the end of the byte read")]
     let byte = |i: usize| {
         // SAFETY: start + i is below optval_end, checked first.
-        (start + i < end).then(|| unsafe { *((start + i) as *const u8) })
+        (start + i + 1 <= end).then(|| unsafe { *((start + i) as *const u8) })
     };
     if !setsockopt_source_routes(level, optname, len, byte) {
         return PASS;
