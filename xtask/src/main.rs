@@ -5,7 +5,7 @@
 //! - `test`: build, then unit tests, then the privileged integration tests one
 //!   at a time; ends with `summary: N passed, M failed`. CI runs it via
 //!   `.ci/run`.
-//! - `demo`, `bench`: see their modules.
+//! - `demo`, `bench`, `soak`: see their modules.
 //! - `fuzz`: the cargo-fuzz targets of `agent/fuzz/`, bounded (`fuzz.rs`);
 //!   `test` runs them too.
 //! - `vm`: a command as root in a QEMU guest of another kernel (6.1, 6.12)
@@ -22,6 +22,7 @@ mod kernel_matrix;
 mod linker;
 mod load;
 mod setup;
+mod soak;
 mod test;
 mod util;
 mod vm;
@@ -48,6 +49,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run the benchmarks.
     Bench(bench::BenchArgs),
+    /// Soak the DNS gate with a stream of new names (cilium/cilium#47128): RSS, map entries, failed lookups.
+    Soak(soak::SoakArgs),
     /// Run the fuzz targets (agent/fuzz) for a bounded time each.
     Fuzz(fuzz::FuzzArgs),
     /// Run a command as root in a QEMU guest of another kernel (6.1, 6.12, or an image).
@@ -81,6 +84,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fuzz(args) => {
             setup::run(setup::Mode::Quiet)?;
             fuzz::run(&args)
+        }
+        Command::Soak(args) => {
+            setup::run(setup::Mode::Quiet)?;
+            soak::run(&args)
         }
         Command::Bench(args) => {
             let env = setup::run(setup::Mode::Quiet)?;
