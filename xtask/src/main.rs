@@ -13,6 +13,7 @@
 
 mod bench;
 mod bench_env;
+mod bench_load;
 mod bench_report;
 mod calibrate;
 mod demo;
