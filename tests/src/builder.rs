@@ -22,6 +22,7 @@ pub struct BenchBuilder {
     bad_dns_port: u16,
     bad_dns_any: bool,
     tcp_echo: bool,
+    hosts: Vec<(String, IpAddr)>,
 }
 
 impl Default for BenchBuilder {
@@ -35,6 +36,7 @@ impl Default for BenchBuilder {
             bad_dns_port: 53,
             bad_dns_any: false,
             tcp_echo: false,
+            hosts: Vec::new(),
         }
     }
 }
@@ -88,6 +90,14 @@ impl BenchBuilder {
     /// Also let hostd echo TCP on [`addr::TCP_ECHO_PORT`] (every address).
     pub fn tcp_echo(mut self, on: bool) -> Self {
         self.tcp_echo = on;
+        self
+    }
+
+    /// Also serves these (name, address) records from a hosts file
+    /// (`addn-hosts`, hashed by dnsmasq: fit for 100,000s of names, unlike
+    /// config lines). Only the record type of each address is answered.
+    pub fn hosts(mut self, entries: Vec<(String, IpAddr)>) -> Self {
+        self.hosts = entries;
         self
     }
 
@@ -150,7 +160,13 @@ impl BenchBuilder {
             records.extend((1..=dns::RACE_COUNT).map(|n| (dns::race_name(n), vec![dns::race_addr(n)])));
         }
         let conf = workdir.join("dnsmasq.conf");
-        std::fs::write(&conf, dns::conf_text(&records))?;
+        let mut conf_text = dns::conf_text(&records);
+        if !self.hosts.is_empty() {
+            let hosts = workdir.join("hosts");
+            std::fs::write(&hosts, dns::hosts_text(&self.hosts))?;
+            conf_text.push_str(&format!("addn-hosts={}\n", hosts.display()));
+        }
+        std::fs::write(&conf, conf_text)?;
         let dns_log = workdir.join("dnsmasq.log");
         let dns_err = workdir.join("dnsmasq.stderr");
         let dnsmasq = dns::spawn_dnsmasq(&inet_ns, &conf, &dns_log, &dns_err, self.dns_ttl)?;

@@ -75,6 +75,15 @@ pub fn conf_text(records: &[(String, Vec<IpAddr>)]) -> String {
     out
 }
 
+/// hosts-file text: one `ADDRESS NAME` line per record.
+pub fn hosts_text(entries: &[(String, IpAddr)]) -> String {
+    let mut out = String::with_capacity(entries.len() * 48);
+    for (name, ip) in entries {
+        out.push_str(&format!("{ip} {name}\n"));
+    }
+    out
+}
+
 /// Starts dnsmasq inside `inet_ns` on the trusted and rogue resolver addresses.
 pub fn spawn_dnsmasq(inet_ns: &str, conf: &Path, log: &Path, stderr: &Path, ttl: u32) -> Result<ChildGuard> {
     let mut cmd = Command::new("ip");

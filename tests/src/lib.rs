@@ -24,11 +24,13 @@
 
 pub mod addr;
 mod bench;
+pub mod bpfmap;
 mod builder;
 pub mod dns;
 mod guard;
 pub mod netns;
 pub mod servers;
+pub mod soak;
 mod topology;
 
 pub use bench::Bench;

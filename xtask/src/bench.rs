@@ -22,6 +22,10 @@
 //!
 //! - `floor`, for the statistics slices only: an empty program at our
 //!   hooks (`floor`), so the report can show what our code adds there.
+//! - `runmode`, for the statistics slices only: `portcullis run` with
+//!   metrics (`bench_load`), whose lookups are measured quiet and while
+//!   `/metrics` is scraped 50 times a second and a blocked-log flood runs,
+//!   next to baseline lookups under the same load (pod `pcrun`).
 //!
 //! The agent runs all along; its CPU time during the portcullis slices is
 //! reported. The report is printed by `bench_report`.
@@ -43,6 +47,7 @@ use serde_json::Value;
 
 use crate::{
     bench_env::{BpfStats, ProgStats, cpu_ns, nft, nft_script, prog_delta, prog_snapshot},
+    bench_load::{Load, RunAgent},
     demo::workspace_root,
     floor::Floor,
     setup::Env,
@@ -71,10 +76,12 @@ pub enum Config {
     Nftables = 2,
     /// Statistics slices only: the empty programs of `floor`.
     Floor = 3,
+    /// DNS slices only: `portcullis run` with metrics (`bench_load`).
+    RunMode = 4,
 }
 
 /// The configurations, in client order (`Config as usize`).
-const CONFIGS: [Config; 4] = [Config::Baseline, Config::Portcullis, Config::Nftables, Config::Floor];
+const CONFIGS: [Config; 5] = [Config::Baseline, Config::Portcullis, Config::Nftables, Config::Floor, Config::RunMode];
 /// The ratio slices rotate the clients before the floor.
 const RATIO_CONFIGS: usize = Config::Floor as usize;
 const PC: usize = Config::Portcullis as usize;
@@ -86,6 +93,7 @@ impl Config {
             Config::Portcullis => "pc",
             Config::Nftables => "nft",
             Config::Floor => "floor",
+            Config::RunMode => crate::bench_load::POD,
         }
     }
 }
@@ -118,7 +126,7 @@ struct Client {
 }
 
 impl Client {
-    fn start(bench: &Bench, cfg: Config, portcullis: &PathBuf, policy: &PathBuf, floor: &Floor) -> Result<Self> {
+    fn start(bench: &Bench, cfg: Config, portcullis: &PathBuf, policy: &PathBuf, floor: &Floor, run: &RunAgent) -> Result<Self> {
         let xtask = std::env::current_exe()?;
         let load = ["load", "client", "--mode", "crr", "--target", "-", "--prelearn", "1000", "--sync"];
         let pin = pinning().map(|(client, _)| client.to_string());
@@ -136,6 +144,7 @@ impl Client {
                 c.args(["ip", "netns", "exec", bench.pod_ns_name(cfg.pod())]).arg(&xtask);
                 c
             }
+            Config::RunMode => run.cmd(bench, &xtask),
             Config::Baseline | Config::Nftables => bench.cmd_in_pod(cfg.pod(), &xtask.to_string_lossy()),
         };
         cmd.args(load)
@@ -219,7 +228,8 @@ pub fn run(args: &BenchArgs, env: &Env) -> Result<()> {
     println!("bench: building portcullis (release) ...");
     util::run(Command::new("cargo").args(["build", "--quiet", "--release", "-p", "portcullis"]).current_dir(&root))?;
     let pods: Vec<&str> = CONFIGS.iter().map(|c| c.pod()).collect();
-    let floor = Floor::new(env.cgroup2.as_deref().context("the bench needs cgroup v2")?)?;
+    let cgroup2 = env.cgroup2.as_deref().context("the bench needs cgroup v2")?;
+    let floor = Floor::new(cgroup2)?;
     // Answers live an hour: the 1,000 prelearned IPs stay learned all run.
     let mut bench = Bench::builder().pods(&pods).race_names(true).dns_ttl(3600).start().context("starting the bench")?;
     let xtask = std::env::current_exe()?;
@@ -237,22 +247,26 @@ pub fn run(args: &BenchArgs, env: &Env) -> Result<()> {
     fs::write(&policy, POLICY)?;
     nft(&bench, Config::Nftables.pod(), &["-f", "-"], Some(&nft_script("pcbench")))?;
     let stats = BpfStats::take()?;
-    let portcullis = root.join("target/release/portcullis");
+    let portcullis =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from).join("release/portcullis");
+    let run_agent = RunAgent::start(&bench, &portcullis, POLICY, cgroup2).context("starting portcullis run")?;
     if let Some((client, server)) = pinning() {
         println!("bench: load clients pinned to CPU {client}, servers to CPU {server}");
     }
     println!("bench: starting the clients (each resolves 1,000 names first) ...");
     let mut clients = Vec::new();
     for cfg in CONFIGS {
-        clients.push(Client::start(&bench, cfg, &portcullis, &policy, &floor)?);
+        clients.push(Client::start(&bench, cfg, &portcullis, &policy, &floor, &run_agent)?);
     }
     let agent = clients[PC].guard.pid();
-    let (results, progs) = measure(&mut clients, agent, &stats, args)?;
+    let (results, progs) = measure(&mut clients, agent, &stats, args, (&bench, &run_agent))?;
     let cpu = clients[PC].cpu.clone();
     for c in clients {
         c.finish()?;
     }
-    crate::bench_report::report(&results, &progs, cpu, args);
+    let log = run_agent.log_summary();
+    crate::bench_report::report(&results, &progs, cpu, args, log);
+    drop(run_agent);
     drop(floor);
     drop(bench);
     Ok(())
@@ -262,7 +276,13 @@ pub fn run(args: &BenchArgs, env: &Env) -> Result<()> {
 /// per round so drift hits all alike) with BPF statistics off. Every few
 /// rounds, with them on, portcullis alone runs crr, bulk and crr-spread for
 /// the programs' costs, and baseline and portcullis getaddrinfo latency.
-fn measure(clients: &mut [Client], agent: u32, bpf_stats: &BpfStats, args: &BenchArgs) -> Result<(Results, Progs)> {
+fn measure(
+    clients: &mut [Client],
+    agent: u32,
+    bpf_stats: &BpfStats,
+    args: &BenchArgs,
+    side: Side<'_>,
+) -> Result<(Results, Progs)> {
     let (mut results, mut progs) = (Results::new(), Progs::new());
     // Baseline, portcullis, nftables take turns; the floor client runs in
     // the statistics slices only.
@@ -280,6 +300,7 @@ fn measure(clients: &mut [Client], agent: u32, bpf_stats: &BpfStats, args: &Benc
         }
         if args.stats_rounds > 0 && round % every == every / 2 {
             stats_round(clients, agent, bpf_stats, round, &mut results, &mut progs)?;
+            dns_under_load(clients, side, round, &mut results)?;
         }
         if (round + 1) % 10 == 0 || round + 1 == args.rounds {
             println!("bench: round {}/{} done ({:.0} s)", round + 1, args.rounds, started.elapsed().as_secs_f64());
@@ -324,4 +345,35 @@ fn stats_round(
         }
     }
     bpf_stats.set(false)
+}
+
+/// The bench and the run-mode agent, for the loaded DNS slices.
+type Side<'a> = (&'a Bench, &'a RunAgent);
+
+/// getaddrinfo latency through `portcullis run`'s gate, quiet, and while
+/// its `/metrics` is scraped 50 times a second and a pod of its makes
+/// denied connects as fast as it can (`bench_load`); baseline lookups run
+/// under the same load, so the difference is what the gate adds under it.
+fn dns_under_load(clients: &mut [Client], (bench, run): Side<'_>, round: usize, results: &mut Results) -> Result<()> {
+    const RUN: usize = Config::RunMode as usize;
+    const BASE: usize = Config::Baseline as usize;
+    let target = "api.example.test";
+    let mut record = |key: [&'static str; 2], cfg: Config, r: &Value| {
+        for (key, field) in key.into_iter().zip(["p50_ns", "p99_ns"]) {
+            results.entry((key, cfg)).or_default().push(r.get(field).and_then(Value::as_f64).unwrap_or(0.0));
+        }
+    };
+    let (r, _) = clients[RUN].run("dns", target, STATS_SECS, 0, false)?;
+    record(["dns-p50", "dns-p99"], Config::RunMode, &r);
+    let load = Load::start(bench, run, 2.0 * STATS_SECS)?;
+    for k in if round.is_multiple_of(2) { [BASE, RUN] } else { [RUN, BASE] } {
+        let (r, _) = clients[k].run("dns", target, STATS_SECS, 0, false)?;
+        record(["dns-load-p50", "dns-load-p99"], clients[k].cfg, &r);
+    }
+    let seen = load.finish()?;
+    for (key, v) in [("load-scrapes", seen.scrapes_per_sec), ("load-denied", seen.denied_per_sec)] {
+        results.entry((key, Config::RunMode)).or_default().push(v);
+    }
+    results.entry(("load-scrape-failures", Config::RunMode)).or_default().push(seen.scrape_failures as f64);
+    Ok(())
 }

@@ -53,6 +53,15 @@ enum LoadCmd {
         #[arg(long)]
         cpu: Option<usize>,
     },
+    /// Denied connects, one after the other as fast as they fail, for
+    /// `--secs` (a blocked-log flood from an enforced pod); prints how many.
+    Flood {
+        /// A destination the policy denies (e.g. 169.254.169.254:80).
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long)]
+        secs: f64,
+    },
 }
 
 pub fn run(args: &LoadArgs) -> Result<()> {
@@ -61,6 +70,7 @@ pub fn run(args: &LoadArgs) -> Result<()> {
             pin(*cpu)?;
             serve(*crr, *bulk)
         }
+        LoadCmd::Flood { target, secs } => flood(*target, Duration::from_secs_f64(*secs)),
         LoadCmd::Client { mode, target, secs, prelearn, sync, cpu } => {
             pin(*cpu)?;
             for n in 1..=*prelearn {
@@ -221,6 +231,23 @@ fn dns(name: &str, d: Duration) -> Result<()> {
     lat.sort_unstable();
     let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0);
     println!(r#"{{"mode":"dns","ops":{},"p50_ns":{},"p99_ns":{}}}"#, lat.len(), pct(0.50), pct(0.99));
+    Ok(())
+}
+
+fn flood(target: SocketAddr, d: Duration) -> Result<()> {
+    let start = Instant::now();
+    let (mut denied, mut other) = (0u64, 0u64);
+    while start.elapsed() < d {
+        match TcpStream::connect_timeout(&target, Duration::from_millis(100)) {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => denied += 1,
+            _ => other += 1,
+        }
+        if other > 100 && denied == 0 {
+            bail!("connects to {target} are not denied: the flood would not reach the blocked log");
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(r#"{{"mode":"flood","denied":{denied},"other":{other},"secs":{secs},"per_sec":{}}}"#, denied as f64 / secs);
     Ok(())
 }
 

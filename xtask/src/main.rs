@@ -5,7 +5,7 @@
 //! - `test`: build, then unit tests, then the privileged integration tests one
 //!   at a time; ends with `summary: N passed, M failed`. CI runs it via
 //!   `.ci/run`.
-//! - `demo`, `bench`: see their modules.
+//! - `demo`, `bench`, `soak`: see their modules.
 //! - `fuzz`: the cargo-fuzz targets of `agent/fuzz/`, bounded (`fuzz.rs`);
 //!   `test` runs them too.
 //! - `vm`: a command as root in a QEMU guest of another kernel (6.1, 6.12)
@@ -13,6 +13,7 @@
 
 mod bench;
 mod bench_env;
+mod bench_load;
 mod bench_report;
 mod calibrate;
 mod demo;
@@ -24,6 +25,7 @@ mod load;
 #[cfg(test)]
 mod modgraph;
 mod setup;
+mod soak;
 mod test;
 mod util;
 mod vm;
@@ -50,6 +52,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run the benchmarks.
     Bench(bench::BenchArgs),
+    /// Soak the DNS gate with a stream of new names (cilium/cilium#47128): RSS, map entries, failed lookups.
+    Soak(soak::SoakArgs),
     /// Run the fuzz targets (agent/fuzz) for a bounded time each.
     Fuzz(fuzz::FuzzArgs),
     /// Run a command as root in a QEMU guest of another kernel (6.1, 6.12, or an image).
@@ -83,6 +87,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fuzz(args) => {
             setup::run(setup::Mode::Quiet)?;
             fuzz::run(&args)
+        }
+        Command::Soak(args) => {
+            setup::run(setup::Mode::Quiet)?;
+            soak::run(&args)
         }
         Command::Bench(args) => {
             let env = setup::run(setup::Mode::Quiet)?;
