@@ -50,6 +50,9 @@ pub struct Options {
     pub max_names: Option<usize>,
     /// The fraction of the names after which the reference RSS is taken.
     pub warmup: f64,
+    /// The fraction of the names sent from endpoint 0 alone before the rest
+    /// is spread over every endpoint (0: spread from the start).
+    pub spread_from: f64,
     pub agent: PathBuf,
 }
 
@@ -331,7 +334,7 @@ fn soak(
         Outcome { samples: Vec::new(), warm: 0, peak_learned: 0, peak_learned_ep: 0, peak_walk_ep: 0, names_cap, warmup_lookups };
     let mut fracs = vec![opts.warmup];
     fracs.extend((1..=10).map(|t| f64::from(t) / 10.0).filter(|f| *f > opts.warmup + 1e-9));
-    let half = opts.names / 2;
+    let half = (opts.names as f64 * opts.spread_from).round() as u64;
     let started = Instant::now();
     // Peaks every 200 ms: the exact total, and the agent's largest endpoint.
     let (stop, peak, peak_ep) = (AtomicBool::new(false), AtomicUsize::new(0), AtomicUsize::new(0));

@@ -22,6 +22,7 @@ fn soak_smoke_every_new_name_resolves_within_the_caps() {
         min_ttl: 5,
         max_names: Some(500),
         warmup: 0.05,
+        spread_from: 0.5,
         agent: portcullis_bin().unwrap(),
     };
     let out = soak::run(&opts, |s| eprintln!("{s:?}")).unwrap();

@@ -2,11 +2,12 @@
 //! 3.4 GiB in 12 h under 10,000 new subdomains an hour, TTL 5 s) compressed
 //! into minutes. `portcullis run` (release build) enforces `--endpoints`
 //! cgroups of one bench pod; `--names` distinct names, each resolved once
-//! through the DNS gate with a short TTL: the first half all from one
-//! endpoint, the second half spread evenly over every endpoint
-//! (`portcullis_tests::soak`). Prints the agent's RSS, the kernel maps'
-//! entries and the lookups so far after warm-up, at every tenth and at the
-//! end, then the verdicts; fails if any does.
+//! through the DNS gate with a short TTL. Two runs, each with a fresh
+//! agent: every name through the gate of one endpoint, then every name
+//! spread evenly over `--endpoints` endpoints (`portcullis_tests::soak`).
+//! Each prints the agent's RSS, the kernel maps' entries and the lookups so
+//! far after warm-up (the caps reached and cycled), at every tenth and at
+//! the end, then the verdicts; fails if any does.
 
 use std::process::Command;
 
@@ -18,10 +19,10 @@ use crate::{demo::workspace_root, util};
 
 #[derive(Args, Debug)]
 pub struct SoakArgs {
-    /// Distinct names in all (half per phase).
+    /// Distinct names per run.
     #[arg(long, default_value = "120000")]
     pub names: u64,
-    /// Endpoints (cgroups) of the second phase.
+    /// Endpoints (cgroups) of the second run.
     #[arg(long, default_value = "20")]
     pub endpoints: u32,
     /// Lookups per second, in all.
@@ -41,7 +42,7 @@ pub struct SoakArgs {
     #[arg(long)]
     pub max_names: Option<usize>,
     /// Fraction of the names after which the reference RSS is taken.
-    #[arg(long, default_value = "0.05")]
+    #[arg(long, default_value = "0.25")]
     pub warmup: f64,
     /// Run this instead of the release build of the agent (e.g. a script
     /// that `exec`s it under a heap profiler's LD_PRELOAD).
@@ -80,38 +81,41 @@ pub fn run(args: &SoakArgs) -> Result<()> {
     println!("soak: building portcullis (release) ...");
     util::run(Command::new("cargo").args(["build", "--quiet", "--release", "-p", "portcullis"]).current_dir(&root))?;
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into);
-    let opts = Options {
-        names: args.names,
-        endpoints: args.endpoints,
-        rate: args.rate,
-        window: args.window,
-        dns_ttl: args.dns_ttl,
-        min_ttl: args.min_ttl,
-        max_names: args.max_names,
-        warmup: args.warmup,
-        agent: args.agent.clone().unwrap_or_else(|| target.join("release/portcullis")),
-    };
-    println!(
-        "soak: {} names (*.{}), {} per phase: phase 1 from 1 endpoint, phase 2 spread over {} endpoints (cgroups in one pod netns); \
-         {}/s, DNS TTL {} s, minTtlSeconds {}, maxNamesPerEndpoint {}",
-        opts.names,
-        soak::DOMAIN,
-        opts.names / 2,
-        opts.endpoints,
-        opts.rate,
-        opts.dns_ttl,
-        opts.min_ttl,
-        opts.max_names.unwrap_or(soak::DEFAULT_NAMES_PER_ENDPOINT),
-    );
-    let out = soak::run(&opts, print_sample)?;
-    println!(
-        "soak: gate-opening lookups (one per endpoint, before the run): {}, failed {}",
-        out.warmup_lookups.0, out.warmup_lookups.1
-    );
     let mut failed = false;
-    for (what, ok) in out.verdicts() {
-        println!("soak: {} {what}", if ok { "PASS" } else { "FAIL" });
-        failed |= !ok;
+    for endpoints in [1, args.endpoints] {
+        let opts = Options {
+            names: args.names,
+            endpoints,
+            rate: args.rate,
+            window: args.window,
+            dns_ttl: args.dns_ttl,
+            min_ttl: args.min_ttl,
+            max_names: args.max_names,
+            warmup: args.warmup,
+            spread_from: 0.0,
+            agent: args.agent.clone().unwrap_or_else(|| target.join("release/portcullis")),
+        };
+        println!(
+            "soak: {} names (*.{}) spread over {} endpoint(s) (cgroups in one pod netns); {}/s, DNS TTL {} s, \
+             minTtlSeconds {}, maxNamesPerEndpoint {}; reference RSS after {:.0} % of the names",
+            opts.names,
+            soak::DOMAIN,
+            opts.endpoints,
+            opts.rate,
+            opts.dns_ttl,
+            opts.min_ttl,
+            opts.max_names.unwrap_or(soak::DEFAULT_NAMES_PER_ENDPOINT),
+            opts.warmup * 100.0,
+        );
+        let out = soak::run(&opts, print_sample)?;
+        println!(
+            "soak: gate-opening lookups (one per endpoint, before the run): {}, failed {}",
+            out.warmup_lookups.0, out.warmup_lookups.1
+        );
+        for (what, ok) in out.verdicts() {
+            println!("soak: {} {what}", if ok { "PASS" } else { "FAIL" });
+            failed |= !ok;
+        }
     }
     if failed {
         bail!("soak failed");

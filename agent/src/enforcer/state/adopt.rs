@@ -87,7 +87,7 @@ impl State {
                 continue;
             }
             let Some(ep) = self.endpoints.get_mut(&id) else { continue };
-            ep.remember(r.ip, &r.name);
+            ep.remember(r.ip, &r.name.as_str().into());
             let ports = ep.policy.ports_for_name(&r.name);
             if ports.is_empty() {
                 continue;

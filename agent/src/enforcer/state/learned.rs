@@ -376,6 +376,10 @@ impl LearnedTable {
     pub fn expire(&mut self, now: u64) -> (usize, Changes) {
         let mut tx = Tx::default();
         let n = self.reap(now, &mut tx);
+        for t in self.endpoints.values_mut() {
+            t.shrink();
+        }
+        self.endpoints.retain(|_, t| !t.names.is_empty() || !t.keys.is_empty());
         (n, self.finish(tx))
     }
 

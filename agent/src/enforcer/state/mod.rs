@@ -9,6 +9,7 @@
 
 mod adopt;
 mod learned;
+mod names;
 mod table;
 mod update;
 
@@ -65,10 +66,8 @@ pub struct Endpoint {
     pub policy: Arc<CompiledPolicy>,
     pub audit: bool,
     /// Last DNS name seen for an IP (allowed or not), bounded.
-    names: HashMap<IpAddr, String>,
+    names: names::RecentNames,
 }
-
-const MAX_REMEMBERED_NAMES: usize = 8192;
 
 impl Endpoint {
     /// Whether the workload may never reach `ip` whatever DNS says: it is in
@@ -79,14 +78,11 @@ impl Endpoint {
     }
 
     pub fn name_for(&self, ip: IpAddr) -> Option<&str> {
-        self.names.get(&IpAddr::V6(canonical(ip))).map(String::as_str)
+        self.names.get(ip)
     }
 
-    pub fn remember(&mut self, ip: IpAddr, name: &str) {
-        if self.names.len() >= MAX_REMEMBERED_NAMES {
-            self.names.clear();
-        }
-        self.names.insert(IpAddr::V6(canonical(ip)), name.to_owned());
+    pub fn remember(&mut self, ip: IpAddr, name: &Arc<str>) {
+        self.names.insert(ip, name);
     }
 }
 
@@ -221,7 +217,10 @@ impl State {
             // New entries are in; only now drop what the old policy had.
             self.prune_policy_entries(id, &policy)?;
         }
-        self.endpoints.insert(id, Endpoint { id, identity, cgroup_id, policy: Arc::new(policy), audit, names: HashMap::new() });
+        self.endpoints.insert(
+            id,
+            Endpoint { id, identity, cgroup_id, policy: Arc::new(policy), audit, names: names::RecentNames::default() },
+        );
         Ok(id)
     }
 
@@ -270,8 +269,9 @@ impl State {
     pub fn learn(&mut self, id: u32, qname: &str, addrs: &[(IpAddr, u32)]) -> Result<LearnOutcome, StateError> {
         let mut out = LearnOutcome::default();
         let Some(ep) = self.endpoints.get_mut(&id) else { return Ok(out) };
+        let name: Arc<str> = qname.into();
         for (ip, _) in addrs {
-            ep.remember(*ip, qname);
+            ep.remember(*ip, &name);
         }
         let ports: Vec<PortKey> = ep.policy.ports_for_name(qname);
         if ports.is_empty() {

@@ -135,7 +135,9 @@ impl EndpointTable {
         self.lru.insert(seq, (name.clone(), ip));
         self.by_expiry.insert((expires, seq));
         self.renumber_name(name);
-        self.sync(id, ip, &ports, tx)
+        let delta = self.sync(id, ip, &ports, tx);
+        self.keep_half_empty();
+        delta
     }
 
     pub(super) fn remove(&mut self, id: u32, name: &Arc<str>, ip: Ip, tx: &mut Tx) -> isize {
@@ -160,6 +162,36 @@ impl EndpointTable {
         let ips: Vec<Ip> = self.names.get(name).map(|ne| ne.ips.keys().copied().collect()).unwrap_or_default();
         let delta = ips.iter().map(|ip| self.remove(id, name, *ip, tx)).sum();
         (ips.len(), delta)
+    }
+
+    /// Gives back what the hash tables hold beyond four times their
+    /// contents: they never shrink by themselves, and an endpoint whose
+    /// names expired must not keep the memory of its busiest moment.
+    pub(super) fn shrink(&mut self) {
+        fn fit<K: Eq + std::hash::Hash, V>(m: &mut HashMap<K, V>) {
+            if m.capacity() > 64 && m.len() * 4 < m.capacity() {
+                m.shrink_to(m.len() * 2);
+            }
+        }
+        fit(&mut self.names);
+        fit(&mut self.ip_names);
+        fit(&mut self.keys);
+    }
+
+    /// Keeps the hash tables at most half full. Under churn (a name in,
+    /// an expired one out) a table fills with deleted slots, and once it is
+    /// more than half full hashbrown grows it rather than rehashing in
+    /// place: kept half empty, a table grows only while the live set
+    /// grows, never later under steady churn (`cargo xtask soak`).
+    pub(super) fn keep_half_empty(&mut self) {
+        fn half<K: Eq + std::hash::Hash, V>(m: &mut HashMap<K, V>) {
+            if m.len() * 2 > m.capacity() {
+                m.reserve(m.len());
+            }
+        }
+        half(&mut self.names);
+        half(&mut self.ip_names);
+        half(&mut self.keys);
     }
 
     pub(super) fn has_pair(&self, name: &str, ip: &Ip) -> bool {
