@@ -394,6 +394,16 @@ impl Agent {
         self.refresh_verdict_caches()
     }
 
+    /// Node mode, once every endpoint is attached: removes what a previous
+    /// release pinned in its own layout, now that this agent's programs
+    /// enforce in its links (`Pins::retire_old`).
+    pub fn retire_old_pins(&mut self) -> Result<()> {
+        if let Some(p) = &mut self.pins {
+            p.retire_old().context("removing the previous layout's pins")?;
+        }
+        Ok(())
+    }
+
     /// Opens the endpoint's TCP DNS gates in the network namespace of each
     /// process given (DNS over TCP from a namespace without one is refused
     /// until a UDP query from there opens it).

@@ -222,7 +222,7 @@ fn an_adopting_agent_turns_the_previous_agents_own_caches_off() {
     drop((cache, first)); // killed: only the pins are left.
 
     let pinned = || {
-        let data = MapData::from_pin(pins.link(cg.id(), "SOLO_CACHE")).expect("pinned cache");
+        let data = MapData::from_pin(pins.link(cg.id(), "SOLO_CACHE@1")).expect("pinned cache");
         let cache: PerCpuArray<MapData, VerdictCache> = PerCpuArray::try_from(Map::from_map_data(data).unwrap()).unwrap();
         (0..4u32).flat_map(|hook| cache.get(&hook, 0).unwrap().iter().map(|v| v.endpoint).collect::<Vec<_>>()).collect::<Vec<_>>()
     };

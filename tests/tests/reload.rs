@@ -137,7 +137,7 @@ fn cgroup_id(cg: &Path) -> u64 {
 
 /// Per CPU, the bytes of an attach point's own verdict cache (connect4).
 fn solo_cache(pins: &PinDir, cg: &Path) -> Vec<Vec<u8>> {
-    let pin = pins.0.join(format!("{}/links/{}-SOLO_CACHE", common::pins::LAYOUT, cgroup_id(cg)));
+    let pin = pins.0.join(format!("links/{}-SOLO_CACHE@1", cgroup_id(cg)));
     let dump = common::bpftool_json(&["map", "dump", "pinned", pin.to_str().unwrap()]);
     let entry = dump.as_array().unwrap().iter().find(|e| hex_bytes(&e["key"]) == [0, 0, 0, 0]).expect("key 0");
     entry["values"].as_array().unwrap().iter().map(|v| hex_bytes(&v["value"])).collect()

@@ -54,7 +54,7 @@ fn curl(bench: &Bench, cg: &Path, url: &str) -> (i32, String) {
 fn solo_cache(pins: &PinDir, cg: &Path) -> (u64, Vec<Vec<u8>>) {
     use std::os::unix::fs::MetadataExt as _;
     let cgroup_id = std::fs::metadata(cg).unwrap().ino();
-    let pin = pins.0.join(format!("v3/links/{cgroup_id}-SOLO_CACHE"));
+    let pin = pins.0.join(format!("links/{cgroup_id}-SOLO_CACHE@1"));
     assert!(pin.exists(), "{} not pinned", pin.display());
     let id = common::bpftool_json(&["map", "show", "pinned", pin.to_str().unwrap()])["id"].as_u64().unwrap();
     let dump = common::bpftool_json(&["map", "dump", "pinned", pin.to_str().unwrap()]);
@@ -157,9 +157,51 @@ fn a_takeover_on_the_hold_path_hands_over_pending_queries() {
     assert!(took["pending"].as_u64().unwrap() >= 1, "{took}");
 }
 
+/// An upgrade: the previous release (pinned layout `v3`) runs, and this
+/// build takes over from it in place under the same load: no failed
+/// lookup, no refused connect, no broken connection; the old layout's pins
+/// are gone once the new programs enforce, and the maps (the same kernel
+/// objects, so learned state and counters) carry over.
+#[test]
+fn an_upgrade_takes_over_the_previous_releases_layout_with_no_failure() {
+    if !require_root() {
+        return;
+    }
+    let Some(previous) = common::pins::previous_release() else { return };
+    let checked = std::cell::Cell::new(false);
+    let ids = std::cell::RefCell::new(Vec::new());
+    let id_of = |p: &Path| common::bpftool_json(&["map", "show", "pinned", p.to_str().unwrap()])["id"].as_u64().unwrap();
+    // The hold path (no namespace gates): answers the old programs held in
+    // the old ring must reach the new agent.
+    let took = takeover_under_load_from("upgrade", true, Some(&previous), &|pins, before: bool| {
+        let legacy = pins.0.join(common::pins::LEGACY_LAYOUT);
+        let maps = ["LEARNED", "COUNTERS", "DNS_HOLD", "SK_FLOWS"];
+        if before {
+            assert!(legacy.join("maps/LEARNED").exists(), "the previous release pins its own layout");
+            assert!(!pins.map("LEARNED").exists());
+            *ids.borrow_mut() = maps.iter().map(|m| id_of(&legacy.join("maps").join(m))).collect();
+        } else {
+            assert!(!legacy.exists(), "the previous layout's pins are left: {}", legacy.display());
+            let now: Vec<u64> = maps.iter().map(|m| id_of(&pins.map(m))).collect();
+            assert_eq!(now, *ids.borrow(), "the maps of {maps:?} are the same kernel objects");
+            checked.set(true);
+        }
+    });
+    let Some(took) = took else { return };
+    assert!(took["learned"].as_u64().unwrap() > 0, "learned state handed over: {took}");
+    assert!(checked.get());
+}
+
 /// Runs a takeover under a resolve-and-connect loop; asserts no failure and
 /// returns the new agent's "took over" log fields.
 fn takeover_under_load(tag: &str, no_gates: bool) -> Option<Value> {
+    takeover_under_load_from(tag, no_gates, None, &|_, _| {})
+}
+
+/// The same, with the old agent from `old_bin` (default: this build);
+/// `check` looks at the pins before the new agent starts and after it is
+/// ready.
+fn takeover_under_load_from(tag: &str, no_gates: bool, old_bin: Option<&Path>, check: &dyn Fn(&PinDir, bool)) -> Option<Value> {
     if !require_root() {
         return None;
     }
@@ -168,7 +210,8 @@ fn takeover_under_load(tag: &str, no_gates: bool) -> Option<Value> {
         let text = std::fs::read_to_string(&cfg).unwrap().replacen("endpoints:", "dnsGates: false\nendpoints:", 1);
         std::fs::write(&cfg, text).unwrap();
     }
-    let mut old = NodeAgent::start(&bench, &cfg, &pins, &state);
+    let mut old = NodeAgent::start_bin(old_bin, &bench, &cfg, &pins, &state);
+    check(&pins, true);
     // Answers 300 ms late: two client threads keep a query to it in flight.
     bench.set_bad_dns_mode("slow").unwrap();
     let script = common::client(&bench, "takeover.py", TAKEOVER_PY);
@@ -194,6 +237,7 @@ fn takeover_under_load(tag: &str, no_gates: bool) -> Option<Value> {
     // The rolling update: the new pod starts while the old one runs...
     let mut new = NodeAgent::start(&bench, &cfg, &pins, &state);
     let took = new.wait_message("took over from the running agent");
+    check(&pins, false);
     old.wait_message("handed over to the next agent; enforcement stays pinned");
     std::thread::sleep(Duration::from_millis(500));
     // ...then the old pod is stopped.

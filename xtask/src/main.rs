@@ -24,6 +24,7 @@ mod linker;
 mod load;
 #[cfg(test)]
 mod modgraph;
+mod previous;
 mod setup;
 mod soak;
 mod test;

@@ -173,9 +173,11 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     setup::run(setup::Mode::Quiet)?;
     let ws = Workspace::load()?;
     let bin = ws.target_dir.join("debug").join("portcullis");
+    // Before the build below, which puts the current binary back.
+    let previous = crate::previous::build(&ws.root, &ws.target_dir)?;
     let base = |sub: &[&str]| {
         let mut c = cmd("cargo", sub);
-        c.current_dir(&ws.root).env("PORTCULLIS_BIN", &bin);
+        c.current_dir(&ws.root).env("PORTCULLIS_BIN", &bin).env("PORTCULLIS_PREVIOUS_BIN", &previous);
         if ci {
             c.env("PORTCULLIS_REQUIRE_PRIVILEGED", "1");
         }
@@ -259,7 +261,9 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
             let line = kernel_matrix::guest_line(&bins, args.filter.as_deref());
             for kernel in kernel_matrix::KERNELS {
                 println!("xtask test: the kernel matrix on Linux {kernel} (QEMU)");
-                cargo_counting(kernel_matrix::guest_command(kernel, &line, &bin, ci)?, &mut tally)?;
+                let mut guest = kernel_matrix::guest_command(kernel, &line, &bin, ci)?;
+                guest.env("PORTCULLIS_PREVIOUS_BIN", &previous);
+                cargo_counting(guest, &mut tally)?;
             }
         }
         crate::fuzz::test_step()

@@ -14,6 +14,7 @@
 use std::{
     collections::HashMap,
     fs::File,
+    io,
     os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
 };
@@ -31,7 +32,7 @@ use super::{
     maps::PolicyMaps,
     pin::{self, Pins},
     probe,
-    programs::{Kind, MAP_NAMES, OBJECT, PROGRAMS, Program, program},
+    programs::{Kind, MAPS, OBJECT, PROGRAMS, Program, program},
     solo::{self, SoloHooks},
     verdict_cache::SoloCache,
 };
@@ -81,8 +82,8 @@ impl Datapath {
         let adopting = pins.is_some_and(Pins::has_state);
         let mut loader = EbpfLoader::new();
         if let Some(p) = pins {
-            for name in MAP_NAMES {
-                loader.map_pin_path(name, p.map(name));
+            for m in MAPS {
+                loader.map_pin_path(m.name, p.map(m.name));
             }
         }
         if one_attach_point {
@@ -173,7 +174,7 @@ impl Datapath {
         drop(self.links.remove(&cgroup_id));
         if let Some(p) = pins {
             p.unlink_cgroup(cgroup_id)
-                .map_err(|e| LoadError::Pin { what: format!("links of cgroup {cgroup_id}"), source: std::io::Error::other(e) })?;
+                .map_err(|e| LoadError::Pin { what: format!("links of cgroup {cgroup_id}"), source: io::Error::other(e) })?;
         }
         Ok(())
     }
@@ -202,6 +203,12 @@ impl Datapath {
                 // program swapped in here reads it: the cached hooks use
                 // their own load's cache, the others no cache.
                 pin::update_pinned_link(&path, fd).map_err(pin_err(path.display().to_string()))?;
+            } else if let Some(old) = pins.legacy_link(cgroup_id, name) {
+                // The previous release's link: our program first, then it
+                // is pinned under this layout's name.
+                pin::update_pinned_link(&old, fd).map_err(pin_err(old.display().to_string()))?;
+                pins.adopt_legacy_link(&old, &path)
+                    .map_err(|e| LoadError::Pin { what: path.display().to_string(), source: io::Error::other(e) })?;
             } else {
                 let link = attach::link_create(file.as_fd(), fd, kind).map_err(|source| LoadError::Attach { name, source })?;
                 pin::obj_pin(link.as_fd(), &path).map_err(pin_err(path.display().to_string()))?;
@@ -274,14 +281,14 @@ fn ring(ebpf: &mut Ebpf, name: &'static str) -> Result<RingBuf<MapData>, LoadErr
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
 /// The network-namespace cookie of a socket (so of the namespace it was made in).
-pub fn netns_cookie_of(sock: &impl AsRawFd) -> std::io::Result<u64> {
+pub fn netns_cookie_of(sock: &impl AsRawFd) -> io::Result<u64> {
     let mut cookie: u64 = 0;
     let mut len = size_of::<u64>() as libc::socklen_t;
     // SAFETY: valid fd, out-pointers sized for a u64.
     let rc =
         unsafe { libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, (&raw mut cookie).cast(), &raw mut len) };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error());
+        return Err(io::Error::last_os_error());
     }
     Ok(cookie)
 }

@@ -1,12 +1,18 @@
 //! Pinning in bpffs, so enforcement outlives the agent process (node mode).
 //!
-//! Layout under the configured pin path (one directory per map layout, so
-//! an agent never adopts maps whose key or value layout it does not share):
+//! Layout under the configured pin path:
 //!
 //! ```text
-//! <pin path>/v3/maps/<MAP NAME>          every map of the object
-//! <pin path>/v3/links/<cgroup id>-<prog> one cgroup bpf_link per program
+//! <pin path>/maps/<MAP NAME>@<version>    every map of the object
+//! <pin path>/links/<cgroup id>-<prog>     one cgroup bpf_link per program
+//! <pin path>/links/<cgroup id>-SOLO_CACHE@<version>  an attach point's own cache
 //! ```
+//!
+//! Each map carries its own version (`programs::MAPS`), bumped when its
+//! key, value or type changes: a new agent adopts every pinned map whose
+//! version it shares, creates the others, and removes pins of versions it
+//! does not use only once its programs replaced the old ones (`retire_old`).
+//! Links have no layout: a link is a kernel object holding a program.
 //!
 //! A pinned link keeps its program attached while no process holds it, and
 //! the program keeps the maps. A new agent loads its own programs against
@@ -14,6 +20,14 @@
 //! `BPF_LINK_UPDATE` (an atomic replace: kernel/bpf/cgroup.c
 //! `cgroup_bpf_replace`), so no packet ever meets a cgroup without a
 //! program.
+//!
+//! The previous release pinned one directory per whole layout,
+//! `<pin path>/v3/{maps/<NAME>, links/<cgroup id>-<prog>}`. `open` adopts
+//! it in place: its maps are pinned again under the new names (the same
+//! map objects, so learned state, counters and the rings carry over and
+//! both agents' programs share them during the takeover), its links are
+//! taken over one by one as the new programs are swapped in, and the old
+//! directory goes once everything enforces (`retire_old`).
 
 use std::{
     ffi::CString,
@@ -26,9 +40,12 @@ use std::{
 };
 
 use thiserror::Error;
+use tracing::info;
 
-/// Bumped whenever a map's key, value or type changes.
-pub const LAYOUT: &str = "v3";
+use super::programs::{LEGACY_V3_MAPS, MAPS, map_version};
+
+/// The previous release's layout directory.
+pub const LEGACY_LAYOUT: &str = "v3";
 
 #[derive(Debug, Error)]
 pub enum PinError {
@@ -46,26 +63,60 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PinError + '_ {
 #[derive(Clone, Debug)]
 pub struct Pins {
     root: PathBuf,
+    /// The previous release's layout directory, while it exists.
+    legacy: Option<PathBuf>,
 }
 
 const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
 
+/// Removes a pin; a missing one is fine.
+fn unpin(path: &Path) -> Result<(), PinError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(PinError::Io { path: path.to_owned(), source: e }),
+    }
+}
+
 impl Pins {
-    /// `base` must be on bpffs; the layout directories are created.
+    /// `base` must be on bpffs; the layout directories are created, and a
+    /// previous release's maps are adopted (see the module docs).
     pub fn open(base: &Path) -> Result<Self, PinError> {
-        let root = base.join(LAYOUT);
-        for dir in [root.join("maps"), root.join("links")] {
+        for dir in [base.join("maps"), base.join("links")] {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
-        let fs = nix::sys::statfs::statfs(&root).map_err(|e| PinError::Io { path: root.clone(), source: e.into() })?;
+        let fs = nix::sys::statfs::statfs(base).map_err(|e| PinError::Io { path: base.to_owned(), source: e.into() })?;
         if fs.filesystem_type().0 != BPF_FS_MAGIC {
-            return Err(PinError::NotBpffs { path: root });
+            return Err(PinError::NotBpffs { path: base.to_owned() });
         }
-        Ok(Self { root })
+        let legacy = Some(base.join(LEGACY_LAYOUT)).filter(|d| d.is_dir());
+        let pins = Self { root: base.to_owned(), legacy };
+        pins.adopt_legacy_maps()?;
+        Ok(pins)
     }
 
+    /// Pins the previous release's maps under this layout's names where
+    /// their version is ours (and nothing is pinned there yet).
+    fn adopt_legacy_maps(&self) -> Result<(), PinError> {
+        let Some(old) = &self.legacy else { return Ok(()) };
+        let mut n = 0;
+        for (name, version) in LEGACY_V3_MAPS {
+            let (from, to) = (old.join("maps").join(name), self.map(name));
+            if map_version(name) != Some(version) || !from.exists() || to.exists() {
+                continue;
+            }
+            let fd = obj_get(&from).map_err(io_err(&from))?;
+            obj_pin(fd.as_fd(), &to).map_err(io_err(&to))?;
+            n += 1;
+        }
+        info!(maps = n, from = %old.display(), "adopting the previous release's pinned layout");
+        Ok(())
+    }
+
+    /// Where map `name` is pinned (at its version).
     pub fn map(&self, name: &str) -> PathBuf {
-        self.root.join("maps").join(name)
+        let version = map_version(name).unwrap_or(0);
+        self.root.join("maps").join(format!("{name}@{version}"))
     }
 
     /// Whether a previous agent left its maps here (so this one adopts).
@@ -77,20 +128,63 @@ impl Pins {
         self.root.join("links").join(format!("{cgroup_id}-{program}"))
     }
 
-    /// Everything pinned under `links/` (links and per-attach-point caches).
-    pub fn links(&self) -> io::Result<Vec<PathBuf>> {
-        Ok(fs::read_dir(self.root.join("links"))?.filter_map(Result::ok).map(|e| e.path()).collect())
+    /// The previous release's pin of the same link, if it is still there.
+    pub fn legacy_link(&self, cgroup_id: u64, program: &str) -> Option<PathBuf> {
+        let p = self.legacy.as_ref()?.join("links").join(format!("{cgroup_id}-{program}"));
+        p.exists().then_some(p)
     }
 
-    /// Unpins every link of `cgroup_id`: its programs detach once no
-    /// process holds the links any more.
+    /// Takes over a previous release's link: pins it under this layout's
+    /// name, then drops the old name (the link, and its program, stay).
+    pub fn adopt_legacy_link(&self, old: &Path, new: &Path) -> Result<(), PinError> {
+        let fd = obj_get(old).map_err(io_err(old))?;
+        obj_pin(fd.as_fd(), new).map_err(io_err(new))?;
+        unpin(old)
+    }
+
+    /// Everything pinned under `links/` (links and per-attach-point
+    /// caches), the previous release's too.
+    pub fn links(&self) -> io::Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        let legacy = self.legacy.as_ref().map(|d| d.join("links"));
+        for dir in std::iter::once(self.root.join("links")).chain(legacy) {
+            match fs::read_dir(&dir) {
+                Ok(rd) => out.extend(rd.filter_map(Result::ok).map(|e| e.path())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Unpins every link of `cgroup_id` (both layouts): its programs detach
+    /// once no process holds the links any more.
     pub fn unlink_cgroup(&self, cgroup_id: u64) -> Result<(), PinError> {
         let prefix = format!("{cgroup_id}-");
-        let dir = self.root.join("links");
+        for p in self.links().map_err(io_err(&self.root))? {
+            if p.file_name().is_some_and(|f| f.to_string_lossy().starts_with(&prefix)) {
+                unpin(&p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Once this agent's programs enforce everywhere: removes the previous
+    /// release's directory (links no endpoint claimed detach; its maps stay
+    /// while our pins and programs hold them) and the pins of map versions
+    /// this agent does not use.
+    pub fn retire_old(&mut self) -> Result<(), PinError> {
+        if let Some(old) = self.legacy.take() {
+            remove_all(&old)?;
+            info!(dir = %old.display(), "removed the previous release's pinned layout");
+        }
+        let dir = self.root.join("maps");
         for e in fs::read_dir(&dir).map_err(io_err(&dir))?.filter_map(Result::ok) {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
-                let p = e.path();
-                fs::remove_file(&p).map_err(io_err(&p))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let current =
+                name.split_once('@').is_some_and(|(n, v)| MAPS.iter().any(|m| m.name == n && m.version.to_string() == v));
+            if !current {
+                unpin(&e.path())?;
             }
         }
         Ok(())

@@ -91,29 +91,61 @@ pub fn names() -> impl Iterator<Item = &'static str> {
 /// The compiled kernel programs (built by `agent/build.rs`).
 pub(super) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
 
-/// Every map of the object, pinned by name in node mode.
-/// (`SOLO_CACHE` is not here: each load has its own; `solo` pins those.)
-pub const MAP_NAMES: [&str; 19] = [
-    "CONFIG",
-    "ENDPOINTS",
-    "EP_CACHE",
-    "LEARNED",
-    "CIDRS",
-    "DNS_SERVERS",
-    "GATES",
-    "GATE_PORTS",
-    "GATE_CLIENTS",
-    "DNS_SOCKS",
-    "COUNTERS",
-    "EVENT_RATE",
-    "DENIED_EVENTS",
-    "DNS_HOLD",
-    "SK_FLOWS",
-    "SK_NETNS",
-    "INBOUND",
-    "SOCK_OWNERS",
-    "VERDICT_CACHE",
+/// A map pinned in node mode: its name in the object and the version of
+/// its key, value and type (bump it with any change to them: an agent
+/// adopts a pinned map only at its own version, `pin`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapPin {
+    pub name: &'static str,
+    pub version: u32,
+}
+
+const fn v1(name: &'static str) -> MapPin {
+    MapPin { name, version: 1 }
+}
+
+/// Every map of the object, pinned in node mode. (`SOLO_CACHE` is not here:
+/// each load has its own; `solo` pins those, at `SOLO_CACHE_VERSION`.)
+pub const MAPS: [MapPin; 19] = [
+    v1("CONFIG"),
+    v1("ENDPOINTS"),
+    v1("EP_CACHE"),
+    v1("LEARNED"),
+    v1("CIDRS"),
+    v1("DNS_SERVERS"),
+    v1("GATES"),
+    v1("GATE_PORTS"),
+    v1("GATE_CLIENTS"),
+    v1("DNS_SOCKS"),
+    v1("COUNTERS"),
+    v1("EVENT_RATE"),
+    v1("DENIED_EVENTS"),
+    v1("DNS_HOLD"),
+    v1("SK_FLOWS"),
+    v1("SK_NETNS"),
+    v1("INBOUND"),
+    v1("SOCK_OWNERS"),
+    v1("VERDICT_CACHE"),
 ];
+
+/// The version of each map as the previous release (layout `v3`) pinned
+/// it: the maps of this release are all unchanged since.
+pub const LEGACY_V3_MAPS: [(&str, u32); 19] = {
+    let mut out = [("", 0); 19];
+    let mut i = 0;
+    while i < MAPS.len() {
+        out[i] = (MAPS[i].name, 1);
+        i += 1;
+    }
+    out
+};
+
+/// The version of an attach point's own verdict cache (`SOLO_CACHE`).
+pub const SOLO_CACHE_VERSION: u32 = 1;
+
+pub fn map_version(name: &str) -> Option<u32> {
+    MAPS.iter().find(|m| m.name == name).map(|m| m.version)
+}
 
 /// A program of a loaded object, as its aya type.
 pub(super) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>

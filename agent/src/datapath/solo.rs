@@ -30,12 +30,17 @@ use tracing::debug;
 use super::{
     error::LoadError,
     pin::Pins,
-    programs::{MAP_NAMES, OBJECT, cached, program},
+    programs::{MAPS, OBJECT, SOLO_CACHE_VERSION, cached, program},
     verdict_cache::{SoloCache, write_solo},
 };
 
 /// Pin name of an attach point's cache, next to its links.
 const CACHE_PIN: &str = "SOLO_CACHE";
+
+/// Pin name of this release's caches, next to the links.
+fn cache_pin() -> String {
+    format!("{CACHE_PIN}@{SOLO_CACHE_VERSION}")
+}
 
 /// The four cached hooks, loaded for one attach point.
 pub struct SoloHooks {
@@ -48,8 +53,8 @@ impl SoloHooks {
     /// cached hooks are verified.
     pub fn load(pins: &Pins) -> Result<Self, LoadError> {
         let mut loader = EbpfLoader::new();
-        for name in MAP_NAMES {
-            loader.map_pin_path(name, pins.map(name));
+        for m in MAPS {
+            loader.map_pin_path(m.name, pins.map(m.name));
         }
         loader.override_global("SOLO_ATTACH", &1u32, true);
         let started = Instant::now();
@@ -71,7 +76,7 @@ impl SoloHooks {
     /// agent's (whose programs the caller has just swapped out).
     pub fn take_cache(&mut self, pins: &Pins, cgroup_id: u64) -> Result<SoloCache, LoadError> {
         let map = self.ebpf.take_map("SOLO_CACHE").ok_or(LoadError::MissingMap("SOLO_CACHE"))?;
-        let path = pins.link(cgroup_id, CACHE_PIN);
+        let path = pins.link(cgroup_id, &cache_pin());
         let pin_err = |source: io::Error| LoadError::Pin { what: path.display().to_string(), source };
         match fs::remove_file(&path) {
             Ok(()) => {}
@@ -87,10 +92,15 @@ impl SoloHooks {
 /// agent's programs replace its programs, they must not answer from
 /// allowances this agent's view of the policy may have taken away.
 pub fn disable_pinned(pins: &Pins) -> Result<usize, LoadError> {
-    let suffix = format!("-{CACHE_PIN}");
+    // Ours, and the previous release's (`<cgroup id>-SOLO_CACHE`, the same
+    // value layout).
+    let (ours, legacy) = (format!("-{}", cache_pin()), format!("-{CACHE_PIN}"));
     let mut n = 0;
     for path in pins.links().map_err(|source| LoadError::Pin { what: "links".into(), source })? {
-        if !path.file_name().is_some_and(|f| f.to_string_lossy().ends_with(&suffix)) {
+        if !path.file_name().is_some_and(|f| {
+            let f = f.to_string_lossy();
+            f.ends_with(&ours) || f.ends_with(&legacy)
+        }) {
             continue;
         }
         let what = path.display().to_string();

@@ -168,6 +168,7 @@ fn start(agent: &mut Agent, endpoints: Vec<Prepared>) -> Result<Enforced> {
         info!(endpoint = %ep.identity.name, cgroup = %ep.cgroup.display(), "enforcing");
         enforced.insert(ep.cgroup_id, (id, ep));
     }
+    agent.retire_old_pins()?;
     Ok(enforced)
 }
 

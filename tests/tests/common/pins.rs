@@ -14,8 +14,8 @@ use serde_json::Value;
 
 use super::{agent_cmd, fresh_path, kernel::bpftool_json, wait_for};
 
-/// The pinned layout this agent writes (`agent/src/ebpf/pin.rs`).
-pub const LAYOUT: &str = "v3";
+/// The previous release's layout directory (`agent/src/datapath/pin.rs`).
+pub const LEGACY_LAYOUT: &str = "v3";
 
 /// A pin directory of this test under /sys/fs/bpf, removed on drop (also on
 /// panic): unpinning detaches whatever the agents left.
@@ -28,15 +28,16 @@ impl PinDir {
         Self(p)
     }
 
+    /// A map's pin (every map of this release is at version 1).
     pub fn map(&self, name: &str) -> PathBuf {
-        self.0.join(LAYOUT).join("maps").join(name)
+        self.0.join("maps").join(format!("{name}@1"))
     }
 
     /// Everything pinned for the attach point `cgroup_id` (links, its own
     /// load's cache).
     pub fn links_of(&self, cgroup_id: u64) -> Vec<String> {
         let prefix = format!("{cgroup_id}-");
-        let dir = self.0.join(LAYOUT).join("links");
+        let dir = self.0.join("links");
         let mut out: Vec<String> = std::fs::read_dir(&dir)
             .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
@@ -109,8 +110,19 @@ pub struct NodeAgent {
 impl NodeAgent {
     /// Starts `run` without waiting for anything.
     pub fn spawn(bench: &Bench, cfg: &Path, pins: &PinDir, state: &Path) -> Self {
+        Self::spawn_bin(None, bench, cfg, pins, state)
+    }
+
+    /// Starts `run` of the agent binary `bin` (default: this build's).
+    pub fn spawn_bin(bin: Option<&Path>, bench: &Bench, cfg: &Path, pins: &PinDir, state: &Path) -> Self {
         let stderr = fresh_path(bench.workdir(), "run.stderr");
         let mut c = agent_cmd();
+        if let Some(b) = bin {
+            let env: Vec<(std::ffi::OsString, std::ffi::OsString)> =
+                c.get_envs().filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))).collect();
+            c = Command::new(b);
+            c.envs(env);
+        }
         c.args(["run", "--config"])
             .arg(cfg)
             .arg("--pin-path")
@@ -126,7 +138,11 @@ impl NodeAgent {
 
     /// Starts `run` and waits for "ready".
     pub fn start(bench: &Bench, cfg: &Path, pins: &PinDir, state: &Path) -> Self {
-        let mut a = Self::spawn(bench, cfg, pins, state);
+        Self::start_bin(None, bench, cfg, pins, state)
+    }
+
+    pub fn start_bin(bin: Option<&Path>, bench: &Bench, cfg: &Path, pins: &PinDir, state: &Path) -> Self {
+        let mut a = Self::spawn_bin(bin, bench, cfg, pins, state);
         a.wait_message("ready");
         a
     }
@@ -179,4 +195,20 @@ pub fn in_cgroup_cmd(bench: &Bench, cg: &Path, argv: &str) -> Command {
     let mut c = Command::new("sh");
     c.arg("-c").arg(format!("echo $$ > {}/cgroup.procs && exec ip netns exec {} {argv}", cg.display(), bench.pod_ns_name("pod")));
     c
+}
+
+/// The previous release's agent (`PORTCULLIS_PREVIOUS_BIN`, built by
+/// `cargo xtask test` from git: `xtask/src/previous.rs`). `None` skips the
+/// test, which `PORTCULLIS_REQUIRE_PRIVILEGED` (CI) forbids.
+pub fn previous_release() -> Option<PathBuf> {
+    match std::env::var_os("PORTCULLIS_PREVIOUS_BIN").map(PathBuf::from) {
+        Some(p) if p.is_file() => Some(p),
+        other => {
+            let why =
+                format!("PORTCULLIS_PREVIOUS_BIN ({other:?}) names no file; `cargo xtask test` builds the previous release");
+            assert!(std::env::var_os("PORTCULLIS_REQUIRE_PRIVILEGED").is_none(), "{why}");
+            eprintln!("skipped: {why}");
+            None
+        }
+    }
 }
