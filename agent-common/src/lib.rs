@@ -8,6 +8,7 @@
 #![no_std]
 
 pub mod event;
+pub mod limits;
 pub mod maps;
 pub mod reason;
 pub mod source_route;

@@ -29,8 +29,8 @@ pub enum Lookup {
 
 /// The running program's value for `hook`. A load for one attach point
 /// (`SOLO_ATTACH`) has its own per-CPU array, whose lookup the verifier
-/// inlines: no helper call, which on these VMs (SRSO "Safe RET": every
-/// kernel return goes through a thunk) saves ~20-45 ns of a ~100 ns hit.
+/// inlines: no helper call, which matters where the kernel's returns go
+/// through the SRSO "Safe RET" thunk (docs/ARCHITECTURE.md "Costs").
 /// Else the attach point's cgroup storage, through `bpf_get_local_storage`.
 #[inline(always)]
 fn storage(hook: Hook) -> Option<&'static mut VerdictCache> {

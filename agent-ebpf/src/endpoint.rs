@@ -11,8 +11,8 @@ use crate::maps::{ENDPOINTS, EP_CACHE};
 
 /// Resolves `cgid`; `ancestor(level)` returns the id of the ancestor at
 /// `level` (0 = root) or 0 when `level` is deeper than the cgroup itself.
-/// `cfg` is asked only past a direct hit (every cold map access costs
-/// ~100 ns per connect); without a config there is no endpoint.
+/// `cfg` is asked only past a direct hit (every map access is a cold
+/// cache line on a connect); without a config there is no endpoint.
 #[inline(always)]
 pub fn resolve<'a>(cgid: u64, ancestor: impl Fn(i32) -> u64, cfg: impl FnOnce() -> Option<&'a Config>) -> Option<EndpointInfo> {
     // SAFETY: values are plain data copied out before use.

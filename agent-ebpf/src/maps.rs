@@ -3,7 +3,7 @@
 
 use agent_common::{
     COUNTERS_LEN, CidrKey, CidrValue, Config, DnsServerKey, DnsSockInfo, EndpointInfo, GateKey, GatePortKey, GatePortValue,
-    GateValue, InboundKey, LearnedKey, LearnedValue, LiveFlow, MAX_ENDPOINTS, RateState, SockOwner, VerdictCache,
+    GateValue, InboundKey, LearnedKey, LearnedValue, LiveFlow, MAX_ENDPOINTS, RateState, SockOwner, VerdictCache, limits,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
@@ -23,40 +23,42 @@ pub static ENDPOINTS: HashMap<u64, EndpointInfo> = HashMap::with_max_entries(MAX
 /// cgroup id -> endpoint found by walking ancestors; stale when its
 /// `generation` differs from `CONFIG.generation`.
 #[map]
-pub static EP_CACHE: LruHashMap<u64, EndpointInfo> = LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
+pub static EP_CACHE: LruHashMap<u64, EndpointInfo> = LruHashMap::with_max_entries(limits::EP_CACHE_ENTRIES, BPF_F_NO_COMMON_LRU);
 
 /// (endpoint, proto, port, IP) learned from DNS, with expiry. Exact-match
 /// hash: the per-packet path never scans. Not preallocated, like
 /// `ENDPOINTS` (slab elements; memory grows with what is learned, not with
 /// the cap).
 #[map]
-pub static LEARNED: HashMap<LearnedKey, LearnedValue> = HashMap::with_max_entries(262144, BPF_F_NO_PREALLOC);
+pub static LEARNED: HashMap<LearnedKey, LearnedValue> = HashMap::with_max_entries(limits::LEARNED_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Per-endpoint CIDR rules merged with the always-denied ranges.
 #[map]
-pub static CIDRS: LpmTrie<CidrKey, CidrValue> = LpmTrie::with_max_entries(65536, BPF_F_NO_PREALLOC);
+pub static CIDRS: LpmTrie<CidrKey, CidrValue> = LpmTrie::with_max_entries(limits::CIDR_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Trusted resolvers per endpoint.
 #[map]
-pub static DNS_SERVERS: HashMap<DnsServerKey, u32> = HashMap::with_max_entries(16384, 0);
+pub static DNS_SERVERS: HashMap<DnsServerKey, u32> = HashMap::with_max_entries(limits::DNS_SERVER_ENTRIES, 0);
 
 /// DNS-over-TCP gates of the agent, per (netns, endpoint, resolver).
 #[map]
-pub static GATES: HashMap<GateKey, GateValue> = HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
+pub static GATES: HashMap<GateKey, GateValue> = HashMap::with_max_entries(limits::GATE_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Gate port in a namespace -> the resolver it stands for (recvmsg rewrite,
 /// egress pass to the gate).
 #[map]
-pub static GATE_PORTS: HashMap<GatePortKey, GatePortValue> = HashMap::with_max_entries(32768, BPF_F_NO_PREALLOC);
+pub static GATE_PORTS: HashMap<GatePortKey, GatePortValue> =
+    HashMap::with_max_entries(limits::GATE_PORT_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// (netns, client port, protocol) of a datagram or SYN sent to a DNS gate ->
 /// the process behind it (from `DNS_SOCKS`), for the blocked log's pid/comm.
 #[map]
-pub static GATE_CLIENTS: LruHashMap<GatePortKey, u32> = LruHashMap::with_max_entries(16384, BPF_F_NO_COMMON_LRU);
+pub static GATE_CLIENTS: LruHashMap<GatePortKey, u32> =
+    LruHashMap::with_max_entries(limits::GATE_CLIENT_ENTRIES, BPF_F_NO_COMMON_LRU);
 
 /// socket cookie -> process + netns that sent DNS on it (for re-injection).
 #[map]
-pub static DNS_SOCKS: LruHashMap<u64, DnsSockInfo> = LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
+pub static DNS_SOCKS: LruHashMap<u64, DnsSockInfo> = LruHashMap::with_max_entries(limits::DNS_SOCK_ENTRIES, BPF_F_NO_COMMON_LRU);
 
 // LRU maps use per-CPU LRU lists (BPF_F_NO_COMMON_LRU): inserts from the
 // connect hooks then never contend on the map-wide LRU lock.
@@ -71,11 +73,11 @@ pub static EVENT_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(MA
 
 /// Denied (or audited) attempts for the blocked-connection log.
 #[map]
-pub static DENIED_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+pub static DENIED_EVENTS: RingBuf = RingBuf::with_byte_size(limits::DENIED_EVENTS_BYTES, 0);
 
 /// DNS answers held back until the agent has learned from them.
 #[map]
-pub static DNS_HOLD: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+pub static DNS_HOLD: RingBuf = RingBuf::with_byte_size(limits::DNS_HOLD_BYTES, 0);
 
 /// Per UDP/ICMP socket (socket-local storage, freed with the socket): set
 /// when its connect() was allowed. Its packets pass on this one lookup,
@@ -94,11 +96,12 @@ pub static SK_NETNS: SkStorage<u64> = SkStorage::new();
 
 /// Peers that contacted the endpoint; replies to them are allowed.
 #[map]
-pub static INBOUND: LruHashMap<InboundKey, u64> = LruHashMap::with_max_entries(262144, BPF_F_NO_COMMON_LRU);
+pub static INBOUND: LruHashMap<InboundKey, u64> = LruHashMap::with_max_entries(limits::INBOUND_ENTRIES, BPF_F_NO_COMMON_LRU);
 
 /// Who is behind a deferred UDP connect(), for the blocked log.
 #[map]
-pub static SOCK_OWNERS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
+pub static SOCK_OWNERS: LruHashMap<u64, SockOwner> =
+    LruHashMap::with_max_entries(limits::SOCK_OWNER_ENTRIES, BPF_F_NO_COMMON_LRU);
 
 /// Per (attach point, attach type, CPU): the socket hooks' verdict cache
 /// (`cache.rs`). The kernel allocates one value per cgroup a program using

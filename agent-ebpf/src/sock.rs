@@ -58,7 +58,7 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
     }
     // The endpoint: the verdict cache's when it is on (the attach point is
     // the endpoint's own cgroup with no other endpoint below: `cache`),
-    // which spares the cgroup id and `ENDPOINTS` (~200 ns of cold lines).
+    // which spares the cgroup id and `ENDPOINTS` (cold cache lines).
     // Its flags (audit) only matter to a denial: read there, below.
     let from_cache = match cached {
         Lookup::Miss { endpoint, .. } => Some(endpoint),

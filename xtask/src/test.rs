@@ -258,8 +258,8 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
             println!("xtask test: the kernel matrix was NOT run (--no-vm): {}", kernel_matrix::KERNELS.join(", "));
         } else {
             let bins = kernel_matrix::binaries(&ws.root)?;
-            let line = kernel_matrix::guest_line(&bins, args.filter.as_deref());
             for kernel in kernel_matrix::KERNELS {
+                let line = kernel_matrix::guest_line(kernel, &bins, args.filter.as_deref());
                 println!("xtask test: the kernel matrix on Linux {kernel} (QEMU)");
                 let mut guest = kernel_matrix::guest_command(kernel, &line, &bin, ci)?;
                 guest.env("PORTCULLIS_PREVIOUS_BIN", &previous);

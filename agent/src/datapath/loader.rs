@@ -74,7 +74,8 @@ impl Datapath {
     /// `SOLO_CACHE`, a per-CPU array of this load, which a cache hit reaches
     /// without a helper call (the verifier inlines the lookup); cgroup
     /// storage, which any number of attach points can share one program
-    /// with, costs a `bpf_get_local_storage` call (~45 ns on these VMs).
+    /// with, costs a `bpf_get_local_storage` call (docs/ARCHITECTURE.md
+    /// "Costs" has the measurements).
     pub fn load(config: Config, pins: Option<&Pins>, one_attach_point: bool) -> Result<Self, LoadError> {
         if OBJECT.is_empty() {
             return Err(LoadError::NoObject);

@@ -4,12 +4,12 @@
 //!
 //! Why: one program shared by many attach points can only reach a
 //! per-attach-point cache through cgroup storage, which costs a
-//! `bpf_get_local_storage` call on every connect (~20-45 ns of a ~100 ns
-//! cache hit on these VMs, whose kernel returns go through the SRSO thunk).
-//! A load of its own reaches its cache through a per-CPU array lookup the
-//! verifier inlines: no helper call at all. The price is one verification
-//! of the four programs per attach point (~60 ms of CPU, ~100 KB of kernel
-//! memory), paid when a pod's cgroup is attached, not per connection.
+//! `bpf_get_local_storage` call on every connect (a helper call, whose
+//! kernel return goes through the SRSO thunk on affected CPUs). A load of
+//! its own reaches its cache through a per-CPU array lookup the verifier
+//! inlines: no helper call at all. The price is one verification of the
+//! four programs per attach point, paid when a pod's cgroup is attached,
+//! not per connection (docs/ARCHITECTURE.md "Costs" has both measured).
 //!
 //! Each load's cache is pinned next to its links (`<cgroup id>-SOLO_CACHE`),
 //! so a new agent can turn a previous agent's caches off before it has

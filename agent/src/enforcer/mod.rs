@@ -141,8 +141,11 @@ impl Enforcer {
         Ok(st.version())
     }
 
+    /// Every learned pair, for the next agent or the snapshot: only the
+    /// shared pieces are copied under the lock, the records made after.
     pub fn export_learned(&self) -> Vec<LearnedRecord> {
-        lock(&self.state).export_learned()
+        let pairs = lock(&self.state).learned_pairs();
+        to_records(pairs)
     }
 
     // Adoption (node mode).

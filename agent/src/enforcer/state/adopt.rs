@@ -141,19 +141,33 @@ impl State {
 
     /// Every learned pair, for the next agent or the snapshot.
     pub fn export_learned(&self) -> Vec<LearnedRecord> {
-        self.learned
-            .pairs()
-            .into_iter()
-            .filter_map(|(id, name, ip, expires_ns)| {
-                let cgroup_id = self.endpoints.get(&id)?.cgroup_id;
-                let ip = IpAddr::V6(Ipv6Addr::from(ip)).to_canonical();
-                Some(LearnedRecord { cgroup_id, name: name.to_string(), ip, expires_ns })
-            })
-            .collect()
+        to_records(self.learned_pairs())
+    }
+
+    /// Every learned pair as (cgroup id, name, address, expiry), copied as
+    /// cheaply as possible (the names are shared): what a snapshot takes
+    /// under the lock; `to_records` makes records of it outside.
+    pub fn learned_pairs(&self) -> Vec<(u64, std::sync::Arc<str>, [u8; 16], u64)> {
+        let mut pairs = self.learned.pairs();
+        pairs.retain(|(id, ..)| self.endpoints.contains_key(id));
+        pairs.into_iter().map(|(id, name, ip, exp)| (self.endpoints[&id].cgroup_id, name, ip, exp)).collect()
     }
 
     /// Changes whenever learned state changed.
     pub fn version(&self) -> u64 {
         self.version
     }
+}
+
+/// Records of `State::learned_pairs`, for the next agent or the snapshot.
+pub fn to_records(pairs: Vec<(u64, std::sync::Arc<str>, [u8; 16], u64)>) -> Vec<LearnedRecord> {
+    pairs
+        .into_iter()
+        .map(|(cgroup_id, name, ip, expires_ns)| LearnedRecord {
+            cgroup_id,
+            name: name.to_string(),
+            ip: IpAddr::V6(Ipv6Addr::from(ip)).to_canonical(),
+            expires_ns,
+        })
+        .collect()
 }

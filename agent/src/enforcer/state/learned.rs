@@ -36,7 +36,7 @@ pub use super::table::Ip;
 pub use crate::enforcer::live::LiveIps;
 
 /// Capacity of the kernel's `LEARNED` map (agent-ebpf/src/maps.rs).
-pub const LEARNED_CAPACITY: usize = 262_144;
+pub const LEARNED_CAPACITY: usize = agent_common::limits::LEARNED_ENTRIES as usize;
 
 /// Limits on what endpoints may learn from DNS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -25,6 +25,7 @@ use aya::maps::MapError;
 use thiserror::Error;
 use tracing::warn;
 
+pub use adopt::to_records;
 pub use learned::{CapStats, Caps, Changes, LEARNED_CAPACITY, LearnedTable, LiveIps};
 pub use update::PolicyChange;
 
