@@ -143,20 +143,10 @@ fn solo_cache(pins: &PinDir, cg: &Path) -> Vec<Vec<u8>> {
     entry["values"].as_array().unwrap().iter().map(|v| hex_bytes(&v["value"])).collect()
 }
 
-fn scrape(addr: std::net::SocketAddr) -> String {
-    use std::io::Read as _;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text
-}
-
 fn reloads(addr: std::net::SocketAddr, result: &str) -> String {
-    let text = scrape(addr);
-    let prefix = format!("portcullis_config_reloads_total{{result=\"{result}\"}} ");
-    text.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or_else(|| panic!("no {prefix}: {text}")).to_owned()
+    let text = common::scrape(addr);
+    let name = format!("portcullis_config_reloads_total{{result=\"{result}\"}}");
+    common::series(&text, &name).unwrap_or_else(|| panic!("no {name}: {text}")).to_string()
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Log, TestCgroup, agent_cmd, attached, fresh_path, run_with_deadline, s, wait_for};
+use common::{Log, TestCgroup, agent_cmd, attached, fresh_path, run_with_deadline, s, scrape, series, wait_for};
 use portcullis_tests::{Bench, ChildGuard, require_root};
 use serde_json::Value;
 use std::path::Path;
@@ -146,24 +146,6 @@ fn run_mode_rejects_a_bad_config_before_attaching() {
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("protocl"), "{}", r.stderr);
     assert!(attached(&cg.path).progs.is_empty());
-}
-
-/// GET `http://addr/metrics` (loopback of the root namespace, where the
-/// agent runs) with a plain socket.
-fn scrape(addr: std::net::SocketAddr) -> String {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
-    text
-}
-
-/// The value of the series `name{labels}` (labels exactly as rendered).
-fn series(text: &str, name_labels: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(name_labels)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[test]
