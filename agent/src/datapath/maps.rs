@@ -186,11 +186,6 @@ impl PolicyMaps {
         self.gate_ports.insert(key, value, 0)
     }
 
-    /// The process that last sent a datagram to a UDP gate from `port`.
-    pub fn gate_client(&self, netns_cookie: u64, port: u16, proto: u8) -> Option<u32> {
-        self.gate_clients.get(netns_cookie, port, proto)
-    }
-
     /// `GATE_CLIENTS` for the DNS gates, which read it per query and must
     /// not wait for the owner of these maps.
     pub fn client_reader(&self) -> Arc<GateClients> {

@@ -150,10 +150,6 @@ impl Enforcer {
 
     // Adoption (node mode).
 
-    pub fn adopt_kernel_endpoints(&self) -> usize {
-        lock(&self.state).adopt_kernel_endpoints()
-    }
-
     /// After the source of endpoints gave its complete view: drops a
     /// previous agent's endpoints nobody claimed (their cgroup ids are
     /// returned: the caller unpins their links) and its DNS gates (their
@@ -169,11 +165,6 @@ impl Enforcer {
     }
 
     // The datapath's config.
-
-    /// The mark of re-injected DNS answers (a previous agent's, if adopted).
-    pub fn inject_mark(&self) -> u32 {
-        lock(&self.state).maps.config().inject_mark
-    }
 
     /// Lets the kernel hold DNS answers for this agent: someone listens.
     pub fn set_agent_ready(&self) -> Result<(), crate::datapath::LoadError> {
@@ -234,18 +225,5 @@ impl Enforcer {
     /// The kernel's counters (no state lock: their own map handle).
     pub fn counters(&self) -> Vec<u64> {
         self.counters.read().unwrap_or_default()
-    }
-
-    pub fn cap_stats(&self) -> CapStats {
-        lock(&self.state).cap_stats()
-    }
-
-    pub fn learned_total(&self) -> usize {
-        lock(&self.state).learned_total()
-    }
-
-    /// Runs `f` on the state: for tests and the kernel tests' harness.
-    pub fn with_state<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
-        f(&mut lock(&self.state))
     }
 }

@@ -139,11 +139,6 @@ impl State {
         self.orphans.len()
     }
 
-    /// Every learned pair, for the next agent or the snapshot.
-    pub fn export_learned(&self) -> Vec<LearnedRecord> {
-        to_records(self.learned_pairs())
-    }
-
     /// Every learned pair as (cgroup id, name, address, expiry), copied as
     /// cheaply as possible (the names are shared): what a snapshot takes
     /// under the lock; `to_records` makes records of it outside.
