@@ -19,6 +19,11 @@ const _: () = assert!(size_of::<EndpointInfo>() == 16);
 
 /// Audit mode: record what would be denied, deny nothing.
 pub const ENDPOINT_F_AUDIT: u32 = 1;
+/// Exempt: known, and deliberately not enforced (the agent's own pod, a
+/// system namespace). Every hook lets it pass as `AllowedExempt`; below a
+/// deny-unknown attach point this is what tells such a cgroup from one the
+/// agent has not classified yet.
+pub const ENDPOINT_F_EXEMPT: u32 = 2;
 
 /// `LEARNED`: (endpoint, protocol, port, IP) learned from an allowed DNS answer.
 /// `proto = proto::ANY, port = 0` means all protocols and ports.

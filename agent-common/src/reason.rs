@@ -32,6 +32,8 @@ pub enum Reason {
     /// the namespace (socket bound to loopback) and answered by the agent:
     /// the query never leaves unchecked.
     DnsCaught = 11,
+    /// The cgroup belongs to an exempt endpoint (`ENDPOINT_F_EXEMPT`).
+    AllowedExempt = 12,
 
     /// Destination is in an always-denied range (private, metadata, ...).
     DeniedRange = 20,
@@ -83,6 +85,7 @@ impl Reason {
             9 => Self::AllowedEstablished,
             10 => Self::UdpConnectDeferred,
             11 => Self::DnsCaught,
+            12 => Self::AllowedExempt,
             20 => Self::DeniedRange,
             21 => Self::DeniedDefault,
             22 => Self::DeniedDnsServer,
@@ -111,6 +114,7 @@ impl Reason {
             Self::AllowedEstablished => "allowed-established",
             Self::UdpConnectDeferred => "udp-connect-deferred",
             Self::DnsCaught => "dns-caught",
+            Self::AllowedExempt => "allowed-exempt",
             Self::DeniedRange => "denied-range",
             Self::DeniedDefault => "denied-default",
             Self::DeniedDnsServer => "denied-dns-server",

@@ -143,14 +143,13 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     };
     let skb = ctx.skb.skb;
     let cgid = unsafe { bpf_skb_cgroup_id(skb) };
-    let Some(ep) = endpoint::resolve(cgid, |l| unsafe { bpf_skb_ancestor_cgroup_id(skb, l) }, || Some(cfg)) else {
-        return if cfg.unmanaged_allow != 0 {
-            count(hook, Reason::AllowedUnmanaged);
-            PASS
-        } else {
-            count(hook, Reason::DeniedDefault);
-            DROP
-        };
+    let ep = match endpoint::resolve(cgid, |l| unsafe { bpf_skb_ancestor_cgroup_id(skb, l) }, || Some(cfg)) {
+        Ok(ep) => ep,
+        Err(u) => {
+            let (reason, allow) = u.verdict(Some(cfg));
+            count(hook, reason);
+            return if allow { PASS } else { DROP };
+        }
     };
     let parsed = parse(ctx);
     if let Ok(f) = &parsed {
@@ -317,7 +316,7 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
     }
     let skb = ctx.skb.skb;
     let cgid = unsafe { bpf_skb_cgroup_id(skb) };
-    let Some(ep) = endpoint::resolve(cgid, |l| unsafe { bpf_skb_ancestor_cgroup_id(skb, l) }, || Some(cfg)) else {
+    let Ok(ep) = endpoint::resolve(cgid, |l| unsafe { bpf_skb_ancestor_cgroup_id(skb, l) }, || Some(cfg)) else {
         count(hook, Reason::AllowedIngress);
         return PASS;
     };

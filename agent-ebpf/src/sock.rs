@@ -18,7 +18,7 @@ use aya_ebpf::{
 
 use crate::{
     cache::{self, Lookup},
-    endpoint,
+    endpoint::{self, Unmanaged},
     events::{count, report},
     maps::{CONFIG, DNS_SOCKS, SOCK_OWNERS},
     sock_addr::{ALLOW, ip_of, is_v4, remember_flow},
@@ -70,8 +70,8 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
     let ep = match from_cache {
         Some(endpoint) => EndpointInfo { endpoint, flags: 0, generation: 0 },
         None => match endpoint::resolve(unsafe { bpf_get_current_cgroup_id() }, ancestor, || CONFIG.get(0)) {
-            Some(ep) => ep,
-            None => return unmanaged(hook),
+            Ok(ep) => ep,
+            Err(u) => return unmanaged(hook, u),
         },
     };
     let netns = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
@@ -174,16 +174,12 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
     ALLOW
 }
 
-/// A socket below the attach point in no endpoint's cgroup.
+/// A socket below the attach point in no enforced endpoint's cgroup.
 #[inline(always)]
-fn unmanaged(hook: Hook) -> i32 {
-    let (reason, verdict) = match CONFIG.get(0) {
-        None => (Reason::DeniedInternal, DENY),
-        Some(cfg) if cfg.unmanaged_allow != 0 => (Reason::AllowedUnmanaged, ALLOW),
-        Some(_) => (Reason::DeniedDefault, DENY),
-    };
+fn unmanaged(hook: Hook, u: Unmanaged) -> i32 {
+    let (reason, allow) = u.verdict(CONFIG.get(0));
     count(hook, reason);
-    verdict
+    if allow { ALLOW } else { DENY }
 }
 
 /// `cgroup/sock_release`: a socket of the cgroup is closing. Its DNS

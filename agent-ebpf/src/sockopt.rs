@@ -51,9 +51,10 @@ pub fn setsockopt(ctx: &SockoptContext) -> i32 {
         return REFUSE;
     };
     let ancestor = |l| unsafe { bpf_get_current_ancestor_cgroup_id(l) };
-    let Some(ep) = endpoint::resolve(cgid, ancestor, || Some(cfg)) else {
+    let ep = match endpoint::resolve(cgid, ancestor, || Some(cfg)) {
+        Ok(ep) => ep,
         // Unmanaged: as the other hooks treat it.
-        return if cfg.unmanaged_allow != 0 { PASS } else { REFUSE };
+        Err(u) => return if u.verdict(Some(cfg)).1 { PASS } else { REFUSE },
     };
     // The value, where the kernel copied it (at most a page; IPv4 options
     // are at most 40 bytes, and longer values are refused by the kernel

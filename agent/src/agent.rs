@@ -32,7 +32,7 @@ use crate::{
         ratelimit::RecordLimit,
     },
     enforcer::live::LiveConns,
-    enforcer::{Caps, Enforcer, Identity, PolicyChange, State, TtlBounds},
+    enforcer::{Caps, Enforcer, Identity, Mode, PolicyChange, State, TtlBounds},
     handover::{self, Handover},
     policy::CompiledPolicy,
     telemetry::{coverage::Coverage, metrics::ConfigStats},
@@ -349,8 +349,8 @@ impl Agent {
         Ok(())
     }
 
-    pub fn add_endpoint(&self, identity: Identity, cgroup_id: u64, policy: CompiledPolicy, audit: bool) -> Result<u32> {
-        Ok(self.enforcer.add_endpoint(identity, cgroup_id, policy, audit)?)
+    pub fn add_endpoint(&self, identity: Identity, cgroup_id: u64, policy: CompiledPolicy, mode: Mode) -> Result<u32> {
+        Ok(self.enforcer.add_endpoint(identity, cgroup_id, policy, mode)?)
     }
 
     /// Gives a running endpoint a new identity, policy and audit flag
@@ -363,11 +363,11 @@ impl Agent {
         id: u32,
         identity: Identity,
         policy: CompiledPolicy,
-        audit: bool,
+        mode: Mode,
         pids: &[u32],
     ) -> Result<PolicyChange> {
         let resolvers = policy.dns_servers.clone();
-        let change = self.enforcer.set_policy(id, identity, policy, audit)?;
+        let change = self.enforcer.set_policy(id, identity, policy, mode)?;
         self.dns_gates.close(id, &resolvers);
         if self.idle.is_none() {
             self.open_dns_gates(id, pids);

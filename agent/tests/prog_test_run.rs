@@ -15,7 +15,7 @@ use aya::programs::{CgroupSkb, TestRun as _, TestRunOptions};
 use etherparse::PacketBuilder;
 use portcullis::{
     datapath::Datapath,
-    enforcer::{Caps, State},
+    enforcer::{Caps, Mode, State},
 };
 
 const POLICY: &str = r#"
@@ -205,6 +205,26 @@ fn unmanaged_cgroups_follow_config() {
         assert_eq!(h.egress("203.0.113.10", L4::Tcp(443)), expect, "unmanaged_allow={allow} (cgroup {cg})");
         let _ = h.cfg;
     }
+}
+
+#[test]
+fn exempt_endpoints_pass_where_unknown_cgroups_are_denied() {
+    let Some(mut h) = harness(false) else { return };
+    let (identity, policy) = {
+        let ep = h.state.endpoint(h.ep).expect("endpoint");
+        (ep.identity.clone(), (*ep.policy).clone())
+    };
+    h.state.set_policy(h.ep, identity.clone(), policy.clone(), Mode::Exempt).unwrap();
+    for (dst, l4) in [("169.254.169.254", L4::Tcp(80)), ("10.9.9.9", L4::Udp(53)), ("2001:db8:1::1", L4::Icmp)] {
+        assert_eq!(h.egress(dst, l4), ALLOW, "{dst}: exempt");
+    }
+    assert_eq!(h.counter(Hook::SkbEgress, Reason::AllowedExempt), 3);
+    assert_eq!(h.counter(Hook::SkbEgress, Reason::DeniedRange), 0);
+    h.state.set_policy(h.ep, identity, policy, Mode::Enforce).unwrap();
+    assert_eq!(h.egress("169.254.169.254", L4::Tcp(80)), DROP, "enforced again");
+    h.state.remove_endpoint(h.ep).unwrap();
+    assert_eq!(h.egress("203.0.113.10", L4::Tcp(443)), DROP, "unknown: denied");
+    assert_eq!(h.counter(Hook::SkbEgress, Reason::AllowedExempt), 3);
 }
 
 #[test]

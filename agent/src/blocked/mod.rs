@@ -146,7 +146,7 @@ impl BlockedRecord {
     pub fn from_dns(ep: &EndpointView, reason: Reason, dst: SocketAddr, host: &str, tgid: u32, cgroup_id: u64) -> Self {
         Self {
             time: now_rfc3339(),
-            verdict: if ep.audit { "audit" } else { "blocked" },
+            verdict: if ep.mode.audits() { "audit" } else { "blocked" },
             reason: reason.as_str(),
             endpoint: ep.identity.name.clone(),
             namespace: ep.identity.namespace.clone(),

@@ -113,7 +113,7 @@ impl Engine {
             );
         }
         // Audit mode lets it through; it was logged above.
-        if ep.audit {
+        if ep.mode.audits() {
             return QueryVerdict::Forward(q);
         }
         DnsStats::bump(&self.stats.queries_refused);
@@ -214,7 +214,7 @@ impl Engine {
             if deny {
                 would.push(ip);
             }
-            deny && !ep.audit
+            deny && !ep.mode.audits()
         });
         for ip in would.into_iter().filter(|ip| ep.policy.unreachable(*ip)) {
             if self.may_log(who.endpoint) {

@@ -68,7 +68,7 @@ fn engine(audit: bool, fail: bool) -> (Engine, Arc<Fake>, Lines) {
         cgroup_id: 77,
         identity: Identity { name: "ep".into(), namespace: Some("ns".into()), pod: None },
         policy: Arc::new(policy),
-        audit,
+        mode: crate::enforcer::Mode::from_audit(audit),
     };
     let fake = Arc::new(Fake { ep, learned: Mutex::default(), fail });
     let lines = Lines::default();

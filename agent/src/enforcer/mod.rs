@@ -40,12 +40,12 @@ pub struct EndpointView {
     pub cgroup_id: u64,
     pub identity: Identity,
     pub policy: Arc<CompiledPolicy>,
-    pub audit: bool,
+    pub mode: Mode,
 }
 
 impl EndpointView {
     fn of(e: &Endpoint) -> Self {
-        Self { id: e.id, cgroup_id: e.cgroup_id, identity: e.identity.clone(), policy: e.policy.clone(), audit: e.audit }
+        Self { id: e.id, cgroup_id: e.cgroup_id, identity: e.identity.clone(), policy: e.policy.clone(), mode: e.mode }
     }
 }
 
@@ -80,9 +80,9 @@ impl Enforcer {
         identity: Identity,
         cgroup_id: u64,
         policy: CompiledPolicy,
-        audit: bool,
+        mode: Mode,
     ) -> Result<u32, StateError> {
-        lock(&self.state).add_endpoint(identity, cgroup_id, policy, audit)
+        lock(&self.state).add_endpoint(identity, cgroup_id, policy, mode)
     }
 
     pub fn set_policy(
@@ -90,9 +90,9 @@ impl Enforcer {
         id: u32,
         identity: Identity,
         policy: CompiledPolicy,
-        audit: bool,
+        mode: Mode,
     ) -> Result<PolicyChange, StateError> {
-        lock(&self.state).set_policy(id, identity, policy, audit)
+        lock(&self.state).set_policy(id, identity, policy, mode)
     }
 
     /// Removes an endpoint and everything it put into the kernel, and

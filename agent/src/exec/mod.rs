@@ -84,7 +84,12 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
     agent.go(None)?;
     let name = args.name.clone().unwrap_or_else(|| format!("exec-{pid}"));
     let result = (|| -> Result<i32> {
-        let id = agent.add_endpoint(Identity { name, ..Default::default() }, cgroup.id(), policy, args.audit)?;
+        let id = agent.add_endpoint(
+            Identity { name, ..Default::default() },
+            cgroup.id(),
+            policy,
+            crate::enforcer::Mode::from_audit(args.audit),
+        )?;
         if args.netns.is_none() {
             // The command starts in our network namespace.
             agent.open_dns_gates(id, &[std::process::id()]);

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::{
     cgroup::cgroup_id,
     check::BadPolicy,
-    enforcer::{Caps, Identity},
+    enforcer::{Caps, Identity, Mode},
     policy::{CompiledPolicy, Policy, PolicySpec, compile, system_resolvers},
 };
 
@@ -99,7 +99,7 @@ pub struct Prepared {
     pub cgroup: PathBuf,
     pub cgroup_id: u64,
     pub policy: CompiledPolicy,
-    pub audit: bool,
+    pub mode: Mode,
 }
 
 /// Checks and compiles every endpoint of `cfg` (policy files relative to
@@ -130,7 +130,7 @@ pub fn prepare(cfg: &NodeConfig, base: &Path) -> Result<Vec<Prepared>> {
             cgroup: ep.cgroup.clone(),
             cgroup_id,
             policy: compiled,
-            audit: ep.audit,
+            mode: Mode::from_audit(ep.audit),
         });
     }
     Ok(out)

@@ -157,7 +157,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
 fn start(agent: &mut Agent, endpoints: Vec<Prepared>) -> Result<Enforced> {
     let mut ids = Vec::with_capacity(endpoints.len());
     for ep in &endpoints {
-        ids.push(agent.add_endpoint(ep.identity.clone(), ep.cgroup_id, ep.policy.clone(), ep.audit)?);
+        ids.push(agent.add_endpoint(ep.identity.clone(), ep.cgroup_id, ep.policy.clone(), ep.mode)?);
     }
     let handover = agent.take_over()?;
     agent.go(handover.as_ref())?;

@@ -51,7 +51,7 @@ impl Plan {
 /// Adds one endpoint to a running agent and attaches it: enforcing when
 /// this returns. A failure leaves nothing of it behind.
 pub fn add(agent: &mut Agent, ep: &Prepared) -> Result<u32> {
-    let id = agent.add_endpoint(ep.identity.clone(), ep.cgroup_id, ep.policy.clone(), ep.audit)?;
+    let id = agent.add_endpoint(ep.identity.clone(), ep.cgroup_id, ep.policy.clone(), ep.mode)?;
     if let Err(e) = agent.attach(&ep.cgroup, ep.cgroup_id) {
         if let Err(undo) = agent.remove_endpoint(id) {
             warn!(error = %undo, endpoint = %ep.identity.name, "undoing a failed add failed");
@@ -69,7 +69,7 @@ pub fn apply(agent: &mut Agent, enforced: &mut Enforced, plan: Plan) -> Result<(
     let mut first: Result<()> = Ok(());
     for (id, p) in plan.change {
         let pids = crate::cgroup::procs_below(&p.cgroup);
-        match agent.set_policy(id, p.identity.clone(), p.policy.clone(), p.audit, &pids) {
+        match agent.set_policy(id, p.identity.clone(), p.policy.clone(), p.mode, &pids) {
             Ok(c) => {
                 info!(endpoint = %p.identity.name, revoked_pairs = c.revoked_pairs, keys_removed = c.keys_removed,
                     keys_written = c.keys_written, "policy changed");
@@ -106,7 +106,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        enforcer::Identity,
+        enforcer::{Identity, Mode},
         policy::{Policy, compile},
     };
 
@@ -121,7 +121,7 @@ mod tests {
             cgroup: PathBuf::from(format!("/cg/{name}")),
             cgroup_id,
             policy,
-            audit: false,
+            mode: Mode::Enforce,
         }
     }
 
@@ -136,7 +136,7 @@ mod tests {
         assert_eq!(plan.add, [ep(4, "new", "a.test")]);
         assert_eq!(plan.remove, [(30, 3)]);
         let mut audit = ep(1, "same", "a.test");
-        audit.audit = true;
+        audit.mode = Mode::Audit;
         let plan = Plan::new(&now, vec![audit.clone(), ep(2, "narrowed", "a.test"), ep(3, "gone", "a.test")]);
         assert_eq!(plan.change, [(10, audit)], "the audit flag is part of an endpoint");
         assert!(Plan::new(&now, vec![ep(1, "same", "a.test"), ep(2, "narrowed", "a.test"), ep(3, "gone", "a.test")]).is_empty());

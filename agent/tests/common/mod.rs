@@ -81,7 +81,13 @@ pub fn load_endpoint_with(
     let mut state = State::with_caps(maps, ttl, caps);
     let policy = Policy::from_yaml_str(policy_yaml, "test").expect("policy");
     let compiled = compile(&policy, || Ok::<_, std::io::Error>(vec![])).expect("compile");
-    let ep =
-        state.add_endpoint(Identity { name: "t".into(), ..Default::default() }, cgroup_id, compiled, false).expect("endpoint");
+    let ep = state
+        .add_endpoint(
+            Identity { name: "t".into(), ..Default::default() },
+            cgroup_id,
+            compiled,
+            portcullis::enforcer::Mode::Enforce,
+        )
+        .expect("endpoint");
     (dp, state, ep)
 }

@@ -20,7 +20,7 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{DnsServerKey, ENDPOINT_F_AUDIT, EndpointInfo, LearnedValue, MAX_ENDPOINTS};
+use agent_common::{DnsServerKey, ENDPOINT_F_AUDIT, ENDPOINT_F_EXEMPT, EndpointInfo, LearnedValue, MAX_ENDPOINTS};
 use aya::maps::MapError;
 use thiserror::Error;
 use tracing::warn;
@@ -51,6 +51,48 @@ fn map_err(map: &'static str) -> impl FnOnce(MapError) -> StateError {
     move |source| StateError::Map { map, source }
 }
 
+/// How an endpoint's traffic is treated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Denied unless the policy allows it.
+    #[default]
+    Enforce,
+    /// Judged and logged, never denied.
+    Audit,
+    /// Not judged at all (`ENDPOINT_F_EXEMPT`): a cgroup deliberately left
+    /// alone below a deny-unknown attach point (the agent's own pod, a
+    /// system namespace).
+    Exempt,
+}
+
+impl Mode {
+    pub fn from_audit(audit: bool) -> Self {
+        if audit { Mode::Audit } else { Mode::Enforce }
+    }
+
+    /// Whether a denial is only recorded.
+    pub fn audits(self) -> bool {
+        self == Mode::Audit
+    }
+
+    /// The `ENDPOINTS` flags.
+    pub fn flags(self) -> u32 {
+        match self {
+            Mode::Enforce => 0,
+            Mode::Audit => ENDPOINT_F_AUDIT,
+            Mode::Exempt => ENDPOINT_F_EXEMPT,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+            Mode::Exempt => "exempt",
+        }
+    }
+}
+
 /// Who an endpoint is, for logs and metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Identity {
@@ -65,7 +107,7 @@ pub struct Endpoint {
     pub cgroup_id: u64,
     /// Shared with readers (`EndpointView`): a new policy replaces it.
     pub policy: Arc<CompiledPolicy>,
-    pub audit: bool,
+    pub mode: Mode,
     /// Last DNS name seen for an IP (allowed or not), bounded.
     names: names::RecentNames,
 }
@@ -192,7 +234,7 @@ impl State {
         identity: Identity,
         cgroup_id: u64,
         policy: CompiledPolicy,
-        audit: bool,
+        mode: Mode,
     ) -> Result<u32, StateError> {
         if self.endpoints.values().any(|e| e.cgroup_id == cgroup_id) {
             return Err(StateError::DuplicateCgroup(cgroup_id));
@@ -212,7 +254,7 @@ impl State {
         for s in &policy.dns_servers {
             self.maps.insert_dns_server(dns_key(id, *s)).map_err(map_err("DNS_SERVERS"))?;
         }
-        let info = EndpointInfo { endpoint: id, flags: if audit { ENDPOINT_F_AUDIT } else { 0 }, generation: 0 };
+        let info = EndpointInfo { endpoint: id, flags: mode.flags(), generation: 0 };
         self.maps.add_endpoint(cgroup_id, info).map_err(map_err("ENDPOINTS"))?;
         if adopted.is_some() {
             // New entries are in; only now drop what the old policy had.
@@ -220,7 +262,7 @@ impl State {
         }
         self.endpoints.insert(
             id,
-            Endpoint { id, identity, cgroup_id, policy: Arc::new(policy), audit, names: names::RecentNames::default() },
+            Endpoint { id, identity, cgroup_id, policy: Arc::new(policy), mode, names: names::RecentNames::default() },
         );
         Ok(id)
     }

@@ -10,9 +10,9 @@
 
 use std::sync::Arc;
 
-use agent_common::{ENDPOINT_F_AUDIT, EndpointInfo};
+use agent_common::EndpointInfo;
 
-use super::{Identity, State, StateError, boot_ns, dns_key, map_err};
+use super::{Identity, Mode, State, StateError, boot_ns, dns_key, map_err};
 use crate::policy::CompiledPolicy;
 
 /// What a policy change did to learned state.
@@ -42,7 +42,7 @@ impl State {
         id: u32,
         identity: Identity,
         policy: CompiledPolicy,
-        audit: bool,
+        mode: Mode,
     ) -> Result<PolicyChange, StateError> {
         let cgroup_id = self.endpoints.get(&id).ok_or(StateError::UnknownEndpoint(id))?.cgroup_id;
         for e in &policy.cidr_entries {
@@ -55,16 +55,16 @@ impl State {
         let out = PolicyChange { revoked_pairs, keys_removed: changes.removes.len(), keys_written: changes.inserts.len() };
         self.apply(changes)?;
         self.prune_policy_entries(id, &policy)?;
-        let was_audit = self.endpoints.get(&id).is_some_and(|e| e.audit);
-        if was_audit != audit {
-            let info = EndpointInfo { endpoint: id, flags: if audit { ENDPOINT_F_AUDIT } else { 0 }, generation: 0 };
+        let was = self.endpoints.get(&id).map(|e| e.mode);
+        if was != Some(mode) {
+            let info = EndpointInfo { endpoint: id, flags: mode.flags(), generation: 0 };
             self.maps.add_endpoint(cgroup_id, info).map_err(map_err("ENDPOINTS"))?;
         }
         self.maps.verdict_cache().invalidate(id).map_err(map_err("VERDICT_CACHE"))?;
         let ep = self.endpoints.get_mut(&id).ok_or(StateError::UnknownEndpoint(id))?;
         ep.identity = identity;
         ep.policy = Arc::new(policy);
-        ep.audit = audit;
+        ep.mode = mode;
         self.version += 1;
         Ok(out)
     }
