@@ -30,6 +30,16 @@ pub enum Command {
     /// Validate a policy file and print what it compiles to.
     #[command(after_help = CHECK_EXAMPLES)]
     CheckPolicy(CheckArgs),
+    /// Print the CustomResourceDefinitions (EgressPolicy, ClusterEgressPolicy)
+    /// generated from the agent's types, or write one file per CRD.
+    Crds(CrdsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CrdsArgs {
+    /// Write `<crd name>.yaml` files into this directory instead of stdout.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 const EXEC_EXAMPLES: &str = "\

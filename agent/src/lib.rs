@@ -13,6 +13,7 @@ pub mod dnsgate;
 pub mod enforcer;
 pub mod exec;
 pub mod handover;
+pub mod k8s;
 pub mod policy;
 pub mod run;
 pub mod telemetry;

@@ -57,6 +57,8 @@ enum Command {
     Soak(soak::SoakArgs),
     /// Run the fuzz targets (agent/fuzz) for a bounded time each.
     Fuzz(fuzz::FuzzArgs),
+    /// Regenerate deploy/crds/ from the Rust types (agent/src/k8s/crd.rs).
+    Crds,
     /// Run a command as root in a QEMU guest of another kernel (6.1, 6.12, or an image).
     Vm(vm::VmArgs),
     /// Benchmark workloads (run by `bench` inside the bench's namespaces).
@@ -85,6 +87,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Load(args) => load::run(&args),
         Command::Vm(args) => vm::run(&args),
+        Command::Crds => {
+            let out = demo::workspace_root()?.join("deploy/crds");
+            let mut c = util::cmd("cargo", ["run", "-q", "-p", "portcullis", "--", "crds", "--out"]);
+            util::run(c.arg(out))
+        }
         Command::Fuzz(args) => {
             setup::run(setup::Mode::Quiet)?;
             fuzz::run(&args)

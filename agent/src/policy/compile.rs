@@ -61,6 +61,8 @@ pub enum CompileError {
     DefaultDns(#[source] Box<dyn StdError + Send + Sync>),
     #[error("dns.servers is not set and the system resolver configuration lists no nameservers")]
     NoDefaultDns,
+    #[error("{rule}: toServices is resolved by the Kubernetes node agent (`portcullis agent`) only")]
+    UnresolvedServices { rule: String },
 }
 
 impl CompiledPolicy {
@@ -142,6 +144,7 @@ where
                 for (j, net) in nets.iter().enumerate() {
                     let label = match &rule.origin {
                         RuleOrigin::Policy(i) => format!("egress[{i}].toCIDRs[{j}]"),
+                        RuleOrigin::Named { policy, index } => format!("{policy} egress[{index}].toCIDRs[{j}]"),
                         flag => flag.to_string(),
                     };
                     let slot = allows.entry(canonical_net(*net)).or_default();
@@ -149,6 +152,7 @@ where
                     slot.1.push(label);
                 }
             }
+            Destination::Services(_) => return Err(CompileError::UnresolvedServices { rule: rule.origin.to_string() }.into()),
         }
     }
 

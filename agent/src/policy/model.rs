@@ -5,12 +5,18 @@
 //! Field problems are reported with their path (`egress[1].toCIDRs[0]`)
 //! because serde only knows line/column for syntax and type errors, and a path
 //! is what a CRD user can act on.
+//!
+//! The spec types also make the CRDs' schema (`k8s::crd`): size bounds and
+//! CEL rules here are what the API server checks at `kubectl apply`. The
+//! agent still validates everything it receives (`Policy::from_spec`): the
+//! schema is the first line, not the only one.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
+use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -29,45 +35,86 @@ pub struct PolicySpec {
     pub dns: DnsSpec,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// One allow rule: exactly one kind of destination, on some ports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "(has(self.toFQDNs) ? 1 : 0) + (has(self.toCIDRs) ? 1 : 0) + (has(self.toServices) ? 1 : 0) == 1"
+).message("set exactly one of toFQDNs, toCIDRs or toServices"))]
 pub struct EgressRuleSpec {
+    /// Host names (exact or `*.` patterns) whose DNS answers, as the pod
+    /// itself resolves them, open their addresses.
     #[serde(rename = "toFQDNs", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
     pub to_fqdns: Option<Vec<FqdnSpec>>,
+    /// Addresses or networks without host bits. Inside an always-denied
+    /// range they open exactly what they name.
     #[serde(rename = "toCIDRs", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), inner(length(max = 43)))]
+    #[x_kube(validation = Rule::new("self.all(c, isCIDR(c) ? cidr(c) == cidr(c).masked() : isIP(c))")
+        .message("each entry is an IP address or a CIDR without host bits (e.g. 203.0.113.0/24)"))]
     pub to_cidrs: Option<Vec<String>>,
+    /// Services whose ClusterIPs are opened (kept current as they change).
+    #[serde(rename = "toServices", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16))]
+    pub to_services: Option<Vec<ServiceRefSpec>>,
     /// Missing: all ports and protocols.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16))]
     pub ports: Option<Vec<PortSpec>>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A host name: exactly one of an exact name or a pattern.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.matchName) != has(self.matchPattern)")
+    .message("set exactly one of matchName or matchPattern"))]
 pub struct FqdnSpec {
+    /// An exact name, e.g. `api.openai.com`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[A-Za-z0-9_.-]+$"))]
     pub match_name: Option<String>,
+    /// `*.example.com` (any subdomain) or `*` alone (any name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[A-Za-z0-9_.*-]+$"))]
     pub match_pattern: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A Service by namespace and name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, KubeSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceRefSpec {
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub namespace: String,
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PortSpec {
-    /// Signed and wide so 0, -1 and 70000 get a message naming the field.
+    // Signed and wide so 0, -1 and 70000 get a message naming the field.
+    /// 1-65535.
+    #[schemars(range(min = 1, max = 65535))]
     pub port: i64,
     /// TCP (default), UDP, SCTP or ANY, any case.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4), regex(pattern = r"^([Tt][Cc][Pp]|[Uu][Dd][Pp]|[Ss][Cc][Tt][Pp]|[Aa][Nn][Yy])$"))]
     pub protocol: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DnsSpec {
-    /// Missing: the nameservers of /etc/resolv.conf. An explicit empty list
-    /// trusts no resolver at all (DNS is denied).
+    /// Missing: the nameservers of the pod's own resolv.conf (the node
+    /// agent) or of /etc/resolv.conf. An explicit empty list trusts no
+    /// resolver at all (DNS is denied). `IP`, `IP:PORT` or `[IPv6]:PORT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8), inner(length(max = 47)))]
     pub servers: Option<Vec<String>>,
+    /// Names that may be resolved without being allowed as destinations.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 253)))]
     pub allow_names: Vec<String>,
 }
 
@@ -94,6 +141,9 @@ pub enum Destination {
     Fqdns(Vec<NameSelector>),
     /// Host bits are guaranteed clear.
     Cidrs(Vec<IpNet>),
+    /// Resolved to the Services' ClusterIPs by the node agent before
+    /// compiling (`k8s::services`); elsewhere a compile error.
+    Services(Vec<ServiceRefSpec>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -123,6 +173,8 @@ pub struct DnsPolicy {
 pub enum RuleOrigin {
     /// `egress[index]` of the policy.
     Policy(usize),
+    /// `egress[index]` of a named policy object (`egresspolicy ns/name`).
+    Named { policy: std::sync::Arc<str>, index: usize },
     /// Added by a command-line flag.
     Flag { flag: &'static str, value: String },
 }
@@ -131,6 +183,7 @@ impl fmt::Display for RuleOrigin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RuleOrigin::Policy(i) => write!(f, "egress[{i}]"),
+            RuleOrigin::Named { policy, index } => write!(f, "{policy} egress[{index}]"),
             RuleOrigin::Flag { flag, value } => write!(f, "{flag} {value}"),
         }
     }
@@ -157,12 +210,14 @@ pub enum FieldError {
     DnsServer(String),
     #[error("DNS server {0:?}: port 0 is not allowed")]
     DnsServerPort(String),
-    #[error("set exactly one of toFQDNs or toCIDRs (found {0})")]
+    #[error("set exactly one of toFQDNs, toCIDRs or toServices (found {0})")]
     Destination(&'static str),
     #[error("set exactly one of matchName or matchPattern (found {0})")]
     FqdnSelector(&'static str),
     #[error("empty list (omit the field instead{0})")]
     EmptyList(&'static str),
+    #[error("{0:?} is not a DNS label (lower-case letters, digits and '-', at most 63)")]
+    ServiceRef(String),
 }
 
 #[derive(Debug, Error)]
@@ -230,10 +285,25 @@ impl Policy {
 /// Validates `egress[i]`; the error carries the field path.
 fn rule_from_spec(i: usize, rule: &EgressRuleSpec) -> Result<EgressRule, (String, FieldError)> {
     let at = |sub: &str| format!("egress[{i}]{sub}");
-    let to = match (&rule.to_fqdns, &rule.to_cidrs) {
-        (Some(_), Some(_)) => return Err((at(""), FieldError::Destination("both"))),
-        (None, None) => return Err((at(""), FieldError::Destination("neither"))),
-        (Some(list), None) => {
+    let set = [rule.to_fqdns.is_some(), rule.to_cidrs.is_some(), rule.to_services.is_some()].iter().filter(|s| **s).count();
+    if set != 1 {
+        return Err((at(""), FieldError::Destination(if set == 0 { "none" } else { "several" })));
+    }
+    let to = match (&rule.to_fqdns, &rule.to_cidrs, &rule.to_services) {
+        (None, None, Some(list)) => {
+            if list.is_empty() {
+                return Err((at(".toServices"), FieldError::EmptyList("")));
+            }
+            for (j, s) in list.iter().enumerate() {
+                for (field, v) in [("namespace", &s.namespace), ("name", &s.name)] {
+                    if !is_dns_label(v) {
+                        return Err((at(&format!(".toServices[{j}].{field}")), FieldError::ServiceRef(v.clone())));
+                    }
+                }
+            }
+            Destination::Services(list.clone())
+        }
+        (Some(list), _, _) => {
             if list.is_empty() {
                 return Err((at(".toFQDNs"), FieldError::EmptyList("")));
             }
@@ -255,7 +325,7 @@ fn rule_from_spec(i: usize, rule: &EgressRuleSpec) -> Result<EgressRule, (String
             }
             Destination::Fqdns(sels)
         }
-        (None, Some(list)) => {
+        (None, Some(list), _) => {
             if list.is_empty() {
                 return Err((at(".toCIDRs"), FieldError::EmptyList("")));
             }
@@ -266,6 +336,7 @@ fn rule_from_spec(i: usize, rule: &EgressRuleSpec) -> Result<EgressRule, (String
                 .collect::<Result<Vec<_>, _>>()?;
             Destination::Cidrs(nets)
         }
+        (None, None, None) => return Err((at(""), FieldError::Destination("none"))),
     };
     let ports = match &rule.ports {
         None => Vec::new(),
@@ -293,6 +364,15 @@ fn rule_from_spec(i: usize, rule: &EgressRuleSpec) -> Result<EgressRule, (String
 }
 
 // ------------------------------------------------------------ value parsers
+
+/// An RFC 1123 label, as Kubernetes names namespaces and Services.
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    (1..=63).contains(&b.len())
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
 
 /// `TCP`, `UDP`, `SCTP` or `ANY`, case-insensitive.
 pub fn parse_protocol(s: &str) -> Result<Protocol, FieldError> {

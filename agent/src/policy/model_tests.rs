@@ -147,9 +147,18 @@ fn bad_values_name_the_field() {
         ("egress:\n  - toFQDNs: [{}]\n", "egress[0].toFQDNs[0]: set exactly one of matchName or matchPattern (found neither)"),
         (
             "egress:\n  - toFQDNs: [{matchName: a.com}]\n    toCIDRs: [\"192.0.2.0/24\"]\n",
-            "egress[0]: set exactly one of toFQDNs or toCIDRs (found both)",
+            "egress[0]: set exactly one of toFQDNs, toCIDRs or toServices (found several)",
         ),
-        ("egress:\n  - ports: [{port: 443}]\n", "egress[0]: set exactly one of toFQDNs or toCIDRs (found neither)"),
+        ("egress:\n  - ports: [{port: 443}]\n", "egress[0]: set exactly one of toFQDNs, toCIDRs or toServices (found none)"),
+        ("egress:\n  - toServices: []\n", "egress[0].toServices: empty list"),
+        (
+            "egress:\n  - toServices: [{namespace: Kube-System, name: dns}]\n",
+            "egress[0].toServices[0].namespace: \"Kube-System\" is not a DNS label",
+        ),
+        (
+            "egress:\n  - toServices: [{namespace: a, name: b}]\n    toCIDRs: [192.0.2.0/24]\n",
+            "egress[0]: set exactly one of toFQDNs, toCIDRs or toServices (found several)",
+        ),
         ("egress:\n  - toFQDNs: []\n", "egress[0].toFQDNs: empty list"),
         ("egress:\n  - toCIDRs: []\n", "egress[0].toCIDRs: empty list"),
         ("dns: {servers: [\"1.1.1.1\", \"dns.google\"]}\n", "dns.servers[1]: invalid DNS server \"dns.google\""),

@@ -1,0 +1,3 @@
+//! The Kubernetes node agent (`portcullis agent`).
+
+pub mod crd;
