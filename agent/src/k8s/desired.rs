@@ -60,7 +60,7 @@ pub fn desired(
     let mut out = Vec::with_capacity(pods.len());
     for pod in pods.iter().filter(|p| !p.finished) {
         let exempt = settings.own_pod.as_deref() == Some(pod.uid.as_str())
-            || settings.exempt_namespaces.iter().any(|n| *n == pod.namespace);
+            || settings.exempt_namespaces.contains(&pod.namespace);
         if exempt {
             out.push(Want {
                 pod: pod.clone(),

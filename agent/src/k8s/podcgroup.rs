@@ -86,9 +86,8 @@ impl Kubepods {
     /// else under any QoS level (a pod object seen before its status
     /// carries a QoS class). `None`: not created yet (or gone).
     pub fn find_pod(&self, uid: &str, qos: Option<&str>) -> Option<PathBuf> {
-        let mut tries: Vec<&str> = qos.into_iter().collect();
-        tries.extend(["Burstable", "BestEffort", "Guaranteed"].iter().filter(|q| Some(**q) != qos));
-        tries.into_iter().map(|q| self.pod_dir(uid, q)).find(|d| d.is_dir())
+        let others = ["Burstable", "BestEffort", "Guaranteed"].into_iter().filter(|q| Some(*q) != qos);
+        qos.into_iter().chain(others).map(|q| self.pod_dir(uid, q)).find(|d| d.is_dir())
     }
 
     /// The pod UIDs of every pod cgroup present (both spellings read back

@@ -175,7 +175,7 @@ mod tests {
         let mut b = PolicyBook::default();
         let good = json!({"podSelector": {}, "egress": [{"toFQDNs": [{"matchName": "a.test"}]}]});
         let bad = json!({"podSelector": {}, "egress": [{"toFQDNs": [{"matchName": "a.test"}], "toCIDRs": ["192.0.2.0/24"]}]});
-        assert!(b.update(&[egp("p", "1", good.clone())], &[]));
+        assert!(b.update(&[egp("p", "1", good)], &[]));
         let before = names(&b);
         assert!(!b.update(&[egp("p", "2", bad.clone())], &[]), "a refused edit changes nothing");
         assert_eq!(names(&b), before);
