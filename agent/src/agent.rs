@@ -132,6 +132,8 @@ pub struct Agent {
     pub config_stats: Arc<ConfigStats>,
     /// What the endpoints' processes hold that cgroup hooks cannot contain.
     pub coverage: Arc<Coverage>,
+    /// The Kubernetes agent's per-pod report and readiness (set before `go`).
+    pub k8s: Option<Arc<crate::telemetry::k8s::K8sStats>>,
 }
 
 /// Drops expired learned IPs from the maps (the kernel refuses them at
@@ -271,6 +273,7 @@ impl Agent {
             live,
             config_stats: Arc::default(),
             coverage: Arc::default(),
+            k8s: None,
         })
     }
 
@@ -336,6 +339,7 @@ impl Agent {
                 coverage: self.coverage.clone(),
                 gate: self.gate_stats.clone(),
                 config: self.config_stats.clone(),
+                k8s: self.k8s.clone(),
             };
             tasks.push(self.rt.spawn(crate::telemetry::metrics::serve(listener, src, stop_rx)));
         }
@@ -413,6 +417,12 @@ impl Agent {
                 warn!(error = %e, endpoint, pid, "cannot open a TCP DNS gate");
             }
         }
+    }
+
+    /// Whether every program can be attached at `cgroup`
+    /// (`Datapath::probe_attach`), before attaching any.
+    pub fn probe_attach(&self, cgroup: &Path) -> Result<(), crate::datapath::LoadError> {
+        self.datapath.probe_attach(cgroup)
     }
 
     /// Attaches the programs to `cgroup` (pinned links in node mode; a

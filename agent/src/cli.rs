@@ -24,6 +24,10 @@ pub enum Command {
     /// Standalone node mode: enforce policies on existing cgroups until a signal.
     #[command(after_help = RUN_EXAMPLES)]
     Run(RunArgs),
+    /// Kubernetes node agent (the DaemonSet's command): enforce the EgressPolicies
+    /// of this node's pods, found through the API server.
+    #[command(after_help = AGENT_EXAMPLES)]
+    Agent(AgentArgs),
     /// Stop the enforcement `run --pin-path` left in the kernel (uninstall).
     #[command(after_help = UNPIN_EXAMPLES)]
     Unpin(UnpinArgs),
@@ -33,6 +37,71 @@ pub enum Command {
     /// Print the CustomResourceDefinitions (EgressPolicy, ClusterEgressPolicy)
     /// generated from the agent's types, or write one file per CRD.
     Crds(CrdsArgs),
+}
+
+const AGENT_EXAMPLES: &str = "\
+Examples:
+  # In the DaemonSet (deploy/base/daemonset.yaml): NODE_NAME and POD_UID from the downward API.
+  portcullis agent --pin-path /sys/fs/bpf/portcullis --metrics-addr 0.0.0.0:9464
+
+  # Against a test API server (plain HTTP, no credentials), kubelet's cgroups under a test root:
+  portcullis agent --node-name node-a --api-server http://127.0.0.1:8001 --kubepods /sys/fs/cgroup/test/kubepods.slice";
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// This node's name (`spec.nodeName` of its pods; downward API).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// The agent's own pod UID (downward API `metadata.uid`): that pod is
+    /// exempt before anything else, without asking the API server.
+    #[arg(long, env = "POD_UID")]
+    pub pod_uid: Option<String>,
+    /// The agent's own pod name and namespace (downward API), for its
+    /// exempt endpoint's name before the API server is asked.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+    /// API server URL without credentials (tests). Default: the in-cluster
+    /// service account, else the kubeconfig.
+    #[arg(long, env = "PORTCULLIS_API_SERVER", value_name = "URL")]
+    pub api_server: Option<String>,
+    /// The host's cgroup2 mount. Default: found in /proc/self/mountinfo.
+    #[arg(long, env = "PORTCULLIS_CGROUP_ROOT", value_name = "DIR")]
+    pub cgroup_root: Option<PathBuf>,
+    /// Kubelet's pod parent cgroup, relative to the cgroup root or
+    /// absolute. Default: `kubepods.slice` (systemd driver) or `kubepods`
+    /// (cgroupfs), whichever exists.
+    #[arg(long, env = "PORTCULLIS_KUBEPODS", value_name = "DIR")]
+    pub kubepods: Option<PathBuf>,
+    /// Namespaces whose pods are not enforced (shown as exempt).
+    #[arg(long, env = "PORTCULLIS_EXEMPT_NAMESPACES", value_delimiter = ',', default_value = "kube-system,portcullis-system")]
+    pub exempt_namespaces: Vec<String>,
+    /// RuntimeClass names of sandboxed runtimes (a trailing `*` is a
+    /// prefix): their pods are reported as not enforceable by cgroup hooks.
+    #[arg(long, env = "PORTCULLIS_SANDBOXED_RUNTIMES", value_delimiter = ',', default_value = "gvisor,runsc,kata*")]
+    pub sandboxed_runtimes: Vec<String>,
+    /// Resolvers for pods with `dnsPolicy: ClusterFirst` whose resolv.conf
+    /// cannot be read yet (kubelet's `clusterDNS`).
+    #[arg(long, env = "PORTCULLIS_CLUSTER_DNS", value_delimiter = ',', value_name = "IP")]
+    pub cluster_dns: Vec<std::net::IpAddr>,
+    /// Pin programs and maps here: enforcement outlives the agent.
+    #[arg(long, env = "PORTCULLIS_PIN_PATH", value_name = "DIR")]
+    pub pin_path: Option<PathBuf>,
+    /// The handover socket, the learned-state snapshot and the last known
+    /// pods (a restart without the API server keeps enforcing them).
+    #[arg(long, env = "PORTCULLIS_STATE_DIR", value_name = "DIR", default_value = "/var/run/portcullis")]
+    pub state_dir: PathBuf,
+    /// Serve `/metrics`, `/healthz` and `/readyz` here.
+    #[arg(long, env = "PORTCULLIS_METRICS_ADDR", value_name = "IP:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Blocked-connection log (JSON lines); default stderr.
+    #[arg(long, env = "PORTCULLIS_LOG", value_name = "FILE")]
+    pub log: Option<PathBuf>,
+    /// Post a Kubernetes Event on a pod when it is blocked (at most one per
+    /// pod per 10 minutes), pointing at the blocked log.
+    #[arg(long, env = "PORTCULLIS_POD_EVENTS")]
+    pub pod_events: bool,
 }
 
 #[derive(Debug, Args)]

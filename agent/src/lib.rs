@@ -15,6 +15,7 @@ pub mod exec;
 pub mod handover;
 pub mod k8s;
 pub mod policy;
+pub mod reconcile;
 pub mod run;
 pub mod telemetry;
 pub mod util;

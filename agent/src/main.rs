@@ -48,6 +48,10 @@ fn main() -> ExitCode {
             init_tracing(true);
             run::run(args).map(|()| 0)
         }
+        Command::Agent(args) => {
+            init_tracing(true);
+            portcullis::k8s::run(args).map(|()| 0)
+        }
         Command::Unpin(args) => {
             init_tracing(false);
             run::unpin(args).map(|()| 0)

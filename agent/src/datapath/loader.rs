@@ -218,6 +218,24 @@ impl Datapath {
         solo.take_cache(pins, cgroup_id).map(Some)
     }
 
+    /// Whether every program can be attached at `cgroup`, tried with links
+    /// that are closed at once: so a cgroup where some hook types are
+    /// refused (an ancestor holds a program attached without
+    /// `BPF_F_ALLOW_MULTI`, e.g. Cilium's socket LB from before 1.14, which
+    /// makes the kernel refuse with EPERM) is found before anything is
+    /// attached for real, never half-attached.
+    pub fn probe_attach(&self, cgroup: &Path) -> Result<(), LoadError> {
+        let file = File::open(cgroup).map_err(|source| LoadError::Cgroup { path: cgroup.to_owned(), source })?;
+        for p in &PROGRAMS {
+            let fd = attachable(&self.ebpf, p.name)?;
+            drop(
+                attach::link_create(file.as_fd(), fd, p.attach_type)
+                    .map_err(|source| LoadError::Attach { name: p.name, source })?,
+            );
+        }
+        Ok(())
+    }
+
     /// A load for one attach point (`load`) refuses a second: the sockets
     /// there would share the first endpoint's verdict cache.
     fn claim_attach_point(&mut self, cgroup: &Path) -> Result<(), LoadError> {

@@ -59,8 +59,7 @@ pub fn desired(
 ) -> Vec<Want> {
     let mut out = Vec::with_capacity(pods.len());
     for pod in pods.iter().filter(|p| !p.finished) {
-        let exempt = settings.own_pod.as_deref() == Some(pod.uid.as_str())
-            || settings.exempt_namespaces.contains(&pod.namespace);
+        let exempt = settings.own_pod.as_deref() == Some(pod.uid.as_str()) || settings.exempt_namespaces.contains(&pod.namespace);
         if exempt {
             out.push(Want {
                 pod: pod.clone(),

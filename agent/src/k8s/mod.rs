@@ -1,9 +1,228 @@
 //! The Kubernetes node agent (`portcullis agent`): finds this node's pods
 //! and their EgressPolicies through the API server and enforces them.
+//!
+//! Start-up order (docs/ARCHITECTURE.md "Kubernetes"), so that no pod ever
+//! runs unenforced and nothing is pruned on a partial view:
+//! 1. load, adopting what a previous agent pinned;
+//! 2. exempt the agent's own pod (without the API server: a new agent pod
+//!    must never be denied the egress it needs to learn it is exempt);
+//! 3. enforce the pods the previous agent saved (state directory);
+//! 4. take over from the previous agent (what neither names goes), start
+//!    consuming, and attach once at the kubelet's pod parent cgroup with
+//!    unknown cgroups below it denied: from here a pod not classified yet
+//!    is denied, not open;
+//! 5. list and watch; reconcile on every change, removing endpoints of
+//!    pods that are gone only once every watch has listed everything;
+//! 6. ready (`/readyz`).
 
 pub mod crd;
 pub mod desired;
+pub mod node;
 pub mod podcgroup;
 pub mod pods;
 pub mod policies;
+pub mod resolved;
+pub mod resolvers;
 pub mod select;
+pub mod watch;
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, mpsc},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use nix::sys::signal::{SigSet, Signal};
+use tracing::{error, info, warn};
+
+use self::{
+    desired::Settings,
+    node::{Node, Snapshot},
+    podcgroup::Kubepods,
+    resolved::Resolved,
+};
+use crate::{
+    agent::{Agent, AgentOptions},
+    cli::AgentArgs,
+    datapath::{Pins, loader::Attachment},
+    dnsgate::GateOptions,
+    enforcer::{Caps, Mode, TtlBounds},
+    telemetry::k8s::K8sStats,
+};
+
+/// How long the loop waits when nothing is pending; a pass runs at least
+/// this often (level-based: it repairs anything an event missed).
+const RESYNC: Duration = Duration::from_secs(2);
+/// How often pods waiting for their cgroup or resolvers are looked at.
+const PENDING_TICK: Duration = Duration::from_millis(20);
+
+pub fn run(args: &AgentArgs) -> Result<()> {
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM] {
+        signals.add(s);
+    }
+    signals.thread_block().context("blocking signals")?;
+    let root = match &args.cgroup_root {
+        Some(r) => r.clone(),
+        None => crate::cgroup::cgroup2_mount().context("finding the cgroup2 mount (--cgroup-root)")?,
+    };
+    let kubepods = Kubepods::find(&root, args.kubepods.as_deref())?;
+    info!(kubepods = %kubepods.dir.display(), driver = ?kubepods.driver, node = %args.node_name, "starting");
+    let pins = args.pin_path.as_deref().map(Pins::open).transpose().context("--pin-path")?;
+    std::fs::create_dir_all(&args.state_dir).with_context(|| format!("creating {}", args.state_dir.display()))?;
+    let mut agent = Agent::start(AgentOptions {
+        ttl: TtlBounds::default(),
+        caps: Caps::default(),
+        log: crate::blocked::open_log(args.log.as_deref())?,
+        // A cgroup below the pod parent that is no endpoint is a pod not
+        // classified yet: denied.
+        unmanaged_allow: false,
+        events_per_sec: 50,
+        events_burst: 200,
+        gate: GateOptions::default(),
+        one_attach_point: false,
+        attachment: Attachment::Links,
+        state_dir: pins.as_ref().map(|_| args.state_dir.clone()),
+        pins,
+        metrics_addr: args.metrics_addr,
+    })?;
+    let stats = Arc::new(K8sStats::default());
+    agent.k8s = Some(stats.clone());
+    let settings = Settings { exempt_namespaces: args.exempt_namespaces.clone(), own_pod: args.pod_uid.clone() };
+    let cluster_dns = args.cluster_dns.iter().map(|ip| SocketAddr::new(*ip, 53)).collect();
+    let mut node = Node::new(kubepods, settings, cluster_dns, Some(args.state_dir.clone()));
+    node.stats = stats.clone();
+    let result = (|| -> Result<()> {
+        start(&mut agent, &mut node, args)?;
+        watch_and_reconcile(&mut agent, &mut node, args, &signals, &stats)
+    })();
+    agent.shutdown();
+    result
+}
+
+/// Steps 2-4.
+fn start(agent: &mut Agent, node: &mut Node, args: &AgentArgs) -> Result<()> {
+    if let Some(uid) = &args.pod_uid {
+        match own_pod(&node.kubepods, uid, args) {
+            Some(r) => {
+                node.restore(agent, r).context("exempting the agent's own pod")?;
+                info!(uid = %uid, "own pod exempt");
+            }
+            None => warn!(uid = %uid, "the agent's own pod cgroup is not under the kubelet pod parent; nothing to exempt"),
+        }
+    }
+    let saved = resolved::load(&args.state_dir).unwrap_or_else(|e| {
+        warn!(error = %format!("{e:#}"), "ignoring the saved pods; they are denied until the API server is listed");
+        Vec::new()
+    });
+    let mut restored = 0;
+    for r in saved {
+        let same = crate::cgroup::cgroup_id(&r.cgroup).is_ok_and(|id| id == r.cgroup_id);
+        if !same || Some(&r.uid) == args.pod_uid.as_ref() {
+            continue;
+        }
+        let name = format!("{}/{}", r.namespace, r.pod);
+        match node.restore(agent, r) {
+            Ok(()) => restored += 1,
+            Err(e) => {
+                warn!(pod = %name, error = %format!("{e:#}"), "a saved pod could not be restored; it is denied until listed")
+            }
+        }
+    }
+    info!(restored, "pods of the previous agent enforced");
+    let h = agent.take_over()?;
+    agent.go(h.as_ref())?;
+    let dir = node.kubepods.dir.clone();
+    if let Err(e) = agent.probe_attach(&dir) {
+        let text = format!("{e:#}");
+        if text.contains("os error 1)") {
+            bail!(
+                "attaching at {} is refused (EPERM): a program of the same type is attached above it without \
+                 BPF_F_ALLOW_MULTI. Cilium installed before 1.14 and upgraded keeps its socket LB attached this way at \
+                 the cgroup root; reinstall Cilium's socket LB as links (recreate its cgroup programs, or a fresh \
+                 install) and start again. Not running half-attached. ({text})",
+                dir.display()
+            );
+        }
+        return Err(e).context(format!("attaching at {}", dir.display()));
+    }
+    let id = crate::cgroup::cgroup_id(&dir)?;
+    agent.attach(&dir, id)?;
+    agent.retire_old_pins()?;
+    info!(at = %dir.display(), "attached: pods not classified yet are denied");
+    Ok(())
+}
+
+/// The agent's own pod as an exempt endpoint (its identity from the
+/// downward API, before the API server is asked).
+fn own_pod(kubepods: &Kubepods, uid: &str, args: &AgentArgs) -> Option<Resolved> {
+    let cgroup = kubepods.find_pod(uid, None)?;
+    let cgroup_id = crate::cgroup::cgroup_id(&cgroup).ok()?;
+    let mut spec = crate::policy::PolicySpec::default();
+    spec.dns.servers = Some(Vec::new());
+    Some(Resolved {
+        namespace: args.pod_namespace.clone().unwrap_or_else(|| "portcullis-system".into()),
+        pod: args.pod_name.clone().unwrap_or_else(|| "portcullis".into()),
+        uid: uid.to_owned(),
+        cgroup,
+        cgroup_id,
+        mode: Mode::Exempt.as_str().to_owned(),
+        spec,
+        origins: Vec::new(),
+    })
+}
+
+/// Steps 5-6, until SIGINT/SIGTERM.
+fn watch_and_reconcile(agent: &mut Agent, node: &mut Node, args: &AgentArgs, signals: &SigSet, stats: &K8sStats) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("portcullis-kube")
+        .enable_all()
+        .build()
+        .context("starting the Kubernetes client runtime")?;
+    let client = rt.block_on(client(args.api_server.as_deref()))?;
+    let (poke, poked) = mpsc::sync_channel(1);
+    let stores = watch::start(rt.handle(), &client, &args.node_name, poke);
+    let mut pending = 0;
+    let mut last = Instant::now();
+    loop {
+        let wait = if pending > 0 { PENDING_TICK } else { RESYNC };
+        if let Some(sig) = crate::run::wait_signal(signals, Duration::ZERO)? {
+            info!(signal = %sig, "stopping");
+            return Ok(());
+        }
+        let woke = poked.recv_timeout(wait.min(Duration::from_millis(200))).is_ok();
+        if !woke && pending == 0 && last.elapsed() < RESYNC {
+            continue;
+        }
+        if woke {
+            // Let a burst of events land: one pass for all of them.
+            std::thread::sleep(Duration::from_millis(5));
+            while poked.try_recv().is_ok() {}
+        }
+        let snap: Snapshot = stores.snapshot(&args.sandboxed_runtimes);
+        let pass = node.reconcile(agent, &snap);
+        pending = pass.pending;
+        last = Instant::now();
+        if snap.synced && !stats.ready() {
+            stats.set_ready();
+            info!(pods = snap.pods.len(), endpoints = node.enforced.len(), "ready: every watch listed, pods reconciled");
+        }
+    }
+}
+
+/// The API client: in-cluster (service account) or kubeconfig, or a plain
+/// URL without credentials (`--api-server`, tests).
+async fn client(url: Option<&str>) -> Result<kube::Client> {
+    match url {
+        Some(u) => {
+            let cfg = kube::Config::new(u.parse().with_context(|| format!("--api-server {u}"))?);
+            kube::Client::try_from(cfg).context("building the API client")
+        }
+        None => kube::Client::try_default().await.map_err(|e| {
+            error!(error = %e, "no API server configuration");
+            anyhow::Error::new(e).context("in-cluster or kubeconfig API configuration")
+        }),
+    }
+}

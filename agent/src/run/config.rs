@@ -16,7 +16,8 @@ use crate::{
     cgroup::cgroup_id,
     check::BadPolicy,
     enforcer::{Caps, Identity, Mode},
-    policy::{CompiledPolicy, Policy, PolicySpec, compile, system_resolvers},
+    policy::{Policy, PolicySpec, compile, system_resolvers},
+    reconcile::Prepared,
 };
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -90,16 +91,6 @@ impl NodeConfig {
             |c: &Self| NodeConfig { endpoints: Vec::new(), dns_deny_rcode: c.dns_deny_rcode.clone(), log: c.log.clone(), ..*c };
         strip(self) != strip(other)
     }
-}
-
-/// One endpoint, checked and compiled.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Prepared {
-    pub identity: Identity,
-    pub cgroup: PathBuf,
-    pub cgroup_id: u64,
-    pub policy: CompiledPolicy,
-    pub mode: Mode,
 }
 
 /// Checks and compiles every endpoint of `cfg` (policy files relative to

@@ -13,7 +13,7 @@ use std::{
 
 use tracing::{info, warn};
 
-use super::reload::Enforced;
+use crate::reconcile::Enforced;
 use crate::{telemetry::coverage::Coverage, util::lock};
 
 /// How often node mode looks at what the pods' processes hold.

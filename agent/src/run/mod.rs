@@ -6,7 +6,6 @@
 
 mod config;
 mod coverage;
-mod reload;
 
 use std::{
     path::Path,
@@ -20,10 +19,7 @@ use tracing::{error, info, warn};
 
 pub use config::{EndpointConfig, NodeConfig, load_config};
 
-use self::{
-    config::{Prepared, fingerprint},
-    reload::{Enforced, Plan},
-};
+use self::config::fingerprint;
 use crate::{
     agent::{Agent, AgentOptions},
     check::BadPolicy,
@@ -32,6 +28,7 @@ use crate::{
     dnsgate::{GateOptions, parse_deny_rcode},
     enforcer::{Caps, TtlBounds},
     handover,
+    reconcile::{self as reload, Enforced, Plan, Prepared},
 };
 
 /// How often the config file is looked at; a change is applied once it
@@ -58,7 +55,7 @@ fn wait_for_config(path: &Path, signals: &SigSet) -> Result<bool> {
 }
 
 /// The next signal of `set` within `timeout`, if any.
-fn wait_signal(set: &SigSet, timeout: Duration) -> Result<Option<Signal>> {
+pub(crate) fn wait_signal(set: &SigSet, timeout: Duration) -> Result<Option<Signal>> {
     let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: libc::c_long::from(timeout.subsec_nanos()) };
     // SAFETY: the set and timespec outlive the call; no siginfo is asked for.
     let rc = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &raw const ts) };
@@ -205,7 +202,7 @@ impl Node<'_> {
             return;
         }
         let (added, changed, removed, untouched) = (plan.add.len(), plan.change.len(), plan.remove.len(), plan.untouched);
-        let outcome = reload::apply(self.agent, &mut self.enforced, plan);
+        let outcome = reload::apply(self.agent, &mut self.enforced, plan, reload::AttachEach::Endpoint);
         coverage::update(&self.watch, &self.enforced);
         match outcome {
             Ok(()) => {

@@ -77,10 +77,15 @@ async fn answer(mut conn: TcpStream, src: &Sources) -> std::io::Result<()> {
     let line = buf[..n].split(|b| *b == b'\n').next().unwrap_or_default();
     let mut parts = line.split(|b| *b == b' ');
     let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-    let (status, body) = if method == b"GET" && (path == b"/metrics" || path.starts_with(b"/metrics?")) {
-        ("200 OK", render(src))
-    } else {
-        ("404 Not Found", "only /metrics here\n".to_owned())
+    let ready = src.k8s.as_ref().is_none_or(|k| k.ready());
+    let (status, body) = match (method, path) {
+        (b"GET", p) if p == b"/metrics" || p.starts_with(b"/metrics?") => ("200 OK", render(src)),
+        // Serving at all: the agent's threads are alive.
+        (b"GET", b"/healthz") => ("200 OK", "ok\n".to_owned()),
+        // Attached, and (Kubernetes) every watch has listed everything.
+        (b"GET", b"/readyz") if ready => ("200 OK", "ready\n".to_owned()),
+        (b"GET", b"/readyz") => ("503 Service Unavailable", "starting\n".to_owned()),
+        _ => ("404 Not Found", "/metrics, /healthz and /readyz here\n".to_owned()),
     };
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -92,11 +97,11 @@ async fn answer(mut conn: TcpStream, src: &Sources) -> std::io::Result<()> {
 }
 
 /// A label value, escaped as the exposition format wants.
-fn esc(v: &str) -> String {
+pub(super) fn esc(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+pub(super) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
@@ -109,6 +114,8 @@ pub struct Sources {
     pub coverage: Arc<Coverage>,
     pub gate: Arc<DnsStats>,
     pub config: Arc<ConfigStats>,
+    /// The Kubernetes agent's pods and readiness (`portcullis agent`).
+    pub k8s: Option<Arc<super::k8s::K8sStats>>,
 }
 
 /// Outcomes of `portcullis run` config reloads.
@@ -278,6 +285,9 @@ pub fn render(src: &Sources) -> String {
     );
     for (result, c) in [("applied", &src.config.applied), ("invalid", &src.config.invalid), ("failed", &src.config.failed)] {
         let _ = writeln!(out, "portcullis_config_reloads_total{{result=\"{result}\"}} {}", c.load(Relaxed));
+    }
+    if let Some(k) = &src.k8s {
+        k.render(&mut out);
     }
     out
 }

@@ -1,16 +1,33 @@
-//! Applying a new node config to a running agent: only the difference.
-//! Endpoints are matched by cgroup (its id): one the new config drops is
-//! removed, a new one added, one whose identity, policy or audit flag
-//! changed gets them in place (`Agent::set_policy`), and the others are not
-//! touched at all (no re-attach, no lost learned state, no cache flush).
+//! Bringing a running agent to a desired set of endpoints (a reloaded
+//! `run` config, or what the Kubernetes agent derives from the API):
+//! only the difference. Endpoints are matched by cgroup (its id): one the
+//! desired set drops is removed, a new one added, one whose identity,
+//! policy or mode changed gets them in place (`Agent::set_policy`), and
+//! the others are not touched at all (no re-attach, no lost learned
+//! state, no cache flush).
 
 use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context as _, Result};
 use tracing::{info, warn};
 
-use super::config::Prepared;
-use crate::agent::Agent;
+use std::path::PathBuf;
+
+use crate::{
+    agent::Agent,
+    enforcer::{Identity, Mode},
+    policy::CompiledPolicy,
+};
+
+/// One endpoint, checked and compiled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prepared {
+    pub identity: Identity,
+    pub cgroup: PathBuf,
+    pub cgroup_id: u64,
+    pub policy: CompiledPolicy,
+    pub mode: Mode,
+}
 
 /// What the agent enforces now, by cgroup id: its endpoint id and config.
 pub type Enforced = HashMap<u64, (u32, Prepared)>;
@@ -48,10 +65,24 @@ impl Plan {
     }
 }
 
-/// Adds one endpoint to a running agent and attaches it: enforcing when
-/// this returns. A failure leaves nothing of it behind.
-pub fn add(agent: &mut Agent, ep: &Prepared) -> Result<u32> {
+/// Where the programs go for a new endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachEach {
+    /// To the endpoint's own cgroup (`run`).
+    Endpoint,
+    /// Nowhere: one attach point above every endpoint covers it (the
+    /// Kubernetes agent's kubelet pod parent).
+    Parent,
+}
+
+/// Adds one endpoint to a running agent (and attaches it, `how`):
+/// enforcing when this returns. A failure leaves nothing of it behind.
+pub fn add(agent: &mut Agent, ep: &Prepared, how: AttachEach) -> Result<u32> {
     let id = agent.add_endpoint(ep.identity.clone(), ep.cgroup_id, ep.policy.clone(), ep.mode)?;
+    if how == AttachEach::Parent {
+        agent.open_dns_gates(id, &crate::cgroup::procs_below(&ep.cgroup));
+        return Ok(id);
+    }
     if let Err(e) = agent.attach(&ep.cgroup, ep.cgroup_id) {
         if let Err(undo) = agent.remove_endpoint(id) {
             warn!(error = %undo, endpoint = %ep.identity.name, "undoing a failed add failed");
@@ -65,7 +96,7 @@ pub fn add(agent: &mut Agent, ep: &Prepared) -> Result<u32> {
 /// Applies `plan`: changes first, then additions, then removals. Goes on
 /// past a failure (the rest still applies; a failed endpoint keeps what it
 /// had) and returns the first.
-pub fn apply(agent: &mut Agent, enforced: &mut Enforced, plan: Plan) -> Result<()> {
+pub fn apply(agent: &mut Agent, enforced: &mut Enforced, plan: Plan, how: AttachEach) -> Result<()> {
     let mut first: Result<()> = Ok(());
     for (id, p) in plan.change {
         let pids = crate::cgroup::procs_below(&p.cgroup);
@@ -79,7 +110,7 @@ pub fn apply(agent: &mut Agent, enforced: &mut Enforced, plan: Plan) -> Result<(
         }
     }
     for p in plan.add {
-        match add(agent, &p) {
+        match add(agent, &p, how) {
             Ok(id) => {
                 info!(endpoint = %p.identity.name, cgroup = %p.cgroup.display(), "enforcing");
                 enforced.insert(p.cgroup_id, (id, p));
@@ -91,7 +122,7 @@ pub fn apply(agent: &mut Agent, enforced: &mut Enforced, plan: Plan) -> Result<(
         let name = enforced.get(&cgroup_id).map(|(_, p)| p.identity.name.clone()).unwrap_or_default();
         match agent.remove_endpoint(id).with_context(|| format!("removing endpoint {name}")) {
             Ok(()) => {
-                info!(endpoint = %name, "no longer enforced: removed from the config");
+                info!(endpoint = %name, "no longer enforced: gone from the desired endpoints");
                 enforced.remove(&cgroup_id);
             }
             Err(e) => first = first.and(Err(e)),
@@ -102,13 +133,8 @@ pub fn apply(agent: &mut Agent, enforced: &mut Enforced, plan: Plan) -> Result<(
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use super::*;
-    use crate::{
-        enforcer::{Identity, Mode},
-        policy::{Policy, compile},
-    };
+    use crate::policy::{Policy, compile};
 
     fn ep(cgroup_id: u64, name: &str, allow: &str) -> Prepared {
         let yaml = format!(

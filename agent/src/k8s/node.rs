@@ -1,0 +1,255 @@
+//! The reconciler: from the API objects on record to the endpoints in
+//! force, level-based (every pass starts from the whole picture, so a
+//! missed event is repaired by the next pass). Pods whose cgroup or
+//! resolvers are not found yet are looked at again every tick: kubelet
+//! creates the cgroup after the API event, and the pod's resolv.conf is
+//! readable once a container runs.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::Instant,
+};
+
+use tracing::{info, warn};
+
+use super::{
+    desired::{ServiceIps, Settings, Want, desired},
+    podcgroup::Kubepods,
+    pods::{Gap, PodInfo},
+    policies::PolicyBook,
+    resolved::{self, Resolved},
+    resolvers,
+};
+use crate::{
+    agent::Agent,
+    enforcer::Mode,
+    policy::model::parse_dns_server,
+    reconcile::{self, AttachEach, Enforced, Plan, Prepared},
+    telemetry::k8s::{K8sStats, PodRow},
+};
+
+/// What the watches hold, copied out of their stores.
+#[derive(Default)]
+pub struct Snapshot {
+    pub pods: Vec<PodInfo>,
+    pub namespaces: HashMap<String, BTreeMap<String, String>>,
+    pub policies: Vec<Arc<super::crd::EgressPolicy>>,
+    pub cluster_policies: Vec<Arc<super::crd::ClusterEgressPolicy>>,
+    pub services: ServiceIps,
+    /// Every watch has delivered its first full list: what is not on
+    /// record is gone (before that, nothing is removed).
+    pub synced: bool,
+}
+
+pub struct Node {
+    pub kubepods: Kubepods,
+    pub settings: Settings,
+    pub cluster_dns: Vec<SocketAddr>,
+    pub state_dir: Option<PathBuf>,
+    pub stats: Arc<K8sStats>,
+    book: PolicyBook,
+    pub enforced: Enforced,
+    /// The resolved form of each enforced endpoint, by cgroup id (saved).
+    resolved: HashMap<u64, Resolved>,
+    /// Pods' resolvers once found, by UID.
+    pod_dns: HashMap<String, Vec<SocketAddr>>,
+    /// When each pod UID was first seen without its policy in force.
+    waiting_since: HashMap<String, Instant>,
+}
+
+/// How a pass went.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Pods still waiting for their cgroup or resolvers: look again soon.
+    pub pending: usize,
+    pub changed: bool,
+}
+
+impl Node {
+    pub fn new(kubepods: Kubepods, settings: Settings, cluster_dns: Vec<SocketAddr>, state_dir: Option<PathBuf>) -> Self {
+        Self {
+            kubepods,
+            settings,
+            cluster_dns,
+            state_dir,
+            stats: Arc::default(),
+            book: PolicyBook::default(),
+            enforced: Enforced::new(),
+            resolved: HashMap::new(),
+            pod_dns: HashMap::new(),
+            waiting_since: HashMap::new(),
+        }
+    }
+
+    /// Enforces `r` as is (start-up: the agent's own pod, the endpoints
+    /// saved by the previous agent).
+    pub fn restore(&mut self, agent: &mut Agent, r: Resolved) -> anyhow::Result<()> {
+        let p = r.prepare()?;
+        let id = reconcile::add(agent, &p, AttachEach::Parent)?;
+        self.resolved.insert(p.cgroup_id, r);
+        self.enforced.insert(p.cgroup_id, (id, p));
+        Ok(())
+    }
+
+    /// One pass: desired endpoints from `snap`, found on disk, compiled,
+    /// and the difference applied.
+    pub fn reconcile(&mut self, agent: &mut Agent, snap: &Snapshot) -> Pass {
+        let started = Instant::now();
+        let policies_changed = self.book.update(&snap.policies, &snap.cluster_policies);
+        self.stats.set_invalid(self.book.problems());
+        let wants = desired(&snap.pods, &snap.namespaces, &self.book, &snap.services, &self.settings);
+        let mut next: Vec<Prepared> = Vec::with_capacity(wants.len());
+        let mut next_resolved: HashMap<u64, Resolved> = HashMap::new();
+        let mut rows = Vec::with_capacity(wants.len());
+        let mut pending = 0;
+        let by_uid: HashMap<String, u64> = self.resolved.iter().map(|(c, r)| (r.uid.clone(), *c)).collect();
+        for w in &wants {
+            let mut gaps = w.pod.gaps.clone();
+            let mut waiting = false;
+            match self.resolve(w) {
+                Ok((r, dns_pending)) => match r.prepare() {
+                    Ok(p) => {
+                        waiting |= dns_pending;
+                        next_resolved.insert(p.cgroup_id, r);
+                        next.push(p);
+                    }
+                    Err(e) => {
+                        // Keeps what it had (if anything): a union the
+                        // kernel cannot hold changes nothing enforced.
+                        warn!(pod = %format!("{}/{}", w.pod.namespace, w.pod.name), error = %format!("{e:#}"),
+                            "the pod's policies do not compile together; it keeps what it had (deny all if new)");
+                        let kept = by_uid.get(&w.pod.uid).and_then(|c| Some((self.enforced.get(c)?, self.resolved.get(c)?)));
+                        if let Some(((_, p), r)) = kept {
+                            next.push(p.clone());
+                            next_resolved.insert(p.cgroup_id, r.clone());
+                        } else if let Ok(mut r) = self.resolve(w).map(|(r, _)| r) {
+                            r.spec = crate::policy::PolicySpec::default();
+                            r.spec.dns.servers = Some(Vec::new());
+                            r.origins.clear();
+                            if let Ok(p) = r.prepare() {
+                                next_resolved.insert(p.cgroup_id, r);
+                                next.push(p);
+                            }
+                        }
+                    }
+                },
+                Err(()) => {
+                    gaps.push(Gap::CgroupNotFound);
+                    waiting = true;
+                }
+            }
+            if waiting {
+                pending += 1;
+                self.waiting_since.entry(w.pod.uid.clone()).or_insert(started);
+            } else if let Some(t) = self.waiting_since.remove(&w.pod.uid) {
+                self.stats.observe_time_to_enforce(started.duration_since(t));
+            }
+            if !gaps.is_empty() && w.mode != Mode::Exempt {
+                gaps.sort_unstable();
+                gaps.dedup();
+            }
+            rows.push(PodRow {
+                namespace: w.pod.namespace.clone(),
+                pod: w.pod.name.clone(),
+                mode: w.mode,
+                gaps: if w.mode == Mode::Exempt { Vec::new() } else { gaps },
+                policies: w.policies.len(),
+                unresolved_services: w.unresolved.len(),
+            });
+        }
+        let live: HashSet<&str> = wants.iter().map(|w| w.pod.uid.as_str()).collect();
+        self.pod_dns.retain(|uid, _| live.contains(uid.as_str()));
+        self.waiting_since.retain(|uid, _| live.contains(uid.as_str()));
+        let mut plan = Plan::new(&self.enforced, next);
+        if !snap.synced {
+            // Not everything is on record yet: absence means nothing.
+            plan.remove.clear();
+        }
+        let changed = !plan.is_empty();
+        if changed {
+            let (added, changed_n, removed) = (plan.add.len(), plan.change.len(), plan.remove.len());
+            let removed_ids: Vec<u64> = plan.remove.iter().map(|(_, c)| *c).collect();
+            if let Err(e) = reconcile::apply(agent, &mut self.enforced, plan, AttachEach::Parent) {
+                warn!(error = %format!("{e:#}"), "applying part of the desired endpoints failed; those keep what they had");
+            }
+            for c in removed_ids.iter().filter(|c| !self.enforced.contains_key(c)) {
+                self.resolved.remove(c);
+            }
+            for (c, r) in next_resolved {
+                if self.enforced.contains_key(&c) {
+                    self.resolved.insert(c, r);
+                }
+            }
+            info!(
+                added,
+                changed = changed_n,
+                removed,
+                pending,
+                policies_changed,
+                ms = started.elapsed().as_millis() as u64,
+                "endpoints reconciled"
+            );
+            self.save();
+        }
+        self.stats.set_pods(rows, snap.synced);
+        Pass { pending, changed }
+    }
+
+    /// The pod's cgroup, resolvers and final spec; `Err` if its cgroup is
+    /// not there (yet). The flag: its resolvers are not known yet (DNS is
+    /// denied until they are).
+    fn resolve(&mut self, w: &Want) -> Result<(Resolved, bool), ()> {
+        let dir = self.kubepods.find_pod(&w.pod.uid, w.pod.qos.as_deref()).ok_or(())?;
+        let cgroup_id = crate::cgroup::cgroup_id(&dir).map_err(|_| ())?;
+        let mut spec = w.spec.clone();
+        let mut dns_pending = false;
+        if w.mode == Mode::Exempt {
+            spec.dns.servers = Some(Vec::new());
+        } else if spec.dns.servers.is_none() {
+            let servers = self.pod_resolvers(w, &dir);
+            dns_pending = servers.is_empty();
+            spec.dns.servers = Some(servers.iter().map(SocketAddr::to_string).collect());
+        }
+        Ok((
+            Resolved {
+                namespace: w.pod.namespace.clone(),
+                pod: w.pod.name.clone(),
+                uid: w.pod.uid.clone(),
+                cgroup: dir,
+                cgroup_id,
+                mode: w.mode.as_str().to_owned(),
+                spec,
+                origins: w.origins.iter().map(|(n, i)| (n.to_string(), *i)).collect(),
+            },
+            dns_pending,
+        ))
+    }
+
+    /// `dnsConfig` of a `dnsPolicy: None` pod, else its resolv.conf, else
+    /// `--cluster-dns`; empty if none is known yet.
+    fn pod_resolvers(&mut self, w: &Want, dir: &std::path::Path) -> Vec<SocketAddr> {
+        if let Some(list) = &w.pod.nameservers {
+            return list.iter().filter_map(|s| parse_dns_server(s).ok()).collect();
+        }
+        if let Some(found) = self.pod_dns.get(&w.pod.uid) {
+            return found.clone();
+        }
+        if let Some(found) = resolvers::of_pod(dir) {
+            self.pod_dns.insert(w.pod.uid.clone(), found.clone());
+            return found;
+        }
+        self.cluster_dns.clone()
+    }
+
+    fn save(&self) {
+        let Some(dir) = &self.state_dir else { return };
+        let mut all: Vec<Resolved> = self.resolved.values().cloned().collect();
+        all.sort_by(|a, b| (&a.namespace, &a.pod).cmp(&(&b.namespace, &b.pod)));
+        if let Err(e) = resolved::save(dir, &all) {
+            warn!(error = %format!("{e:#}"), "saving the enforced pods failed; a restart without the API server would deny them");
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The watches: kube-rs `watcher` + `reflector` (re-list on `410 Gone`,
+//! re-watch from the last resourceVersion, bookmarks, backoff) on exactly
+//! what the node needs: its own Pods (field selector `spec.nodeName`),
+//! Namespaces (metadata only: labels for `namespaceSelector`), both policy
+//! kinds, and Services (their ClusterIPs for `toServices`). Every event
+//! pokes the reconciler; it reads the stores, never the events.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+        mpsc::SyncSender,
+    },
+};
+
+use futures::{Stream, StreamExt as _};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::{
+    Api, Client, Resource,
+    core::PartialObjectMeta,
+    runtime::{
+        WatchStreamExt as _,
+        reflector::{self, Store},
+        watcher::{self, Event, watcher},
+    },
+};
+use tracing::{info, warn};
+
+use super::{
+    crd::{ClusterEgressPolicy, EgressPolicy},
+    desired::ServiceIps,
+    node::Snapshot,
+    pods::PodInfo,
+};
+
+/// The reflectors' stores, and which watches have listed everything.
+#[derive(Clone)]
+pub struct Stores {
+    pods: Store<Pod>,
+    namespaces: Store<PartialObjectMeta<Namespace>>,
+    policies: Store<EgressPolicy>,
+    cluster_policies: Store<ClusterEgressPolicy>,
+    services: Store<Service>,
+    listed: Arc<[AtomicBool; 5]>,
+}
+
+impl Stores {
+    /// Everything on record now.
+    pub fn snapshot(&self, sandboxed: &[String]) -> Snapshot {
+        let services: ServiceIps = self
+            .services
+            .state()
+            .iter()
+            .filter_map(|s| {
+                let spec = s.spec.as_ref()?;
+                let ips = spec.cluster_ips.clone().or_else(|| spec.cluster_ip.clone().map(|ip| vec![ip])).unwrap_or_default();
+                let ips = ips.iter().filter_map(|ip| ip.parse().ok()).collect();
+                Some(((s.metadata.namespace.clone()?, s.metadata.name.clone()?), ips))
+            })
+            .collect();
+        let namespaces: HashMap<_, _> = self
+            .namespaces
+            .state()
+            .iter()
+            .filter_map(|n| Some((n.metadata.name.clone()?, n.metadata.labels.clone().unwrap_or_default())))
+            .collect();
+        Snapshot {
+            pods: self.pods.state().iter().filter_map(|p| PodInfo::from_pod(p, sandboxed)).collect(),
+            namespaces,
+            policies: self.policies.state(),
+            cluster_policies: self.cluster_policies.state(),
+            services,
+            synced: self.listed.iter().all(|l| l.load(Relaxed)),
+        }
+    }
+}
+
+/// Starts the five watches on `rt`; each change sends on `poke` (dropped
+/// when a poke is already queued: one pass sees everything).
+pub fn start(rt: &tokio::runtime::Handle, client: &Client, node: &str, poke: SyncSender<()>) -> Stores {
+    let listed: Arc<[AtomicBool; 5]> = Arc::default();
+    let pods_cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    let (pods, w) = reflector::store();
+    rt.spawn(drive("pods", 0, watcher(Api::<Pod>::all(client.clone()), pods_cfg), w, listed.clone(), poke.clone()));
+    let (namespaces, w) = reflector::store();
+    // Metadata only (`PartialObjectMetadata` requests): labels are all
+    // `namespaceSelector` needs.
+    let ns = watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default());
+    rt.spawn(drive("namespaces", 1, ns, w, listed.clone(), poke.clone()));
+    let (policies, w) = reflector::store();
+    let egp = watcher(Api::<EgressPolicy>::all(client.clone()), watcher::Config::default());
+    rt.spawn(drive("egresspolicies", 2, egp, w, listed.clone(), poke.clone()));
+    let (cluster_policies, w) = reflector::store();
+    let cegp = watcher(Api::<ClusterEgressPolicy>::all(client.clone()), watcher::Config::default());
+    rt.spawn(drive("clusteregresspolicies", 3, cegp, w, listed.clone(), poke.clone()));
+    let (services, w) = reflector::store();
+    let svc = watcher(Api::<Service>::all(client.clone()), watcher::Config::default());
+    rt.spawn(drive("services", 4, svc, w, listed.clone(), poke));
+    Stores { pods, namespaces, policies, cluster_policies, services, listed }
+}
+
+/// Runs one watch into its store until the runtime stops.
+async fn drive<K>(
+    what: &'static str,
+    index: usize,
+    stream: impl Stream<Item = watcher::Result<Event<K>>> + Send + 'static,
+    writer: reflector::store::Writer<K>,
+    listed: Arc<[AtomicBool; 5]>,
+    poke: SyncSender<()>,
+) where
+    K: Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    // Managed fields are most of a big object and nothing here reads them.
+    let stream = stream.modify(|o: &mut K| o.meta_mut().managed_fields = None).default_backoff().reflect(writer);
+    let mut stream = std::pin::pin!(stream);
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(Event::InitDone) => {
+                if !listed[index].swap(true, Relaxed) {
+                    info!(resource = what, "listed");
+                }
+                let _ = poke.try_send(());
+            }
+            Ok(Event::Init | Event::InitApply(_)) => {}
+            Ok(Event::Apply(_) | Event::Delete(_)) => {
+                let _ = poke.try_send(());
+            }
+            Err(e) => warn!(resource = what, error = %e, "watch failed; retrying with backoff"),
+        }
+    }
+}
