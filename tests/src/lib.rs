@@ -21,12 +21,16 @@
 //! ```
 //!
 //! Set `BENCH_TRACE=1` to print start/teardown timings.
+//!
+//! Also [`fakeapi`]: an in-process fake Kubernetes API server that the real
+//! `kube::Client` talks to over 127.0.0.1, for the agent's Kubernetes side.
 
 pub mod addr;
 mod bench;
 pub mod bpfmap;
 mod builder;
 pub mod dns;
+pub mod fakeapi;
 mod guard;
 pub mod netns;
 pub mod servers;
