@@ -422,7 +422,7 @@ impl Agent {
     /// Whether every program can be attached at `cgroup`
     /// (`Datapath::probe_attach`), before attaching any.
     pub fn probe_attach(&self, cgroup: &Path) -> Result<(), crate::datapath::LoadError> {
-        self.datapath.probe_attach(cgroup)
+        self.datapath.probe_attach(cgroup, self.pins.as_ref())
     }
 
     /// Attaches the programs to `cgroup` (pinned links in node mode; a

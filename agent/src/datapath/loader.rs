@@ -224,14 +224,19 @@ impl Datapath {
     /// `BPF_F_ALLOW_MULTI`, e.g. Cilium's socket LB from before 1.14, which
     /// makes the kernel refuse with EPERM) is found before anything is
     /// attached for real, never half-attached.
-    pub fn probe_attach(&self, cgroup: &Path) -> Result<(), LoadError> {
+    pub fn probe_attach(&self, cgroup: &Path, pins: Option<&Pins>) -> Result<(), LoadError> {
         let file = File::open(cgroup).map_err(|source| LoadError::Cgroup { path: cgroup.to_owned(), source })?;
+        // Pinned, the cached hooks are a load of their own (`SoloHooks`).
+        let mut solo = pins.map(SoloHooks::load).transpose()?;
         for p in &PROGRAMS {
-            let fd = attachable(&self.ebpf, p.name)?;
-            drop(
-                attach::link_create(file.as_fd(), fd, p.attach_type)
-                    .map_err(|source| LoadError::Attach { name: p.name, source })?,
-            );
+            let name = p.name;
+            let fd = match solo.as_mut() {
+                Some(s) if p.cache_slot.is_some() => {
+                    s.program(name)?.fd().map_err(|source| LoadError::Program { name, source })?.as_fd()
+                }
+                _ => attachable(&self.ebpf, name)?,
+            };
+            drop(attach::link_create(file.as_fd(), fd, p.attach_type).map_err(|source| LoadError::Attach { name, source })?);
         }
         Ok(())
     }

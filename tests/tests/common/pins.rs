@@ -136,6 +136,18 @@ impl NodeAgent {
         Self { child: ChildGuard::spawn(c).unwrap(), stderr }
     }
 
+    /// Starts the agent with `args` (any command) without waiting.
+    pub fn spawn_args<S: AsRef<std::ffi::OsStr>>(bench: &Bench, args: &[S]) -> Self {
+        let stderr = fresh_path(bench.workdir(), "agent.stderr");
+        let mut c = agent_cmd();
+        c.args(args)
+            .env("PORTCULLIS_LOG_LEVEL", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap());
+        Self { child: ChildGuard::spawn(c).unwrap(), stderr }
+    }
+
     /// Starts `run` and waits for "ready".
     pub fn start(bench: &Bench, cfg: &Path, pins: &PinDir, state: &Path) -> Self {
         Self::start_bin(None, bench, cfg, pins, state)

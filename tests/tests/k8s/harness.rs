@@ -1,0 +1,196 @@
+//! A node as kubelet lays it out, for the Kubernetes agent's end-to-end
+//! tests: cgroups named exactly as kubelet names them (systemd or cgroupfs
+//! driver) under a test root, pod objects in the fake API server, workloads
+//! (`reload.py`) in the pods' container cgroups and the bench's pod
+//! namespace, and `portcullis agent` pointed at all of it.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{ChildStdin, ChildStdout, Stdio},
+    time::Duration,
+};
+
+use portcullis_tests::{Bench, ChildGuard, fakeapi::FakeApi, servers::python};
+use serde_json::{Value, json};
+
+use crate::common::{
+    TestCgroup,
+    pins::{NodeAgent, PinDir, in_cgroup_cmd},
+    wait_for,
+};
+
+pub const NODE: &str = "node-a";
+const RELOAD_PY: &str = include_str!("../../clients/reload.py");
+
+/// Kubelet's pod parent and its QoS levels.
+pub struct Kubelet {
+    pub root: TestCgroup,
+    pub kubepods: PathBuf,
+    pub systemd: bool,
+}
+
+impl Kubelet {
+    pub fn new(tag: &str, systemd: bool) -> Self {
+        let root = TestCgroup::create(tag);
+        let kubepods = root.path.join(if systemd { "kubepods.slice" } else { "kubepods" });
+        for level in if systemd { ["kubepods-burstable.slice", "kubepods-besteffort.slice"] } else { ["burstable", "besteffort"] }
+        {
+            std::fs::create_dir_all(kubepods.join(level)).unwrap();
+        }
+        Self { root, kubepods, systemd }
+    }
+
+    /// Creates the pod's cgroup and one container cgroup (containerd's
+    /// name for it), as kubelet and the runtime do; returns the container's.
+    pub fn create_pod(&self, uid: &str, qos: &str) -> PathBuf {
+        let id = format!("{:0>64}", uid.replace('-', ""));
+        let (pod, container) = match (self.systemd, qos) {
+            (true, "Guaranteed") => (self.kubepods.join(format!("kubepods-pod{}.slice", uid.replace('-', "_"))), None),
+            (true, q) => {
+                let l = q.to_ascii_lowercase();
+                (self.kubepods.join(format!("kubepods-{l}.slice/kubepods-{l}-pod{}.slice", uid.replace('-', "_"))), None)
+            }
+            (false, "Guaranteed") => (self.kubepods.join(format!("pod{uid}")), Some(id.clone())),
+            (false, q) => (self.kubepods.join(q.to_ascii_lowercase()).join(format!("pod{uid}")), Some(id.clone())),
+        };
+        let container = pod.join(container.unwrap_or_else(|| format!("cri-containerd-{id}.scope")));
+        std::fs::create_dir_all(&container).unwrap();
+        container
+    }
+
+    /// Kills the pod's processes and removes its cgroups (kubelet on delete).
+    pub fn remove_pod(&self, container: &Path) {
+        let pod = container.parent().unwrap();
+        let _ = std::fs::write(pod.join("cgroup.kill"), "1");
+        wait_for("pod cgroup removed", Duration::from_secs(5), || {
+            let _ = std::fs::remove_dir(container);
+            std::fs::remove_dir(pod).ok()
+        });
+    }
+}
+
+/// Creates a pod object (the API server gives it its UID) and returns
+/// the UID.
+pub fn create_pod(api: &FakeApi, ns: &str, name: &str, labels: Value) -> String {
+    let stored = api.apply(&pod(ns, name, labels)).unwrap();
+    stored["metadata"]["uid"].as_str().unwrap().to_owned()
+}
+
+pub fn pod(ns: &str, name: &str, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {"nodeName": NODE, "containers": [{"name": "agent", "image": "agent:1",
+            "securityContext": {"capabilities": {"drop": ["ALL"]}}}]},
+        "status": {"phase": "Running", "qosClass": "BestEffort"}})
+}
+
+pub fn namespace(name: &str, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
+}
+
+/// An EgressPolicy allowing `names` on 443 to the pods `selector` selects.
+pub fn policy(ns: &str, name: &str, selector: Value, names: &[&str]) -> Value {
+    let fqdns: Vec<Value> = names.iter().map(|n| json!({"matchName": n})).collect();
+    json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "EgressPolicy",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"podSelector": selector, "egress": [{"toFQDNs": fqdns, "ports": [{"port": 443}]}]}})
+}
+
+/// The agent under test.
+pub fn start_agent(bench: &Bench, api: &FakeApi, kubelet: &Kubelet, pins: &PinDir, metrics: std::net::SocketAddr) -> NodeAgent {
+    let state = bench.workdir().join("state");
+    let log = bench.workdir().join("blocked.jsonl");
+    let kubepods = kubelet.kubepods.display().to_string();
+    NodeAgent::spawn_args(
+        bench,
+        &[
+            "agent",
+            "--node-name",
+            NODE,
+            "--api-server",
+            &api.url(),
+            "--kubepods",
+            &kubepods,
+            "--pin-path",
+            pins.0.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--metrics-addr",
+            &metrics.to_string(),
+            "--log",
+            log.to_str().unwrap(),
+        ],
+    )
+}
+
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// A `reload.py` process in a container cgroup and the bench pod.
+pub struct Workload {
+    _child: ChildGuard,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    pub name: String,
+}
+
+impl Workload {
+    pub fn start(bench: &Bench, container: &Path, name: &str) -> Self {
+        let script = crate::common::write_file(bench.workdir(), "reload.py", RELOAD_PY);
+        let mut c = in_cgroup_cmd(bench, container, &format!("{} -u {}", python().display(), script.display()));
+        c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
+        let mut child = ChildGuard::spawn(c).unwrap();
+        let stdin = child.child_mut().stdin.take().unwrap();
+        let stdout = BufReader::new(child.child_mut().stdout.take().unwrap());
+        let mut w = Self { _child: child, stdin, stdout, name: name.to_owned() };
+        assert_eq!(w.ask_raw(None), json!({"ready": true}));
+        w
+    }
+
+    fn ask_raw(&mut self, cmd: Option<&str>) -> Value {
+        if let Some(cmd) = cmd {
+            writeln!(self.stdin, "{cmd}").unwrap();
+        }
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{}: {e}: {line:?}", self.name))
+    }
+
+    pub fn ask(&mut self, cmd: &str) -> Value {
+        self.ask_raw(Some(cmd))
+    }
+
+    /// Resolves `name` and connects to what it resolved to on `port`.
+    pub fn reach(&mut self, name: &str, port: u16) -> Result<(), String> {
+        let r = self.ask(&format!("resolve {name}"));
+        let Some(ip) = r["ips"].get(0).and_then(Value::as_str).map(str::to_owned) else {
+            return Err(format!("resolve {name}: {r}"));
+        };
+        let c = self.ask(&format!("connect {ip} {port}"));
+        if c["ok"] == true { Ok(()) } else { Err(format!("connect {ip}:{port}: {c}")) }
+    }
+
+    /// Connects to an address directly.
+    pub fn connect(&mut self, ip: &str, port: u16) -> Result<(), String> {
+        let c = self.ask(&format!("connect {ip} {port}"));
+        if c["ok"] == true { Ok(()) } else { Err(c.to_string()) }
+    }
+
+    /// Waits until `reach` gives `want` (the agent applies API changes
+    /// asynchronously).
+    pub fn eventually(&mut self, name: &str, port: u16, want: bool) {
+        let who = self.name.clone();
+        wait_for(&format!("{who}: {name}:{port} reachable={want}"), Duration::from_secs(10), || {
+            (self.reach(name, port).is_ok() == want).then_some(())
+        });
+    }
+
+    pub fn eventually_ip(&mut self, ip: &str, port: u16, want: bool) {
+        let who = self.name.clone();
+        wait_for(&format!("{who}: {ip}:{port} reachable={want}"), Duration::from_secs(10), || {
+            (self.connect(ip, port).is_ok() == want).then_some(())
+        });
+    }
+}
