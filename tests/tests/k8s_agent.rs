@@ -15,7 +15,7 @@ use common::{
     pins::{PinDir, endpoints},
     scrape, series, wait_for,
 };
-use k8s::harness::{Kubelet, Workload, create_pod, free_addr, namespace, policy, start_agent};
+use k8s::harness::{Kubelet, Workload, apply_dir, create_pod, free_addr, namespace, pod_qos, policy, start_agent};
 use portcullis_tests::{Bench, fakeapi::FakeApi, require_root};
 use serde_json::json;
 
@@ -130,4 +130,147 @@ fn scrape_ok(addr: std::net::SocketAddr, path: &str) -> bool {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     out.starts_with("HTTP/1.1 200")
+}
+
+/// The seed articles' workspaces (`deploy/examples/workspaces`, applied as
+/// checked in) on a cgroupfs-driver node: the platform team's
+/// ClusterEgressPolicy selects pods by namespace label, its `toServices`
+/// rule opens exactly the control plane's ClusterIP (inside the
+/// always-denied 10/8) and follows it when it changes.
+#[test]
+fn cluster_policies_select_by_namespace_label_and_services_are_followed() {
+    if !require_root() {
+        return;
+    }
+    let bench = Bench::builder().start().unwrap();
+    let api = FakeApi::start().unwrap();
+    let kubelet = Kubelet::new("k8s-cgroupfs", false);
+    let pins = PinDir::new("k8s-cgroupfs");
+    let metrics = free_addr();
+    assert_eq!(apply_dir(&api, "deploy/examples/workspaces"), 5);
+    api.apply(&namespace("agent-control", json!({}))).unwrap();
+    api.apply(&namespace("scratch", json!({}))).unwrap();
+    let service = |ip: &str| {
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "control-plane", "namespace": "agent-control"},
+            "spec": {"clusterIP": ip, "clusterIPs": [ip], "ports": [{"port": 8443}]}})
+    };
+    api.apply(&service("10.96.0.10")).unwrap();
+    let mut pods = Vec::new();
+    for (ns, name, qos) in
+        [("ws-acme-corp", "acme", "Burstable"), ("ws-globex", "globex", "Guaranteed"), ("scratch", "x", "BestEffort")]
+    {
+        let stored = api.apply(&pod_qos(ns, name, json!({"app": "agent"}), qos)).unwrap();
+        let container = kubelet.create_pod(stored["metadata"]["uid"].as_str().unwrap(), qos);
+        pods.push(Workload::start(&bench, &container, name));
+    }
+    let mut agent = start_agent(&bench, &api, &kubelet, &pins, metrics);
+    agent.wait_message("ready: every watch listed, pods reconciled");
+    let [acme, globex, scratch] = pods.as_mut_slice() else { unreachable!() };
+    let text = scrape(metrics);
+    for (pod, n) in
+        [("ws-acme-corp\",source_pod=\"acme", 2.0), ("ws-globex\",source_pod=\"globex", 2.0), ("scratch\",source_pod=\"x", 0.0)]
+    {
+        assert_eq!(series(&text, &format!("portcullis_pod_policies{{source_namespace=\"{pod}\"}}")), Some(n), "{pod}: {text}");
+    }
+    // The control plane's ClusterIP, on its port only, from workspaces only.
+    acme.connect("10.96.0.10", 8443).expect("acme: toServices opens the control plane's ClusterIP");
+    globex.connect("10.96.0.10", 8443).expect("globex too");
+    assert!(acme.connect("10.96.0.10", 443).unwrap_err().contains("EPERM"), "another port of it");
+    assert!(scratch.connect("10.96.0.10", 8443).unwrap_err().contains("EPERM"), "an unlabelled namespace");
+    assert!(acme.connect(OTHER_IP, 8443).is_err());
+    // The Service moves: the old address closes, the new one opens.
+    api.apply(&service(OTHER_IP)).unwrap();
+    acme.eventually_ip(OTHER_IP, 8443, true);
+    acme.eventually_ip("10.96.0.10", 8443, false);
+    assert!(scratch.connect(OTHER_IP, 8443).is_err());
+    // The namespace loses its workspace label: the cluster policy lets go.
+    api.apply(&namespace("ws-globex", json!({}))).unwrap();
+    globex.eventually_ip(OTHER_IP, 8443, false);
+    acme.connect(OTHER_IP, 8443).expect("acme is still a workspace");
+    // Names: ws-globex allows only api.anthropic.com, which the bench's
+    // resolver does not know; api.example.test is refused by the gate.
+    assert_eq!(globex.ask("resolve api.example.test")["ok"], false);
+    drop(agent);
+}
+
+/// Enforcement never depends on the API server being there: an outage
+/// changes nothing, its return resyncs (including what changed meanwhile),
+/// a `410 Gone` re-list drops a pod deleted in the gap, and an agent
+/// restarted while the API server is unreachable enforces every pod it
+/// knew, prunes nothing, denies a pod created while it was down, and
+/// classifies it once the API server is back.
+#[test]
+fn outages_gone_lists_and_restarts_never_open_or_prune() {
+    if !require_root() {
+        return;
+    }
+    let bench = Bench::builder().start().unwrap();
+    let api = FakeApi::start().unwrap();
+    let kubelet = Kubelet::new("k8s-outage", true);
+    let pins = PinDir::new("k8s-outage");
+    let metrics = free_addr();
+    api.apply(&namespace("ws-a", json!({}))).unwrap();
+    api.apply(&policy("ws-a", "models", json!({}), &["api.example.test"])).unwrap();
+    let ua = create_pod(&api, "ws-a", "a", json!({}));
+    let ca = kubelet.create_pod(&ua, "BestEffort");
+    let mut a = Workload::start(&bench, &ca, "a");
+    let mut agent = start_agent(&bench, &api, &kubelet, &pins, metrics);
+    agent.wait_message("ready: every watch listed, pods reconciled");
+    a.reach("api.example.test", 443).expect("a: allowed");
+
+    // The API server goes away: nothing changes.
+    api.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    a.reach("api.example.test", 443).expect("a: still allowed without the API server");
+    assert!(a.connect(OTHER_IP, 443).unwrap_err().contains("EPERM"), "a: still denied the rest");
+    // It changed meanwhile; its return resyncs.
+    api.delete("egresspolicies", Some("ws-a"), "models");
+    api.restart().unwrap();
+    a.eventually_ip(API_IP, 443, false);
+
+    // 410 Gone: a pod deleted while the watch was down and history
+    // compacted is found gone by the re-list.
+    let ida = cgroup_id(ca.parent().unwrap());
+    assert!(endpoints(&pins).contains_key(&ida));
+    api.stop();
+    api.delete("pods", Some("ws-a"), "a");
+    api.compact();
+    api.restart().unwrap();
+    wait_for("a's endpoint removed after the re-list", Duration::from_secs(15), || {
+        (!endpoints(&pins).contains_key(&ida)).then_some(())
+    });
+
+    // Restart without the API server.
+    api.apply(&policy("ws-a", "models", json!({}), &["api.example.test"])).unwrap();
+    let ub = create_pod(&api, "ws-a", "b", json!({}));
+    let cb = kubelet.create_pod(&ub, "BestEffort");
+    let mut b = Workload::start(&bench, &cb, "b");
+    b.eventually("api.example.test", 443, true);
+    let idb = cgroup_id(cb.parent().unwrap());
+    agent.child.stop();
+    // No agent: pinned links keep enforcing; a new pod is denied.
+    b.connect(API_IP, 443).expect("b: its learned address stays in the pinned maps");
+    assert!(b.connect(OTHER_IP, 443).unwrap_err().contains("EPERM"));
+    let ud = create_pod(&api, "ws-a", "d", json!({}));
+    let cd = kubelet.create_pod(&ud, "BestEffort");
+    let mut d = Workload::start(&bench, &cd, "d");
+    assert!(d.connect(API_IP, 443).unwrap_err().contains("EPERM"), "d: created while no agent ran: denied");
+    api.stop();
+    let mut agent = start_agent(&bench, &api, &kubelet, &pins, metrics);
+    let restored = agent.wait_message("pods of the previous agent enforced");
+    assert_eq!(restored["restored"], 1, "{restored}");
+    agent.wait_message("attached: pods not classified yet are denied");
+    // Past a resync pass (every 2 s) on the empty, unlisted stores.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(endpoints(&pins).contains_key(&idb), "b pruned without the API server");
+    b.reach("api.example.test", 443).expect("b: enforced as before, DNS included");
+    assert!(b.connect(OTHER_IP, 443).unwrap_err().contains("EPERM"));
+    assert!(d.connect(API_IP, 443).unwrap_err().contains("EPERM"), "d: still unknown");
+    assert!(!scrape_ok(metrics, "/readyz"), "not ready before every watch listed");
+    api.restart().unwrap();
+    agent.wait_message("ready: every watch listed, pods reconciled");
+    d.eventually("api.example.test", 443, true);
+    assert!(d.connect(OTHER_IP, 443).is_err());
+    assert!(scrape_ok(metrics, "/readyz"));
+    drop(agent);
 }

@@ -25,7 +25,8 @@ const RELOAD_PY: &str = include_str!("../../clients/reload.py");
 
 /// Kubelet's pod parent and its QoS levels.
 pub struct Kubelet {
-    pub root: TestCgroup,
+    /// Removed (with every pod below) when the test ends.
+    _root: TestCgroup,
     pub kubepods: PathBuf,
     pub systemd: bool,
 }
@@ -38,7 +39,7 @@ impl Kubelet {
         {
             std::fs::create_dir_all(kubepods.join(level)).unwrap();
         }
-        Self { root, kubepods, systemd }
+        Self { _root: root, kubepods, systemd }
     }
 
     /// Creates the pod's cgroup and one container cgroup (containerd's
@@ -58,16 +59,6 @@ impl Kubelet {
         std::fs::create_dir_all(&container).unwrap();
         container
     }
-
-    /// Kills the pod's processes and removes its cgroups (kubelet on delete).
-    pub fn remove_pod(&self, container: &Path) {
-        let pod = container.parent().unwrap();
-        let _ = std::fs::write(pod.join("cgroup.kill"), "1");
-        wait_for("pod cgroup removed", Duration::from_secs(5), || {
-            let _ = std::fs::remove_dir(container);
-            std::fs::remove_dir(pod).ok()
-        });
-    }
 }
 
 /// Creates a pod object (the API server gives it its UID) and returns
@@ -78,15 +69,38 @@ pub fn create_pod(api: &FakeApi, ns: &str, name: &str, labels: Value) -> String 
 }
 
 pub fn pod(ns: &str, name: &str, labels: Value) -> Value {
+    pod_qos(ns, name, labels, "BestEffort")
+}
+
+pub fn pod_qos(ns: &str, name: &str, labels: Value, qos: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": ns, "labels": labels},
         "spec": {"nodeName": NODE, "containers": [{"name": "agent", "image": "agent:1",
             "securityContext": {"capabilities": {"drop": ["ALL"]}}}]},
-        "status": {"phase": "Running", "qosClass": "BestEffort"}})
+        "status": {"phase": "Running", "qosClass": qos}})
 }
 
 pub fn namespace(name: &str, labels: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
+}
+
+/// Applies every object of the YAML files of `dir` (the repository's
+/// `deploy/examples/...`), as `kubectl apply -f dir` would.
+pub fn apply_dir(api: &FakeApi, dir: &str) -> usize {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(dir);
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".yaml") || name == "kustomization.yaml" {
+            continue;
+        }
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        for obj in serde_saphyr::from_multiple::<Value>(&text).unwrap() {
+            api.apply(&obj).unwrap_or_else(|err| panic!("{name}: {err}"));
+            n += 1;
+        }
+    }
+    n
 }
 
 /// An EgressPolicy allowing `names` on 443 to the pods `selector` selects.
