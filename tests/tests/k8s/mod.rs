@@ -1,1 +1,4 @@
+#![allow(dead_code, reason = "each test binary uses a different part of this harness")]
+
 pub mod harness;
+pub mod rawbpf;
