@@ -66,6 +66,12 @@ pub struct BenchArgs {
     /// costs) and of DNS latency, spread over the run.
     #[arg(long, default_value = "11")]
     pub stats_rounds: usize,
+    /// Pods for the Kubernetes agent's time-to-enforce row (0: skip it).
+    #[arg(long, default_value = "20")]
+    pub k8s_pods: usize,
+    /// Only the time-to-enforce row.
+    #[arg(long)]
+    pub only_k8s: bool,
 }
 
 /// Also each configuration's index in the run's list of clients.
@@ -243,12 +249,32 @@ pub fn run(args: &BenchArgs, env: &Env) -> Result<()> {
     })?;
     bench.adopt(server);
     thread::sleep(Duration::from_millis(300));
+    let portcullis =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from).join("release/portcullis");
+    let k8s_row = |bench: &Bench| -> Result<Option<String>> {
+        if args.k8s_pods == 0 {
+            return Ok(None);
+        }
+        println!("bench: Kubernetes agent, time to enforce ({} pods) ...", args.k8s_pods);
+        let ms = crate::bench_k8s::time_to_enforce(
+            bench,
+            bench.pod_ns_name(Config::Portcullis.pod()),
+            &portcullis,
+            cgroup2,
+            args.k8s_pods,
+        )?;
+        Ok(Some(crate::bench_k8s::summary(&ms)))
+    };
+    if args.only_k8s {
+        if let Some(line) = k8s_row(&bench)? {
+            println!("Kubernetes agent: time from a pod's cgroup appearing to its policy in force: {line}");
+        }
+        return Ok(());
+    }
     let policy = bench.workdir().join("bench-policy.yaml");
     fs::write(&policy, POLICY)?;
     nft(&bench, Config::Nftables.pod(), &["-f", "-"], Some(&nft_script("pcbench")))?;
     let stats = BpfStats::take()?;
-    let portcullis =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from).join("release/portcullis");
     let run_agent = RunAgent::start(&bench, &portcullis, POLICY, cgroup2).context("starting portcullis run")?;
     if let Some((client, server)) = pinning() {
         println!("bench: load clients pinned to CPU {client}, servers to CPU {server}");
@@ -265,7 +291,11 @@ pub fn run(args: &BenchArgs, env: &Env) -> Result<()> {
         c.finish()?;
     }
     let log = run_agent.log_summary();
+    let k8s = k8s_row(&bench)?;
     crate::bench_report::report(&results, &progs, cpu, args, log);
+    if let Some(line) = k8s {
+        println!("\nKubernetes agent: time from a pod's cgroup appearing to its policy in force: {line}");
+    }
     drop(run_agent);
     drop(floor);
     drop(bench);

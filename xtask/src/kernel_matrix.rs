@@ -22,7 +22,7 @@ pub const KERNELS: [&str; 2] = ["6.1", "6.12"];
 /// 6.12 runs what depends on the kernel (program loads and verdicts, the
 /// packet paths, the DNS hold and gate redirects, pinning), not the suites
 /// whose 6.1 and 6.18 runs already cover their user-space logic.
-const SUITES: [(&str, &str, Option<&str>, bool); 9] = [
+const SUITES: [(&str, &str, Option<&str>, bool); 10] = [
     ("portcullis", "prog_test_run", None, true),
     ("portcullis-tests", "bypass_flows", None, true),
     ("portcullis-tests", "bypass_exec", None, false),
@@ -35,6 +35,10 @@ const SUITES: [(&str, &str, Option<&str>, bool); 9] = [
     // costs minutes under emulation).
     ("portcullis-tests", "restart", Some("--skip an_upgrade"), true),
     ("portcullis-tests", "run_mode", Some("variants"), true),
+    // The Kubernetes agent's attach at the kubelet pod parent next to
+    // another agent's cgroup programs: the kernel's program order and
+    // its EPERM under a flag-less ancestor, on the oldest kernel.
+    ("portcullis-tests", "k8s_cilium", None, false),
 ];
 
 /// The first kernel, which runs every suite.

@@ -15,6 +15,7 @@
 
 mod bench;
 mod bench_env;
+mod bench_k8s;
 mod bench_load;
 mod bench_report;
 mod calibrate;

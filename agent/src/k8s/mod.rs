@@ -54,8 +54,9 @@ use crate::{
 /// How long the loop waits when nothing is pending; a pass runs at least
 /// this often (level-based: it repairs anything an event missed).
 const RESYNC: Duration = Duration::from_secs(2);
-/// How often pods waiting for their cgroup or resolvers are looked at.
-const PENDING_TICK: Duration = Duration::from_millis(20);
+/// How often pods waiting for their cgroup or resolvers are looked at
+/// (a few `stat`s each; a full pass only once one is there).
+const PENDING_TICK: Duration = Duration::from_millis(2);
 
 pub fn run(args: &AgentArgs) -> Result<()> {
     let mut signals = SigSet::empty();
@@ -193,7 +194,8 @@ fn watch_and_reconcile(agent: &mut Agent, node: &mut Node, args: &AgentArgs, sig
             return Ok(());
         }
         let woke = poked.recv_timeout(wait.min(Duration::from_millis(200))).is_ok();
-        if !woke && pending == 0 && last.elapsed() < RESYNC {
+        let due = last.elapsed() >= RESYNC || (pending > 0 && node.wait_over());
+        if !woke && !due {
             continue;
         }
         if woke {

@@ -58,6 +58,16 @@ pub struct Node {
     pod_dns: HashMap<String, Vec<SocketAddr>>,
     /// When each pod UID was first seen without its policy in force.
     waiting_since: HashMap<String, Instant>,
+    /// What the pods waiting in the last pass wait for.
+    waiting: Vec<Waiting>,
+}
+
+/// What a pod waits for before its policy can be in force.
+enum Waiting {
+    /// Its cgroup (UID, QoS class).
+    Cgroup(String, Option<String>),
+    /// A process whose resolv.conf names its resolvers (its cgroup).
+    Resolvers(PathBuf),
 }
 
 /// How a pass went.
@@ -81,7 +91,17 @@ impl Node {
             resolved: HashMap::new(),
             pod_dns: HashMap::new(),
             waiting_since: HashMap::new(),
+            waiting: Vec::new(),
         }
+    }
+
+    /// Whether what a waiting pod waits for is there now (cheap: a few
+    /// `stat`s, or a process list, per waiting pod): then a pass is due.
+    pub fn wait_over(&self) -> bool {
+        self.waiting.iter().any(|w| match w {
+            Waiting::Cgroup(uid, qos) => self.kubepods.find_pod(uid, qos.as_deref()).is_some(),
+            Waiting::Resolvers(dir) => resolvers::of_pod(dir).is_some(),
+        })
     }
 
     /// Enforces `r` as is (start-up: the agent's own pod, the endpoints
@@ -105,6 +125,7 @@ impl Node {
         let mut next_resolved: HashMap<u64, Resolved> = HashMap::new();
         let mut rows = Vec::with_capacity(wants.len());
         let mut pending = 0;
+        self.waiting.clear();
         let by_uid: HashMap<String, u64> = self.resolved.iter().map(|(c, r)| (r.uid.clone(), *c)).collect();
         for w in &wants {
             let mut gaps = w.pod.gaps.clone();
@@ -112,7 +133,10 @@ impl Node {
             match self.resolve(w) {
                 Ok((r, dns_pending)) => match r.prepare() {
                     Ok(p) => {
-                        waiting |= dns_pending;
+                        if dns_pending {
+                            waiting = true;
+                            self.waiting.push(Waiting::Resolvers(r.cgroup.clone()));
+                        }
                         next_resolved.insert(p.cgroup_id, r);
                         next.push(p);
                     }
@@ -139,6 +163,7 @@ impl Node {
                 Err(()) => {
                     gaps.push(Gap::CgroupNotFound);
                     waiting = true;
+                    self.waiting.push(Waiting::Cgroup(w.pod.uid.clone(), w.pod.qos.clone()));
                 }
             }
             if waiting {
