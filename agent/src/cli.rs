@@ -85,6 +85,10 @@ pub struct AgentArgs {
     /// cannot be read yet (kubelet's `clusterDNS`).
     #[arg(long, env = "PORTCULLIS_CLUSTER_DNS", value_delimiter = ',', value_name = "IP")]
     pub cluster_dns: Vec<std::net::IpAddr>,
+    /// Kubelet's config file: its `clusterDNS` is used when `--cluster-dns`
+    /// is not given (missing file: learned from pods' resolv.conf instead).
+    #[arg(long, env = "PORTCULLIS_KUBELET_CONFIG", value_name = "FILE", default_value = "/var/lib/kubelet/config.yaml")]
+    pub kubelet_config: PathBuf,
     /// Pin programs and maps here: enforcement outlives the agent.
     #[arg(long, env = "PORTCULLIS_PIN_PATH", value_name = "DIR")]
     pub pin_path: Option<PathBuf>,

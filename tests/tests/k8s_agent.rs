@@ -15,7 +15,9 @@ use common::{
     pins::{PinDir, endpoints},
     scrape, series, wait_for,
 };
-use k8s::harness::{Kubelet, Workload, apply_dir, create_pod, free_addr, namespace, pod_qos, policy, start_agent};
+use k8s::harness::{
+    Kubelet, Workload, apply_dir, create_pod, free_addr, namespace, pod_qos, policy, start_agent, start_agent_with,
+};
 use portcullis_tests::{Bench, fakeapi::FakeApi, require_root};
 use serde_json::json;
 
@@ -163,7 +165,11 @@ fn cluster_policies_select_by_namespace_label_and_services_are_followed() {
         let container = kubelet.create_pod(stored["metadata"]["uid"].as_str().unwrap(), qos);
         pods.push(Workload::start(&bench, &container, name));
     }
-    let mut agent = start_agent(&bench, &api, &kubelet, &pins, metrics);
+    // Kubelet's config names the cluster's DNS (the bench's resolver).
+    std::fs::write(bench.workdir().join("kubelet-config.yaml"), "kind: KubeletConfiguration\nclusterDNS: [198.51.100.53]\n")
+        .unwrap();
+    let mut agent = start_agent_with(&bench, &api, &kubelet, &pins, metrics, &["--pod-events"]);
+    agent.wait_message("kubelet's clusterDNS");
     agent.wait_message("ready: every watch listed, pods reconciled");
     let [acme, globex, scratch] = pods.as_mut_slice() else { unreachable!() };
     let text = scrape(metrics);
@@ -177,6 +183,22 @@ fn cluster_policies_select_by_namespace_label_and_services_are_followed() {
     globex.connect("10.96.0.10", 8443).expect("globex too");
     assert!(acme.connect("10.96.0.10", 443).unwrap_err().contains("EPERM"), "another port of it");
     assert!(scratch.connect("10.96.0.10", 8443).unwrap_err().contains("EPERM"), "an unlabelled namespace");
+    // --pod-events: one Event on the pod, however many attempts.
+    for _ in 0..5 {
+        assert!(scratch.connect("10.96.0.10", 8443).is_err());
+    }
+    wait_for("an Event on pod x", Duration::from_secs(10), || {
+        api.events().iter().any(|e| e["regarding"]["name"] == "x").then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let events: Vec<_> = api.events().into_iter().filter(|e| e["regarding"]["name"] == "x").collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let ev = &events[0];
+    assert_eq!((ev["reason"].as_str(), ev["type"].as_str()), (Some("EgressBlocked"), Some("Warning")), "{ev}");
+    assert_eq!(ev["regarding"]["uid"], pod_uid(&api, "scratch", "x"), "{ev}");
+    let note = ev["note"].as_str().unwrap_or_default();
+    assert!(note.contains("10.96.0.10:8443") && note.contains("blocked-connection log"), "{note}");
+    assert!(api.events().iter().all(|e| e["regarding"]["name"] != "globex"), "none for a pod nothing was blocked of");
     assert!(acme.connect(OTHER_IP, 8443).is_err());
     // The Service moves: the old address closes, the new one opens.
     api.apply(&service(OTHER_IP)).unwrap();
@@ -245,7 +267,10 @@ fn outages_gone_lists_and_restarts_never_open_or_prune() {
     let ub = create_pod(&api, "ws-a", "b", json!({}));
     let cb = kubelet.create_pod(&ub, "BestEffort");
     let mut b = Workload::start(&bench, &cb, "b");
-    b.eventually("api.example.test", 443, true);
+    if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.eventually("api.example.test", 443, true))) {
+        eprintln!("{}", std::fs::read_to_string(&agent.stderr).unwrap());
+        std::panic::resume_unwind(e);
+    }
     let idb = cgroup_id(cb.parent().unwrap());
     agent.child.stop();
     // No agent: pinned links keep enforcing; a new pod is denied.
@@ -273,4 +298,8 @@ fn outages_gone_lists_and_restarts_never_open_or_prune() {
     assert!(d.connect(OTHER_IP, 443).is_err());
     assert!(scrape_ok(metrics, "/readyz"));
     drop(agent);
+}
+
+fn pod_uid(api: &FakeApi, ns: &str, name: &str) -> serde_json::Value {
+    api.get("pods", Some(ns), name).expect("pod")["metadata"]["uid"].clone()
 }

@@ -14,6 +14,7 @@ fn pod(ns: &str, name: &str, labels: &[(&str, &str)]) -> PodInfo {
         runtime_class: None,
         finished: false,
         nameservers: None,
+        cluster_first: true,
         gaps: Vec::new(),
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod crd;
 pub mod desired;
+pub mod events;
 pub mod node;
 pub mod podcgroup;
 pub mod pods;
@@ -72,10 +73,17 @@ pub fn run(args: &AgentArgs) -> Result<()> {
     info!(kubepods = %kubepods.dir.display(), driver = ?kubepods.driver, node = %args.node_name, "starting");
     let pins = args.pin_path.as_deref().map(Pins::open).transpose().context("--pin-path")?;
     std::fs::create_dir_all(&args.state_dir).with_context(|| format!("creating {}", args.state_dir.display()))?;
+    let mut log = crate::blocked::open_log(args.log.as_deref())?;
+    let mut pod_events = None;
+    if args.pod_events {
+        let (tap, rx) = events::tap(log);
+        log = Box::new(tap);
+        pod_events = Some(rx);
+    }
     let mut agent = Agent::start(AgentOptions {
         ttl: TtlBounds::default(),
         caps: Caps::default(),
-        log: crate::blocked::open_log(args.log.as_deref())?,
+        log,
         // A cgroup below the pod parent that is no endpoint is a pod not
         // classified yet: denied.
         unmanaged_allow: false,
@@ -91,12 +99,15 @@ pub fn run(args: &AgentArgs) -> Result<()> {
     let stats = Arc::new(K8sStats::default());
     agent.k8s = Some(stats.clone());
     let settings = Settings { exempt_namespaces: args.exempt_namespaces.clone(), own_pod: args.pod_uid.clone() };
-    let cluster_dns = args.cluster_dns.iter().map(|ip| SocketAddr::new(*ip, 53)).collect();
+    let mut cluster_dns: Vec<SocketAddr> = args.cluster_dns.iter().map(|ip| SocketAddr::new(*ip, 53)).collect();
+    if cluster_dns.is_empty() {
+        cluster_dns = kubelet_cluster_dns(&args.kubelet_config);
+    }
     let mut node = Node::new(kubepods, settings, cluster_dns, Some(args.state_dir.clone()));
     node.stats = stats.clone();
     let result = (|| -> Result<()> {
         start(&mut agent, &mut node, args)?;
-        watch_and_reconcile(&mut agent, &mut node, args, &signals, &stats)
+        watch_and_reconcile(&mut agent, &mut node, args, &signals, &stats, pod_events)
     })();
     agent.shutdown();
     result
@@ -175,7 +186,14 @@ fn own_pod(kubepods: &Kubepods, uid: &str, args: &AgentArgs) -> Option<Resolved>
 }
 
 /// Steps 5-6, until SIGINT/SIGTERM.
-fn watch_and_reconcile(agent: &mut Agent, node: &mut Node, args: &AgentArgs, signals: &SigSet, stats: &K8sStats) -> Result<()> {
+fn watch_and_reconcile(
+    agent: &mut Agent,
+    node: &mut Node,
+    args: &AgentArgs,
+    signals: &SigSet,
+    stats: &K8sStats,
+    pod_events: Option<tokio::sync::mpsc::Receiver<events::Blocked>>,
+) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("portcullis-kube")
@@ -185,6 +203,10 @@ fn watch_and_reconcile(agent: &mut Agent, node: &mut Node, args: &AgentArgs, sig
     let client = rt.block_on(client(args.api_server.as_deref()))?;
     let (poke, poked) = mpsc::sync_channel(1);
     let stores = watch::start(rt.handle(), &client, &args.node_name, poke);
+    if let Some(rx) = pod_events {
+        rt.spawn(events::publish(client.clone(), args.node_name.clone(), stores.pods(), rx));
+        info!("posting Kubernetes Events on pods for blocked egress (at most one per pod per 10 minutes)");
+    }
     let mut pending = 0;
     let mut last = Instant::now();
     loop {
@@ -210,6 +232,26 @@ fn watch_and_reconcile(agent: &mut Agent, node: &mut Node, args: &AgentArgs, sig
         if snap.synced && !stats.ready() {
             stats.set_ready();
             info!(pods = snap.pods.len(), endpoints = node.enforced.len(), "ready: every watch listed, pods reconciled");
+        }
+    }
+}
+
+/// `clusterDNS` of kubelet's config file, if it is there and says.
+fn kubelet_cluster_dns(path: &std::path::Path) -> Vec<SocketAddr> {
+    #[derive(serde::Deserialize)]
+    struct KubeletConfig {
+        #[serde(default, rename = "clusterDNS")]
+        cluster_dns: Vec<std::net::IpAddr>,
+    }
+    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    match serde_saphyr::from_str::<KubeletConfig>(&text) {
+        Ok(c) => {
+            info!(file = %path.display(), cluster_dns = ?c.cluster_dns, "kubelet's clusterDNS");
+            c.cluster_dns.into_iter().map(|ip| SocketAddr::new(ip, 53)).collect()
+        }
+        Err(e) => {
+            warn!(file = %path.display(), error = %e, "cannot read clusterDNS from kubelet's config");
+            Vec::new()
         }
     }
 }

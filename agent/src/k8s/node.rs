@@ -60,6 +60,8 @@ pub struct Node {
     waiting_since: HashMap<String, Instant>,
     /// What the pods waiting in the last pass wait for.
     waiting: Vec<Waiting>,
+    /// The resolvers a ClusterFirst pod's resolv.conf named last.
+    seen_cluster_dns: Option<Vec<SocketAddr>>,
 }
 
 /// What a pod waits for before its policy can be in force.
@@ -92,6 +94,7 @@ impl Node {
             pod_dns: HashMap::new(),
             waiting_since: HashMap::new(),
             waiting: Vec::new(),
+            seen_cluster_dns: None,
         }
     }
 
@@ -253,8 +256,12 @@ impl Node {
         ))
     }
 
-    /// `dnsConfig` of a `dnsPolicy: None` pod, else its resolv.conf, else
-    /// `--cluster-dns`; empty if none is known yet.
+    /// `dnsConfig` of a `dnsPolicy: None` pod, else its resolv.conf. Before
+    /// that is readable (no container yet), a ClusterFirst pod gets the
+    /// cluster's DNS: kubelet's `clusterDNS` (`--cluster-dns`, or its
+    /// config file), else what other ClusterFirst pods' resolv.conf said
+    /// (kubelet writes the same there for all), so its first lookup is
+    /// not dropped. Empty if none is known yet (DNS denied meanwhile).
     fn pod_resolvers(&mut self, w: &Want, dir: &std::path::Path) -> Vec<SocketAddr> {
         if let Some(list) = &w.pod.nameservers {
             return list.iter().filter_map(|s| parse_dns_server(s).ok()).collect();
@@ -264,9 +271,15 @@ impl Node {
         }
         if let Some(found) = resolvers::of_pod(dir) {
             self.pod_dns.insert(w.pod.uid.clone(), found.clone());
+            if w.pod.cluster_first && self.cluster_dns.is_empty() {
+                self.seen_cluster_dns = Some(found.clone());
+            }
             return found;
         }
-        self.cluster_dns.clone()
+        if !w.pod.cluster_first {
+            return Vec::new();
+        }
+        if self.cluster_dns.is_empty() { self.seen_cluster_dns.clone().unwrap_or_default() } else { self.cluster_dns.clone() }
     }
 
     fn save(&self) {

@@ -59,6 +59,9 @@ pub struct PodInfo {
     /// `dnsPolicy: None` with `dnsConfig.nameservers`: the pod's resolvers
     /// straight from the API.
     pub nameservers: Option<Vec<String>>,
+    /// `dnsPolicy` ClusterFirst (the default) or ClusterFirstWithHostNet:
+    /// its resolver is the cluster's DNS Service.
+    pub cluster_first: bool,
     /// What its spec keeps that cgroup hooks cannot contain (not counting
     /// the cgroup, found later).
     pub gaps: Vec<Gap>,
@@ -122,6 +125,7 @@ impl PodInfo {
             runtime_class,
             finished: matches!(phase, Some("Succeeded" | "Failed")),
             nameservers,
+            cluster_first: spec.and_then(|s| s.dns_policy.as_deref()).is_none_or(|p| p.starts_with("ClusterFirst")),
             gaps,
         })
     }

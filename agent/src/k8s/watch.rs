@@ -46,6 +46,11 @@ pub struct Stores {
 }
 
 impl Stores {
+    /// The pods on this node (for Events about them).
+    pub fn pods(&self) -> Store<Pod> {
+        self.pods.clone()
+    }
+
     /// Everything on record now.
     pub fn snapshot(&self, sandboxed: &[String]) -> Snapshot {
         let services: ServiceIps = self

@@ -113,29 +113,45 @@ pub fn policy(ns: &str, name: &str, selector: Value, names: &[&str]) -> Value {
 
 /// The agent under test.
 pub fn start_agent(bench: &Bench, api: &FakeApi, kubelet: &Kubelet, pins: &PinDir, metrics: std::net::SocketAddr) -> NodeAgent {
+    start_agent_with(bench, api, kubelet, pins, metrics, &[])
+}
+
+/// The agent under test, with more flags.
+pub fn start_agent_with(
+    bench: &Bench,
+    api: &FakeApi,
+    kubelet: &Kubelet,
+    pins: &PinDir,
+    metrics: std::net::SocketAddr,
+    extra: &[&str],
+) -> NodeAgent {
     let state = bench.workdir().join("state");
     let log = bench.workdir().join("blocked.jsonl");
     let kubepods = kubelet.kubepods.display().to_string();
-    NodeAgent::spawn_args(
-        bench,
-        &[
-            "agent",
-            "--node-name",
-            NODE,
-            "--api-server",
-            &api.url(),
-            "--kubepods",
-            &kubepods,
-            "--pin-path",
-            pins.0.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--metrics-addr",
-            &metrics.to_string(),
-            "--log",
-            log.to_str().unwrap(),
-        ],
-    )
+    let (url, metrics) = (api.url(), metrics.to_string());
+    // Never the machine's own kubelet config, if it has one.
+    let kubelet_config = bench.workdir().join("kubelet-config.yaml");
+    let mut args = vec![
+        "agent",
+        "--node-name",
+        NODE,
+        "--api-server",
+        &url,
+        "--kubepods",
+        &kubepods,
+        "--pin-path",
+        pins.0.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--metrics-addr",
+        &metrics,
+        "--log",
+        log.to_str().unwrap(),
+        "--kubelet-config",
+        kubelet_config.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    NodeAgent::spawn_args(bench, &args)
 }
 
 pub fn free_addr() -> std::net::SocketAddr {
