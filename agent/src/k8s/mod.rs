@@ -204,7 +204,7 @@ fn watch_and_reconcile(
     let (poke, poked) = mpsc::sync_channel(1);
     let stores = watch::start(rt.handle(), &client, &args.node_name, poke);
     if let Some(rx) = pod_events {
-        rt.spawn(events::publish(client.clone(), args.node_name.clone(), stores.pods(), rx));
+        rt.spawn(events::publish(client, args.node_name.clone(), stores.pods(), rx));
         info!("posting Kubernetes Events on pods for blocked egress (at most one per pod per 10 minutes)");
     }
     let mut pending = 0;
