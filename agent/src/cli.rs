@@ -102,6 +102,12 @@ pub struct AgentArgs {
     /// Blocked-connection log (JSON lines); default stderr.
     #[arg(long, env = "PORTCULLIS_LOG", value_name = "FILE")]
     pub log: Option<PathBuf>,
+    /// Created once ready (every watch listed, pods reconciled): a
+    /// readiness probe that reads a file of its own container cannot be
+    /// answered by the previous agent during a rolling update, as an HTTP
+    /// probe on the shared host port can.
+    #[arg(long, env = "PORTCULLIS_READY_FILE", value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
     /// Post a Kubernetes Event on a pod when it is blocked (at most one per
     /// pod per 10 minutes), pointing at the blocked log.
     #[arg(long, env = "PORTCULLIS_POD_EVENTS")]

@@ -292,11 +292,13 @@ fn outages_gone_lists_and_restarts_never_open_or_prune() {
     assert!(b.connect(OTHER_IP, 443).unwrap_err().contains("EPERM"));
     assert!(d.connect(API_IP, 443).unwrap_err().contains("EPERM"), "d: still unknown");
     assert!(!scrape_ok(metrics, "/readyz"), "not ready before every watch listed");
+    assert!(!bench.workdir().join("ready").exists(), "the previous agent's ready file is gone");
     api.restart().unwrap();
     agent.wait_message("ready: every watch listed, pods reconciled");
     d.eventually("api.example.test", 443, true);
     assert!(d.connect(OTHER_IP, 443).is_err());
     assert!(scrape_ok(metrics, "/readyz"));
+    assert!(bench.workdir().join("ready").exists(), "the ready file");
     drop(agent);
 }
 

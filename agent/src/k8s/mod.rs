@@ -65,6 +65,15 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         signals.add(s);
     }
     signals.thread_block().context("blocking signals")?;
+    if let Some(f) = &args.ready_file {
+        // A restarted container keeps its emptyDir: not ready until this
+        // agent is.
+        match std::fs::remove_file(f) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing the old ready file {}", f.display())),
+        }
+    }
     let root = match &args.cgroup_root {
         Some(r) => r.clone(),
         None => crate::cgroup::cgroup2_mount().context("finding the cgroup2 mount (--cgroup-root)")?,
@@ -231,6 +240,11 @@ fn watch_and_reconcile(
         last = Instant::now();
         if snap.synced && !stats.ready() {
             stats.set_ready();
+            if let Some(f) = &args.ready_file
+                && let Err(e) = std::fs::write(f, b"ready\n")
+            {
+                warn!(file = %f.display(), error = %e, "cannot write the ready file");
+            }
             info!(pods = snap.pods.len(), endpoints = node.enforced.len(), "ready: every watch listed, pods reconciled");
         }
     }

@@ -131,6 +131,7 @@ pub fn start_agent_with(
     let (url, metrics) = (api.url(), metrics.to_string());
     // Never the machine's own kubelet config, if it has one.
     let kubelet_config = bench.workdir().join("kubelet-config.yaml");
+    let ready = bench.workdir().join("ready");
     let mut args = vec![
         "agent",
         "--node-name",
@@ -149,6 +150,8 @@ pub fn start_agent_with(
         log.to_str().unwrap(),
         "--kubelet-config",
         kubelet_config.to_str().unwrap(),
+        "--ready-file",
+        ready.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
     NodeAgent::spawn_args(bench, &args)
