@@ -12,7 +12,7 @@ mod k8s;
 use std::time::Duration;
 
 use common::{
-    pins::{PinDir, endpoints},
+    pins::{PinDir, endpoints, entries_of},
     scrape, series, wait_for,
 };
 use k8s::harness::{
@@ -112,9 +112,12 @@ fn pods_get_the_union_of_their_policies_and_unclassified_pods_are_denied() {
 
     // A deleted pod leaves nothing behind: its endpoint and map entries go.
     let ida = cgroup_id(ca.parent().unwrap());
-    assert!(endpoints(&pins).contains_key(&ida));
+    let id = endpoints(&pins)[&ida];
+    assert!(entries_of(&pins, id).values().any(|n| *n > 0));
     api.delete("pods", Some("ws-acme-corp"), "a");
     wait_for("a's endpoint removed", Duration::from_secs(10), || (!endpoints(&pins).contains_key(&ida)).then_some(()));
+    let left = entries_of(&pins, id);
+    assert!(left.values().all(|n| *n == 0), "a deleted pod leaves nothing in the maps: {left:?}");
     assert!(a.connect(API_IP, 443).unwrap_err().contains("EPERM"), "a's cgroup is unknown again: denied");
     let text = scrape(metrics);
     assert!(series(&text, "portcullis_pod_mode{source_namespace=\"ws-acme-corp\",source_pod=\"a\",mode=\"enforce\"}").is_none());
@@ -168,11 +171,37 @@ fn cluster_policies_select_by_namespace_label_and_services_are_followed() {
     // Kubelet's config names the cluster's DNS (the bench's resolver).
     std::fs::write(bench.workdir().join("kubelet-config.yaml"), "kind: KubeletConfiguration\nclusterDNS: [198.51.100.53]\n")
         .unwrap();
+    // Pods cgroup hooks cannot fully enforce: said per pod.
+    let mut raw = pod_qos("ws-acme-corp", "raw", json!({}), "BestEffort");
+    raw["spec"]["containers"][0]["securityContext"] = json!({});
+    let raw_uid = api.apply(&raw).unwrap()["metadata"]["uid"].as_str().unwrap().to_owned();
+    kubelet.create_pod(&raw_uid, "BestEffort");
+    let mut sandboxed = pod_qos("ws-acme-corp", "sandboxed", json!({}), "BestEffort");
+    sandboxed["spec"]["runtimeClassName"] = json!("gvisor");
+    let sandboxed_uid = api.apply(&sandboxed).unwrap()["metadata"]["uid"].as_str().unwrap().to_owned();
+    kubelet.create_pod(&sandboxed_uid, "BestEffort");
+    api.apply(&pod_qos("ws-acme-corp", "nocgroup", json!({}), "BestEffort")).unwrap();
     let mut agent = start_agent_with(&bench, &api, &kubelet, &pins, metrics, &["--pod-events"]);
     agent.wait_message("kubelet's clusterDNS");
     agent.wait_message("ready: every watch listed, pods reconciled");
     let [acme, globex, scratch] = pods.as_mut_slice() else { unreachable!() };
     let text = scrape(metrics);
+    let gap = |pod: &str, gap: &str| {
+        series(
+            &text,
+            &format!("portcullis_pod_enforcement_gaps{{source_namespace=\"ws-acme-corp\",source_pod=\"{pod}\",gap=\"{gap}\"}}"),
+        )
+    };
+    assert_eq!(gap("raw", "cap-net-raw"), Some(1.0), "a container that keeps the runtime's NET_RAW");
+    assert_eq!(gap("sandboxed", "sandboxed-runtime"), Some(1.0));
+    assert_eq!(gap("nocgroup", "cgroup-not-found"), Some(1.0));
+    assert_eq!(gap("acme", "cap-net-raw"), Some(0.0), "acme drops every capability");
+    let warned: Vec<_> = agent
+        .messages()
+        .into_iter()
+        .filter(|m| m["message"].as_str().is_some_and(|s| s.starts_with("the pod cannot be fully")))
+        .collect();
+    assert!(warned.iter().any(|m| m["pod"] == "ws-acme-corp/raw" && m["gaps"] == "cap-net-raw"), "{warned:?}");
     for (pod, n) in
         [("ws-acme-corp\",source_pod=\"acme", 2.0), ("ws-globex\",source_pod=\"globex", 2.0), ("scratch\",source_pod=\"x", 0.0)]
     {
@@ -212,6 +241,18 @@ fn cluster_policies_select_by_namespace_label_and_services_are_followed() {
     // Names: ws-globex allows only api.anthropic.com, which the bench's
     // resolver does not know; api.example.test is refused by the gate.
     assert_eq!(globex.ask("resolve api.example.test")["ok"], false);
+    // Audit: nothing is blocked, what would have been is logged as such.
+    api.apply(&json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "EgressPolicy",
+        "metadata": {"name": "trial", "namespace": "scratch"},
+        "spec": {"podSelector": {}, "mode": "audit", "egress": [{"toFQDNs": [{"matchName": "api.example.test"}]}]}}))
+        .unwrap();
+    scratch.eventually_ip("10.96.0.10", 8443, true);
+    wait_for("an audit record for x", Duration::from_secs(10), || {
+        let log = std::fs::read_to_string(bench.workdir().join("blocked.jsonl")).unwrap();
+        log.lines()
+            .any(|l| l.contains("\"verdict\":\"audit\"") && l.contains("\"pod\":\"x\"") && l.contains("10.96.0.10"))
+            .then_some(())
+    });
     drop(agent);
 }
 

@@ -60,6 +60,8 @@ pub struct Node {
     waiting_since: HashMap<String, Instant>,
     /// What the pods waiting in the last pass wait for.
     waiting: Vec<Waiting>,
+    /// What was last logged of each pod's gaps (a change is logged again).
+    logged_gaps: HashMap<String, Vec<Gap>>,
     /// The resolvers a ClusterFirst pod's resolv.conf named last.
     seen_cluster_dns: Option<Vec<SocketAddr>>,
 }
@@ -94,6 +96,7 @@ impl Node {
             pod_dns: HashMap::new(),
             waiting_since: HashMap::new(),
             waiting: Vec::new(),
+            logged_gaps: HashMap::new(),
             seen_cluster_dns: None,
         }
     }
@@ -175,15 +178,17 @@ impl Node {
             } else if let Some(t) = self.waiting_since.remove(&w.pod.uid) {
                 self.stats.observe_time_to_enforce(started.duration_since(t));
             }
-            if !gaps.is_empty() && w.mode != Mode::Exempt {
-                gaps.sort_unstable();
-                gaps.dedup();
+            if w.mode == Mode::Exempt {
+                gaps.clear();
             }
+            gaps.sort_unstable();
+            gaps.dedup();
+            self.report_gaps(w, &gaps);
             rows.push(PodRow {
                 namespace: w.pod.namespace.clone(),
                 pod: w.pod.name.clone(),
                 mode: w.mode,
-                gaps: if w.mode == Mode::Exempt { Vec::new() } else { gaps },
+                gaps,
                 policies: w.policies.len(),
                 unresolved_services: w.unresolved.len(),
             });
@@ -191,6 +196,7 @@ impl Node {
         let live: HashSet<&str> = wants.iter().map(|w| w.pod.uid.as_str()).collect();
         self.pod_dns.retain(|uid, _| live.contains(uid.as_str()));
         self.waiting_since.retain(|uid, _| live.contains(uid.as_str()));
+        self.logged_gaps.retain(|uid, _| live.contains(uid.as_str()));
         let mut plan = Plan::new(&self.enforced, next);
         if !snap.synced {
             // Not everything is on record yet: absence means nothing.
@@ -224,6 +230,24 @@ impl Node {
         }
         self.stats.set_pods(rows, snap.synced);
         Pass { pending, changed }
+    }
+
+    /// Logs what cgroup hooks cannot enforce of a pod, when that changes.
+    fn report_gaps(&mut self, w: &Want, gaps: &[Gap]) {
+        if self.logged_gaps.get(&w.pod.uid).is_some_and(|g| g == gaps)
+            || (gaps.is_empty() && !self.logged_gaps.contains_key(&w.pod.uid))
+        {
+            return;
+        }
+        let pod = format!("{}/{}", w.pod.namespace, w.pod.name);
+        if gaps.is_empty() {
+            info!(pod = %pod, "the pod is fully enforced now");
+        } else {
+            let list: Vec<&str> = gaps.iter().map(|g| g.as_str()).collect();
+            warn!(pod = %pod, gaps = %list.join(","), mode = w.mode.as_str(),
+                "the pod cannot be fully enforced by cgroup hooks (portcullis_pod_enforcement_gaps)");
+        }
+        self.logged_gaps.insert(w.pod.uid.clone(), gaps.to_vec());
     }
 
     /// The pod's cgroup, resolvers and final spec; `Err` if its cgroup is

@@ -6,43 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Pod, SecurityContext};
 
-/// Something about a pod that cgroup hooks cannot contain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Gap {
-    /// `hostNetwork` in an enforced namespace: its sockets share the node's
-    /// namespace (loopback rules are the host's).
-    HostNetwork,
-    /// A privileged container can leave its cgroup, load programs, and
-    /// change the node's network.
-    Privileged,
-    /// `CAP_NET_RAW` (granted by container runtimes by default): packet
-    /// sockets bypass the cgroup hooks (the veth backstop closes this).
-    NetRaw,
-    /// `CAP_NET_ADMIN`: TUN devices and forwarding bypass them.
-    NetAdmin,
-    /// gVisor or Kata: their traffic runs no cgroup program at all (it
-    /// leaves through a packet socket or a VM's tap). Needs TC mode.
-    SandboxedRuntime,
-    /// No cgroup found for the pod (yet): the parent attach point denies
-    /// whatever it sends, but the policy is not in force either.
-    CgroupNotFound,
-}
-
-impl Gap {
-    pub const ALL: [Gap; 6] =
-        [Gap::HostNetwork, Gap::Privileged, Gap::NetRaw, Gap::NetAdmin, Gap::SandboxedRuntime, Gap::CgroupNotFound];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Gap::HostNetwork => "host-network",
-            Gap::Privileged => "privileged",
-            Gap::NetRaw => "cap-net-raw",
-            Gap::NetAdmin => "cap-net-admin",
-            Gap::SandboxedRuntime => "sandboxed-runtime",
-            Gap::CgroupNotFound => "cgroup-not-found",
-        }
-    }
-}
+pub use crate::telemetry::k8s::Gap;
 
 /// A pod as the reconciler sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -26,7 +26,10 @@ use tokio::{
 };
 use tracing::warn;
 
-use super::coverage::{Coverage, Held};
+use super::{
+    coverage::{Coverage, Held},
+    exposition::{esc, family},
+};
 use crate::{
     dnsgate::DnsStats,
     enforcer::{EndpointView, Enforcer},
@@ -94,15 +97,6 @@ async fn answer(mut conn: TcpStream, src: &Sources) -> std::io::Result<()> {
     conn.write_all(head.as_bytes()).await?;
     conn.write_all(body.as_bytes()).await?;
     conn.shutdown().await
-}
-
-/// A label value, escaped as the exposition format wants.
-pub(super) fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-pub(super) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 /// What a scrape reads, none of it behind the lock the DNS and connect
@@ -290,15 +284,4 @@ pub fn render(src: &Sources) -> String {
         k.render(&mut out);
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::esc;
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(esc("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-        assert_eq!(esc("plain-pod-0"), "plain-pod-0");
-    }
 }

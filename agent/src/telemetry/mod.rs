@@ -3,5 +3,6 @@
 //! cannot contain (`coverage`), and the Kubernetes agent's pods (`k8s`).
 
 pub mod coverage;
+pub mod exposition;
 pub mod k8s;
 pub mod metrics;
