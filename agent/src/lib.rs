@@ -13,6 +13,7 @@ pub mod dnsgate;
 pub mod enforcer;
 pub mod exec;
 pub mod handover;
+#[cfg(feature = "k8s")]
 pub mod k8s;
 pub mod policy;
 pub mod reconcile;

@@ -48,15 +48,19 @@ fn main() -> ExitCode {
             init_tracing(true);
             run::run(args).map(|()| 0)
         }
+        #[cfg(feature = "k8s")]
         Command::Agent(args) => {
             init_tracing(true);
             portcullis::k8s::run(args).map(|()| 0)
         }
+        #[cfg(not(feature = "k8s"))]
+        Command::Agent(_) | Command::Crds(_) => Err(anyhow::anyhow!("built without the `k8s` feature")),
         Command::Unpin(args) => {
             init_tracing(false);
             run::unpin(args).map(|()| 0)
         }
         Command::CheckPolicy(args) => check::run(args).map(|()| 0).map_err(Into::into),
+        #[cfg(feature = "k8s")]
         Command::Crds(args) => portcullis::k8s::crd::print(args.out.as_deref()).map(|()| 0),
     };
     match result {

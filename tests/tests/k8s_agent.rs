@@ -16,7 +16,7 @@ use common::{
     scrape, series, wait_for,
 };
 use k8s::harness::{
-    Kubelet, Workload, apply_dir, create_pod, free_addr, namespace, pod_qos, policy, start_agent, start_agent_with,
+    Kubelet, Runtime, Workload, apply_dir, create_pod, free_addr, namespace, pod_qos, policy, start_agent, start_agent_with,
 };
 use portcullis_tests::{Bench, fakeapi::FakeApi, require_root};
 use serde_json::json;
@@ -161,11 +161,14 @@ fn cluster_policies_select_by_namespace_label_and_services_are_followed() {
     };
     api.apply(&service("10.96.0.10")).unwrap();
     let mut pods = Vec::new();
-    for (ns, name, qos) in
-        [("ws-acme-corp", "acme", "Burstable"), ("ws-globex", "globex", "Guaranteed"), ("scratch", "x", "BestEffort")]
-    {
+    // containerd's and CRI-O's container cgroup names.
+    for (ns, name, qos, runtime) in [
+        ("ws-acme-corp", "acme", "Burstable", Runtime::Containerd),
+        ("ws-globex", "globex", "Guaranteed", Runtime::CriO),
+        ("scratch", "x", "BestEffort", Runtime::CriO),
+    ] {
         let stored = api.apply(&pod_qos(ns, name, json!({"app": "agent"}), qos)).unwrap();
-        let container = kubelet.create_pod(stored["metadata"]["uid"].as_str().unwrap(), qos);
+        let container = kubelet.create_pod_of(stored["metadata"]["uid"].as_str().unwrap(), qos, runtime);
         pods.push(Workload::start(&bench, &container, name));
     }
     // Kubelet's config names the cluster's DNS (the bench's resolver).

@@ -16,6 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
+#[cfg(feature = "k8s")]
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -36,85 +37,93 @@ pub struct PolicySpec {
 }
 
 /// One allow rule: exactly one kind of destination, on some ports.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-#[x_kube(validation = Rule::new(
+#[cfg_attr(feature = "k8s", x_kube(validation = Rule::new(
     "(has(self.toFQDNs) ? 1 : 0) + (has(self.toCIDRs) ? 1 : 0) + (has(self.toServices) ? 1 : 0) == 1"
-).message("set exactly one of toFQDNs, toCIDRs or toServices"))]
+).message("set exactly one of toFQDNs, toCIDRs or toServices")))]
 pub struct EgressRuleSpec {
     /// Host names (exact or `*.` patterns) whose DNS answers, as the pod
     /// itself resolves them, open their addresses.
     #[serde(rename = "toFQDNs", default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64))]
+    #[cfg_attr(feature = "k8s", schemars(length(min = 1, max = 64)))]
     pub to_fqdns: Option<Vec<FqdnSpec>>,
     /// Addresses or networks without host bits. Inside an always-denied
     /// range they open exactly what they name.
     #[serde(rename = "toCIDRs", default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64), inner(length(max = 43)))]
-    #[x_kube(validation = Rule::new("self.all(c, isCIDR(c) ? cidr(c) == cidr(c).masked() : isIP(c))")
-        .message("each entry is an IP address or a CIDR without host bits (e.g. 203.0.113.0/24)"))]
+    #[cfg_attr(feature = "k8s", schemars(length(min = 1, max = 64), inner(length(max = 43))))]
+    #[cfg_attr(feature = "k8s", x_kube(validation = Rule::new("self.all(c, isCIDR(c) ? cidr(c) == cidr(c).masked() : isIP(c))")
+        .message("each entry is an IP address or a CIDR without host bits (e.g. 203.0.113.0/24)")))]
     pub to_cidrs: Option<Vec<String>>,
     /// Services whose ClusterIPs are opened (kept current as they change).
     #[serde(rename = "toServices", default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 16))]
+    #[cfg_attr(feature = "k8s", schemars(length(min = 1, max = 16)))]
     pub to_services: Option<Vec<ServiceRefSpec>>,
     /// Missing: all ports and protocols.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 16))]
+    #[cfg_attr(feature = "k8s", schemars(length(min = 1, max = 16)))]
     pub ports: Option<Vec<PortSpec>>,
 }
 
 /// A host name: exactly one of an exact name or a pattern.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.matchName) != has(self.matchPattern)")
-    .message("set exactly one of matchName or matchPattern"))]
+#[cfg_attr(feature = "k8s", x_kube(validation = Rule::new("has(self.matchName) != has(self.matchPattern)")
+    .message("set exactly one of matchName or matchPattern")))]
 pub struct FqdnSpec {
     /// An exact name, e.g. `api.openai.com`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[A-Za-z0-9_.-]+$"))]
+    #[cfg_attr(feature = "k8s", schemars(length(min = 1, max = 253), regex(pattern = r"^[A-Za-z0-9_.-]+$")))]
     pub match_name: Option<String>,
     /// `*.example.com` (any subdomain) or `*` alone (any name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[A-Za-z0-9_.*-]+$"))]
+    #[cfg_attr(feature = "k8s", schemars(length(min = 1, max = 253), regex(pattern = r"^[A-Za-z0-9_.*-]+$")))]
     pub match_pattern: Option<String>,
 }
 
 /// A Service by namespace and name.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, KubeSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ServiceRefSpec {
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[cfg_attr(feature = "k8s", schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")))]
     pub namespace: String,
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[cfg_attr(feature = "k8s", schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")))]
     pub name: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PortSpec {
     // Signed and wide so 0, -1 and 70000 get a message naming the field.
     /// 1-65535.
-    #[schemars(range(min = 1, max = 65535))]
+    #[cfg_attr(feature = "k8s", schemars(range(min = 1, max = 65535)))]
     pub port: i64,
     /// TCP (default), UDP, SCTP or ANY, any case.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 4), regex(pattern = r"^([Tt][Cc][Pp]|[Uu][Dd][Pp]|[Ss][Cc][Tt][Pp]|[Aa][Nn][Yy])$"))]
+    #[cfg_attr(
+        feature = "k8s",
+        schemars(length(max = 4), regex(pattern = r"^([Tt][Cc][Pp]|[Uu][Dd][Pp]|[Ss][Cc][Tt][Pp]|[Aa][Nn][Yy])$"))
+    )]
     pub protocol: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(KubeSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DnsSpec {
     /// Missing: the nameservers of the pod's own resolv.conf (the node
     /// agent) or of /etc/resolv.conf. An explicit empty list trusts no
     /// resolver at all (DNS is denied). `IP`, `IP:PORT` or `[IPv6]:PORT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 8), inner(length(max = 47)))]
+    #[cfg_attr(feature = "k8s", schemars(length(max = 8), inner(length(max = 47))))]
     pub servers: Option<Vec<String>>,
     /// Names that may be resolved without being allowed as destinations.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), inner(length(max = 253)))]
+    #[cfg_attr(feature = "k8s", schemars(length(max = 64), inner(length(max = 253))))]
     pub allow_names: Vec<String>,
 }
 

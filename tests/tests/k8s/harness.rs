@@ -23,6 +23,13 @@ use crate::common::{
 pub const NODE: &str = "node-a";
 const RELOAD_PY: &str = include_str!("../../clients/reload.py");
 
+/// A container runtime, for its cgroup names.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    Containerd,
+    CriO,
+}
+
 /// Kubelet's pod parent and its QoS levels.
 pub struct Kubelet {
     /// Removed (with every pod below) when the test ends.
@@ -45,6 +52,12 @@ impl Kubelet {
     /// Creates the pod's cgroup and one container cgroup (containerd's
     /// name for it), as kubelet and the runtime do; returns the container's.
     pub fn create_pod(&self, uid: &str, qos: &str) -> PathBuf {
+        self.create_pod_of(uid, qos, Runtime::Containerd)
+    }
+
+    /// The same, with `runtime`'s container cgroup names (CRI-O also puts
+    /// its monitor, conmon, in a scope of its own next to the container's).
+    pub fn create_pod_of(&self, uid: &str, qos: &str, runtime: Runtime) -> PathBuf {
         let id = format!("{:0>64}", uid.replace('-', ""));
         let (pod, container) = match (self.systemd, qos) {
             (true, "Guaranteed") => (self.kubepods.join(format!("kubepods-pod{}.slice", uid.replace('-', "_"))), None),
@@ -55,7 +68,17 @@ impl Kubelet {
             (false, "Guaranteed") => (self.kubepods.join(format!("pod{uid}")), Some(id.clone())),
             (false, q) => (self.kubepods.join(q.to_ascii_lowercase()).join(format!("pod{uid}")), Some(id.clone())),
         };
-        let container = pod.join(container.unwrap_or_else(|| format!("cri-containerd-{id}.scope")));
+        let name = match (runtime, container, self.systemd) {
+            (Runtime::Containerd, Some(id), _) => id,
+            (Runtime::Containerd, None, _) => format!("cri-containerd-{id}.scope"),
+            (Runtime::CriO, _, true) => format!("crio-{id}.scope"),
+            (Runtime::CriO, _, false) => format!("crio-{id}"),
+        };
+        if runtime == Runtime::CriO {
+            let conmon = if self.systemd { format!("crio-conmon-{id}.scope") } else { format!("crio-conmon-{id}") };
+            std::fs::create_dir_all(pod.join(conmon)).unwrap();
+        }
+        let container = pod.join(name);
         std::fs::create_dir_all(&container).unwrap();
         container
     }
