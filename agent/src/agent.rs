@@ -353,6 +353,13 @@ impl Agent {
         Ok(())
     }
 
+    /// Whether this agent has handed over to a newer one (a rolling
+    /// update): from then on the kernel state is the new agent's, and this
+    /// one must change nothing.
+    pub fn handed_over(&self) -> bool {
+        self.idle.is_none() && lock(&self.core.running).is_none()
+    }
+
     pub fn add_endpoint(&self, identity: Identity, cgroup_id: u64, policy: CompiledPolicy, mode: Mode) -> Result<u32> {
         Ok(self.enforcer.add_endpoint(identity, cgroup_id, policy, mode)?)
     }

@@ -55,7 +55,7 @@ pub struct AgentArgs {
     /// The agent's own pod UID (downward API `metadata.uid`): that pod is
     /// exempt before anything else, without asking the API server.
     #[arg(long, env = "POD_UID")]
-    pub pod_uid: Option<String>,
+    pub pod_uid: String,
     /// The agent's own pod name and namespace (downward API), for its
     /// exempt endpoint's name before the API server is asked.
     #[arg(long, env = "POD_NAME")]
@@ -81,17 +81,24 @@ pub struct AgentArgs {
     /// prefix): their pods are reported as not enforceable by cgroup hooks.
     #[arg(long, env = "PORTCULLIS_SANDBOXED_RUNTIMES", value_delimiter = ',', default_value = "gvisor,runsc,kata*")]
     pub sandboxed_runtimes: Vec<String>,
-    /// Resolvers for pods with `dnsPolicy: ClusterFirst` whose resolv.conf
-    /// cannot be read yet (kubelet's `clusterDNS`).
+    /// The cluster's DNS, the resolvers of `dnsPolicy: ClusterFirst` pods
+    /// (kubelet's `clusterDNS`). Pods' own resolv.conf files are never
+    /// read: the workload can write them.
     #[arg(long, env = "PORTCULLIS_CLUSTER_DNS", value_delimiter = ',', value_name = "IP")]
     pub cluster_dns: Vec<std::net::IpAddr>,
+    /// The Service whose ClusterIPs are the cluster's DNS when kubelet's
+    /// `clusterDNS` is given neither by `--cluster-dns` nor by its config
+    /// file (NAMESPACE/NAME).
+    #[arg(long, env = "PORTCULLIS_CLUSTER_DNS_SERVICE", value_name = "NS/NAME", default_value = "kube-system/kube-dns")]
+    pub cluster_dns_service: String,
     /// Kubelet's config file: its `clusterDNS` is used when `--cluster-dns`
-    /// is not given (missing file: learned from pods' resolv.conf instead).
+    /// is not given.
     #[arg(long, env = "PORTCULLIS_KUBELET_CONFIG", value_name = "FILE", default_value = "/var/lib/kubelet/config.yaml")]
     pub kubelet_config: PathBuf,
-    /// Pin programs and maps here: enforcement outlives the agent.
+    /// Pin programs and maps here (bpffs): enforcement outlives the agent,
+    /// and pods stay denied, not open, while no agent runs.
     #[arg(long, env = "PORTCULLIS_PIN_PATH", value_name = "DIR")]
-    pub pin_path: Option<PathBuf>,
+    pub pin_path: PathBuf,
     /// The handover socket, the learned-state snapshot and the last known
     /// pods (a restart without the API server keeps enforcing them).
     #[arg(long, env = "PORTCULLIS_STATE_DIR", value_name = "DIR", default_value = "/var/run/portcullis")]

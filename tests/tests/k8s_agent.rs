@@ -16,12 +16,15 @@ use common::{
     scrape, series, wait_for,
 };
 use k8s::harness::{
-    Kubelet, Runtime, Workload, apply_dir, create_pod, free_addr, namespace, pod_qos, policy, start_agent, start_agent_with,
+    Kubelet, OWN_POD_UID, Runtime, Workload, apply_dir, create_pod, free_addr, namespace, pod_qos, policy, start_agent,
+    start_agent_with,
 };
 use portcullis_tests::{Bench, fakeapi::FakeApi, require_root};
 use serde_json::json;
 
 const API_IP: &str = "203.0.113.10";
+/// Kubelet's `clusterDNS` given on the command line (the bench's resolver).
+const CLUSTER_DNS: &[&str] = &["--cluster-dns", "198.51.100.53"];
 const OTHER_IP: &str = "203.0.113.20";
 
 fn cgroup_id(p: &std::path::Path) -> u64 {
@@ -39,6 +42,17 @@ fn pods_get_the_union_of_their_policies_and_unclassified_pods_are_denied() {
     let pins = PinDir::new("k8s-systemd");
     let metrics = free_addr();
     api.apply(&namespace("ws-acme-corp", json!({"portcullis.dev/workspace": "true"}))).unwrap();
+    api.apply(&namespace("kube-system", json!({}))).unwrap();
+    // The cluster's DNS, for ClusterFirst pods: kube-dns's ClusterIP (here
+    // the bench's resolver). Pods' own resolv.conf files are never read.
+    api.apply(&json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kube-dns", "namespace": "kube-system"},
+        "spec": {"clusterIP": "198.51.100.53", "clusterIPs": ["198.51.100.53"], "ports": [{"port": 53, "protocol": "UDP"}]}}))
+        .unwrap();
+    // Exempt: the agent's own pod and a system namespace's pod, both
+    // through the kernel's walk from a container cgroup to the pod's.
+    let mut own = Workload::start(&bench, &kubelet.create_pod(OWN_POD_UID, "Burstable"), "own");
+    let usys = create_pod(&api, "kube-system", "coredns", json!({}));
+    let mut sys = Workload::start(&bench, &kubelet.create_pod(&usys, "BestEffort"), "coredns");
     // Pod a runs before the agent starts; its policy is on record.
     let ua = create_pod(&api, "ws-acme-corp", "a", json!({"app": "agent"}));
     let ca = kubelet.create_pod(&ua, "BestEffort");
@@ -53,6 +67,13 @@ fn pods_get_the_union_of_their_policies_and_unclassified_pods_are_denied() {
     }
     assert!(a.connect(OTHER_IP, 443).is_err(), "a: nothing else");
     assert!(a.reach("other.example.test", 443).is_err());
+    assert!(a.connect("169.254.169.254", 80).unwrap_err().contains("EPERM"));
+    own.connect("169.254.169.254", 80).expect("the agent's own pod is exempt");
+    sys.connect("169.254.169.254", 80).expect("kube-system is exempt");
+    assert_eq!(
+        series(&scrape(metrics), "portcullis_pod_mode{source_namespace=\"kube-system\",source_pod=\"coredns\",mode=\"exempt\"}"),
+        Some(1.0)
+    );
 
     // Pod b starts before the API event about it reaches the agent (the
     // API server stalls): its cgroup is unknown, so it is denied.
@@ -280,7 +301,7 @@ fn outages_gone_lists_and_restarts_never_open_or_prune() {
     let ua = create_pod(&api, "ws-a", "a", json!({}));
     let ca = kubelet.create_pod(&ua, "BestEffort");
     let mut a = Workload::start(&bench, &ca, "a");
-    let mut agent = start_agent(&bench, &api, &kubelet, &pins, metrics);
+    let mut agent = start_agent_with(&bench, &api, &kubelet, &pins, metrics, CLUSTER_DNS);
     agent.wait_message("ready: every watch listed, pods reconciled");
     a.reach("api.example.test", 443).expect("a: allowed");
 
@@ -325,7 +346,7 @@ fn outages_gone_lists_and_restarts_never_open_or_prune() {
     let mut d = Workload::start(&bench, &cd, "d");
     assert!(d.connect(API_IP, 443).unwrap_err().contains("EPERM"), "d: created while no agent ran: denied");
     api.stop();
-    let mut agent = start_agent(&bench, &api, &kubelet, &pins, metrics);
+    let mut agent = start_agent_with(&bench, &api, &kubelet, &pins, metrics, CLUSTER_DNS);
     let restored = agent.wait_message("pods of the previous agent enforced");
     assert_eq!(restored["restored"], 1, "{restored}");
     agent.wait_message("attached: pods not classified yet are denied");

@@ -70,6 +70,15 @@ impl Drop for Tree {
     }
 }
 
+/// The agent's pin directory, removed on drop (its links detach).
+struct Pins(PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Milliseconds from mkdir to the first allowed connect, per pod.
 pub fn time_to_enforce(bench: &Bench, pod_ns: &str, portcullis: &Path, cgroup2: &Path, pods: usize) -> Result<Vec<f64>> {
     let api = FakeApi::start().context("fake API server")?;
@@ -77,17 +86,30 @@ pub fn time_to_enforce(bench: &Bench, pod_ns: &str, portcullis: &Path, cgroup2: 
     let kubepods = tree.0.join("kubepods.slice");
     std::fs::create_dir_all(kubepods.join("kubepods-besteffort.slice"))?;
     let state = bench.workdir().join("k8s-state");
+    // The agent always pins (removed with the tree's guard below).
+    let pins = Pins(PathBuf::from(format!("/sys/fs/bpf/pc-bench-k8s-{}", std::process::id())));
     let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let stderr = std::fs::File::create(bench.workdir().join("k8s-agent.stderr"))?;
     let mut agent = ChildGuard::spawn({
         let mut c = Command::new(portcullis);
-        c.args(["agent", "--node-name", "bench", "--api-server", &api.url(), "--kubepods"])
-            .arg(&kubepods)
-            .arg("--state-dir")
-            .arg(&state)
-            .args(["--metrics-addr", &metrics.to_string()])
-            .stdout(Stdio::null())
-            .stderr(stderr);
+        c.args([
+            "agent",
+            "--node-name",
+            "bench",
+            "--pod-uid",
+            "00000000-0000-4000-8000-00000000b00c",
+            "--api-server",
+            &api.url(),
+        ])
+        .arg("--pin-path")
+        .arg(&pins.0)
+        .arg("--kubepods")
+        .arg(&kubepods)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--metrics-addr", &metrics.to_string()])
+        .stdout(Stdio::null())
+        .stderr(stderr);
         c
     })?;
     api.apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ws-bench"}}))?;
@@ -145,6 +167,7 @@ pub fn time_to_enforce(bench: &Bench, pod_ns: &str, portcullis: &Path, cgroup2: 
     }
     drop(agent);
     drop(tree);
+    drop(pins);
     Ok(out)
 }
 

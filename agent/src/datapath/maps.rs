@@ -89,7 +89,12 @@ impl PolicyMaps {
 
     fn bump_generation(&mut self) -> Result<(), MapError> {
         let mut cfg = self.current;
-        cfg.generation += 1;
+        // From the kernel's value if that is ahead: while a new agent
+        // starts next to the one it takes over from, both write the same
+        // pinned CONFIG, and a generation that went back could make a
+        // stale EP_CACHE entry valid again.
+        let kernel = self.config.get(&0, 0).map(|c| c.generation).unwrap_or(0);
+        cfg.generation = cfg.generation.max(kernel) + 1;
         self.config.set(0, cfg, 0)?;
         self.current = cfg;
         Ok(())

@@ -80,12 +80,18 @@ pub fn desired(
 }
 
 fn union(pod: &PodInfo, selecting: &[&super::policies::ValidPolicy], services: &ServiceIps) -> Want {
+    let mode =
+        if !selecting.is_empty() && selecting.iter().all(|p| p.mode == PolicyMode::Audit) { Mode::Audit } else { Mode::Enforce };
+    // Enforced, an audit policy's rules allow nothing: trying a rule out in
+    // audit must not grant it to pods another policy enforces.
+    let selecting: Vec<&super::policies::ValidPolicy> =
+        selecting.iter().copied().filter(|p| mode == Mode::Audit || p.mode == PolicyMode::Enforce).collect();
     let mut spec = PolicySpec::default();
     let mut origins = Vec::new();
     let mut unresolved = Vec::new();
     let mut servers: Option<Vec<String>> = None;
     let mut allow_names = BTreeSet::new();
-    for p in selecting {
+    for p in &selecting {
         for (i, rule) in p.spec.egress.iter().enumerate() {
             let rule = match &rule.to_services {
                 None => rule.clone(),
@@ -118,8 +124,6 @@ fn union(pod: &PodInfo, selecting: &[&super::policies::ValidPolicy], services: &
     }
     spec.dns.servers = servers;
     spec.dns.allow_names = allow_names.into_iter().collect();
-    let mode =
-        if !selecting.is_empty() && selecting.iter().all(|p| p.mode == PolicyMode::Audit) { Mode::Audit } else { Mode::Enforce };
     Want { pod: pod.clone(), mode, spec, origins, policies: selecting.iter().map(|p| p.name.clone()).collect(), unresolved }
 }
 

@@ -6,6 +6,7 @@ use crate::k8s::crd::{ClusterEgressPolicy, EgressPolicy};
 fn pod(ns: &str, name: &str, labels: &[(&str, &str)]) -> PodInfo {
     PodInfo {
         uid: format!("uid-{ns}-{name}"),
+        cgroup_uid: format!("uid-{ns}-{name}"),
         namespace: ns.into(),
         name: name.into(),
         labels: labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
@@ -135,6 +136,8 @@ fn enforce_wins_and_exempt_pods_are_exempt() {
     let w = desired(&pods, &namespaces(), &book, &ServiceIps::new(), &settings);
     assert_eq!(w.len(), 4, "a finished pod gets no endpoint");
     assert_eq!(w[0].mode, Mode::Enforce);
+    assert_eq!(names(&w[0]), ["b.test"], "enforced: the audit policy's rules allow nothing");
     assert_eq!(w[1].mode, Mode::Audit);
+    assert_eq!(names(&w[1]), ["a.test"]);
     assert_eq!((w[2].mode, w[3].mode), (Mode::Exempt, Mode::Exempt));
 }

@@ -118,9 +118,17 @@ pub async fn publish(client: Client, node: String, pods: Store<Pod>, mut rx: mps
     let mut seen: HashMap<(String, String), Seen> = HashMap::new();
     while let Some(rec) = rx.recv().await {
         let (Some(ns), Some(name)) = (rec.namespace.clone(), rec.pod.clone()) else { continue };
-        let Some(n) = due(&mut seen, (ns.clone(), name.clone()), Instant::now()) else { continue };
         // The pod's UID makes the Event point at this pod, not a namesake.
         let Some(pod) = pods.get(&ObjectRef::new(&name).within(&ns)) else { continue };
+        let now = Instant::now();
+        // Bounded by the node's pods: gone pods go, and so do pods with
+        // nothing held back whose last Event is older than the interval
+        // (their next record is due anyway).
+        seen.retain(|(ns, n), s| {
+            pods.get(&ObjectRef::new(n).within(ns)).is_some()
+                && (s.since > 0 || s.last.is_some_and(|t| now.duration_since(t) < EVERY))
+        });
+        let Some(n) = due(&mut seen, (ns.clone(), name.clone()), now) else { continue };
         let reference = ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Pod".into()),

@@ -23,7 +23,6 @@ pub mod podcgroup;
 pub mod pods;
 pub mod policies;
 pub mod resolved;
-pub mod resolvers;
 pub mod select;
 pub mod watch;
 
@@ -79,8 +78,11 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         None => crate::cgroup::cgroup2_mount().context("finding the cgroup2 mount (--cgroup-root)")?,
     };
     let kubepods = Kubepods::find(&root, args.kubepods.as_deref())?;
+    let kubepods_dir = kubepods.dir.clone();
     info!(kubepods = %kubepods.dir.display(), driver = ?kubepods.driver, node = %args.node_name, "starting");
-    let pins = args.pin_path.as_deref().map(Pins::open).transpose().context("--pin-path")?;
+    // Pinned, always: without pins the programs would go with the agent,
+    // and every pod would run unenforced while none runs.
+    let pins = Some(Pins::open(&args.pin_path).context("--pin-path")?);
     std::fs::create_dir_all(&args.state_dir).with_context(|| format!("creating {}", args.state_dir.display()))?;
     let mut log = crate::blocked::open_log(args.log.as_deref())?;
     let mut pod_events = None;
@@ -105,14 +107,26 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         pins,
         metrics_addr: args.metrics_addr,
     })?;
+    // Before anything is written or taken over: an agent that cannot
+    // attach must not have stopped the running one, nor touched its maps.
+    if let Err(e) = probe(&agent, &kubepods_dir) {
+        agent.shutdown();
+        return Err(e);
+    }
     let stats = Arc::new(K8sStats::default());
     agent.k8s = Some(stats.clone());
-    let settings = Settings { exempt_namespaces: args.exempt_namespaces.clone(), own_pod: args.pod_uid.clone() };
+    let exempt_namespaces = args.exempt_namespaces.iter().map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).collect();
+    let settings = Settings { exempt_namespaces, own_pod: Some(args.pod_uid.clone()) };
     let mut cluster_dns: Vec<SocketAddr> = args.cluster_dns.iter().map(|ip| SocketAddr::new(*ip, 53)).collect();
     if cluster_dns.is_empty() {
         cluster_dns = kubelet_cluster_dns(&args.kubelet_config);
     }
     let mut node = Node::new(kubepods, settings, cluster_dns, Some(args.state_dir.clone()));
+    node.node_dns = crate::policy::system_resolvers().unwrap_or_else(|e| {
+        warn!(error = %e, "cannot read the node's resolvers (/etc/resolv.conf): dnsPolicy Default pods get no DNS");
+        Vec::new()
+    });
+    node.cluster_dns_service = args.cluster_dns_service.split_once('/').map(|(ns, n)| (ns.to_owned(), n.to_owned()));
     node.stats = stats.clone();
     let result = (|| -> Result<()> {
         start(&mut agent, &mut node, args)?;
@@ -124,14 +138,13 @@ pub fn run(args: &AgentArgs) -> Result<()> {
 
 /// Steps 2-4.
 fn start(agent: &mut Agent, node: &mut Node, args: &AgentArgs) -> Result<()> {
-    if let Some(uid) = &args.pod_uid {
-        match own_pod(&node.kubepods, uid, args) {
-            Some(r) => {
-                node.restore(agent, r).context("exempting the agent's own pod")?;
-                info!(uid = %uid, "own pod exempt");
-            }
-            None => warn!(uid = %uid, "the agent's own pod cgroup is not under the kubelet pod parent; nothing to exempt"),
+    let uid = &args.pod_uid;
+    match own_pod(&node.kubepods, uid, args) {
+        Some(r) => {
+            node.restore(agent, r).context("exempting the agent's own pod")?;
+            info!(uid = %uid, "own pod exempt");
         }
+        None => warn!(uid = %uid, "the agent's own pod cgroup is not under the kubelet pod parent; nothing to exempt"),
     }
     let saved = resolved::load(&args.state_dir).unwrap_or_else(|e| {
         warn!(error = %format!("{e:#}"), "ignoring the saved pods; they are denied until the API server is listed");
@@ -140,7 +153,7 @@ fn start(agent: &mut Agent, node: &mut Node, args: &AgentArgs) -> Result<()> {
     let mut restored = 0;
     for r in saved {
         let same = crate::cgroup::cgroup_id(&r.cgroup).is_ok_and(|id| id == r.cgroup_id);
-        if !same || Some(&r.uid) == args.pod_uid.as_ref() {
+        if !same || r.uid == args.pod_uid {
             continue;
         }
         let name = format!("{}/{}", r.namespace, r.pod);
@@ -155,24 +168,27 @@ fn start(agent: &mut Agent, node: &mut Node, args: &AgentArgs) -> Result<()> {
     let h = agent.take_over()?;
     agent.go(h.as_ref())?;
     let dir = node.kubepods.dir.clone();
-    if let Err(e) = agent.probe_attach(&dir) {
-        let text = format!("{e:#}");
-        if text.contains("os error 1)") {
-            bail!(
-                "attaching at {} is refused (EPERM): a program of the same type is attached above it without \
-                 BPF_F_ALLOW_MULTI. Cilium installed before 1.14 and upgraded keeps its socket LB attached this way at \
-                 the cgroup root; reinstall Cilium's socket LB as links (recreate its cgroup programs, or a fresh \
-                 install) and start again. Not running half-attached. ({text})",
-                dir.display()
-            );
-        }
-        return Err(e).context(format!("attaching at {}", dir.display()));
-    }
     let id = crate::cgroup::cgroup_id(&dir)?;
     agent.attach(&dir, id)?;
     agent.retire_old_pins()?;
     info!(at = %dir.display(), "attached: pods not classified yet are denied");
     Ok(())
+}
+
+/// Whether every program can be attached at `dir` (throwaway links).
+fn probe(agent: &Agent, dir: &std::path::Path) -> Result<()> {
+    let Err(e) = agent.probe_attach(dir) else { return Ok(()) };
+    let text = format!("{e:#}");
+    if text.contains("os error 1)") {
+        bail!(
+            "attaching at {} is refused (EPERM): a program of the same type is attached above it without \
+             BPF_F_ALLOW_MULTI. Cilium installed before 1.14 and upgraded keeps its socket LB attached this way at \
+             the cgroup root; reinstall Cilium's socket LB as links (recreate its cgroup programs, or a fresh \
+             install) and start again. Not running half-attached. ({text})",
+            dir.display()
+        );
+    }
+    Err(anyhow::Error::new(e).context(format!("attaching at {}", dir.display())))
 }
 
 /// The agent's own pod as an exempt endpoint (its identity from the
@@ -218,11 +234,23 @@ fn watch_and_reconcile(
     }
     let mut pending = 0;
     let mut last = Instant::now();
+    let mut retired = false;
     loop {
         let wait = if pending > 0 { PENDING_TICK } else { RESYNC };
         if let Some(sig) = crate::run::wait_signal(signals, Duration::ZERO)? {
             info!(signal = %sig, "stopping");
             return Ok(());
+        }
+        if agent.handed_over() {
+            // A newer agent took over (rolling update): the maps, the saved
+            // pods and the endpoint ids are its now. Change nothing; wait
+            // to be stopped.
+            if !retired {
+                info!("handed over to a newer agent: no longer reconciling");
+                retired = true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
         }
         let woke = poked.recv_timeout(wait.min(Duration::from_millis(200))).is_ok();
         let due = last.elapsed() >= RESYNC || (pending > 0 && node.wait_over());

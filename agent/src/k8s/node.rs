@@ -21,7 +21,6 @@ use super::{
     pods::{Gap, PodInfo},
     policies::PolicyBook,
     resolved::{self, Resolved},
-    resolvers,
 };
 use crate::{
     agent::Agent,
@@ -54,24 +53,28 @@ pub struct Node {
     pub enforced: Enforced,
     /// The resolved form of each enforced endpoint, by cgroup id (saved).
     resolved: HashMap<u64, Resolved>,
-    /// Pods' resolvers once found, by UID.
-    pod_dns: HashMap<String, Vec<SocketAddr>>,
+    /// The node's resolvers (`dnsPolicy: Default`, and hostNetwork pods
+    /// with ClusterFirst): the agent's own resolv.conf, read at start (the
+    /// DaemonSet is hostNetwork, so kubelet wrote the node's there).
+    pub node_dns: Vec<SocketAddr>,
+    /// The Service whose ClusterIPs are the cluster's DNS when kubelet's
+    /// `clusterDNS` is not given (`--cluster-dns-service`).
+    pub cluster_dns_service: Option<(String, String)>,
+    /// The cluster's DNS of this pass.
+    pass_cluster_dns: Vec<SocketAddr>,
     /// When each pod UID was first seen without its policy in force.
     waiting_since: HashMap<String, Instant>,
     /// What the pods waiting in the last pass wait for.
     waiting: Vec<Waiting>,
     /// What was last logged of each pod's gaps (a change is logged again).
     logged_gaps: HashMap<String, Vec<Gap>>,
-    /// The resolvers a ClusterFirst pod's resolv.conf named last.
-    seen_cluster_dns: Option<Vec<SocketAddr>>,
 }
 
-/// What a pod waits for before its policy can be in force.
+/// What a pod waits for before its policy can be in force (besides API
+/// objects, whose arrival pokes a pass anyway).
 enum Waiting {
     /// Its cgroup (UID, QoS class).
     Cgroup(String, Option<String>),
-    /// A process whose resolv.conf names its resolvers (its cgroup).
-    Resolvers(PathBuf),
 }
 
 /// How a pass went.
@@ -93,11 +96,12 @@ impl Node {
             book: PolicyBook::default(),
             enforced: Enforced::new(),
             resolved: HashMap::new(),
-            pod_dns: HashMap::new(),
+            node_dns: Vec::new(),
+            cluster_dns_service: None,
+            pass_cluster_dns: Vec::new(),
             waiting_since: HashMap::new(),
             waiting: Vec::new(),
             logged_gaps: HashMap::new(),
-            seen_cluster_dns: None,
         }
     }
 
@@ -106,7 +110,6 @@ impl Node {
     pub fn wait_over(&self) -> bool {
         self.waiting.iter().any(|w| match w {
             Waiting::Cgroup(uid, qos) => self.kubepods.find_pod(uid, qos.as_deref()).is_some(),
-            Waiting::Resolvers(dir) => resolvers::of_pod(dir).is_some(),
         })
     }
 
@@ -123,7 +126,20 @@ impl Node {
     /// One pass: desired endpoints from `snap`, found on disk, compiled,
     /// and the difference applied.
     pub fn reconcile(&mut self, agent: &mut Agent, snap: &Snapshot) -> Pass {
+        if !snap.synced {
+            // Nothing is applied from a partial picture: pods listed before
+            // their policies or namespaces would lose allowances, or drop
+            // to audit when only an audit policy has listed yet. Pods keep
+            // what they have (restored ones too); new ones stay denied.
+            return Pass::default();
+        }
         let started = Instant::now();
+        self.pass_cluster_dns = self
+            .cluster_dns_service
+            .as_ref()
+            .and_then(|k| snap.services.get(k))
+            .map(|ips| ips.iter().map(|ip| SocketAddr::new(*ip, 53)).collect())
+            .unwrap_or_default();
         let policies_changed = self.book.update(&snap.policies, &snap.cluster_policies);
         self.stats.set_invalid(self.book.problems());
         let wants = desired(&snap.pods, &snap.namespaces, &self.book, &snap.services, &self.settings);
@@ -134,15 +150,24 @@ impl Node {
         self.waiting.clear();
         let by_uid: HashMap<String, u64> = self.resolved.iter().map(|(c, r)| (r.uid.clone(), *c)).collect();
         for w in &wants {
+            if !snap.namespaces.contains_key(&w.pod.namespace) {
+                // Its namespace (labels: which cluster policies select it)
+                // is not on record yet: keep what it has; a new pod stays
+                // denied until the namespace arrives.
+                if let Some(c) = by_uid.get(&w.pod.uid)
+                    && let (Some((_, p)), Some(r)) = (self.enforced.get(c), self.resolved.get(c))
+                {
+                    next.push(p.clone());
+                    next_resolved.insert(*c, r.clone());
+                }
+                continue;
+            }
             let mut gaps = w.pod.gaps.clone();
             let mut waiting = false;
             match self.resolve(w) {
                 Ok((r, dns_pending)) => match r.prepare() {
                     Ok(p) => {
-                        if dns_pending {
-                            waiting = true;
-                            self.waiting.push(Waiting::Resolvers(r.cgroup.clone()));
-                        }
+                        waiting |= dns_pending;
                         next_resolved.insert(p.cgroup_id, r);
                         next.push(p);
                     }
@@ -151,7 +176,13 @@ impl Node {
                         // kernel cannot hold changes nothing enforced.
                         warn!(pod = %format!("{}/{}", w.pod.namespace, w.pod.name), error = %format!("{e:#}"),
                             "the pod's policies do not compile together; it keeps what it had (deny all if new)");
-                        let kept = by_uid.get(&w.pod.uid).and_then(|c| Some((self.enforced.get(c)?, self.resolved.get(c)?)));
+                        // Kept only in the mode now wanted: a pod must not
+                        // stay in audit (allow-all) because the union that
+                        // enforces it does not compile.
+                        let kept = by_uid
+                            .get(&w.pod.uid)
+                            .and_then(|c| Some((self.enforced.get(c)?, self.resolved.get(c)?)))
+                            .filter(|((_, p), _)| p.mode == w.mode);
                         if let Some(((_, p), r)) = kept {
                             next.push(p.clone());
                             next_resolved.insert(p.cgroup_id, r.clone());
@@ -169,7 +200,7 @@ impl Node {
                 Err(()) => {
                     gaps.push(Gap::CgroupNotFound);
                     waiting = true;
-                    self.waiting.push(Waiting::Cgroup(w.pod.uid.clone(), w.pod.qos.clone()));
+                    self.waiting.push(Waiting::Cgroup(w.pod.cgroup_uid.clone(), w.pod.qos.clone()));
                 }
             }
             if waiting {
@@ -193,15 +224,20 @@ impl Node {
                 unresolved_services: w.unresolved.len(),
             });
         }
+        // The agent's own pod is exempt whatever the API says (before its
+        // object is listed, or if the downward API's UID is not on record).
+        let own = self.settings.own_pod.as_deref();
+        if let Some((c, r)) = self.resolved.iter().find(|(_, r)| Some(r.uid.as_str()) == own && r.mode == Mode::Exempt.as_str())
+            && !next.iter().any(|p| p.cgroup_id == *c)
+            && let Some((_, p)) = self.enforced.get(c)
+        {
+            next.push(p.clone());
+            next_resolved.insert(*c, r.clone());
+        }
         let live: HashSet<&str> = wants.iter().map(|w| w.pod.uid.as_str()).collect();
-        self.pod_dns.retain(|uid, _| live.contains(uid.as_str()));
         self.waiting_since.retain(|uid, _| live.contains(uid.as_str()));
         self.logged_gaps.retain(|uid, _| live.contains(uid.as_str()));
-        let mut plan = Plan::new(&self.enforced, next);
-        if !snap.synced {
-            // Not everything is on record yet: absence means nothing.
-            plan.remove.clear();
-        }
+        let plan = Plan::new(&self.enforced, next);
         let changed = !plan.is_empty();
         if changed {
             let (added, changed_n, removed) = (plan.add.len(), plan.change.len(), plan.remove.len());
@@ -254,14 +290,14 @@ impl Node {
     /// not there (yet). The flag: its resolvers are not known yet (DNS is
     /// denied until they are).
     fn resolve(&mut self, w: &Want) -> Result<(Resolved, bool), ()> {
-        let dir = self.kubepods.find_pod(&w.pod.uid, w.pod.qos.as_deref()).ok_or(())?;
+        let dir = self.kubepods.find_pod(&w.pod.cgroup_uid, w.pod.qos.as_deref()).ok_or(())?;
         let cgroup_id = crate::cgroup::cgroup_id(&dir).map_err(|_| ())?;
         let mut spec = w.spec.clone();
         let mut dns_pending = false;
         if w.mode == Mode::Exempt {
             spec.dns.servers = Some(Vec::new());
         } else if spec.dns.servers.is_none() {
-            let servers = self.pod_resolvers(w, &dir);
+            let servers = self.pod_resolvers(w);
             dns_pending = servers.is_empty();
             spec.dns.servers = Some(servers.iter().map(SocketAddr::to_string).collect());
         }
@@ -280,30 +316,20 @@ impl Node {
         ))
     }
 
-    /// `dnsConfig` of a `dnsPolicy: None` pod, else its resolv.conf. Before
-    /// that is readable (no container yet), a ClusterFirst pod gets the
-    /// cluster's DNS: kubelet's `clusterDNS` (`--cluster-dns`, or its
-    /// config file), else what other ClusterFirst pods' resolv.conf said
-    /// (kubelet writes the same there for all), so its first lookup is
-    /// not dropped. Empty if none is known yet (DNS denied meanwhile).
-    fn pod_resolvers(&mut self, w: &Want, dir: &std::path::Path) -> Vec<SocketAddr> {
+    /// What kubelet writes into the pod's resolv.conf, from trusted
+    /// inputs: `dnsConfig.nameservers` (`dnsPolicy: None`, from the API),
+    /// the cluster's DNS for ClusterFirst (kubelet's `clusterDNS`:
+    /// `--cluster-dns`, kubelet's config file, else the ClusterIPs of
+    /// `--cluster-dns-service`), the node's for `Default`. Empty if not
+    /// known yet (DNS denied until a pass knows it).
+    fn pod_resolvers(&self, w: &Want) -> Vec<SocketAddr> {
         if let Some(list) = &w.pod.nameservers {
             return list.iter().filter_map(|s| parse_dns_server(s).ok()).collect();
         }
-        if let Some(found) = self.pod_dns.get(&w.pod.uid) {
-            return found.clone();
-        }
-        if let Some(found) = resolvers::of_pod(dir) {
-            self.pod_dns.insert(w.pod.uid.clone(), found.clone());
-            if w.pod.cluster_first && self.cluster_dns.is_empty() {
-                self.seen_cluster_dns = Some(found.clone());
-            }
-            return found;
-        }
         if !w.pod.cluster_first {
-            return Vec::new();
+            return self.node_dns.clone();
         }
-        if self.cluster_dns.is_empty() { self.seen_cluster_dns.clone().unwrap_or_default() } else { self.cluster_dns.clone() }
+        if self.cluster_dns.is_empty() { self.pass_cluster_dns.clone() } else { self.cluster_dns.clone() }
     }
 
     fn save(&self) {

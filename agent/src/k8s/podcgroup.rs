@@ -119,7 +119,8 @@ pub fn uid_of(name: &str) -> Option<String> {
     let body = name.strip_suffix(".slice").unwrap_or(name);
     let at = body.rfind("pod")?;
     let uid = &body[at + 3..];
-    let valid = uid.len() == 36 && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-' || b == b'_');
+    // A UID, or a static pod's config hash (32 hex digits).
+    let valid = (uid.len() == 36 || uid.len() == 32) && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-' || b == b'_');
     valid.then(|| uid.replace('_', "-"))
 }
 

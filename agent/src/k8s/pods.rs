@@ -12,6 +12,9 @@ pub use crate::telemetry::k8s::Gap;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInfo {
     pub uid: String,
+    /// The UID kubelet names the pod's cgroup by: the pod's own, or for a
+    /// static pod (whose API object is a mirror) its config hash.
+    pub cgroup_uid: String,
     pub namespace: String,
     pub name: String,
     pub labels: BTreeMap<String, String>,
@@ -23,8 +26,10 @@ pub struct PodInfo {
     /// `dnsPolicy: None` with `dnsConfig.nameservers`: the pod's resolvers
     /// straight from the API.
     pub nameservers: Option<Vec<String>>,
-    /// `dnsPolicy` ClusterFirst (the default) or ClusterFirstWithHostNet:
-    /// its resolver is the cluster's DNS Service.
+    /// Its resolvers are the cluster's DNS (kubelet's `clusterDNS`):
+    /// `dnsPolicy` ClusterFirstWithHostNet, or ClusterFirst (the default)
+    /// without hostNetwork (kubelet gives a hostNetwork ClusterFirst pod
+    /// the node's resolvers, as for `Default`).
     pub cluster_first: bool,
     /// What its spec keeps that cgroup hooks cannot contain (not counting
     /// the cgroup, found later).
@@ -79,7 +84,10 @@ impl PodInfo {
             .filter(|s| s.dns_policy.as_deref() == Some("None"))
             .and_then(|s| s.dns_config.as_ref())
             .and_then(|c| c.nameservers.clone());
+        let cgroup_uid =
+            meta.annotations.as_ref().and_then(|a| a.get("kubernetes.io/config.mirror")).cloned().unwrap_or_else(|| uid.clone());
         Some(Self {
+            cgroup_uid,
             uid,
             namespace,
             name,
@@ -89,7 +97,11 @@ impl PodInfo {
             runtime_class,
             finished: matches!(phase, Some("Succeeded" | "Failed")),
             nameservers,
-            cluster_first: spec.and_then(|s| s.dns_policy.as_deref()).is_none_or(|p| p.starts_with("ClusterFirst")),
+            cluster_first: match spec.and_then(|s| s.dns_policy.as_deref()) {
+                Some("ClusterFirstWithHostNet") => true,
+                None | Some("ClusterFirst") => !host_network,
+                Some(_) => false,
+            },
             gaps,
         })
     }
@@ -150,6 +162,11 @@ mod tests {
         assert_eq!(p.nameservers, Some(vec!["192.0.2.53".to_owned()]));
         assert!(!p.finished);
         let cluster_first = pod(json!({"containers": [{"name": "c"}], "dnsConfig": {"nameservers": ["192.0.2.53"]}}));
-        assert_eq!(cluster_first.nameservers, None, "ClusterFirst: the pod's resolv.conf decides");
+        assert_eq!(cluster_first.nameservers, None, "ClusterFirst: the cluster's DNS");
+        assert!(cluster_first.cluster_first);
+        let host = pod(json!({"containers": [{"name": "c"}], "hostNetwork": true}));
+        assert!(!host.cluster_first, "hostNetwork with ClusterFirst: the node's resolvers");
+        let with_host = pod(json!({"containers": [{"name": "c"}], "hostNetwork": true, "dnsPolicy": "ClusterFirstWithHostNet"}));
+        assert!(with_host.cluster_first);
     }
 }

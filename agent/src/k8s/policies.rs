@@ -15,6 +15,24 @@ use super::{
 };
 use crate::policy::{Policy, PolicySpec};
 
+/// Whether the object's spec validates and compiles into what the kernel
+/// holds (e.g. at most `CIDR_MAX_PORTS` port ranges per CIDR): checked per
+/// object, so a policy the agent cannot use is reported as such, not only
+/// as a failure of every pod it selects. Its Services and resolvers are
+/// stand-ins here (the real ones are known per pod).
+fn compiles(p: &ValidPolicy) -> Result<(), String> {
+    let mut spec = p.spec.clone();
+    for rule in &mut spec.egress {
+        if rule.to_services.take().is_some() {
+            rule.to_cidrs = Some(vec!["192.0.2.1".to_owned()]);
+        }
+    }
+    spec.dns.servers.get_or_insert_with(Vec::new);
+    let policy = Policy::from_spec(&spec, &p.name).map_err(|e| e.to_string())?;
+    crate::policy::compile(&policy, || Ok::<_, std::io::Error>(Vec::new())).map_err(|e| format!("{}: {e}", p.name))?;
+    Ok(())
+}
+
 /// A validated policy object.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidPolicy {
@@ -112,10 +130,7 @@ impl PolicyBook {
         if self.entries.get(name).is_some_and(|e| e.version == version) {
             return false;
         }
-        let checked = build().and_then(|p| match Policy::from_spec(&p.spec, &p.name) {
-            Ok(_) => Ok(p),
-            Err(e) => Err(e.to_string()),
-        });
+        let checked = build().and_then(|p| compiles(&p).map(|()| p));
         let entry = self.entries.entry(name.clone()).or_insert(Entry { version: String::new(), good: None, problem: None });
         entry.version = version.to_owned();
         match checked {
@@ -186,6 +201,10 @@ mod tests {
         let bad_selector = json!({"podSelector": {"matchExpressions": [{"key": "a", "operator": "Equals"}]}});
         b.update(&[egp("p", "4", bad_selector)], &[]);
         assert!(b.problems().iter().any(|(n, e)| n.ends_with("ws-a/p") && e.starts_with("podSelector.matchExpressions[0]")));
+        let ports: Vec<_> = (1..=9).map(|i| json!({"port": i * 100})).collect();
+        let too_many = json!({"podSelector": {}, "egress": [{"toCIDRs": ["192.0.2.0/24"], "ports": ports}]});
+        b.update(&[egp("p", "4b", too_many)], &[]);
+        assert!(b.problems().iter().any(|(_, e)| e.contains("port ranges")), "compiled per object: {:?}", b.problems());
         assert!(b.update(&[egp("p", "5", json!({"podSelector": {}}))], &[]), "valid again");
         assert!(b.problems().is_empty());
         assert!(b.update(&[], &[]), "deleted");

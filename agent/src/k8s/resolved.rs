@@ -80,7 +80,9 @@ impl Resolved {
 /// new one).
 pub fn save(dir: &Path, all: &[Resolved]) -> Result<()> {
     let path = dir.join(FILE);
-    let tmp = dir.join(format!("{FILE}.tmp"));
+    // Per process: an agent starting next to the one it takes over from
+    // must not write into the other's temporary file.
+    let tmp = dir.join(format!("{FILE}.{}.tmp", std::process::id()));
     let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
     f.write_all(&serde_json::to_vec(all)?)?;
     f.sync_all()?;

@@ -21,6 +21,8 @@ use crate::common::{
 };
 
 pub const NODE: &str = "node-a";
+/// The agent's own pod (`--pod-uid`, the downward API's `metadata.uid`).
+pub const OWN_POD_UID: &str = "0f1e2d3c-0000-4000-8000-00000000a9e7";
 const RELOAD_PY: &str = include_str!("../../clients/reload.py");
 
 /// A container runtime, for its cgroup names.
@@ -157,6 +159,8 @@ pub fn start_agent_with(
     let ready = bench.workdir().join("ready");
     let mut args = vec![
         "agent",
+        "--pod-uid",
+        OWN_POD_UID,
         "--node-name",
         NODE,
         "--api-server",
