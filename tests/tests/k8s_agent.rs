@@ -114,6 +114,18 @@ fn pods_get_the_union_of_their_policies_and_unclassified_pods_are_denied() {
         series(&scrape(metrics), "portcullis_k8s_policy_invalid{policy=\"egresspolicy ws-acme-corp/models\"}")
     });
     a.reach("api.example.test", 443).expect("the last valid version stays in force");
+    // An object this agent cannot decode (a field from a newer CRD) is
+    // refused alone; the watch of its kind goes on.
+    let mut future = policy("ws-acme-corp", "future", json!({}), &["other.example.test"]);
+    future["spec"]["egress"][0]["toPlanets"] = json!(["mars"]);
+    api.apply(&future).unwrap();
+    wait_for("the undecodable policy reported", Duration::from_secs(10), || {
+        series(&scrape(metrics), "portcullis_k8s_policy_invalid{policy=\"egresspolicy ws-acme-corp/future\"}")
+    });
+    api.apply(&policy("ws-acme-corp", "later", json!({"matchLabels": {"app": "tool"}}), &["api.example.test"])).unwrap();
+    b.eventually("api.example.test", 443, true);
+    api.delete("egresspolicies", Some("ws-acme-corp"), "later");
+    api.delete("egresspolicies", Some("ws-acme-corp"), "future");
 
     // Deleting the policies leaves deny-all.
     api.delete("egresspolicies", Some("ws-acme-corp"), "tools");

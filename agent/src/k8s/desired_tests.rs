@@ -20,20 +20,20 @@ fn pod(ns: &str, name: &str, labels: &[(&str, &str)]) -> PodInfo {
     }
 }
 
-fn egp(ns: &str, name: &str, spec: Value) -> Arc<EgressPolicy> {
-    Arc::new(
+fn egp(ns: &str, name: &str, spec: Value) -> crate::k8s::policies::Decoded<EgressPolicy> {
+    Ok(Arc::new(
         serde_json::from_value(json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "EgressPolicy",
             "metadata": {"name": name, "namespace": ns, "resourceVersion": "1"}, "spec": spec}))
         .unwrap(),
-    )
+    ))
 }
 
-fn cegp(name: &str, spec: Value) -> Arc<ClusterEgressPolicy> {
-    Arc::new(
+fn cegp(name: &str, spec: Value) -> crate::k8s::policies::Decoded<ClusterEgressPolicy> {
+    Ok(Arc::new(
         serde_json::from_value(json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "ClusterEgressPolicy",
             "metadata": {"name": name, "resourceVersion": "1"}, "spec": spec}))
         .unwrap(),
-    )
+    ))
 }
 
 fn fqdn(name: &str) -> Value {

@@ -35,8 +35,8 @@ use crate::{
 pub struct Snapshot {
     pub pods: Vec<PodInfo>,
     pub namespaces: HashMap<String, BTreeMap<String, String>>,
-    pub policies: Vec<Arc<super::crd::EgressPolicy>>,
-    pub cluster_policies: Vec<Arc<super::crd::ClusterEgressPolicy>>,
+    pub policies: Vec<super::policies::Decoded<super::crd::EgressPolicy>>,
+    pub cluster_policies: Vec<super::policies::Decoded<super::crd::ClusterEgressPolicy>>,
     pub services: ServiceIps,
     /// Every watch has delivered its first full list: what is not on
     /// record is gone (before that, nothing is removed).

@@ -4,7 +4,10 @@
 //! changes nothing: the pods it selected keep what its last valid version
 //! gave them, and a new invalid object gives nobody anything.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use kube::ResourceExt as _;
 use tracing::{error, info};
@@ -75,6 +78,19 @@ struct Entry {
     problem: Option<String>,
 }
 
+/// A policy object as watched: typed, or why not.
+pub type Decoded<K> = Result<Arc<K>, Undecodable>;
+
+/// An object that does not decode into its kind (e.g. a field newer than
+/// this agent): refused like an invalid one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undecodable {
+    pub namespace: Option<String>,
+    pub name: String,
+    pub version: String,
+    pub error: String,
+}
+
 /// Every policy object, keyed by name.
 #[derive(Default)]
 pub struct PolicyBook {
@@ -85,10 +101,21 @@ impl PolicyBook {
     /// Brings the book up to the objects given (the reflectors' stores):
     /// new and changed objects are validated, deleted ones forgotten.
     /// Returns whether anything changed.
-    pub fn update(&mut self, namespaced: &[Arc<EgressPolicy>], cluster: &[Arc<ClusterEgressPolicy>]) -> bool {
-        let mut seen: Vec<Arc<str>> = Vec::with_capacity(namespaced.len() + cluster.len());
+    pub fn update(&mut self, namespaced: &[Decoded<EgressPolicy>], cluster: &[Decoded<ClusterEgressPolicy>]) -> bool {
+        let mut seen: HashSet<Arc<str>> = HashSet::with_capacity(namespaced.len() + cluster.len());
         let mut changed = false;
-        for p in namespaced {
+        let undecodable =
+            namespaced.iter().filter_map(|d| d.as_ref().err()).chain(cluster.iter().filter_map(|d| d.as_ref().err()));
+        for u in undecodable {
+            let name: Arc<str> = match &u.namespace {
+                Some(ns) => format!("egresspolicy {ns}/{}", u.name),
+                None => format!("clusteregresspolicy {}", u.name),
+            }
+            .into();
+            changed |= self.look(&name, &u.version, || Err(format!("does not decode: {}", u.error)));
+            seen.insert(name);
+        }
+        for p in namespaced.iter().filter_map(|d| d.as_ref().ok()) {
             let ns = p.namespace().unwrap_or_default();
             let name: Arc<str> = format!("egresspolicy {ns}/{}", p.name_any()).into();
             changed |= self.look(&name, &p.resource_version().unwrap_or_default(), || {
@@ -102,9 +129,9 @@ impl PolicyBook {
                     spec: p.spec.policy(),
                 })
             });
-            seen.push(name);
+            seen.insert(name);
         }
-        for p in cluster {
+        for p in cluster.iter().filter_map(|d| d.as_ref().ok()) {
             let name: Arc<str> = format!("clusteregresspolicy {}", p.name_any()).into();
             changed |= self.look(&name, &p.resource_version().unwrap_or_default(), || {
                 let pods = Selector::new(&p.spec.pod_selector).map_err(|e| format!("podSelector.{e}"))?;
@@ -118,7 +145,7 @@ impl PolicyBook {
                     spec: p.spec.policy(),
                 })
             });
-            seen.push(name);
+            seen.insert(name);
         }
         let before = self.entries.len();
         self.entries.retain(|k, _| seen.contains(k));
@@ -170,12 +197,12 @@ mod tests {
 
     use super::*;
 
-    fn egp(name: &str, version: &str, spec: serde_json::Value) -> Arc<EgressPolicy> {
-        Arc::new(
+    fn egp(name: &str, version: &str, spec: serde_json::Value) -> Decoded<EgressPolicy> {
+        Ok(Arc::new(
             serde_json::from_value(json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "EgressPolicy",
                 "metadata": {"name": name, "namespace": "ws-a", "resourceVersion": version}, "spec": spec}))
             .unwrap(),
-        )
+        ))
     }
 
     fn names(b: &PolicyBook) -> Vec<String> {
@@ -205,6 +232,14 @@ mod tests {
         let too_many = json!({"podSelector": {}, "egress": [{"toCIDRs": ["192.0.2.0/24"], "ports": ports}]});
         b.update(&[egp("p", "4b", too_many)], &[]);
         assert!(b.problems().iter().any(|(_, e)| e.contains("port ranges")), "compiled per object: {:?}", b.problems());
+        let undecodable = Err(Undecodable {
+            namespace: Some("ws-a".into()),
+            name: "p".into(),
+            version: "4c".into(),
+            error: "unknown field `toPlanets`".into(),
+        });
+        b.update(&[undecodable], &[]);
+        assert!(b.problems().iter().any(|(n, e)| n.ends_with("ws-a/p") && e.contains("does not decode")), "{:?}", b.problems());
         assert!(b.update(&[egp("p", "5", json!({"podSelector": {}}))], &[]), "valid again");
         assert!(b.problems().is_empty());
         assert!(b.update(&[], &[]), "deleted");

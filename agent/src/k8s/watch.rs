@@ -18,7 +18,7 @@ use futures::{Stream, StreamExt as _};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::{
     Api, Client, Resource,
-    core::PartialObjectMeta,
+    core::{ApiResource, DynamicObject, PartialObjectMeta},
     runtime::{
         WatchStreamExt as _,
         reflector::{self, Store},
@@ -32,6 +32,7 @@ use super::{
     desired::ServiceIps,
     node::Snapshot,
     pods::PodInfo,
+    policies::{Decoded, Undecodable},
 };
 
 /// The reflectors' stores, and which watches have listed everything.
@@ -39,8 +40,11 @@ use super::{
 pub struct Stores {
     pods: Store<Pod>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
-    policies: Store<EgressPolicy>,
-    cluster_policies: Store<ClusterEgressPolicy>,
+    // Untyped: one object that does not decode (a field newer than this
+    // agent) is that object's problem (`PolicyBook`), not a failed list
+    // that would leave the whole kind unlisted.
+    policies: Store<DynamicObject>,
+    cluster_policies: Store<DynamicObject>,
     services: Store<Service>,
     listed: Arc<[AtomicBool; 5]>,
 }
@@ -73,12 +77,27 @@ impl Stores {
         Snapshot {
             pods: self.pods.state().iter().filter_map(|p| PodInfo::from_pod(p, sandboxed)).collect(),
             namespaces,
-            policies: self.policies.state(),
-            cluster_policies: self.cluster_policies.state(),
+            policies: decode(&self.policies.state()),
+            cluster_policies: decode(&self.cluster_policies.state()),
             services,
             synced: self.listed.iter().all(|l| l.load(Relaxed)),
         }
     }
+}
+
+/// Each object typed, or why it is not: (its name, resourceVersion and
+/// the decoding error).
+fn decode<K: serde::de::DeserializeOwned>(objs: &[Arc<DynamicObject>]) -> Vec<Decoded<K>> {
+    objs.iter()
+        .map(|o| {
+            serde_json::to_value(o.as_ref()).and_then(serde_json::from_value::<K>).map(Arc::new).map_err(|e| Undecodable {
+                namespace: o.metadata.namespace.clone(),
+                name: o.metadata.name.clone().unwrap_or_default(),
+                version: o.metadata.resource_version.clone().unwrap_or_default(),
+                error: e.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// Starts the five watches on `rt`; each change sends on `poke` (dropped
@@ -93,11 +112,15 @@ pub fn start(rt: &tokio::runtime::Handle, client: &Client, node: &str, poke: Syn
     // `namespaceSelector` needs.
     let ns = watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default());
     rt.spawn(drive("namespaces", 1, ns, w, listed.clone(), poke.clone()));
-    let (policies, w) = reflector::store();
-    let egp = watcher(Api::<EgressPolicy>::all(client.clone()), watcher::Config::default());
+    let ar = ApiResource::erase::<EgressPolicy>(&());
+    let w = reflector::store::Writer::new(ar.clone());
+    let policies = w.as_reader();
+    let egp = watcher(Api::<DynamicObject>::all_with(client.clone(), &ar), watcher::Config::default());
     rt.spawn(drive("egresspolicies", 2, egp, w, listed.clone(), poke.clone()));
-    let (cluster_policies, w) = reflector::store();
-    let cegp = watcher(Api::<ClusterEgressPolicy>::all(client.clone()), watcher::Config::default());
+    let ar = ApiResource::erase::<ClusterEgressPolicy>(&());
+    let w = reflector::store::Writer::new(ar.clone());
+    let cluster_policies = w.as_reader();
+    let cegp = watcher(Api::<DynamicObject>::all_with(client.clone(), &ar), watcher::Config::default());
     rt.spawn(drive("clusteregresspolicies", 3, cegp, w, listed.clone(), poke.clone()));
     let (services, w) = reflector::store();
     let svc = watcher(Api::<Service>::all(client.clone()), watcher::Config::default());
@@ -115,7 +138,7 @@ async fn drive<K>(
     poke: SyncSender<()>,
 ) where
     K: Resource + Clone + Send + Sync + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     // Managed fields are most of a big object and nothing here reads them.
     let stream = stream.modify(|o: &mut K| o.meta_mut().managed_fields = None).default_backoff().reflect(writer);
