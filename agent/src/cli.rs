@@ -45,7 +45,8 @@ Examples:
   portcullis agent --pin-path /sys/fs/bpf/portcullis --metrics-addr 0.0.0.0:9464
 
   # Against a test API server (plain HTTP, no credentials), kubelet's cgroups under a test root:
-  portcullis agent --node-name node-a --api-server http://127.0.0.1:8001 --kubepods /sys/fs/cgroup/test/kubepods.slice";
+  portcullis agent --node-name node-a --pod-uid $UID_OF_ITS_POD --pin-path /sys/fs/bpf/pc-test \\
+    --api-server http://127.0.0.1:8001 --kubepods /sys/fs/cgroup/test/kubepods.slice";
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
