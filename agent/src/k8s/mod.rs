@@ -3,7 +3,8 @@
 //!
 //! Start-up order (docs/ARCHITECTURE.md "Kubernetes"), so that no pod ever
 //! runs unenforced and nothing is pruned on a partial view:
-//! 1. load, adopting what a previous agent pinned;
+//! 1. load, adopting what a previous agent pinned, and try the attach with
+//!    throwaway links before anything is written or taken over;
 //! 2. exempt the agent's own pod (without the API server: a new agent pod
 //!    must never be denied the egress it needs to learn it is exempt);
 //! 3. enforce the pods the previous agent saved (state directory);
@@ -11,9 +12,9 @@
 //!    consuming, and attach once at the kubelet's pod parent cgroup with
 //!    unknown cgroups below it denied: from here a pod not classified yet
 //!    is denied, not open;
-//! 5. list and watch; reconcile on every change, removing endpoints of
-//!    pods that are gone only once every watch has listed everything;
-//! 6. ready (`/readyz`).
+//! 5. list and watch; once every watch has listed everything, reconcile on
+//!    every change (nothing is applied from a partial picture);
+//! 6. ready (`/readyz`, `--ready-file`).
 
 pub mod crd;
 pub mod desired;
