@@ -8,15 +8,11 @@
 //!
 //! The records are taken off the log's writer (`tap`): nothing on the DNS
 //! or connect path waits for the API server; when the queue is full, a
-//! record is only counted.
+//! record makes no Event (the log has it).
 
 use std::{
     collections::HashMap,
     io::Write,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering::Relaxed},
-    },
     time::{Duration, Instant},
 };
 
@@ -56,12 +52,11 @@ pub struct Tap {
     inner: Box<dyn Write + Send>,
     line: Vec<u8>,
     tx: mpsc::Sender<Blocked>,
-    pub dropped: Arc<AtomicU64>,
 }
 
 pub fn tap(inner: Box<dyn Write + Send>) -> (Tap, mpsc::Receiver<Blocked>) {
     let (tx, rx) = mpsc::channel(QUEUE);
-    (Tap { inner, line: Vec::new(), tx, dropped: Arc::default() }, rx)
+    (Tap { inner, line: Vec::new(), tx }, rx)
 }
 
 impl Write for Tap {
@@ -79,9 +74,9 @@ impl Write for Tap {
             if let Ok(rec) = serde_json::from_slice::<Blocked>(&self.line)
                 && rec.verdict == "blocked"
                 && rec.pod.is_some()
-                && self.tx.try_send(rec).is_err()
             {
-                self.dropped.fetch_add(1, Relaxed);
+                // Full: no Event for this one; the log has it.
+                let _ = self.tx.try_send(rec);
             }
             self.line.clear();
         }

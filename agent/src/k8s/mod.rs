@@ -264,8 +264,7 @@ fn watch_and_reconcile(
             while poked.try_recv().is_ok() {}
         }
         let snap: Snapshot = stores.snapshot(&args.sandboxed_runtimes);
-        let pass = node.reconcile(agent, &snap);
-        pending = pass.pending;
+        pending = node.reconcile(agent, &snap);
         last = Instant::now();
         if snap.synced && !stats.ready() {
             stats.set_ready();

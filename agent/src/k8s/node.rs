@@ -64,25 +64,11 @@ pub struct Node {
     pass_cluster_dns: Vec<SocketAddr>,
     /// When each pod UID was first seen without its policy in force.
     waiting_since: HashMap<String, Instant>,
-    /// What the pods waiting in the last pass wait for.
-    waiting: Vec<Waiting>,
+    /// The cgroups (pod UID, QoS class) the pods waiting in the last pass
+    /// wait for; API objects need no watching: their arrival pokes a pass.
+    waiting: Vec<(String, Option<String>)>,
     /// What was last logged of each pod's gaps (a change is logged again).
     logged_gaps: HashMap<String, Vec<Gap>>,
-}
-
-/// What a pod waits for before its policy can be in force (besides API
-/// objects, whose arrival pokes a pass anyway).
-enum Waiting {
-    /// Its cgroup (UID, QoS class).
-    Cgroup(String, Option<String>),
-}
-
-/// How a pass went.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Pass {
-    /// Pods still waiting for their cgroup or resolvers: look again soon.
-    pub pending: usize,
-    pub changed: bool,
 }
 
 impl Node {
@@ -105,12 +91,15 @@ impl Node {
         }
     }
 
-    /// Whether what a waiting pod waits for is there now (cheap: a few
-    /// `stat`s, or a process list, per waiting pod): then a pass is due.
+    /// Whether a cgroup a waiting pod waits for is there now (cheap: a
+    /// few `stat`s per waiting pod): then a pass is due.
     pub fn wait_over(&self) -> bool {
-        self.waiting.iter().any(|w| match w {
-            Waiting::Cgroup(uid, qos) => self.kubepods.find_pod(uid, qos.as_deref()).is_some(),
-        })
+        self.waiting.iter().any(|(uid, qos)| self.kubepods.find_pod(uid, qos.as_deref()).is_some())
+    }
+
+    /// What is in force for `cgroup`, to carry into the next set as is.
+    fn current(&self, cgroup: u64) -> Option<(Prepared, Resolved)> {
+        Some((self.enforced.get(&cgroup)?.1.clone(), self.resolved.get(&cgroup)?.clone()))
     }
 
     /// Enforces `r` as is (start-up: the agent's own pod, the endpoints
@@ -124,14 +113,15 @@ impl Node {
     }
 
     /// One pass: desired endpoints from `snap`, found on disk, compiled,
-    /// and the difference applied.
-    pub fn reconcile(&mut self, agent: &mut Agent, snap: &Snapshot) -> Pass {
+    /// and the difference applied. Returns how many pods still wait for
+    /// their cgroup or resolvers (look again soon).
+    pub fn reconcile(&mut self, agent: &mut Agent, snap: &Snapshot) -> usize {
         if !snap.synced {
             // Nothing is applied from a partial picture: pods listed before
             // their policies or namespaces would lose allowances, or drop
             // to audit when only an audit policy has listed yet. Pods keep
             // what they have (restored ones too); new ones stay denied.
-            return Pass::default();
+            return 0;
         }
         let started = Instant::now();
         self.pass_cluster_dns = self
@@ -143,8 +133,7 @@ impl Node {
         let policies_changed = self.book.update(&snap.policies, &snap.cluster_policies);
         self.stats.set_invalid(self.book.problems());
         let wants = desired(&snap.pods, &snap.namespaces, &self.book, &snap.services, &self.settings);
-        let mut next: Vec<Prepared> = Vec::with_capacity(wants.len());
-        let mut next_resolved: HashMap<u64, Resolved> = HashMap::new();
+        let mut next: Vec<(Prepared, Resolved)> = Vec::with_capacity(wants.len());
         let mut rows = Vec::with_capacity(wants.len());
         let mut pending = 0;
         self.waiting.clear();
@@ -154,12 +143,7 @@ impl Node {
                 // Its namespace (labels: which cluster policies select it)
                 // is not on record yet: keep what it has; a new pod stays
                 // denied until the namespace arrives.
-                if let Some(c) = by_uid.get(&w.pod.uid)
-                    && let (Some((_, p)), Some(r)) = (self.enforced.get(c), self.resolved.get(c))
-                {
-                    next.push(p.clone());
-                    next_resolved.insert(*c, r.clone());
-                }
+                next.extend(by_uid.get(&w.pod.uid).and_then(|c| self.current(*c)));
                 continue;
             }
             let mut gaps = w.pod.gaps.clone();
@@ -168,8 +152,7 @@ impl Node {
                 Ok((r, dns_pending)) => match r.prepare() {
                     Ok(p) => {
                         waiting |= dns_pending;
-                        next_resolved.insert(p.cgroup_id, r);
-                        next.push(p);
+                        next.push((p, r));
                     }
                     Err(e) => {
                         // Keeps what it had (if anything): a union the
@@ -179,28 +162,22 @@ impl Node {
                         // Kept only in the mode now wanted: a pod must not
                         // stay in audit (allow-all) because the union that
                         // enforces it does not compile.
-                        let kept = by_uid
-                            .get(&w.pod.uid)
-                            .and_then(|c| Some((self.enforced.get(c)?, self.resolved.get(c)?)))
-                            .filter(|((_, p), _)| p.mode == w.mode);
-                        if let Some(((_, p), r)) = kept {
-                            next.push(p.clone());
-                            next_resolved.insert(p.cgroup_id, r.clone());
-                        } else if let Ok(mut r) = self.resolve(w).map(|(r, _)| r) {
-                            r.spec = crate::policy::PolicySpec::default();
-                            r.spec.dns.servers = Some(Vec::new());
-                            r.origins.clear();
-                            if let Ok(p) = r.prepare() {
-                                next_resolved.insert(p.cgroup_id, r);
-                                next.push(p);
-                            }
+                        let kept = by_uid.get(&w.pod.uid).and_then(|c| self.current(*c)).filter(|(p, _)| p.mode == w.mode);
+                        if let Some(k) = kept {
+                            next.push(k);
+                        } else {
+                            let mut deny = r;
+                            deny.spec = crate::policy::PolicySpec::default();
+                            deny.spec.dns.servers = Some(Vec::new());
+                            deny.origins.clear();
+                            next.extend(deny.prepare().ok().map(|p| (p, deny)));
                         }
                     }
                 },
                 Err(()) => {
                     gaps.push(Gap::CgroupNotFound);
                     waiting = true;
-                    self.waiting.push(Waiting::Cgroup(w.pod.cgroup_uid.clone(), w.pod.qos.clone()));
+                    self.waiting.push((w.pod.cgroup_uid.clone(), w.pod.qos.clone()));
                 }
             }
             if waiting {
@@ -227,19 +204,24 @@ impl Node {
         // The agent's own pod is exempt whatever the API says (before its
         // object is listed, or if the downward API's UID is not on record).
         let own = self.settings.own_pod.as_deref();
-        if let Some((c, r)) = self.resolved.iter().find(|(_, r)| Some(r.uid.as_str()) == own && r.mode == Mode::Exempt.as_str())
-            && !next.iter().any(|p| p.cgroup_id == *c)
-            && let Some((_, p)) = self.enforced.get(c)
+        let own_cgroup = self.resolved.iter().find(|(_, r)| Some(r.uid.as_str()) == own && r.mode == Mode::Exempt.as_str());
+        if let Some(c) = own_cgroup.map(|(c, _)| *c)
+            && !next.iter().any(|(p, _)| p.cgroup_id == c)
         {
-            next.push(p.clone());
-            next_resolved.insert(*c, r.clone());
+            next.extend(self.current(c));
         }
         let live: HashSet<&str> = wants.iter().map(|w| w.pod.uid.as_str()).collect();
         self.waiting_since.retain(|uid, _| live.contains(uid.as_str()));
         self.logged_gaps.retain(|uid, _| live.contains(uid.as_str()));
+        let (next, next_resolved): (Vec<Prepared>, HashMap<u64, Resolved>) = next
+            .into_iter()
+            .map(|(p, r)| {
+                let c = p.cgroup_id;
+                (p, (c, r))
+            })
+            .unzip();
         let plan = Plan::new(&self.enforced, next);
-        let changed = !plan.is_empty();
-        if changed {
+        if !plan.is_empty() {
             let (added, changed_n, removed) = (plan.add.len(), plan.change.len(), plan.remove.len());
             let removed_ids: Vec<u64> = plan.remove.iter().map(|(_, c)| *c).collect();
             if let Err(e) = reconcile::apply(agent, &mut self.enforced, plan, AttachEach::Parent) {
@@ -265,7 +247,7 @@ impl Node {
             self.save();
         }
         self.stats.set_pods(rows, snap.synced);
-        Pass { pending, changed }
+        pending
     }
 
     /// Logs what cgroup hooks cannot enforce of a pod, when that changes.

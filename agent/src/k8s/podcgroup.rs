@@ -89,39 +89,6 @@ impl Kubepods {
         let others = ["Burstable", "BestEffort", "Guaranteed"].into_iter().filter(|q| Some(*q) != qos);
         qos.into_iter().chain(others).map(|q| self.pod_dir(uid, q)).find(|d| d.is_dir())
     }
-
-    /// The pod UIDs of every pod cgroup present (both spellings read back
-    /// as the API's, with `-`).
-    pub fn pod_uids(&self) -> Vec<(String, PathBuf)> {
-        let mut out = Vec::new();
-        let levels: Vec<PathBuf> = match self.driver {
-            Driver::Cgroupfs => vec![self.dir.clone(), self.dir.join("burstable"), self.dir.join("besteffort")],
-            Driver::Systemd => {
-                vec![self.dir.clone(), self.dir.join("kubepods-burstable.slice"), self.dir.join("kubepods-besteffort.slice")]
-            }
-        };
-        for level in levels {
-            let Ok(rd) = std::fs::read_dir(&level) else { continue };
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if let Some(uid) = uid_of(&name) {
-                    out.push((uid, e.path()));
-                }
-            }
-        }
-        out
-    }
-}
-
-/// The pod UID in a pod cgroup's directory name (`pod<uid>` or
-/// `kubepods[-qos]-pod<uid_>.slice`), as the API writes it.
-pub fn uid_of(name: &str) -> Option<String> {
-    let body = name.strip_suffix(".slice").unwrap_or(name);
-    let at = body.rfind("pod")?;
-    let uid = &body[at + 3..];
-    // A UID, or a static pod's config hash (32 hex digits).
-    let valid = (uid.len() == 36 || uid.len() == 32) && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-' || b == b'_');
-    valid.then(|| uid.replace('_', "-"))
 }
 
 #[cfg(test)]
@@ -161,20 +128,6 @@ mod tests {
     }
 
     #[test]
-    fn uids_read_back_from_directory_names() {
-        for name in [
-            "pod0f1e2d3c-aaaa-bbbb-cccc-1234567890ab",
-            "kubepods-pod0f1e2d3c_aaaa_bbbb_cccc_1234567890ab.slice",
-            "kubepods-besteffort-pod0f1e2d3c_aaaa_bbbb_cccc_1234567890ab.slice",
-        ] {
-            assert_eq!(uid_of(name).as_deref(), Some(UID), "{name}");
-        }
-        for name in ["burstable", "kubepods-burstable.slice", "cri-containerd-abc.scope", "podnothex-aaaa", "pod"] {
-            assert_eq!(uid_of(name), None, "{name}");
-        }
-    }
-
-    #[test]
     fn the_driver_is_found_on_disk() {
         let dir = std::env::temp_dir().join(format!("pc-kubepods-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -186,8 +139,7 @@ mod tests {
         let pod = burstable.join("kubepods-burstable-pod0f1e2d3c_aaaa_bbbb_cccc_1234567890ab.slice");
         std::fs::create_dir_all(pod.join("cri-containerd-0123.scope")).unwrap();
         assert_eq!(k.find_pod(UID, Some("Burstable")), Some(pod.clone()));
-        assert_eq!(k.find_pod(UID, None), Some(pod.clone()), "no QoS class yet: every level is tried");
-        assert_eq!(k.pod_uids(), vec![(UID.to_owned(), pod)]);
+        assert_eq!(k.find_pod(UID, None), Some(pod), "no QoS class yet: every level is tried");
         assert!(Kubepods::find(&dir.join("nothing"), None).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
