@@ -45,23 +45,30 @@ pub use topology::{INET_DOWNLINK_IF, NODE_UPLINK_IF, POD_IF};
 use std::path::PathBuf;
 
 /// `true` when running as root. Otherwise a privileged test cannot run: under
-/// CI (`CI=true`, or `PORTCULLIS_REQUIRE_PRIVILEGED` set, as `cargo xtask
-/// test` does in CI) that is a failure (panic), locally the test prints a
-/// SKIP line and should return early.
+/// CI ([`must_not_skip`]) that is a failure (panic), locally the test prints
+/// a SKIP line and should return early.
 pub fn require_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    let ci =
-        std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") || std::env::var_os("PORTCULLIS_REQUIRE_PRIVILEGED").is_some();
+    nix::unistd::geteuid().is_root() || skip("needs root (network namespaces)")
+}
+
+/// Whether a test must fail instead of skipping itself for a missing
+/// prerequisite: under CI (`CI=true`, or `PORTCULLIS_REQUIRE_PRIVILEGED` set,
+/// as `cargo xtask test` does in CI).
+pub fn must_not_skip() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") || std::env::var_os("PORTCULLIS_REQUIRE_PRIVILEGED").is_some()
+}
+
+/// A test cannot run because `why`: panics under CI ([`must_not_skip`]),
+/// else prints `SKIP <test>: <why>` and returns `false` (for an early return).
+pub(crate) fn skip(why: &str) -> bool {
     let what = std::thread::current().name().unwrap_or("test").to_owned();
-    if ci {
-        panic!("privileged test cannot run: {what} needs root (network namespaces), and CI=true");
+    if must_not_skip() {
+        panic!("privileged test cannot run: {what} {why}, and CI=true");
     }
     // Written to the real stderr, not `eprintln!`, so libtest's output
     // capture does not hide that the test was skipped.
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP {what}: needs root (network namespaces)");
+    let _ = writeln!(std::io::stderr(), "SKIP {what}: {why}");
     false
 }
 
