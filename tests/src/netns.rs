@@ -3,7 +3,8 @@
 //! Every command here targets a named namespace (`ip -n NS ...`); nothing is
 //! ever added to the root namespace.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -121,4 +122,73 @@ pub fn sweep_stale(tmp_root: &Path) {
             }
         }
     }
+}
+
+/// An interface's addresses and the default routes through it, to be put
+/// back after something took them: runsc moves a pod's `eth0` addresses
+/// into gVisor's Sentry and never returns them.
+#[derive(Debug)]
+pub struct IfSnapshot {
+    ns: String,
+    ifname: String,
+    /// (`ip` family flag, address/prefix length, scope)
+    addrs: Vec<(&'static str, String, String)>,
+    /// (`ip` family flag, gateway)
+    gateways: Vec<(&'static str, String)>,
+}
+
+impl IfSnapshot {
+    pub fn take(ns: &str, ifname: &str) -> Result<Self> {
+        let mut gateways = vec![];
+        for fam in ["-4", "-6"] {
+            for route in ip_json(ns, &[fam, "route", "show", "default", "dev", ifname])? {
+                gateways.extend(route["gateway"].as_str().map(|gw| (fam, gw.to_owned())));
+            }
+        }
+        Ok(Self { ns: ns.to_owned(), ifname: ifname.to_owned(), addrs: if_addrs(ns, ifname)?, gateways })
+    }
+
+    /// Re-adds the missing addresses, then the routes through them.
+    pub fn restore(&self) -> Result<()> {
+        let now = if_addrs(&self.ns, &self.ifname)?;
+        for (fam, cidr, scope) in self.addrs.iter().filter(|a| !now.contains(a)) {
+            let mut args = vec![*fam, "addr", "add", cidr, "dev", &self.ifname, "scope", scope];
+            // Usable at once (no duplicate address detection), as the bench makes them.
+            if *fam == "-6" {
+                args.push("nodad");
+            }
+            ip_in(&self.ns, &args)?;
+        }
+        for (fam, gw) in &self.gateways {
+            ip_in(&self.ns, &[fam, "route", "replace", "default", "via", gw, "dev", &self.ifname])?;
+        }
+        Ok(())
+    }
+}
+
+/// `ip -j -n NS ARGS...` as a JSON list.
+fn ip_json(ns: &str, args: &[&str]) -> Result<Vec<Value>> {
+    let out = Command::new("ip").args(["-j", "-n", ns]).args(args).output().context("run `ip` (iproute2)")?;
+    let shown = format!("ip -j -n {ns} {}", args.join(" "));
+    ensure!(out.status.success(), "`{shown}` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    // `ip -j route show` prints nothing at all when there is no route.
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Ok(vec![]);
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).with_context(|| format!("parse `{shown}`"))?;
+    v.as_array().cloned().with_context(|| format!("`{shown}` printed no list"))
+}
+
+fn if_addrs(ns: &str, ifname: &str) -> Result<Vec<(&'static str, String, String)>> {
+    let links = ip_json(ns, &["addr", "show", "dev", ifname])?;
+    let infos = links.iter().flat_map(|l| l["addr_info"].as_array().into_iter().flatten());
+    let addr = |a: &Value| {
+        let fam = match a["family"].as_str()? {
+            "inet" => "-4",
+            "inet6" => "-6",
+            _ => return None,
+        };
+        Some((fam, format!("{}/{}", a["local"].as_str()?, a["prefixlen"].as_u64()?), a["scope"].as_str()?.to_owned()))
+    };
+    Ok(infos.filter_map(addr).collect())
 }
