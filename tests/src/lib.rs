@@ -24,6 +24,8 @@
 //!
 //! Also [`fakeapi`]: an in-process fake Kubernetes API server that the real
 //! `kube::Client` talks to over 127.0.0.1, for the agent's Kubernetes side.
+//! And [`gvisor`]: a command in a real gVisor sandbox (Debian's `runsc`) on
+//! a bench pod's network namespace, for the TC datapath's sandboxed pods.
 
 pub mod addr;
 mod bench;
@@ -32,6 +34,7 @@ mod builder;
 pub mod dns;
 pub mod fakeapi;
 mod guard;
+pub mod gvisor;
 pub mod netns;
 pub mod servers;
 pub mod soak;
