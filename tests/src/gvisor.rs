@@ -33,6 +33,8 @@
 //!
 //! Cleanup is RAII, also on panic or timeout: `runsc delete --force` (runsc
 //! kills the sandbox and gofer it started), addresses back, files removed.
+//! If the test process is killed, `runsc run` dies with it (the bench's
+//! death signal) and takes its sandbox and gofer along (runsc's own).
 
 use crate::guard::ChildGuard;
 use crate::netns::IfSnapshot;
