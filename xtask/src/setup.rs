@@ -29,6 +29,8 @@ pub const PACKAGES: &[&str] = &[
     "procps",
     // The deploy checks' venv (`deploy_tools`).
     "python3-venv",
+    // gVisor sandboxes on bench pods (`tests/src/gvisor.rs`), host only.
+    "runsc",
 ];
 const BPFFS: &str = "/sys/fs/bpf";
 
