@@ -20,3 +20,4 @@ pub mod reconcile;
 pub mod run;
 pub mod telemetry;
 pub mod util;
+pub mod veth;
