@@ -19,7 +19,8 @@ pub struct DeniedEvent {
     pub proto: u8,
     /// Destination port, network byte order.
     pub dport: [u8; 2],
-    pub _pad: [u8; 4],
+    /// Host-side veth the packet crossed (`Hook::TcEgress`), else 0.
+    pub ifindex: u32,
     /// Destination, IPv6 or IPv4-mapped.
     pub daddr: [u8; 16],
     /// `comm` of the current task when known, NUL padded.
@@ -40,6 +41,11 @@ pub const DNS_KIND_QUERY: u32 = 1;
 /// datagram never leaves the namespace). From a namespace without a DNS
 /// gate yet; the agent answers it.
 pub const DNS_KIND_CAUGHT: u32 = 2;
+/// `DnsHeldPacket::kind`: a query taken off the wire on a pod's host-side
+/// veth (TC), dropped there; `data` starts at the Ethernet header. The
+/// agent judges it, forwards it from the node and writes the answer back
+/// onto the veth.
+pub const DNS_KIND_VETH_QUERY: u32 = 3;
 
 /// `DNS_HOLD`: a DNS answer held back (ingress: learned from, then
 /// re-injected marked with `inject_mark`), or a copy of a query (egress:
@@ -59,7 +65,8 @@ pub struct DnsHeldPacket {
     pub family: u32,
     /// `DNS_KIND_*`.
     pub kind: u32,
-    pub _pad: u32,
+    /// `DNS_KIND_VETH_QUERY`: the host-side veth it was taken from; else 0.
+    pub ifindex: u32,
     /// `DNS_KIND_CAUGHT` sent to `DNS_PLACEHOLDER_V4`: the IPv6 resolver
     /// it was meant for (the packet itself is IPv4); else all zero.
     pub resolver: [u8; 16],

@@ -13,11 +13,13 @@ pub mod maps;
 pub mod reason;
 pub mod source_route;
 pub mod verdict_cache;
+pub mod veth;
 
 pub use event::*;
 pub use maps::*;
 pub use reason::*;
 pub use verdict_cache::*;
+pub use veth::*;
 
 /// IP protocol numbers used in keys (IANA).
 pub mod proto {

@@ -29,3 +29,10 @@ pub const SOCK_OWNER_ENTRIES: u32 = 65_536;
 pub const DENIED_EVENTS_BYTES: u32 = 256 * 1024;
 /// `DNS_HOLD`: bytes of held DNS packets in flight.
 pub const DNS_HOLD_BYTES: u32 = 4 * 1024 * 1024;
+/// `TC_IFACES`: host-side veths with programs attached (one per pod, a
+/// few for multi-interface pods).
+pub const TC_IFACE_ENTRIES: u32 = 4096;
+/// `POD_ADDRS`: (veth, address) pairs; a pod has one or two addresses.
+pub const POD_ADDR_ENTRIES: u32 = 16_384;
+/// `TC_FLOWS`: flows the veth programs let through (LRU).
+pub const TC_FLOW_ENTRIES: u32 = 262_144;

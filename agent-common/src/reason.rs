@@ -34,6 +34,9 @@ pub enum Reason {
     DnsCaught = 11,
     /// The cgroup belongs to an exempt endpoint (`ENDPOINT_F_EXEMPT`).
     AllowedExempt = 12,
+    /// Neighbour discovery on a pod's veth (ARP for the pod's own address,
+    /// IPv6 ND and MLD to link-scope destinations): never leaves the link.
+    AllowedNeighbor = 13,
 
     /// Destination is in an always-denied range (private, metadata, ...).
     DeniedRange = 20,
@@ -63,6 +66,9 @@ pub enum Reason {
     /// destination would be the first hop, not what was allowed), refused
     /// at `setsockopt` and per packet (`agent_common::source_route`).
     DeniedSourceRoute = 29,
+    /// A packet on a pod's veth whose source address is not the pod's
+    /// (or an ARP claiming another address): forged, dropped.
+    DeniedSpoofed = 30,
 }
 
 impl Reason {
@@ -86,6 +92,7 @@ impl Reason {
             10 => Self::UdpConnectDeferred,
             11 => Self::DnsCaught,
             12 => Self::AllowedExempt,
+            13 => Self::AllowedNeighbor,
             20 => Self::DeniedRange,
             21 => Self::DeniedDefault,
             22 => Self::DeniedDnsServer,
@@ -96,6 +103,7 @@ impl Reason {
             27 => Self::DeniedDnsName,
             28 => Self::DeniedDnsNoGate,
             29 => Self::DeniedSourceRoute,
+            30 => Self::DeniedSpoofed,
             _ => return None,
         })
     }
@@ -115,6 +123,7 @@ impl Reason {
             Self::UdpConnectDeferred => "udp-connect-deferred",
             Self::DnsCaught => "dns-caught",
             Self::AllowedExempt => "allowed-exempt",
+            Self::AllowedNeighbor => "allowed-neighbor",
             Self::DeniedRange => "denied-range",
             Self::DeniedDefault => "denied-default",
             Self::DeniedDnsServer => "denied-dns-server",
@@ -125,6 +134,7 @@ impl Reason {
             Self::DeniedDnsName => "denied-dns-name",
             Self::DeniedDnsNoGate => "denied-dns-no-gate",
             Self::DeniedSourceRoute => "denied-source-route",
+            Self::DeniedSpoofed => "denied-spoofed",
         }
     }
 }
@@ -141,10 +151,14 @@ pub enum Hook {
     SkbIngress = 5,
     /// `cgroup/setsockopt`: options that would source-route.
     Setsockopt = 6,
+    /// The pod's veth, packets from the pod (tc ingress on the host side).
+    TcEgress = 7,
+    /// The pod's veth, packets to the pod (tc egress on the host side).
+    TcIngress = 8,
 }
 
 impl Hook {
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 9;
 
     pub const fn from_u32(v: u32) -> Option<Self> {
         Some(match v {
@@ -155,6 +169,8 @@ impl Hook {
             4 => Self::SkbEgress,
             5 => Self::SkbIngress,
             6 => Self::Setsockopt,
+            7 => Self::TcEgress,
+            8 => Self::TcIngress,
             _ => return None,
         })
     }
@@ -168,6 +184,8 @@ impl Hook {
             Self::SkbEgress => "skb-egress",
             Self::SkbIngress => "skb-ingress",
             Self::Setsockopt => "setsockopt",
+            Self::TcEgress => "tc-egress",
+            Self::TcIngress => "tc-ingress",
         }
     }
 }

@@ -58,6 +58,8 @@ pub struct Attempt {
     pub daddr: [u8; 16],
     pub tgid: u32,
     pub comm: [u8; 16],
+    /// The host-side veth (`Hook::TcEgress`), else 0.
+    pub ifindex: u32,
 }
 
 #[inline(always)]
@@ -81,7 +83,7 @@ pub fn emit(cfg: &Config, a: &Attempt) {
         audit: a.audit as u8,
         proto: a.proto,
         dport: a.dport,
-        _pad: [0; 4],
+        ifindex: a.ifindex,
         daddr: a.daddr,
         comm: a.comm,
     });
@@ -119,6 +121,7 @@ pub fn report(
             daddr: dest.ip,
             tgid,
             comm,
+            ifindex: 0,
         },
     );
     audit

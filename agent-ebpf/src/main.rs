@@ -17,11 +17,12 @@ mod sock_addr;
 mod sock_dns;
 mod sockopt;
 mod verdict;
+mod veth;
 
 use agent_common::Hook;
 use aya_ebpf::{
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt},
-    programs::{SkBuffContext, SockAddrContext, SockContext, SockoptContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, classifier},
+    programs::{SkBuffContext, SockAddrContext, SockContext, SockoptContext, TcContext},
 };
 
 #[cgroup_sock_addr(connect4)]
@@ -77,6 +78,18 @@ pub fn pc_sock_create(ctx: SockContext) -> i32 {
 #[cgroup_sockopt(setsockopt)]
 pub fn pc_setsockopt(ctx: SockoptContext) -> i32 {
     sockopt::setsockopt(&ctx)
+}
+
+/// The pod's veth, host side, tc ingress: what the pod sends.
+#[classifier]
+pub fn pc_from_pod(ctx: TcContext) -> i32 {
+    veth::from_pod(&ctx)
+}
+
+/// The pod's veth, host side, tc egress: what the pod receives.
+#[classifier]
+pub fn pc_to_pod(ctx: TcContext) -> i32 {
+    veth::to_pod(&ctx)
 }
 
 #[cfg(not(test))]

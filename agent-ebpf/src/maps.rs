@@ -3,7 +3,8 @@
 
 use agent_common::{
     COUNTERS_LEN, CidrKey, CidrValue, Config, DnsServerKey, DnsSockInfo, EndpointInfo, GateKey, GatePortKey, GatePortValue,
-    GateValue, InboundKey, LearnedKey, LearnedValue, LiveFlow, MAX_ENDPOINTS, RateState, SockOwner, VerdictCache, limits,
+    GateValue, InboundKey, LearnedKey, LearnedValue, LiveFlow, MAX_ENDPOINTS, PodAddrKey, RateState, SockOwner, TcFlowKey,
+    TcFlowValue, TcIface, VerdictCache, limits,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
@@ -129,3 +130,17 @@ pub static SKB_NETNS_HELPER: u32 = 1;
 /// per-CPU array lookup: kernel/bpf/arraymap.c `percpu_array_map_gen_lookup`).
 #[map]
 pub static SOLO_CACHE: PerCpuArray<VerdictCache> = PerCpuArray::with_max_entries(4, 0);
+
+/// Host-side veth ifindex -> the pod's endpoint (the veth programs, `tc.rs`).
+#[map]
+pub static TC_IFACES: HashMap<u32, TcIface> = HashMap::with_max_entries(limits::TC_IFACE_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// The addresses each pod may send from on its veth.
+#[map]
+pub static POD_ADDRS: HashMap<PodAddrKey, u32> = HashMap::with_max_entries(limits::POD_ADDR_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Flows the veth programs already let through: the common case costs this
+/// one lookup, not a second verdict. Per-CPU LRU lists, as above.
+#[map]
+pub static TC_FLOWS: LruHashMap<TcFlowKey, TcFlowValue> =
+    LruHashMap::with_max_entries(limits::TC_FLOW_ENTRIES, BPF_F_NO_COMMON_LRU);

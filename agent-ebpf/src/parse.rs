@@ -1,15 +1,17 @@
-//! Header parsing for `cgroup_skb` programs, where packet data starts at the
-//! IP header. Reads use direct packet access (cgroup_skb may read
-//! `skb->data`..`data_end` with CAP_BPF, kernel 5.2+) and fall back to
-//! `bpf_skb_load_bytes` when a header is not in the linear part, so short or
-//! odd packets fail cleanly instead of reading out of bounds.
+//! Header parsing for the packet programs: `cgroup_skb`, where packet data
+//! starts at the IP header, and the veth (TC) programs, where it starts at
+//! the Ethernet header (`Frame::l3` says where the IP header is). Reads use
+//! direct packet access (cgroup_skb may read `skb->data`..`data_end` with
+//! CAP_BPF, kernel 5.2+) and fall back to `bpf_skb_load_bytes` when a header
+//! is not in the linear part, so short or odd packets fail cleanly instead
+//! of reading out of bounds.
 
 use agent_common::{
     proto::{self, has_ports},
     source_route::{IPPROTO_ROUTING, MAX_IPV4_OPTIONS, ipv4_options_may_route},
     v4_mapped,
 };
-use aya_ebpf::programs::SkBuffContext;
+use aya_ebpf::programs::sk_buff::SkBuff;
 
 pub struct Flow {
     pub proto: u8,
@@ -32,28 +34,46 @@ pub const TCP_ACK: u8 = 0x10;
 
 const MAX_EXT_HEADERS: usize = 6;
 
-/// Reads a `T` at `off` from the IP header on.
-#[inline(always)]
-fn read<T: Copy>(ctx: &SkBuffContext, off: usize) -> Result<T, ()> {
-    // SAFETY: the kernel provides data/data_end for the duration of the run.
-    let (data, end) = unsafe { ((*ctx.skb.skb).data as usize, (*ctx.skb.skb).data_end as usize) };
-    if data + off + size_of::<T>() <= end {
-        // SAFETY: bounds checked against data_end just above.
-        return Ok(unsafe { core::ptr::read_unaligned((data + off) as *const T) });
+/// A packet and where its IP header starts (0 in `cgroup_skb`, after the
+/// Ethernet header on a veth). Constant per call site, so every offset
+/// below folds to a constant where it was one before.
+#[derive(Clone, Copy)]
+pub struct Frame<'a> {
+    pub skb: &'a SkBuff,
+    pub l3: usize,
+}
+
+impl Frame<'_> {
+    /// Reads a `T` at `off` from the IP header on.
+    #[inline(always)]
+    fn read<T: Copy>(self, off: usize) -> Result<T, ()> {
+        // SAFETY: the kernel provides data/data_end for the duration of the run.
+        let (data, end) = unsafe { ((*self.skb.skb).data as usize, (*self.skb.skb).data_end as usize) };
+        let at = self.l3 + off;
+        if data + at + size_of::<T>() <= end {
+            // SAFETY: bounds checked against data_end just above.
+            return Ok(unsafe { core::ptr::read_unaligned((data + at) as *const T) });
+        }
+        self.skb.load(at).map_err(|_| ())
     }
-    ctx.load(off).map_err(|_| ())
+
+    /// A helper read at `off` from the IP header on (variable offsets).
+    #[inline(always)]
+    fn load<T: Copy>(self, off: usize) -> Result<T, ()> {
+        self.skb.load(self.l3 + off).map_err(|_| ())
+    }
 }
 
 #[inline(always)]
-fn l4(ctx: &SkBuffContext, f: &mut Flow, off: usize) -> Result<(), ()> {
+fn l4(ctx: Frame<'_>, f: &mut Flow, off: usize) -> Result<(), ()> {
     if f.proto == proto::TCP {
         // Ports (4 bytes) .. flags (byte 13) in one read.
-        let p: [u8; 14] = read(ctx, off)?;
+        let p: [u8; 14] = ctx.read(off)?;
         f.tcp_flags = p[13];
         f.sport = [p[0], p[1]];
         f.dport = [p[2], p[3]];
     } else {
-        let p: [u8; 4] = read(ctx, off)?;
+        let p: [u8; 4] = ctx.read(off)?;
         f.sport = [p[0], p[1]];
         f.dport = [p[2], p[3]];
     }
@@ -63,13 +83,20 @@ fn l4(ctx: &SkBuffContext, f: &mut Flow, off: usize) -> Result<(), ()> {
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 
+pub const ETH_P_ARP: u16 = 0x0806;
+
+/// `skb->protocol` in host order: set by ip_output/ip6_output (and on
+/// receive, by `eth_type_trans` from the frame) before the hooks run.
 #[inline(always)]
-pub fn parse(ctx: &SkBuffContext) -> Result<Flow, ()> {
-    // skb->protocol is set by ip_output/ip6_output (and on receive) before
-    // the cgroup hooks run; the version nibble is checked again below, so a
-    // raw IPv4 socket writing an IPv6 header is malformed, not misread.
-    let protocol = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
-    match protocol {
+pub fn ether_type(skb: &SkBuff) -> u16 {
+    u16::from_be(unsafe { (*skb.skb).protocol } as u16)
+}
+
+#[inline(always)]
+pub fn parse(ctx: Frame<'_>) -> Result<Flow, ()> {
+    // The version nibble is checked again below, so a raw IPv4 socket
+    // writing an IPv6 header is malformed, not misread.
+    match ether_type(ctx.skb) {
         ETH_P_IP => parse_v4(ctx),
         ETH_P_IPV6 => parse_v6(ctx),
         _ => Err(()),
@@ -77,8 +104,8 @@ pub fn parse(ctx: &SkBuffContext) -> Result<Flow, ()> {
 }
 
 #[inline(always)]
-fn parse_v4(ctx: &SkBuffContext) -> Result<Flow, ()> {
-    let h: [u8; 20] = read(ctx, 0)?;
+fn parse_v4(ctx: Frame<'_>) -> Result<Flow, ()> {
+    let h: [u8; 20] = ctx.read(0)?;
     let ihl = ((h[0] & 0x0f) as usize) * 4;
     if h[0] >> 4 != 4 || ihl < 20 {
         return Err(());
@@ -104,10 +131,10 @@ fn parse_v4(ctx: &SkBuffContext) -> Result<Flow, ()> {
 /// hold a source route (`ipv4_options_may_route`), read a 4-byte word at a
 /// time at constant offsets (only packets with options get here).
 #[inline(always)]
-fn options_route(ctx: &SkBuffContext, len: usize) -> Result<bool, ()> {
+fn options_route(ctx: Frame<'_>, len: usize) -> Result<bool, ()> {
     let mut w = 0;
     while w < MAX_IPV4_OPTIONS / 4 && w * 4 < len {
-        let word: [u8; 4] = ctx.load(20 + w * 4).map_err(|_| ())?;
+        let word: [u8; 4] = ctx.load(20 + w * 4)?;
         if ipv4_options_may_route(4, |i| word.get(i).copied()) {
             return Ok(true);
         }
@@ -117,8 +144,8 @@ fn options_route(ctx: &SkBuffContext, len: usize) -> Result<bool, ()> {
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &SkBuffContext) -> Result<Flow, ()> {
-    let h: [u8; 40] = read(ctx, 0)?;
+fn parse_v6(ctx: Frame<'_>) -> Result<Flow, ()> {
+    let h: [u8; 40] = ctx.read(0)?;
     if h[0] >> 4 != 6 {
         return Err(());
     }
@@ -136,20 +163,20 @@ fn parse_v6(ctx: &SkBuffContext) -> Result<Flow, ()> {
             // Hop-by-hop, routing, destination options: (len + 1) * 8.
             0 | IPPROTO_ROUTING | 60 => {
                 source_routed |= nh == IPPROTO_ROUTING;
-                let x: [u8; 2] = ctx.load(off).map_err(|_| ())?;
+                let x: [u8; 2] = ctx.load(off)?;
                 nh = x[0];
                 off += (x[1] as usize + 1) * 8;
             }
             // Fragment header: 8 bytes; a non-first fragment has no L4 header.
             44 => {
-                let x: [u8; 4] = ctx.load(off).map_err(|_| ())?;
+                let x: [u8; 4] = ctx.load(off)?;
                 nh = x[0];
                 first_fragment = ((((x[2] as u16) << 8) | x[3] as u16) >> 3) == 0;
                 off += 8;
             }
             // Authentication header: (len + 2) * 4.
             51 => {
-                let x: [u8; 2] = ctx.load(off).map_err(|_| ())?;
+                let x: [u8; 2] = ctx.load(off)?;
                 nh = x[0];
                 off += (x[1] as usize + 2) * 4;
             }
@@ -168,11 +195,11 @@ fn parse_v6(ctx: &SkBuffContext) -> Result<Flow, ()> {
             l4(ctx, &mut f, 40)?;
         } else {
             // Variable offset after extension headers: helper reads only.
-            let p: [u8; 4] = ctx.load(off).map_err(|_| ())?;
+            let p: [u8; 4] = ctx.load(off)?;
             f.sport = [p[0], p[1]];
             f.dport = [p[2], p[3]];
             if nh == proto::TCP {
-                f.tcp_flags = ctx.load(off + 13).map_err(|_| ())?;
+                f.tcp_flags = ctx.load(off + 13)?;
             }
         }
     }

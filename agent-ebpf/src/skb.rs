@@ -22,7 +22,7 @@ use crate::{
     events::{count, report},
     maps::{CONFIG, INBOUND, SOCK_OWNERS},
     netns,
-    parse::{Flow, TCP_ACK, TCP_SYN, parse},
+    parse::{Flow, Frame, TCP_ACK, TCP_SYN, parse},
     skb_dns::{gate_port, hold, note_tcp_gate_client, sunk_query, to_gate},
     skb_sock::{full_sock, socket_flow},
     verdict::{Dest, decide, is_trusted_resolver},
@@ -151,7 +151,7 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
             return if allow { PASS } else { DROP };
         }
     };
-    let parsed = parse(ctx);
+    let parsed = parse(Frame { skb: &ctx.skb, l3: 0 });
     if let Ok(f) = &parsed {
         if f.source_routed {
             // The IP destination is only the first hop: never judged as
@@ -303,7 +303,7 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
         count(hook, Reason::AllowedInjected);
         return PASS;
     }
-    let Ok(f) = parse(ctx) else {
+    let Ok(f) = parse(Frame { skb: &ctx.skb, l3: 0 }) else {
         count(hook, Reason::AllowedIngress);
         return PASS;
     };

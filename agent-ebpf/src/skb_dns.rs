@@ -150,7 +150,7 @@ pub(crate) fn hold(
         (*p).len = len;
         (*p).family = if v6 { 6 } else { 4 };
         (*p).kind = kind;
-        (*p)._pad = 0;
+        (*p).ifindex = 0;
         (*p).resolver = [0; 16];
         // Bounded copy the verifier can follow: 1..=DNS_MAX_PACKET, by
         // arithmetic: len - 1 (0 wraps to the top) below the bound, plus

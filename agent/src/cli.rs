@@ -243,6 +243,17 @@ pub struct ExecArgs {
     /// cgroup namespace, so it cannot move itself out of its cgroup.
     #[arg(long, env = "PORTCULLIS_KEEP_CAPS")]
     pub keep_caps: bool,
+    /// Also judge every packet on the veth of the --netns namespace, at its
+    /// host-side end, which lives in this namespace (e.g. the node's,
+    /// /proc/1/ns/net). Packet sockets, TUN devices with forwarding and
+    /// sandboxes whose traffic no socket hook sees (gVisor) are enforced
+    /// there; DNS on that wire is served by the agent.
+    #[arg(long, env = "PORTCULLIS_VETH_NETNS", value_name = "PATH", requires = "netns")]
+    pub veth_netns: Option<PathBuf>,
+    /// Enforce on the veth only (no cgroup hooks): what a gVisor or Kata
+    /// pod gets.
+    #[arg(long, env = "PORTCULLIS_VETH_ONLY", requires = "veth_netns")]
+    pub veth_only: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,

@@ -23,7 +23,7 @@ use agent_common::Config;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
-    programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt},
+    programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, SchedClassifier},
 };
 
 use super::{
@@ -32,7 +32,7 @@ use super::{
     maps::PolicyMaps,
     pin::{self, Pins},
     probe,
-    programs::{Kind, MAPS, OBJECT, PROGRAMS, Program, program},
+    programs::{Kind, MAPS, OBJECT, PROGRAMS, Program, VETH_PROGRAMS, program},
     solo::{self, SoloHooks},
     verdict_cache::SoloCache,
 };
@@ -101,6 +101,9 @@ impl Datapath {
                 continue;
             }
             load_program(&mut ebpf, p)?;
+        }
+        for (name, _) in VETH_PROGRAMS {
+            program::<SchedClassifier>(&mut ebpf, name)?.load().map_err(|source| LoadError::Program { name, source })?;
         }
         let mut maps = PolicyMaps::take(&mut ebpf)?;
         let own_cache = if one_attach_point {
@@ -267,6 +270,24 @@ impl Datapath {
         self.dns_hold.take()
     }
 
+    /// The veth programs, each with a descriptor of its own (for the
+    /// attaching thread, which runs in another namespace).
+    pub fn veth_programs(&self) -> Result<Vec<VethProgram>, LoadError> {
+        VETH_PROGRAMS
+            .iter()
+            .map(|&(name, dir)| {
+                let fd =
+                    attachable(&self.ebpf, name)?.try_clone_to_owned().map_err(|source| LoadError::Attach { name, source })?;
+                Ok(VethProgram { name, dir, fd })
+            })
+            .collect()
+    }
+
+    /// A veth program, for `BPF_PROG_TEST_RUN` tests.
+    pub fn veth_program(&self, name: &str) -> Option<&SchedClassifier> {
+        self.ebpf.program(name).and_then(|p| p.try_into().ok())
+    }
+
     /// The `cgroup_skb/egress` program, for `BPF_PROG_TEST_RUN` tests.
     pub fn egress_program(&self) -> Option<&CgroupSkb> {
         self.ebpf.program("pc_egress").and_then(|p| p.try_into().ok())
@@ -276,6 +297,14 @@ impl Datapath {
     pub fn ingress_program(&self) -> Option<&CgroupSkb> {
         self.ebpf.program("pc_ingress").and_then(|p| p.try_into().ok())
     }
+}
+
+/// A veth program ready to attach (`tc`).
+#[derive(Debug)]
+pub struct VethProgram {
+    pub name: &'static str,
+    pub dir: super::tc::Direction,
+    pub fd: OwnedFd,
 }
 
 /// A loaded program's descriptor, by name.

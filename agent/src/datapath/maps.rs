@@ -12,7 +12,7 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 
-use super::{error::LoadError, verdict_cache::VerdictCacheMap};
+use super::{error::LoadError, verdict_cache::VerdictCacheMap, veth_maps::VethMaps};
 
 pub struct PolicyMaps {
     config: Array<MapData, Config>,
@@ -27,10 +27,11 @@ pub struct PolicyMaps {
     gate_ports: HashMap<MapData, GatePortKey, GatePortValue>,
     gate_clients: Arc<GateClients>,
     verdict_cache: VerdictCacheMap,
+    veth: VethMaps,
     current: Config,
 }
 
-fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError> {
+pub(super) fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError> {
     let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
     T::try_from(map).map_err(|source| LoadError::Map { name, source })
 }
@@ -50,6 +51,7 @@ impl PolicyMaps {
             gate_ports: take(ebpf, "GATE_PORTS")?,
             gate_clients: Arc::new(GateClients(take(ebpf, "GATE_CLIENTS")?)),
             verdict_cache: VerdictCacheMap::new(take(ebpf, "VERDICT_CACHE")?),
+            veth: VethMaps::take(ebpf)?,
             current: Config::default(),
         })
     }
@@ -138,6 +140,11 @@ impl PolicyMaps {
         let key = Key::new(32 + u32::from(prefix), CidrKey { endpoint_be: endpoint.to_be_bytes(), ip });
         ignore_missing(self.cidrs.remove(&key))?;
         self.verdict_cache.invalidate(endpoint)
+    }
+
+    /// The veth datapath's maps.
+    pub fn veth(&mut self) -> &mut VethMaps {
+        &mut self.veth
     }
 
     /// The socket hooks' verdict cache (`verdict_cache`).

@@ -11,7 +11,9 @@ pub mod pin;
 pub mod probe;
 pub mod programs;
 pub mod solo;
+pub mod tc;
 pub mod verdict_cache;
+pub mod veth_maps;
 
 pub use error::LoadError;
 pub use loader::Datapath;

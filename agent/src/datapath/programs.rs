@@ -68,6 +68,11 @@ pub const PROGRAMS: [Program; 11] = {
     ]
 };
 
+/// The veth programs (`agent-ebpf/src/veth.rs`, `sched_cls`): attached per
+/// interface, not per cgroup (`tc`), so not in `PROGRAMS`.
+pub const VETH_PROGRAMS: [(&str, super::tc::Direction); 2] =
+    [("pc_from_pod", super::tc::Direction::FromPod), ("pc_to_pod", super::tc::Direction::ToPod)];
+
 /// The attach types of the cached hooks, in cache-slot order.
 pub const CACHED_ATTACH_TYPES: [u32; 4] = {
     use attach_type as t;
@@ -106,7 +111,7 @@ const fn v1(name: &'static str) -> MapPin {
 
 /// Every map of the object, pinned in node mode. (`SOLO_CACHE` is not here:
 /// each load has its own; `solo` pins those, at `SOLO_CACHE_VERSION`.)
-pub const MAPS: [MapPin; 19] = [
+pub const MAPS: [MapPin; 22] = [
     v1("CONFIG"),
     v1("ENDPOINTS"),
     v1("EP_CACHE"),
@@ -117,7 +122,8 @@ pub const MAPS: [MapPin; 19] = [
     v1("GATE_PORTS"),
     v1("GATE_CLIENTS"),
     v1("DNS_SOCKS"),
-    v1("COUNTERS"),
+    // v2: the veth hooks' counters (`Hook::TcEgress`, `TcIngress`).
+    MapPin { name: "COUNTERS", version: 2 },
     v1("EVENT_RATE"),
     v1("DENIED_EVENTS"),
     v1("DNS_HOLD"),
@@ -126,14 +132,18 @@ pub const MAPS: [MapPin; 19] = [
     v1("INBOUND"),
     v1("SOCK_OWNERS"),
     v1("VERDICT_CACHE"),
+    v1("TC_IFACES"),
+    v1("POD_ADDRS"),
+    v1("TC_FLOWS"),
 ];
 
 /// The version of each map as the previous release (layout `v3`) pinned
-/// it: the maps of this release are all unchanged since.
+/// it (every one at version 1; `COUNTERS` has changed since, the veth maps
+/// are new).
 pub const LEGACY_V3_MAPS: [(&str, u32); 19] = {
     let mut out = [("", 0); 19];
     let mut i = 0;
-    while i < MAPS.len() {
+    while i < out.len() {
         out[i] = (MAPS[i].name, 1);
         i += 1;
     }

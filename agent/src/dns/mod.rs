@@ -15,6 +15,7 @@
 //! the queried zone. Bad input is an `Err`, never a panic.
 
 pub mod answer;
+pub mod frame;
 pub mod packet;
 pub mod query;
 pub mod rewrite;
@@ -30,6 +31,7 @@ mod tests_packet;
 mod tests_robust;
 
 pub use answer::{Learned, LearnedAddr, learnable, name_to_string, parse_message, question, transaction_id};
+pub use frame::{FrameQuery, build_frame, parse_frame_query};
 pub use packet::{UdpPacket, build_udp, parse_udp};
 pub use query::{Suspicion, parse_query, refusal, suspicion};
 pub use rewrite::strip_addresses;
@@ -90,6 +92,11 @@ pub enum DnsError {
     /// miscounted section or smuggled data.
     #[error("{extra} bytes of trailing garbage after the DNS message")]
     DnsTrailingBytes { extra: usize },
+
+    /// A frame taken off a pod's veth must be Ethernet II carrying IPv4 or
+    /// IPv6 (no VLAN tag: the veth programs parse none either).
+    #[error("not an Ethernet II frame with an IP packet ({len} bytes, type {ether_type:#06x})")]
+    NotIpFrame { len: usize, ether_type: u16 },
 
     #[error("CNAME loop: {name} is reached twice")]
     CnameLoop { name: String },

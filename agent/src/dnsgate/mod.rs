@@ -15,6 +15,7 @@ pub mod hold;
 pub mod inject;
 pub mod netns;
 pub mod ratelimit;
+pub mod veth;
 
 use std::{
     collections::HashMap,

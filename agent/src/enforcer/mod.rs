@@ -105,6 +105,16 @@ impl Enforcer {
         Ok(())
     }
 
+    /// Judges what crosses the host-side veth `ifindex` by endpoint `id`
+    /// (`state/veth.rs`); `addrs`: the pod's own addresses.
+    pub fn add_veth(&self, id: u32, ifindex: u32, addrs: &[IpAddr]) -> Result<(), StateError> {
+        lock(&self.state).add_veth(id, ifindex, addrs)
+    }
+
+    pub fn remove_veth(&self, id: u32, ifindex: u32) -> Result<(), StateError> {
+        lock(&self.state).remove_veth(id, ifindex)
+    }
+
     pub fn endpoint(&self, id: u32) -> Option<EndpointView> {
         lock(&self.state).endpoint(id).map(EndpointView::of)
     }

@@ -80,6 +80,10 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
         attachment: crate::datapath::loader::Attachment::UntilCgroupRemoved,
         state_dir: None,
         metrics_addr: None,
+        node_netns: match &args.veth_netns {
+            Some(p) => Some(File::open(p).with_context(|| format!("opening {}", p.display()))?.into()),
+            None => None,
+        },
     })?;
     agent.go(None)?;
     let name = args.name.clone().unwrap_or_else(|| format!("exec-{pid}"));
@@ -94,7 +98,12 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
             // The command starts in our network namespace.
             agent.open_dns_gates(id, &[std::process::id()]);
         }
-        agent.attach(cgroup.path(), cgroup.id())?;
+        if !args.veth_only {
+            agent.attach(cgroup.path(), cgroup.id())?;
+        }
+        if let (Some(node), Some(netns)) = (&args.veth_netns, &args.netns) {
+            attach_veths(&mut agent, id, netns, node)?;
+        }
         let (mut child, child_pid) = match spawn(args, &cgroup)? {
             Spawned::Running(c, pid) => (c, pid),
             Spawned::Failed(code) => return Ok(code),
@@ -119,6 +128,20 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
     agent.shutdown();
     removed?;
     result
+}
+
+/// The veth programs on every veth of `netns` whose other end is in
+/// `node`, before the command starts.
+fn attach_veths(agent: &mut Agent, id: u32, netns: &std::path::Path, node: &std::path::Path) -> Result<()> {
+    let open = |p: &std::path::Path| File::open(p).with_context(|| format!("opening {}", p.display()));
+    let links = crate::veth::pod_links(open(netns)?, open(node)?)?;
+    anyhow::ensure!(!links.is_empty(), "no veth leads from {} to {}", netns.display(), node.display());
+    for l in links {
+        agent.attach_veth(id, l.host_ifindex, &l.pod_addrs)?;
+        tracing::info!(pod_if = %l.pod_ifname, host_if = %l.host_ifname, host_ifindex = l.host_ifindex,
+            mode = agent.veth_mode().unwrap_or("-"), addrs = ?l.pod_addrs, "veth programs attached");
+    }
+    Ok(())
 }
 
 enum Spawned {

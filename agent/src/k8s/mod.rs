@@ -107,6 +107,7 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         state_dir: pins.as_ref().map(|_| args.state_dir.clone()),
         pins,
         metrics_addr: args.metrics_addr,
+        node_netns: None,
     })?;
     // Before anything is written or taken over: an agent that cannot
     // attach must not have stopped the running one, nor touched its maps.

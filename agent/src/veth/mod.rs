@@ -19,6 +19,7 @@
 //! If the pod namespace still has no id for the host namespace after the
 //! link dump, no veth there leads to it.
 
+pub mod attach;
 mod link;
 mod rtnl;
 #[cfg(test)]

@@ -32,11 +32,11 @@ use std::{
     time::Instant,
 };
 
-use agent_common::{DNS_KIND_CAUGHT, DNS_KIND_QUERY, DnsHeldPacket};
+use agent_common::{DNS_KIND_CAUGHT, DNS_KIND_QUERY, DNS_KIND_VETH_QUERY, DnsHeldPacket};
 use aya::maps::{MapData, RingBuf};
 
 pub use self::pending::{PendingQueries, QueryKey};
-use super::{DnsStats, GateOptions, engine::Engine, inject::Injector, netns::NamespaceGates, ratelimit};
+use super::{DnsStats, GateOptions, engine::Engine, inject::Injector, netns::NamespaceGates, ratelimit, veth::VethDns};
 use crate::{blocked::LogSink, enforcer::Enforcer};
 
 pub struct HoldPath {
@@ -49,6 +49,9 @@ pub struct HoldPath {
     /// DNS gates in workload namespaces; opened for every namespace a
     /// hold-path query comes from.
     dns_gates: Option<Arc<NamespaceGates>>,
+    /// DNS taken off pods' veths (`DNS_KIND_VETH_QUERY`); without it such
+    /// queries are dropped (counted).
+    veth: Option<Arc<VethDns>>,
 }
 
 /// Copies the fixed header and the packet out of a ring buffer record
@@ -82,7 +85,14 @@ impl HoldPath {
             pending: PendingQueries::default(),
             rate: HashMap::new(),
             dns_gates: None,
+            veth: None,
         }
+    }
+
+    /// Serves DNS the veth programs take off pods' wires.
+    pub fn with_veth_dns(mut self, veth: Arc<VethDns>) -> Self {
+        self.veth = Some(veth);
+        self
     }
 
     /// Opens TCP gates in the namespaces queries come from (before their
@@ -108,6 +118,14 @@ impl HoldPath {
         let sent = match held.kind {
             DNS_KIND_QUERY => self.handle_query(&held, data),
             DNS_KIND_CAUGHT => self.handle_caught(&held, data),
+            DNS_KIND_VETH_QUERY => {
+                match &self.veth {
+                    Some(v) => v.serve(held.endpoint, held.ifindex, data),
+                    None => DnsStats::bump(&self.engine.stats.dropped_unknown_endpoint),
+                }
+                // Answered (or not) later, from the veth's answer loop.
+                false
+            }
             _ => self.handle_answer(&held, data),
         };
         if sent {

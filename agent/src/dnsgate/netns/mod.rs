@@ -35,6 +35,9 @@
 mod slots;
 mod tcp;
 mod udp;
+mod upstream;
+
+pub use upstream::Upstream;
 
 use std::{
     collections::HashMap,
@@ -107,6 +110,8 @@ pub struct NamespaceGates {
     /// A previous agent's gate ports, removed once its answers are in.
     stale_ports: Mutex<(Vec<GatePortKey>, Option<Instant>)>,
     stop: Arc<AtomicBool>,
+    /// Where sockets to resolvers are made (`upstream.rs`).
+    upstream: Upstream,
 }
 
 /// How long a previous agent's gate ports stay after a takeover (its gates
@@ -134,6 +139,8 @@ struct GateCtx {
     /// The endpoint and resolver; `tgid` is filled in per client.
     who: Client,
     netns_cookie: u64,
+    /// Where sockets to the resolver are made.
+    upstream: Upstream,
 }
 
 impl GateCtx {
@@ -171,14 +178,12 @@ struct Sockets {
     diag: Option<OwnedFd>,
 }
 
-fn open_sockets(resolver: SocketAddr, inject_mark: u32) -> Result<Sockets, GateError> {
+fn open_sockets(resolver: SocketAddr, inject_mark: u32, up: &Upstream) -> Result<Sockets, GateError> {
     let addr = loopback_for(resolver);
     let err = |addr| move |source| GateError::Socket { addr, source };
     let tcp = TcpListener::bind(addr).map_err(err(addr))?;
     let udp = UdpSocket::bind(addr).map_err(err(addr))?;
-    let any: SocketAddr = if resolver.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
-    let upstream = UdpSocket::bind(any).map_err(err(any))?;
-    upstream.connect(resolver).map_err(err(resolver))?;
+    let upstream = up.udp(resolver).map_err(err(resolver))?;
     // Both families: an IPv6 resolver's caught queries can arrive over
     // IPv4 (`DNS_PLACEHOLDER_V4`).
     let raw4 = raw_socket(libc::AF_INET, inject_mark)?;
@@ -219,7 +224,15 @@ impl NamespaceGates {
             stops: Mutex::default(),
             stale_ports: Mutex::default(),
             stop: Arc::default(),
+            upstream: Upstream::default(),
         }
+    }
+
+    /// Gates forward from the node's namespace `node_ns` (`upstream.rs`):
+    /// required when the pods' veths carry the veth programs.
+    pub fn forward_from(mut self, node_ns: OwnedFd) -> Self {
+        self.upstream = Upstream::in_namespace(node_ns);
+        self
     }
 
     /// Makes sure `endpoint` has a gate to each of its trusted resolvers in
@@ -256,6 +269,7 @@ impl NamespaceGates {
                 enforcer: self.enforcer.clone(),
                 who: Client { endpoint, tgid: 0, cgroup_id, resolver },
                 netns_cookie: 0,
+                upstream: self.upstream.clone(),
             };
             let table = udp::Table::default();
             // Ends with the agent, or at once if this gate is not needed.
@@ -272,7 +286,7 @@ impl NamespaceGates {
                         let _ = tx.send(Err(GateError::Setns { tgid, source }));
                         return;
                     }
-                    let socks = match open_sockets(resolver, mark) {
+                    let socks = match open_sockets(resolver, mark, &conn.upstream) {
                         Ok(s) => s,
                         Err(e) => {
                             let _ = tx.send(Err(e));

@@ -155,7 +155,7 @@ impl GateCtx {
             };
             let up = match &mut upstream {
                 Some(u) => u,
-                None => upstream.insert(within(TcpStream::connect(self.who.resolver)).await?),
+                None => upstream.insert(within(self.upstream.tcp(self.who.resolver)).await?),
             };
             within(write_frame_async(up, &bytes)).await?;
             let answer = within(read_frame_async(up)).await?.ok_or_else(|| invalid("resolver closed the connection"))?;

@@ -12,6 +12,7 @@ mod learned;
 mod names;
 mod table;
 mod update;
+mod veth;
 
 use std::{
     collections::HashMap,
@@ -43,6 +44,8 @@ pub enum StateError {
     DuplicateCgroup(u64),
     #[error("no endpoint {0}")]
     UnknownEndpoint(u32),
+    #[error("interface {ifindex} is already judged for endpoint {endpoint}")]
+    VethTaken { ifindex: u32, endpoint: u32 },
     #[error("updating kernel map {map}: {source}")]
     Map { map: &'static str, source: MapError },
 }
@@ -108,6 +111,8 @@ pub struct Endpoint {
     /// Shared with readers (`EndpointView`): a new policy replaces it.
     pub policy: Arc<CompiledPolicy>,
     pub mode: Mode,
+    /// Host-side veths judged per packet for this endpoint (`veth.rs`).
+    pub veths: Vec<u32>,
     /// Last DNS name seen for an IP (allowed or not), bounded.
     names: names::RecentNames,
 }
@@ -262,7 +267,15 @@ impl State {
         }
         self.endpoints.insert(
             id,
-            Endpoint { id, identity, cgroup_id, policy: Arc::new(policy), mode, names: names::RecentNames::default() },
+            Endpoint {
+                id,
+                identity,
+                cgroup_id,
+                policy: Arc::new(policy),
+                mode,
+                veths: Vec::new(),
+                names: names::RecentNames::default(),
+            },
         );
         Ok(id)
     }
@@ -270,6 +283,9 @@ impl State {
     /// Removes an endpoint and everything it put into the kernel.
     pub fn remove_endpoint(&mut self, id: u32) -> Result<(), StateError> {
         let Some(ep) = self.endpoints.remove(&id) else { return Ok(()) };
+        for ifindex in &ep.veths {
+            self.maps.veth().unassign(*ifindex).map_err(map_err("TC_IFACES"))?;
+        }
         self.maps.remove_endpoint(ep.cgroup_id).map_err(map_err("ENDPOINTS"))?;
         for e in &ep.policy.cidr_entries {
             self.maps.remove_cidr(id, e.net.addr().octets(), e.net.prefix_len()).map_err(map_err("CIDRS"))?;

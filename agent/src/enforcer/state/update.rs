@@ -59,6 +59,10 @@ impl State {
         if was != Some(mode) {
             let info = EndpointInfo { endpoint: id, flags: mode.flags(), generation: 0 };
             self.maps.add_endpoint(cgroup_id, info).map_err(map_err("ENDPOINTS"))?;
+            let veths = self.endpoints.get(&id).map(|e| e.veths.clone()).unwrap_or_default();
+            for ifindex in veths {
+                self.maps.veth().set_flags(ifindex, mode.flags()).map_err(map_err("TC_IFACES"))?;
+            }
         }
         self.maps.verdict_cache().invalidate(id).map_err(map_err("VERDICT_CACHE"))?;
         let ep = self.endpoints.get_mut(&id).ok_or(StateError::UnknownEndpoint(id))?;

@@ -2,8 +2,11 @@
 //! a small tokio runtime (blocked-connection log, expiry). Used by both
 //! `portcullis exec` and `portcullis run`.
 
+mod veth;
+
 use std::{
     io::Write,
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
@@ -66,6 +69,11 @@ pub struct AgentOptions {
     pub state_dir: Option<PathBuf>,
     /// Serve Prometheus metrics here (`metrics`).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The network namespace holding the pods' host-side veths (the node's):
+    /// with it, the veth programs can be attached there (`attach_veth`),
+    /// DNS they take off a pod's wire is served, and the DNS gates forward
+    /// from there (never across a pod's veth).
+    pub node_netns: Option<OwnedFd>,
 }
 
 /// The consumers of the kernel's rings and the expiry task, while this
@@ -134,6 +142,8 @@ pub struct Agent {
     pub coverage: Arc<Coverage>,
     /// The Kubernetes agent's per-pod report and readiness (set before `go`).
     pub k8s: Option<Arc<crate::telemetry::k8s::K8sStats>>,
+    /// The veth programs' interfaces (with `AgentOptions::node_netns`).
+    veths: Option<veth::Veths>,
 }
 
 /// Drops expired learned IPs from the maps (the kernel refuses them at
@@ -246,8 +256,16 @@ impl Agent {
         let records = RecordLimit::new(opts.events_per_sec, opts.events_burst);
         let gate = HoldPath::new(enforcer.clone(), mark, log.clone(), opts.gate, records);
         let gate_stats = gate.engine().stats.clone();
-        let dns_gates =
-            Arc::new(NamespaceGates::new(gate.engine().clone(), enforcer.clone(), opts.gate.dns_gates, mark, live.clone()));
+        let mut dns_gates = NamespaceGates::new(gate.engine().clone(), enforcer.clone(), opts.gate.dns_gates, mark, live.clone());
+        let (gate, veths) = match opts.node_netns {
+            Some(ns) => {
+                dns_gates = dns_gates.forward_from(ns.try_clone().context("node namespace")?);
+                let (gate, veths) = veth::start(gate, &datapath, ns, mark)?;
+                (gate, Some(veths))
+            }
+            None => (gate, None),
+        };
+        let dns_gates = Arc::new(dns_gates);
         let gate = gate.with_dns_gates(dns_gates.clone());
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -274,6 +292,7 @@ impl Agent {
             config_stats: Arc::default(),
             coverage: Arc::default(),
             k8s: None,
+            veths,
         })
     }
 
@@ -393,6 +412,7 @@ impl Agent {
     /// attach point; their verdict caches are planned again.
     pub fn remove_endpoint(&mut self, id: u32) -> Result<()> {
         let Some(cgroup_id) = self.enforcer.endpoint(id).map(|e| e.cgroup_id) else { return Ok(()) };
+        self.detach_veths_of(id)?;
         if self.attached.iter().any(|(_, c)| *c == cgroup_id) {
             self.datapath.detach(cgroup_id, self.pins.as_ref()).with_context(|| format!("detaching from cgroup {cgroup_id}"))?;
             self.attached.retain(|(_, c)| *c != cgroup_id);
@@ -515,6 +535,7 @@ impl Agent {
             self.dns_gates.unpublish();
         }
         self.dns_gates.shutdown();
+        self.stop_veths();
         if let Some(server) = self.listener.take() {
             server.stop();
         }

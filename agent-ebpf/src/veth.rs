@@ -1,0 +1,273 @@
+//! The pod's veth (TC on the host-side device): every packet the pod sends
+//! (`from_pod`, tc ingress there) and receives (`to_pod`, tc egress there),
+//! whatever made it: a socket of the pod's cgroup, a packet socket, a TUN
+//! device with forwarding, a gVisor sandbox's netstack, a Kata VM's tap.
+//!
+//! `from_pod`, in order: the interface's endpoint (`TC_IFACES`; attached
+//! but unassigned: dropped); neighbour discovery (ARP for the pod's own
+//! address, IPv6 ND/MLD to link-scope destinations); the source must be one
+//! of the pod's addresses (`POD_ADDRS`, else `DeniedSpoofed`); no source
+//! routes; DNS (to port 53, or to a trusted resolver) is taken off the wire
+//! into the agent's ring and dropped (`dns`); a flow already let through
+//! (`TC_FLOWS`) passes on that one lookup; anything else gets the same
+//! verdict as the cgroup hooks (`verdict::decide`), and an allowed flow is
+//! remembered. Allowed packets return "next", so a CNI's programs after
+//! ours still see them.
+//!
+//! `to_pod` judges nothing (Portcullis enforces egress): it remembers flows
+//! a peer opened (a TCP SYN, a UDP datagram), so the pod's replies on
+//! exactly that flow pass.
+
+use agent_common::{
+    Config, DNS_KIND_VETH_QUERY, DNS_MAX_PACKET, DnsHeldPacket, ENDPOINT_F_AUDIT, ENDPOINT_F_EXEMPT, EndpointInfo, Hook,
+    PodAddrKey, Reason, TC_DROP, TC_FLOW_F_INBOUND, TC_FLOW_F_JUDGED, TC_NEXT, TcFlowKey, TcFlowValue, loss, proto, v4_mapped,
+};
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::generated::{bpf_ktime_get_boot_ns, bpf_skb_load_bytes},
+    programs::TcContext,
+};
+
+use crate::{
+    events::{Attempt, bump, count, emit},
+    maps::{CONFIG, DNS_HOLD, POD_ADDRS, TC_FLOWS, TC_IFACES},
+    parse::{ETH_P_ARP, Flow, Frame, TCP_ACK, TCP_SYN, ether_type, parse},
+    verdict::{Dest, decide, is_trusted_resolver},
+};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const DNS_PORT_BE: [u8; 2] = 53u16.to_be_bytes();
+
+#[inline(always)]
+fn ifindex(ctx: &TcContext) -> u32 {
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+pub fn from_pod(ctx: &TcContext) -> i32 {
+    let hook = Hook::TcEgress;
+    let ifindex = ifindex(ctx);
+    // SAFETY: plain data copied out.
+    let Some(iface) = (unsafe { TC_IFACES.get(ifindex) }).copied() else {
+        // Attached, not (or no longer) assigned to a pod: fail closed.
+        count(hook, Reason::DeniedDefault);
+        return TC_DROP;
+    };
+    if iface.flags & ENDPOINT_F_EXEMPT != 0 {
+        count(hook, Reason::AllowedExempt);
+        return TC_NEXT;
+    }
+    let Some(cfg) = CONFIG.get(0) else {
+        count(hook, Reason::DeniedInternal);
+        return TC_DROP;
+    };
+    let ep = EndpointInfo { endpoint: iface.endpoint, flags: iface.flags, generation: 0 };
+    let frame = Frame { skb: &ctx.skb, l3: ETH_HLEN };
+    let nothing = Dest { proto: 0, port: [0; 2], ip: [0; 16] };
+    match ether_type(&ctx.skb) {
+        ETH_P_IP | ETH_P_IPV6 => {}
+        ETH_P_ARP => {
+            return match arp_sender(ctx) {
+                Some(spa) if spa == [0; 4] || is_pod_addr(ifindex, &v4_mapped(spa)) => {
+                    count(hook, Reason::AllowedNeighbor);
+                    TC_NEXT
+                }
+                Some(spa) => deny(cfg, &ep, ifindex, Reason::DeniedSpoofed, &Dest { ip: v4_mapped(spa), ..nothing }),
+                None => deny(cfg, &ep, ifindex, Reason::DeniedMalformed, &nothing),
+            };
+        }
+        // Not IP, not ARP: nothing a pod needs, and a bridge would carry it
+        // to other pods.
+        _ => return deny(cfg, &ep, ifindex, Reason::DeniedMalformed, &nothing),
+    }
+    let Ok(f) = parse(frame) else {
+        return deny(cfg, &ep, ifindex, Reason::DeniedMalformed, &nothing);
+    };
+    let dest = Dest { proto: f.proto, port: f.dport, ip: f.dst };
+    if f.v6 && is_link_scope_nd(ctx, &f) {
+        count(hook, Reason::AllowedNeighbor);
+        return TC_NEXT;
+    }
+    if !is_pod_addr(ifindex, &f.src) {
+        return deny(cfg, &ep, ifindex, Reason::DeniedSpoofed, &dest);
+    }
+    if f.source_routed {
+        return deny(cfg, &ep, ifindex, Reason::DeniedSourceRoute, &dest);
+    }
+    if (f.proto == proto::UDP || f.proto == proto::TCP) && (f.dport == DNS_PORT_BE || is_trusted_resolver(ep.endpoint, &dest)) {
+        return dns(ctx, cfg, &ep, ifindex, &f, &dest);
+    }
+    let key = flow_key(ifindex, &f);
+    // SAFETY: plain data read from a map value.
+    if let Some(v) = unsafe { TC_FLOWS.get(key) }
+        && v.epoch == iface.epoch
+    {
+        return TC_NEXT;
+    }
+    // On a veth there is no "own network namespace": loopback is the host's.
+    let reason = decide(&ep, &dest, || true).reason;
+    if !reason.is_allowed() {
+        return deny(cfg, &ep, ifindex, reason, &dest);
+    }
+    // A failed insert only costs the next packet a verdict.
+    let _ = TC_FLOWS.insert(key, TcFlowValue { epoch: iface.epoch, flags: TC_FLOW_F_JUDGED }, 0);
+    count(hook, reason);
+    TC_NEXT
+}
+
+pub fn to_pod(ctx: &TcContext) -> i32 {
+    let ifindex = ifindex(ctx);
+    // SAFETY: plain data copied out.
+    let Some(iface) = (unsafe { TC_IFACES.get(ifindex) }).copied() else {
+        return TC_NEXT;
+    };
+    let Ok(f) = parse(Frame { skb: &ctx.skb, l3: ETH_HLEN }) else {
+        return TC_NEXT;
+    };
+    // A peer opening a TCP connection, or any UDP datagram: the pod may
+    // answer on exactly this flow. Other TCP segments belong to a flow
+    // already known (and cost nothing here).
+    let opens = match f.proto {
+        proto::TCP => f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+        proto::UDP => true,
+        _ => false,
+    };
+    if opens {
+        let key =
+            TcFlowKey { ifindex, proto: f.proto, _pad: 0, sport: f.dport, dport: f.sport, _pad2: [0; 2], src: f.dst, dst: f.src };
+        // SAFETY: plain data read from a map value.
+        let known = unsafe { TC_FLOWS.get(key) }.is_some_and(|v| v.epoch == iface.epoch);
+        if !known {
+            let _ = TC_FLOWS.insert(key, TcFlowValue { epoch: iface.epoch, flags: TC_FLOW_F_INBOUND }, 0);
+        }
+    }
+    count(Hook::TcIngress, Reason::AllowedIngress);
+    TC_NEXT
+}
+
+#[inline(always)]
+fn flow_key(ifindex: u32, f: &Flow) -> TcFlowKey {
+    TcFlowKey { ifindex, proto: f.proto, _pad: 0, sport: f.sport, dport: f.dport, _pad2: [0; 2], src: f.src, dst: f.dst }
+}
+
+#[inline(always)]
+fn is_pod_addr(ifindex: u32, ip: &[u8; 16]) -> bool {
+    POD_ADDRS.get_ptr(PodAddrKey { ifindex, ip: *ip }).is_some()
+}
+
+/// The sender protocol address of an Ethernet/IPv4 ARP packet.
+#[inline(always)]
+fn arp_sender(ctx: &TcContext) -> Option<[u8; 4]> {
+    // htype 1, ptype IPv4, hlen 6, plen 4 (RFC 826).
+    let h: [u8; 6] = ctx.load(ETH_HLEN).ok()?;
+    if h != [0, 1, 8, 0, 6, 4] {
+        return None;
+    }
+    ctx.load(ETH_HLEN + 14).ok()
+}
+
+/// IPv6 neighbour discovery (RFC 4861: router/neighbour solicitation and
+/// advertisement, hop limit 255) or MLD (RFC 3810, RFC 2710) to a
+/// link-local or link-scope multicast destination, right after the fixed
+/// header: it cannot leave the link (routers do not forward these
+/// destinations). Its source may be link-local or unspecified (DAD).
+#[inline(always)]
+fn is_link_scope_nd(ctx: &TcContext, f: &Flow) -> bool {
+    let link_scope = (f.dst[0] == 0xfe && f.dst[1] & 0xc0 == 0x80) || (f.dst[0] == 0xff && f.dst[1] & 0x0f == 0x02);
+    if f.proto != proto::ICMPV6 || !link_scope {
+        return false;
+    }
+    let Ok(h) = ctx.load::<[u8; 8]>(ETH_HLEN) else { return false };
+    let (next, hop_limit) = (h[6], h[7]);
+    let Ok(icmp_type) = ctx.load::<u8>(ETH_HLEN + 40) else { return false };
+    next == proto::ICMPV6
+        && match icmp_type {
+            133..=137 => hop_limit == 255,
+            130..=132 | 143 => hop_limit == 1,
+            _ => false,
+        }
+}
+
+/// DNS from the pod: never on the wire from here. A UDP query to a trusted
+/// resolver goes to the agent (`DNS_KIND_VETH_QUERY`), which judges it by
+/// the same pipeline as the gates, forwards it from the node, learns from
+/// the answer and only then writes the answer onto this veth. DNS to any
+/// other server, and DNS over TCP (no gate terminates it here), is refused.
+#[inline(always)]
+fn dns(ctx: &TcContext, cfg: &Config, ep: &EndpointInfo, ifindex: u32, f: &Flow, dest: &Dest) -> i32 {
+    if !is_trusted_resolver(ep.endpoint, dest) {
+        return deny(cfg, ep, ifindex, Reason::DeniedDnsServer, dest);
+    }
+    if f.proto == proto::TCP {
+        return deny(cfg, ep, ifindex, Reason::DeniedDnsNoGate, dest);
+    }
+    let reason = if hold(ctx, cfg.agent_ready, ep.endpoint, ifindex, f.v6) { Reason::DnsCaught } else { Reason::DnsHoldFailed };
+    count(Hook::TcEgress, reason);
+    TC_DROP
+}
+
+/// Copies the whole frame into `DNS_HOLD`.
+#[inline(always)]
+fn hold(ctx: &TcContext, agent_ready: u32, endpoint: u32, ifindex: u32, v6: bool) -> bool {
+    let len = ctx.len();
+    if agent_ready == 0 {
+        return false;
+    }
+    let Some(mut entry) = DNS_HOLD.reserve::<DnsHeldPacket>(0) else {
+        bump(loss::DNS_RINGBUF_FULL);
+        return false;
+    };
+    let p = entry.as_mut_ptr();
+    // SAFETY: `p` points at a reserved, writable ring buffer record.
+    unsafe {
+        (*p).ts_ns = bpf_ktime_get_boot_ns();
+        (*p).netns_cookie = 0;
+        (*p).socket_cookie = 0;
+        (*p).cgroup_id = 0;
+        (*p).endpoint = endpoint;
+        (*p).tgid = 0;
+        (*p).len = len;
+        (*p).family = if v6 { 6 } else { 4 };
+        (*p).kind = DNS_KIND_VETH_QUERY;
+        (*p).ifindex = ifindex;
+        (*p).resolver = [0; 16];
+        // 1..=DNS_MAX_PACKET in a form every verifier bounds (skb_dns::hold).
+        let m = core::hint::black_box(len.wrapping_sub(1)) as u64;
+        if m >= DNS_MAX_PACKET as u64 {
+            entry.discard(0);
+            bump(loss::DNS_TOO_LARGE);
+            return false;
+        }
+        if bpf_skb_load_bytes(ctx.as_ptr(), 0, (*p).data.as_mut_ptr().cast(), (m + 1) as u32) != 0 {
+            entry.discard(0);
+            return false;
+        }
+    }
+    entry.submit(0);
+    true
+}
+
+/// Counts and records a denied packet; audit mode lets it through.
+#[inline(always)]
+fn deny(cfg: &Config, ep: &EndpointInfo, ifindex: u32, reason: Reason, dest: &Dest) -> i32 {
+    count(Hook::TcEgress, reason);
+    let audit = ep.flags & ENDPOINT_F_AUDIT != 0;
+    emit(
+        cfg,
+        &Attempt {
+            cgroup_id: 0,
+            endpoint: ep.endpoint,
+            hook: Hook::TcEgress,
+            reason,
+            audit,
+            proto: dest.proto,
+            dport: dest.port,
+            daddr: dest.ip,
+            tgid: 0,
+            comm: [0; 16],
+            ifindex,
+        },
+    );
+    if audit { TC_NEXT } else { TC_DROP }
+}
