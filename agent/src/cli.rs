@@ -243,13 +243,18 @@ pub struct ExecArgs {
     /// cgroup namespace, so it cannot move itself out of its cgroup.
     #[arg(long, env = "PORTCULLIS_KEEP_CAPS")]
     pub keep_caps: bool,
-    /// Also judge every packet on the veth of the --netns namespace, at its
-    /// host-side end, which lives in this namespace (e.g. the node's,
-    /// /proc/1/ns/net). Packet sockets, TUN devices with forwarding and
-    /// sandboxes whose traffic no socket hook sees (gVisor) are enforced
-    /// there; DNS on that wire is served by the agent.
-    #[arg(long, env = "PORTCULLIS_VETH_NETNS", value_name = "PATH", requires = "netns")]
+    /// Also judge every packet on the veth of the pod's network namespace
+    /// (--veth-pod, else --netns), at its host-side end, which lives in
+    /// this namespace (e.g. the node's, /proc/1/ns/net). Packet sockets,
+    /// TUN devices with forwarding and sandboxes whose traffic no socket
+    /// hook sees (gVisor, Kata) are enforced there; DNS on that wire is
+    /// served by the agent.
+    #[arg(long, env = "PORTCULLIS_VETH_NETNS", value_name = "PATH")]
     pub veth_netns: Option<PathBuf>,
+    /// The network namespace whose veth --veth-netns judges, when the
+    /// command does not run in it (default: --netns).
+    #[arg(long, env = "PORTCULLIS_VETH_POD", value_name = "PATH", requires = "veth_netns")]
+    pub veth_pod: Option<PathBuf>,
     /// Enforce on the veth only (no cgroup hooks): what a gVisor or Kata
     /// pod gets.
     #[arg(long, env = "PORTCULLIS_VETH_ONLY", requires = "veth_netns")]

@@ -101,8 +101,9 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
         if !args.veth_only {
             agent.attach(cgroup.path(), cgroup.id())?;
         }
-        if let (Some(node), Some(netns)) = (&args.veth_netns, &args.netns) {
-            attach_veths(&mut agent, id, netns, node)?;
+        if let Some(node) = &args.veth_netns {
+            let pod = args.veth_pod.as_ref().or(args.netns.as_ref()).context("--veth-netns needs --veth-pod or --netns")?;
+            attach_veths(&mut agent, id, pod, node)?;
         }
         let (mut child, child_pid) = match spawn(args, &cgroup)? {
             Spawned::Running(c, pid) => (c, pid),
