@@ -168,10 +168,11 @@ fn arp_sender(ctx: &TcContext) -> Option<[u8; 4]> {
 }
 
 /// IPv6 neighbour discovery (RFC 4861: router/neighbour solicitation and
-/// advertisement, hop limit 255) or MLD (RFC 3810, RFC 2710) to a
-/// link-local or link-scope multicast destination, right after the fixed
-/// header: it cannot leave the link (routers do not forward these
-/// destinations). Its source may be link-local or unspecified (DAD).
+/// advertisement, redirect; hop limit 255) or MLD (RFC 3810, RFC 2710: hop
+/// limit 1, behind a hop-by-hop header with the router alert) to a
+/// link-local or link-scope multicast destination: it cannot leave the
+/// link (routers do not forward these destinations). Its source may be
+/// link-local or unspecified (DAD).
 #[inline(always)]
 fn is_link_scope_nd(ctx: &TcContext, f: &Flow) -> bool {
     let link_scope = (f.dst[0] == 0xfe && f.dst[1] & 0xc0 == 0x80) || (f.dst[0] == 0xff && f.dst[1] & 0x0f == 0x02);
@@ -179,14 +180,23 @@ fn is_link_scope_nd(ctx: &TcContext, f: &Flow) -> bool {
         return false;
     }
     let Ok(h) = ctx.load::<[u8; 8]>(ETH_HLEN) else { return false };
-    let (next, hop_limit) = (h[6], h[7]);
-    let Ok(icmp_type) = ctx.load::<u8>(ETH_HLEN + 40) else { return false };
-    next == proto::ICMPV6
-        && match icmp_type {
-            133..=137 => hop_limit == 255,
-            130..=132 | 143 => hop_limit == 1,
-            _ => false,
-        }
+    let (mut next, hop_limit) = (h[6], h[7]);
+    let mut off = ETH_HLEN + 40;
+    if next == 0 {
+        // One hop-by-hop header (MLD's router alert), (len + 1) * 8 bytes.
+        let Ok(hbh) = ctx.load::<[u8; 2]>(off) else { return false };
+        next = hbh[0];
+        off += (hbh[1] as usize + 1) * 8;
+    }
+    if next != proto::ICMPV6 || off > ETH_HLEN + 40 + 64 {
+        return false;
+    }
+    let Ok(icmp_type) = ctx.load::<u8>(off) else { return false };
+    match icmp_type {
+        133..=137 => hop_limit == 255,
+        130..=132 | 143 => hop_limit == 1,
+        _ => false,
+    }
 }
 
 /// DNS from the pod: never on the wire from here. A UDP query to a trusted

@@ -82,6 +82,15 @@ pub struct AgentArgs {
     /// prefix): their pods are reported as not enforceable by cgroup hooks.
     #[arg(long, env = "PORTCULLIS_SANDBOXED_RUNTIMES", value_delimiter = ',', default_value = "gvisor,runsc,kata*")]
     pub sandboxed_runtimes: Vec<String>,
+    /// The network namespace holding the pods' host-side veths: the node's
+    /// (the agent's own, as the DaemonSet is hostNetwork).
+    #[arg(long, env = "PORTCULLIS_NODE_NETNS", default_value = "/proc/self/ns/net", value_name = "PATH")]
+    pub node_netns: PathBuf,
+    /// No veth programs on the pods' veths (cgroup hooks only): packet
+    /// sockets, TUN devices and gVisor/Kata pods are then not enforced
+    /// (each pod's gaps say so).
+    #[arg(long, env = "PORTCULLIS_NO_POD_VETHS")]
+    pub no_pod_veths: bool,
     /// The cluster's DNS, the resolvers of `dnsPolicy: ClusterFirst` pods
     /// (kubelet's `clusterDNS`). Pods' own resolv.conf files are never
     /// read: the workload can write them.

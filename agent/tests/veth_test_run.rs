@@ -87,7 +87,7 @@ fn run(prog: &SchedClassifier, data: &[u8]) -> u32 {
 }
 
 impl Harness {
-    fn from_pod(&self, data: &[u8]) -> u32 {
+    fn sent_by_pod(&self, data: &[u8]) -> u32 {
         run(self.dp.veth_program("pc_from_pod").unwrap(), data)
     }
     fn to_pod(&self, data: &[u8]) -> u32 {
@@ -95,7 +95,7 @@ impl Harness {
     }
     fn send(&self, dst: &str, l4: L4) -> u32 {
         let src = if dst.contains(':') { POD6 } else { POD4 };
-        self.from_pod(&frame(src, dst, l4))
+        self.sent_by_pod(&frame(src, dst, l4))
     }
     fn counter(&self, reason: Reason) -> u64 {
         self.state.maps.counters().unwrap()[counter_index(Hook::TcEgress, reason) as usize]
@@ -143,15 +143,15 @@ fn an_allowed_flow_costs_one_lookup_after_its_first_packet() {
     }
     assert_eq!(h.counter(Reason::AllowedFqdn), 1, "judged once");
     // A new flow to it is judged, and refused.
-    assert_eq!(h.from_pod(&frame(POD4, "203.0.113.10", L4::Udp(443))), DROP);
+    assert_eq!(h.sent_by_pod(&frame(POD4, "203.0.113.10", L4::Udp(443))), DROP);
 }
 
 #[test]
 fn a_forged_source_or_a_foreign_arp_is_dropped() {
     let Some(mut h) = harness(Mode::Enforce) else { return };
     h.learn("203.0.113.10");
-    assert_eq!(h.from_pod(&frame("198.18.1.77", "203.0.113.10", L4::Tcp(443, true))), DROP);
-    assert_eq!(h.from_pod(&frame("2001:db8:ff01::77", "2001:db8:100::10", L4::Udp(443))), DROP);
+    assert_eq!(h.sent_by_pod(&frame("198.18.1.77", "203.0.113.10", L4::Tcp(443, true))), DROP);
+    assert_eq!(h.sent_by_pod(&frame("2001:db8:ff01::77", "2001:db8:100::10", L4::Udp(443))), DROP);
     assert_eq!(h.counter(Reason::DeniedSpoofed), 2);
     let arp = |spa: [u8; 4]| {
         let mut f = vec![0xff; 6];
@@ -161,12 +161,12 @@ fn a_forged_source_or_a_foreign_arp_is_dropped() {
         f.extend([198, 18, 1, 1]);
         f
     };
-    assert_eq!(h.from_pod(&arp([198, 18, 1, 2])), NEXT, "ARP for its own address");
-    assert_eq!(h.from_pod(&arp([0, 0, 0, 0])), NEXT, "ARP probe");
-    assert_eq!(h.from_pod(&arp([198, 18, 1, 1])), DROP, "claims the gateway's address");
+    assert_eq!(h.sent_by_pod(&arp([198, 18, 1, 2])), NEXT, "ARP for its own address");
+    assert_eq!(h.sent_by_pod(&arp([0, 0, 0, 0])), NEXT, "ARP probe");
+    assert_eq!(h.sent_by_pod(&arp([198, 18, 1, 1])), DROP, "claims the gateway's address");
     let mut vlan = frame(POD4, "203.0.113.10", L4::Tcp(443, true));
     vlan[12..14].copy_from_slice(&0x8100u16.to_be_bytes());
-    assert_eq!(h.from_pod(&vlan), DROP, "not IP, not ARP");
+    assert_eq!(h.sent_by_pod(&vlan), DROP, "not IP, not ARP");
     assert_eq!(h.counter(Reason::AllowedNeighbor), 2);
     assert_eq!(h.counter(Reason::DeniedMalformed), 1);
 }
@@ -184,13 +184,21 @@ fn neighbour_discovery_passes_only_on_the_link() {
             .unwrap();
         out
     };
-    assert_eq!(h.from_pod(&nd("fe80::2", "ff02::1:ff00:1", 135, 255)), NEXT, "neighbour solicitation");
-    assert_eq!(h.from_pod(&nd("::", "ff02::1:ff00:2", 135, 255)), NEXT, "duplicate address detection");
-    assert_eq!(h.from_pod(&nd("fe80::2", "ff02::2", 133, 255)), NEXT, "router solicitation");
-    assert_eq!(h.from_pod(&nd("fe80::2", "ff02::16", 143, 1)), NEXT, "MLDv2 report");
-    assert_eq!(h.from_pod(&nd("fe80::2", "2001:db8:100::10", 135, 255)), DROP, "not link-scope");
-    assert_eq!(h.from_pod(&nd("fe80::2", "ff02::1", 135, 64)), DROP, "routed ND is no ND");
-    assert_eq!(h.from_pod(&nd("fe80::2", "ff02::1", 128, 255)), DROP, "an echo request is judged");
+    assert_eq!(h.sent_by_pod(&nd("fe80::2", "ff02::1:ff00:1", 135, 255)), NEXT, "neighbour solicitation");
+    assert_eq!(h.sent_by_pod(&nd("::", "ff02::1:ff00:2", 135, 255)), NEXT, "duplicate address detection");
+    assert_eq!(h.sent_by_pod(&nd("fe80::2", "ff02::2", 133, 255)), NEXT, "router solicitation");
+    assert_eq!(h.sent_by_pod(&nd("fe80::2", "ff02::16", 143, 1)), NEXT, "MLDv2 report");
+    // As the kernel sends it: behind a hop-by-hop header (router alert).
+    let mut mld = nd("fe80::2", "ff02::16", 143, 1);
+    mld[14 + 6] = 0;
+    let hbh = [58u8, 0, 5, 2, 0, 0, 1, 0];
+    mld.splice(14 + 40..14 + 40, hbh);
+    let len = u16::from_be_bytes([mld[18], mld[19]]) + 8;
+    mld[18..20].copy_from_slice(&len.to_be_bytes());
+    assert_eq!(h.sent_by_pod(&mld), NEXT, "MLDv2 report with its router alert");
+    assert_eq!(h.sent_by_pod(&nd("fe80::2", "2001:db8:100::10", 135, 255)), DROP, "not link-scope");
+    assert_eq!(h.sent_by_pod(&nd("fe80::2", "ff02::1", 135, 64)), DROP, "routed ND is no ND");
+    assert_eq!(h.sent_by_pod(&nd("fe80::2", "ff02::1", 128, 255)), DROP, "an echo request is judged");
 }
 
 #[test]
@@ -198,7 +206,7 @@ fn dns_is_taken_off_the_wire() {
     let Some(mut h) = harness(Mode::Enforce) else { return };
     let mut ring = h.dp.take_dns_hold().unwrap();
     let query = frame(POD4, "198.51.100.53", L4::Udp(53));
-    assert_eq!(h.from_pod(&query), DROP, "never on the wire: the agent answers it");
+    assert_eq!(h.sent_by_pod(&query), DROP, "never on the wire: the agent answers it");
     assert_eq!(h.send("2001:db8:53::53", L4::Udp(53)), DROP);
     assert_eq!(h.counter(Reason::DnsCaught), 2);
     let rec = ring.next().expect("the query went to the agent");
@@ -214,10 +222,10 @@ fn dns_is_taken_off_the_wire() {
     // An answer the pod received opens no way to the resolver.
     h.learn("198.51.100.53");
     let answer = frame("198.51.100.53", POD4, L4::Udp(53));
-    let mut swapped = answer.clone();
+    let mut swapped = answer;
     swapped[34..38].copy_from_slice(&[0x9c, 0x40, 0, 53]);
     assert_eq!(h.to_pod(&swapped), NEXT);
-    assert_eq!(h.from_pod(&frame(POD4, "198.51.100.53", L4::Udp(53))), DROP);
+    assert_eq!(h.sent_by_pod(&frame(POD4, "198.51.100.53", L4::Udp(53))), DROP);
     assert_eq!(h.counter(Reason::DnsCaught), 3);
 }
 
@@ -235,12 +243,12 @@ fn replies_to_flows_a_peer_opened_pass() {
         f[36..38].copy_from_slice(&sp);
         f
     };
-    assert_eq!(h.from_pod(&reply("203.0.113.77", L4::Udp(5353))), NEXT);
-    assert_eq!(h.from_pod(&reply("203.0.113.78", L4::Tcp(8080, false))), NEXT);
-    assert_eq!(h.from_pod(&reply("203.0.113.78", L4::Udp(8080))), DROP, "that flow only");
+    assert_eq!(h.sent_by_pod(&reply("203.0.113.77", L4::Udp(5353))), NEXT);
+    assert_eq!(h.sent_by_pod(&reply("203.0.113.78", L4::Tcp(8080, false))), NEXT);
+    assert_eq!(h.sent_by_pod(&reply("203.0.113.78", L4::Udp(8080))), DROP, "that flow only");
     // A mid-stream segment in opens nothing.
     assert_eq!(h.to_pod(&frame("203.0.113.79", POD4, L4::Tcp(8080, false))), NEXT);
-    assert_eq!(h.from_pod(&reply("203.0.113.79", L4::Tcp(8080, false))), DROP);
+    assert_eq!(h.sent_by_pod(&reply("203.0.113.79", L4::Tcp(8080, false))), DROP);
 }
 
 #[test]
@@ -261,7 +269,7 @@ fn unassigned_interfaces_drop_and_a_reassigned_one_forgets_its_flows() {
 fn audit_and_exempt_let_everything_through() {
     let Some(h) = harness(Mode::Audit) else { return };
     assert_eq!(h.send("169.254.169.254", L4::Tcp(80, true)), NEXT);
-    assert_eq!(h.from_pod(&frame("198.18.1.77", "203.0.113.10", L4::Tcp(443, true))), NEXT);
+    assert_eq!(h.sent_by_pod(&frame("198.18.1.77", "203.0.113.10", L4::Tcp(443, true))), NEXT);
     assert_eq!(h.counter(Reason::DeniedRange), 1, "judged and counted");
     let Some(h) = harness(Mode::Exempt) else { return };
     assert_eq!(h.send("169.254.169.254", L4::Tcp(80, true)), NEXT);

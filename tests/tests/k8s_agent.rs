@@ -36,7 +36,7 @@ fn pods_get_the_union_of_their_policies_and_unclassified_pods_are_denied() {
     if !require_root() {
         return;
     }
-    let bench = Bench::builder().start().unwrap();
+    let bench = Bench::builder().pods(&["own", "coredns", "a", "b", "c"]).start().unwrap();
     let api = FakeApi::start().unwrap();
     let kubelet = Kubelet::new("k8s-systemd", true);
     let pins = PinDir::new("k8s-systemd");
@@ -180,7 +180,7 @@ fn cluster_policies_select_by_namespace_label_and_services_are_followed() {
     if !require_root() {
         return;
     }
-    let bench = Bench::builder().start().unwrap();
+    let bench = Bench::builder().pods(&["acme", "globex", "x"]).start().unwrap();
     let api = FakeApi::start().unwrap();
     let kubelet = Kubelet::new("k8s-cgroupfs", false);
     let pins = PinDir::new("k8s-cgroupfs");
@@ -232,12 +232,15 @@ fn cluster_policies_select_by_namespace_label_and_services_are_followed() {
     assert_eq!(gap("sandboxed", "sandboxed-runtime"), Some(1.0));
     assert_eq!(gap("nocgroup", "cgroup-not-found"), Some(1.0));
     assert_eq!(gap("acme", "cap-net-raw"), Some(0.0), "acme drops every capability");
+    // No process yet: no network namespace to find the veth from.
+    assert_eq!(gap("raw", "veth-not-found"), Some(1.0));
+    assert_eq!(gap("acme", "veth-not-found"), Some(0.0), "acme runs: its veth carries the programs");
     let warned: Vec<_> = agent
         .messages()
         .into_iter()
         .filter(|m| m["message"].as_str().is_some_and(|s| s.starts_with("the pod cannot be fully")))
         .collect();
-    assert!(warned.iter().any(|m| m["pod"] == "ws-acme-corp/raw" && m["gaps"] == "cap-net-raw"), "{warned:?}");
+    assert!(warned.iter().any(|m| m["pod"] == "ws-acme-corp/raw" && m["gaps"] == "cap-net-raw,veth-not-found"), "{warned:?}");
     for (pod, n) in
         [("ws-acme-corp\",source_pod=\"acme", 2.0), ("ws-globex\",source_pod=\"globex", 2.0), ("scratch\",source_pod=\"x", 0.0)]
     {
@@ -263,7 +266,8 @@ fn cluster_policies_select_by_namespace_label_and_services_are_followed() {
     assert_eq!(ev["regarding"]["uid"], pod_uid(&api, "scratch", "x"), "{ev}");
     let note = ev["note"].as_str().unwrap_or_default();
     assert!(note.contains("10.96.0.10:8443") && note.contains("blocked-connection log"), "{note}");
-    assert!(api.events().iter().all(|e| e["regarding"]["name"] != "globex"), "none for a pod nothing was blocked of");
+    let globex_events: Vec<_> = api.events().into_iter().filter(|e| e["regarding"]["name"] == "globex").collect();
+    assert!(globex_events.is_empty(), "none for a pod nothing was blocked of: {globex_events:?}");
     assert!(acme.connect(OTHER_IP, 8443).is_err());
     // The Service moves: the old address closes, the new one opens.
     api.apply(&service(OTHER_IP)).unwrap();
@@ -303,7 +307,7 @@ fn outages_gone_lists_and_restarts_never_open_or_prune() {
     if !require_root() {
         return;
     }
-    let bench = Bench::builder().start().unwrap();
+    let bench = Bench::builder().pods(&["a", "b", "d"]).start().unwrap();
     let api = FakeApi::start().unwrap();
     let kubelet = Kubelet::new("k8s-outage", true);
     let pins = PinDir::new("k8s-outage");

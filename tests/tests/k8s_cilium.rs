@@ -27,7 +27,7 @@ fn behind_a_socket_lb_verdicts_are_on_the_cluster_ip() {
     if !require_root() {
         return;
     }
-    let bench = Bench::builder().start().unwrap();
+    let bench = Bench::builder().pods(&["svc", "backend"]).start().unwrap();
     let api = FakeApi::start().unwrap();
     let kubelet = Kubelet::new("k8s-lb", true);
     let lb = rawbpf::load_lb(VIP, BACKEND);

@@ -17,6 +17,7 @@ fn pod(ns: &str, name: &str, labels: &[(&str, &str)]) -> PodInfo {
         nameservers: None,
         cluster_first: true,
         gaps: Vec::new(),
+        ips: Vec::new(),
     }
 }
 

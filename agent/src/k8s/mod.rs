@@ -25,6 +25,7 @@ pub mod pods;
 pub mod policies;
 pub mod resolved;
 pub mod select;
+mod veths;
 pub mod watch;
 
 use std::{
@@ -58,6 +59,12 @@ const RESYNC: Duration = Duration::from_secs(2);
 /// How often pods waiting for their cgroup or resolvers are looked at
 /// (a few `stat`s each; a full pass only once one is there).
 const PENDING_TICK: Duration = Duration::from_millis(2);
+/// How often a pod whose veth is not found yet is looked at again.
+const VETH_TICK: Duration = Duration::from_millis(10);
+
+fn open_netns(path: &std::path::Path) -> Result<std::os::fd::OwnedFd> {
+    Ok(std::fs::File::open(path).with_context(|| format!("opening the node's network namespace {}", path.display()))?.into())
+}
 
 pub fn run(args: &AgentArgs) -> Result<()> {
     let mut signals = SigSet::empty();
@@ -107,7 +114,10 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         state_dir: pins.as_ref().map(|_| args.state_dir.clone()),
         pins,
         metrics_addr: args.metrics_addr,
-        node_netns: None,
+        node_netns: match args.no_pod_veths {
+            true => None,
+            false => Some(open_netns(&args.node_netns)?),
+        },
     })?;
     // Before anything is written or taken over: an agent that cannot
     // attach must not have stopped the running one, nor touched its maps.
@@ -124,6 +134,9 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         cluster_dns = kubelet_cluster_dns(&args.kubelet_config);
     }
     let mut node = Node::new(kubepods, settings, cluster_dns, Some(args.state_dir.clone()));
+    if !args.no_pod_veths {
+        node.veths = Some(veths::PodVeths::new(open_netns(&args.node_netns)?));
+    }
     node.node_dns = crate::policy::system_resolvers().unwrap_or_else(|e| {
         warn!(error = %e, "cannot read the node's resolvers (/etc/resolv.conf): dnsPolicy Default pods get no DNS");
         Vec::new()
@@ -236,9 +249,10 @@ fn watch_and_reconcile(
     }
     let mut pending = 0;
     let mut last = Instant::now();
+    let mut last_veths = Instant::now();
     let mut retired = false;
     loop {
-        let wait = if pending > 0 { PENDING_TICK } else { RESYNC };
+        let wait = if pending > 0 || node.veths_waiting > 0 { PENDING_TICK } else { RESYNC };
         if let Some(sig) = crate::run::wait_signal(signals, Duration::ZERO)? {
             info!(signal = %sig, "stopping");
             return Ok(());
@@ -255,6 +269,12 @@ fn watch_and_reconcile(
             continue;
         }
         let woke = poked.recv_timeout(wait.min(Duration::from_millis(200))).is_ok();
+        if node.veths_waiting > 0 && last_veths.elapsed() >= VETH_TICK {
+            // A pod's first process (its network namespace) or its veth
+            // is not there yet: look again, without a whole pass.
+            node.veths_waiting = node.sync_veths(agent);
+            last_veths = Instant::now();
+        }
         let due = last.elapsed() >= RESYNC || (pending > 0 && node.wait_over());
         if !woke && !due {
             continue;

@@ -21,6 +21,7 @@ use super::{
     pods::{Gap, PodInfo},
     policies::PolicyBook,
     resolved::{self, Resolved},
+    veths::{PodNet, PodVeths},
 };
 use crate::{
     agent::Agent,
@@ -69,6 +70,15 @@ pub struct Node {
     waiting: Vec<(String, Option<String>)>,
     /// What was last logged of each pod's gaps (a change is logged again).
     logged_gaps: HashMap<String, Vec<Gap>>,
+    /// The veth programs on the pods' veths (`veths.rs`), when on.
+    pub veths: Option<PodVeths>,
+    /// The pods' network facts of the last pass, by UID.
+    pod_nets: HashMap<String, PodNet>,
+    /// The rows of the last pass, before the veths closed any gap.
+    rows: Vec<PodRow>,
+    synced: bool,
+    /// Pods whose veth was not found in the last sync.
+    pub veths_waiting: usize,
 }
 
 impl Node {
@@ -88,7 +98,48 @@ impl Node {
             waiting_since: HashMap::new(),
             waiting: Vec::new(),
             logged_gaps: HashMap::new(),
+            veths: None,
+            pod_nets: HashMap::new(),
+            rows: Vec::new(),
+            synced: false,
+            veths_waiting: 0,
         }
+    }
+
+    /// Attaches the veth programs to enforced pods' veths that have none
+    /// yet, then reports every pod's gaps (what the veth closes, or that it
+    /// is not found yet). Returns how many pods' veths are still waiting.
+    pub fn sync_veths(&mut self, agent: &mut Agent) -> usize {
+        let mut waiting = 0;
+        let mut attached = HashSet::new();
+        if let Some(v) = self.veths.as_mut() {
+            waiting = v.sync(agent, &self.enforced, &self.resolved, &self.pod_nets);
+            attached = v.attached_uids(&self.resolved).into_iter().map(str::to_owned).collect();
+        }
+        let on = self.veths.is_some();
+        let uids: HashMap<(String, String), String> =
+            self.resolved.values().map(|r| ((r.namespace.clone(), r.pod.clone()), r.uid.clone())).collect();
+        let mut rows = self.rows.clone();
+        for row in &mut rows {
+            let uid = uids.get(&(row.namespace.clone(), row.pod.clone()));
+            let net = uid.and_then(|u| self.pod_nets.get(u));
+            if row.mode == Mode::Exempt || !on || net.is_none_or(|n| n.host_network) {
+                continue;
+            }
+            if uid.is_some_and(|u| attached.contains(u)) {
+                row.gaps.retain(|g| !g.closed_by_veth());
+            } else if !row.gaps.contains(&Gap::CgroupNotFound) {
+                row.gaps.push(Gap::VethNotFound);
+            }
+            row.gaps.sort_unstable();
+        }
+        for row in &rows {
+            if let Some(uid) = uids.get(&(row.namespace.clone(), row.pod.clone())) {
+                self.report_gaps(uid, &format!("{}/{}", row.namespace, row.pod), row.mode, &row.gaps);
+            }
+        }
+        self.stats.set_pods(rows, self.synced);
+        waiting
     }
 
     /// Whether a cgroup a waiting pod waits for is there now (cheap: a
@@ -124,6 +175,8 @@ impl Node {
             return 0;
         }
         let started = Instant::now();
+        self.pod_nets =
+            snap.pods.iter().map(|p| (p.uid.clone(), PodNet { host_network: p.host_network, ips: p.ips.clone() })).collect();
         self.pass_cluster_dns = self
             .cluster_dns_service
             .as_ref()
@@ -191,7 +244,9 @@ impl Node {
             }
             gaps.sort_unstable();
             gaps.dedup();
-            self.report_gaps(w, &gaps);
+            if self.veths.is_none() {
+                self.report_gaps(&w.pod.uid, &format!("{}/{}", w.pod.namespace, w.pod.name), w.mode, &gaps);
+            }
             rows.push(PodRow {
                 namespace: w.pod.namespace.clone(),
                 pod: w.pod.name.clone(),
@@ -246,26 +301,29 @@ impl Node {
             );
             self.save();
         }
-        self.stats.set_pods(rows, snap.synced);
+        self.synced = snap.synced;
+        if self.veths.is_some() {
+            self.rows = rows;
+            self.veths_waiting = self.sync_veths(agent);
+        } else {
+            self.stats.set_pods(rows, snap.synced);
+        }
         pending
     }
 
-    /// Logs what cgroup hooks cannot enforce of a pod, when that changes.
-    fn report_gaps(&mut self, w: &Want, gaps: &[Gap]) {
-        if self.logged_gaps.get(&w.pod.uid).is_some_and(|g| g == gaps)
-            || (gaps.is_empty() && !self.logged_gaps.contains_key(&w.pod.uid))
-        {
+    /// Logs what cannot be enforced of a pod, when that changes.
+    fn report_gaps(&mut self, uid: &str, pod: &str, mode: Mode, gaps: &[Gap]) {
+        if self.logged_gaps.get(uid).is_some_and(|g| g == gaps) || (gaps.is_empty() && !self.logged_gaps.contains_key(uid)) {
             return;
         }
-        let pod = format!("{}/{}", w.pod.namespace, w.pod.name);
         if gaps.is_empty() {
             info!(pod = %pod, "the pod is fully enforced now");
         } else {
             let list: Vec<&str> = gaps.iter().map(|g| g.as_str()).collect();
-            warn!(pod = %pod, gaps = %list.join(","), mode = w.mode.as_str(),
-                "the pod cannot be fully enforced by cgroup hooks (portcullis_pod_enforcement_gaps)");
+            warn!(pod = %pod, gaps = %list.join(","), mode = mode.as_str(),
+                "the pod cannot be fully enforced (portcullis_pod_enforcement_gaps)");
         }
-        self.logged_gaps.insert(w.pod.uid.clone(), gaps.to_vec());
+        self.logged_gaps.insert(uid.to_owned(), gaps.to_vec());
     }
 
     /// The pod's cgroup, resolvers and final spec; `Err` if its cgroup is

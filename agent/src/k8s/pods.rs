@@ -2,7 +2,7 @@
 //! about it the cgroup hooks cannot fully enforce (`Gap`): said in the log
 //! and in a per-pod metric, never silently.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use k8s_openapi::api::core::v1::{Pod, SecurityContext};
 
@@ -34,6 +34,9 @@ pub struct PodInfo {
     /// What its spec keeps that cgroup hooks cannot contain (not counting
     /// the cgroup, found later).
     pub gaps: Vec<Gap>,
+    /// `status.podIPs` (and `podIP`): the addresses it may send from on
+    /// its veth.
+    pub ips: Vec<IpAddr>,
 }
 
 /// Runtime class names that are sandboxed (`kata*`: a prefix).
@@ -103,8 +106,18 @@ impl PodInfo {
                 Some(_) => false,
             },
             gaps,
+            ips: pod_ips(status),
         })
     }
+}
+
+fn pod_ips(status: Option<&k8s_openapi::api::core::v1::PodStatus>) -> Vec<IpAddr> {
+    let Some(st) = status else { return Vec::new() };
+    let listed = st.pod_ips.iter().flatten().map(|p| p.ip.as_str());
+    let mut ips: Vec<IpAddr> = st.pod_ip.as_deref().into_iter().chain(listed).filter_map(|s| s.parse().ok()).collect();
+    ips.sort_unstable();
+    ips.dedup();
+    ips
 }
 
 /// Whether a container keeps capability `cap`: added (or `ALL`), or in the

@@ -35,11 +35,27 @@ pub enum Gap {
     /// No cgroup found for the pod (yet): the parent attach point denies
     /// whatever it sends, but the policy is not in force either.
     CgroupNotFound,
+    /// The veth programs are not on the pod's veth (yet): found from its
+    /// network namespace once a process of it runs. Until then a new veth
+    /// drops everything (`--pod-veth-prefixes`).
+    VethNotFound,
 }
 
 impl Gap {
-    pub const ALL: [Gap; 6] =
-        [Gap::HostNetwork, Gap::Privileged, Gap::NetRaw, Gap::NetAdmin, Gap::SandboxedRuntime, Gap::CgroupNotFound];
+    pub const ALL: [Gap; 7] = [
+        Gap::HostNetwork,
+        Gap::Privileged,
+        Gap::NetRaw,
+        Gap::NetAdmin,
+        Gap::SandboxedRuntime,
+        Gap::CgroupNotFound,
+        Gap::VethNotFound,
+    ];
+
+    /// What the veth programs on the pod's veth close.
+    pub fn closed_by_veth(self) -> bool {
+        matches!(self, Gap::NetRaw | Gap::NetAdmin | Gap::SandboxedRuntime)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -49,6 +65,7 @@ impl Gap {
             Gap::NetAdmin => "cap-net-admin",
             Gap::SandboxedRuntime => "sandboxed-runtime",
             Gap::CgroupNotFound => "cgroup-not-found",
+            Gap::VethNotFound => "veth-not-found",
         }
     }
 }

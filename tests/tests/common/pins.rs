@@ -204,8 +204,13 @@ impl NodeAgent {
 
 /// `sh -c 'echo $$ > CG/cgroup.procs; exec ip netns exec POD argv...'`.
 pub fn in_cgroup_cmd(bench: &Bench, cg: &Path, argv: &str) -> Command {
+    in_cgroup_cmd_of(bench, cg, "pod", argv)
+}
+
+/// `in_cgroup_cmd` in the bench pod `pod`'s network namespace.
+pub fn in_cgroup_cmd_of(bench: &Bench, cg: &Path, pod: &str, argv: &str) -> Command {
     let mut c = Command::new("sh");
-    c.arg("-c").arg(format!("echo $$ > {}/cgroup.procs && exec ip netns exec {} {argv}", cg.display(), bench.pod_ns_name("pod")));
+    c.arg("-c").arg(format!("echo $$ > {}/cgroup.procs && exec ip netns exec {} {argv}", cg.display(), bench.pod_ns_name(pod)));
     c
 }
 

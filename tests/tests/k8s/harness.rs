@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::common::{
     TestCgroup,
-    pins::{NodeAgent, PinDir, in_cgroup_cmd},
+    pins::{NodeAgent, PinDir, in_cgroup_cmd_of},
     wait_for,
 };
 
@@ -157,8 +157,12 @@ pub fn start_agent_with(
     // Never the machine's own kubelet config, if it has one.
     let kubelet_config = bench.workdir().join("kubelet-config.yaml");
     let ready = bench.workdir().join("ready");
+    // The pods' veths live in the bench's node namespace, not ours.
+    let node_ns = bench.node_netns_path().display().to_string();
     let mut args = vec![
         "agent",
+        "--node-netns",
+        &node_ns,
         "--pod-uid",
         OWN_POD_UID,
         "--node-name",
@@ -199,7 +203,10 @@ pub struct Workload {
 impl Workload {
     pub fn start(bench: &Bench, container: &Path, name: &str) -> Self {
         let script = crate::common::write_file(bench.workdir(), "reload.py", RELOAD_PY);
-        let mut c = in_cgroup_cmd(bench, container, &format!("{} -u {}", python().display(), script.display()));
+        // Each pod in a network namespace (and veth) of its own, as on a
+        // node: the bench pod of the same name, if the bench has one.
+        let netns = if bench.pod_names().contains(&name) { name } else { "pod" };
+        let mut c = in_cgroup_cmd_of(bench, container, netns, &format!("{} -u {}", python().display(), script.display()));
         c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
         let mut child = ChildGuard::spawn(c).unwrap();
         let stdin = child.child_mut().stdin.take().unwrap();
