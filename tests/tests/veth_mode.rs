@@ -18,9 +18,16 @@ dns:
 
 const CURL: &str = "curl -sS --max-time 2";
 
-fn veth_only(bench: &Bench) -> Exec<'_> {
+/// How the agent attaches: tcx where the kernel has it, and clsact
+/// (forced) everywhere, so both are tested on any kernel.
+fn modes() -> Vec<&'static str> {
+    if common::cni::kernel_has_tcx() { vec!["tcx", "clsact"] } else { vec!["clsact"] }
+}
+
+fn veth_only<'b>(bench: &'b Bench, policy: &str, mode: &str) -> Exec<'b> {
     let node = bench.node_netns_path().display().to_string();
-    Exec::new(bench).policy(POLICY).args(&["--veth-netns", &node, "--veth-only"])
+    let e = Exec::new(bench).policy(policy).args(&["--veth-netns", &node, "--veth-only"]).env("PORTCULLIS_LOG_LEVEL", "info");
+    if mode == "clsact" { e.env("PORTCULLIS_DISABLE_KERNEL_FEATURES", "tcx") } else { e }
 }
 
 #[test]
@@ -29,7 +36,13 @@ fn names_and_learned_addresses_on_the_veth_alone() {
         return;
     }
     let bench = Bench::start().unwrap();
-    let r = veth_only(&bench).steps(&[
+    for mode in modes() {
+        names_and_learned_addresses(&bench, mode);
+    }
+}
+
+fn names_and_learned_addresses(bench: &Bench, mode: &str) {
+    let r = veth_only(bench, POLICY, mode).steps(&[
         ("direct", &format!("{CURL} http://203.0.113.20:80/")),
         ("v4", &format!("{CURL} -4 http://api.example.test:443/")),
         ("v6", &format!("{CURL} -6 http://api.example.test:443/")),
@@ -38,6 +51,8 @@ fn names_and_learned_addresses_on_the_veth_alone() {
         ("metadata", &format!("{CURL} http://169.254.169.254:80/")),
     ]);
     r.outcome.expect_code(0);
+    let attached = format!("veth programs attach with {mode}");
+    assert!(r.outcome.ran.stderr.contains(&attached), "{attached}: {}", r.outcome.ran.stderr);
     r.ok("v4", "hello from 203.0.113.10:443\n");
     r.ok("v6", "hello from [2001:db8:100::10]:443\n");
     let st = r.fails("other", 6, 1500);
@@ -50,4 +65,42 @@ fn names_and_learned_addresses_on_the_veth_alone() {
     log.expect("203.0.113.20", 80, &[("reason", s("denied-default")), ("hook", s("tc-egress"))]);
     log.expect("169.254.169.254", 80, &[("reason", s("denied-range")), ("hook", s("tc-egress"))]);
     log.expect("203.0.113.10", 80, &[("reason", s("denied-default")), ("host", s("api.example.test"))]);
+}
+
+/// A CNI's program on the same veth (attached before the agent started,
+/// at the tail as Cilium attaches) still sees what the agent allows: the
+/// agent's programs go in front and hand allowed packets on. The stand-in
+/// drops TCP to 8080, which the policy allows: that connection failing
+/// shows the stand-in ran after the agent's program for an allowed packet.
+#[test]
+fn a_cni_program_after_ours_still_sees_allowed_packets() {
+    if !require_root() {
+        return;
+    }
+    let bench = Bench::start().unwrap();
+    for mode in modes() {
+        cni_after_ours(&bench, mode);
+    }
+}
+
+fn cni_after_ours(bench: &Bench, mode: &str) {
+    let policy = "egress:\n  - toFQDNs: [{matchName: api.example.test}]\n    ports: [{port: 443}, {port: 8080}]\n\
+                  dns:\n  servers: [\"198.51.100.53\"]\n";
+    let steps = [
+        ("443", format!("{CURL} -4 http://api.example.test:443/")),
+        ("8080", format!("{CURL} -4 http://api.example.test:8080/")),
+        ("metadata", format!("{CURL} http://169.254.169.254:80/")),
+    ];
+    let refs: Vec<(&str, &str)> = steps.iter().map(|(n, c)| (*n, c.as_str())).collect();
+    let run = || veth_only(bench, policy, mode).steps(&refs);
+    let without = run();
+    without.ok("443", "hello from 203.0.113.10:443\n");
+    without.ok("8080", "hello from 203.0.113.10:8080\n");
+    let cni = common::cni::StandInCni::attach(bench, "pod", 8080, mode == "tcx");
+    let with = run();
+    with.ok("443", "hello from 203.0.113.10:443\n");
+    with.fails("8080", 28, 3000);
+    with.fails("metadata", 28, 3000);
+    with.log().expect("169.254.169.254", 80, &[("reason", s("denied-range")), ("hook", s("tc-egress"))]);
+    drop(cni);
 }

@@ -7,7 +7,7 @@ use std::{os::fd::FromRawFd as _, sync::OnceLock};
 
 use tracing::{info, warn};
 
-/// Set this to a comma-separated list of features (`skb-netns-cookie`) to
+/// Set this to a comma-separated list of features (`skb-netns-cookie`, `tcx`) to
 /// load the variants for kernels without them, e.g. to test those variants
 /// on a newer kernel.
 pub const DISABLE_ENV: &str = "PORTCULLIS_DISABLE_KERNEL_FEATURES";
@@ -22,6 +22,9 @@ pub struct KernelFeatures {
     /// `bpf_get_netns_cookie` in `cgroup_skb` programs (Linux 6.15). Without
     /// it, `cgroup/sock_create` notes each socket's namespace in `SK_NETNS`.
     pub skb_netns_cookie: bool,
+    /// tcx links on network devices (Linux 6.6). Without them the veth
+    /// programs go in as a clsact filter (`tc.rs`).
+    pub tcx: bool,
 }
 
 impl KernelFeatures {
@@ -35,7 +38,12 @@ impl KernelFeatures {
                 "this kernel refuses bpf_get_netns_cookie in cgroup_skb (Linux 6.15 adds it): cgroup/sock_create notes each socket's namespace; sockets older than the programs count as the host's (their loopback traffic on the per-packet path is denied)",
             )
         };
-        vec![netns]
+        let veth = if self.tcx {
+            ("veth: tcx", "veth programs attach as tcx links, first in line")
+        } else {
+            ("veth: clsact", "this kernel has no tcx (Linux 6.6): veth programs attach as clsact filters at priority 1")
+        };
+        vec![netns, veth]
     }
 }
 
@@ -45,7 +53,10 @@ pub fn features() -> KernelFeatures {
     *FEATURES.get_or_init(|| {
         let disabled = std::env::var(DISABLE_ENV).unwrap_or_default();
         let off = |name: &str| disabled.split(',').any(|d| d.trim() == name);
-        let f = KernelFeatures { skb_netns_cookie: !off("skb-netns-cookie") && loads_skb_netns_cookie() };
+        let f = KernelFeatures {
+            skb_netns_cookie: !off("skb-netns-cookie") && loads_skb_netns_cookie(),
+            tcx: !off("tcx") && kernel_at_least(6, 6),
+        };
         let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
         for (variant, why) in f.variants() {
             if variant.ends_with(DEGRADED) {
@@ -56,6 +67,13 @@ pub fn features() -> KernelFeatures {
         }
         f
     })
+}
+
+/// By version: probing tcx would mean attaching to a real device.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    let mut v = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (major, minor)
 }
 
 const BPF_PROG_LOAD: libc::c_long = 5;
@@ -96,9 +114,10 @@ mod tests {
     #[test]
     fn every_feature_names_its_variant() {
         for on in [true, false] {
-            let v = KernelFeatures { skb_netns_cookie: on }.variants();
-            assert_eq!(v.len(), 1);
+            let v = KernelFeatures { skb_netns_cookie: on, tcx: on }.variants();
+            assert_eq!(v.len(), 2);
             assert!(v[0].0.starts_with("skb-netns: "), "{v:?}");
+            assert!(v[1].0.starts_with("veth: "), "{v:?}");
         }
     }
 }

@@ -31,10 +31,10 @@ pub enum TcMode {
 }
 
 impl TcMode {
-    /// tcx when the kernel has it (Linux 6.6: `BPF_TCX_*`), else clsact.
+    /// tcx when the kernel has it (Linux 6.6: `BPF_TCX_*`), else clsact
+    /// (`probe`; `PORTCULLIS_DISABLE_KERNEL_FEATURES=tcx` forces clsact).
     pub fn for_this_kernel() -> Self {
-        let (major, minor) = kernel_version();
-        if (major, minor) >= (6, 6) { Self::Tcx } else { Self::Clsact }
+        if super::probe::features().tcx { Self::Tcx } else { Self::Clsact }
     }
 
     pub fn as_str(self) -> &'static str {
@@ -43,12 +43,6 @@ impl TcMode {
             Self::Clsact => "clsact",
         }
     }
-}
-
-fn kernel_version() -> (u32, u32) {
-    let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
-    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
 /// Which side of the host-side veth.

@@ -36,6 +36,7 @@ pub const DNS_TRUSTED: &str = "dns:\n  servers: [\"198.51.100.53\"]\n";
 
 /// Environment variables of the agent's CLI that must not leak in from the
 /// caller's environment.
+pub mod cni;
 mod kernel;
 mod log;
 pub mod pins;
@@ -172,11 +173,20 @@ pub struct Exec<'b> {
     args: Vec<String>,
     enter: Enter,
     limit: Duration,
+    env: Vec<(String, String)>,
 }
 
 impl<'b> Exec<'b> {
     pub fn new(bench: &'b Bench) -> Self {
-        Self { bench, pod: "pod".into(), policy: None, args: vec![], enter: Enter::NetnsExec, limit: Duration::from_secs(30) }
+        Self {
+            bench,
+            pod: "pod".into(),
+            policy: None,
+            args: vec![],
+            enter: Enter::NetnsExec,
+            limit: Duration::from_secs(30),
+            env: vec![],
+        }
     }
     /// Policy YAML, written to a file and passed as `--policy`.
     pub fn policy(mut self, yaml: &str) -> Self {
@@ -203,6 +213,11 @@ impl<'b> Exec<'b> {
         self.limit = d;
         self
     }
+    /// An environment variable for the agent.
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_owned(), v.to_owned()));
+        self
+    }
 
     /// Runs `portcullis exec [--policy P] --log L ARGS <enter> -- CMD...`.
     pub fn run(&self, cmd: &[&str]) -> Outcome {
@@ -214,6 +229,7 @@ impl<'b> Exec<'b> {
             c.arg("--policy").arg(write_file(work, "policy.yaml", p));
         }
         c.arg("--log").arg(&log).args(&self.args);
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
         match self.enter {
             Enter::NetnsExec => {
                 c.arg("--netns").arg(self.bench.pod_netns_path(&self.pod)).arg("--");
