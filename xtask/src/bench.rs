@@ -18,7 +18,11 @@
 //!   bench's answers live an hour, so they stay learned for the whole run)
 //!   (pod `pc`);
 //! - `nftables`: the iptables/ipset way for reference: an nftables set of
-//!   1,000 IPs in the pod's namespace, default drop (pod `nft`).
+//!   1,000 IPs in the pod's namespace, default drop (pod `nft`);
+//! - `veth`: the pod's veth alone (`exec --veth-only`: what a gVisor or
+//!   Kata pod gets), DNS taken off the wire (pod `veth`);
+//! - `backstop`: `portcullis` plus the veth programs on the pod's veth
+//!   (what every pod on a Kubernetes node gets) (pod `pcv`).
 //!
 //! - `floor`, for the statistics slices only: an empty program at our
 //!   hooks (`floor`), so the report can show what our code adds there.
@@ -80,14 +84,19 @@ pub enum Config {
     Baseline = 0,
     Portcullis = 1,
     Nftables = 2,
+    /// The veth programs alone (`exec --veth-only`).
+    Veth = 3,
+    /// The cgroup hooks and the veth programs.
+    Backstop = 4,
     /// Statistics slices only: the empty programs of `floor`.
-    Floor = 3,
+    Floor = 5,
     /// DNS slices only: `portcullis run` with metrics (`bench_load`).
-    RunMode = 4,
+    RunMode = 6,
 }
 
 /// The configurations, in client order (`Config as usize`).
-const CONFIGS: [Config; 5] = [Config::Baseline, Config::Portcullis, Config::Nftables, Config::Floor, Config::RunMode];
+const CONFIGS: [Config; 7] =
+    [Config::Baseline, Config::Portcullis, Config::Nftables, Config::Veth, Config::Backstop, Config::Floor, Config::RunMode];
 /// The ratio slices rotate the clients before the floor.
 const RATIO_CONFIGS: usize = Config::Floor as usize;
 const PC: usize = Config::Portcullis as usize;
@@ -98,6 +107,8 @@ impl Config {
             Config::Baseline => "base",
             Config::Portcullis => "pc",
             Config::Nftables => "nft",
+            Config::Veth => "veth",
+            Config::Backstop => "pcv",
             Config::Floor => "floor",
             Config::RunMode => crate::bench_load::POD,
         }
@@ -137,9 +148,15 @@ impl Client {
         let load = ["load", "client", "--mode", "crr", "--target", "-", "--prelearn", "1000", "--sync"];
         let pin = pinning().map(|(client, _)| client.to_string());
         let mut cmd = match cfg {
-            Config::Portcullis => {
+            Config::Portcullis | Config::Veth | Config::Backstop => {
                 let mut c = Command::new(portcullis);
                 c.arg("exec").arg("--policy").arg(policy).arg("--netns").arg(bench.pod_netns_path(cfg.pod()));
+                if cfg != Config::Portcullis {
+                    c.arg("--veth-netns").arg(bench.node_netns_path());
+                }
+                if cfg == Config::Veth {
+                    c.arg("--veth-only");
+                }
                 c.arg("--").arg(&xtask);
                 c
             }

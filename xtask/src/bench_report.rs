@@ -35,7 +35,7 @@ pub fn report(results: &Results, progs: &Progs, cpu: BTreeMap<String, (u64, u64)
         [("crr", "short TCP connections/s", 1.0, 0.95), ("bulk", "bulk TCP throughput MB/s", 1e6, 0.97)]
     {
         let base = &results[&(mode, Config::Baseline)];
-        for cfg in [Config::Portcullis, Config::Nftables] {
+        for cfg in [Config::Portcullis, Config::Nftables, Config::Veth, Config::Backstop] {
             let other = &results[&(mode, cfg)];
             let mut ratios: Vec<f64> = base.iter().zip(other).map(|(b, o)| o / b).collect();
             let (lo, hi) = ratios.iter().fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));
@@ -50,12 +50,13 @@ pub fn report(results: &Results, progs: &Progs, cpu: BTreeMap<String, (u64, u64)
                 q(0.75),
                 median(&mut o) / unit,
                 median(&mut b) / unit,
-                if cfg == Config::Portcullis { format!("  target >= {target}") } else { String::new() },
+                if matches!(cfg, Config::Portcullis | Config::Veth) { format!("  target >= {target}") } else { String::new() },
             );
             let deciles: Vec<String> = (1..10).map(|d| format!("{:.2}", q(d as f64 / 10.0))).collect();
             println!("  {:<26} {:<10} per-round deciles: {}", "", "", deciles.join(" "));
         }
     }
+    backstop_vs_cgroup(results);
     let med = |k: &'static str, cfg| median(&mut results.get(&(k, cfg)).cloned().unwrap_or_default());
     let (b50, b99, p50, p99) = (
         med("dns-p50", Config::Baseline),
@@ -123,6 +124,22 @@ pub fn report(results: &Results, progs: &Progs, cpu: BTreeMap<String, (u64, u64)
 
 /// The run-mode rows: the same lookups quiet and under the side load
 /// (`bench_load`), each against baseline lookups in the same conditions.
+/// The backstop's own cost: the cgroup hooks with the veth programs next
+/// to the cgroup hooks alone, round by round (both ran in every round).
+fn backstop_vs_cgroup(results: &Results) {
+    for (mode, label) in [("crr", "short TCP connections/s"), ("bulk", "bulk TCP throughput MB/s")] {
+        let (Some(cg), Some(bs)) = (results.get(&(mode, Config::Portcullis)), results.get(&(mode, Config::Backstop))) else {
+            continue;
+        };
+        let mut ratios: Vec<f64> = cg.iter().zip(bs).map(|(c, b)| b / c).collect();
+        let med = median(&mut ratios);
+        let (ci_lo, ci_hi) = median_ci(&ratios);
+        println!(
+            "  {label:<26} backstop / portcullis ratio {med:.3} (95% CI of the median {ci_lo:.3}-{ci_hi:.3})  target >= 0.98"
+        );
+    }
+}
+
 fn dns_under_load(results: &Results, (records, limited): (usize, u64)) {
     let med = |k: &'static str, cfg| median(&mut results.get(&(k, cfg)).cloned().unwrap_or_default());
     let us = |v: f64| v / 1e3;

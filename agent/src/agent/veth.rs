@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result};
 
 use super::Agent;
 use crate::{
-    datapath::Datapath,
+    datapath::{Datapath, Pins},
     dnsgate::{hold::HoldPath, veth::VethDns},
     veth::attach::VethAttachments,
 };
@@ -26,10 +26,16 @@ pub(super) struct Veths {
 }
 
 /// Opens the veth DNS server in `node_ns` and readies the attachments.
-pub(super) fn start(gate: HoldPath, datapath: &Datapath, node_ns: OwnedFd, mark: u32) -> Result<(HoldPath, Veths)> {
+pub(super) fn start(
+    gate: HoldPath,
+    datapath: &Datapath,
+    node_ns: OwnedFd,
+    mark: u32,
+    pins: Option<Pins>,
+) -> Result<(HoldPath, Veths)> {
     let dns = VethDns::open(gate.engine().clone(), node_ns.as_fd(), mark).context("opening the veth DNS sockets")?;
     let programs = datapath.veth_programs()?;
-    let veths = Veths { attachments: VethAttachments::new(node_ns, programs), owners: HashMap::new(), dns: dns.clone() };
+    let veths = Veths { attachments: VethAttachments::new(node_ns, programs, pins), owners: HashMap::new(), dns: dns.clone() };
     Ok((gate.with_veth_dns(dns), veths))
 }
 

@@ -88,6 +88,10 @@ pub struct BlockedRecord {
     pub comm: Option<String>,
     pub hook: &'static str,
     pub cgroup_id: u64,
+    /// The host-side veth a packet was judged on (the veth programs have
+    /// no process to name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ifindex: Option<u32>,
 }
 
 pub fn protocol_name(p: u8) -> String {
@@ -137,6 +141,7 @@ impl BlockedRecord {
             comm: (comm_len > 0).then(|| String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned()),
             hook: Hook::from_u32(ev.hook).map_or("unknown", Hook::as_str),
             cgroup_id: ev.cgroup_id,
+            ifindex: (ev.ifindex != 0).then_some(ev.ifindex),
         }
     }
 
@@ -159,6 +164,7 @@ impl BlockedRecord {
             comm: proc_comm(tgid),
             hook: "dns-gate",
             cgroup_id,
+            ifindex: None,
         }
     }
 }

@@ -70,7 +70,7 @@ pub struct Pins {
 const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
 
 /// Removes a pin; a missing one is fine.
-fn unpin(path: &Path) -> Result<(), PinError> {
+pub fn unpin(path: &Path) -> Result<(), PinError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -82,7 +82,7 @@ impl Pins {
     /// `base` must be on bpffs; the layout directories are created, and a
     /// previous release's maps are adopted (see the module docs).
     pub fn open(base: &Path) -> Result<Self, PinError> {
-        for dir in [base.join("maps"), base.join("links")] {
+        for dir in [base.join("maps"), base.join("links"), base.join("veths")] {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
         let fs = nix::sys::statfs::statfs(base).map_err(|e| PinError::Io { path: base.to_owned(), source: e.into() })?;
@@ -126,6 +126,29 @@ impl Pins {
 
     pub fn link(&self, cgroup_id: u64, program: &str) -> PathBuf {
         self.root.join("links").join(format!("{cgroup_id}-{program}"))
+    }
+
+    /// A veth program's tcx link on host-side interface `ifindex` (node
+    /// mode: it outlives the agent, and the next agent swaps its program).
+    pub fn veth_link(&self, ifindex: u32, program: &str) -> PathBuf {
+        self.root.join("veths").join(format!("{ifindex}-{program}"))
+    }
+
+    /// Every pinned veth link, with its interface.
+    pub fn veth_links(&self) -> io::Result<Vec<(u32, PathBuf)>> {
+        let dir = self.root.join("veths");
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        Ok(rd
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                Some((name.split_once('-')?.0.parse().ok()?, e.path()))
+            })
+            .collect())
     }
 
     /// The previous release's pin of the same link, if it is still there.
