@@ -3,11 +3,15 @@
 
 use std::net::IpAddr;
 
+use netlink_packet_core::{NlasIterator, ParseableParametrized as _};
 use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage},
-    link::{InfoKind, LinkAttribute, LinkExtentMask, LinkInfo, LinkMessage},
+    link::{InfoKind, LinkAttribute, LinkExtentMask, LinkHeader, LinkInfo, LinkMessage},
     nsid::{NsidAttribute, NsidMessage},
 };
+
+/// `struct ifinfomsg`, before a link message's attributes.
+const LINK_HEADER_LEN: usize = 16;
 
 /// The attributes of one link (`RTM_NEWLINK`) this module needs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -64,6 +68,26 @@ impl Link {
             None => Err("no hardware address (IFLA_ADDRESS)".into()),
         }
     }
+}
+
+/// A link message (`ifinfomsg` and attributes, no netlink header) read
+/// attribute by attribute, leaving out those this crate cannot parse:
+/// `LinkMessage::parse` fails on the first one, and one attribute a newer
+/// kernel formats differently (or a bug of this crate) must not hide a
+/// link whose name, kind and peer are readable. `None` without a header.
+pub(super) fn link_lenient(payload: &[u8]) -> Option<LinkMessage> {
+    let header = LinkHeader::parse(payload).ok()?;
+    let family = header.interface_family;
+    let mut msg = LinkMessage::default();
+    msg.header = header;
+    for nla in NlasIterator::new(payload.get(LINK_HEADER_LEN..)?) {
+        // A length that runs past the message: nothing after it is framed.
+        let Ok(nla) = nla else { break };
+        if let Ok(attr) = LinkAttribute::parse_with_param(&nla, family) {
+            msg.attributes.push(attr);
+        }
+    }
+    Some(msg)
 }
 
 /// The request attributes of every link query: no statistics in the

@@ -26,6 +26,11 @@ mod rtnl;
 mod tests;
 #[cfg(test)]
 mod unit_tests;
+pub mod watch;
+#[cfg(test)]
+mod watch_tests;
+#[cfg(test)]
+mod watch_unit_tests;
 
 use std::{
     collections::HashMap,
@@ -125,6 +130,7 @@ pub enum Step {
     DumpAddrs,
     GetNsid,
     GetLink(u32),
+    Subscribe,
 }
 
 impl fmt::Display for Step {
@@ -136,6 +142,7 @@ impl fmt::Display for Step {
             Self::DumpAddrs => f.write_str("listing addresses (RTM_GETADDR dump)"),
             Self::GetNsid => f.write_str("asking its id for the other namespace (RTM_GETNSID)"),
             Self::GetLink(index) => write!(f, "asking for link {index} (RTM_GETLINK)"),
+            Self::Subscribe => f.write_str("subscribing to link notifications (RTNLGRP_LINK)"),
         }
     }
 }

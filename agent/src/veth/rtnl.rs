@@ -14,7 +14,8 @@ use std::{
 };
 
 use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_MULTIPART, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_MULTIPART, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    Parseable as _,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
@@ -26,7 +27,7 @@ use nix::{
     },
 };
 
-use super::{Netns, Step, VethError};
+use super::{Netns, Step, VethError, link::link_lenient};
 
 /// The first receive buffer: the kernel sizes dump datagrams after the
 /// reader's buffer, up to 32 KiB (`max_recvmsg_len` in
@@ -94,6 +95,16 @@ impl Rtnl {
             1 => Ok(replies.remove(0)),
             n => Err(self.malformed(step, format!("{n} replies to a single request"))),
         }
+    }
+
+    /// The socket, for the link watch's options and membership.
+    pub(super) fn socket_mut(&mut self) -> &mut Socket {
+        &mut self.sock
+    }
+
+    /// The first `len` bytes `recv` read.
+    pub(super) fn received(&self, len: usize) -> &[u8] {
+        &self.buf[..len.min(self.buf.len())]
     }
 
     pub(super) fn malformed(&self, step: Step, detail: String) -> VethError {
@@ -243,8 +254,7 @@ impl Collect {
             if frame_seq(frame) != seq {
                 continue;
             }
-            let parsed =
-                NetlinkMessage::<RouteNetlinkMessage>::deserialize(frame).map_err(|e| Fault::Malformed(e.to_string()))?;
+            let parsed = parse_frame(frame).map_err(Fault::Malformed)?;
             self.interrupted |= parsed.header.flags & NLM_F_DUMP_INTR != 0;
             let multi = parsed.header.flags & NLM_F_MULTIPART != 0;
             match parsed.payload {
@@ -267,6 +277,24 @@ impl Collect {
         }
         Ok(())
     }
+}
+
+/// One message `frames` returned. A link message this crate cannot parse
+/// whole is read attribute by attribute (`link_lenient`) rather than lost.
+pub(super) fn parse_frame(frame: &[u8]) -> Result<NetlinkMessage<RouteNetlinkMessage>, String> {
+    NetlinkMessage::deserialize(frame).or_else(|e| lenient_link_frame(frame).ok_or_else(|| e.to_string()))
+}
+
+fn lenient_link_frame(frame: &[u8]) -> Option<NetlinkMessage<RouteNetlinkMessage>> {
+    let buf = NetlinkBuffer::new_checked(frame).ok()?;
+    let header = NetlinkHeader::parse(&buf).ok()?;
+    let link = link_lenient(buf.payload())?;
+    let inner = match header.message_type {
+        libc::RTM_NEWLINK => RouteNetlinkMessage::NewLink(link),
+        libc::RTM_DELLINK => RouteNetlinkMessage::DelLink(link),
+        _ => return None,
+    };
+    Some(NetlinkMessage::new(header, NetlinkPayload::InnerMessage(inner)))
 }
 
 /// `nlmsg_seq` of a frame `frames` returned (at least a header long).

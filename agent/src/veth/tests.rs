@@ -17,7 +17,7 @@ use super::{HostLink, PodLink, Role, Step, VethError, host_veth_by_index, link_e
 /// Root, or a clear skip; under CI (or `PORTCULLIS_REQUIRE_PRIVILEGED`) a
 /// privileged test that cannot run is a failure, never a skip (as
 /// agent/tests/common does).
-fn privileged() -> bool {
+pub(super) fn privileged() -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
@@ -31,14 +31,14 @@ fn privileged() -> bool {
 const PREFIX: &str = "pcveth";
 
 /// A named network namespace, deleted on drop.
-struct Ns {
-    name: String,
+pub(super) struct Ns {
+    pub(super) name: String,
 }
 
 impl Ns {
     /// `pcveth<pid>x<n><tag>`: a killed run's leftovers are recognised by
     /// their dead pid and deleted by the next run.
-    fn new(tag: &str) -> Self {
+    pub(super) fn new(tag: &str) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         sweep_stale();
         let name = format!("{PREFIX}{}x{}{tag}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
@@ -47,13 +47,13 @@ impl Ns {
     }
 
     /// `ip -n NAME ARGS`.
-    fn ip(&self, args: &str) {
+    pub(super) fn ip(&self, args: &str) {
         let mut full = vec!["-n", &self.name];
         full.extend(args.split_whitespace());
         run(&full);
     }
 
-    fn file(&self) -> File {
+    pub(super) fn file(&self) -> File {
         File::open(Path::new("/run/netns").join(&self.name)).expect("open the namespace")
     }
 }
@@ -278,7 +278,7 @@ fn link_exists_from_inside_the_namespace() {
     });
 }
 
-fn if_index(ns: &Ns, dev: &str) -> u32 {
+pub(super) fn if_index(ns: &Ns, dev: &str) -> u32 {
     let out = Command::new("ip").args(["-n", &ns.name, "-o", "link", "show", dev]).output().expect("ip link show");
     let text = String::from_utf8_lossy(&out.stdout);
     text.split(':').next().and_then(|i| i.trim().parse().ok()).unwrap_or_else(|| panic!("no index for {dev}: {text}"))
