@@ -91,6 +91,16 @@ pub struct AgentArgs {
     /// (each pod's gaps say so).
     #[arg(long, env = "PORTCULLIS_NO_POD_VETHS")]
     pub no_pod_veths: bool,
+    /// Name prefixes of the pods' host-side veths (your CNI's). Every new
+    /// veth with one of them, whose other end is in another namespace,
+    /// gets the veth programs at once and drops everything until the agent
+    /// knows its pod. "" matches every such veth (CNIs without a prefix).
+    #[arg(long, env = "PORTCULLIS_POD_VETH_PREFIXES", value_delimiter = ',',
+        default_value = "lxc,cali,veth,eni,vlan,gke,azv")]
+    pub pod_veth_prefixes: Vec<String>,
+    /// Names of such veths that are not pods' (Cilium's health endpoint).
+    #[arg(long, env = "PORTCULLIS_POD_VETH_EXCLUDE", value_delimiter = ',', default_value = "lxc_health")]
+    pub pod_veth_exclude: Vec<String>,
     /// The cluster's DNS, the resolvers of `dnsPolicy: ClusterFirst` pods
     /// (kubelet's `clusterDNS`). Pods' own resolv.conf files are never
     /// read: the workload can write them.

@@ -55,6 +55,25 @@ impl Agent {
         Ok(())
     }
 
+    /// Attaches the veth programs to a new interface nobody claimed yet
+    /// (`veth::watch`): it drops everything until `attach_veth` assigns it
+    /// to a pod (fail closed). One a previous agent left assigned in the
+    /// pinned maps keeps its assignment.
+    pub fn guard_veth(&mut self, ifindex: u32) -> Result<()> {
+        let veths = self.veths.as_mut().context("no node network namespace for the veth programs")?;
+        veths.attachments.attach(ifindex).context("attaching the veth programs")
+    }
+
+    /// The interface is gone: its programs and its entries go.
+    pub fn forget_veth(&mut self, ifindex: u32) -> Result<()> {
+        let Some(veths) = self.veths.as_mut() else { return Ok(()) };
+        veths.attachments.detach(ifindex).with_context(|| format!("detaching from interface {ifindex}"))?;
+        if let Some(id) = veths.owners.remove(&ifindex) {
+            self.enforcer.remove_veth(id, ifindex)?;
+        }
+        Ok(())
+    }
+
     /// How the veth programs attach on this kernel (`tcx`, `clsact`).
     pub fn veth_mode(&self) -> Option<&'static str> {
         self.veths.as_ref().map(|v| v.attachments.mode().as_str())

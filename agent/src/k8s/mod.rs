@@ -242,6 +242,9 @@ fn watch_and_reconcile(
         .context("starting the Kubernetes client runtime")?;
     let client = rt.block_on(client(args.api_server.as_deref()))?;
     let (poke, poked) = mpsc::sync_channel(1);
+    let links = if args.no_pod_veths { None } else { Some(guard_new_veths(agent, args, poke.clone())?) };
+    // The watcher stops with this function (also on an error).
+    let _stop_links = StopOnDrop(links.as_ref().map(|(_, s)| s.clone()));
     let stores = watch::start(rt.handle(), &client, &args.node_name, poke);
     if let Some(rx) = pod_events {
         rt.spawn(events::publish(client, args.node_name.clone(), stores.pods(), rx));
@@ -269,6 +272,11 @@ fn watch_and_reconcile(
             continue;
         }
         let woke = poked.recv_timeout(wait.min(Duration::from_millis(200))).is_ok();
+        if let Some((rx, _)) = &links {
+            for ev in rx.try_iter() {
+                link_event(agent, ev);
+            }
+        }
         if node.veths_waiting > 0 && last_veths.elapsed() >= VETH_TICK {
             // A pod's first process (its network namespace) or its veth
             // is not there yet: look again, without a whole pass.
@@ -296,6 +304,61 @@ fn watch_and_reconcile(
             }
             info!(pods = snap.pods.len(), endpoints = node.enforced.len(), "ready: every watch listed, pods reconciled");
         }
+    }
+}
+
+/// Every pod veth of the node gets the veth programs the moment it
+/// appears (`veth::watch`), before the agent knows its pod: it drops
+/// everything until assigned (a gVisor or Kata pod's traffic is seen
+/// nowhere else). Those there now get them at once. Returns the events of
+/// the ones to come, and the watcher's stop flag.
+fn guard_new_veths(
+    agent: &mut Agent,
+    args: &AgentArgs,
+    poke: mpsc::SyncSender<()>,
+) -> Result<(mpsc::Receiver<crate::veth::watch::LinkEvent>, Arc<std::sync::atomic::AtomicBool>)> {
+    use crate::veth::watch::{LinkWatch, PodVethFilter};
+    let filter = PodVethFilter { prefixes: args.pod_veth_prefixes.clone(), exclude: args.pod_veth_exclude.clone() };
+    let ns = open_netns(&args.node_netns)?;
+    let watch = LinkWatch::open(std::os::fd::AsFd::as_fd(&ns), filter).context("watching the node's pod veths")?;
+    for (ifindex, name) in watch.initial() {
+        if let Err(e) = agent.guard_veth(*ifindex) {
+            warn!(interface = %name, error = %format!("{e:#}"), "cannot attach the veth programs");
+        }
+    }
+    info!(veths = watch.initial().len(), "veth programs on the node's pod veths; new ones get them as they appear");
+    let (tx, rx) = mpsc::channel();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    watch
+        .spawn(
+            tx,
+            move || {
+                let _ = poke.try_send(());
+            },
+            stop.clone(),
+        )
+        .context("starting the veth watcher")?;
+    Ok((rx, stop))
+}
+
+struct StopOnDrop(Option<Arc<std::sync::atomic::AtomicBool>>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(s) = &self.0 {
+            s.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+fn link_event(agent: &mut Agent, ev: crate::veth::watch::LinkEvent) {
+    use crate::veth::watch::LinkEvent;
+    let done = match &ev {
+        LinkEvent::New { ifindex, .. } => agent.guard_veth(*ifindex),
+        LinkEvent::Gone { ifindex } => agent.forget_veth(*ifindex),
+    };
+    if let Err(e) = done {
+        warn!(event = ?ev, error = %format!("{e:#}"), "veth programs");
     }
 }
 
