@@ -12,7 +12,7 @@
 mod common;
 
 use common::probe::{self, Window};
-use common::{Enter, Exec, Running, TestCgroup, VETH_ATTACHED, target::Recorder};
+use common::{TestCgroup, target::Recorder};
 use portcullis_tests::gvisor::{self, Sandbox};
 use portcullis_tests::{Bench, require_root};
 use serde_json::Value;
@@ -21,20 +21,6 @@ use std::time::Duration;
 /// One sandbox run: the probe's cases, and the 1,000 race trials under
 /// gVisor's ptrace platform.
 const LIMIT: Duration = Duration::from_secs(120);
-
-/// The agent on the pod's veth only, its command a placeholder in the
-/// root namespace (the pod's processes are the sandbox's, not its own).
-fn start_agent(bench: &Bench) -> Running {
-    let (pod, node) = (bench.pod_netns_path("pod"), bench.node_netns_path());
-    let (pod, node) = (pod.to_str().unwrap(), node.to_str().unwrap());
-    let mut agent = Exec::new(bench)
-        .policy(probe::POLICY)
-        .enter(Enter::AsIs)
-        .args(&["--veth-pod", pod, "--veth-netns", node, "--veth-only"])
-        .spawn(&["sleep", "3600"]);
-    agent.wait_for(VETH_ATTACHED, Duration::from_secs(20));
-    agent
-}
 
 fn run_probe(sandbox: &Sandbox<'_>, bench: &Bench, tag: &str, race: bool) -> Value {
     let cmd = probe::command(bench, tag, race);
@@ -61,7 +47,7 @@ fn gvisor_sandbox_is_enforced_on_its_pods_veth() {
 
     // The agent on the pod's veth (attached while the pod's eth0 still has
     // its addresses: runsc takes them into the Sentry when the sandbox starts).
-    let agent = start_agent(&bench);
+    let agent = probe::veth_only_agent(&bench);
     let w = Window::open(&bench, &sniffer);
     let v = run_probe(&sandbox, &bench, "veth", true);
     let out = agent.stop();

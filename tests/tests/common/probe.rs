@@ -6,11 +6,12 @@
 //! log.
 
 use super::target::Recorder;
-use super::{Log, client, s};
+use super::{Enter, Exec, Log, Running, VETH_ATTACHED, client, s};
 use portcullis_tests::{Bench, addr, dns, servers::python};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 pub const PROBE_PY: &str = include_str!("../../clients/veth_probe.py");
 
@@ -26,6 +27,24 @@ egress:
 dns:
   servers: ["198.51.100.53", "2001:db8:53::53"]
 "#;
+
+/// `portcullis exec --policy POLICY --veth-pod POD --veth-netns NODE
+/// --veth-only -- sleep` in the background, once it enforces: the agent on
+/// the pod's veth alone, its command a placeholder in the root namespace
+/// (the pod's workload is a sandbox or a guest, not its child). It reads
+/// the pod's addresses off `eth0` as it attaches, so it starts before
+/// runsc or the Kata "VM" takes them.
+pub fn veth_only_agent(bench: &Bench) -> Running {
+    let (pod, node) = (bench.pod_netns_path("pod"), bench.node_netns_path());
+    let (pod, node) = (pod.to_str().unwrap(), node.to_str().unwrap());
+    let mut agent = Exec::new(bench)
+        .policy(POLICY)
+        .enter(Enter::AsIs)
+        .args(&["--veth-pod", pod, "--veth-netns", node, "--veth-only"])
+        .spawn(&["sleep", "3600"]);
+    agent.wait_for(VETH_ATTACHED, Duration::from_secs(20));
+    agent
+}
 
 /// Each attack case and the address it goes to: without enforcement, the
 /// sniffer must see the pod reach every one of them.
