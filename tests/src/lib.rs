@@ -26,6 +26,8 @@
 //! `kube::Client` talks to over 127.0.0.1, for the agent's Kubernetes side.
 //! And [`gvisor`]: a command in a real gVisor sandbox (Debian's `runsc`) on
 //! a bench pod's network namespace, for the TC datapath's sandboxed pods.
+//! And [`kata`]: a bench pod in Kata Containers' tcfilter network shape,
+//! with a namespace as the guest and a relay process as the VMM.
 
 pub mod addr;
 mod bench;
@@ -35,6 +37,7 @@ pub mod dns;
 pub mod fakeapi;
 mod guard;
 pub mod gvisor;
+pub mod kata;
 pub mod netns;
 pub mod servers;
 pub mod soak;

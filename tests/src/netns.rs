@@ -148,6 +148,16 @@ impl IfSnapshot {
         Ok(Self { ns: ns.to_owned(), ifname: ifname.to_owned(), addrs: if_addrs(ns, ifname)?, gateways })
     }
 
+    /// (`ip` family flag, address/prefix length, scope) of each address.
+    pub fn addrs(&self) -> &[(&'static str, String, String)] {
+        &self.addrs
+    }
+
+    /// (`ip` family flag, gateway) of each default route.
+    pub fn gateways(&self) -> &[(&'static str, String)] {
+        &self.gateways
+    }
+
     /// Re-adds the missing addresses, then the routes through them.
     pub fn restore(&self) -> Result<()> {
         let now = if_addrs(&self.ns, &self.ifname)?;

@@ -40,9 +40,12 @@ pub mod cni;
 mod kernel;
 mod log;
 pub mod pins;
+pub mod probe;
+mod running;
 pub mod target;
 pub use kernel::*;
 pub use log::*;
+pub use running::{Running, VETH_ATTACHED};
 
 const AGENT_ENV: [&str; 8] = [
     "PORTCULLIS_POLICY",
@@ -221,14 +224,20 @@ impl<'b> Exec<'b> {
 
     /// Runs `portcullis exec [--policy P] --log L ARGS <enter> -- CMD...`.
     pub fn run(&self, cmd: &[&str]) -> Outcome {
+        let log = fresh_path(self.bench.workdir(), "blocked.jsonl");
+        let ran = run_with_deadline(self.bench.workdir(), self.command(&log, cmd), self.limit);
+        Outcome { log: Log::read(&log), ran }
+    }
+
+    /// `portcullis exec [--policy P] --log LOG ARGS <enter> -- CMD...`.
+    fn command(&self, log: &Path, cmd: &[&str]) -> Command {
         let work = self.bench.workdir();
-        let log = fresh_path(work, "blocked.jsonl");
         let mut c = agent_cmd();
         c.arg("exec");
         if let Some(p) = &self.policy {
             c.arg("--policy").arg(write_file(work, "policy.yaml", p));
         }
-        c.arg("--log").arg(&log).args(&self.args);
+        c.arg("--log").arg(log).args(&self.args);
         c.envs(self.env.iter().map(|(k, v)| (k, v)));
         match self.enter {
             Enter::NetnsExec => {
@@ -244,8 +253,7 @@ impl<'b> Exec<'b> {
             }
         }
         c.args(cmd);
-        let ran = run_with_deadline(work, c, self.limit);
-        Outcome { log: Log::read(&log), ran }
+        c
     }
 
     /// Runs a script of named shell steps in one agent run; each step's

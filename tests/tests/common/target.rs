@@ -46,6 +46,14 @@ impl Recorder {
         Recorder::spawn(bench, cmd, &["sniff", bench.node_veth(pod)], "listen.py sniff")
     }
 
+    /// Every IP packet reaching the "internet": on inet's end of the
+    /// node's uplink, past the node and its forwarding, so a packet a veth
+    /// program dropped never shows here, whatever its protocol.
+    pub fn sniff_inet(bench: &Bench) -> Recorder {
+        let cmd = bench.cmd_in_inet(servers::python().to_str().unwrap());
+        Recorder::spawn(bench, cmd, &["sniff", portcullis_tests::INET_DOWNLINK_IF], "listen.py sniff")
+    }
+
     /// What arrived so far (after a moment for packets in flight).
     pub fn arrivals(&self) -> Vec<Value> {
         std::thread::sleep(Duration::from_millis(300));
