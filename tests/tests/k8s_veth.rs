@@ -17,11 +17,13 @@ use common::{
     target::{ATTACK_PY, Recorder, TARGET_PORT},
     wait_for,
 };
-use k8s::harness::{Kubelet, Workload, free_addr, namespace, pod_qos, policy, start_agent};
+use k8s::harness::{Kubelet, Workload, free_addr, namespace, pod_qos, policy, start_agent_with};
 use portcullis_tests::{Bench, fakeapi::FakeApi, require_root};
 use serde_json::json;
 
 const META4: &str = "169.254.169.254";
+/// Kubelet's `clusterDNS` (the bench's resolver).
+const CLUSTER_DNS: &[&str] = &["--cluster-dns", "198.51.100.53"];
 
 /// `attack.py packet-socket` from the bench pod `pod`, in `cgroup`: N
 /// datagrams to DST:TARGET_PORT written as frames (cgroup hooks never see
@@ -64,7 +66,7 @@ fn veths_are_enforced_from_before_a_pod_is_known_and_through_restarts() {
     wait_for("the frames at the metadata host", Duration::from_secs(5), || (meta.arrivals().len() >= 3).then_some(()));
     let before = meta.arrivals().len();
 
-    let mut agent = start_agent(&bench, &api, &kubelet, &pins, metrics);
+    let mut agent = start_agent_with(&bench, &api, &kubelet, &pins, metrics, CLUSTER_DNS);
     agent.wait_message("ready: every watch listed, pods reconciled");
     wait_for("the raw pod's veth attached", Duration::from_secs(10), || {
         let text = scrape(metrics);
@@ -92,7 +94,7 @@ fn veths_are_enforced_from_before_a_pod_is_known_and_through_restarts() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(meta.arrivals().len(), before, "the veth was open while no agent ran");
     // The next agent takes the links over: allowed stays allowed, the rest closed.
-    let mut agent = start_agent(&bench, &api, &kubelet, &pins, metrics);
+    let mut agent = start_agent_with(&bench, &api, &kubelet, &pins, metrics, CLUSTER_DNS);
     agent.wait_message("ready: every watch listed, pods reconciled");
     w.eventually("api.example.test", 443, true);
     assert_eq!(packet_socket(&bench, &raw_cg, "raw", META4, 3), 3);
