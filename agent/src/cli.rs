@@ -95,8 +95,7 @@ pub struct AgentArgs {
     /// veth with one of them, whose other end is in another namespace,
     /// gets the veth programs at once and drops everything until the agent
     /// knows its pod. "" matches every such veth (CNIs without a prefix).
-    #[arg(long, env = "PORTCULLIS_POD_VETH_PREFIXES", value_delimiter = ',',
-        default_value = "lxc,cali,veth,eni,vlan,gke,azv")]
+    #[arg(long, env = "PORTCULLIS_POD_VETH_PREFIXES", value_delimiter = ',', default_value = "lxc,cali,veth,eni,vlan,gke,azv")]
     pub pod_veth_prefixes: Vec<String>,
     /// Names of such veths that are not pods' (Cilium's health endpoint).
     #[arg(long, env = "PORTCULLIS_POD_VETH_EXCLUDE", value_delimiter = ',', default_value = "lxc_health")]

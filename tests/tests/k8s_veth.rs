@@ -71,7 +71,10 @@ fn veths_are_enforced_from_before_a_pod_is_known_and_through_restarts() {
     wait_for("the raw pod's veth attached", Duration::from_secs(10), || {
         let text = scrape(metrics);
         let g = |gap: &str| {
-            series(&text, &format!("portcullis_pod_enforcement_gaps{{source_namespace=\"ws-a\",source_pod=\"raw\",gap=\"{gap}\"}}"))
+            series(
+                &text,
+                &format!("portcullis_pod_enforcement_gaps{{source_namespace=\"ws-a\",source_pod=\"raw\",gap=\"{gap}\"}}"),
+            )
         };
         (g("veth-not-found") == Some(0.0) && g("cap-net-raw") == Some(0.0)).then_some(())
     });
@@ -101,4 +104,88 @@ fn veths_are_enforced_from_before_a_pod_is_known_and_through_restarts() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(meta.arrivals().len(), before);
     drop(agent);
+}
+
+/// Inside a gVisor sandbox: each name resolved and connected to on 443,
+/// and one address connected to directly; JSON per case.
+const SANDBOX_PROBE: &str = r#"
+import json, socket, sys
+out = {}
+for name in sys.argv[1:]:
+    try:
+        if name[0].isdigit():
+            ip = name
+        else:
+            ip = socket.getaddrinfo(name, 443, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+        s = socket.create_connection((ip, 443), timeout=2)
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        out[name] = s.recv(100).decode(errors="replace")
+    except Exception as e:
+        out[name] = "error: " + type(e).__name__ + " " + str(e)
+print(json.dumps(out))
+"#;
+
+/// A gVisor pod (RuntimeClass `gvisor`: no cgroup hook sees its traffic)
+/// and a plain pod on one node, each with its own policy, at once: the
+/// sandbox reaches what its policy names and nothing else, the plain pod
+/// likewise.
+#[test]
+fn a_gvisor_pod_and_a_plain_pod_each_get_their_own_policy() {
+    if !require_root() || !portcullis_tests::gvisor::require_runsc() {
+        return;
+    }
+    let bench = Bench::builder().pods(&["gv", "plain"]).start().unwrap();
+    let api = FakeApi::start().unwrap();
+    let kubelet = Kubelet::new("k8s-gvisor", true);
+    let pins = PinDir::new("k8s-gvisor");
+    let metrics = free_addr();
+    api.apply(&namespace("ws-a", json!({}))).unwrap();
+    api.apply(&policy("ws-a", "plain", json!({"matchLabels": {"app": "plain"}}), &["api.example.test"])).unwrap();
+    api.apply(&policy("ws-a", "sandboxed", json!({"matchLabels": {"app": "gv"}}), &["other.example.test"])).unwrap();
+    let mut gv = pod_qos("ws-a", "gv", json!({"app": "gv"}), "BestEffort");
+    gv["spec"]["runtimeClassName"] = json!("gvisor");
+    // Kubelet reports the sandbox's addresses (runsc takes them off eth0).
+    let (v4, v6) = (bench.pod_v4("gv").to_string(), bench.pod_v6("gv").to_string());
+    gv["status"]["podIP"] = json!(v4);
+    gv["status"]["podIPs"] = json!([{"ip": v4}, {"ip": v6}]);
+    let gv_uid = api.apply(&gv).unwrap()["metadata"]["uid"].as_str().unwrap().to_owned();
+    let gv_cg = kubelet.create_pod(&gv_uid, "BestEffort");
+    let plain = api.apply(&pod_qos("ws-a", "plain", json!({"app": "plain"}), "BestEffort")).unwrap();
+    let plain_cg = kubelet.create_pod(plain["metadata"]["uid"].as_str().unwrap(), "BestEffort");
+    // The pod's sandbox process (as its pause container would be).
+    let _pause = Workload::start(&bench, &gv_cg, "gv");
+    let mut p = Workload::start(&bench, &plain_cg, "plain");
+    let mut agent = start_agent_with(&bench, &api, &kubelet, &pins, metrics, CLUSTER_DNS);
+    agent.wait_message("ready: every watch listed, pods reconciled");
+    wait_for("the gVisor pod's veth attached", Duration::from_secs(10), || {
+        let text = scrape(metrics);
+        let g = |gap: &str| {
+            series(
+                &text,
+                &format!("portcullis_pod_enforcement_gaps{{source_namespace=\"ws-a\",source_pod=\"gv\",gap=\"{gap}\"}}"),
+            )
+        };
+        (g("veth-not-found") == Some(0.0) && g("sandboxed-runtime") == Some(0.0)).then_some(())
+    });
+    p.eventually("api.example.test", 443, true);
+    assert!(p.reach("other.example.test", 443).is_err(), "plain: other.example.test is not its");
+
+    let probe = common::write_file(bench.workdir(), "sandbox_probe.py", SANDBOX_PROBE);
+    let args = ["python3", probe.to_str().unwrap(), "other.example.test", "api.example.test", "203.0.113.10"];
+    let run = portcullis_tests::gvisor::run(&bench, "gv", &gv_cg, &args, Duration::from_secs(30)).expect("gVisor run");
+    let v: serde_json::Value =
+        serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("probe output ({e}): {} / {}", run.stdout, run.stderr));
+    assert!(v["other.example.test"].as_str().is_some_and(|s| s.contains("200 OK") && s.contains("203.0.113.20:443")), "{v}");
+    assert!(v["api.example.test"].as_str().is_some_and(|s| s.contains("gaierror")), "refused name: {v}");
+    assert!(v["203.0.113.10"].as_str().is_some_and(|s| s.starts_with("error")), "never learned by this pod: {v}");
+    let log = std::fs::read_to_string(bench.workdir().join("blocked.jsonl")).unwrap_or_default();
+    let blocked: Vec<serde_json::Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(
+        blocked.iter().any(|r| r["pod"] == "gv" && r["dst"] == "203.0.113.10" && r["hook"] == "tc-egress"),
+        "the sandbox's connect is in the log, as the pod's: {log}"
+    );
+    assert!(
+        blocked.iter().any(|r| r["pod"] == "gv" && r["host"] == "api.example.test" && r["reason"] == "denied-dns-name"),
+        "{log}"
+    );
 }

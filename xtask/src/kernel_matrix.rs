@@ -22,8 +22,14 @@ pub const KERNELS: [&str; 2] = ["6.1", "6.12"];
 /// 6.12 runs what depends on the kernel (program loads and verdicts, the
 /// packet paths, the DNS hold and gate redirects, pinning), not the suites
 /// whose 6.1 and 6.18 runs already cover their user-space logic.
-const SUITES: [(&str, &str, Option<&str>, bool); 10] = [
+const SUITES: [(&str, &str, Option<&str>, bool); 14] = [
     ("portcullis", "prog_test_run", None, true),
+    // The veth programs: verified and judged on both; end to end on the
+    // oldest, where they attach as clsact filters (tcx is the host's).
+    ("portcullis", "veth_test_run", None, true),
+    ("portcullis-tests", "veth_mode", Some("names_and"), false),
+    ("portcullis-tests", "veth_backstop", None, false),
+    ("portcullis-tests", "k8s_veth", Some("veths_are_enforced"), false),
     ("portcullis-tests", "bypass_flows", None, true),
     ("portcullis-tests", "bypass_exec", None, false),
     ("portcullis-tests", "enforce_basic", None, true),
