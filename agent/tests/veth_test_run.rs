@@ -24,6 +24,8 @@ egress:
     ports: [{port: 443}]
   - toCIDRs: ["10.1.0.0/16"]
     ports: [{port: 8080}]
+  - toCIDRs: ["203.0.113.50/32"]
+    ports: [{port: 5353, protocol: UDP}]
 dns:
   servers: ["198.51.100.53", "[2001:db8:53::53]:53"]
 "#;
@@ -144,6 +146,17 @@ fn an_allowed_flow_costs_one_lookup_after_its_first_packet() {
     assert_eq!(h.counter(Reason::AllowedFqdn), 1, "judged once");
     // A new flow to it is judged, and refused.
     assert_eq!(h.sent_by_pod(&frame(POD4, "203.0.113.10", L4::Udp(443))), DROP);
+}
+
+#[test]
+fn a_narrowed_policy_keeps_tcp_connections_and_judges_other_flows_again() {
+    let Some(mut h) = harness(Mode::Enforce) else { return };
+    assert_eq!(h.send("10.1.2.3", L4::Tcp(8080, true)), NEXT);
+    assert_eq!(h.send("203.0.113.50", L4::Udp(5353)), NEXT);
+    let narrow = compile(&Policy::from_yaml_str(NOTHING, "t").unwrap(), || Ok::<_, std::io::Error>(vec![])).unwrap();
+    h.state.set_policy(h.ep, Identity::default(), narrow, Mode::Enforce).unwrap();
+    assert_eq!(h.send("10.1.2.3", L4::Tcp(8080, false)), NEXT, "an established connection goes on");
+    assert_eq!(h.send("203.0.113.50", L4::Udp(5353)), DROP, "a datagram is judged by the new policy");
 }
 
 #[test]

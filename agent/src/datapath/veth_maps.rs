@@ -95,6 +95,22 @@ impl VethMaps {
         Ok(())
     }
 
+    /// Forgets the flows of `ifindex` except TCP ones (a policy changed:
+    /// established connections go on, as on the cgroup side, while every
+    /// other flow's next packet is judged by the new policy).
+    pub fn forget_flows_but_tcp(&mut self, ifindex: u32) -> Result<(), MapError> {
+        let flows: Vec<TcFlowKey> = self
+            .flows
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.ifindex == ifindex && k.proto != agent_common::proto::TCP)
+            .collect();
+        for k in flows {
+            ignore_missing(self.flows.remove(&k))?;
+        }
+        Ok(())
+    }
+
     /// Every assigned interface (a previous agent's, when adopting).
     pub fn assigned(&self) -> Vec<(u32, TcIface)> {
         self.ifaces.iter().filter_map(Result::ok).collect()

@@ -65,6 +65,12 @@ impl State {
             }
         }
         self.maps.verdict_cache().invalidate(id).map_err(map_err("VERDICT_CACHE"))?;
+        // On the veth, flows the old policy let through: TCP connections go
+        // on (as sockets' do), the rest is judged again.
+        let veths = self.endpoints.get(&id).map(|e| e.veths.clone()).unwrap_or_default();
+        for ifindex in veths {
+            self.maps.veth().forget_flows_but_tcp(ifindex).map_err(map_err("TC_FLOWS"))?;
+        }
         let ep = self.endpoints.get_mut(&id).ok_or(StateError::UnknownEndpoint(id))?;
         ep.identity = identity;
         ep.policy = Arc::new(policy);
