@@ -12,7 +12,7 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 
-use super::{error::LoadError, verdict_cache::VerdictCacheMap, veth_maps::VethMaps};
+use super::{error::LoadError, take, verdict_cache::VerdictCacheMap, veth_maps::VethMaps};
 
 pub struct PolicyMaps {
     config: Array<MapData, Config>,
@@ -29,11 +29,6 @@ pub struct PolicyMaps {
     verdict_cache: VerdictCacheMap,
     veth: VethMaps,
     current: Config,
-}
-
-pub(super) fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError> {
-    let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
-    T::try_from(map).map_err(|source| LoadError::Map { name, source })
 }
 
 impl PolicyMaps {

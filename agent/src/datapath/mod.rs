@@ -19,3 +19,12 @@ pub use error::LoadError;
 pub use loader::Datapath;
 pub use maps::PolicyMaps;
 pub use pin::Pins;
+
+/// A map of a loaded object, as its aya type (taken once).
+pub(crate) fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut aya::Ebpf,
+    name: &'static str,
+) -> Result<T, LoadError> {
+    let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| LoadError::Map { name, source })
+}

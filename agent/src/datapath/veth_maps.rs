@@ -10,7 +10,7 @@ use aya::{
     maps::{HashMap, MapData, MapError},
 };
 
-use super::{error::LoadError, maps::take};
+use super::{error::LoadError, take};
 
 pub struct VethMaps {
     ifaces: HashMap<MapData, u32, TcIface>,

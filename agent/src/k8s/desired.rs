@@ -1,7 +1,7 @@
 //! What each pod on this node should get, from the API objects alone
 //! (pure: no disk, no kernel): the union of the allows of every policy that
-//! selects it, `toServices` turned into the Services' ClusterIPs, and its
-//! mode. Semantics (docs/ARCHITECTURE.md "Kubernetes"):
+//! selects it, `toServices` turned into the Services' ClusterIPs and
+//! backends (`services.rs`), and its mode. Semantics (docs/ARCHITECTURE.md "Kubernetes"):
 //! - allows are unioned, as NetworkPolicy's are (there are no deny rules);
 //! - a pod no policy selects gets nothing but DNS to its resolvers;
 //! - enforce wins over audit;
@@ -11,15 +11,12 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::IpAddr,
     sync::Arc,
 };
 
-use super::{crd::PolicyMode, pods::PodInfo, policies::PolicyBook};
-use crate::{
-    enforcer::Mode,
-    policy::{PolicySpec, model::EgressRuleSpec},
-};
+pub use super::services::ServiceIps;
+use super::{crd::PolicyMode, pods::PodInfo, policies::PolicyBook, services::MAX_BACKENDS_PER_RULE};
+use crate::{enforcer::Mode, policy::PolicySpec};
 
 /// Node settings the reconciler applies.
 #[derive(Debug, Clone, Default)]
@@ -30,23 +27,24 @@ pub struct Settings {
     pub own_pod: Option<String>,
 }
 
-/// The ClusterIPs of the Services on record, by (namespace, name).
-pub type ServiceIps = HashMap<(String, String), Vec<IpAddr>>;
-
 /// One pod's desired endpoint, before its cgroup and resolvers are found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Want {
     pub pod: PodInfo,
     pub mode: Mode,
-    /// The union, `toServices` already expanded into `toCIDRs`.
+    /// The union, `toServices` already expanded into `toCIDRs` (the
+    /// ClusterIPs, then the backends: one origin may have several rules).
     pub spec: PolicySpec,
     /// Per rule of `spec.egress`: the policy and its index there.
     pub origins: Vec<(Arc<str>, usize)>,
     /// The policies that select it, sorted.
     pub policies: Vec<Arc<str>>,
-    /// `toServices` entries with no ClusterIP on record (not found, or
-    /// headless): they open nothing until they have one.
+    /// `toServices` entries that open nothing (not found, or neither a
+    /// ClusterIP nor a backend) until the Service has one.
     pub unresolved: Vec<String>,
+    /// `toServices` rules with more backends than the cap: only the first
+    /// `MAX_BACKENDS_PER_RULE` are opened.
+    pub capped: Vec<String>,
 }
 
 /// The desired endpoint of every pod given (finished pods get none).
@@ -68,6 +66,7 @@ pub fn desired(
                 origins: Vec::new(),
                 policies: Vec::new(),
                 unresolved: Vec::new(),
+                capped: Vec::new(),
             });
             continue;
         }
@@ -89,28 +88,23 @@ fn union(pod: &PodInfo, selecting: &[&super::policies::ValidPolicy], services: &
     let mut spec = PolicySpec::default();
     let mut origins = Vec::new();
     let mut unresolved = Vec::new();
+    let mut capped = Vec::new();
     let mut servers: Option<Vec<String>> = None;
     let mut allow_names = BTreeSet::new();
     for p in &selecting {
         for (i, rule) in p.spec.egress.iter().enumerate() {
-            let rule = match &rule.to_services {
-                None => rule.clone(),
-                Some(list) => {
-                    let mut ips: Vec<String> = Vec::new();
-                    for s in list {
-                        match services.get(&(s.namespace.clone(), s.name.clone())).filter(|v| !v.is_empty()) {
-                            Some(v) => ips.extend(v.iter().map(IpAddr::to_string)),
-                            None => unresolved.push(format!("{}/{} ({} egress[{i}])", s.namespace, s.name, p.name)),
-                        }
-                    }
-                    if ips.is_empty() {
-                        continue;
-                    }
-                    EgressRuleSpec { to_cidrs: Some(ips), to_services: None, ..rule.clone() }
-                }
+            let Some(list) = &rule.to_services else {
+                spec.egress.push(rule.clone());
+                origins.push((p.name.clone(), i));
+                continue;
             };
-            spec.egress.push(rule);
-            origins.push((p.name.clone(), i));
+            let x = services.expand(rule, list);
+            unresolved.extend(x.unresolved.iter().map(|s| format!("{s} ({} egress[{i}])", p.name)));
+            if let Some(n) = x.capped {
+                capped.push(format!("{} egress[{i}]: {n} backends, {MAX_BACKENDS_PER_RULE} opened", p.name));
+            }
+            origins.extend(x.rules.iter().map(|_| (p.name.clone(), i)));
+            spec.egress.extend(x.rules);
         }
         if let Some(list) = &p.spec.dns.servers {
             let all = servers.get_or_insert_with(Vec::new);
@@ -124,7 +118,8 @@ fn union(pod: &PodInfo, selecting: &[&super::policies::ValidPolicy], services: &
     }
     spec.dns.servers = servers;
     spec.dns.allow_names = allow_names.into_iter().collect();
-    Want { pod: pod.clone(), mode, spec, origins, policies: selecting.iter().map(|p| p.name.clone()).collect(), unresolved }
+    let policies = selecting.iter().map(|p| p.name.clone()).collect();
+    Want { pod: pod.clone(), mode, spec, origins, policies, unresolved, capped }
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ pub mod pods;
 pub mod policies;
 pub mod resolved;
 pub mod select;
+pub mod services;
 mod veths;
 pub mod watch;
 

@@ -254,6 +254,7 @@ impl Node {
                 gaps,
                 policies: w.policies.len(),
                 unresolved_services: w.unresolved.len(),
+                capped_services: w.capped.clone(),
             });
         }
         // The agent's own pod is exempt whatever the API says (before its

@@ -32,7 +32,8 @@ pub struct Resolved {
     pub cgroup_id: u64,
     /// `enforce`, `audit` or `exempt`.
     pub mode: String,
-    /// The union of the pod's policies, `toServices` expanded and
+    /// The union of the pod's policies, `toServices` expanded (ClusterIPs
+    /// and backends: a restart without the API server keeps both) and
     /// `dns.servers` always set.
     pub spec: PolicySpec,
     /// Per rule: the policy it came from and its index there.

@@ -2,8 +2,9 @@
 //! re-watch from the last resourceVersion, bookmarks, backoff) on exactly
 //! what the node needs: its own Pods (field selector `spec.nodeName`),
 //! Namespaces (metadata only: labels for `namespaceSelector`), both policy
-//! kinds, and Services (their ClusterIPs for `toServices`). Every event
-//! pokes the reconciler; it reads the stores, never the events.
+//! kinds, Services (their ClusterIPs and ports for `toServices`) and
+//! EndpointSlices (their backends: `services.rs`). Every event pokes the
+//! reconciler; it reads the stores, never the events.
 
 use std::{
     collections::HashMap,
@@ -15,7 +16,10 @@ use std::{
 };
 
 use futures::{Stream, StreamExt as _};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
 use kube::{
     Api, Client, Resource,
     core::{ApiResource, DynamicObject, PartialObjectMeta},
@@ -29,11 +33,14 @@ use tracing::{info, warn};
 
 use super::{
     crd::{ClusterEgressPolicy, EgressPolicy},
-    desired::ServiceIps,
     node::Snapshot,
     pods::PodInfo,
     policies::{Decoded, Undecodable},
+    services::{SERVICE_NAME_LABEL, ServiceIps},
 };
+
+/// How many watches there are (each must list before anything is applied).
+const WATCHES: usize = 6;
 
 /// The reflectors' stores, and which watches have listed everything.
 #[derive(Clone)]
@@ -46,7 +53,10 @@ pub struct Stores {
     policies: Store<DynamicObject>,
     cluster_policies: Store<DynamicObject>,
     services: Store<Service>,
-    listed: Arc<[AtomicBool; 5]>,
+    // Every namespace's, as Services are watched: a policy may name any
+    // Service, and which ones changes with the policies.
+    slices: Store<EndpointSlice>,
+    listed: Arc<[AtomicBool; WATCHES]>,
 }
 
 impl Stores {
@@ -57,17 +67,7 @@ impl Stores {
 
     /// Everything on record now.
     pub fn snapshot(&self, sandboxed: &[String]) -> Snapshot {
-        let services: ServiceIps = self
-            .services
-            .state()
-            .iter()
-            .filter_map(|s| {
-                let spec = s.spec.as_ref()?;
-                let ips = spec.cluster_ips.clone().or_else(|| spec.cluster_ip.clone().map(|ip| vec![ip])).unwrap_or_default();
-                let ips = ips.iter().filter_map(|ip| ip.parse().ok()).collect();
-                Some(((s.metadata.namespace.clone()?, s.metadata.name.clone()?), ips))
-            })
-            .collect();
+        let services = ServiceIps::new(&self.services.state(), &self.slices.state());
         let namespaces: HashMap<_, _> = self
             .namespaces
             .state()
@@ -100,10 +100,10 @@ fn decode<K: serde::de::DeserializeOwned>(objs: &[Arc<DynamicObject>]) -> Vec<De
         .collect()
 }
 
-/// Starts the five watches on `rt`; each change sends on `poke` (dropped
-/// when a poke is already queued: one pass sees everything).
+/// Starts the watches on `rt`; each change sends on `poke` (dropped when a
+/// poke is already queued: one pass sees everything).
 pub fn start(rt: &tokio::runtime::Handle, client: &Client, node: &str, poke: SyncSender<()>) -> Stores {
-    let listed: Arc<[AtomicBool; 5]> = Arc::default();
+    let listed: Arc<[AtomicBool; WATCHES]> = Arc::default();
     let pods_cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let (pods, w) = reflector::store();
     rt.spawn(drive("pods", 0, watcher(Api::<Pod>::all(client.clone()), pods_cfg), w, listed.clone(), poke.clone()));
@@ -124,8 +124,14 @@ pub fn start(rt: &tokio::runtime::Handle, client: &Client, node: &str, poke: Syn
     rt.spawn(drive("clusteregresspolicies", 3, cegp, w, listed.clone(), poke.clone()));
     let (services, w) = reflector::store();
     let svc = watcher(Api::<Service>::all(client.clone()), watcher::Config::default());
-    rt.spawn(drive("services", 4, svc, w, listed.clone(), poke));
-    Stores { pods, namespaces, policies, cluster_policies, services, listed }
+    rt.spawn(drive("services", 4, svc, w, listed.clone(), poke.clone()));
+    let (slices, w) = reflector::store();
+    // Only slices that name their Service (the EndpointSlice controller's,
+    // those mirrored from hand-made Endpoints, hand-made ones that set the
+    // label): others belong to no Service.
+    let eps = watcher(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default().labels(SERVICE_NAME_LABEL));
+    rt.spawn(drive("endpointslices", 5, eps, w, listed.clone(), poke));
+    Stores { pods, namespaces, policies, cluster_policies, services, slices, listed }
 }
 
 /// Runs one watch into its store until the runtime stops.
@@ -134,7 +140,7 @@ async fn drive<K>(
     index: usize,
     stream: impl Stream<Item = watcher::Result<Event<K>>> + Send + 'static,
     writer: reflector::store::Writer<K>,
-    listed: Arc<[AtomicBool; 5]>,
+    listed: Arc<[AtomicBool; WATCHES]>,
     poke: SyncSender<()>,
 ) where
     K: Resource + Clone + Send + Sync + 'static,

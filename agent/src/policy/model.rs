@@ -56,7 +56,13 @@ pub struct EgressRuleSpec {
     #[cfg_attr(feature = "k8s", x_kube(validation = Rule::new("self.all(c, isCIDR(c) ? cidr(c) == cidr(c).masked() : isIP(c))")
         .message("each entry is an IP address or a CIDR without host bits (e.g. 203.0.113.0/24)")))]
     pub to_cidrs: Option<Vec<String>>,
-    /// Services whose ClusterIPs are opened (kept current as they change).
+    /// Services, kept current as they change: their ClusterIPs on the
+    /// rule's ports (Service ports), and their backends, where a socket
+    /// load balancer sends the traffic: the ready (or terminating but
+    /// serving) addresses of their EndpointSlices, at most 256 per rule, on
+    /// the target ports those Service ports map to (a port the Service does
+    /// not map: as written). A pod allowed a Service reaches its backends
+    /// directly too.
     #[serde(rename = "toServices", default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "k8s", schemars(length(min = 1, max = 16)))]
     pub to_services: Option<Vec<ServiceRefSpec>>,
@@ -150,8 +156,8 @@ pub enum Destination {
     Fqdns(Vec<NameSelector>),
     /// Host bits are guaranteed clear.
     Cidrs(Vec<IpNet>),
-    /// Resolved to the Services' ClusterIPs by the node agent before
-    /// compiling (`k8s::services`); elsewhere a compile error.
+    /// Resolved to the Services' ClusterIPs and backends by the node agent
+    /// before compiling (`k8s::services`); elsewhere a compile error.
     Services(Vec<ServiceRefSpec>),
 }
 

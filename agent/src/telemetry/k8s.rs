@@ -12,6 +12,8 @@ use std::{
     time::Duration,
 };
 
+use tracing::warn;
+
 use super::exposition::{esc, family};
 use crate::{enforcer::Mode, util::lock};
 
@@ -79,6 +81,8 @@ pub struct PodRow {
     pub gaps: Vec<Gap>,
     pub policies: usize,
     pub unresolved_services: usize,
+    /// `toServices` rules with more backends than the cap, described.
+    pub capped_services: Vec<String>,
 }
 
 /// Upper bounds (seconds) of the time-to-enforce histogram.
@@ -98,7 +102,19 @@ pub struct K8sStats {
 
 impl K8sStats {
     pub fn set_pods(&self, rows: Vec<PodRow>, synced: bool) {
-        *lock(&self.pods) = rows;
+        let mut pods = lock(&self.pods);
+        // Said once per change (rows are set every pass, and more often
+        // while veths are awaited), next to the metric.
+        for r in rows.iter().filter(|r| !r.capped_services.is_empty()) {
+            let before = pods.iter().find(|p| p.namespace == r.namespace && p.pod == r.pod);
+            if before.is_none_or(|b| b.capped_services != r.capped_services) {
+                warn!(pod = %format!("{}/{}", r.namespace, r.pod), rules = %r.capped_services.join("; "),
+                    "toServices backends over the cap: the rest are not opened, so connections a socket load balancer \
+                     sends there are dropped on the pod's veth (portcullis_pod_capped_services)");
+            }
+        }
+        *pods = rows;
+        drop(pods);
         self.synced.store(synced, Relaxed);
     }
 
@@ -162,10 +178,20 @@ impl K8sStats {
             out,
             "portcullis_pod_unresolved_services",
             "gauge",
-            "toServices entries of the pod's policies with no ClusterIP on record.",
+            "toServices entries of the pod's policies that open nothing (not on record, or no ClusterIP and no backend).",
         );
         for r in pods.iter().filter(|r| r.mode != Mode::Exempt) {
             let _ = writeln!(out, "portcullis_pod_unresolved_services{{{}}} {}", lbl(r), r.unresolved_services);
+        }
+        family(
+            out,
+            "portcullis_pod_capped_services",
+            "gauge",
+            // 256: k8s::services::MAX_BACKENDS_PER_RULE (telemetry cannot name k8s).
+            "toServices rules of the pod's policies with more backends (EndpointSlice addresses) than the 256 each opens.",
+        );
+        for r in pods.iter().filter(|r| r.mode != Mode::Exempt) {
+            let _ = writeln!(out, "portcullis_pod_capped_services{{{}}} {}", lbl(r), r.capped_services.len());
         }
         family(
             out,
@@ -180,7 +206,7 @@ impl K8sStats {
             out,
             "portcullis_k8s_synced",
             "gauge",
-            "1 once every watch (pods, namespaces, policies, services) has listed everything.",
+            "1 once every watch (pods, namespaces, policies, services, endpointslices) has listed everything.",
         );
         let _ = writeln!(out, "portcullis_k8s_synced {}", u8::from(self.synced.load(Relaxed)));
         family(

@@ -50,6 +50,7 @@ pub fn default_resources() -> Vec<ResourceDef> {
         ResourceDef::new("", "v1", "pods", "Pod", true),
         ResourceDef::new("", "v1", "namespaces", "Namespace", false),
         ResourceDef::new("", "v1", "services", "Service", true),
+        ResourceDef::new("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", true),
         ResourceDef::new("", "v1", "nodes", "Node", false),
         ResourceDef::new("portcullis.dev", "v1alpha1", "egresspolicies", "EgressPolicy", true),
         ResourceDef::new("portcullis.dev", "v1alpha1", "clusteregresspolicies", "ClusterEgressPolicy", false),

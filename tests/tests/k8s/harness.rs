@@ -245,6 +245,23 @@ impl Workload {
         if c["ok"] == true { Ok(()) } else { Err(c.to_string()) }
     }
 
+    /// An HTTP GET to an address directly: the body (hostd names the
+    /// address and port that answered).
+    pub fn get(&mut self, ip: &str, port: u16) -> Result<String, String> {
+        let c = self.ask(&format!("get {ip} {port}"));
+        match c["body"].as_str() {
+            Some(body) if c["ok"] == true => Ok(body.to_owned()),
+            _ => Err(c.to_string()),
+        }
+    }
+
+    /// A datagram from an unconnected socket to an address (hostd's UDP
+    /// echo), and its echo back.
+    pub fn udp(&mut self, ip: &str, port: u16) -> Result<(), String> {
+        let c = self.ask(&format!("udp {ip} {port}"));
+        if c["ok"] == true { Ok(()) } else { Err(c.to_string()) }
+    }
+
     /// Waits until `reach` gives `want` (the agent applies API changes
     /// asynchronously).
     pub fn eventually(&mut self, name: &str, port: u16, want: bool) {

@@ -121,3 +121,25 @@ async fn fakeapi_get_and_errors_are_real_status_objects() -> anyhow::Result<()> 
     assert!(core.resources.iter().any(|r| r.name == "pods" && r.namespaced));
     Ok(())
 }
+
+#[tokio::test]
+async fn fakeapi_serves_endpointslices_by_their_service_label() -> anyhow::Result<()> {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let api = FakeApi::start()?;
+    let slice = |ns: &str, name: &str, labels: serde_json::Value| {
+        serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": ns, "labels": labels}, "addressType": "IPv4",
+            "ports": [{"name": "https", "port": 8443}], "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": true}}]})
+    };
+    api.apply(&slice("a", "api-x1", serde_json::json!({"kubernetes.io/service-name": "api"})))?;
+    api.apply(&slice("b", "api-y2", serde_json::json!({"kubernetes.io/service-name": "api"})))?;
+    api.apply(&slice("a", "loose", serde_json::json!({})))?;
+    let slices: Api<EndpointSlice> = Api::all(api.client()?);
+    let owned = slices.list(&ListParams::default().labels("kubernetes.io/service-name")).await?;
+    assert_eq!(owned.items.iter().map(ResourceExt::name_any).collect::<Vec<_>>(), ["api-x1", "api-y2"]);
+    assert_eq!(owned.items[0].endpoints[0].addresses, ["10.0.0.1"]);
+    assert_eq!(owned.items[0].ports.as_ref().and_then(|p| p[0].port), Some(8443));
+    let groups = api.client()?.list_api_groups().await?;
+    assert!(groups.groups.iter().any(|g| g.name == "discovery.k8s.io"), "in discovery");
+    Ok(())
+}
