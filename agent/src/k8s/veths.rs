@@ -64,17 +64,21 @@ impl PodVeths {
         let mut waiting = 0;
         for (cgroup_id, (id, _)) in enforced {
             let Some(r) = resolved.get(cgroup_id) else { continue };
-            let Some(pod) = pods.get(&r.uid) else { continue };
+            // Not on record (the agent's own pod before its object is
+            // listed): its veth, if it has one, still gets its endpoint.
+            let known = pods.get(&r.uid);
+            let pod = known.cloned().unwrap_or_default();
             if pod.host_network {
                 continue;
             }
-            match self.attach(agent, *id, r, pod) {
+            match self.attach(agent, *id, r, &pod) {
                 Ok(Some(a)) => {
                     self.done.insert(*cgroup_id, a);
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    waiting += 1;
+                    // Only pods known to have a veth are waited for.
+                    waiting += usize::from(known.is_some());
                     debug!(pod = %format!("{}/{}", r.namespace, r.pod), error = %format!("{e:#}"), "the pod's veth is not found yet");
                 }
             }
