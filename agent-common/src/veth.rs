@@ -61,11 +61,28 @@ pub const TC_FLOW_F_JUDGED: u32 = 1;
 /// A peer reached the pod first: the pod's replies on this exact flow pass.
 pub const TC_FLOW_F_INBOUND: u32 = 2;
 
+/// `VETH_TCP_DNS`: the agent's listener for DNS over TCP taken off pods'
+/// veths (`agent/src/dnsgate/veth_tcp.rs`). `port` 0: none (TCP DNS on a
+/// veth is refused).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VethTcpDns {
+    /// The listener's port, network byte order.
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
+    /// `skb->mark` that routes such a segment to the node itself (the
+    /// agent's policy route: `fwmark` -> a table with a local default).
+    pub mark: u32,
+}
+const _: () = assert!(size_of::<VethTcpDns>() == 8);
+
 /// Return codes shared by tcx (`TCX_NEXT`, `TCX_DROP`) and a clsact filter
 /// in direct-action mode (`TC_ACT_UNSPEC`, `TC_ACT_SHOT`): "next" lets the
 /// programs after ours (a CNI's) see the packet.
 pub const TC_NEXT: i32 = -1;
 pub const TC_DROP: i32 = 2;
+/// Ends the chain and passes (`TCX_PASS`, `TC_ACT_OK`).
+pub const TC_PASS: i32 = 0;
 
 #[cfg(feature = "user")]
 mod user {
@@ -75,4 +92,5 @@ mod user {
     unsafe impl aya::Pod for PodAddrKey {}
     unsafe impl aya::Pod for TcFlowKey {}
     unsafe impl aya::Pod for TcFlowValue {}
+    unsafe impl aya::Pod for VethTcpDns {}
 }

@@ -18,6 +18,7 @@ mod sock_dns;
 mod sockopt;
 mod verdict;
 mod veth;
+mod veth_dns;
 
 use agent_common::Hook;
 use aya_ebpf::{

@@ -4,7 +4,7 @@
 use agent_common::{
     COUNTERS_LEN, CidrKey, CidrValue, Config, DnsServerKey, DnsSockInfo, EndpointInfo, GateKey, GatePortKey, GatePortValue,
     GateValue, InboundKey, LearnedKey, LearnedValue, LiveFlow, MAX_ENDPOINTS, PodAddrKey, RateState, SockOwner, TcFlowKey,
-    TcFlowValue, TcIface, VerdictCache, limits,
+    TcFlowValue, TcIface, VerdictCache, VethTcpDns, limits,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
@@ -144,3 +144,7 @@ pub static POD_ADDRS: HashMap<PodAddrKey, u32> = HashMap::with_max_entries(limit
 #[map]
 pub static TC_FLOWS: LruHashMap<TcFlowKey, TcFlowValue> =
     LruHashMap::with_max_entries(limits::TC_FLOW_ENTRIES, BPF_F_NO_COMMON_LRU);
+
+/// The agent's listener for DNS over TCP from pods' veths (one entry).
+#[map]
+pub static VETH_TCP_DNS: Array<VethTcpDns> = Array::with_max_entries(1, 0);

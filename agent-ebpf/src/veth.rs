@@ -20,7 +20,8 @@
 
 use agent_common::{
     Config, DNS_KIND_VETH_QUERY, DNS_MAX_PACKET, DnsHeldPacket, ENDPOINT_F_AUDIT, ENDPOINT_F_EXEMPT, EndpointInfo, Hook,
-    PodAddrKey, Reason, TC_DROP, TC_FLOW_F_INBOUND, TC_FLOW_F_JUDGED, TC_NEXT, TcFlowKey, TcFlowValue, loss, proto, v4_mapped,
+    PodAddrKey, Reason, TC_DROP, TC_FLOW_F_INBOUND, TC_FLOW_F_JUDGED, TC_NEXT, TC_PASS, TcFlowKey, TcFlowValue, TcIface, loss,
+    proto, v4_mapped,
 };
 use aya_ebpf::{
     EbpfContext as _,
@@ -63,7 +64,19 @@ pub fn from_pod(ctx: &TcContext) -> i32 {
         return TC_DROP;
     };
     let ep = EndpointInfo { endpoint: iface.endpoint, flags: iface.flags, generation: 0 };
-    let frame = Frame { skb: &ctx.skb, l3: ETH_HLEN };
+    // One place reports and drops: every inlined copy of it would cost
+    // the record's stack again (the verifier's 512 bytes; Linux 6.1).
+    match judge(ctx, &iface, &ep, ifindex, cfg) {
+        Ok(verdict) => verdict,
+        Err((reason, dest)) => deny(cfg, &ep, ifindex, reason, &dest),
+    }
+}
+
+/// What `from_pod` does with the packet: a return code, or why it is
+/// denied and where it went.
+#[inline(always)]
+fn judge(ctx: &TcContext, iface: &TcIface, ep: &EndpointInfo, ifindex: u32, cfg: &Config) -> Result<i32, (Reason, Dest)> {
+    let hook = Hook::TcEgress;
     let nothing = Dest { proto: 0, port: [0; 2], ip: [0; 16] };
     match ether_type(&ctx.skb) {
         ETH_P_IP | ETH_P_IPV6 => {}
@@ -71,49 +84,44 @@ pub fn from_pod(ctx: &TcContext) -> i32 {
             return match arp_sender(ctx) {
                 Some(spa) if spa == [0; 4] || is_pod_addr(ifindex, &v4_mapped(spa)) => {
                     count(hook, Reason::AllowedNeighbor);
-                    TC_NEXT
+                    Ok(TC_NEXT)
                 }
-                Some(spa) => deny(cfg, &ep, ifindex, Reason::DeniedSpoofed, &Dest { ip: v4_mapped(spa), ..nothing }),
-                None => deny(cfg, &ep, ifindex, Reason::DeniedMalformed, &nothing),
+                // The record's destination is the address it claimed.
+                Some(spa) => Err((Reason::DeniedSpoofed, Dest { ip: v4_mapped(spa), ..nothing })),
+                None => Err((Reason::DeniedMalformed, nothing)),
             };
         }
         // Not IP, not ARP: nothing a pod needs, and a bridge would carry it
         // to other pods.
-        _ => return deny(cfg, &ep, ifindex, Reason::DeniedMalformed, &nothing),
+        _ => return Err((Reason::DeniedMalformed, nothing)),
     }
-    let Ok(f) = parse(frame) else {
-        return deny(cfg, &ep, ifindex, Reason::DeniedMalformed, &nothing);
+    let Ok(f) = parse_frame(ctx) else {
+        return Err((Reason::DeniedMalformed, nothing));
     };
     let dest = Dest { proto: f.proto, port: f.dport, ip: f.dst };
     if f.v6 && is_link_scope_nd(ctx, &f) {
         count(hook, Reason::AllowedNeighbor);
-        return TC_NEXT;
+        return Ok(TC_NEXT);
     }
     if !is_pod_addr(ifindex, &f.src) {
-        return deny(cfg, &ep, ifindex, Reason::DeniedSpoofed, &dest);
+        return Err((Reason::DeniedSpoofed, dest));
     }
     if f.source_routed {
-        return deny(cfg, &ep, ifindex, Reason::DeniedSourceRoute, &dest);
+        return Err((Reason::DeniedSourceRoute, dest));
     }
     if (f.proto == proto::UDP || f.proto == proto::TCP) && (f.dport == DNS_PORT_BE || is_trusted_resolver(ep.endpoint, &dest)) {
-        return dns(ctx, cfg, &ep, ifindex, &f, &dest);
+        return dns(ctx, cfg, ep, ifindex, &f, dest);
     }
-    let key = flow_key(ifindex, &f);
-    // SAFETY: plain data read from a map value.
-    if let Some(v) = unsafe { TC_FLOWS.get(key) }
-        && v.epoch == iface.epoch
-    {
-        return TC_NEXT;
+    if flow_known(ifindex, iface.epoch, &f) {
+        return Ok(TC_NEXT);
     }
-    // On a veth there is no "own network namespace": loopback is the host's.
-    let reason = decide(&ep, &dest, || true).reason;
+    let reason = verdict(ep, &dest);
     if !reason.is_allowed() {
-        return deny(cfg, &ep, ifindex, reason, &dest);
+        return Err((reason, dest));
     }
-    // A failed insert only costs the next packet a verdict.
-    let _ = TC_FLOWS.insert(key, TcFlowValue { epoch: iface.epoch, flags: TC_FLOW_F_JUDGED }, 0);
+    remember_flow(ifindex, iface.epoch, &f);
     count(hook, reason);
-    TC_NEXT
+    Ok(TC_NEXT)
 }
 
 pub fn to_pod(ctx: &TcContext) -> i32 {
@@ -122,7 +130,7 @@ pub fn to_pod(ctx: &TcContext) -> i32 {
     let Some(iface) = (unsafe { TC_IFACES.get(ifindex) }).copied() else {
         return TC_NEXT;
     };
-    let Ok(f) = parse(Frame { skb: &ctx.skb, l3: ETH_HLEN }) else {
+    let Ok(f) = parse_frame(ctx) else {
         return TC_NEXT;
     };
     // A peer opening a TCP connection, or any UDP datagram: the pod may
@@ -144,6 +152,35 @@ pub fn to_pod(ctx: &TcContext) -> i32 {
     }
     count(Hook::TcIngress, Reason::AllowedIngress);
     TC_NEXT
+}
+
+/// The headers after the Ethernet header (its own BPF function: the
+/// parser's buffers stay off the programs' frames).
+#[inline(never)]
+fn parse_frame(ctx: &TcContext) -> Result<Flow, ()> {
+    parse(Frame { skb: &ctx.skb, l3: ETH_HLEN })
+}
+
+/// The cgroup hooks' verdict. On a veth there is no "own network
+/// namespace": loopback is the host's.
+#[inline(never)]
+fn verdict(ep: &EndpointInfo, dest: &Dest) -> Reason {
+    decide(ep, dest, || true).reason
+}
+
+/// Whether the flow was let through already, for this assignment of the
+/// interface. (Its own BPF function, as `remember_flow`: the key's bytes
+/// stay off `from_pod`'s frame.)
+#[inline(never)]
+fn flow_known(ifindex: u32, epoch: u32, f: &Flow) -> bool {
+    // SAFETY: plain data read from a map value.
+    unsafe { TC_FLOWS.get(flow_key(ifindex, f)) }.is_some_and(|v| v.epoch == epoch)
+}
+
+/// A failed insert only costs the next packet a verdict.
+#[inline(never)]
+fn remember_flow(ifindex: u32, epoch: u32, f: &Flow) {
+    let _ = TC_FLOWS.insert(flow_key(ifindex, f), TcFlowValue { epoch, flags: TC_FLOW_F_JUDGED }, 0);
 }
 
 #[inline(always)]
@@ -202,23 +239,35 @@ fn is_link_scope_nd(ctx: &TcContext, f: &Flow) -> bool {
 /// DNS from the pod: never on the wire from here. A UDP query to a trusted
 /// resolver goes to the agent (`DNS_KIND_VETH_QUERY`), which judges it by
 /// the same pipeline as the gates, forwards it from the node, learns from
-/// the answer and only then writes the answer onto this veth. DNS to any
-/// other server, and DNS over TCP (no gate terminates it here), is refused.
+/// the answer and only then writes the answer onto this veth; a TCP
+/// segment to it is handed to the agent's listener (`veth_dns`). DNS to
+/// any other server is refused, and so is TCP DNS when no listener is up.
 #[inline(always)]
-fn dns(ctx: &TcContext, cfg: &Config, ep: &EndpointInfo, ifindex: u32, f: &Flow, dest: &Dest) -> i32 {
-    if !is_trusted_resolver(ep.endpoint, dest) {
-        return deny(cfg, ep, ifindex, Reason::DeniedDnsServer, dest);
+fn dns(ctx: &TcContext, cfg: &Config, ep: &EndpointInfo, ifindex: u32, f: &Flow, dest: Dest) -> Result<i32, (Reason, Dest)> {
+    if !is_trusted_resolver(ep.endpoint, &dest) {
+        return Err((Reason::DeniedDnsServer, dest));
     }
     if f.proto == proto::TCP {
-        return deny(cfg, ep, ifindex, Reason::DeniedDnsNoGate, dest);
+        // Handed to the agent's listener; passed on to the node's own
+        // stack, not to programs after ours (a CNI must not send it on).
+        return match crate::veth_dns::to_agent(ctx, f) {
+            Ok(()) => {
+                count(Hook::TcEgress, Reason::AllowedDns);
+                Ok(TC_PASS)
+            }
+            Err(_) => Err((Reason::DeniedDnsNoGate, dest)),
+        };
     }
     let reason = if hold(ctx, cfg.agent_ready, ep.endpoint, ifindex, f.v6) { Reason::DnsCaught } else { Reason::DnsHoldFailed };
     count(Hook::TcEgress, reason);
-    TC_DROP
+    Ok(TC_DROP)
 }
 
-/// Copies the whole frame into `DNS_HOLD`.
-#[inline(always)]
+/// Copies the whole frame into `DNS_HOLD`. (Its own BPF function, as are
+/// `deny`, `verdict` and `veth_dns::to_agent`: their stack frames are
+/// then not all added to `from_pod`'s, which must stay within the
+/// verifier's 512 bytes.)
+#[inline(never)]
 fn hold(ctx: &TcContext, agent_ready: u32, endpoint: u32, ifindex: u32, v6: bool) -> bool {
     let len = ctx.len();
     if agent_ready == 0 {
@@ -259,7 +308,7 @@ fn hold(ctx: &TcContext, agent_ready: u32, endpoint: u32, ifindex: u32, v6: bool
 }
 
 /// Counts and records a denied packet; audit mode lets it through.
-#[inline(always)]
+#[inline(never)]
 fn deny(cfg: &Config, ep: &EndpointInfo, ifindex: u32, reason: Reason, dest: &Dest) -> i32 {
     count(Hook::TcEgress, reason);
     let audit = ep.flags & ENDPOINT_F_AUDIT != 0;

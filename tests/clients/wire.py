@@ -140,6 +140,13 @@ TUNSETIFF = 0x400454CA
 
 
 def tun_forward(dst, port, n):
+    if not os.path.exists("/dev/net/tun"):
+        # A kernel with TUN as a module (Debian's): load it; a /dev without
+        # the node (a VM's): make it (misc 10:200).
+        subprocess.run(["modprobe", "tun"], check=False)
+        if not os.path.exists("/dev/net/tun"):
+            os.makedirs("/dev/net", exist_ok=True)
+            os.mknod("/dev/net/tun", 0o666 | 0o020000, os.makedev(10, 200))
     fd = os.open("/dev/net/tun", os.O_RDWR)
     fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", b"pcwire0", 0x0001 | 0x1000))  # IFF_TUN | IFF_NO_PI
     for cmd in (["ip", "addr", "add", "10.99.0.1/24", "dev", "pcwire0"], ["ip", "link", "set", "pcwire0", "up"]):

@@ -49,6 +49,10 @@ fn names_and_learned_addresses(bench: &Bench, mode: &str) {
         ("port80", &format!("{CURL} -4 http://api.example.test:80/")),
         ("other", &format!("{CURL} -4 http://other.example.test:443/")),
         ("metadata", &format!("{CURL} http://169.254.169.254:80/")),
+        // DNS over TCP on the wire: handed to the agent's listener.
+        ("tcp-allowed", "dig +tcp +short +time=2 +tries=1 @198.51.100.53 api.example.test A"),
+        ("tcp-refused", "dig +tcp +time=2 +tries=1 @198.51.100.53 other.example.test A"),
+        ("tcp-rogue", "dig +tcp +time=2 +tries=1 @198.51.100.99 api.example.test A"),
     ]);
     r.outcome.expect_code(0);
     let attached = format!("veth programs attach with {mode}");

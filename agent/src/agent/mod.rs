@@ -260,7 +260,7 @@ impl Agent {
         let (gate, veths) = match opts.node_netns {
             Some(ns) => {
                 dns_gates = dns_gates.forward_from(ns.try_clone().context("node namespace")?);
-                let (gate, veths) = veth::start(gate, &datapath, ns, mark, opts.pins.clone())?;
+                let (gate, veths) = veth::start(gate, &datapath, &enforcer, ns, mark, opts.pins.clone())?;
                 (gate, Some(veths))
             }
             None => (gate, None),

@@ -6,7 +6,9 @@
 pub mod attach;
 mod error;
 pub mod loader;
+pub mod local_route;
 pub mod maps;
+pub(crate) mod netlink;
 pub mod pin;
 pub mod probe;
 pub mod programs;

@@ -111,7 +111,7 @@ const fn v1(name: &'static str) -> MapPin {
 
 /// Every map of the object, pinned in node mode. (`SOLO_CACHE` is not here:
 /// each load has its own; `solo` pins those, at `SOLO_CACHE_VERSION`.)
-pub const MAPS: [MapPin; 22] = [
+pub const MAPS: [MapPin; 23] = [
     v1("CONFIG"),
     v1("ENDPOINTS"),
     v1("EP_CACHE"),
@@ -135,6 +135,7 @@ pub const MAPS: [MapPin; 22] = [
     v1("TC_IFACES"),
     v1("POD_ADDRS"),
     v1("TC_FLOWS"),
+    v1("VETH_TCP_DNS"),
 ];
 
 /// The version of each map as the previous release (layout `v3`) pinned

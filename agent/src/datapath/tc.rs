@@ -23,6 +23,8 @@ use std::{
     os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
 };
 
+use super::netlink::{Msg, Netlink};
+
 /// How the programs are attached on this kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TcMode {
@@ -115,14 +117,14 @@ pub const CLSACT_HANDLE: u32 = 0x5043;
 pub fn clsact_attach(ifindex: u32, prog: BorrowedFd<'_>, name: &str, dir: Direction) -> io::Result<()> {
     let nl = Netlink::open()?;
     let flags = libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL;
-    let mut q = Msg::new(RTM_NEWQDISC, flags as u16, tcmsg(ifindex, 0xffff_0000, TC_H_CLSACT, 0));
+    let mut q = Msg::new(RTM_NEWQDISC, flags as u16, &tcmsg(ifindex, 0xffff_0000, TC_H_CLSACT, 0));
     q.attr(TCA_KIND, b"clsact\0");
     match nl.call(&q.finish()) {
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
         other => other?,
     }
     let flags = libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_REPLACE;
-    let mut f = Msg::new(RTM_NEWTFILTER, flags as u16, filter_tcmsg(ifindex, dir));
+    let mut f = Msg::new(RTM_NEWTFILTER, flags as u16, &filter_tcmsg(ifindex, dir));
     f.attr(TCA_KIND, b"bpf\0");
     let options = f.begin_nested(TCA_OPTIONS | NLA_F_NESTED);
     f.attr(TCA_BPF_FD, &(prog.as_raw_fd() as u32).to_ne_bytes());
@@ -138,7 +140,7 @@ pub fn clsact_attach(ifindex: u32, prog: BorrowedFd<'_>, name: &str, dir: Direct
 pub fn clsact_detach(ifindex: u32, dir: Direction) -> io::Result<()> {
     let nl = Netlink::open()?;
     let flags = libc::NLM_F_REQUEST | libc::NLM_F_ACK;
-    let mut f = Msg::new(RTM_DELTFILTER, flags as u16, filter_tcmsg(ifindex, dir));
+    let mut f = Msg::new(RTM_DELTFILTER, flags as u16, &filter_tcmsg(ifindex, dir));
     f.attr(TCA_KIND, b"bpf\0");
     match nl.call(&f.finish()) {
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENODEV | libc::EINVAL)) => Ok(()),
@@ -162,100 +164,13 @@ fn tcmsg(ifindex: u32, handle: u32, parent: u32, info: u32) -> [u8; 20] {
     m
 }
 
-/// One netlink request being built: header, family header, attributes.
-struct Msg(Vec<u8>);
-
-impl Msg {
-    fn new(kind: u16, flags: u16, family_header: [u8; 20]) -> Self {
-        let mut b = vec![0u8; 16];
-        b[4..6].copy_from_slice(&kind.to_ne_bytes());
-        b[6..8].copy_from_slice(&flags.to_ne_bytes());
-        b[8..12].copy_from_slice(&1u32.to_ne_bytes());
-        b.extend_from_slice(&family_header);
-        Self(b)
-    }
-
-    fn attr(&mut self, kind: u16, data: &[u8]) {
-        let len = 4 + data.len();
-        self.0.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.0.extend_from_slice(&kind.to_ne_bytes());
-        self.0.extend_from_slice(data);
-        self.pad();
-    }
-
-    fn begin_nested(&mut self, kind: u16) -> usize {
-        let at = self.0.len();
-        self.0.extend_from_slice(&[0, 0]);
-        self.0.extend_from_slice(&kind.to_ne_bytes());
-        at
-    }
-
-    fn end_nested(&mut self, at: usize) {
-        let len = (self.0.len() - at) as u16;
-        self.0[at..at + 2].copy_from_slice(&len.to_ne_bytes());
-    }
-
-    fn pad(&mut self) {
-        while !self.0.len().is_multiple_of(4) {
-            self.0.push(0);
-        }
-    }
-
-    fn finish(mut self) -> Vec<u8> {
-        let len = self.0.len() as u32;
-        self.0[0..4].copy_from_slice(&len.to_ne_bytes());
-        self.0
-    }
-}
-
-/// A `NETLINK_ROUTE` socket of the calling thread's namespace.
-struct Netlink(OwnedFd);
-
-impl Netlink {
-    fn open() -> io::Result<Self> {
-        // SAFETY: plain socket(2).
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh fd.
-        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    /// Sends one request and waits for its acknowledgement.
-    fn call(&self, msg: &[u8]) -> io::Result<()> {
-        // SAFETY: a valid buffer of its length; the kernel is the peer (nl_pid 0).
-        let sent = unsafe { libc::send(self.0.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut buf = [0u8; 4096];
-        loop {
-            // SAFETY: writes at most buf.len() bytes.
-            let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let reply = &buf[..n as usize];
-            if reply.len() < 20 {
-                return Err(io::Error::other("short netlink reply"));
-            }
-            let kind = u16::from_ne_bytes([reply[4], reply[5]]);
-            if kind == libc::NLMSG_ERROR as u16 {
-                let errno = i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]);
-                return if errno == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(-errno)) };
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_filter_request_is_laid_out_as_the_kernel_reads_it() {
-        let mut f = Msg::new(RTM_NEWTFILTER, 5, filter_tcmsg(7, Direction::FromPod));
+        let mut f = Msg::new(RTM_NEWTFILTER, 5, &filter_tcmsg(7, Direction::FromPod));
         f.attr(TCA_KIND, b"bpf\0");
         let n = f.begin_nested(TCA_OPTIONS | NLA_F_NESTED);
         f.attr(TCA_BPF_FD, &9u32.to_ne_bytes());

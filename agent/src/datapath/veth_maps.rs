@@ -4,10 +4,10 @@
 
 use std::net::IpAddr;
 
-use agent_common::{PodAddrKey, TcFlowKey, TcFlowValue, TcIface};
+use agent_common::{PodAddrKey, TcFlowKey, TcFlowValue, TcIface, VethTcpDns};
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, MapError},
+    maps::{Array, HashMap, MapData, MapError},
 };
 
 use super::{error::LoadError, take};
@@ -16,6 +16,7 @@ pub struct VethMaps {
     ifaces: HashMap<MapData, u32, TcIface>,
     pod_addrs: HashMap<MapData, PodAddrKey, u32>,
     flows: HashMap<MapData, TcFlowKey, TcFlowValue>,
+    tcp_dns: Array<MapData, VethTcpDns>,
 }
 
 fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
@@ -35,7 +36,12 @@ fn key_ip(ip: IpAddr) -> [u8; 16] {
 
 impl VethMaps {
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
-        Ok(Self { ifaces: take(ebpf, "TC_IFACES")?, pod_addrs: take(ebpf, "POD_ADDRS")?, flows: take(ebpf, "TC_FLOWS")? })
+        Ok(Self {
+            ifaces: take(ebpf, "TC_IFACES")?,
+            pod_addrs: take(ebpf, "POD_ADDRS")?,
+            flows: take(ebpf, "TC_FLOWS")?,
+            tcp_dns: take(ebpf, "VETH_TCP_DNS")?,
+        })
     }
 
     /// Assigns `ifindex` to `endpoint` with `flags` (`ENDPOINT_F_*`). The
@@ -109,6 +115,12 @@ impl VethMaps {
             ignore_missing(self.flows.remove(&k))?;
         }
         Ok(())
+    }
+
+    /// Where the veth programs hand DNS over TCP (`port` 0: nowhere, it is
+    /// refused).
+    pub fn set_tcp_dns(&mut self, port: u16, mark: u32) -> Result<(), MapError> {
+        self.tcp_dns.set(0, VethTcpDns { port: port.to_be_bytes(), _pad: [0; 2], mark }, 0)
     }
 
     /// Every assigned interface (a previous agent's, when adopting).

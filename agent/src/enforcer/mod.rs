@@ -111,6 +111,11 @@ impl Enforcer {
         lock(&self.state).add_veth(id, ifindex, addrs)
     }
 
+    /// Where the veth programs hand DNS over TCP (`port` 0: refused).
+    pub fn set_veth_tcp_dns(&self, port: u16, mark: u32) -> Result<(), MapError> {
+        lock(&self.state).maps.veth().set_tcp_dns(port, mark)
+    }
+
     pub fn remove_veth(&self, id: u32, ifindex: u32) -> Result<(), StateError> {
         lock(&self.state).remove_veth(id, ifindex)
     }

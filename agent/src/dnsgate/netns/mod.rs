@@ -36,6 +36,7 @@ mod slots;
 mod tcp;
 mod udp;
 mod upstream;
+pub mod veth_tcp;
 
 pub use upstream::Upstream;
 

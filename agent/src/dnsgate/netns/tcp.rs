@@ -33,12 +33,13 @@ use tracing::{debug, warn};
 use super::{
     GateCtx,
     slots::{Slot, Slots},
+    upstream::Upstream,
 };
 use crate::{
     dns::stream::{read_frame_async, write_frame_async},
     dnsgate::{
         DnsStats,
-        engine::{Client, QueryVerdict},
+        engine::{Client, Engine, QueryVerdict},
     },
 };
 
@@ -126,46 +127,56 @@ impl GateCtx {
         let who = self.client(peer.port(), proto::TCP);
         let c = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = c.serve(client, &who, &slot).await {
+            if let Err(e) = serve(&c.engine, &c.upstream, client, &who, &slot).await {
                 debug!(error = %e, "TCP DNS gate connection closed");
             }
         });
     }
+}
 
-    async fn serve(&self, mut client: TcpStream, who: &Client, slot: &Slot) -> io::Result<()> {
-        let mut upstream: Option<TcpStream> = None;
-        loop {
-            slot.idle(true);
-            let next = tokio::select! {
-                biased;
-                () = slot.evicted() => return Err(io::Error::other("closed to make room (connection cap)")),
-                r = within(read_frame_async(&mut client)) => r?,
-            };
-            let Some(bytes) = next else { return Ok(()) };
-            slot.idle(false);
-            let q = match self.engine.on_query(who, &bytes) {
-                QueryVerdict::Forward(q) => q,
-                // Answered here: the query never leaves the node.
-                QueryVerdict::Refuse(_, reply) => {
-                    within(write_frame_async(&mut client, &reply)).await?;
-                    continue;
-                }
-                // Bytes we cannot vouch for end the connection (counted).
-                QueryVerdict::Drop => return Err(invalid("query not accepted")),
-            };
-            let up = match &mut upstream {
-                Some(u) => u,
-                None => upstream.insert(within(self.upstream.tcp(self.who.resolver)).await?),
-            };
-            within(write_frame_async(up, &bytes)).await?;
-            let answer = within(read_frame_async(up)).await?.ok_or_else(|| invalid("resolver closed the connection"))?;
-            // Our own connection to the resolver, but still: the answer must
-            // be to this query (the engine checks).
-            let Some(out) = self.engine.on_answer(who, &q, &answer) else {
-                return Err(invalid("answer not accepted"));
-            };
-            within(write_frame_async(&mut client, &out)).await?;
-            DnsStats::bump(&self.engine.stats.released);
-        }
+/// One client connection: each length-prefixed query judged, a refusal
+/// answered here, an allowed one sent to `who.resolver` over a connection
+/// of its own (made where `upstream` says) and its answer judged, learned
+/// from and written back.
+pub(super) async fn serve(
+    engine: &Engine,
+    upstream_at: &Upstream,
+    mut client: TcpStream,
+    who: &Client,
+    slot: &Slot,
+) -> io::Result<()> {
+    let mut upstream: Option<TcpStream> = None;
+    loop {
+        slot.idle(true);
+        let next = tokio::select! {
+            biased;
+            () = slot.evicted() => return Err(io::Error::other("closed to make room (connection cap)")),
+            r = within(read_frame_async(&mut client)) => r?,
+        };
+        let Some(bytes) = next else { return Ok(()) };
+        slot.idle(false);
+        let q = match engine.on_query(who, &bytes) {
+            QueryVerdict::Forward(q) => q,
+            // Answered here: the query never leaves the node.
+            QueryVerdict::Refuse(_, reply) => {
+                within(write_frame_async(&mut client, &reply)).await?;
+                continue;
+            }
+            // Bytes we cannot vouch for end the connection (counted).
+            QueryVerdict::Drop => return Err(invalid("query not accepted")),
+        };
+        let up = match &mut upstream {
+            Some(u) => u,
+            None => upstream.insert(within(upstream_at.tcp(who.resolver)).await?),
+        };
+        within(write_frame_async(up, &bytes)).await?;
+        let answer = within(read_frame_async(up)).await?.ok_or_else(|| invalid("resolver closed the connection"))?;
+        // Our own connection to the resolver, but still: the answer must
+        // be to this query (the engine checks).
+        let Some(out) = engine.on_answer(who, &q, &answer) else {
+            return Err(invalid("answer not accepted"));
+        };
+        within(write_frame_async(&mut client, &out)).await?;
+        DnsStats::bump(&engine.stats.released);
     }
 }
