@@ -99,6 +99,15 @@ fn judge(ctx: &TcContext, iface: &TcIface, ep: &EndpointInfo, ifindex: u32, cfg:
         return Err((Reason::DeniedMalformed, nothing));
     };
     let dest = Dest { proto: f.proto, port: f.dport, ip: f.dst };
+    if f.source_routed {
+        return Err((Reason::DeniedSourceRoute, dest));
+    }
+    // The common case first: a flow let through already (its source was
+    // checked then, and DNS flows are never remembered) costs this one
+    // lookup.
+    if flow_known(ifindex, iface.epoch, &f) {
+        return Ok(TC_NEXT);
+    }
     if f.v6 && is_link_scope_nd(ctx, &f) {
         count(hook, Reason::AllowedNeighbor);
         return Ok(TC_NEXT);
@@ -106,14 +115,8 @@ fn judge(ctx: &TcContext, iface: &TcIface, ep: &EndpointInfo, ifindex: u32, cfg:
     if !is_pod_addr(ifindex, &f.src) {
         return Err((Reason::DeniedSpoofed, dest));
     }
-    if f.source_routed {
-        return Err((Reason::DeniedSourceRoute, dest));
-    }
     if (f.proto == proto::UDP || f.proto == proto::TCP) && (f.dport == DNS_PORT_BE || is_trusted_resolver(ep.endpoint, &dest)) {
         return dns(ctx, cfg, ep, ifindex, &f, dest);
-    }
-    if flow_known(ifindex, iface.epoch, &f) {
-        return Ok(TC_NEXT);
     }
     let reason = verdict(ep, &dest);
     if !reason.is_allowed() {
@@ -125,33 +128,64 @@ fn judge(ctx: &TcContext, iface: &TcIface, ep: &EndpointInfo, ifindex: u32, cfg:
 }
 
 pub fn to_pod(ctx: &TcContext) -> i32 {
-    let ifindex = ifindex(ctx);
-    // SAFETY: plain data copied out.
-    let Some(iface) = (unsafe { TC_IFACES.get(ifindex) }).copied() else {
+    // Most packets to a pod are TCP segments of known flows: passed on
+    // before any parsing or lookup.
+    if is_plain_tcp_ack(ctx) {
         return TC_NEXT;
-    };
+    }
     let Ok(f) = parse_frame(ctx) else {
         return TC_NEXT;
     };
-    // A peer opening a TCP connection, or any UDP datagram: the pod may
+    // A peer opening a TCP connection, or a UDP datagram: the pod may
     // answer on exactly this flow. Other TCP segments belong to a flow
-    // already known (and cost nothing here).
+    // already known and cost no lookup here. Nothing from port 53: the
+    // pod's DNS goes through the agent, whose answers must not open a way
+    // to the resolver.
     let opens = match f.proto {
         proto::TCP => f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
         proto::UDP => true,
         _ => false,
     };
-    if opens {
-        let key =
-            TcFlowKey { ifindex, proto: f.proto, _pad: 0, sport: f.dport, dport: f.sport, _pad2: [0; 2], src: f.dst, dst: f.src };
-        // SAFETY: plain data read from a map value.
-        let known = unsafe { TC_FLOWS.get(key) }.is_some_and(|v| v.epoch == iface.epoch);
-        if !known {
-            let _ = TC_FLOWS.insert(key, TcFlowValue { epoch: iface.epoch, flags: TC_FLOW_F_INBOUND }, 0);
-        }
+    if opens && f.sport != DNS_PORT_BE {
+        remember_inbound(ifindex(ctx), &f);
     }
     count(Hook::TcIngress, Reason::AllowedIngress);
     TC_NEXT
+}
+
+/// A TCP segment with ACK set right after a plain IPv4 or IPv6 header,
+/// read straight from the linear data.
+#[inline(always)]
+fn is_plain_tcp_ack(ctx: &TcContext) -> bool {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let at = |off: usize| -> Option<u8> {
+        // SAFETY: bounds checked against data_end.
+        (data + off < end).then(|| unsafe { *((data + off) as *const u8) })
+    };
+    let flags = match ether_type(&ctx.skb) {
+        ETH_P_IP if at(ETH_HLEN) == Some(0x45) && at(ETH_HLEN + 9) == Some(proto::TCP) => at(ETH_HLEN + 20 + 13),
+        ETH_P_IPV6 if at(ETH_HLEN + 6) == Some(proto::TCP) => at(ETH_HLEN + 40 + 13),
+        _ => None,
+    };
+    flags.is_some_and(|f| f & TCP_ACK != 0)
+}
+
+/// The reverse of an inbound flow, for an interface we judge and an
+/// address of its pod (only those are remembered as the pod's).
+#[inline(never)]
+fn remember_inbound(ifindex: u32, f: &Flow) {
+    // SAFETY: plain data copied out.
+    let Some(iface) = (unsafe { TC_IFACES.get(ifindex) }).copied() else { return };
+    if !is_pod_addr(ifindex, &f.dst) {
+        return;
+    }
+    let key =
+        TcFlowKey { ifindex, proto: f.proto, _pad: 0, sport: f.dport, dport: f.sport, _pad2: [0; 2], src: f.dst, dst: f.src };
+    // SAFETY: plain data read from a map value.
+    let known = unsafe { TC_FLOWS.get(key) }.is_some_and(|v| v.epoch == iface.epoch);
+    if !known {
+        let _ = TC_FLOWS.insert(key, TcFlowValue { epoch: iface.epoch, flags: TC_FLOW_F_INBOUND }, 0);
+    }
 }
 
 /// The headers after the Ethernet header (its own BPF function: the
