@@ -159,6 +159,10 @@ pub enum Hook {
 
 impl Hook {
     pub const COUNT: u32 = 9;
+    /// The cgroup hooks (0..7), counted in `COUNTERS`; the veth hooks after
+    /// them in `VETH_COUNTERS`, so `COUNTERS` keeps the layout a previous
+    /// release pinned (its counters carry over an upgrade).
+    pub const CGROUP_COUNT: u32 = 7;
 
     pub const fn from_u32(v: u32) -> Option<Self> {
         Some(match v {
@@ -190,16 +194,26 @@ impl Hook {
     }
 }
 
-/// Index into the `COUNTERS` per-CPU array.
+/// Index of a verdict counter: into `COUNTERS` for a cgroup hook, and for a
+/// veth hook `COUNTERS_LEN` plus its index into `VETH_COUNTERS` (the agent
+/// reads the two maps as one list in this order).
 #[inline(always)]
 pub const fn counter_index(hook: Hook, reason: Reason) -> u32 {
-    (hook as u32) * Reason::MAX + (reason as u32)
+    let h = hook as u32;
+    if h < Hook::CGROUP_COUNT {
+        h * Reason::MAX + (reason as u32)
+    } else {
+        COUNTERS_LEN + (h - Hook::CGROUP_COUNT) * Reason::MAX + (reason as u32)
+    }
 }
+
+/// Entries of `VETH_COUNTERS`: the veth hooks' verdicts.
+pub const VETH_COUNTERS_LEN: u32 = (Hook::COUNT - Hook::CGROUP_COUNT) * Reason::MAX;
 
 /// Extra counters that are not verdicts (event losses), after the verdict block.
 pub mod loss {
     use super::{Hook, Reason};
-    pub const BASE: u32 = Hook::COUNT * Reason::MAX;
+    pub const BASE: u32 = Hook::CGROUP_COUNT * Reason::MAX;
     /// A denied-attempt event was suppressed by the per-endpoint rate limit.
     pub const EVENT_RATE_LIMITED: u32 = BASE;
     /// A denied-attempt event was lost because the ring buffer was full.

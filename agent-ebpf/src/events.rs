@@ -2,11 +2,13 @@
 //! per-CPU counter; denied (and audited) verdicts also try to emit an event,
 //! rate-limited per endpoint, with every loss counted.
 
-use agent_common::{Config, DeniedEvent, ENDPOINT_F_AUDIT, EndpointInfo, Hook, MAX_ENDPOINTS, Reason, counter_index, loss};
+use agent_common::{
+    COUNTERS_LEN, Config, DeniedEvent, ENDPOINT_F_AUDIT, EndpointInfo, Hook, MAX_ENDPOINTS, Reason, counter_index, loss,
+};
 use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
 
 use crate::{
-    maps::{COUNTERS, DENIED_EVENTS, EVENT_RATE},
+    maps::{COUNTERS, DENIED_EVENTS, EVENT_RATE, VETH_COUNTERS},
     verdict::Dest,
 };
 
@@ -20,7 +22,13 @@ pub fn bump(index: u32) {
 
 #[inline(always)]
 pub fn count(hook: Hook, reason: Reason) {
-    bump(counter_index(hook, reason));
+    let i = counter_index(hook, reason);
+    if i < COUNTERS_LEN {
+        bump(i);
+    } else if let Some(c) = VETH_COUNTERS.get_ptr_mut(i - COUNTERS_LEN) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *c += 1 };
+    }
 }
 
 /// Per-CPU token bucket per endpoint: `events_per_sec` refill, `events_burst` cap.

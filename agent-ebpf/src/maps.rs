@@ -4,7 +4,7 @@
 use agent_common::{
     COUNTERS_LEN, CidrKey, CidrValue, Config, DnsServerKey, DnsSockInfo, EndpointInfo, GateKey, GatePortKey, GatePortValue,
     GateValue, InboundKey, LearnedKey, LearnedValue, LiveFlow, MAX_ENDPOINTS, PodAddrKey, RateState, SockOwner, TcFlowKey,
-    TcFlowValue, TcIface, VerdictCache, VethTcpDns, limits,
+    TcFlowValue, TcIface, VETH_COUNTERS_LEN, VerdictCache, VethTcpDns, limits,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
@@ -67,6 +67,11 @@ pub static DNS_SOCKS: LruHashMap<u64, DnsSockInfo> = LruHashMap::with_max_entrie
 /// Verdict counters by (hook, reason), then loss counters.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+
+/// Verdict counters of the veth hooks by (hook, reason)
+/// (`agent_common::counter_index`).
+#[map]
+pub static VETH_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(VETH_COUNTERS_LEN, 0);
 
 /// Per-endpoint, per-CPU token bucket for denied-attempt events.
 #[map]

@@ -5,7 +5,7 @@ use std::{collections::HashSet, sync::Arc};
 
 use agent_common::{
     COUNTERS_LEN, CidrKey, CidrValue, Config, DnsServerKey, DnsSockInfo, EndpointInfo, GateKey, GatePortKey, GatePortValue,
-    GateValue, InboundKey, LearnedKey, LearnedValue,
+    GateValue, InboundKey, LearnedKey, LearnedValue, VETH_COUNTERS_LEN,
 };
 use aya::{
     Ebpf,
@@ -39,7 +39,7 @@ impl PolicyMaps {
             learned: take(ebpf, "LEARNED")?,
             cidrs: take(ebpf, "CIDRS")?,
             dns_servers: take(ebpf, "DNS_SERVERS")?,
-            counters: Arc::new(KernelCounters(take(ebpf, "COUNTERS")?)),
+            counters: Arc::new(KernelCounters { cgroup: take(ebpf, "COUNTERS")?, veth: take(ebpf, "VETH_COUNTERS")? }),
             dns_socks: take(ebpf, "DNS_SOCKS")?,
             inbound: take(ebpf, "INBOUND")?,
             gates: take(ebpf, "GATES")?,
@@ -265,12 +265,17 @@ impl GateClients {
 }
 
 /// The `COUNTERS` map, read-only: the kernel updates it, nobody else writes.
-pub struct KernelCounters(PerCpuArray<MapData, u64>);
+pub struct KernelCounters {
+    cgroup: PerCpuArray<MapData, u64>,
+    veth: PerCpuArray<MapData, u64>,
+}
 
 impl KernelCounters {
-    /// Sum over CPUs of every counter (index = `agent_common::counter_index`).
+    /// Sum over CPUs of every counter, `COUNTERS` then `VETH_COUNTERS`
+    /// (index = `agent_common::counter_index`).
     pub fn read(&self) -> Result<Vec<u64>, MapError> {
-        (0..COUNTERS_LEN).map(|i| self.0.get(&i, 0).map(|v| v.iter().sum())).collect()
+        let sum = |m: &PerCpuArray<MapData, u64>, i: u32| m.get(&i, 0).map(|v| v.iter().sum::<u64>());
+        (0..COUNTERS_LEN).map(|i| sum(&self.cgroup, i)).chain((0..VETH_COUNTERS_LEN).map(|i| sum(&self.veth, i))).collect()
     }
 }
 

@@ -111,7 +111,7 @@ const fn v1(name: &'static str) -> MapPin {
 
 /// Every map of the object, pinned in node mode. (`SOLO_CACHE` is not here:
 /// each load has its own; `solo` pins those, at `SOLO_CACHE_VERSION`.)
-pub const MAPS: [MapPin; 23] = [
+pub const MAPS: [MapPin; 24] = [
     v1("CONFIG"),
     v1("ENDPOINTS"),
     v1("EP_CACHE"),
@@ -122,8 +122,7 @@ pub const MAPS: [MapPin; 23] = [
     v1("GATE_PORTS"),
     v1("GATE_CLIENTS"),
     v1("DNS_SOCKS"),
-    // v2: the veth hooks' counters (`Hook::TcEgress`, `TcIngress`).
-    MapPin { name: "COUNTERS", version: 2 },
+    v1("COUNTERS"),
     v1("EVENT_RATE"),
     v1("DENIED_EVENTS"),
     v1("DNS_HOLD"),
@@ -136,11 +135,11 @@ pub const MAPS: [MapPin; 23] = [
     v1("POD_ADDRS"),
     v1("TC_FLOWS"),
     v1("VETH_TCP_DNS"),
+    v1("VETH_COUNTERS"),
 ];
 
 /// The version of each map as the previous release (layout `v3`) pinned
-/// it (every one at version 1; `COUNTERS` has changed since, the veth maps
-/// are new).
+/// it (every one at version 1, as today; the veth maps are new).
 pub const LEGACY_V3_MAPS: [(&str, u32); 19] = {
     let mut out = [("", 0); 19];
     let mut i = 0;

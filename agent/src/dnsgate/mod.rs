@@ -12,6 +12,7 @@
 
 pub mod engine;
 pub mod hold;
+mod ids;
 pub mod inject;
 pub mod netns;
 pub mod ratelimit;

@@ -11,8 +11,7 @@
 //! agent's mark).
 
 use std::{
-    collections::{HashMap, hash_map::RandomState},
-    hash::BuildHasher as _,
+    collections::HashMap,
     io,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
@@ -29,6 +28,7 @@ use tracing::debug;
 use super::{
     DnsStats,
     engine::{Client, Engine, QueryVerdict, Question},
+    ids::FreshIds,
     inject::set_int_option,
 };
 use crate::{
@@ -68,8 +68,7 @@ struct Flight {
 #[derive(Default)]
 struct Flights {
     by_id: HashMap<u16, Flight>,
-    ids: RandomState,
-    n: u64,
+    ids: FreshIds,
 }
 
 impl Flights {
@@ -80,13 +79,7 @@ impl Flights {
         if self.by_id.len() >= MAX_IN_FLIGHT || mine >= MAX_IN_FLIGHT_PER_ENDPOINT {
             return None;
         }
-        let id = loop {
-            self.n += 1;
-            let id = self.ids.hash_one(self.n) as u16;
-            if !self.by_id.contains_key(&id) {
-                break id;
-            }
-        };
+        let id = self.ids.next(&self.by_id);
         self.by_id.insert(id, f);
         Some(id)
     }

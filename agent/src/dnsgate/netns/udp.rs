@@ -12,8 +12,7 @@
 //! resolver's address, on the gate's raw socket in that namespace.
 
 use std::{
-    collections::{HashMap, hash_map::RandomState},
-    hash::BuildHasher as _,
+    collections::HashMap,
     io,
     net::{SocketAddr, UdpSocket},
     os::fd::{AsRawFd as _, OwnedFd},
@@ -35,6 +34,7 @@ use crate::{
     dnsgate::{
         DnsStats,
         engine::{Client, QueryVerdict, Question},
+        ids::FreshIds,
     },
     util::lock,
 };
@@ -72,8 +72,7 @@ struct InFlight {
 #[derive(Default)]
 struct Flights {
     by_id: HashMap<u16, InFlight>,
-    ids: RandomState,
-    n: u64,
+    ids: FreshIds,
 }
 
 /// Forwarded queries by the id we gave them.
@@ -92,13 +91,8 @@ impl Table {
         if t.by_id.len() >= MAX_IN_FLIGHT {
             return None;
         }
-        let id = loop {
-            t.n += 1;
-            let id = t.ids.hash_one(t.n) as u16;
-            if !t.by_id.contains_key(&id) {
-                break id;
-            }
-        };
+        let t = &mut *t;
+        let id = t.ids.next(&t.by_id);
         t.by_id.insert(id, f);
         Some(id)
     }
