@@ -17,7 +17,7 @@ use common::{
     target::{ATTACK_PY, Recorder, TARGET_PORT},
     wait_for,
 };
-use k8s::harness::{Kubelet, Workload, free_addr, namespace, pod_qos, policy, start_agent_with};
+use k8s::harness::{Kubelet, Workload, free_addr, namespace, pod_qos, policy, start_agent_env, start_agent_with};
 use portcullis_tests::{Bench, fakeapi::FakeApi, require_root};
 use serde_json::json;
 
@@ -46,6 +46,15 @@ fn veths_are_enforced_from_before_a_pod_is_known_and_through_restarts() {
     if !require_root() {
         return;
     }
+    // tcx links (pinned) where the kernel has them, and clsact filters
+    // (which outlive the agent by themselves) on any kernel.
+    if common::cni::kernel_has_tcx() {
+        enforced_from_before_known_and_through_restarts(&[]);
+    }
+    enforced_from_before_known_and_through_restarts(&[("PORTCULLIS_DISABLE_KERNEL_FEATURES", "tcx")]);
+}
+
+fn enforced_from_before_known_and_through_restarts(env: &[(&str, &str)]) {
     let bench = Bench::builder().pods(&["raw", "late"]).start().unwrap();
     let api = FakeApi::start().unwrap();
     let kubelet = Kubelet::new("k8s-veth", true);
@@ -66,7 +75,7 @@ fn veths_are_enforced_from_before_a_pod_is_known_and_through_restarts() {
     wait_for("the frames at the metadata host", Duration::from_secs(5), || (meta.arrivals().len() >= 3).then_some(()));
     let before = meta.arrivals().len();
 
-    let mut agent = start_agent_with(&bench, &api, &kubelet, &pins, metrics, CLUSTER_DNS);
+    let mut agent = start_agent_env(&bench, &api, &kubelet, &pins, metrics, CLUSTER_DNS, env);
     agent.wait_message("ready: every watch listed, pods reconciled");
     wait_for("the raw pod's veth attached", Duration::from_secs(10), || {
         let text = scrape(metrics);
@@ -97,7 +106,7 @@ fn veths_are_enforced_from_before_a_pod_is_known_and_through_restarts() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(meta.arrivals().len(), before, "the veth was open while no agent ran");
     // The next agent takes the links over: allowed stays allowed, the rest closed.
-    let mut agent = start_agent_with(&bench, &api, &kubelet, &pins, metrics, CLUSTER_DNS);
+    let mut agent = start_agent_env(&bench, &api, &kubelet, &pins, metrics, CLUSTER_DNS, env);
     agent.wait_message("ready: every watch listed, pods reconciled");
     w.eventually("api.example.test", 443, true);
     assert_eq!(packet_socket(&bench, &raw_cg, "raw", META4, 3), 3);

@@ -138,9 +138,15 @@ impl NodeAgent {
 
     /// Starts the agent with `args` (any command) without waiting.
     pub fn spawn_args<S: AsRef<std::ffi::OsStr>>(bench: &Bench, args: &[S]) -> Self {
+        Self::spawn_args_env(bench, args, &[])
+    }
+
+    /// `spawn_args` with environment variables for the agent.
+    pub fn spawn_args_env<S: AsRef<std::ffi::OsStr>>(bench: &Bench, args: &[S], env: &[(&str, &str)]) -> Self {
         let stderr = fresh_path(bench.workdir(), "agent.stderr");
         let mut c = agent_cmd();
         c.args(args)
+            .envs(env.iter().copied())
             .env("PORTCULLIS_LOG_LEVEL", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -150,6 +150,19 @@ pub fn start_agent_with(
     metrics: std::net::SocketAddr,
     extra: &[&str],
 ) -> NodeAgent {
+    start_agent_env(bench, api, kubelet, pins, metrics, extra, &[])
+}
+
+/// `start_agent_with`, with environment variables for the agent.
+pub fn start_agent_env(
+    bench: &Bench,
+    api: &FakeApi,
+    kubelet: &Kubelet,
+    pins: &PinDir,
+    metrics: std::net::SocketAddr,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> NodeAgent {
     let state = bench.workdir().join("state");
     let log = bench.workdir().join("blocked.jsonl");
     let kubepods = kubelet.kubepods.display().to_string();
@@ -185,7 +198,7 @@ pub fn start_agent_with(
         ready.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    NodeAgent::spawn_args(bench, &args)
+    NodeAgent::spawn_args_env(bench, &args, env)
 }
 
 pub fn free_addr() -> std::net::SocketAddr {
