@@ -1,10 +1,14 @@
-//! DNS over TCP from a pod's wire (`veth::dns`): the segment is handed to
-//! the agent's listener in the node's namespace with `bpf_sk_assign` (the
-//! established connection's socket, else the listener: a transparent one,
-//! so the connection it accepts keeps the resolver's address and port),
-//! and marked so the agent's policy route delivers it locally
-//! (net/core/filter.c `bpf_sk_assign`; the TPROXY way, as Cilium's DNS
-//! proxy). The agent judges each query by the gates' pipeline.
+//! DNS over TCP from a pod's wire (`veth::dns`): a SYN is assigned to the
+//! agent's listener in the node's namespace with `bpf_sk_assign` (a
+//! transparent one, so the connection it accepts keeps the resolver's
+//! address and port), and every segment is marked so the agent's policy
+//! route delivers it locally, where the connection's later segments find
+//! the accepted socket by its addresses (net/core/filter.c
+//! `bpf_sk_assign`; the TPROXY way, as Cilium's DNS proxy). Only SYNs are
+//! assigned, and only to the agent's port: a resolver listening on the
+//! node itself (a node-local DNS cache on the resolver's address) must
+//! never be handed a pod's connection directly. The agent judges each
+//! query by the gates' pipeline.
 
 use agent_common::{VethTcpDns, proto};
 use aya_ebpf::{
@@ -14,7 +18,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use crate::{maps::VETH_TCP_DNS, parse::Flow};
+use crate::{
+    maps::VETH_TCP_DNS,
+    parse::{Flow, TCP_ACK, TCP_SYN},
+};
 
 /// Why a segment could not be handed over.
 pub enum NoGate {
@@ -34,12 +41,14 @@ pub fn to_agent(ctx: &TcContext, f: &Flow) -> Result<(), NoGate> {
     if f.proto != proto::TCP {
         return Err(NoGate::Listener);
     }
-    let sk = lookup(ctx, f, f.dport).or_else(|| lookup(ctx, f, cfg.port)).ok_or(NoGate::Listener)?;
-    // SAFETY: `sk` is a referenced socket from the lookup, released below.
-    let ret = unsafe { bpf_sk_assign(ctx.as_ptr(), sk, 0) };
-    unsafe { bpf_sk_release(sk) };
-    if ret != 0 {
-        return Err(NoGate::Assign);
+    if f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        let sk = lookup(ctx, f, cfg.port).ok_or(NoGate::Listener)?;
+        // SAFETY: `sk` is a referenced socket from the lookup, released below.
+        let ret = unsafe { bpf_sk_assign(ctx.as_ptr(), sk, 0) };
+        unsafe { bpf_sk_release(sk) };
+        if ret != 0 {
+            return Err(NoGate::Assign);
+        }
     }
     ctx.set_mark(cfg.mark);
     Ok(())

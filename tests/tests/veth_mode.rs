@@ -110,3 +110,29 @@ fn cni_after_ours(bench: &Bench, mode: &str) {
     with.log().expect("169.254.169.254", 80, &[("reason", s("denied-range")), ("hook", s("tc-egress"))]);
     drop(cni);
 }
+
+/// A resolver served on the node itself (a node-local DNS cache, listening
+/// on its own address in the node's namespace): a pod's DNS over TCP to it
+/// still goes through the agent's gate, never straight to that listener
+/// (a refused name is answered NXDOMAIN and the listener sees nothing).
+#[test]
+fn tcp_dns_to_a_node_local_resolver_goes_through_the_gate() {
+    if !require_root() {
+        return;
+    }
+    let bench = Bench::start().unwrap();
+    let node_ns = bench.node_ns_name().to_owned();
+    let ip =
+        |args: &[&str]| assert!(std::process::Command::new("ip").args(["-n", &node_ns]).args(args).status().unwrap().success());
+    ip(&["addr", "add", "169.254.20.10/32", "dev", "lo"]);
+    let local = common::target::Recorder::listen_in_node(&bench, "tcp", "169.254.20.10", 53);
+    let policy = "egress:\n  - toFQDNs: [{matchName: api.example.test}]\n    ports: [{port: 443}]\n\
+                  dns:\n  servers: [\"169.254.20.10\", \"198.51.100.53\"]\n";
+    for mode in modes() {
+        let r =
+            veth_only(&bench, policy, mode).steps(&[("tcp", "dig +tcp +time=2 +tries=1 @169.254.20.10 other.example.test A")]);
+        assert!(r.get("tcp").stdout.contains("status: NXDOMAIN"), "{mode}: {:?}", r.get("tcp"));
+        assert!(local.arrivals().is_empty(), "{mode}: the pod reached the node's own listener");
+    }
+    ip(&["addr", "del", "169.254.20.10/32", "dev", "lo"]);
+}

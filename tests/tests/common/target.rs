@@ -40,6 +40,13 @@ impl Recorder {
         Recorder::spawn(bench, cmd, &[proto, addr, &port.to_string()], "listen.py")
     }
 
+    /// A UDP or TCP listener on ADDR:PORT in the node's namespace (a
+    /// service of the node itself, e.g. a node-local DNS cache).
+    pub fn listen_in_node(bench: &Bench, proto: &str, addr: &str, port: u16) -> Recorder {
+        let cmd = bench.cmd_in_node(servers::python().to_str().unwrap());
+        Recorder::spawn(bench, cmd, &[proto, addr, &port.to_string()], "listen.py (node)")
+    }
+
     /// Every IP packet on the pod's link, at the node's end.
     pub fn sniff_pod_link(bench: &Bench, pod: &str) -> Recorder {
         let cmd = bench.cmd_in_node(servers::python().to_str().unwrap());
