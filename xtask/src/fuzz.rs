@@ -6,7 +6,7 @@
 //! - `PORTCULLIS_SKIP_EBPF=1` is set for the build: the fuzz crate only needs
 //!   the `portcullis` library's pure code, and `agent/build.rs` then writes an
 //!   empty eBPF object instead of building `agent-ebpf` with bpf-linker.
-//! - Time: `--secs`, else `$PORTCULLIS_FUZZ_SECS`, else 15 s per target
+//! - Time: `--secs`, else `$PORTCULLIS_FUZZ_SECS`, else 6 s per target
 //!   (`-max_total_time`), after one `cargo fuzz build` of all targets.
 //! - Corpus: the checked-in seeds `agent/fuzz/corpus/<target>/` are read
 //!   only; libFuzzer writes what it finds to the first corpus directory,
@@ -37,7 +37,7 @@ use crate::{
 /// Seconds per target, overriding the default (`0` skips the fuzz step of
 /// `cargo xtask test`, except under `CI=true`).
 pub const SECS_ENV: &str = "PORTCULLIS_FUZZ_SECS";
-pub const DEFAULT_SECS: u64 = 15;
+pub const DEFAULT_SECS: u64 = 6;
 /// A single input running longer than this is reported as a hang.
 const INPUT_TIMEOUT_SECS: u64 = 10;
 
