@@ -17,6 +17,8 @@ pub struct VethMaps {
     pod_addrs: HashMap<MapData, PodAddrKey, u32>,
     flows: HashMap<MapData, TcFlowKey, TcFlowValue>,
     tcp_dns: Array<MapData, VethTcpDns>,
+    /// The last epoch handed out (found in the maps once, then counted up).
+    last_epoch: Option<u32>,
 }
 
 fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
@@ -41,6 +43,7 @@ impl VethMaps {
             pod_addrs: take(ebpf, "POD_ADDRS")?,
             flows: take(ebpf, "TC_FLOWS")?,
             tcp_dns: take(ebpf, "VETH_TCP_DNS")?,
+            last_epoch: None,
         })
     }
 
@@ -54,18 +57,27 @@ impl VethMaps {
         let old = self.ifaces.get(&ifindex, 0).ok();
         let epoch = match old {
             Some(o) if o.endpoint == endpoint => o.epoch,
-            Some(o) => o.epoch.wrapping_add(1),
-            None => self.next_epoch(),
+            _ => self.next_epoch(),
         };
         self.ifaces.insert(ifindex, TcIface { endpoint, flags, epoch, _pad: 0 }, 0)
     }
 
     /// An epoch no interface uses now (flows of a removed interface may
-    /// still sit in the LRU under an old one).
-    fn next_epoch(&self) -> u32 {
-        let used = self.ifaces.iter().filter_map(Result::ok).map(|(_, v)| v.epoch).max().unwrap_or(0);
-        let flows = self.flows.iter().filter_map(Result::ok).map(|(_, v)| v.epoch).max().unwrap_or(0);
-        used.max(flows).wrapping_add(1)
+    /// still sit in the LRU under an old one). The maps (a previous
+    /// agent's, when adopted) are read for the highest epoch only once:
+    /// walking the flow table for every new pod would cost start-up time.
+    fn next_epoch(&mut self) -> u32 {
+        let last = match self.last_epoch {
+            Some(e) => e,
+            None => {
+                let used = self.ifaces.iter().filter_map(Result::ok).map(|(_, v)| v.epoch).max().unwrap_or(0);
+                let flows = self.flows.iter().filter_map(Result::ok).map(|(_, v)| v.epoch).max().unwrap_or(0);
+                used.max(flows)
+            }
+        };
+        let next = last.wrapping_add(1);
+        self.last_epoch = Some(next);
+        next
     }
 
     /// Replaces the addresses the pod may send from on `ifindex`.

@@ -71,7 +71,7 @@ impl PodVeths {
             if pod.host_network {
                 continue;
             }
-            match self.attach(agent, *id, r, &pod) {
+            match self.attach(agent, *cgroup_id, *id, r, &pod) {
                 Ok(Some(a)) => {
                     self.done.insert(*cgroup_id, a);
                 }
@@ -87,7 +87,7 @@ impl PodVeths {
     }
 
     /// `Ok(None)`: nothing to do.
-    fn attach(&self, agent: &mut Agent, id: u32, r: &Resolved, pod: &PodNet) -> anyhow::Result<Option<Attached>> {
+    fn attach(&self, agent: &mut Agent, cgroup: u64, id: u32, r: &Resolved, pod: &PodNet) -> anyhow::Result<Option<Attached>> {
         let ns = pod_netns(&r.cgroup).ok_or_else(|| anyhow::anyhow!("no process in {} yet", r.cgroup.display()))?;
         let links = crate::veth::pod_links(&ns, &self.node_ns)?;
         anyhow::ensure!(!links.is_empty(), "no veth leads from the pod to the node's namespace");
@@ -97,7 +97,6 @@ impl PodVeths {
         let mut ifindexes: Vec<u32> = links.iter().map(|l| l.host_ifindex).collect();
         ifindexes.sort_unstable();
         let want = Attached { endpoint: id, ifindexes, addrs };
-        let cgroup = crate::cgroup::cgroup_id(&r.cgroup).unwrap_or(0);
         if self.done.get(&cgroup) == Some(&want) {
             return Ok(None);
         }
