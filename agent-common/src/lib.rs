@@ -7,7 +7,9 @@
 //! serves both families and `connect6` to a mapped address hits the same keys.
 #![no_std]
 
+pub mod decide;
 pub mod event;
+pub mod flow;
 pub mod limits;
 pub mod maps;
 pub mod reason;
@@ -15,7 +17,9 @@ pub mod source_route;
 pub mod verdict_cache;
 pub mod veth;
 
+pub use decide::{Dest, PolicyMaps, Verdict, decide};
 pub use event::*;
+pub use flow::{FLOW_ENDPOINTS, FLOW_SLOTS, FlowCounters, range_slot, rule_slot};
 pub use maps::*;
 pub use reason::*;
 pub use verdict_cache::*;

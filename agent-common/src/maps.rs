@@ -46,8 +46,12 @@ const _: () = assert!(size_of::<LearnedKey>() == 24);
 pub struct LearnedValue {
     /// CLOCK_BOOTTIME nanoseconds after which new connections are refused.
     pub expires_ns: u64,
+    /// The policy entry that allowed the name (`CompiledPolicy::rules`,
+    /// 1-based; 0 = unknown), counted per endpoint (`FLOW_COUNTERS`).
+    pub rule: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<LearnedValue>() == 8);
+const _: () = assert!(size_of::<LearnedValue>() == 16);
 
 /// `CIDRS` LPM trie key data: endpoint (big endian, so it forms the first 32
 /// bits of the prefix) then the address. Prefix length = 32 + IP prefix.
@@ -69,7 +73,8 @@ pub struct PortRange {
     pub _pad: u8,
     pub port_lo: u16,
     pub port_hi: u16,
-    pub _pad2: u16,
+    /// The policy entry this range came from (1-based; 0 = unknown).
+    pub rule: u16,
 }
 const _: () = assert!(size_of::<PortRange>() == 8);
 
@@ -92,7 +97,9 @@ pub struct CidrValue {
     pub inside_deny_range: u32,
     /// Number of valid entries in `ports`; 0 with `kind == ALLOW` is invalid.
     pub nports: u32,
-    pub _pad: u32,
+    /// The always-denied range (`flow::range`) a deny entry, or an allow
+    /// entry inside one, belongs to; 0 = none.
+    pub range: u32,
     pub ports: [PortRange; CIDR_MAX_PORTS],
 }
 const _: () = assert!(size_of::<CidrValue>() == 80);
@@ -329,4 +336,5 @@ mod user {
     unsafe impl aya::Pod for LiveFlow {}
     unsafe impl aya::Pod for InboundKey {}
     unsafe impl aya::Pod for SockOwner {}
+    unsafe impl aya::Pod for crate::FlowCounters {}
 }

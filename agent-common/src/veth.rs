@@ -17,6 +17,11 @@ pub struct TcIface {
 }
 const _: () = assert!(size_of::<TcIface>() == 16);
 
+/// `TcIface::flags` bit: the veth programs count this pod's flows
+/// (`FLOW_COUNTERS`); set where no cgroup hook sees them (a sandboxed
+/// runtime), so no flow is counted twice.
+pub const TC_IFACE_F_FLOW_COUNTS: u32 = 1 << 8;
+
 /// `POD_ADDRS`: (host-side ifindex, address) pairs the pod may send from;
 /// anything else is a forged source and dropped (`DeniedSpoofed`).
 #[repr(C)]

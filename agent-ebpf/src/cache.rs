@@ -16,7 +16,8 @@ use crate::{
 /// What the cache said about a destination.
 pub enum Lookup {
     /// Allowed before and still valid: count `reason` and allow.
-    Hit { reason: Reason, endpoint: u32 },
+    /// `rule`: the policy entry that allowed it (`Verdict::rule`).
+    Hit { reason: Reason, endpoint: u32, rule: u32 },
     /// Not cached; `endpoint` is the one to decide for, and an allowance
     /// found now may be cached, stamped with the `generation` read *before*
     /// the policy lookup (so an allowance removed meanwhile is stale at once)
@@ -74,8 +75,9 @@ pub fn lookup(d: &Dest, hook: Hook) -> Lookup {
     let same = seq & 1 == 0 && t == tag && ip_lo == lo && ip_hi == hi && slot_gen == generation;
     // jiffies_64: one load (kernel/time/jiffies.c); see VERDICT_TICK_NS_MAX.
     if same && until > unsafe { bpf_jiffies64() } && unsafe { read_volatile(&s.seq) } == seq {
-        let r = if reason == Reason::AllowedCidr as u32 { Reason::AllowedCidr } else { Reason::AllowedFqdn };
-        return Lookup::Hit { reason: r, endpoint };
+        // The slot's reason carries its rule above the low byte.
+        let r = if reason & 0xff == Reason::AllowedCidr as u32 { Reason::AllowedCidr } else { Reason::AllowedFqdn };
+        return Lookup::Hit { reason: r, endpoint, rule: reason >> 8 };
     }
     Lookup::Miss { endpoint, generation, cache: core::ptr::from_mut(c) }
 }
@@ -121,7 +123,7 @@ pub fn remember(miss: &Lookup, d: &Dest, v: &Verdict) {
         write_volatile(&mut s.ip_lo, ip_lo);
         write_volatile(&mut s.generation, generation);
         write_volatile(&mut s.until_jiffies, until);
-        write_volatile(&mut s.reason, reason as u32);
+        write_volatile(&mut s.reason, reason as u32 | (v.rule << 8));
         write_volatile(&mut s.seq, seq.wrapping_add(2));
     }
 }

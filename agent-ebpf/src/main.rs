@@ -6,6 +6,7 @@
 mod cache;
 mod endpoint;
 mod events;
+mod flow;
 mod maps;
 mod netns;
 mod parse;

@@ -2,9 +2,9 @@
 //! Names stay within 15 characters: the kernel truncates object names.
 
 use agent_common::{
-    COUNTERS_LEN, CidrKey, CidrValue, Config, DnsServerKey, DnsSockInfo, EndpointInfo, GateKey, GatePortKey, GatePortValue,
-    GateValue, InboundKey, LearnedKey, LearnedValue, LiveFlow, MAX_ENDPOINTS, PodAddrKey, RateState, SockOwner, TcFlowKey,
-    TcFlowValue, TcIface, VETH_COUNTERS_LEN, VerdictCache, VethTcpDns, limits,
+    COUNTERS_LEN, CidrKey, CidrValue, Config, DnsServerKey, DnsSockInfo, EndpointInfo, FLOW_ENDPOINTS, FlowCounters, GateKey,
+    GatePortKey, GatePortValue, GateValue, InboundKey, LearnedKey, LearnedValue, LiveFlow, MAX_ENDPOINTS, PodAddrKey, RateState,
+    SockOwner, TcFlowKey, TcFlowValue, TcIface, VETH_COUNTERS_LEN, VerdictCache, VethTcpDns, limits,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
@@ -72,6 +72,30 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_L
 /// (`agent_common::counter_index`).
 #[map]
 pub static VETH_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(VETH_COUNTERS_LEN, 0);
+
+/// Per-endpoint flow counters (`flow.rs`, `agent_common::flow`).
+#[map]
+pub static FLOW_COUNTERS: PerCpuArray<FlowCounters> = PerCpuArray::with_max_entries(FLOW_ENDPOINTS, 0);
+
+/// Whether the programs count per endpoint (`FLOW_COUNTERS`): set by the
+/// agent at load (`.rodata`; 0 makes the verifier drop every counting
+/// branch: the bench's "counting off").
+#[unsafe(no_mangle)]
+pub static FLOW_COUNTING: u32 = 1;
+
+/// This CPU's endpoints of recently seen cgroups, for the packet
+/// programs' byte counts (`flow::skb_bytes`): not pinned, a cache.
+#[map]
+pub static SKB_EP_MEMO: PerCpuArray<SkbMemo> = PerCpuArray::with_max_entries(SKB_MEMO_ENTRIES, 0);
+pub const SKB_MEMO_ENTRIES: u32 = 64;
+
+#[repr(C)]
+pub struct SkbMemo {
+    pub cgroup_id: u64,
+    pub generation: u64,
+    pub endpoint: u32,
+    pub _pad: u32,
+}
 
 /// Per-endpoint, per-CPU token bucket for denied-attempt events.
 #[map]

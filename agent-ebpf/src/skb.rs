@@ -20,6 +20,7 @@ use aya_ebpf::{
 use crate::{
     endpoint,
     events::{count, report},
+    flow,
     maps::{CONFIG, INBOUND, SOCK_OWNERS},
     netns,
     parse::{Flow, Frame, TCP_ACK, TCP_SYN, parse},
@@ -134,6 +135,7 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     // counted at connect time): every map touched here is a cache miss on
     // busy nodes. Resolver sockets go on: their queries are copied below.
     if egress_established(ctx) {
+        flow::skb_bytes(ctx, true);
         return PASS;
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -156,7 +158,15 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
         if f.source_routed {
             // The IP destination is only the first hop: never judged as
             // the destination, never let out (`Reason::DeniedSourceRoute`).
-            return deny(cfg, cgid, &ep, cookie, Reason::DeniedSourceRoute, &Dest { proto: f.proto, port: f.dport, ip: f.dst });
+            return deny(
+                cfg,
+                cgid,
+                &ep,
+                cookie,
+                Reason::DeniedSourceRoute,
+                &Dest { proto: f.proto, port: f.dport, ip: f.dst },
+                0,
+            );
         }
         if let Some(resolver) = sunk_query(ctx, f, cfg.dns_gates) {
             // Sent to the loopback sink by `sendmsg` (no gate here yet): the
@@ -170,7 +180,7 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
             return PASS;
         }
     }
-    let (reason, dest) = match parsed {
+    let (reason, dest, rule, range) = match parsed {
         Ok(f) if to_gate(ctx, cookie, &f) => {
             count(hook, Reason::AllowedDns);
             return PASS;
@@ -218,27 +228,32 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
             // Unknown (a socket older than the programs, on a kernel whose
             // packet programs cannot ask): the host's, loopback denied.
             let host_netns = || netns::of_packet(ctx, cookie).is_none_or(|n| n == cfg.host_netns_cookie);
-            let mut r = decide(&ep, &d, host_netns).reason;
+            let v = decide(&ep, &d, host_netns);
+            let mut r = v.reason;
             if !r.is_allowed() && is_reply_to_inbound(&ep, &f) {
                 r = Reason::AllowedInbound;
             }
-            (r, d)
+            (r, d, v.rule, v.range)
         }
-        Err(()) => (Reason::DeniedMalformed, Dest { proto: 0, port: [0; 2], ip: [0; 16] }),
+        Err(()) => (Reason::DeniedMalformed, Dest { proto: 0, port: [0; 2], ip: [0; 16] }, 0, 0),
     };
     if reason.is_allowed() {
         count(hook, reason);
+        flow::verdict(ep.endpoint, false, reason, rule, 0);
+        // SAFETY: the kernel's skb for the whole run.
+        flow::bytes(ep.endpoint, true, unsafe { (*skb).len });
         return PASS;
     }
-    deny(cfg, cgid, &ep, cookie, reason, &dest)
+    deny(cfg, cgid, &ep, cookie, reason, &dest, range)
 }
 
 /// A denied egress packet: counted, reported (the process behind a
 /// deferred UDP `connect()`'s datagrams named), dropped unless audited.
 #[inline(always)]
-fn deny(cfg: &Config, cgid: u64, ep: &EndpointInfo, cookie: u64, reason: Reason, dest: &Dest) -> i32 {
+fn deny(cfg: &Config, cgid: u64, ep: &EndpointInfo, cookie: u64, reason: Reason, dest: &Dest, range: u32) -> i32 {
     let hook = Hook::SkbEgress;
     count(hook, reason);
+    flow::verdict(ep.endpoint, false, reason, 0, range);
     let owner = unsafe { SOCK_OWNERS.get(cookie) };
     let (tgid, comm) = owner.map_or((0, [0; 16]), |o| (o.tgid, o.comm));
     if report(cfg, cgid, ep, hook, reason, dest, tgid, comm) { PASS } else { DROP }
@@ -290,6 +305,7 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
     // Hot path: traffic into an established flow, unless it talks to a
     // resolver (its answers are held below) or is a listener (SYNs noted).
     if ingress_established(ctx) {
+        flow::skb_bytes(ctx, false);
         return PASS;
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };

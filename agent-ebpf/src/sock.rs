@@ -20,6 +20,7 @@ use crate::{
     cache::{self, Lookup},
     endpoint::{self, Unmanaged},
     events::{count, report},
+    flow,
     maps::{CONFIG, DNS_SOCKS, SOCK_OWNERS},
     sock_addr::{ALLOW, ip_of, is_v4, remember_flow},
     sock_dns::{Placeholder, catch_on_loopback, catch_via_placeholder, redirect_to_gate, send_to_sink, to_placeholder},
@@ -40,8 +41,9 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
     // Fast path: a destination this attach point's endpoint was allowed to
     // reach a moment ago (`cache`), before any map lookup or clock read.
     let cached = cache::lookup(&dest, hook);
-    if let Lookup::Hit { reason, endpoint } = cached {
+    if let Lookup::Hit { reason, endpoint, rule } = cached {
         count(hook, reason);
+        flow::verdict(endpoint, connect, reason, rule, 0);
         if connect && dest.proto != proto::TCP {
             // As on the full path below: the socket's packets pass on it.
             remember_flow(ctx, &dest, endpoint, 0);
@@ -116,6 +118,7 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
     }
     if reason.is_allowed() {
         count(hook, reason);
+        flow::verdict(ep.endpoint, connect, reason, verdict.rule, 0);
         cache::remember(&cached, &dest, &verdict);
         if reason == Reason::AllowedDns || reason == Reason::DnsCaught {
             // The cookie only when needed: its first use on a socket writes
@@ -146,12 +149,14 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
         // connect() left on the socket goes (it was for another
         // destination). Remember who it was for the log.
         count(hook, Reason::UdpConnectDeferred);
+        flow::verdict(ep.endpoint, connect, Reason::UdpConnectDeferred, 0, 0);
         remember_flow(ctx, &dest, ep.endpoint, FLOW_F_DENIED);
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         let _ = SOCK_OWNERS.insert(cookie, SockOwner { tgid, _pad: 0, comm }, 0);
         return ALLOW;
     }
     count(hook, reason);
+    flow::verdict(ep.endpoint, connect, reason, 0, verdict.range);
     let shown = Dest { proto: if dest.proto == 0 { proto::TCP } else { dest.proto }, port: dest.port, ip: dest.ip };
     let Some(cfg) = CONFIG.get(0) else {
         return DENY;

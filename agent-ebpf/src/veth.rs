@@ -20,8 +20,8 @@
 
 use agent_common::{
     Config, DNS_KIND_VETH_QUERY, DNS_MAX_PACKET, DnsHeldPacket, ENDPOINT_F_AUDIT, ENDPOINT_F_EXEMPT, EndpointInfo, Hook,
-    PodAddrKey, Reason, TC_DROP, TC_FLOW_F_INBOUND, TC_FLOW_F_JUDGED, TC_NEXT, TC_PASS, TcFlowKey, TcFlowValue, TcIface, loss,
-    proto, v4_mapped,
+    PodAddrKey, Reason, TC_DROP, TC_FLOW_F_INBOUND, TC_FLOW_F_JUDGED, TC_IFACE_F_FLOW_COUNTS, TC_NEXT, TC_PASS, TcFlowKey,
+    TcFlowValue, TcIface, loss, proto, v4_mapped,
 };
 use aya_ebpf::{
     EbpfContext as _,
@@ -31,6 +31,7 @@ use aya_ebpf::{
 
 use crate::{
     events::{Attempt, bump, count, emit},
+    flow,
     maps::{CONFIG, DNS_HOLD, POD_ADDRS, TC_FLOWS, TC_IFACES},
     parse::{ETH_P_ARP, Flow, Frame, TCP_ACK, TCP_SYN, ether_type, parse},
     verdict::{Dest, decide, is_trusted_resolver},
@@ -66,8 +67,14 @@ pub fn from_pod(ctx: &TcContext) -> i32 {
     let ep = EndpointInfo { endpoint: iface.endpoint, flags: iface.flags, generation: 0 };
     // One place reports and drops: every inlined copy of it would cost
     // the record's stack again (the verifier's 512 bytes; Linux 6.1).
+    let counts = iface.flags & TC_IFACE_F_FLOW_COUNTS != 0;
     match judge(ctx, &iface, &ep, ifindex, cfg) {
-        Ok(verdict) => verdict,
+        Ok(verdict) => {
+            if counts && verdict != TC_DROP {
+                flow::bytes(ep.endpoint, true, ctx.len());
+            }
+            verdict
+        }
         Err((reason, dest)) => deny(cfg, &ep, ifindex, reason, &dest),
     }
 }
@@ -118,7 +125,8 @@ fn judge(ctx: &TcContext, iface: &TcIface, ep: &EndpointInfo, ifindex: u32, cfg:
     if (f.proto == proto::UDP || f.proto == proto::TCP) && (f.dport == DNS_PORT_BE || is_trusted_resolver(ep.endpoint, &dest)) {
         return dns(ctx, cfg, ep, ifindex, &f, dest);
     }
-    let reason = verdict(ep, &dest);
+    let opens_tcp = f.proto == proto::TCP && f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let reason = verdict(ep, &dest, opens_tcp);
     if !reason.is_allowed() {
         return Err((reason, dest));
     }
@@ -196,10 +204,22 @@ fn parse_frame(ctx: &TcContext) -> Result<Flow, ()> {
 }
 
 /// The cgroup hooks' verdict. On a veth there is no "own network
-/// namespace": loopback is the host's.
+/// namespace": loopback is the host's. Counted here, with the rule or
+/// range, if the interface counts (`TC_IFACE_F_FLOW_COUNTS`, in the
+/// endpoint's flags here; `deny` counts every other reason).
 #[inline(never)]
-fn verdict(ep: &EndpointInfo, dest: &Dest) -> Reason {
-    decide(ep, dest, || true).reason
+fn verdict(ep: &EndpointInfo, dest: &Dest, conn: bool) -> Reason {
+    let v = decide(ep, dest, || true);
+    if ep.flags & TC_IFACE_F_FLOW_COUNTS != 0 {
+        flow::verdict(ep.endpoint, conn, v.reason, v.rule, v.range);
+    }
+    v.reason
+}
+
+/// Whether `verdict` counted this denial already.
+#[inline(always)]
+fn counted_by_verdict(reason: Reason) -> bool {
+    matches!(reason, Reason::DeniedDefault | Reason::DeniedRange | Reason::DeniedInternal)
 }
 
 /// Whether the flow was let through already, for this assignment of the
@@ -345,6 +365,9 @@ fn hold(ctx: &TcContext, agent_ready: u32, endpoint: u32, ifindex: u32, v6: bool
 #[inline(never)]
 fn deny(cfg: &Config, ep: &EndpointInfo, ifindex: u32, reason: Reason, dest: &Dest) -> i32 {
     count(Hook::TcEgress, reason);
+    if ep.flags & TC_IFACE_F_FLOW_COUNTS != 0 && !counted_by_verdict(reason) {
+        flow::verdict(ep.endpoint, false, reason, 0, 0);
+    }
     let audit = ep.flags & ENDPOINT_F_AUDIT != 0;
     emit(
         cfg,

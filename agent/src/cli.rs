@@ -14,6 +14,11 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Load the kernel programs without per-pod flow counting (their
+    /// per-packet cost, for `cargo xtask bench`'s comparison): the
+    /// per-pod connection, rule, range and byte counts stay at 0.
+    #[arg(long, global = true, env = "PORTCULLIS_NO_FLOW_COUNTERS")]
+    pub no_flow_counters: bool,
 }
 
 #[derive(Debug, Subcommand)]

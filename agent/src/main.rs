@@ -39,6 +39,7 @@ fn limit_malloc_arenas() {
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
+    portcullis::datapath::programs::set_flow_counting(!cli.no_flow_counters);
     let result = match &cli.command {
         Command::Exec(args) => {
             init_tracing(false);

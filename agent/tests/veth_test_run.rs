@@ -53,7 +53,7 @@ fn harness(mode: Mode) -> Option<Harness> {
         let policy = compile(&Policy::from_yaml_str(POLICY, "t").unwrap(), || Ok::<_, std::io::Error>(vec![])).unwrap();
         state.set_policy(ep, Identity { name: "t".into(), ..Default::default() }, policy, mode).unwrap();
     }
-    state.add_veth(ep, IFINDEX, &[POD4.parse().unwrap(), POD6.parse().unwrap()]).unwrap();
+    state.add_veth(ep, IFINDEX, &[POD4.parse().unwrap(), POD6.parse().unwrap()], true).unwrap();
     Some(Harness { dp, state, ep })
 }
 
@@ -274,7 +274,7 @@ fn unassigned_interfaces_drop_and_a_reassigned_one_forgets_its_flows() {
     // The ifindex goes to another pod: the old flow does not pass for it.
     let policy = compile(&Policy::from_yaml_str(NOTHING, "t").unwrap(), || Ok::<_, std::io::Error>(vec![])).unwrap();
     let other = h.state.add_endpoint(Identity::default(), 424_242, policy, Mode::Enforce).unwrap();
-    h.state.add_veth(other, IFINDEX, &[POD4.parse().unwrap()]).unwrap();
+    h.state.add_veth(other, IFINDEX, &[POD4.parse().unwrap()], true).unwrap();
     assert_eq!(h.send("203.0.113.10", L4::Tcp(443, false)), DROP);
 }
 

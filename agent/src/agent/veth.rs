@@ -92,9 +92,11 @@ impl Agent {
     /// node's namespace) by endpoint `id`'s policy; `addrs` are the pod's
     /// own addresses (any other source is dropped). The maps first, then
     /// the programs: enforcing when this returns.
-    pub fn attach_veth(&mut self, id: u32, ifindex: u32, addrs: &[IpAddr]) -> Result<()> {
+    /// `counts`: the veth programs count the endpoint's flows (no cgroup
+    /// hook sees them: a sandboxed runtime, `exec --veth-only`).
+    pub fn attach_veth(&mut self, id: u32, ifindex: u32, addrs: &[IpAddr], counts: bool) -> Result<()> {
         let veths = self.veths.as_mut().context("no node network namespace for the veth programs")?;
-        self.enforcer.add_veth(id, ifindex, addrs)?;
+        self.enforcer.add_veth(id, ifindex, addrs, counts)?;
         if let Err(e) = veths.attachments.attach(ifindex) {
             let _ = self.enforcer.remove_veth(id, ifindex);
             return Err(e).context("attaching the veth programs");

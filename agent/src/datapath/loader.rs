@@ -93,6 +93,8 @@ impl Datapath {
         }
         let skb_netns_helper = u32::from(probe::features().skb_netns_cookie);
         loader.override_global("SKB_NETNS_HELPER", &skb_netns_helper, true);
+        let flow_counting = super::programs::flow_counting();
+        loader.override_global("FLOW_COUNTING", &flow_counting, true);
         let mut ebpf = loader.load(OBJECT)?;
         for p in &PROGRAMS {
             if pins.is_some() && p.cache_slot.is_some() {

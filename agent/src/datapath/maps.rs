@@ -12,7 +12,7 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 
-use super::{error::LoadError, take, verdict_cache::VerdictCacheMap, veth_maps::VethMaps};
+use super::{error::LoadError, flow_counters::FlowCounterMap, take, verdict_cache::VerdictCacheMap, veth_maps::VethMaps};
 
 pub struct PolicyMaps {
     config: Array<MapData, Config>,
@@ -39,7 +39,11 @@ impl PolicyMaps {
             learned: take(ebpf, "LEARNED")?,
             cidrs: take(ebpf, "CIDRS")?,
             dns_servers: take(ebpf, "DNS_SERVERS")?,
-            counters: Arc::new(KernelCounters { cgroup: take(ebpf, "COUNTERS")?, veth: take(ebpf, "VETH_COUNTERS")? }),
+            counters: Arc::new(KernelCounters {
+                cgroup: take(ebpf, "COUNTERS")?,
+                veth: take(ebpf, "VETH_COUNTERS")?,
+                flows: FlowCounterMap::new(take(ebpf, "FLOW_COUNTERS")?),
+            }),
             dns_socks: take(ebpf, "DNS_SOCKS")?,
             inbound: take(ebpf, "INBOUND")?,
             gates: take(ebpf, "GATES")?,
@@ -95,6 +99,11 @@ impl PolicyMaps {
         self.config.set(0, cfg, 0)?;
         self.current = cfg;
         Ok(())
+    }
+
+    /// The rule a learned key carries now (0 if none or no key).
+    pub fn learned_rule(&self, key: &LearnedKey) -> u32 {
+        self.learned.get(key, 0).map_or(0, |v| v.rule)
     }
 
     pub fn insert_learned(&mut self, key: LearnedKey, value: LearnedValue) -> Result<(), MapError> {
@@ -235,6 +244,11 @@ impl PolicyMaps {
         self.dns_servers.keys().filter_map(Result::ok).filter(|k| k.endpoint == endpoint).collect()
     }
 
+    /// Zeroes a fresh endpoint id's flow counts.
+    pub fn reset_flow_counters(&self, id: u32) -> Result<(), MapError> {
+        self.counters.flows.reset(id)
+    }
+
     /// Every learned key with its expiry.
     pub fn learned_entries(&self) -> Vec<(LearnedKey, u64)> {
         self.learned.iter().filter_map(Result::ok).map(|(k, v)| (k, v.expires_ns)).collect()
@@ -268,6 +282,8 @@ impl GateClients {
 pub struct KernelCounters {
     cgroup: PerCpuArray<MapData, u64>,
     veth: PerCpuArray<MapData, u64>,
+    /// Per endpoint (`FLOW_COUNTERS`).
+    pub flows: FlowCounterMap,
 }
 
 impl KernelCounters {

@@ -5,6 +5,7 @@
 
 pub mod attach;
 mod error;
+pub mod flow_counters;
 pub mod loader;
 pub mod local_route;
 pub mod maps;

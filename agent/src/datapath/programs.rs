@@ -109,13 +109,18 @@ const fn v1(name: &'static str) -> MapPin {
     MapPin { name, version: 1 }
 }
 
+const fn v2(name: &'static str) -> MapPin {
+    MapPin { name, version: 2 }
+}
+
 /// Every map of the object, pinned in node mode. (`SOLO_CACHE` is not here:
 /// each load has its own; `solo` pins those, at `SOLO_CACHE_VERSION`.)
-pub const MAPS: [MapPin; 24] = [
+pub const MAPS: [MapPin; 25] = [
     v1("CONFIG"),
     v1("ENDPOINTS"),
     v1("EP_CACHE"),
-    v1("LEARNED"),
+    // 2: the value carries the rule that allowed the name (16 bytes).
+    v2("LEARNED"),
     v1("CIDRS"),
     v1("DNS_SERVERS"),
     v1("GATES"),
@@ -136,6 +141,7 @@ pub const MAPS: [MapPin; 24] = [
     v1("TC_FLOWS"),
     v1("VETH_TCP_DNS"),
     v1("VETH_COUNTERS"),
+    v1("FLOW_COUNTERS"),
 ];
 
 /// The version of each map as the previous release (layout `v3`) pinned
@@ -181,4 +187,17 @@ mod tests {
             assert!(PROGRAMS[..i].iter().all(|q| q.name != p.name && q.attach_type != p.attach_type), "{p:?} twice");
         }
     }
+}
+
+/// Whether loads count per endpoint (`FLOW_COUNTING` in the object): on
+/// unless `--no-flow-counters` (the bench's "counting off").
+static FLOW_COUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+pub fn set_flow_counting(on: bool) {
+    FLOW_COUNTING.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The value loads give `FLOW_COUNTING`.
+pub fn flow_counting() -> u32 {
+    u32::from(FLOW_COUNTING.load(std::sync::atomic::Ordering::Relaxed))
 }

@@ -57,6 +57,8 @@ impl SoloHooks {
             loader.map_pin_path(m.name, pins.map(m.name));
         }
         loader.override_global("SOLO_ATTACH", &1u32, true);
+        let flow_counting = super::programs::flow_counting();
+        loader.override_global("FLOW_COUNTING", &flow_counting, true);
         let started = Instant::now();
         let mut ebpf = loader.load(OBJECT)?;
         for p in cached() {

@@ -95,9 +95,11 @@ impl VethMaps {
     }
 
     /// New flags for an assigned interface (mode changed).
+    /// Sets the endpoint's `ENDPOINT_F_*` bits; the interface's own
+    /// (`TC_IFACE_F_FLOW_COUNTS`) stay.
     pub fn set_flags(&mut self, ifindex: u32, flags: u32) -> Result<(), MapError> {
         let mut v = self.ifaces.get(&ifindex, 0)?;
-        v.flags = flags;
+        v.flags = flags | (v.flags & agent_common::TC_IFACE_F_FLOW_COUNTS);
         self.ifaces.insert(ifindex, v, 0)
     }
 

@@ -9,6 +9,7 @@
 //! endpoint views they need are copied out (`EndpointView`: the policy is
 //! shared, not copied) and judged outside the lock.
 
+mod flow_counts;
 pub mod live;
 mod state;
 
@@ -22,7 +23,7 @@ use std::{
 use agent_common::{GateKey, GatePortKey, GatePortValue, GateValue};
 use aya::maps::MapError;
 
-pub use self::state::*;
+pub use self::{flow_counts::FlowCounts, state::*};
 use crate::{
     datapath::{
         maps::{GateClients, KernelCounters},
@@ -107,8 +108,8 @@ impl Enforcer {
 
     /// Judges what crosses the host-side veth `ifindex` by endpoint `id`
     /// (`state/veth.rs`); `addrs`: the pod's own addresses.
-    pub fn add_veth(&self, id: u32, ifindex: u32, addrs: &[IpAddr]) -> Result<(), StateError> {
-        lock(&self.state).add_veth(id, ifindex, addrs)
+    pub fn add_veth(&self, id: u32, ifindex: u32, addrs: &[IpAddr], counts: bool) -> Result<(), StateError> {
+        lock(&self.state).add_veth(id, ifindex, addrs, counts)
     }
 
     /// Where the veth programs hand DNS over TCP (`port` 0: refused).

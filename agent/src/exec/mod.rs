@@ -103,7 +103,7 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
         }
         if let Some(node) = &args.veth_netns {
             let pod = args.veth_pod.as_ref().or(args.netns.as_ref()).context("--veth-netns needs --veth-pod or --netns")?;
-            attach_veths(&mut agent, id, pod, node)?;
+            attach_veths(&mut agent, id, pod, node, args.veth_only)?;
         }
         let (mut child, child_pid) = match spawn(args, &cgroup)? {
             Spawned::Running(c, pid) => (c, pid),
@@ -133,12 +133,14 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
 
 /// The veth programs on every veth of `netns` whose other end is in
 /// `node`, before the command starts.
-fn attach_veths(agent: &mut Agent, id: u32, netns: &std::path::Path, node: &std::path::Path) -> Result<()> {
+/// `veth_only`: no cgroup hooks see the command's traffic, so the veth
+/// programs count its flows.
+fn attach_veths(agent: &mut Agent, id: u32, netns: &std::path::Path, node: &std::path::Path, veth_only: bool) -> Result<()> {
     let open = |p: &std::path::Path| File::open(p).with_context(|| format!("opening {}", p.display()));
     let links = crate::veth::pod_links(open(netns)?, open(node)?)?;
     anyhow::ensure!(!links.is_empty(), "no veth leads from {} to {}", netns.display(), node.display());
     for l in links {
-        agent.attach_veth(id, l.host_ifindex, &l.pod_addrs)?;
+        agent.attach_veth(id, l.host_ifindex, &l.pod_addrs, veth_only)?;
         tracing::info!(pod_if = %l.pod_ifname, host_if = %l.host_ifname, host_ifindex = l.host_ifindex,
             mode = agent.veth_mode().unwrap_or("-"), addrs = ?l.pod_addrs, "veth programs attached");
     }

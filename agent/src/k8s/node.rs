@@ -175,8 +175,20 @@ impl Node {
             return 0;
         }
         let started = Instant::now();
-        self.pod_nets =
-            snap.pods.iter().map(|p| (p.uid.clone(), PodNet { host_network: p.host_network, ips: p.ips.clone() })).collect();
+        self.pod_nets = snap
+            .pods
+            .iter()
+            .map(|p| {
+                (
+                    p.uid.clone(),
+                    PodNet {
+                        host_network: p.host_network,
+                        ips: p.ips.clone(),
+                        sandboxed: p.gaps.contains(&Gap::SandboxedRuntime),
+                    },
+                )
+            })
+            .collect();
         self.pass_cluster_dns = self
             .cluster_dns_service
             .as_ref()

@@ -32,6 +32,9 @@ struct Attached {
 pub struct PodNet {
     pub host_network: bool,
     pub ips: Vec<IpAddr>,
+    /// A sandboxed runtime's pod: only its veth sees its traffic, so the
+    /// veth programs count its flows (else the cgroup hooks do).
+    pub sandboxed: bool,
 }
 
 pub struct PodVeths {
@@ -101,7 +104,7 @@ impl PodVeths {
             return Ok(None);
         }
         for l in &links {
-            if let Err(e) = agent.attach_veth(id, l.host_ifindex, &want.addrs) {
+            if let Err(e) = agent.attach_veth(id, l.host_ifindex, &want.addrs, pod.sandboxed) {
                 warn!(pod = %format!("{}/{}", r.namespace, r.pod), interface = %l.host_ifname, error = %format!("{e:#}"),
                     "attaching the veth programs failed");
                 return Err(e);

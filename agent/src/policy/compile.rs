@@ -6,14 +6,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::error::Error as StdError;
 use std::net::SocketAddr;
 
-use agent_common::{CIDR_KIND_ALLOW, CIDR_MAX_PORTS, CidrValue, PortRange, proto};
+use agent_common::{CIDR_KIND_ALLOW, CIDR_KIND_DENY_RANGE, CIDR_MAX_PORTS, CidrValue, PortRange, proto};
 use ipnet::{IpNet, Ipv6Net};
 use thiserror::Error;
 
 use super::PolicyError;
 use super::model::{Destination, Policy, Port, Protocol, RuleOrigin};
 use super::names::NameSelector;
-use super::ranges::{canonical_net, kernel_deny_entries};
+use super::ranges::{canonical_net, kernel_deny_entries, kernel_metadata_hosts, range_class};
 
 /// A (protocol, port) an FQDN-learned address is allowed on, as keyed in
 /// `LEARNED`. `PortKey::ALL` = every protocol and port.
@@ -29,6 +29,8 @@ impl PortKey {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FqdnRule {
+    /// Its entry in `CompiledPolicy::rules` (1-based).
+    pub id: u32,
     pub origin: RuleOrigin,
     pub selectors: Vec<NameSelector>,
     /// Sorted, deduplicated; `[PortKey::ALL]` when the rule lists no ports.
@@ -45,6 +47,11 @@ pub struct CidrEntry {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompiledPolicy {
+    /// Each egress entry's text, in policy order: rule id `i + 1` (carried
+    /// with learned addresses and CIDR port ranges, counted per endpoint:
+    /// `portcullis_connections_by_rule_total{rule}`). Written by the
+    /// policy's author, never by the workload.
+    pub rules: Vec<String>,
     pub fqdn_rules: Vec<FqdnRule>,
     /// Sorted by prefix; no two entries share a prefix.
     pub cidr_entries: Vec<CidrEntry>,
@@ -82,6 +89,21 @@ impl CompiledPolicy {
     /// allowed on (union over all matching rules); empty = name not allowed.
     /// If any matching rule allows everything, the result is just
     /// `[PortKey::ALL]`: the kernel checks that key anyway, more are waste.
+    /// The first rule allowing `name` on (`proto`, `port`): the id a
+    /// learned key carries.
+    pub fn rule_for(&self, name: &str, proto: u8, port: u16) -> u32 {
+        let key = PortKey { proto, port };
+        self.fqdn_rules
+            .iter()
+            .find(|r| r.selectors.iter().any(|s| s.matches(name)) && (r.ports.contains(&PortKey::ALL) || r.ports.contains(&key)))
+            .map_or(0, |r| r.id)
+    }
+
+    /// The text of rule `id` (1-based), if any.
+    pub fn rule_text(&self, id: u32) -> Option<&str> {
+        self.rules.get((id as usize).checked_sub(1)?).map(String::as_str)
+    }
+
     pub fn ports_for_name(&self, name: &str) -> Vec<PortKey> {
         let mut out: Vec<PortKey> = Vec::new();
         for rule in &self.fqdn_rules {
@@ -129,13 +151,18 @@ where
     E: Into<Box<dyn StdError + Send + Sync>>,
 {
     let mut fqdn_rules = Vec::new();
-    // Canonical prefix -> (port keys, source labels). Merges the same prefix
-    // written in several rules (or as IPv4 and as IPv4-mapped IPv6).
-    let mut allows: BTreeMap<Ipv6Net, (BTreeSet<PortKey>, Vec<String>)> = BTreeMap::new();
+    let mut rules = Vec::with_capacity(policy.egress.len());
+    // Canonical prefix -> (port keys with the first rule giving each,
+    // source labels). Merges the same prefix written in several rules (or
+    // as IPv4 and as IPv4-mapped IPv6).
+    let mut allows: BTreeMap<Ipv6Net, (BTreeMap<PortKey, u32>, Vec<String>)> = BTreeMap::new();
     for rule in &policy.egress {
+        rules.push(rule_text(rule));
+        let id = u32::try_from(rules.len()).unwrap_or(u32::MAX);
         let keys = port_keys(&rule.ports);
         match &rule.to {
             Destination::Fqdns(sels) => fqdn_rules.push(FqdnRule {
+                id,
                 origin: rule.origin.clone(),
                 selectors: sels.clone(),
                 ports: keys.into_iter().collect(),
@@ -148,7 +175,9 @@ where
                         flag => flag.to_string(),
                     };
                     let slot = allows.entry(canonical_net(*net)).or_default();
-                    slot.0.extend(keys.iter().copied());
+                    for k in &keys {
+                        slot.0.entry(*k).or_insert(id);
+                    }
                     slot.1.push(label);
                 }
             }
@@ -175,7 +204,7 @@ where
         }
     }
 
-    Ok(CompiledPolicy { fqdn_rules, cidr_entries, dns_servers, dns_allow_names: policy.dns.allow_names.clone() })
+    Ok(CompiledPolicy { rules, fqdn_rules, cidr_entries, dns_servers, dns_allow_names: policy.dns.allow_names.clone() })
 }
 
 /// A rule's ports as keys: none = `ALL`; protocol ANY = TCP, UDP and SCTP.
@@ -197,13 +226,22 @@ fn port_keys(ports: &[Port]) -> BTreeSet<PortKey> {
 }
 
 /// Deny entries plus allow entries, one per prefix (see `compile`).
-fn cidr_entries(allows: &BTreeMap<Ipv6Net, (BTreeSet<PortKey>, Vec<String>)>) -> Result<Vec<CidrEntry>, CompileError> {
+fn cidr_entries(allows: &BTreeMap<Ipv6Net, (BTreeMap<PortKey, u32>, Vec<String>)>) -> Result<Vec<CidrEntry>, CompileError> {
     let deny = kernel_deny_entries();
     let mut out: Vec<CidrEntry> = deny
         .iter()
         .filter(|(net, _)| !allows.contains_key(net))
-        .map(|&(net, kind)| CidrEntry { net, value: CidrValue { kind, ..CidrValue::default() } })
+        .map(|&(net, kind)| CidrEntry { net, value: CidrValue { kind, range: range_class(net), ..CidrValue::default() } })
         .collect();
+    // Metadata hosts, unless an allow entry at least as specific as the
+    // range around them opens them (then it decides, as without them).
+    for host in kernel_metadata_hosts() {
+        let around = deny.iter().filter(|(d, _)| d.contains(&host)).map(|(d, _)| d.prefix_len()).max().unwrap_or(0);
+        if !allows.keys().any(|p| p.contains(&host) && p.prefix_len() >= around) {
+            let value = CidrValue { kind: CIDR_KIND_DENY_RANGE, range: range_class(host), ..CidrValue::default() };
+            out.push(CidrEntry { net: host, value });
+        }
+    }
 
     for (p, (own, labels)) in allows {
         let mut keys = own.clone();
@@ -216,7 +254,9 @@ fn cidr_entries(allows: &BTreeMap<Ipv6Net, (BTreeSet<PortKey>, Vec<String>)>) ->
             let cut_off =
                 deny.iter().any(|(d, _)| d.prefix_len() > q.prefix_len() && d.prefix_len() <= p.prefix_len() && d.contains(p));
             if !cut_off {
-                keys.extend(q_keys.iter().copied());
+                for (k, id) in q_keys {
+                    keys.entry(*k).or_insert(*id);
+                }
                 inherited.extend(q_labels.iter().cloned());
             }
         }
@@ -237,6 +277,7 @@ fn cidr_entries(allows: &BTreeMap<Ipv6Net, (BTreeSet<PortKey>, Vec<String>)>) ->
         let mut value = CidrValue {
             kind: CIDR_KIND_ALLOW,
             inside_deny_range: u32::from(deny.iter().any(|(d, _)| d.contains(p))),
+            range: deny.iter().filter(|(d, _)| d.contains(p)).max_by_key(|(d, _)| d.prefix_len()).map_or(0, |(d, _)| range_class(*d)),
             // Bounded by CIDR_MAX_PORTS just above.
             nports: ranges.len() as u32,
             ..CidrValue::default()
@@ -249,20 +290,49 @@ fn cidr_entries(allows: &BTreeMap<Ipv6Net, (BTreeSet<PortKey>, Vec<String>)>) ->
 }
 
 /// Keys to kernel port ranges: `ALL` alone becomes one `ANY` range; else
-/// consecutive ports of one protocol merge into one range.
-fn port_ranges(keys: &BTreeSet<PortKey>) -> Vec<PortRange> {
-    if keys.contains(&PortKey::ALL) {
-        return vec![PortRange { proto: proto::ANY, port_lo: 0, port_hi: u16::MAX, ..PortRange::default() }];
+/// consecutive ports of one protocol and one rule merge into one range,
+/// which carries the rule's id.
+fn port_ranges(keys: &BTreeMap<PortKey, u32>) -> Vec<PortRange> {
+    let rule16 = |id: u32| u16::try_from(id).unwrap_or(0);
+    if let Some(id) = keys.get(&PortKey::ALL) {
+        return vec![PortRange { proto: proto::ANY, port_lo: 0, port_hi: u16::MAX, rule: rule16(*id), ..PortRange::default() }];
     }
     let mut out: Vec<PortRange> = Vec::new();
-    // BTreeSet order is (proto, port), so runs are adjacent.
-    for k in keys {
+    // BTreeMap order is (proto, port), so runs are adjacent.
+    for (k, id) in keys {
         match out.last_mut() {
-            Some(r) if r.proto == k.proto && u32::from(r.port_hi) + 1 == u32::from(k.port) => r.port_hi = k.port,
-            _ => out.push(PortRange { proto: k.proto, port_lo: k.port, port_hi: k.port, ..PortRange::default() }),
+            Some(r) if r.proto == k.proto && r.rule == rule16(*id) && u32::from(r.port_hi) + 1 == u32::from(k.port) => {
+                r.port_hi = k.port;
+            }
+            _ => out.push(PortRange { proto: k.proto, port_lo: k.port, port_hi: k.port, rule: rule16(*id), ..PortRange::default() }),
         }
     }
     out
+}
+
+/// An egress entry as its author wrote it, for the `rule` label: where it
+/// is, what it allows, on which ports.
+fn rule_text(rule: &super::model::EgressRule) -> String {
+    use std::fmt::Write as _;
+    let mut s = rule.origin.to_string();
+    match &rule.to {
+        Destination::Fqdns(sels) => {
+            let names: Vec<String> = sels.iter().map(ToString::to_string).collect();
+            let _ = write!(s, " toFQDNs {}", names.join(","));
+        }
+        Destination::Cidrs(nets) => {
+            let nets: Vec<String> = nets.iter().map(ToString::to_string).collect();
+            let _ = write!(s, " toCIDRs {}", nets.join(","));
+        }
+        Destination::Services(svcs) => {
+            let _ = write!(s, " toServices ({})", svcs.len());
+        }
+    }
+    if !rule.ports.is_empty() {
+        let ports: Vec<String> = rule.ports.iter().map(|p| format!("{}/{:?}", p.port, p.protocol).to_lowercase()).collect();
+        let _ = write!(s, " ports {}", ports.join(","));
+    }
+    s
 }
 
 /// A canonical prefix as the user would write it (IPv4 when mapped).

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use agent_common::{CIDR_KIND_DENY_RANGE, CIDR_KIND_LOOPBACK};
 
 use super::super::overrides::Overrides;
-use super::super::ranges::canonical;
+use super::super::ranges::{canonical, kernel_metadata_hosts};
 use super::*;
 
 fn policy(yaml: &str) -> Policy {
@@ -30,7 +30,7 @@ fn tcp(lo: u16, hi: u16) -> PortRange {
     PortRange { proto: proto::TCP, port_lo: lo, port_hi: hi, ..PortRange::default() }
 }
 
-const ALL_RANGE: PortRange = PortRange { proto: proto::ANY, _pad: 0, port_lo: 0, port_hi: u16::MAX, _pad2: 0 };
+const ALL_RANGE: PortRange = PortRange { proto: proto::ANY, _pad: 0, port_lo: 0, port_hi: u16::MAX, rule: 0 };
 
 /// The CIDRS entry the kernel's longest-prefix match would return.
 fn lpm<'a>(c: &'a CompiledPolicy, ip: &str) -> Option<&'a CidrEntry> {
@@ -44,8 +44,19 @@ fn entry<'a>(c: &'a CompiledPolicy, net: &str) -> &'a CidrEntry {
     c.cidr_entries.iter().find(|e| e.net == n).unwrap_or_else(|| panic!("no entry for {net}"))
 }
 
-fn ports(e: &CidrEntry) -> &[PortRange] {
-    &e.value.ports[..e.value.nports as usize]
+/// The entry's port ranges without their rule ids (`rules_of` has those).
+fn ports(e: &CidrEntry) -> Vec<PortRange> {
+    e.value.ports[..e.value.nports as usize].iter().map(|r| PortRange { rule: 0, ..*r }).collect()
+}
+
+fn rules_of(e: &CidrEntry) -> Vec<u16> {
+    e.value.ports[..e.value.nports as usize].iter().map(|r| r.rule).collect()
+}
+
+/// Every always-denied entry of a policy that opens none: the ranges and
+/// the metadata hosts inside them.
+fn deny_len() -> usize {
+    kernel_deny_entries().len() + kernel_metadata_hosts().len()
 }
 
 #[test]
@@ -97,11 +108,19 @@ fn all_ports_collapses_the_union() {
 fn empty_policy_has_only_deny_entries() {
     let c = compiled("egress: []");
     let deny = kernel_deny_entries();
-    assert_eq!(c.cidr_entries.len(), deny.len());
+    assert_eq!(c.cidr_entries.len(), deny_len());
     for (net, kind) in deny {
         let e = c.cidr_entries.iter().find(|e| e.net == net).unwrap();
-        assert_eq!(e.value, CidrValue { kind, ..CidrValue::default() });
+        assert_eq!(e.value, CidrValue { kind, range: range_class(net), ..CidrValue::default() });
+        assert_ne!(e.value.range, 0, "{net} has a range class");
     }
+    for host in kernel_metadata_hosts() {
+        let e = c.cidr_entries.iter().find(|e| e.net == host).unwrap();
+        assert_eq!((e.value.kind, e.value.range), (CIDR_KIND_DENY_RANGE, agent_common::flow::range::METADATA));
+    }
+    assert_eq!(lpm(&c, "169.254.169.254").unwrap().value.range, agent_common::flow::range::METADATA);
+    assert_eq!(lpm(&c, "169.254.1.1").unwrap().value.range, agent_common::flow::range::LINK_LOCAL);
+    assert_eq!(lpm(&c, "10.1.1.1").unwrap().value.range, agent_common::flow::range::PRIVATE);
     assert!(c.fqdn_rules.is_empty());
     assert!(!c.may_resolve("example.com"));
     assert_eq!(lpm(&c, "127.0.0.1").unwrap().value.kind, CIDR_KIND_LOOPBACK);
@@ -137,7 +156,7 @@ egress:
 #[test]
 fn rule_equal_to_a_deny_range_replaces_it() {
     let c = compiled("egress:\n  - toCIDRs: [\"10.0.0.0/8\"]\n    ports: [{port: 5432}]\n");
-    assert_eq!(c.cidr_entries.len(), kernel_deny_entries().len());
+    assert_eq!(c.cidr_entries.len(), deny_len(), "10/8 replaced by the allow entry");
     let e = entry(&c, "10.0.0.0/8");
     assert_eq!(e.value.kind, CIDR_KIND_ALLOW);
     assert_eq!(e.value.inside_deny_range, 1);
@@ -150,7 +169,7 @@ fn rule_equal_to_a_deny_range_replaces_it() {
 #[test]
 fn broader_rule_does_not_open_deny_ranges() {
     let c = compiled("egress:\n  - toCIDRs: [\"0.0.0.0/0\", \"::/0\"]\n    ports: [{port: 443}]\n");
-    assert_eq!(c.cidr_entries.len(), kernel_deny_entries().len() + 2);
+    assert_eq!(c.cidr_entries.len(), deny_len() + 2);
     let all4 = entry(&c, "0.0.0.0/0");
     assert_eq!(all4.net.to_string(), "::ffff:0.0.0.0/96");
     assert_eq!(all4.value.inside_deny_range, 0);
@@ -220,7 +239,7 @@ fn too_many_ports_names_the_rule() {
     // 8 fits; adjacent ports merge, so 20 consecutive ports are one range.
     let ports8 = ports9[..8].join(", ");
     let yaml = format!("egress:\n  - toCIDRs: [\"192.0.2.0/24\"]\n    ports: [{ports8}]\n");
-    assert_eq!(compile(&policy(&yaml), no_default).unwrap().cidr_entries.len(), kernel_deny_entries().len() + 1);
+    assert_eq!(compile(&policy(&yaml), no_default).unwrap().cidr_entries.len(), deny_len() + 1);
     // ANY triples the ranges, and inherited ports count too.
     let yaml = "egress:\n  - toCIDRs: [\"192.0.2.0/24\"]\n    ports: [{port: 1, protocol: ANY}, {port: 3, protocol: ANY}]\n  - toCIDRs: [\"192.0.2.0/25\"]\n    ports: [{port: 5, protocol: ANY}]\n";
     let e = compile(&policy(yaml), no_default).unwrap_err().to_string();
@@ -274,4 +293,42 @@ fn system_resolvers_plugs_in() {
     // Explicit servers: system_resolvers is type-checked here but not called.
     let c = compile(&policy("dns: {servers: [\"198.51.100.53\"]}"), super::super::system_resolvers).unwrap();
     assert_eq!(c.dns_servers, ["198.51.100.53:53".parse::<SocketAddr>().unwrap()]);
+}
+
+#[test]
+fn rule_ids_follow_policy_order_and_name_the_entry() {
+    let c = compiled(
+        r#"
+egress:
+  - toFQDNs: [{matchName: api.example.com}]
+    ports: [{port: 443}]
+  - toCIDRs: ["192.0.2.0/24"]
+    ports: [{port: 80}]
+  - toCIDRs: ["192.0.2.0/24"]
+    ports: [{port: 81}, {port: 443}]
+  - toFQDNs: [{matchPattern: "*.example.com"}]
+"#,
+    );
+    assert_eq!(c.rules.len(), 4);
+    assert_eq!(c.rule_text(1), Some("egress[0] toFQDNs api.example.com ports 443/tcp"));
+    assert!(c.rule_text(2).unwrap().starts_with("egress[1] toCIDRs 192.0.2.0/24"));
+    assert_eq!(c.rule_text(5), None);
+    assert_eq!(c.rule_text(0), None);
+    // 80 and 81 are adjacent but from different rules: two ranges.
+    let e = entry(&c, "192.0.2.0/24");
+    assert_eq!(ports(e), [tcp(80, 80), tcp(81, 81), tcp(443, 443)]);
+    assert_eq!(rules_of(e), [2, 3, 3]);
+    assert_eq!(c.rule_for("api.example.com", proto::TCP, 443), 1);
+    assert_eq!(c.rule_for("api.example.com", proto::TCP, 80), 4, "the wildcard rule allows every port");
+    assert_eq!(c.rule_for("www.example.com", proto::UDP, 53), 4);
+    assert_eq!(c.rule_for("other.org", proto::TCP, 443), 0);
+}
+
+#[test]
+fn an_allow_as_wide_as_link_local_opens_metadata_as_before() {
+    let c = compiled("egress:\n  - toCIDRs: [\"169.254.0.0/16\"]\n");
+    assert_eq!(lpm(&c, "169.254.169.254").unwrap().value.kind, CIDR_KIND_ALLOW);
+    let c = compiled("egress:\n  - toCIDRs: [\"0.0.0.0/0\"]\n");
+    let e = lpm(&c, "169.254.169.254").unwrap();
+    assert_eq!((e.value.kind, e.value.range), (CIDR_KIND_DENY_RANGE, agent_common::flow::range::METADATA));
 }

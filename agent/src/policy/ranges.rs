@@ -9,7 +9,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use agent_common::{CIDR_KIND_DENY_RANGE, CIDR_KIND_LOOPBACK};
+use agent_common::{CIDR_KIND_DENY_RANGE, CIDR_KIND_LOOPBACK, flow::range};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 struct V4Range {
@@ -127,6 +127,68 @@ fn embed(prefix: u128, n: Ipv4Net) -> Ipv6Net {
     Ipv6Net::new_assert(Ipv6Addr::from_bits(bits), 96 + n.prefix_len())
 }
 
+/// The class (`agent_common::flow::range`) of an always-denied range,
+/// given as listed or in its kernel form (IPv4-mapped or NAT64), for the
+/// kernel's per-range counts and the blocked log's `range`.
+pub fn range_class(net: Ipv6Net) -> u32 {
+    let a = net.network();
+    let v4 = a.to_ipv4_mapped().or_else(|| (a.to_bits() >> 32 == NAT64_PREFIX >> 32).then(|| Ipv4Addr::from_bits(a.to_bits() as u32)));
+    match v4 {
+        Some(v4) => match v4.octets() {
+            [169, 254, 169, 254] | [168, 63, 129, 16] | [100, 100, 100, 200] => range::METADATA,
+            [169, 254, ..] => range::LINK_LOCAL,
+            [10, ..] | [192, 168, ..] => range::PRIVATE,
+            [172, b, ..] if b & 0xf0 == 16 => range::PRIVATE,
+            [100, b, ..] if b & 0xc0 == 64 => range::CGNAT,
+            [127, ..] => range::LOOPBACK,
+            [0, ..] => range::THIS_NETWORK,
+            [a, ..] if a & 0xf0 == 224 => range::MULTICAST,
+            _ => range::RESERVED,
+        },
+        None => {
+            let s = a.segments();
+            if a.segments() == [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254] {
+                range::METADATA
+            } else if a.is_loopback() {
+                range::LOOPBACK
+            } else if a.is_unspecified() && net.prefix_len() == 128 {
+                range::UNSPECIFIED
+            } else if s[0] & 0xffc0 == 0xfe80 {
+                range::LINK_LOCAL
+            } else if s[0] & 0xfe00 == 0xfc00 {
+                range::UNIQUE_LOCAL
+            } else if s[0] & 0xff00 == 0xff00 {
+                range::MULTICAST
+            } else if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
+                range::NAT64_LOCAL
+            } else {
+                range::RESERVED
+            }
+        }
+    }
+}
+
+/// The class name of the range `ip` falls in (`metadata`, `private`...),
+/// for the blocked log and metrics; `None` outside every range.
+pub fn range_name(ip: IpAddr) -> Option<&'static str> {
+    let r = deny_reason(ip)?;
+    let net = match r.net {
+        IpNet::V4(n) => embed(MAPPED_PREFIX, n),
+        IpNet::V6(n) => n,
+    };
+    // The metadata addresses are single hosts inside wider ranges.
+    let host = match ip {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(a) => a.to_ipv4_mapped().or_else(|| (a.to_bits() >> 32 == NAT64_PREFIX >> 32).then(|| Ipv4Addr::from_bits(a.to_bits() as u32))),
+    };
+    if host.is_some_and(|h| h.octets() == [169, 254, 169, 254] || h.octets() == [100, 100, 100, 200])
+        || ip == IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254))
+    {
+        return Some(range::name(range::METADATA));
+    }
+    Some(range::name(range_class(net)))
+}
+
 /// Which always-denied range `ip` falls in (the most specific one, as the
 /// kernel's longest-prefix match would pick), if any.
 pub fn deny_reason(ip: IpAddr) -> Option<DeniedRange> {
@@ -163,6 +225,21 @@ fn v4_reason(a: Ipv4Addr, via: Embedding) -> Option<DeniedRange> {
 /// (Only an explicit CIDR rule can open a hole in these ranges.)
 pub fn is_always_denied(ip: IpAddr) -> bool {
     deny_reason(ip).is_some()
+}
+
+/// Cloud metadata services, single hosts inside always-denied ranges: in
+/// the kernel as entries of their own (denied the same way), so a denial
+/// is counted as `metadata`, not as the range around it. In canonical
+/// form (IPv4 mapped and NAT64).
+pub fn kernel_metadata_hosts() -> Vec<Ipv6Net> {
+    let mut out = Vec::new();
+    for v4 in [Ipv4Addr::new(169, 254, 169, 254), Ipv4Addr::new(100, 100, 100, 200)] {
+        let n = Ipv4Net::new_assert(v4, 32);
+        out.push(embed(MAPPED_PREFIX, n));
+        out.push(embed(NAT64_PREFIX, n));
+    }
+    out.push(Ipv6Net::new_assert(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254), 128));
+    out
 }
 
 /// The always-denied ranges as canonical kernel `CIDRS` entries with their

@@ -94,7 +94,10 @@ impl State {
             }
             let done = self.learned.learn(id, &r.name, &ports, &[(key_bytes(r.ip), r.expires_ns)], now, Default::default);
             adopted += done.allowed.len();
-            if let Err(e) = self.apply(done.changes) {
+            let policy = super::ep_policy(&self.endpoints, id);
+            let name = r.name.as_str();
+            let rule_of = |k: &LearnedKey| policy.as_ref().map_or(0, |p| p.rule_for(name, k.proto, u16::from_be_bytes(k.port)));
+            if let Err(e) = self.apply_with(done.changes, rule_of) {
                 first = first.and(Err(e));
             }
         }

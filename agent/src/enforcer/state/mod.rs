@@ -21,7 +21,7 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{DnsServerKey, ENDPOINT_F_AUDIT, ENDPOINT_F_EXEMPT, EndpointInfo, LearnedValue, MAX_ENDPOINTS};
+use agent_common::{DnsServerKey, ENDPOINT_F_AUDIT, ENDPOINT_F_EXEMPT, EndpointInfo, LearnedKey, LearnedValue, MAX_ENDPOINTS};
 use aya::maps::MapError;
 use thiserror::Error;
 use tracing::warn;
@@ -171,7 +171,7 @@ pub struct State {
     adopted: HashMap<u64, EndpointInfo>,
     /// Learned keys found in pinned maps that no adopted pair explains:
     /// kept until their expiry, then removed.
-    orphans: Vec<(agent_common::LearnedKey, u64)>,
+    orphans: Vec<(LearnedKey, u64)>,
     /// Bumped on every change of learned state (for snapshots).
     version: u64,
     /// Where the caps learn which addresses have live connections.
@@ -259,6 +259,10 @@ impl State {
         for s in &policy.dns_servers {
             self.maps.insert_dns_server(dns_key(id, *s)).map_err(map_err("DNS_SERVERS"))?;
         }
+        if adopted.is_none() {
+            // A fresh id: its counts start at 0 (an adopted one's go on).
+            self.maps.reset_flow_counters(id).map_err(map_err("FLOW_COUNTERS"))?;
+        }
         let info = EndpointInfo { endpoint: id, flags: mode.flags(), generation: 0 };
         self.maps.add_endpoint(cgroup_id, info).map_err(map_err("ENDPOINTS"))?;
         if adopted.is_some() {
@@ -304,6 +308,13 @@ impl State {
     /// denied in the kernel (fail closed); a failed removal leaves a key the
     /// kernel refuses once its expiry passes.
     fn apply(&mut self, changes: Changes) -> Result<(), StateError> {
+        self.apply_with(changes, |_| 0)
+    }
+
+    /// `apply`, each inserted key carrying the rule `rule_of` names for it
+    /// (`LearnedValue::rule`; a change that does not know it passes 0 and
+    /// the key keeps the rule it had).
+    fn apply_with(&mut self, changes: Changes, rule_of: impl Fn(&LearnedKey) -> u32) -> Result<(), StateError> {
         if !changes.removes.is_empty() || !changes.inserts.is_empty() {
             self.version += 1;
         }
@@ -312,7 +323,11 @@ impl State {
             first = Err(map_err("LEARNED")(e));
         }
         for (k, expires_ns) in changes.inserts {
-            if let Err(e) = self.maps.insert_learned(k, LearnedValue { expires_ns }) {
+            let rule = match rule_of(&k) {
+                0 => self.maps.learned_rule(&k),
+                r => r,
+            };
+            if let Err(e) = self.maps.insert_learned(k, LearnedValue { expires_ns, rule, _pad: 0 }) {
                 first = first.and(Err(map_err("LEARNED")(e)));
             }
         }
@@ -363,7 +378,8 @@ impl State {
             warn!(endpoint = id, name = qname, ips = ?out.refused,
                 "learned-address caps reached and every candidate has a live connection; not learned");
         }
-        self.apply(done.changes)?;
+        let policy = ep_policy(&self.endpoints, id);
+        self.apply_with(done.changes, |k| policy.as_ref().map_or(0, |p| p.rule_for(qname, k.proto, u16::from_be_bytes(k.port))))?;
         Ok(out)
     }
 
@@ -387,6 +403,11 @@ impl State {
     pub fn learned_total(&self) -> usize {
         self.learned.total_keys()
     }
+}
+
+/// Endpoint `id`'s policy (shared, so a borrow of the state can end).
+fn ep_policy(endpoints: &HashMap<u32, Endpoint>, id: u32) -> Option<Arc<CompiledPolicy>> {
+    endpoints.get(&id).map(|e| e.policy.clone())
 }
 
 fn dns_key(endpoint: u32, s: SocketAddr) -> DnsServerKey {

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use agent_common::EndpointInfo;
+use agent_common::{EndpointInfo, LearnedKey, LearnedValue};
 
 use super::{Identity, Mode, State, StateError, boot_ns, dns_key, map_err};
 use crate::policy::CompiledPolicy;
@@ -54,6 +54,7 @@ impl State {
         let (revoked_pairs, changes) = self.learned.repolicy(id, |name| policy.ports_for_name(name), boot_ns());
         let out = PolicyChange { revoked_pairs, keys_removed: changes.removes.len(), keys_written: changes.inserts.len() };
         self.apply(changes)?;
+        self.relabel_rules(id, &policy)?;
         self.prune_policy_entries(id, &policy)?;
         let was = self.endpoints.get(&id).map(|e| e.mode);
         if was != Some(mode) {
@@ -77,5 +78,30 @@ impl State {
         ep.mode = mode;
         self.version += 1;
         Ok(out)
+    }
+}
+
+impl State {
+    /// Gives every learned key of endpoint `id` the id of the rule that
+    /// allows it under `policy` (rule ids follow the policy's order, which a
+    /// change may shift), so per-rule counts name the right entry.
+    fn relabel_rules(&mut self, id: u32, policy: &CompiledPolicy) -> Result<(), StateError> {
+        let mut first = Ok(());
+        for (ep, name, ip, _) in self.learned.pairs() {
+            if ep != id {
+                continue;
+            }
+            for p in policy.ports_for_name(&name) {
+                let key = LearnedKey { endpoint: id, proto: p.proto, _pad: 0, port: p.port.to_be_bytes(), ip };
+                let rule = policy.rule_for(&name, p.proto, p.port);
+                let Some(expires_ns) = self.learned.key(&key) else { continue };
+                if self.maps.learned_rule(&key) != rule
+                    && let Err(e) = self.maps.insert_learned(key, LearnedValue { expires_ns, rule, _pad: 0 })
+                {
+                    first = first.and(Err(map_err("LEARNED")(e)));
+                }
+            }
+        }
+        first
     }
 }

@@ -10,12 +10,14 @@ impl State {
     /// Judges what crosses `ifindex` (host side) by endpoint `id`'s policy;
     /// `addrs` are the pod's addresses (any other source is dropped). Again
     /// for the same interface: the addresses are replaced.
-    pub fn add_veth(&mut self, id: u32, ifindex: u32, addrs: &[IpAddr]) -> Result<(), StateError> {
+    /// `counts`: the veth programs count the endpoint's flows
+    /// (`TC_IFACE_F_FLOW_COUNTS`).
+    pub fn add_veth(&mut self, id: u32, ifindex: u32, addrs: &[IpAddr], counts: bool) -> Result<(), StateError> {
         if let Some(other) = self.endpoints.values().find(|e| e.id != id && e.veths.contains(&ifindex)) {
             return Err(StateError::VethTaken { ifindex, endpoint: other.id });
         }
         let ep = self.endpoints.get(&id).ok_or(StateError::UnknownEndpoint(id))?;
-        let flags = ep.mode.flags();
+        let flags = ep.mode.flags() | if counts { agent_common::TC_IFACE_F_FLOW_COUNTS } else { 0 };
         self.maps.veth().assign(ifindex, id, flags, addrs).map_err(map_err("TC_IFACES"))?;
         let ep = self.endpoints.get_mut(&id).ok_or(StateError::UnknownEndpoint(id))?;
         if !ep.veths.contains(&ifindex) {

@@ -1,0 +1,99 @@
+//! Per-endpoint flow counters (`FLOW_COUNTERS`): one `FlowCounters` per
+//! endpoint id and CPU, bumped where a hook already knows the endpoint
+//! (a verdict, the veth's interface lookup, the packet programs' memo), so
+//! counting adds no hash lookup. The agent sums the CPUs at scrape time.
+//!
+//! Memory: `FLOW_ENDPOINTS` x 1 KiB per possible CPU (1 MiB per CPU).
+//! Endpoint ids are the smallest free ones, so a node's pods stay far
+//! below the bound; an endpoint with a larger id is counted node-wide only.
+
+use crate::Reason;
+
+/// Endpoint ids below this are counted per endpoint.
+pub const FLOW_ENDPOINTS: u32 = 1024;
+/// Counters per endpoint; a power of two.
+pub const FLOW_SLOTS: usize = 128;
+
+/// Where each count lives in `FlowCounters::slots`.
+pub mod slot {
+    /// + reason: connections (`connect()`, a TCP SYN on the veth).
+    pub const CONNECTION: u32 = 0;
+    /// + reason: datagrams and other packets judged one by one.
+    pub const DATAGRAM: u32 = 32;
+    /// Reasons counted per kind (every `Reason` value is below it).
+    pub const REASONS: u32 = 32;
+    /// + rule id: allowed connections and datagrams by the policy entry
+    /// that allowed them; rule ids at or past `RULES` (and 0) share `RULE`.
+    pub const RULE: u32 = 64;
+    pub const RULES: u32 = 48;
+    /// + range id (`super::range`): denials by always-denied range.
+    pub const RANGE: u32 = 112;
+    pub const RANGES: u32 = 12;
+    pub const EGRESS_BYTES: u32 = 124;
+    pub const INGRESS_BYTES: u32 = 125;
+    pub const EGRESS_PACKETS: u32 = 126;
+    pub const INGRESS_PACKETS: u32 = 127;
+}
+
+/// Always-denied range classes (`CidrValue::range`), for
+/// `portcullis_denied_range_total{range}` and the blocked log.
+pub mod range {
+    pub const NONE: u32 = 0;
+    pub const METADATA: u32 = 1;
+    pub const LINK_LOCAL: u32 = 2;
+    pub const PRIVATE: u32 = 3;
+    pub const LOOPBACK: u32 = 4;
+    pub const CGNAT: u32 = 5;
+    pub const MULTICAST: u32 = 6;
+    pub const RESERVED: u32 = 7;
+    pub const UNIQUE_LOCAL: u32 = 8;
+    pub const NAT64_LOCAL: u32 = 9;
+    pub const THIS_NETWORK: u32 = 10;
+    pub const UNSPECIFIED: u32 = 11;
+
+    /// The label value of a range class.
+    pub const fn name(id: u32) -> &'static str {
+        match id {
+            METADATA => "metadata",
+            LINK_LOCAL => "link-local",
+            PRIVATE => "private",
+            LOOPBACK => "loopback",
+            CGNAT => "cgnat",
+            MULTICAST => "multicast",
+            RESERVED => "reserved",
+            UNIQUE_LOCAL => "unique-local",
+            NAT64_LOCAL => "nat64-local",
+            THIS_NETWORK => "this-network",
+            UNSPECIFIED => "unspecified",
+            _ => "other",
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowCounters {
+    pub slots: [u64; FLOW_SLOTS],
+}
+const _: () = assert!(size_of::<FlowCounters>() == 8 * FLOW_SLOTS);
+const _: () = assert!(slot::RANGE + slot::RANGES <= slot::EGRESS_BYTES);
+const _: () = assert!(slot::RULE + slot::RULES <= slot::RANGE);
+const _: () = assert!(Reason::DeniedSpoofed as u32 + 1 <= slot::REASONS);
+
+impl Default for FlowCounters {
+    fn default() -> Self {
+        Self { slots: [0; FLOW_SLOTS] }
+    }
+}
+
+/// The slot counting an allowance by `rule`.
+#[inline(always)]
+pub const fn rule_slot(rule: u32) -> u32 {
+    if rule > 0 && rule < slot::RULES { slot::RULE + rule } else { slot::RULE }
+}
+
+/// The slot counting a denial in range class `range`.
+#[inline(always)]
+pub const fn range_slot(range: u32) -> u32 {
+    slot::RANGE + if range < slot::RANGES { range } else { 0 }
+}

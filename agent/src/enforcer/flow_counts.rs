@@ -1,0 +1,102 @@
+//! Per-endpoint flow counts from the kernel (`FLOW_COUNTERS`), read
+//! through the counters' own handle: a scrape never holds the state lock
+//! while it reads per-CPU values. Rule ids become the policy entries' text
+//! here (`CompiledPolicy::rules`), range ids their class names.
+
+use std::collections::HashMap;
+
+use agent_common::{FlowCounters, Reason, flow::range, flow::slot};
+
+use super::Enforcer;
+
+/// One endpoint's counts since its id was given out (pinned: they survive
+/// an agent restart or upgrade).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowCounts {
+    /// By `Reason` value: connections (`connect()`, a TCP SYN on the veth).
+    pub connections: [u64; Reason::MAX as usize],
+    /// By `Reason` value: datagrams and other packets judged one by one.
+    pub datagrams: [u64; Reason::MAX as usize],
+    /// Allowed connections and datagrams by the policy entry's text, every
+    /// entry of the current policy listed (at 0 until used); allowances by
+    /// an entry past the counted ones, or by none known, under "other".
+    pub rules: Vec<(String, u64)>,
+    /// Always-denied range denials by class, every class listed.
+    pub ranges: Vec<(&'static str, u64)>,
+    pub egress_bytes: u64,
+    pub ingress_bytes: u64,
+    pub egress_packets: u64,
+    pub ingress_packets: u64,
+}
+
+impl FlowCounts {
+    /// The counts in `c`, rules named from `rules` (`CompiledPolicy::rules`).
+    pub fn from_kernel(c: &FlowCounters, rules: &[String]) -> Self {
+        let at = |s: u32| c.slots.get(s as usize).copied().unwrap_or(0);
+        let mut connections = [0; Reason::MAX as usize];
+        let mut datagrams = [0; Reason::MAX as usize];
+        for r in 0..slot::REASONS {
+            connections[r as usize] = at(slot::CONNECTION + r);
+            datagrams[r as usize] = at(slot::DATAGRAM + r);
+        }
+        let mut listed: Vec<(String, u64)> = Vec::with_capacity(rules.len() + 1);
+        let mut other = at(slot::RULE);
+        for (i, text) in rules.iter().enumerate() {
+            let id = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            if id < slot::RULES {
+                listed.push((text.clone(), at(slot::RULE + id)));
+            }
+        }
+        // Ids past the counted ones share the "other" slot with id 0.
+        if rules.len() as u32 >= slot::RULES || other > 0 {
+            other = other.max(at(slot::RULE));
+            listed.push(("other".to_owned(), other));
+        }
+        let ranges = (1..slot::RANGES).map(|r| (range::name(r), at(slot::RANGE + r))).collect();
+        Self {
+            connections,
+            datagrams,
+            rules: listed,
+            ranges,
+            egress_bytes: at(slot::EGRESS_BYTES),
+            ingress_bytes: at(slot::INGRESS_BYTES),
+            egress_packets: at(slot::EGRESS_PACKETS),
+            ingress_packets: at(slot::INGRESS_PACKETS),
+        }
+    }
+}
+
+impl Enforcer {
+    /// Every endpoint's flow counts, by endpoint id. The endpoints (and
+    /// their rules) are copied out in one short lock; the per-CPU reads
+    /// happen after it.
+    pub fn flow_counts(&self) -> HashMap<u32, FlowCounts> {
+        let eps: Vec<(u32, Vec<String>)> = self.snapshot().into_iter().map(|r| (r.view.id, r.view.policy.rules.clone())).collect();
+        eps.into_iter()
+            .filter_map(|(id, rules)| Some((id, FlowCounts::from_kernel(&self.counters.flows.read(id)?, &rules))))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_become_named_counts() {
+        let mut c = FlowCounters::default();
+        c.slots[(slot::CONNECTION + Reason::AllowedFqdn as u32) as usize] = 5;
+        c.slots[(slot::DATAGRAM + Reason::DeniedRange as u32) as usize] = 2;
+        c.slots[(slot::RULE + 2) as usize] = 4;
+        c.slots[(slot::RANGE + range::METADATA) as usize] = 2;
+        c.slots[slot::EGRESS_BYTES as usize] = 1500;
+        let rules = vec!["egress[0] toFQDNs a.example".to_owned(), "egress[1] toFQDNs b.example".to_owned()];
+        let f = FlowCounts::from_kernel(&c, &rules);
+        assert_eq!(f.connections[Reason::AllowedFqdn as usize], 5);
+        assert_eq!(f.datagrams[Reason::DeniedRange as usize], 2);
+        assert_eq!(f.rules, vec![(rules[0].clone(), 0), (rules[1].clone(), 4)]);
+        assert!(f.ranges.contains(&("metadata", 2)));
+        assert!(f.ranges.contains(&("private", 0)));
+        assert_eq!(f.egress_bytes, 1500);
+    }
+}
