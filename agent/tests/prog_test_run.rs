@@ -384,3 +384,36 @@ fn ipv6_routing_headers_are_dropped() {
     assert_eq!(run(egress, &deep, 0), DROP, "7 extension headers");
     assert_eq!(h.counter(Hook::SkbEgress, Reason::DeniedMalformed), 1);
 }
+
+#[test]
+fn flow_counts_per_endpoint_with_rule_and_range() {
+    use agent_common::flow::range;
+    use portcullis::enforcer::FlowCounts;
+    let Some(mut h) = harness(false) else { return };
+    let flows = h.state.maps.counter_reader();
+    h.learn("api.example.test", "203.0.113.10", 60);
+    assert_eq!(h.egress("203.0.113.10", L4::Tcp(443)), ALLOW);
+    assert_eq!(h.egress("203.0.113.10", L4::Tcp(443)), ALLOW);
+    assert_eq!(h.egress("10.1.2.3", L4::Tcp(8080)), ALLOW);
+    assert_eq!(h.egress("169.254.169.254", L4::Tcp(80)), DROP);
+    assert_eq!(h.egress("::ffff:169.254.169.254", L4::Udp(80)), DROP);
+    assert_eq!(h.egress("10.2.0.1", L4::Tcp(80)), DROP);
+    assert_eq!(h.egress("203.0.113.99", L4::Tcp(443)), DROP);
+    let raw = flows.flows.read(h.ep).expect("counted endpoint");
+    let rules: Vec<String> = (1..=3).map(|i| format!("rule {i}")).collect();
+    let c = FlowCounts::from_kernel(&raw, &rules);
+    // Packets judged one by one are datagrams (connections are counted
+    // by the connect hooks).
+    assert_eq!(c.datagrams[Reason::AllowedFqdn as usize], 2);
+    assert_eq!(c.datagrams[Reason::AllowedCidr as usize], 1);
+    assert_eq!(c.datagrams[Reason::DeniedRange as usize], 3);
+    assert_eq!(c.datagrams[Reason::DeniedDefault as usize], 1);
+    assert_eq!(c.connections.iter().sum::<u64>(), 0);
+    assert_eq!(c.rules, vec![("rule 1".to_owned(), 2), ("rule 2".to_owned(), 0), ("rule 3".to_owned(), 1)]);
+    let by_range = |r: u32| c.ranges.iter().find(|(n, _)| *n == range::name(r)).unwrap().1;
+    assert_eq!(by_range(range::METADATA), 2, "169.254.169.254, also IPv4-mapped, is counted as metadata");
+    assert_eq!(by_range(range::PRIVATE), 1);
+    assert_eq!(by_range(range::LINK_LOCAL), 0);
+    assert!(c.egress_bytes >= 3 * 40, "bytes of the allowed packets: {}", c.egress_bytes);
+    assert_eq!(c.egress_packets, 3);
+}
