@@ -67,10 +67,10 @@ pub fn is_trusted_resolver(m: &impl PolicyMaps, endpoint: u32, d: &Dest) -> bool
 fn learned(m: &impl PolicyMaps, endpoint: u32, d: &Dest) -> Option<(u64, u32)> {
     let now = m.now_ns();
     let mut key = LearnedKey { endpoint, proto: d.proto, _pad: 0, port: d.port, ip: d.ip };
-    if let Some((expires, rule)) = m.learned(&key) {
-        if expires > now {
-            return Some((expires - now, rule));
-        }
+    if let Some((expires, rule)) = m.learned(&key)
+        && expires > now
+    {
+        return Some((expires - now, rule));
     }
     key.proto = proto::ANY;
     key.port = [0, 0];

@@ -16,17 +16,17 @@ pub const FLOW_SLOTS: usize = 128;
 
 /// Where each count lives in `FlowCounters::slots`.
 pub mod slot {
-    /// + reason: connections (`connect()`, a TCP SYN on the veth).
+    /// Plus a reason: connections (`connect()`, a TCP SYN on the veth).
     pub const CONNECTION: u32 = 0;
-    /// + reason: datagrams and other packets judged one by one.
+    /// Plus a reason: datagrams and other packets judged one by one.
     pub const DATAGRAM: u32 = 32;
     /// Reasons counted per kind (every `Reason` value is below it).
     pub const REASONS: u32 = 32;
-    /// + rule id: allowed connections and datagrams by the policy entry
-    /// that allowed them; rule ids at or past `RULES` (and 0) share `RULE`.
+    /// Plus a rule id: allowed connections and datagrams by the policy
+    /// entry that allowed them; ids at or past `RULES` (and 0) share `RULE`.
     pub const RULE: u32 = 64;
     pub const RULES: u32 = 48;
-    /// + range id (`super::range`): denials by always-denied range.
+    /// Plus a range id (`super::range`): denials by always-denied range.
     pub const RANGE: u32 = 112;
     pub const RANGES: u32 = 12;
     pub const EGRESS_BYTES: u32 = 124;
@@ -78,7 +78,7 @@ pub struct FlowCounters {
 const _: () = assert!(size_of::<FlowCounters>() == 8 * FLOW_SLOTS);
 const _: () = assert!(slot::RANGE + slot::RANGES <= slot::EGRESS_BYTES);
 const _: () = assert!(slot::RULE + slot::RULES <= slot::RANGE);
-const _: () = assert!(Reason::DeniedSpoofed as u32 + 1 <= slot::REASONS);
+const _: () = assert!((Reason::DeniedSpoofed as u32) < slot::REASONS);
 
 impl Default for FlowCounters {
     fn default() -> Self {

@@ -174,6 +174,19 @@ where
         .map_err(|source| LoadError::Program { name, source })
 }
 
+/// Whether loads count per endpoint (`FLOW_COUNTING` in the object): on
+/// unless `--no-flow-counters` (the bench's "counting off").
+static FLOW_COUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+pub fn set_flow_counting(on: bool) {
+    FLOW_COUNTING.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The value loads give `FLOW_COUNTING`.
+pub fn flow_counting() -> u32 {
+    u32::from(FLOW_COUNTING.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,17 +200,4 @@ mod tests {
             assert!(PROGRAMS[..i].iter().all(|q| q.name != p.name && q.attach_type != p.attach_type), "{p:?} twice");
         }
     }
-}
-
-/// Whether loads count per endpoint (`FLOW_COUNTING` in the object): on
-/// unless `--no-flow-counters` (the bench's "counting off").
-static FLOW_COUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-pub fn set_flow_counting(on: bool) {
-    FLOW_COUNTING.store(on, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// The value loads give `FLOW_COUNTING`.
-pub fn flow_counting() -> u32 {
-    u32::from(FLOW_COUNTING.load(std::sync::atomic::Ordering::Relaxed))
 }

@@ -71,7 +71,8 @@ impl Enforcer {
     /// their rules) are copied out in one short lock; the per-CPU reads
     /// happen after it.
     pub fn flow_counts(&self) -> HashMap<u32, FlowCounts> {
-        let eps: Vec<(u32, Vec<String>)> = self.snapshot().into_iter().map(|r| (r.view.id, r.view.policy.rules.clone())).collect();
+        let eps: Vec<(u32, Vec<String>)> =
+            self.snapshot().into_iter().map(|r| (r.view.id, r.view.policy.rules.clone())).collect();
         eps.into_iter()
             .filter_map(|(id, rules)| Some((id, FlowCounts::from_kernel(&self.counters.flows.read(id)?, &rules))))
             .collect()

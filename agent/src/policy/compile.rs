@@ -277,7 +277,11 @@ fn cidr_entries(allows: &BTreeMap<Ipv6Net, (BTreeMap<PortKey, u32>, Vec<String>)
         let mut value = CidrValue {
             kind: CIDR_KIND_ALLOW,
             inside_deny_range: u32::from(deny.iter().any(|(d, _)| d.contains(p))),
-            range: deny.iter().filter(|(d, _)| d.contains(p)).max_by_key(|(d, _)| d.prefix_len()).map_or(0, |(d, _)| range_class(*d)),
+            range: deny
+                .iter()
+                .filter(|(d, _)| d.contains(p))
+                .max_by_key(|(d, _)| d.prefix_len())
+                .map_or(0, |(d, _)| range_class(*d)),
             // Bounded by CIDR_MAX_PORTS just above.
             nports: ranges.len() as u32,
             ..CidrValue::default()
@@ -304,7 +308,13 @@ fn port_ranges(keys: &BTreeMap<PortKey, u32>) -> Vec<PortRange> {
             Some(r) if r.proto == k.proto && r.rule == rule16(*id) && u32::from(r.port_hi) + 1 == u32::from(k.port) => {
                 r.port_hi = k.port;
             }
-            _ => out.push(PortRange { proto: k.proto, port_lo: k.port, port_hi: k.port, rule: rule16(*id), ..PortRange::default() }),
+            _ => out.push(PortRange {
+                proto: k.proto,
+                port_lo: k.port,
+                port_hi: k.port,
+                rule: rule16(*id),
+                ..PortRange::default()
+            }),
         }
     }
     out

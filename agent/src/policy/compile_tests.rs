@@ -4,10 +4,10 @@ use std::cell::Cell;
 use std::convert::Infallible;
 use std::net::IpAddr;
 
-use agent_common::{CIDR_KIND_DENY_RANGE, CIDR_KIND_LOOPBACK};
+use agent_common::CIDR_KIND_LOOPBACK;
 
 use super::super::overrides::Overrides;
-use super::super::ranges::{canonical, kernel_metadata_hosts};
+use super::super::ranges::canonical;
 use super::*;
 
 fn policy(yaml: &str) -> Policy {

@@ -132,7 +132,8 @@ fn embed(prefix: u128, n: Ipv4Net) -> Ipv6Net {
 /// kernel's per-range counts and the blocked log's `range`.
 pub fn range_class(net: Ipv6Net) -> u32 {
     let a = net.network();
-    let v4 = a.to_ipv4_mapped().or_else(|| (a.to_bits() >> 32 == NAT64_PREFIX >> 32).then(|| Ipv4Addr::from_bits(a.to_bits() as u32)));
+    let v4 =
+        a.to_ipv4_mapped().or_else(|| (a.to_bits() >> 32 == NAT64_PREFIX >> 32).then(|| Ipv4Addr::from_bits(a.to_bits() as u32)));
     match v4 {
         Some(v4) => match v4.octets() {
             [169, 254, 169, 254] | [168, 63, 129, 16] | [100, 100, 100, 200] => range::METADATA,
@@ -179,7 +180,9 @@ pub fn range_name(ip: IpAddr) -> Option<&'static str> {
     // The metadata addresses are single hosts inside wider ranges.
     let host = match ip {
         IpAddr::V4(a) => Some(a),
-        IpAddr::V6(a) => a.to_ipv4_mapped().or_else(|| (a.to_bits() >> 32 == NAT64_PREFIX >> 32).then(|| Ipv4Addr::from_bits(a.to_bits() as u32))),
+        IpAddr::V6(a) => a
+            .to_ipv4_mapped()
+            .or_else(|| (a.to_bits() >> 32 == NAT64_PREFIX >> 32).then(|| Ipv4Addr::from_bits(a.to_bits() as u32))),
     };
     if host.is_some_and(|h| h.octets() == [169, 254, 169, 254] || h.octets() == [100, 100, 100, 200])
         || ip == IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254))
