@@ -39,6 +39,11 @@ pub enum Command {
     /// Validate a policy file and print what it compiles to.
     #[command(after_help = CHECK_EXAMPLES)]
     CheckPolicy(CheckArgs),
+    /// Is a pod allowed to reach HOST[:PORT], and why? Asks the running
+    /// agent (its live maps, the kernel's own decision); prints the smallest
+    /// policy change that would allow it, where one may. Exit 1 if blocked.
+    #[command(after_help = EXPLAIN_EXAMPLES)]
+    Explain(ExplainArgs),
     /// Print the CustomResourceDefinitions (EgressPolicy, ClusterEgressPolicy)
     /// generated from the agent's types, or write one file per CRD.
     Crds(CrdsArgs),
@@ -324,4 +329,36 @@ pub struct CheckArgs {
     /// Policy file (same as --policy).
     #[arg(value_name = "FILE")]
     pub file: Option<PathBuf>,
+}
+
+const EXPLAIN_EXAMPLES: &str = "\
+Examples:
+  portcullis explain -n ws-acme --pod agent-7f9c api.openai.com:443
+  portcullis explain -n ws-acme --pod agent-7f9c 169.254.169.254:80 -o json
+  portcullis explain --endpoint worker --state-dir /var/run/portcullis '[2001:db8::5]:8443'";
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// HOST, HOST:PORT, an IP, or [IPV6]:PORT.
+    pub target: String,
+    /// The pod's namespace.
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// The pod's name.
+    #[arg(long, required_unless_present = "endpoint")]
+    pub pod: Option<String>,
+    /// An endpoint by name (`run` configs) instead of a pod.
+    #[arg(long, conflicts_with = "pod")]
+    pub endpoint: Option<String>,
+    /// Port when TARGET has none.
+    #[arg(long, default_value = "443")]
+    pub port: u16,
+    #[arg(long, default_value = "tcp", value_parser = ["tcp", "udp", "TCP", "UDP"])]
+    pub protocol: String,
+    /// The agent's state directory (its socket is there).
+    #[arg(long, env = "PORTCULLIS_STATE_DIR", value_name = "DIR", default_value = "/var/run/portcullis")]
+    pub state_dir: PathBuf,
+    /// `text` or `json`.
+    #[arg(short = 'o', long, default_value = "text", value_parser = ["text", "json"])]
+    pub output: String,
 }

@@ -42,6 +42,14 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 pub const SOCKET: &str = "agent.sock";
+/// A query of live state (`portcullis explain`): this word, a space and a
+/// JSON request on one line; one JSON answer back.
+pub const EXPLAIN: &str = "explain";
+/// Bound on a query line.
+const MAX_QUERY: u64 = 64 << 10;
+
+/// Answers queries of live state (`EXPLAIN`): request JSON -> answer JSON.
+pub type Ask = Arc<dyn Fn(&str) -> String + Send + Sync>;
 pub const SNAPSHOT: &str = "state.json";
 const REQUEST: &str = "takeover";
 /// Bound on a handover message (a full pending table and 200k pairs fit).
@@ -120,7 +128,8 @@ pub struct Server {
 impl Server {
     /// Binds the socket (replacing a dead agent's stale one) and serves it;
     /// `hand_over` runs once per takeover request.
-    pub fn start(dir: &Path, hand_over: impl Fn() -> Handover + Send + 'static) -> Result<Self, HandoverError> {
+    /// `ask` answers `EXPLAIN` queries (root only).
+    pub fn start(dir: &Path, hand_over: impl Fn() -> Handover + Send + 'static, ask: Option<Ask>) -> Result<Self, HandoverError> {
         let listener = listen(dir)?;
         let path = dir.join(SOCKET);
         listener.set_nonblocking(true).map_err(io_err(&path))?;
@@ -133,7 +142,7 @@ impl Server {
                     match listener.accept() {
                         Ok((s, _)) => {
                             let _ = s.set_nonblocking(false);
-                            match serve(s, &hand_over) {
+                            match serve(s, &hand_over, ask.as_ref()) {
                                 Ok(true) => info!("handed over to the next agent; enforcement stays pinned"),
                                 Ok(false) => {}
                                 Err(e) => warn!(error = %e, "handover request failed"),
@@ -167,15 +176,31 @@ pub fn listen(dir: &Path) -> Result<UnixListener, HandoverError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(HandoverError::Io { path, source: e }),
     }
-    UnixListener::bind(&path).map_err(io_err(&path))
+    let listener = UnixListener::bind(&path).map_err(io_err(&path))?;
+    // Root only: the socket hands over the agent's state and answers
+    // questions about every pod (the directory is root's too).
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(io_err(&path))?;
+    Ok(listener)
 }
 
 /// Serves one connection: `Ok(true)` if it asked for a takeover (then
 /// `hand_over` ran and its answer was sent).
-pub fn serve(stream: UnixStream, hand_over: impl FnOnce() -> Handover) -> io::Result<bool> {
+pub fn serve(stream: UnixStream, hand_over: impl FnOnce() -> Handover, ask: Option<&Ask>) -> io::Result<bool> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
-    BufReader::new(stream.try_clone()?.take(64)).read_line(&mut line)?;
+    BufReader::new(stream.try_clone()?.take(MAX_QUERY)).read_line(&mut line)?;
+    if let (Some(q), Some(ask)) = (line.strip_prefix(EXPLAIN).and_then(|r| r.strip_prefix(' ')), ask) {
+        // Also checked here, not only by the file mode: a socket passed on
+        // by a root process must not answer anyone else.
+        let root = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials).is_ok_and(|c| c.uid() == 0);
+        let answer = if root { ask(q.trim_end()) } else { r#"{"error":"only root may ask"}"#.to_owned() };
+        let mut stream = stream;
+        stream.write_all(answer.as_bytes())?;
+        stream.write_all(b"\n")?;
+        stream.flush()?;
+        return Ok(false);
+    }
     if line.trim() != REQUEST {
         return Ok(false);
     }
@@ -256,7 +281,7 @@ mod tests {
         let listener = listen(&d).unwrap();
         let server = thread::spawn(move || {
             let (s, _) = listener.accept().unwrap();
-            serve(s, sample).unwrap()
+            serve(s, sample, None).unwrap()
         });
         assert_eq!(request(&d).unwrap(), Some(sample()));
         assert!(server.join().unwrap());

@@ -12,6 +12,7 @@ pub mod dns;
 pub mod dnsgate;
 pub mod enforcer;
 pub mod exec;
+pub mod explain;
 pub mod handover;
 #[cfg(feature = "k8s")]
 pub mod k8s;

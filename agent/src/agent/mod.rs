@@ -367,7 +367,9 @@ impl Agent {
         self.enforcer.set_agent_ready()?;
         if let Some(dir) = &self.state_dir {
             let core = self.core.clone();
-            self.listener = Some(handover::Server::start(dir, move || core.hand_over().unwrap_or_default())?);
+            let enforcer = self.enforcer.clone();
+            let ask: handover::Ask = Arc::new(move |q: &str| crate::explain::answer(&enforcer, q));
+            self.listener = Some(handover::Server::start(dir, move || core.hand_over().unwrap_or_default(), Some(ask))?);
         }
         Ok(())
     }

@@ -230,6 +230,21 @@ impl PolicyMaps {
         self.endpoints.iter().filter_map(Result::ok).collect()
     }
 
+    /// A learned key's value, if any (`portcullis explain`).
+    pub fn learned_value(&self, key: &LearnedKey) -> Option<LearnedValue> {
+        self.learned.get(key, 0).ok()
+    }
+
+    /// The longest-prefix `CIDRS` entry of (`endpoint`, `ip`), as the
+    /// kernel's lookup finds it.
+    pub fn cidr_lookup(&self, endpoint: u32, ip: [u8; 16]) -> Option<CidrValue> {
+        self.cidrs.get(&Key::new(32 + 128, CidrKey { endpoint_be: endpoint.to_be_bytes(), ip }), 0).ok()
+    }
+
+    pub fn is_dns_server(&self, key: &DnsServerKey) -> bool {
+        self.dns_servers.get(key, 0).is_ok()
+    }
+
     /// (prefix length, address) of every CIDR entry of `endpoint`.
     pub fn cidrs_of(&self, endpoint: u32) -> Vec<(u8, [u8; 16])> {
         self.cidrs

@@ -4,6 +4,7 @@
 //! (`maps`, `verdict_cache`).
 
 pub mod attach;
+pub mod decide;
 mod error;
 pub mod flow_counters;
 pub mod loader;

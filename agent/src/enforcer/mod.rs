@@ -132,6 +132,12 @@ impl Enforcer {
         Some((EndpointView::of(e), e.name_for(ip).map(str::to_owned)))
     }
 
+    /// `portcullis explain`: the kernel's decision over the live maps, under
+    /// the state lock for a handful of lookups.
+    pub fn explain(&self, req: &crate::explain::Request) -> Result<crate::explain::Explanation, crate::explain::ExplainError> {
+        crate::explain::evaluate(&lock(&self.state), req)
+    }
+
     /// Every endpoint with its learned-key count, by id.
     pub fn snapshot(&self) -> Vec<EndpointRow> {
         let st = lock(&self.state);

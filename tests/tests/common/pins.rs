@@ -28,9 +28,15 @@ impl PinDir {
         Self(p)
     }
 
-    /// A map's pin (every map of this release is at version 1).
+    /// A map's pin, at this release's version of it
+    /// (`agent/src/datapath/programs.rs` `MAPS`).
     pub fn map(&self, name: &str) -> PathBuf {
-        self.0.join("maps").join(format!("{name}@1"))
+        let version = match name {
+            // 2: its value carries the rule that allowed the name.
+            "LEARNED" => 2,
+            _ => 1,
+        };
+        self.0.join("maps").join(format!("{name}@{version}"))
     }
 
     /// Everything pinned for the attach point `cgroup_id` (links, its own

@@ -394,6 +394,11 @@ impl State {
         Ok(n)
     }
 
+    /// The addresses endpoint `id` learned for `name`, oldest first.
+    pub fn learned_ips(&self, id: u32, name: &str) -> Vec<IpAddr> {
+        self.learned.ips_of(id, name).into_iter().map(crate::blocked::display_ip).collect()
+    }
+
     /// Kernel `LEARNED` keys of one endpoint.
     pub fn learned_count(&self, id: u32) -> usize {
         self.learned.keys_of(id)

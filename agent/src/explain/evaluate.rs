@@ -1,0 +1,98 @@
+//! The answer, from the state and the live maps: every verdict comes from
+//! `agent_common::decide` over the maps the kernel reads.
+
+use std::net::IpAddr;
+
+use agent_common::{Dest, Reason, decide, flow::range, proto};
+
+use super::{AddressVerdict, ExplainError, Explanation, NameDecision, Request, render};
+use crate::{
+    enforcer::{Endpoint, State},
+    policy::{canonical, range_name},
+};
+
+fn find<'a>(st: &'a State, req: &Request) -> Result<&'a Endpoint, ExplainError> {
+    let want = |e: &&Endpoint| match (&req.endpoint, &req.pod) {
+        (Some(name), _) => e.identity.name == *name,
+        (None, Some(pod)) => {
+            e.identity.pod.as_deref() == Some(pod.as_str())
+                && req.namespace.as_deref().is_none_or(|ns| e.identity.namespace.as_deref() == Some(ns))
+        }
+        (None, None) => false,
+    };
+    if req.endpoint.is_none() && req.pod.is_none() {
+        return Err(ExplainError::NoTarget);
+    }
+    st.endpoints().find(want).ok_or_else(|| {
+        let who = match (&req.endpoint, &req.namespace, &req.pod) {
+            (Some(n), _, _) => n.clone(),
+            (None, Some(ns), Some(p)) => format!("{ns}/{p}"),
+            (None, None, Some(p)) => p.clone(),
+            _ => String::new(),
+        };
+        ExplainError::NoEndpoint(who)
+    })
+}
+
+/// The kernel's verdict on one address, now.
+fn address(st: &State, ep: &Endpoint, ip: IpAddr, port: u16, proto: u8) -> AddressVerdict {
+    let d = Dest { proto, port: port.to_be_bytes(), ip: canonical(ip).octets() };
+    // A pod's sockets live in its own network namespace: its loopback is
+    // its own (the socket hooks' view).
+    let v = decide(&st.maps, ep.id, &d, || false);
+    let expires_in_s = (v.reason == Reason::AllowedFqdn && v.lasts_ns != u64::MAX).then_some(v.lasts_ns / 1_000_000_000);
+    AddressVerdict {
+        ip,
+        reason: v.reason.as_str().to_owned(),
+        allowed: v.reason.is_allowed(),
+        rule: ep.policy.rule_text(v.rule).map(str::to_owned),
+        range: (v.reason == Reason::DeniedRange)
+            .then(|| if v.range != 0 { Some(range::name(v.range).to_owned()) } else { range_name(ip).map(str::to_owned) })
+            .flatten(),
+        expires_in_s,
+        name: ep.name_for(ip).map(str::to_owned),
+    }
+}
+
+pub fn evaluate(st: &State, req: &Request) -> Result<Explanation, ExplainError> {
+    let proto = match req.protocol.as_str() {
+        "tcp" => proto::TCP,
+        "udp" => proto::UDP,
+        other => return Err(ExplainError::Protocol(other.to_owned())),
+    };
+    let ep = find(st, req)?;
+    let host = req.host.trim_end_matches('.').to_ascii_lowercase();
+    let mut out = Explanation {
+        endpoint: ep.identity.name.clone(),
+        namespace: ep.identity.namespace.clone(),
+        pod: ep.identity.pod.clone(),
+        host: host.clone(),
+        port: req.port,
+        protocol: req.protocol.clone(),
+        verdict: String::new(),
+        dns: None,
+        addresses: Vec::new(),
+        why: String::new(),
+        change: None,
+        why_no_change: None,
+    };
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        out.addresses.push(address(st, ep, ip, req.port, proto));
+    } else {
+        if host.is_empty()
+            || host.len() > 253
+            || host.bytes().any(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'))
+        {
+            return Err(ExplainError::Host(req.host.clone()));
+        }
+        let rule = ep.policy.rule_for(&host, proto, req.port);
+        out.dns = Some(NameDecision {
+            resolvable: ep.policy.may_resolve(&host),
+            allowed_here: rule != 0,
+            rule: ep.policy.rule_text(rule).map(str::to_owned),
+        });
+        out.addresses = st.learned_ips(ep.id, &host).into_iter().map(|ip| address(st, ep, ip, req.port, proto)).collect();
+    }
+    render::conclude(&mut out, ep);
+    Ok(out)
+}

@@ -1,0 +1,154 @@
+//! `portcullis explain` against a running node agent (`run --pin-path`):
+//! for every case, what the workload's real connection did and what explain
+//! says (from the live maps, by the kernel's own decision function) agree;
+//! the answer names the rule, the range or the refused name, and the
+//! smallest change, never one for an always-denied range.
+
+mod common;
+
+use common::{
+    TestCgroup, agent_cmd, fresh_path,
+    pins::{NodeAgent, PinDir, in_cgroup_cmd},
+    run_with_deadline,
+};
+use portcullis_tests::{Bench, require_root};
+use serde_json::Value;
+use std::path::Path;
+use std::time::Duration;
+
+fn config(log: &Path, cg: &Path) -> String {
+    format!(
+        r#"log: {log}
+endpoints:
+  - name: explained
+    namespace: team-a
+    pod: pod-a
+    cgroup: {cg}
+    policy:
+      egress:
+        - toFQDNs: [{{matchName: api.example.test}}]
+          ports: [{{port: 443}}]
+        - toCIDRs: ["198.51.100.0/24"]
+          ports: [{{port: 8080}}]
+      dns:
+        servers: ["198.51.100.53"]
+        allowNames: ["resolvable.example.test"]
+"#,
+        log = log.display(),
+        cg = cg.display()
+    )
+}
+
+/// `portcullis explain ... -o json`: (exit code, answer).
+fn explain(state: &Path, target: &str) -> (i32, Value) {
+    let out = agent_cmd()
+        .args(["explain", "-n", "team-a", "--pod", "pod-a", "-o", "json", "--state-dir"])
+        .arg(state)
+        .arg(target)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("explain {target}: {e}: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap_or(-1), v)
+}
+
+#[test]
+fn explain_agrees_with_the_datapath() {
+    if !require_root() {
+        return;
+    }
+    let bench = Bench::start().unwrap();
+    let cg = TestCgroup::create("explain");
+    let pins = PinDir::new("explain");
+    let state = bench.workdir().join("state");
+    let log = fresh_path(bench.workdir(), "blocked.jsonl");
+    let cfg = common::write_file(bench.workdir(), "node.yaml", &config(&log, &cg.path));
+    let _agent = NodeAgent::start(&bench, &cfg, &pins, &state);
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(state.join("agent.sock")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the socket is root's only");
+
+    // Before any lookup: the name is allowed, nothing learned yet.
+    let (code, e) = explain(&state, "api.example.test:443");
+    assert_eq!((code, e["verdict"].as_str()), (0, Some("allowed-after-lookup")), "{e}");
+    assert!(e["addresses"].as_array().unwrap().is_empty(), "{e}");
+
+    let curl = |url: &str| {
+        let c = in_cgroup_cmd(&bench, &cg.path, &format!("curl -sS --max-time 3 {url}"));
+        run_with_deadline(bench.workdir(), c, Duration::from_secs(10)).code
+    };
+    // (what the workload tries, what explain is asked, allowed?)
+    let cases = [
+        ("-4 http://api.example.test:443/", "api.example.test:443", true),
+        ("-4 http://api.example.test:80/", "api.example.test:80", false),
+        ("http://203.0.113.10:80/", "203.0.113.10:80", false),
+        ("http://203.0.113.10:443/", "203.0.113.10:443", true),
+        ("http://169.254.169.254/", "169.254.169.254:80", false),
+        ("-4 http://other.example.test:443/", "other.example.test:443", false),
+        ("http://198.51.100.80:8080/", "198.51.100.80:8080", true),
+        ("http://198.51.100.80:9090/", "198.51.100.80:9090", false),
+        ("http://10.1.2.3:80/", "10.1.2.3:80", false),
+    ];
+    for (url, target, allowed) in cases {
+        let code = curl(url);
+        // curl: 0 got an answer, 52 empty reply (connected); 7 refused
+        // (EPERM at connect), 6 name refused, 28 timeout.
+        let reached = code == 0 || code == 52 || code == 56;
+        assert_eq!(reached, allowed, "curl {url}: exit {code}");
+        let (exit, e) = explain(&state, target);
+        let says = matches!(e["verdict"].as_str(), Some("allowed" | "allowed-after-lookup"));
+        assert_eq!(says, allowed, "explain {target} disagrees with the datapath: {e:#}");
+        assert_eq!(exit, if allowed { 0 } else { 1 }, "{e}");
+    }
+
+    let (_, e) = explain(&state, "api.example.test:443");
+    let a = &e["addresses"][0];
+    assert_eq!((a["ip"].as_str(), a["reason"].as_str()), (Some("203.0.113.10"), Some("allowed-fqdn")), "{e:#}");
+    assert!(a["rule"].as_str().unwrap().contains("toFQDNs api.example.test"), "{e:#}");
+    assert!(a["expires_in_s"].as_u64().unwrap() > 0, "{e:#}");
+
+    let (_, e) = explain(&state, "169.254.169.254:80");
+    assert_eq!(e["addresses"][0]["range"].as_str(), Some("metadata"), "{e:#}");
+    assert!(e["change"].is_null() && e["why_no_change"].as_str().unwrap().contains("never suggested"), "{e:#}");
+
+    let (_, e) = explain(&state, "10.1.2.3:80");
+    assert_eq!(e["addresses"][0]["range"].as_str(), Some("private"), "{e:#}");
+    assert!(e["change"].is_null(), "{e:#}");
+
+    // An address this pod resolved: the change names the host, not the IP.
+    let (_, e) = explain(&state, "203.0.113.10:80");
+    assert_eq!(e["addresses"][0]["name"].as_str(), Some("api.example.test"), "{e:#}");
+    assert!(e["change"].as_str().unwrap().contains("matchName: api.example.test"), "{e:#}");
+    assert!(e["change"].as_str().unwrap().contains("port: 80"), "{e:#}");
+
+    let (_, e) = explain(&state, "other.example.test:443");
+    assert_eq!(e["dns"]["resolvable"], false, "{e:#}");
+    assert!(e["change"].as_str().unwrap().contains("matchName: other.example.test"), "{e:#}");
+    let (_, e) = explain(&state, "resolvable.example.test:443");
+    assert_eq!((e["verdict"].as_str(), &e["dns"]["resolvable"]), (Some("blocked"), &Value::Bool(true)), "{e:#}");
+
+    let (_, e) = explain(&state, "198.51.100.80:8080");
+    assert!(e["addresses"][0]["rule"].as_str().unwrap().contains("toCIDRs 198.51.100.0/24"), "{e:#}");
+
+    // The text a person reads.
+    let out = agent_cmd()
+        .args(["explain", "-n", "team-a", "--pod", "pod-a", "--state-dir"])
+        .arg(&state)
+        .arg("169.254.169.254:80")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("verdict: BLOCKED") && text.contains("metadata") && text.contains("no change suggested"), "{text}");
+
+    // Bad questions get clear errors.
+    for (args, want) in [
+        (vec!["--pod", "nope", "api.example.test"], "no enforced endpoint"),
+        (vec!["--pod", "pod-a", "host:99999"], "expected HOST"),
+        (vec!["--pod", "pod-a", "bad host!"], "not a host name"),
+    ] {
+        let out = agent_cmd().arg("explain").args(&args).arg("--state-dir").arg(&state).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{args:?}: {err}");
+    }
+}
