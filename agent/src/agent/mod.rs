@@ -38,7 +38,11 @@ use crate::{
     enforcer::{Caps, Enforcer, Identity, Mode, PolicyChange, State, TtlBounds},
     handover::{self, Handover},
     policy::CompiledPolicy,
-    telemetry::{coverage::Coverage, metrics::ConfigStats},
+    telemetry::{
+        coverage::Coverage,
+        grace::Departed,
+        metrics::{ConfigStats, Sources},
+    },
     util::lock,
 };
 
@@ -69,6 +73,8 @@ pub struct AgentOptions {
     pub state_dir: Option<PathBuf>,
     /// Serve Prometheus metrics here (`metrics`).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How long a removed endpoint's series stay (`telemetry::grace`).
+    pub metrics_pod_grace: Duration,
     /// The network namespace holding the pods' host-side veths (the node's):
     /// with it, the veth programs can be attached there (`attach_veth`),
     /// DNS they take off a pod's wire is served, and the DNS gates forward
@@ -142,6 +148,8 @@ pub struct Agent {
     pub coverage: Arc<Coverage>,
     /// The Kubernetes agent's per-pod report and readiness (set before `go`).
     pub k8s: Option<Arc<crate::telemetry::k8s::K8sStats>>,
+    /// Removed endpoints' final series, for the grace period.
+    departed: Arc<Departed>,
     /// The veth programs' interfaces (with `AgentOptions::node_netns`).
     veths: Option<veth::Veths>,
 }
@@ -292,6 +300,7 @@ impl Agent {
             config_stats: Arc::default(),
             coverage: Arc::default(),
             k8s: None,
+            departed: Arc::new(Departed::new(opts.metrics_pod_grace)),
             veths,
         })
     }
@@ -351,16 +360,9 @@ impl Agent {
         if let Some(addr) = self.metrics_addr {
             let listener = {
                 let _rt = self.rt.enter();
-                crate::telemetry::metrics::bind(addr).with_context(|| format!("metrics address {addr}"))?
+                crate::telemetry::server::bind(addr).with_context(|| format!("metrics address {addr}"))?
             };
-            let src = crate::telemetry::metrics::Sources {
-                enforcer: self.enforcer.clone(),
-                coverage: self.coverage.clone(),
-                gate: self.gate_stats.clone(),
-                config: self.config_stats.clone(),
-                k8s: self.k8s.clone(),
-            };
-            tasks.push(self.rt.spawn(crate::telemetry::metrics::serve(listener, src, stop_rx)));
+            tasks.push(self.rt.spawn(crate::telemetry::server::serve(listener, self.metric_sources(), stop_rx)));
         }
         *lock(&self.core.running) = Some(Consumers { stop_gate, gate_thread, stop, tasks });
         // Only now may the kernel hold answers for us: someone is listening.
@@ -370,6 +372,18 @@ impl Agent {
             self.listener = Some(handover::Server::start(dir, move || core.hand_over().unwrap_or_default())?);
         }
         Ok(())
+    }
+
+    /// What the metrics read.
+    fn metric_sources(&self) -> Sources {
+        Sources {
+            enforcer: self.enforcer.clone(),
+            coverage: self.coverage.clone(),
+            gate: self.gate_stats.clone(),
+            config: self.config_stats.clone(),
+            departed: self.departed.clone(),
+            k8s: self.k8s.clone(),
+        }
     }
 
     /// Whether this agent has handed over to a newer one (a rolling
@@ -411,7 +425,10 @@ impl Agent {
     /// remove_endpoint`). A cgroup nested in it or around it keeps its own
     /// attach point; their verdict caches are planned again.
     pub fn remove_endpoint(&mut self, id: u32) -> Result<()> {
-        let Some(cgroup_id) = self.enforcer.endpoint(id).map(|e| e.cgroup_id) else { return Ok(()) };
+        let Some(view) = self.enforcer.endpoint(id) else { return Ok(()) };
+        let cgroup_id = view.cgroup_id;
+        // Its final values, before its counters are forgotten.
+        let (labels, values) = crate::telemetry::metrics::final_values(&self.metric_sources(), &view);
         self.detach_veths_of(id)?;
         if self.attached.iter().any(|(_, c)| *c == cgroup_id) {
             self.datapath.detach(cgroup_id, self.pins.as_ref()).with_context(|| format!("detaching from cgroup {cgroup_id}"))?;
@@ -421,6 +438,7 @@ impl Agent {
         self.enforcer.remove_endpoint(id)?;
         self.gate_stats.forget(id);
         self.coverage.forget(id);
+        self.departed.depart(labels, values, Instant::now());
         self.live.unwatch_cgroup(cgroup_id);
         self.refresh_verdict_caches()
     }

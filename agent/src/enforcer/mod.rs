@@ -9,6 +9,7 @@
 //! endpoint views they need are copied out (`EndpointView`: the policy is
 //! shared, not copied) and judged outside the lock.
 
+mod flow_counts;
 pub mod live;
 mod state;
 
@@ -22,7 +23,10 @@ use std::{
 use agent_common::{GateKey, GatePortKey, GatePortValue, GateValue};
 use aya::maps::MapError;
 
-pub use self::state::*;
+pub use self::{
+    flow_counts::{FlowCounts, RANGE_NAMES},
+    state::*,
+};
 use crate::{
     datapath::{
         maps::{GateClients, KernelCounters},
