@@ -234,3 +234,7 @@ pub fn encode(enc: &mut DescriptorEncoder, pods: &[(PodLabels, PodValues)]) -> f
         live().flat_map(|(p, g)| g.endpoints.iter().map(move |(e, m)| (with(p, Extra::Info { endpoint: e, mode: m }), 1))),
     )
 }
+
+#[cfg(test)]
+#[path = "pods_tests.rs"]
+mod tests;
