@@ -41,6 +41,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tracing::{info, warn};
 
+use crate::telemetry::carry::Counters;
+
 pub const SOCKET: &str = "agent.sock";
 pub const SNAPSHOT: &str = "state.json";
 const REQUEST: &str = "takeover";
@@ -60,6 +62,10 @@ pub enum HandoverError {
 pub struct Handover {
     pub pending: Vec<PendingRecord>,
     pub learned: Vec<LearnedRecord>,
+    /// User-space counters (`telemetry::carry`): absent from a previous
+    /// release's message, so optional.
+    #[serde(default, skip_serializing_if = "Counters::is_empty")]
+    pub counters: Counters,
 }
 
 /// A query the old agent let through whose answer has not come yet.
@@ -229,6 +235,15 @@ mod tests {
                 ip: "203.0.113.10".parse().unwrap(),
                 expires_ns: 123,
             }],
+            counters: Counters {
+                endpoints: vec![crate::telemetry::carry::EndpointCounters {
+                    cgroup_id: 99,
+                    queries: [[1, 2, 3, 4, 5]; 4],
+                    dns: crate::dnsgate::EndpointDnsStats { refused: 6, ..Default::default() },
+                }],
+                node: vec![("released".into(), 7)],
+                latency: (1, 1000, vec![1; 10]),
+            },
         }
     }
 

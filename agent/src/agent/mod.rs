@@ -102,6 +102,8 @@ struct Idle {
 /// The part a handover request (from another thread) needs.
 struct Core {
     enforcer: Enforcer,
+    /// The gate's counters, carried to the next agent.
+    gate_stats: Arc<DnsStats>,
     running: Mutex<Option<Consumers>>,
     rt: tokio::runtime::Handle,
 }
@@ -120,7 +122,8 @@ impl Core {
             }
         });
         let learned = self.enforcer.export_learned();
-        Some(Handover { pending, learned })
+        let counters = crate::telemetry::carry::export(&self.enforcer, &self.gate_stats);
+        Some(Handover { pending, learned, counters })
     }
 }
 
@@ -160,6 +163,7 @@ pub struct Agent {
 /// changed (for a restart after a crash).
 async fn expire_learned(
     enforcer: Enforcer,
+    gate_stats: Arc<DnsStats>,
     gates: Arc<NamespaceGates>,
     snapshot: Option<PathBuf>,
     mut stop: watch::Receiver<bool>,
@@ -179,10 +183,14 @@ async fn expire_learned(
                 };
                 n += 1;
                 let Some(dir) = snapshot.as_deref() else { continue };
+                // Learned state or the gate's counts changed (every answer
+                // and every refusal moves one of these).
+                let version = (version, gate_stats.queries.latency().1, gate_stats.queries_refused.load(Ordering::Relaxed));
                 if n % 4 != 0 || written == Some(version) {
                     continue;
                 }
-                let h = Handover { pending: Vec::new(), learned: enforcer.export_learned() };
+                let counters = crate::telemetry::carry::export(&enforcer, &gate_stats);
+                let h = Handover { pending: Vec::new(), learned: enforcer.export_learned(), counters };
                 written = Some(version);
                 if let Err(e) = handover::write_snapshot(dir, &h) {
                     warn!(error = %e, "writing the learned-state snapshot failed");
@@ -281,7 +289,12 @@ impl Agent {
             .enable_all()
             .build()
             .context("starting the tokio runtime")?;
-        let core = Arc::new(Core { enforcer: enforcer.clone(), running: Mutex::new(None), rt: rt.handle().clone() });
+        let core = Arc::new(Core {
+            enforcer: enforcer.clone(),
+            gate_stats: gate_stats.clone(),
+            running: Mutex::new(None),
+            rt: rt.handle().clone(),
+        });
         Ok(Self {
             enforcer,
             gate_stats,
@@ -328,6 +341,10 @@ impl Agent {
         let (gone, ports, n, orphans) = self.enforcer.adopt(h.as_ref().map_or(&[][..], |h| &h.learned))?;
         self.dns_gates.retire_ports(ports);
         info!(pairs = n, orphans, "adopted learned names");
+        if let Some(h) = &h {
+            let carried = crate::telemetry::carry::import(&self.enforcer, &self.gate_stats, &h.counters);
+            info!(endpoints = carried, "carried the previous agent's DNS counters over");
+        }
         if let Some(p) = &self.pins {
             for cg in gone {
                 p.unlink_cgroup(cg)?;
@@ -355,7 +372,13 @@ impl Agent {
         let opener = gate_opener(self.dns_gates.clone());
         let mut tasks = vec![
             self.rt.spawn(blocked::run(denied, self.enforcer.clone(), log, opener, stop_rx.clone())),
-            self.rt.spawn(expire_learned(self.enforcer.clone(), self.dns_gates.clone(), self.state_dir.clone(), stop_rx.clone())),
+            self.rt.spawn(expire_learned(
+                self.enforcer.clone(),
+                self.gate_stats.clone(),
+                self.dns_gates.clone(),
+                self.state_dir.clone(),
+                stop_rx.clone(),
+            )),
         ];
         if let Some(addr) = self.metrics_addr {
             let listener = {

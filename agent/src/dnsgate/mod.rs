@@ -59,7 +59,8 @@ pub struct DnsStats {
     pub queries: queries::QueryCounts,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct EndpointDnsStats {
     pub refused: u64,
     pub suspicious_long_label: u64,

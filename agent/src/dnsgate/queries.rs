@@ -163,6 +163,32 @@ impl QueryCounts {
         self.latency_sum_ns.fetch_add(d.as_nanos().min(u128::from(u64::MAX)) as u64, Relaxed);
     }
 
+    /// The histogram for the next agent: (count, sum in ns, cumulative
+    /// bucket counts).
+    pub fn export_latency(&self) -> (u64, u64, Vec<u64>) {
+        (
+            self.latency_count.load(Relaxed),
+            self.latency_sum_ns.load(Relaxed),
+            self.latency.iter().map(|b| b.load(Relaxed)).collect(),
+        )
+    }
+
+    /// Adds the previous agent's histogram (buckets matched by position;
+    /// a different bucket layout is skipped, the counts kept).
+    pub fn import_latency(&self, (count, sum_ns, buckets): &(u64, u64, Vec<u64>)) {
+        if buckets.len() == self.latency.len() {
+            for (b, v) in self.latency.iter().zip(buckets) {
+                b.fetch_add(*v, Relaxed);
+            }
+        } else if *count > 0 {
+            // Keep the histogram consistent: the old observations land in
+            // +Inf only.
+            tracing::debug!("carried latency histogram has another layout; its buckets are not carried");
+        }
+        self.latency_count.fetch_add(*count, Relaxed);
+        self.latency_sum_ns.fetch_add(*sum_ns, Relaxed);
+    }
+
     /// (sum in seconds, count, cumulative buckets as (upper bound, count)).
     pub fn latency(&self) -> (f64, u64, Vec<(f64, u64)>) {
         let buckets = self.latency.iter().zip(LATENCY_BUCKETS).map(|(b, le)| (le, b.load(Relaxed))).collect();

@@ -3,6 +3,7 @@
 //! the cgroup hooks cannot contain (`coverage`), and the Kubernetes agent's
 //! pods (`k8s`).
 
+pub mod carry;
 pub mod coverage;
 mod families;
 pub mod grace;
