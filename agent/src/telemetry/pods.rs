@@ -15,7 +15,7 @@ use agent_common::Reason;
 use prometheus_client::encoding::DescriptorEncoder;
 
 use super::{
-    coverage::Held,
+    coverage::{Held, UNCONTAINED},
     families::{Extra, PodAnd, PodLabels, counter, gauge},
 };
 use crate::{
@@ -225,7 +225,14 @@ pub fn encode(enc: &mut DescriptorEncoder, pods: &[(PodLabels, PodValues)]) -> f
         enc,
         "portcullis_endpoint_uncontained_processes",
         "Processes of the pod holding a capability whose traffic cgroup hooks cannot see (packet sockets, TUN): not fully enforced.",
-        live().flat_map(|(p, g)| g.uncontained.iter().map(move |(c, n)| (with(p, Extra::Capability(c)), i64::from(*n)))),
+        // Every capability at 0 too: a root process starting in the pod
+        // changes values, not the series.
+        live().flat_map(|(p, g)| {
+            UNCONTAINED.into_iter().map(move |(_, c)| {
+                let n = g.uncontained.iter().find(|(h, _)| *h == c).map_or(0, |(_, n)| *n);
+                (with(p, Extra::Capability(c)), i64::from(n))
+            })
+        }),
     )?;
     gauge(
         enc,
