@@ -57,7 +57,7 @@ fn in_cgroup(bench: &Bench, cg: &Path, argv: &str, deadline: Duration) -> common
 fn start_agent(bench: &Bench, cg: &Path, extra: &[&str], more_endpoints: &str) -> (ChildGuard, SocketAddr, PathBuf) {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let log = fresh_path(bench.workdir(), "blocked.jsonl");
-    let cfg = common::write_file(bench.workdir(), "node.yaml", &(config(&log, cg, addr) + more_endpoints));
+    let cfg = common::write_file(bench.workdir(), "node.yaml", &format!("{}{more_endpoints}", config(&log, cg, addr)));
     let stderr = fresh_path(bench.workdir(), "run.stderr");
     let mut c = agent_cmd();
     c.args(["run", "--config"])
