@@ -240,7 +240,7 @@ fn run_mode_reports_pods_holding_capabilities_the_hooks_cannot_contain() {
     assert_eq!(warned["level"], "WARN", "{warned}");
     assert!(warned["fields"]["capabilities"].as_str().unwrap().contains("CAP_NET_RAW (1 processes)"), "{warned}");
     loud.stop();
-    wait_for("the gauge to go", Duration::from_secs(15), || series(&scrape(addr), &raw).is_none().then_some(()));
+    wait_for("the gauge to go to 0", Duration::from_secs(15), || (series(&scrape(addr), &raw) == Some(0.0)).then_some(()));
     drop(quiet);
     // SAFETY: kill(2) on our own, not yet reaped child.
     assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) }, 0);
