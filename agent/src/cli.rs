@@ -135,6 +135,11 @@ pub struct AgentArgs {
     /// Serve `/metrics`, `/healthz` and `/readyz` here.
     #[arg(long, env = "PORTCULLIS_METRICS_ADDR", value_name = "IP:PORT")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How long a gone pod's series stay on `/metrics` with their final
+    /// values (so the last increments are scraped), e.g. 60s.
+    #[arg(long, env = "PORTCULLIS_METRICS_POD_GRACE", value_name = "DURATION", default_value = "60s",
+        value_parser = humantime::parse_duration)]
+    pub metrics_pod_grace: std::time::Duration,
     /// Blocked-connection log (JSON lines); default stderr.
     #[arg(long, env = "PORTCULLIS_LOG", value_name = "FILE")]
     pub log: Option<PathBuf>,
@@ -310,6 +315,11 @@ pub struct RunArgs {
     /// metricsAddr), e.g. 0.0.0.0:9464.
     #[arg(long, env = "PORTCULLIS_METRICS_ADDR", value_name = "IP:PORT")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How long a gone pod's series stay on `/metrics` with their final
+    /// values (so the last increments are scraped), e.g. 60s.
+    #[arg(long, env = "PORTCULLIS_METRICS_POD_GRACE", value_name = "DURATION", default_value = "60s",
+        value_parser = humantime::parse_duration)]
+    pub metrics_pod_grace: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

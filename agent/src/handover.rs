@@ -41,6 +41,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tracing::{info, warn};
 
+use crate::telemetry::carry::Counters;
+
 pub const SOCKET: &str = "agent.sock";
 /// A query of live state (`portcullis explain`): this word, a space and a
 /// JSON request on one line; one JSON answer back.
@@ -52,6 +54,12 @@ const MAX_QUERY: u64 = 64 << 10;
 pub type Ask = Arc<dyn Fn(&str) -> String + Send + Sync>;
 pub const SNAPSHOT: &str = "state.json";
 const REQUEST: &str = "takeover";
+/// The request of an agent that also takes the user-space counters. A
+/// previous release asks with `REQUEST` and rejects unknown fields, so it
+/// gets the message without them (a rollback must still hand over), and
+/// the snapshot keeps them in a file of their own (`COUNTERS`).
+const REQUEST_COUNTERS: &str = "takeover counters";
+pub const COUNTERS: &str = "counters.json";
 /// Bound on a handover message (a full pending table and 200k pairs fit).
 const MAX_MESSAGE: u64 = 256 << 20;
 
@@ -68,6 +76,10 @@ pub enum HandoverError {
 pub struct Handover {
     pub pending: Vec<PendingRecord>,
     pub learned: Vec<LearnedRecord>,
+    /// User-space counters (`telemetry::carry`): absent from a previous
+    /// release's message, so optional.
+    #[serde(default, skip_serializing_if = "Counters::is_empty")]
+    pub counters: Counters,
 }
 
 /// A query the old agent let through whose answer has not come yet.
@@ -112,7 +124,7 @@ pub fn request(dir: &Path) -> Result<Option<Handover>, HandoverError> {
     };
     // The old agent answers once its gate stopped (at most one poll period).
     stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(io_err(&path))?;
-    writeln!(stream, "{REQUEST}").map_err(io_err(&path))?;
+    writeln!(stream, "{REQUEST_COUNTERS}").map_err(io_err(&path))?;
     let mut text = Vec::new();
     stream.take(MAX_MESSAGE).read_to_end(&mut text).map_err(io_err(&path))?;
     serde_json::from_slice(&text).map(Some).map_err(|source| HandoverError::Format { path, source })
@@ -201,10 +213,15 @@ pub fn serve(stream: UnixStream, hand_over: impl FnOnce() -> Handover, ask: Opti
         stream.flush()?;
         return Ok(false);
     }
-    if line.trim() != REQUEST {
-        return Ok(false);
+    let with_counters = match line.trim() {
+        REQUEST => false,
+        REQUEST_COUNTERS => true,
+        _ => return Ok(false),
+    };
+    let mut h = hand_over();
+    if !with_counters {
+        h.counters = Counters::default();
     }
-    let h = hand_over();
     let mut stream = stream;
     serde_json::to_writer(&mut stream, &h).map_err(io::Error::other)?;
     stream.flush()?;
@@ -212,11 +229,19 @@ pub fn serve(stream: UnixStream, hand_over: impl FnOnce() -> Handover, ask: Opti
 }
 
 /// Writes the snapshot atomically (temporary file, then rename).
+/// The counters go to `COUNTERS`, the rest to `SNAPSHOT` in the previous
+/// release's format.
 pub fn write_snapshot(dir: &Path, h: &Handover) -> Result<(), HandoverError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let path = dir.join(SNAPSHOT);
-    let tmp = dir.join(format!("{SNAPSHOT}.tmp"));
-    let text = serde_json::to_vec(h).map_err(|source| HandoverError::Format { path: path.clone(), source })?;
+    let state = Handover { pending: h.pending.clone(), learned: h.learned.clone(), counters: Counters::default() };
+    write_atomic(dir, SNAPSHOT, &state)?;
+    write_atomic(dir, COUNTERS, &h.counters)
+}
+
+fn write_atomic(dir: &Path, name: &str, value: &impl Serialize) -> Result<(), HandoverError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let text = serde_json::to_vec(value).map_err(|source| HandoverError::Format { path: path.clone(), source })?;
     fs::write(&tmp, text).map_err(io_err(&tmp))?;
     fs::rename(&tmp, &path).map_err(io_err(&path))
 }
@@ -229,7 +254,15 @@ pub fn read_snapshot(dir: &Path) -> Result<Option<Handover>, HandoverError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(HandoverError::Io { path, source: e }),
     };
-    serde_json::from_slice(&text).map(Some).map_err(|source| HandoverError::Format { path, source })
+    let mut h: Handover = serde_json::from_slice(&text).map_err(|source| HandoverError::Format { path, source })?;
+    // Counters that do not read are only counters: start from 0.
+    let counters = dir.join(COUNTERS);
+    match fs::read(&counters).map(|t| serde_json::from_slice::<Counters>(&t)) {
+        Ok(Ok(c)) => h.counters = c,
+        Ok(Err(e)) => warn!(path = %counters.display(), error = %e, "unreadable counters; they start from 0"),
+        Err(_) => {}
+    }
+    Ok(Some(h))
 }
 
 #[cfg(test)]
@@ -254,6 +287,15 @@ mod tests {
                 ip: "203.0.113.10".parse().unwrap(),
                 expires_ns: 123,
             }],
+            counters: Counters {
+                endpoints: vec![crate::telemetry::carry::EndpointCounters {
+                    cgroup_id: 99,
+                    queries: [[1, 2, 3, 4, 5]; 4],
+                    dns: crate::dnsgate::EndpointDnsStats { refused: 6, ..Default::default() },
+                }],
+                node: vec![("released".into(), 7)],
+                latency: (1, 1000, vec![1; 10]),
+            },
         }
     }
 
@@ -269,8 +311,32 @@ mod tests {
         assert_eq!(read_snapshot(&d).unwrap(), None);
         write_snapshot(&d, &sample()).unwrap();
         assert_eq!(read_snapshot(&d).unwrap(), Some(sample()));
+        // The state file is in the previous release's format (which rejects
+        // unknown fields): no counters in it.
+        let state: serde_json::Value = serde_json::from_slice(&fs::read(d.join(SNAPSHOT)).unwrap()).unwrap();
+        assert!(state.get("counters").is_none(), "{state}");
         fs::write(d.join(SNAPSHOT), b"{\"pending\": 1}").unwrap();
         assert!(matches!(read_snapshot(&d), Err(HandoverError::Format { .. })));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_previous_release_asking_gets_no_counters() {
+        let d = tempdir("old");
+        let listener = listen(&d).unwrap();
+        let server = thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            serve(s, sample, None).unwrap()
+        });
+        let mut s = UnixStream::connect(d.join(SOCKET)).unwrap();
+        writeln!(s, "{REQUEST}").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        assert!(server.join().unwrap());
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(v.get("counters").is_none(), "{v}");
+        let h: Handover = serde_json::from_str(&text).unwrap();
+        assert_eq!(h, Handover { counters: Counters::default(), ..sample() });
         fs::remove_dir_all(&d).unwrap();
     }
 

@@ -167,7 +167,7 @@ fn scrape_ok(addr: std::net::SocketAddr, path: &str) -> bool {
     let _ = write!(s, "GET {path} HTTP/1.0\r\n\r\n");
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    out.starts_with("HTTP/1.1 200")
+    out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200")
 }
 
 /// The seed articles' workspaces (`deploy/examples/workspaces`, applied as

@@ -161,9 +161,12 @@ fn run_mode_serves_per_endpoint_dns_counters_as_prometheus_metrics() {
     let text = config(&log, &cg.path).replacen("endpoints:", &format!("metricsAddr: {addr}\nendpoints:"), 1);
     let cfg = common::write_file(bench.workdir(), "node.yaml", &text);
     let (mut agent, _stderr) = start_run(&bench, &cfg);
-    let ep = r#"endpoint="run-ep",namespace="team-a",pod="pod-a""#;
+    let ep = r#"source_namespace="team-a",source_pod="pod-a""#;
+    let refused_series = format!(r#"portcullis_dns_queries_total{{{ep},decision="refused",rcode="NXDOMAIN"}}"#);
     let before = scrape(addr);
-    assert_eq!(series(&before, &format!("portcullis_dns_queries_refused_total{{{ep}}}")), Some(0.0), "{before}");
+    assert_eq!(series(&before, &refused_series), Some(0.0), "{before}");
+    let info = format!(r#"portcullis_endpoint_info{{{ep},endpoint="run-ep",mode="enforce"}}"#);
+    assert_eq!(series(&before, &info), Some(1.0), "{before}");
 
     let curl = "curl -sS --max-time 3";
     assert_eq!(in_cgroup(&bench, &cg.path, &format!("{curl} -4 http://api.example.test:443/")).code, 0);
@@ -177,7 +180,7 @@ fn run_mode_serves_per_endpoint_dns_counters_as_prometheus_metrics() {
     assert_eq!(in_cgroup(&bench, &cg.path, &format!("{curl} http://169.254.169.254/")).code, 7);
 
     let after = scrape(addr);
-    let refused = series(&after, &format!("portcullis_dns_queries_refused_total{{{ep}}}")).unwrap();
+    let refused = series(&after, &refused_series).unwrap();
     assert_eq!(refused, 3.0, "two refused names and the long one: {after}");
     let long_label = series(&after, &format!("portcullis_dns_suspicious_queries_total{{{ep},kind=\"long-label\"}}"));
     assert_eq!(long_label, Some(1.0), "{after}");
@@ -216,10 +219,10 @@ fn run_mode_reports_pods_holding_capabilities_the_hooks_cannot_contain() {
     // Without capabilities (another user): nothing to report.
     let quiet = spawn_in_cgroup("setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all sleep 60");
     let (mut agent, stderr) = start_run(&bench, &cfg);
-    let ep = r#"endpoint="run-ep",namespace="team-a",pod="pod-a""#;
+    let ep = r#"source_namespace="team-a",source_pod="pod-a""#;
     let raw = format!("portcullis_endpoint_uncontained_processes{{{ep},capability=\"CAP_NET_RAW\"}}");
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(series(&scrape(addr), &raw), None, "a process without capabilities was reported");
+    assert_eq!(series(&scrape(addr), &raw), Some(0.0), "a process without capabilities was reported");
     // Root in the pod: CAP_NET_RAW and the rest.
     let mut loud = spawn_in_cgroup("sleep 60");
     let text = wait_for("the gauge", Duration::from_secs(15), || {
@@ -237,7 +240,7 @@ fn run_mode_reports_pods_holding_capabilities_the_hooks_cannot_contain() {
     assert_eq!(warned["level"], "WARN", "{warned}");
     assert!(warned["fields"]["capabilities"].as_str().unwrap().contains("CAP_NET_RAW (1 processes)"), "{warned}");
     loud.stop();
-    wait_for("the gauge to go", Duration::from_secs(15), || series(&scrape(addr), &raw).is_none().then_some(()));
+    wait_for("the gauge to go to 0", Duration::from_secs(15), || (series(&scrape(addr), &raw) == Some(0.0)).then_some(()));
     drop(quiet);
     // SAFETY: kill(2) on our own, not yet reaped child.
     assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) }, 0);

@@ -31,6 +31,9 @@ pub const PACKAGES: &[&str] = &[
     "python3-venv",
     // gVisor sandboxes on bench pods (`tests/src/gvisor.rs`), host only.
     "runsc",
+    // A real Prometheus scraping the agent, and promtool for the alert
+    // rules' unit tests (`prometheus_scrape`, `alert_rules`).
+    "prometheus",
 ];
 const BPFFS: &str = "/sys/fs/bpf";
 

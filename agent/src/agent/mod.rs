@@ -38,7 +38,11 @@ use crate::{
     enforcer::{Caps, Enforcer, Identity, Mode, PolicyChange, State, TtlBounds},
     handover::{self, Handover},
     policy::CompiledPolicy,
-    telemetry::{coverage::Coverage, metrics::ConfigStats},
+    telemetry::{
+        coverage::Coverage,
+        grace::Departed,
+        metrics::{ConfigStats, Sources},
+    },
     util::lock,
 };
 
@@ -69,6 +73,8 @@ pub struct AgentOptions {
     pub state_dir: Option<PathBuf>,
     /// Serve Prometheus metrics here (`metrics`).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How long a removed endpoint's series stay (`telemetry::grace`).
+    pub metrics_pod_grace: Duration,
     /// The network namespace holding the pods' host-side veths (the node's):
     /// with it, the veth programs can be attached there (`attach_veth`),
     /// DNS they take off a pod's wire is served, and the DNS gates forward
@@ -96,6 +102,8 @@ struct Idle {
 /// The part a handover request (from another thread) needs.
 struct Core {
     enforcer: Enforcer,
+    /// The gate's counters, carried to the next agent.
+    gate_stats: Arc<DnsStats>,
     running: Mutex<Option<Consumers>>,
     rt: tokio::runtime::Handle,
 }
@@ -114,7 +122,8 @@ impl Core {
             }
         });
         let learned = self.enforcer.export_learned();
-        Some(Handover { pending, learned })
+        let counters = crate::telemetry::carry::export(&self.enforcer, &self.gate_stats);
+        Some(Handover { pending, learned, counters })
     }
 }
 
@@ -142,6 +151,8 @@ pub struct Agent {
     pub coverage: Arc<Coverage>,
     /// The Kubernetes agent's per-pod report and readiness (set before `go`).
     pub k8s: Option<Arc<crate::telemetry::k8s::K8sStats>>,
+    /// Removed endpoints' final series, for the grace period.
+    departed: Arc<Departed>,
     /// The veth programs' interfaces (with `AgentOptions::node_netns`).
     veths: Option<veth::Veths>,
 }
@@ -152,6 +163,7 @@ pub struct Agent {
 /// changed (for a restart after a crash).
 async fn expire_learned(
     enforcer: Enforcer,
+    gate_stats: Arc<DnsStats>,
     gates: Arc<NamespaceGates>,
     snapshot: Option<PathBuf>,
     mut stop: watch::Receiver<bool>,
@@ -171,10 +183,14 @@ async fn expire_learned(
                 };
                 n += 1;
                 let Some(dir) = snapshot.as_deref() else { continue };
+                // Learned state or the gate's counts changed (every answer
+                // and every refusal moves one of these).
+                let version = (version, gate_stats.queries.latency().1, gate_stats.queries_refused.load(Ordering::Relaxed));
                 if n % 4 != 0 || written == Some(version) {
                     continue;
                 }
-                let h = Handover { pending: Vec::new(), learned: enforcer.export_learned() };
+                let counters = crate::telemetry::carry::export(&enforcer, &gate_stats);
+                let h = Handover { pending: Vec::new(), learned: enforcer.export_learned(), counters };
                 written = Some(version);
                 if let Err(e) = handover::write_snapshot(dir, &h) {
                     warn!(error = %e, "writing the learned-state snapshot failed");
@@ -273,7 +289,12 @@ impl Agent {
             .enable_all()
             .build()
             .context("starting the tokio runtime")?;
-        let core = Arc::new(Core { enforcer: enforcer.clone(), running: Mutex::new(None), rt: rt.handle().clone() });
+        let core = Arc::new(Core {
+            enforcer: enforcer.clone(),
+            gate_stats: gate_stats.clone(),
+            running: Mutex::new(None),
+            rt: rt.handle().clone(),
+        });
         Ok(Self {
             enforcer,
             gate_stats,
@@ -292,6 +313,7 @@ impl Agent {
             config_stats: Arc::default(),
             coverage: Arc::default(),
             k8s: None,
+            departed: Arc::new(Departed::new(opts.metrics_pod_grace)),
             veths,
         })
     }
@@ -319,6 +341,10 @@ impl Agent {
         let (gone, ports, n, orphans) = self.enforcer.adopt(h.as_ref().map_or(&[][..], |h| &h.learned))?;
         self.dns_gates.retire_ports(ports);
         info!(pairs = n, orphans, "adopted learned names");
+        if let Some(h) = &h {
+            let carried = crate::telemetry::carry::import(&self.enforcer, &self.gate_stats, &h.counters);
+            info!(endpoints = carried, "carried the previous agent's DNS counters over");
+        }
         if let Some(p) = &self.pins {
             for cg in gone {
                 p.unlink_cgroup(cg)?;
@@ -346,21 +372,20 @@ impl Agent {
         let opener = gate_opener(self.dns_gates.clone());
         let mut tasks = vec![
             self.rt.spawn(blocked::run(denied, self.enforcer.clone(), log, opener, stop_rx.clone())),
-            self.rt.spawn(expire_learned(self.enforcer.clone(), self.dns_gates.clone(), self.state_dir.clone(), stop_rx.clone())),
+            self.rt.spawn(expire_learned(
+                self.enforcer.clone(),
+                self.gate_stats.clone(),
+                self.dns_gates.clone(),
+                self.state_dir.clone(),
+                stop_rx.clone(),
+            )),
         ];
         if let Some(addr) = self.metrics_addr {
             let listener = {
                 let _rt = self.rt.enter();
-                crate::telemetry::metrics::bind(addr).with_context(|| format!("metrics address {addr}"))?
+                crate::telemetry::server::bind(addr).with_context(|| format!("metrics address {addr}"))?
             };
-            let src = crate::telemetry::metrics::Sources {
-                enforcer: self.enforcer.clone(),
-                coverage: self.coverage.clone(),
-                gate: self.gate_stats.clone(),
-                config: self.config_stats.clone(),
-                k8s: self.k8s.clone(),
-            };
-            tasks.push(self.rt.spawn(crate::telemetry::metrics::serve(listener, src, stop_rx)));
+            tasks.push(self.rt.spawn(crate::telemetry::server::serve(listener, self.metric_sources(), stop_rx)));
         }
         *lock(&self.core.running) = Some(Consumers { stop_gate, gate_thread, stop, tasks });
         // Only now may the kernel hold answers for us: someone is listening.
@@ -372,6 +397,18 @@ impl Agent {
             self.listener = Some(handover::Server::start(dir, move || core.hand_over().unwrap_or_default(), Some(ask))?);
         }
         Ok(())
+    }
+
+    /// What the metrics read.
+    fn metric_sources(&self) -> Sources {
+        Sources {
+            enforcer: self.enforcer.clone(),
+            coverage: self.coverage.clone(),
+            gate: self.gate_stats.clone(),
+            config: self.config_stats.clone(),
+            departed: self.departed.clone(),
+            k8s: self.k8s.clone(),
+        }
     }
 
     /// Whether this agent has handed over to a newer one (a rolling
@@ -413,7 +450,10 @@ impl Agent {
     /// remove_endpoint`). A cgroup nested in it or around it keeps its own
     /// attach point; their verdict caches are planned again.
     pub fn remove_endpoint(&mut self, id: u32) -> Result<()> {
-        let Some(cgroup_id) = self.enforcer.endpoint(id).map(|e| e.cgroup_id) else { return Ok(()) };
+        let Some(view) = self.enforcer.endpoint(id) else { return Ok(()) };
+        let cgroup_id = view.cgroup_id;
+        // Its final values, before its counters are forgotten.
+        let (labels, values) = crate::telemetry::metrics::final_values(&self.metric_sources(), &view);
         self.detach_veths_of(id)?;
         if self.attached.iter().any(|(_, c)| *c == cgroup_id) {
             self.datapath.detach(cgroup_id, self.pins.as_ref()).with_context(|| format!("detaching from cgroup {cgroup_id}"))?;
@@ -423,6 +463,7 @@ impl Agent {
         self.enforcer.remove_endpoint(id)?;
         self.gate_stats.forget(id);
         self.coverage.forget(id);
+        self.departed.depart(labels, values, Instant::now());
         self.live.unwatch_cgroup(cgroup_id);
         self.refresh_verdict_caches()
     }

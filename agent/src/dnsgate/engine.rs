@@ -11,13 +11,18 @@ use std::{
     borrow::Cow,
     net::{IpAddr, SocketAddr},
     sync::{Arc, atomic::Ordering::Relaxed},
+    time::Instant,
 };
 
 use agent_common::Reason;
 use hickory_proto::op::{Message, ResponseCode};
 use tracing::warn;
 
-use super::{DnsStats, MAX_CNAME_CHAIN, ratelimit::RecordLimit};
+use super::{
+    DnsStats, MAX_CNAME_CHAIN,
+    queries::{Decision, Rcode},
+    ratelimit::RecordLimit,
+};
 use crate::{
     blocked::{BlockedRecord, LogSink, write_record},
     dns::{Suspicion, learnable, parse_message, parse_query, question, refusal, strip_addresses, suspicion, transaction_id},
@@ -94,6 +99,7 @@ impl Engine {
         let parsed = parse_message(bytes).and_then(|m| Ok((parse_query(&m)?, m)));
         let Ok(((qname, qtype), msg)) = parsed else {
             DnsStats::bump(&self.stats.dropped_malformed);
+            self.stats.queries.count(who.endpoint, Decision::Dropped, Rcode::Other);
             return QueryVerdict::Drop;
         };
         self.note_shape(who.endpoint, &qname);
@@ -117,10 +123,16 @@ impl Engine {
             return QueryVerdict::Forward(q);
         }
         DnsStats::bump(&self.stats.queries_refused);
+        // Counted here, once: on the hold path the resolver's answer is
+        // replaced later (`refuse_answer`), uncounted.
         match refusal(&msg, self.deny_rcode).to_vec() {
-            Ok(reply) => QueryVerdict::Refuse(q, reply),
+            Ok(reply) => {
+                self.stats.queries.count(who.endpoint, Decision::Refused, Rcode::of(self.deny_rcode));
+                QueryVerdict::Refuse(q, reply)
+            }
             Err(_) => {
                 DnsStats::bump(&self.stats.dropped_malformed);
+                self.stats.queries.count(who.endpoint, Decision::Dropped, Rcode::Other);
                 QueryVerdict::Drop
             }
         }
@@ -143,7 +155,18 @@ impl Engine {
     /// a cap refused) are stripped. Returns the bytes to deliver (the
     /// original when nothing changed), or `None`: dropped, counted.
     pub fn on_answer<'a>(&self, who: &Client, q: &Question, bytes: &'a [u8]) -> Option<Cow<'a, [u8]>> {
+        let start = Instant::now();
+        let out = self.judge_answer(who, q, bytes);
+        self.stats.queries.observe_answer(start.elapsed());
+        out
+    }
+
+    /// `on_answer`, counted per endpoint by decision and rcode (an
+    /// unsolicited answer is no query's: only the node counts it).
+    fn judge_answer<'a>(&self, who: &Client, q: &Question, bytes: &'a [u8]) -> Option<Cow<'a, [u8]>> {
+        let dropped = |rcode| self.stats.queries.count(who.endpoint, Decision::Dropped, rcode);
         let Ok(mut msg) = parse_message(bytes) else {
+            dropped(Rcode::Other);
             DnsStats::bump(&self.stats.dropped_malformed);
             return None;
         };
@@ -151,14 +174,19 @@ impl Engine {
             DnsStats::bump(&self.stats.answers_unsolicited);
             return None;
         }
+        let rcode = Rcode::of(msg.metadata.response_code);
         let Ok(learned) = learnable(&msg, MAX_CNAME_CHAIN) else {
             DnsStats::bump(&self.stats.dropped_malformed);
+            dropped(rcode);
             return None;
         };
         let Some(ep) = self.learner.endpoint(who.endpoint) else {
             DnsStats::bump(&self.stats.dropped_unknown_endpoint);
+            dropped(rcode);
             return None;
         };
+        // Only audit mode forwards a query the policy does not allow.
+        let decision = if ep.mode.audits() && !ep.policy.may_resolve(&q.qname) { Decision::Audited } else { Decision::Forwarded };
         let mut refused = Vec::new();
         if let Some(l) = &learned {
             let addrs: Vec<(IpAddr, u32)> = l.addrs.iter().map(|a| (a.ip, a.ttl)).collect();
@@ -167,19 +195,25 @@ impl Engine {
                 Err(e) => {
                     warn!(error = %e, "learning failed; answer held back");
                     DnsStats::bump(&self.stats.dropped_inject_failed);
+                    dropped(rcode);
                     return None;
                 }
             }
         }
         let stripped = self.strip(&ep, who, &q.qname, &refused, &mut msg);
         if stripped.is_empty() {
+            self.stats.queries.count(who.endpoint, decision, rcode);
             return Some(Cow::Borrowed(bytes));
         }
         DnsStats::bump(&self.stats.answers_stripped);
         match msg.to_vec() {
-            Ok(v) => Some(Cow::Owned(v)),
+            Ok(v) => {
+                self.stats.queries.count(who.endpoint, decision, rcode);
+                Some(Cow::Owned(v))
+            }
             Err(_) => {
                 DnsStats::bump(&self.stats.dropped_malformed);
+                dropped(rcode);
                 None
             }
         }

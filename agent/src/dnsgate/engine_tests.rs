@@ -164,3 +164,34 @@ fn an_answer_to_another_question_or_that_cannot_be_learned_is_not_delivered() {
     let (e, _, _) = engine(false, true);
     assert!(e.on_answer(&who(1), &q("api.example.test", 7), &answer).is_none(), "fail closed when learning fails");
 }
+
+#[test]
+fn queries_are_counted_per_endpoint_by_decision_and_rcode() {
+    use crate::dnsgate::queries::{Decision, Rcode};
+    let cell = |e: &Engine, d: Decision, r: Rcode| e.stats.queries.get(1)[d as usize][r as usize];
+    let (e, _, _) = engine(false, false);
+    assert!(matches!(e.on_query(&who(1), &query(7, "api.example.test")), QueryVerdict::Forward(_)));
+    let answer =
+        response(7, "api.example.test", RecordType::A, vec![a("api.example.test", [203, 0, 113, 10], 60)]).to_vec().unwrap();
+    assert!(e.on_answer(&who(1), &q("api.example.test", 7), &answer).is_some());
+    assert!(matches!(e.on_query(&who(1), &query(8, "evil.example.test")), QueryVerdict::Refuse(..)));
+    assert_eq!(e.on_query(&who(1), b"\x00\x01garbage"), QueryVerdict::Drop);
+    // Unsolicited: no query's, not counted per endpoint.
+    assert!(e.on_answer(&who(1), &q("api.example.test", 9), &answer).is_none());
+    let mut nx = response(10, "api.example.test", RecordType::A, vec![]);
+    nx.metadata.response_code = ResponseCode::NXDomain;
+    assert!(e.on_answer(&who(1), &q("api.example.test", 10), &nx.to_vec().unwrap()).is_some());
+    assert_eq!(cell(&e, Decision::Forwarded, Rcode::NoError), 1);
+    assert_eq!(cell(&e, Decision::Forwarded, Rcode::NxDomain), 1);
+    assert_eq!(cell(&e, Decision::Refused, Rcode::NxDomain), 1);
+    assert_eq!(cell(&e, Decision::Dropped, Rcode::Other), 1);
+    let total: u64 = e.stats.queries.get(1).iter().flatten().sum();
+    assert_eq!(total, 4, "{:?}", e.stats.queries.get(1));
+    assert_eq!(e.stats.queries.latency().1, 3, "every answer judged is timed");
+    // Audit mode: a name the policy does not allow, forwarded, is audited.
+    let (e, _, _) = engine(true, false);
+    let evil =
+        response(11, "evil.example.test", RecordType::A, vec![a("evil.example.test", [203, 0, 113, 11], 60)]).to_vec().unwrap();
+    assert!(e.on_answer(&who(1), &q("evil.example.test", 11), &evil).is_some());
+    assert_eq!(cell(&e, Decision::Audited, Rcode::NoError), 1);
+}

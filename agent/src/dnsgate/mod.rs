@@ -15,6 +15,7 @@ pub mod hold;
 mod ids;
 pub mod inject;
 pub mod netns;
+pub mod queries;
 pub mod ratelimit;
 pub mod veth;
 
@@ -53,9 +54,13 @@ pub struct DnsStats {
     pub queries_refused: AtomicU64,
     /// Per endpoint: refused queries and suspicious names, for alerts.
     pub per_endpoint: Mutex<HashMap<u32, EndpointDnsStats>>,
+    /// Per endpoint: queries by decision and rcode (lock-free), and the
+    /// gate's answer latency.
+    pub queries: queries::QueryCounts,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct EndpointDnsStats {
     pub refused: u64,
     pub suspicious_long_label: u64,
@@ -92,6 +97,7 @@ impl DnsStats {
         if let Ok(mut m) = self.per_endpoint.lock() {
             m.remove(&id);
         }
+        self.queries.forget(id);
     }
 
     /// A per-endpoint count summed over every endpoint.

@@ -9,6 +9,19 @@ use agent_common::{FlowCounters, Reason, flow::range, flow::slot};
 
 use super::Enforcer;
 
+/// Names of the always-denied range classes (`range` label of
+/// `portcullis_denied_range_total`), a fixed table: every pod's series
+/// exist at 0 for each of them. Index + 1 is the kernel's range id.
+pub const RANGE_NAMES: [&str; (slot::RANGES - 1) as usize] = {
+    let mut out = [""; (slot::RANGES - 1) as usize];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = range::name(i as u32 + 1);
+        i += 1;
+    }
+    out
+};
+
 /// One endpoint's counts since its id was given out (pinned: they survive
 /// an agent restart or upgrade).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,7 +42,48 @@ pub struct FlowCounts {
     pub ingress_packets: u64,
 }
 
+impl Default for FlowCounts {
+    fn default() -> Self {
+        Self {
+            connections: [0; Reason::MAX as usize],
+            datagrams: [0; Reason::MAX as usize],
+            rules: Vec::new(),
+            ranges: Vec::new(),
+            egress_bytes: 0,
+            ingress_bytes: 0,
+            egress_packets: 0,
+            ingress_packets: 0,
+        }
+    }
+}
+
 impl FlowCounts {
+    /// Adds `other` (two endpoints reported under one pod's labels).
+    pub fn add(&mut self, other: &FlowCounts) {
+        for (a, b) in self.connections.iter_mut().zip(other.connections) {
+            *a += b;
+        }
+        for (a, b) in self.datagrams.iter_mut().zip(other.datagrams) {
+            *a += b;
+        }
+        for (rule, n) in &other.rules {
+            match self.rules.iter_mut().find(|(r, _)| r == rule) {
+                Some((_, k)) => *k += n,
+                None => self.rules.push((rule.clone(), *n)),
+            }
+        }
+        for (range, n) in &other.ranges {
+            match self.ranges.iter_mut().find(|(r, _)| r == range) {
+                Some((_, k)) => *k += n,
+                None => self.ranges.push((range, *n)),
+            }
+        }
+        self.egress_bytes += other.egress_bytes;
+        self.ingress_bytes += other.ingress_bytes;
+        self.egress_packets += other.egress_packets;
+        self.ingress_packets += other.ingress_packets;
+    }
+
     /// The counts in `c`, rules named from `rules` (`CompiledPolicy::rules`).
     pub fn from_kernel(c: &FlowCounters, rules: &[String]) -> Self {
         let at = |s: u32| c.slots.get(s as usize).copied().unwrap_or(0);
@@ -52,7 +106,7 @@ impl FlowCounts {
             other = other.max(at(slot::RULE));
             listed.push(("other".to_owned(), other));
         }
-        let ranges = (1..slot::RANGES).map(|r| (range::name(r), at(slot::RANGE + r))).collect();
+        let ranges = (1..slot::RANGES).map(|r| (RANGE_NAMES[r as usize - 1], at(slot::RANGE + r))).collect();
         Self {
             connections,
             datagrams,
@@ -99,5 +153,24 @@ mod tests {
         assert!(f.ranges.contains(&("metadata", 2)));
         assert!(f.ranges.contains(&("private", 0)));
         assert_eq!(f.egress_bytes, 1500);
+    }
+}
+
+#[cfg(test)]
+mod add_tests {
+    use super::*;
+
+    #[test]
+    fn adding_merges_rules_and_ranges() {
+        let mut a = FlowCounts { rules: vec![("a.example".into(), 1)], ranges: vec![("metadata", 2)], ..Default::default() };
+        a.connections[Reason::DeniedRange as usize] = 3;
+        let mut b = a.clone();
+        b.rules.push(("b.example".into(), 5));
+        b.egress_bytes = 7;
+        a.add(&b);
+        assert_eq!(a.connections[Reason::DeniedRange as usize], 6);
+        assert_eq!(a.rules, vec![("a.example".into(), 2), ("b.example".into(), 5)]);
+        assert_eq!(a.ranges, vec![("metadata", 4)]);
+        assert_eq!(a.egress_bytes, 7);
     }
 }

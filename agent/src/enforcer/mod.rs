@@ -23,7 +23,10 @@ use std::{
 use agent_common::{GateKey, GatePortKey, GatePortValue, GateValue};
 use aya::maps::MapError;
 
-pub use self::{flow_counts::FlowCounts, state::*};
+pub use self::{
+    flow_counts::{FlowCounts, RANGE_NAMES},
+    state::*,
+};
 use crate::{
     datapath::{
         maps::{GateClients, KernelCounters},

@@ -80,6 +80,7 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
         attachment: crate::datapath::loader::Attachment::UntilCgroupRemoved,
         state_dir: None,
         metrics_addr: None,
+        metrics_pod_grace: crate::telemetry::grace::DEFAULT_GRACE,
         node_netns: match &args.veth_netns {
             Some(p) => Some(File::open(p).with_context(|| format!("opening {}", p.display()))?.into()),
             None => None,

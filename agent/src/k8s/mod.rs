@@ -115,6 +115,7 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         state_dir: pins.as_ref().map(|_| args.state_dir.clone()),
         pins,
         metrics_addr: args.metrics_addr,
+        metrics_pod_grace: args.metrics_pod_grace,
         node_netns: match args.no_pod_veths {
             true => None,
             false => Some(open_netns(&args.node_netns)?),

@@ -90,6 +90,7 @@ fn agent_options(cfg: &NodeConfig, args: &RunArgs) -> Result<AgentOptions> {
         pins: args.pin_path.as_deref().map(Pins::open).transpose().context("--pin-path")?,
         state_dir: args.pin_path.as_ref().map(|_| args.state_dir.clone()),
         metrics_addr: args.metrics_addr.or(cfg.metrics_addr),
+        metrics_pod_grace: args.metrics_pod_grace,
         node_netns: None,
     })
 }

@@ -4,7 +4,7 @@
 //! Written by the reconciler, read by scrapes: one short lock each.
 
 use std::{
-    fmt::Write as _,
+    fmt,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
@@ -14,7 +14,9 @@ use std::{
 
 use tracing::warn;
 
-use super::exposition::{esc, family};
+use prometheus_client::encoding::DescriptorEncoder;
+
+use super::families::{Extra, NO_LABELS, PodAnd, PodLabels, gauge, histogram};
 use crate::{enforcer::Mode, util::lock};
 
 /// Something about a pod that cgroup hooks cannot contain.
@@ -146,81 +148,65 @@ impl K8sStats {
         self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
     }
 
-    pub fn render(&self, out: &mut String) {
+    pub fn encode(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
         let pods = self.pods();
-        let lbl = |r: &PodRow| format!("source_namespace=\"{}\",source_pod=\"{}\"", esc(&r.namespace), esc(&r.pod));
-        family(out, "portcullis_pod_mode", "gauge", "Pods on this node by how the agent treats them (enforce, audit, exempt).");
-        for r in &pods {
-            let _ = writeln!(out, "portcullis_pod_mode{{{},mode=\"{}\"}} 1", lbl(r), r.mode.as_str());
-        }
-        family(
-            out,
+        let lbl = |r: &PodRow| PodLabels { source_namespace: r.namespace.clone(), source_pod: r.pod.clone() };
+        let rows: Vec<(PodLabels, &PodRow)> = pods.iter().map(|r| (lbl(r), r)).collect();
+        let enforced = || rows.iter().filter(|(_, r)| r.mode != Mode::Exempt);
+        gauge(
+            enc,
+            "portcullis_pod_mode",
+            "Pods on this node by how the agent treats them (enforce, audit, exempt).",
+            rows.iter().map(|(l, r)| (PodAnd { pod: l, extra: Extra::Mode(r.mode.as_str()) }, 1)),
+        )?;
+        gauge(
+            enc,
             "portcullis_pod_enforcement_gaps",
-            "gauge",
-            "1 where a pod cannot be fully enforced by cgroup hooks, by gap (host-network, privileged, cap-net-raw, cap-net-admin, sandboxed-runtime, cgroup-not-found).",
-        );
-        for r in pods.iter().filter(|r| r.mode != Mode::Exempt) {
-            for g in Gap::ALL {
-                let _ = writeln!(
-                    out,
-                    "portcullis_pod_enforcement_gaps{{{},gap=\"{}\"}} {}",
-                    lbl(r),
-                    g.as_str(),
-                    u8::from(r.gaps.contains(&g))
-                );
-            }
-        }
-        family(out, "portcullis_pod_policies", "gauge", "Policies selecting the pod (0: deny all but DNS).");
-        for r in pods.iter().filter(|r| r.mode != Mode::Exempt) {
-            let _ = writeln!(out, "portcullis_pod_policies{{{}}} {}", lbl(r), r.policies);
-        }
-        family(
-            out,
+            "1 where a pod cannot be fully enforced by cgroup hooks, by gap (host-network, privileged, cap-net-raw, cap-net-admin, sandboxed-runtime, cgroup-not-found, veth-not-found).",
+            enforced().flat_map(|(l, r)| {
+                Gap::ALL
+                    .into_iter()
+                    .map(move |g| (PodAnd { pod: l, extra: Extra::Gap(g.as_str()) }, i64::from(r.gaps.contains(&g))))
+            }),
+        )?;
+        gauge(
+            enc,
+            "portcullis_pod_policies",
+            "Policies selecting the pod (0: deny all but DNS).",
+            enforced().map(|(l, r)| (PodAnd { pod: l, extra: Extra::None }, r.policies as i64)),
+        )?;
+        gauge(
+            enc,
             "portcullis_pod_unresolved_services",
-            "gauge",
             "toServices entries of the pod's policies that open nothing (not on record, or no ClusterIP and no backend).",
-        );
-        for r in pods.iter().filter(|r| r.mode != Mode::Exempt) {
-            let _ = writeln!(out, "portcullis_pod_unresolved_services{{{}}} {}", lbl(r), r.unresolved_services);
-        }
-        family(
-            out,
+            enforced().map(|(l, r)| (PodAnd { pod: l, extra: Extra::None }, r.unresolved_services as i64)),
+        )?;
+        gauge(
+            enc,
             "portcullis_pod_capped_services",
-            "gauge",
             // 256: k8s::services::MAX_BACKENDS_PER_RULE (telemetry cannot name k8s).
             "toServices rules of the pod's policies with more backends (EndpointSlice addresses) than the 256 each opens.",
-        );
-        for r in pods.iter().filter(|r| r.mode != Mode::Exempt) {
-            let _ = writeln!(out, "portcullis_pod_capped_services{{{}}} {}", lbl(r), r.capped_services.len());
-        }
-        family(
-            out,
+            enforced().map(|(l, r)| (PodAnd { pod: l, extra: Extra::None }, r.capped_services.len() as i64)),
+        )?;
+        let invalid: Vec<String> = lock(&self.invalid).iter().map(|(name, _)| name.to_string()).collect();
+        gauge(
+            enc,
             "portcullis_k8s_policy_invalid",
-            "gauge",
             "Policy objects whose current version the agent refuses (their last valid version stays in force).",
-        );
-        for (name, _) in lock(&self.invalid).iter() {
-            let _ = writeln!(out, "portcullis_k8s_policy_invalid{{policy=\"{}\"}} 1", esc(name));
-        }
-        family(
-            out,
+            invalid.iter().map(|n| ([("policy", n.as_str())], 1)),
+        )?;
+        gauge(
+            enc,
             "portcullis_k8s_synced",
-            "gauge",
             "1 once every watch (pods, namespaces, policies, services, endpointslices) has listed everything.",
-        );
-        let _ = writeln!(out, "portcullis_k8s_synced {}", u8::from(self.synced.load(Relaxed)));
-        family(
-            out,
+            [(NO_LABELS, i64::from(self.synced.load(Relaxed)))],
+        )?;
+        let buckets = self.buckets.iter().zip(BUCKETS).map(|(b, le)| (le, b.load(Relaxed))).collect();
+        histogram(
+            enc,
             "portcullis_time_to_enforce_seconds",
-            "histogram",
             "From a pod being seen without its policy in force (no cgroup yet, resolvers unknown) to its policy in force.",
-        );
-        for (b, le) in self.buckets.iter().zip(BUCKETS) {
-            let _ = writeln!(out, "portcullis_time_to_enforce_seconds_bucket{{le=\"{le}\"}} {}", b.load(Relaxed));
-        }
-        let n = self.count.load(Relaxed);
-        let _ = writeln!(out, "portcullis_time_to_enforce_seconds_bucket{{le=\"+Inf\"}} {n}");
-        let _ = writeln!(out, "portcullis_time_to_enforce_seconds_sum {}", self.sum_us.load(Relaxed) as f64 / 1e6);
-        let _ = writeln!(out, "portcullis_time_to_enforce_seconds_count {n}");
+            (self.sum_us.load(Relaxed) as f64 / 1e6, self.count.load(Relaxed), buckets),
+        )
     }
 }
