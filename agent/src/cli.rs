@@ -37,6 +37,13 @@ pub enum Command {
     /// Print the CustomResourceDefinitions (EgressPolicy, ClusterEgressPolicy)
     /// generated from the agent's types, or write one file per CRD.
     Crds(CrdsArgs),
+    /// Show this node's blocked-connection log, filtered (read from its
+    /// files; no server needed).
+    #[command(after_help = crate::blocked::query::args::BLOCKED_EXAMPLES)]
+    Blocked(crate::blocked::query::BlockedArgs),
+    /// Print the policy lines a pod's blocked attempts imply, for review.
+    #[command(after_help = crate::blocked::query::args::SUGGEST_EXAMPLES)]
+    Suggest(crate::blocked::query::SuggestArgs),
 }
 
 const AGENT_EXAMPLES: &str = "\
@@ -125,9 +132,12 @@ pub struct AgentArgs {
     /// Serve `/metrics`, `/healthz` and `/readyz` here.
     #[arg(long, env = "PORTCULLIS_METRICS_ADDR", value_name = "IP:PORT")]
     pub metrics_addr: Option<std::net::SocketAddr>,
-    /// Blocked-connection log (JSON lines); default stderr.
+    /// The blocked log's file (instead of `DIR/blocked.log` of
+    /// --blocked-log-dir); the records also go to stdout.
     #[arg(long, env = "PORTCULLIS_LOG", value_name = "FILE")]
     pub log: Option<PathBuf>,
+    #[command(flatten)]
+    pub blocked_log: crate::blocked::BlockedLogArgs,
     /// Created once ready (every watch listed, pods reconciled): a
     /// readiness probe that reads a file of its own container cannot be
     /// answered by the previous agent during a rolling update, as an HTTP
@@ -215,7 +225,8 @@ pub struct ExecArgs {
     /// Record what would be blocked, block nothing.
     #[arg(long, env = "PORTCULLIS_AUDIT")]
     pub audit: bool,
-    /// Write blocked attempts as JSON lines here (default: stderr).
+    /// Write blocked attempts as JSON lines here, rotated at 10 MiB, 5 files
+    /// kept (default: stderr).
     #[arg(long, env = "PORTCULLIS_LOG", value_name = "FILE")]
     pub log: Option<PathBuf>,
     /// Shortest time a learned IP stays allowed, whatever the DNS TTL.
@@ -300,6 +311,9 @@ pub struct RunArgs {
     /// metricsAddr), e.g. 0.0.0.0:9464.
     #[arg(long, env = "PORTCULLIS_METRICS_ADDR", value_name = "IP:PORT")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The blocked log's files (the config's `log:` names the file itself).
+    #[command(flatten)]
+    pub blocked_log: crate::blocked::BlockedLogArgs,
 }
 
 #[derive(Debug, Args)]

@@ -60,6 +60,8 @@ fn main() -> ExitCode {
             run::unpin(args).map(|()| 0)
         }
         Command::CheckPolicy(args) => check::run(args).map(|()| 0).map_err(Into::into),
+        Command::Blocked(args) => Ok(portcullis::blocked::query::run(args)),
+        Command::Suggest(args) => Ok(portcullis::blocked::suggest::run(args)),
         #[cfg(feature = "k8s")]
         Command::Crds(args) => portcullis::k8s::crd::print(args.out.as_deref()).map(|()| 0),
     };
