@@ -16,7 +16,11 @@ use crate::blocked::rotate::FILE_NAME;
 
 /// Every reason a record can carry (the denials of `agent_common::Reason`).
 pub fn reason_names() -> Vec<&'static str> {
-    (0..Reason::MAX).filter_map(Reason::from_u32).filter(|r| !r.is_allowed()).map(Reason::as_str).collect()
+    (0..Reason::MAX)
+        .filter_map(Reason::from_u32)
+        .filter(|r| !r.is_allowed() && *r != Reason::DnsHeld)
+        .map(Reason::as_str)
+        .collect()
 }
 
 /// Where the records are read.
