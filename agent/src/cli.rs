@@ -27,7 +27,7 @@ pub enum Command {
     /// Kubernetes node agent (the DaemonSet's command): enforce the EgressPolicies
     /// of this node's pods, found through the API server.
     #[command(after_help = AGENT_EXAMPLES)]
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Stop the enforcement `run --pin-path` left in the kernel (uninstall).
     #[command(after_help = UNPIN_EXAMPLES)]
     Unpin(UnpinArgs),

@@ -304,7 +304,7 @@ fn the_log_rotates_at_its_size_keeps_its_files_and_is_read_across_them() {
         .map(|r| r["dport"].as_u64().unwrap())
         .collect();
     let n = ports.len() as u64;
-    assert!(n >= 9 && n < 60, "{n} records in three files of 2000 bytes");
+    assert!((9..60).contains(&n), "{n} records in three files of 2000 bytes");
     assert_eq!(ports, (20060 - n..20060).collect::<Vec<_>>(), "every record of every file, oldest first");
     assert!(live.exists());
     agent.stop();

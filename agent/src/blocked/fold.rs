@@ -118,7 +118,8 @@ impl Folder {
         self.keys.drain().filter_map(|(_, w)| w.repeats.map(folded)).collect()
     }
 
-    pub fn len(&self) -> usize {
+    /// Keys followed now.
+    pub fn tracked(&self) -> usize {
         self.keys.len()
     }
 }
@@ -156,7 +157,7 @@ mod tests {
         assert_eq!(out.len(), 1, "443 had no repeats: nothing to write, and forgotten");
         let r = &out[0];
         assert_eq!((r.dport, r.count, r.first.as_deref(), r.last.as_deref(), r.pid), (80, 3, Some("t1"), Some("t9"), Some(8)));
-        assert_eq!(f.len(), 1);
+        assert_eq!(f.tracked(), 1);
         // Still repeating: counted into the next window, not written at once.
         assert!(!f.offer(&rec(80, "t12"), s(12)));
         // 443 was forgotten: its next attempt is written at once.
@@ -164,7 +165,7 @@ mod tests {
         assert_eq!(f.due(s(20)).iter().map(|r| r.count).collect::<Vec<_>>(), [1]);
         // A quiet window: the key goes (443 also had none).
         assert!(f.due(s(31)).is_empty());
-        assert_eq!(f.len(), 0);
+        assert_eq!(f.tracked(), 0);
         assert!(f.offer(&rec(80, "t31"), s(31)));
     }
 
@@ -190,7 +191,7 @@ mod tests {
             r.host = Some(format!("h{i}.example"));
             assert!(f.offer(&r, t0));
         }
-        assert_eq!(f.len(), MAX_KEYS);
+        assert_eq!(f.tracked(), MAX_KEYS);
         let mut r = rec(80, "t");
         r.host = Some(format!("h{}.example", MAX_KEYS + 5));
         assert!(f.offer(&r, t0), "untracked keys are written every time");

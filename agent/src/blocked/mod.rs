@@ -30,10 +30,10 @@ use tokio::{
     sync::watch,
 };
 
-pub use open::{BlockedLogArgs, exec_log, hostname, node_log};
+pub use open::{BlockedLogArgs, exec_log, node_log};
 pub use schema::{BlockedRecord, LostRecord, display_ip, now_rfc3339, proc_comm, protocol_name};
 pub use stats::LogStats;
-pub use writer::{BlockedLog, LogSink, Output, Settings, log_sink};
+pub use writer::{BlockedLog, LogSink, Output, Settings, hostname, log_sink};
 
 use crate::enforcer::Enforcer;
 

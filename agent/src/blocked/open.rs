@@ -17,7 +17,7 @@ use super::{
     fold::DEFAULT_WINDOW,
     limit::Limits,
     rotate::{DEFAULT_FILES, DEFAULT_MAX_BYTES, FILE_NAME, RotateSpec, Rotating},
-    writer::{BlockedLog, LogSink, Output, Settings},
+    writer::{BlockedLog, LogSink, Output, Settings, hostname},
 };
 
 /// The blocked log's files (flattened into `agent` and `run`).
@@ -74,11 +74,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         Some(_) => Err(format!("{s:?} is too small: a record is a few hundred bytes (256 at least)")),
         None => Err(format!("{s:?} is too large")),
     }
-}
-
-/// This host's name (its UTS namespace's), for `exec` and `run` records.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "unknown".into())
 }
 
 fn settings(args: &BlockedLogArgs) -> Settings {

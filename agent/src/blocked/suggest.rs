@@ -93,7 +93,7 @@ fn label(e: &Entry) -> String {
     if let Some(h) = &e.host
         && e.protocol.as_deref() != Some("dns")
     {
-        s = s.replacen(&format!("{h} "), "", 1) + &format!(" ({h})");
+        s = format!("{} ({h})", s.replacen(&format!("{h} "), "", 1));
     }
     s
 }

@@ -74,7 +74,13 @@ pub type LogSink = Arc<BlockedLog>;
 
 /// A log on one stream, with the default settings, named after this host.
 pub fn log_sink(w: Box<dyn Write + Send>) -> LogSink {
-    BlockedLog::new(super::open::hostname(), vec![Output::Stream(w)], Settings::default())
+    BlockedLog::new(hostname(), vec![Output::Stream(w)], Settings::default())
+}
+
+/// This host's name (its UTS namespace's), the `node` of `exec` and `run`
+/// records.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "unknown".into())
 }
 
 impl BlockedLog {

@@ -69,9 +69,7 @@ impl Entry {
     /// last line after a crash, a stray line).
     pub fn parse(line: &str) -> Option<Self> {
         let mut e: Self = serde_json::from_str(line).ok()?;
-        if e.time.is_none() {
-            return None;
-        }
+        e.time.as_ref()?;
         for s in [
             &mut e.kind,
             &mut e.time,
