@@ -176,7 +176,7 @@ Examples:
   portcullis run --config /etc/portcullis/node.yaml
 
 node.yaml:
-  log: /var/log/portcullis/blocked.jsonl     # default: stderr
+  log: /var/log/portcullis/blocked.log       # rotated (10 MiB x 5); records also on stdout
   metricsAddr: 0.0.0.0:9464                  # Prometheus /metrics (optional)
   endpoints:
     - name: agent-a

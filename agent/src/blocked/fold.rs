@@ -21,7 +21,7 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
 /// Keys followed at once; beyond it a new key is written as it comes (the
 /// rate limit still bounds it): a flood of distinct destinations must not
 /// grow the agent's memory.
-pub const MAX_KEYS: usize = 16_384;
+pub const MAX_KEYS: usize = 4096;
 
 /// What makes two attempts "the same" (pid and comm may differ: the record
 /// keeps the first's).
