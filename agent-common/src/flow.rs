@@ -25,10 +25,10 @@ pub mod slot {
     /// Plus a rule id: allowed connections and datagrams by the policy
     /// entry that allowed them; ids at or past `RULES` (and 0) share `RULE`.
     pub const RULE: u32 = 64;
-    pub const RULES: u32 = 48;
+    pub const RULES: u32 = 46;
     /// Plus a range id (`super::range`): denials by always-denied range.
-    pub const RANGE: u32 = 112;
-    pub const RANGES: u32 = 12;
+    pub const RANGE: u32 = 110;
+    pub const RANGES: u32 = 14;
     pub const EGRESS_BYTES: u32 = 124;
     pub const INGRESS_BYTES: u32 = 125;
     pub const EGRESS_PACKETS: u32 = 126;
@@ -36,37 +36,40 @@ pub mod slot {
 }
 
 /// Always-denied range classes (`CidrValue::range`), for
-/// `portcullis_denied_range_total{range}` and the blocked log.
+/// `portcullis_denied_range_total{range}` and the blocked log's `range`:
+/// id `i` is `NAMES[i - 1]`, 0 is none. The agent names a destination's
+/// range with the same table (`policy::range_name`).
 pub mod range {
     pub const NONE: u32 = 0;
+    pub const NAMES: [&str; 13] = [
+        "metadata",
+        "this-network",
+        "private",
+        "cgnat",
+        "loopback",
+        "link-local",
+        "multicast",
+        "reserved",
+        "unspecified",
+        "ipv4-compatible",
+        "unique-local",
+        "nat64",
+        "other",
+    ];
     pub const METADATA: u32 = 1;
-    pub const LINK_LOCAL: u32 = 2;
     pub const PRIVATE: u32 = 3;
-    pub const LOOPBACK: u32 = 4;
-    pub const CGNAT: u32 = 5;
-    pub const MULTICAST: u32 = 6;
-    pub const RESERVED: u32 = 7;
-    pub const UNIQUE_LOCAL: u32 = 8;
-    pub const NAT64_LOCAL: u32 = 9;
-    pub const THIS_NETWORK: u32 = 10;
-    pub const UNSPECIFIED: u32 = 11;
+    pub const LINK_LOCAL: u32 = 6;
+    /// The last id (`other`).
+    pub const OTHER: u32 = NAMES.len() as u32;
 
     /// The label value of a range class.
     pub const fn name(id: u32) -> &'static str {
-        match id {
-            METADATA => "metadata",
-            LINK_LOCAL => "link-local",
-            PRIVATE => "private",
-            LOOPBACK => "loopback",
-            CGNAT => "cgnat",
-            MULTICAST => "multicast",
-            RESERVED => "reserved",
-            UNIQUE_LOCAL => "unique-local",
-            NAT64_LOCAL => "nat64-local",
-            THIS_NETWORK => "this-network",
-            UNSPECIFIED => "unspecified",
-            _ => "other",
-        }
+        if id >= 1 && id <= OTHER { NAMES[id as usize - 1] } else { "other" }
+    }
+
+    /// The class of a name in `NAMES` (`OTHER` if not there).
+    pub fn id_of(name: &str) -> u32 {
+        NAMES.iter().position(|n| *n == name).map_or(OTHER, |i| i as u32 + 1)
     }
 }
 
@@ -78,6 +81,7 @@ pub struct FlowCounters {
 const _: () = assert!(size_of::<FlowCounters>() == 8 * FLOW_SLOTS);
 const _: () = assert!(slot::RANGE + slot::RANGES <= slot::EGRESS_BYTES);
 const _: () = assert!(slot::RULE + slot::RULES <= slot::RANGE);
+const _: () = assert!(range::OTHER < slot::RANGES);
 const _: () = assert!((Reason::DeniedSpoofed as u32) < slot::REASONS);
 
 impl Default for FlowCounters {

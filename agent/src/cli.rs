@@ -32,7 +32,7 @@ pub enum Command {
     /// Kubernetes node agent (the DaemonSet's command): enforce the EgressPolicies
     /// of this node's pods, found through the API server.
     #[command(after_help = AGENT_EXAMPLES)]
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Stop the enforcement `run --pin-path` left in the kernel (uninstall).
     #[command(after_help = UNPIN_EXAMPLES)]
     Unpin(UnpinArgs),
@@ -47,6 +47,13 @@ pub enum Command {
     /// Print the CustomResourceDefinitions (EgressPolicy, ClusterEgressPolicy)
     /// generated from the agent's types, or write one file per CRD.
     Crds(CrdsArgs),
+    /// Show this node's blocked-connection log, filtered (read from its
+    /// files; no server needed).
+    #[command(after_help = crate::blocked::query::args::BLOCKED_EXAMPLES)]
+    Blocked(crate::blocked::query::BlockedArgs),
+    /// Print the policy lines a pod's blocked attempts imply, for review.
+    #[command(after_help = crate::blocked::query::args::SUGGEST_EXAMPLES)]
+    Suggest(crate::blocked::query::SuggestArgs),
 }
 
 const AGENT_EXAMPLES: &str = "\
@@ -140,9 +147,12 @@ pub struct AgentArgs {
     #[arg(long, env = "PORTCULLIS_METRICS_POD_GRACE", value_name = "DURATION", default_value = "60s",
         value_parser = humantime::parse_duration)]
     pub metrics_pod_grace: std::time::Duration,
-    /// Blocked-connection log (JSON lines); default stderr.
+    /// The blocked log's file (instead of `DIR/blocked.log` of
+    /// --blocked-log-dir); the records also go to stdout.
     #[arg(long, env = "PORTCULLIS_LOG", value_name = "FILE")]
     pub log: Option<PathBuf>,
+    #[command(flatten)]
+    pub blocked_log: crate::blocked::BlockedLogArgs,
     /// Created once ready (every watch listed, pods reconciled): a
     /// readiness probe that reads a file of its own container cannot be
     /// answered by the previous agent during a rolling update, as an HTTP
@@ -181,7 +191,7 @@ Examples:
   portcullis run --config /etc/portcullis/node.yaml
 
 node.yaml:
-  log: /var/log/portcullis/blocked.jsonl     # default: stderr
+  log: /var/log/portcullis/blocked.log       # rotated (10 MiB x 5); records also on stdout
   metricsAddr: 0.0.0.0:9464                  # Prometheus /metrics (optional)
   endpoints:
     - name: agent-a
@@ -230,7 +240,8 @@ pub struct ExecArgs {
     /// Record what would be blocked, block nothing.
     #[arg(long, env = "PORTCULLIS_AUDIT")]
     pub audit: bool,
-    /// Write blocked attempts as JSON lines here (default: stderr).
+    /// Write blocked attempts as JSON lines here, rotated at 10 MiB, 5 files
+    /// kept (default: stderr).
     #[arg(long, env = "PORTCULLIS_LOG", value_name = "FILE")]
     pub log: Option<PathBuf>,
     /// Shortest time a learned IP stays allowed, whatever the DNS TTL.
@@ -320,6 +331,9 @@ pub struct RunArgs {
     #[arg(long, env = "PORTCULLIS_METRICS_POD_GRACE", value_name = "DURATION", default_value = "60s",
         value_parser = humantime::parse_duration)]
     pub metrics_pod_grace: std::time::Duration,
+    /// The blocked log's files (the config's `log:` names the file itself).
+    #[command(flatten)]
+    pub blocked_log: crate::blocked::BlockedLogArgs,
 }
 
 #[derive(Debug, Args)]

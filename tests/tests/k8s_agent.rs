@@ -16,7 +16,7 @@ use common::{
     scrape, series, wait_for,
 };
 use k8s::harness::{
-    Kubelet, OWN_POD_UID, Runtime, Workload, apply_dir, create_pod, free_addr, namespace, pod_qos, policy, start_agent,
+    Kubelet, NODE, OWN_POD_UID, Runtime, Workload, apply_dir, create_pod, free_addr, namespace, pod_qos, policy, start_agent,
     start_agent_with,
 };
 use portcullis_tests::{Bench, fakeapi::FakeApi, require_root};
@@ -266,6 +266,18 @@ fn cluster_policies_select_by_namespace_label_and_services_are_followed() {
     assert_eq!(ev["regarding"]["uid"], pod_uid(&api, "scratch", "x"), "{ev}");
     let note = ev["note"].as_str().unwrap_or_default();
     assert!(note.contains("10.96.0.10:8443") && note.contains("blocked-connection log"), "{note}");
+    // The blocked log names the node and the pod, and `portcullis blocked`
+    // finds the record by them (the repeats are folded in later).
+    let mut q = common::agent_cmd();
+    q.args(["blocked", "--file"]).arg(bench.workdir().join("blocked.jsonl"));
+    q.args(["-n", "scratch", "--pod", "x", "--to-ip", "10.96.0.10", "--port", "8443", "-o", "json"]);
+    let out = q.output().unwrap();
+    let recs: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!recs.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    for r in &recs {
+        assert_eq!((r["v"].as_u64(), r["node"].as_str(), r["namespace"].as_str()), (Some(1), Some(NODE), Some("scratch")), "{r}");
+    }
     let globex_events: Vec<_> = api.events().into_iter().filter(|e| e["regarding"]["name"] == "globex").collect();
     assert!(globex_events.is_empty(), "none for a pod nothing was blocked of: {globex_events:?}");
     assert!(acme.connect(OTHER_IP, 8443).is_err());

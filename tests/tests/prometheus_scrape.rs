@@ -263,6 +263,8 @@ fn prometheus_scrapes_the_agent_and_the_dashboard_and_alerts_query_real_series()
     assert!(prom.value(r#"portcullis_verdicts_total{hook="connect4",reason="denied-default"}"#).unwrap() >= 2.0);
     assert!(prom.value(&format!("portcullis_learned_entries{{{POD}}}")).unwrap() >= 1.0);
     assert_eq!(prom.value(r#"count(portcullis_build_info{version!=""})"#), Some(1.0));
+    // The blocked log wrote the blocked attempts (folded or not).
+    assert!(prom.value(r#"portcullis_blocked_log_total{what="records-written"}"#).unwrap() >= 2.0);
     assert_eq!(prom.value(r#"portcullis_endpoint_info{endpoint="run-ep",mode="enforce"}"#), Some(1.0));
     assert!(prom.value("histogram_quantile(0.5, sum by (le) (portcullis_dns_gate_answer_seconds_bucket))").unwrap() > 0.0);
     // Per-pod kernel counts (`FLOW_COUNTERS`): exact, by reason, range

@@ -5,7 +5,6 @@
 mod veth;
 
 use std::{
-    io::Write,
     os::fd::OwnedFd,
     path::{Path, PathBuf},
     sync::{
@@ -50,8 +49,8 @@ pub struct AgentOptions {
     pub ttl: TtlBounds,
     /// Limits on what endpoints learn from DNS.
     pub caps: Caps,
-    /// Where blocked-connection records go (JSON lines).
-    pub log: Box<dyn Write + Send>,
+    /// The blocked-connection log (`blocked::exec_log`, `blocked::node_log`).
+    pub log: LogSink,
     /// Let cgroups below an attach point that are not endpoints pass.
     pub unmanaged_allow: bool,
     /// Denied-attempt events per endpoint per second (per CPU) and burst;
@@ -130,6 +129,8 @@ impl Core {
 pub struct Agent {
     pub enforcer: Enforcer,
     pub gate_stats: Arc<DnsStats>,
+    /// What the blocked log wrote, folded, held back (for metrics).
+    pub blocked_stats: Arc<blocked::LogStats>,
     datapath: Datapath,
     rt: tokio::runtime::Runtime,
     core: Arc<Core>,
@@ -268,7 +269,8 @@ impl Agent {
             }
         }
         let enforcer = Enforcer::new(st);
-        let log = blocked::log_sink(opts.log);
+        let log = opts.log;
+        let blocked_stats = log.stats();
         let records = RecordLimit::new(opts.events_per_sec, opts.events_burst);
         let gate = HoldPath::new(enforcer.clone(), mark, log.clone(), opts.gate, records);
         let gate_stats = gate.engine().stats.clone();
@@ -298,6 +300,7 @@ impl Agent {
         Ok(Self {
             enforcer,
             gate_stats,
+            blocked_stats,
             datapath,
             rt,
             core,
@@ -407,6 +410,7 @@ impl Agent {
             gate: self.gate_stats.clone(),
             config: self.config_stats.clone(),
             departed: self.departed.clone(),
+            blocked: self.blocked_stats.clone(),
             k8s: self.k8s.clone(),
         }
     }

@@ -113,9 +113,14 @@ impl Engine {
         }
         self.stats.with_endpoint(who.endpoint, |s| s.refused += 1);
         if self.may_log(who.endpoint) {
+            let decision = match (ep.mode.audits(), self.deny_rcode) {
+                (true, _) => "forwarded",
+                (false, ResponseCode::Refused) => "refused",
+                (false, _) => "nxdomain",
+            };
             write_record(
                 &self.log,
-                &BlockedRecord::from_dns(&ep, Reason::DeniedDnsName, who.resolver, &q.qname, who.tgid, who.cgroup_id),
+                BlockedRecord::from_dns(&ep, Reason::DeniedDnsName, decision, who.resolver, &q.qname, who.tgid, who.cgroup_id),
             );
         }
         // Audit mode lets it through; it was logged above.
@@ -252,9 +257,18 @@ impl Engine {
         });
         for ip in would.into_iter().filter(|ip| ep.policy.unreachable(*ip)) {
             if self.may_log(who.endpoint) {
+                let decision = if ep.mode.audits() { "kept" } else { "stripped" };
                 write_record(
                     &self.log,
-                    &BlockedRecord::from_dns(ep, Reason::DeniedRange, SocketAddr::new(ip, 0), qname, who.tgid, who.cgroup_id),
+                    BlockedRecord::from_dns(
+                        ep,
+                        Reason::DeniedRange,
+                        decision,
+                        SocketAddr::new(ip, 0),
+                        qname,
+                        who.tgid,
+                        who.cgroup_id,
+                    ),
                 );
             }
         }

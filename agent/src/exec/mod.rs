@@ -58,7 +58,7 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
     // Block the forwarded signals before any thread exists, so every thread
     // inherits the mask and only our sigwait thread ever sees them.
     forwarded_set().thread_block().context("blocking signals")?;
-    let log = crate::blocked::open_log(args.log.as_deref())?;
+    let log = crate::blocked::exec_log(args.log.as_deref())?;
     let mount = cgroup2_mount()?;
     let pid = std::process::id();
     for left in crate::cgroup::sweep_stale(&mount, EXEC_CGROUP_PREFIX) {

@@ -93,13 +93,17 @@ pub fn run(args: &AgentArgs) -> Result<()> {
     // and every pod would run unenforced while none runs.
     let pins = Some(Pins::open(&args.pin_path).context("--pin-path")?);
     std::fs::create_dir_all(&args.state_dir).with_context(|| format!("creating {}", args.state_dir.display()))?;
-    let mut log = crate::blocked::open_log(args.log.as_deref())?;
     let mut pod_events = None;
+    let mut extra = Vec::new();
     if args.pod_events {
-        let (tap, rx) = events::tap(log);
-        log = Box::new(tap);
+        let (tap, rx) = events::tap(Box::new(std::io::sink()));
+        extra.push(crate::blocked::Output::Stream(Box::new(tap)));
         pod_events = Some(rx);
     }
+    // Records on stdout (tracing is on stderr) and in rotated files on the
+    // node, where `portcullis blocked` reads them.
+    let log =
+        crate::blocked::node_log(args.node_name.clone(), &args.blocked_log, args.log.as_deref(), Some(&args.state_dir), extra)?;
     let mut agent = Agent::start(AgentOptions {
         ttl: TtlBounds::default(),
         caps: Caps::default(),

@@ -16,7 +16,9 @@ pub use compile::{CidrEntry, CompileError, CompiledPolicy, FqdnRule, PortKey, co
 pub use model::{Destination, DnsPolicy, EgressRule, FieldError, LoadError, Policy, PolicySpec, Port, Protocol, RuleOrigin};
 pub use names::{NameError, NameSelector};
 pub use overrides::{OverrideError, Overrides};
-pub use ranges::{DeniedRange, canonical, canonical_net, deny_reason, is_always_denied, kernel_deny_entries, range_name};
+pub use ranges::{
+    DeniedRange, RANGE_NAMES, canonical, canonical_net, deny_reason, is_always_denied, kernel_deny_entries, range_name,
+};
 pub use resolvconf::{SystemDnsError, system_resolvers};
 
 use thiserror::Error;

@@ -14,46 +14,62 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 struct V4Range {
     net: Ipv4Net,
+    /// Stable short name (`range_name`): log field and metric label.
+    name: &'static str,
     description: &'static str,
     loopback: bool,
 }
 
 struct V6Range {
     net: Ipv6Net,
+    name: &'static str,
     description: &'static str,
     loopback: bool,
 }
 
-const fn v4(a: u8, b: u8, c: u8, d: u8, len: u8, description: &'static str) -> V4Range {
-    V4Range { net: Ipv4Net::new_assert(Ipv4Addr::new(a, b, c, d), len), description, loopback: false }
+const fn v4(a: u8, b: u8, c: u8, d: u8, len: u8, name: &'static str, description: &'static str) -> V4Range {
+    V4Range { net: Ipv4Net::new_assert(Ipv4Addr::new(a, b, c, d), len), name, description, loopback: false }
 }
 
-const fn v6(addr: u128, len: u8, description: &'static str) -> V6Range {
-    V6Range { net: Ipv6Net::new_assert(Ipv6Addr::from_bits(addr), len), description, loopback: false }
+const fn v6(addr: u128, len: u8, name: &'static str, description: &'static str) -> V6Range {
+    V6Range { net: Ipv6Net::new_assert(Ipv6Addr::from_bits(addr), len), name, description, loopback: false }
 }
 
 const V4_RANGES: [V4Range; 10] = [
-    v4(0, 0, 0, 0, 8, "\"this network\" (RFC 1122)"),
-    v4(10, 0, 0, 0, 8, "private (RFC 1918)"),
-    v4(100, 64, 0, 0, 10, "shared/CGNAT space (RFC 6598), incl. Alibaba Cloud metadata 100.100.100.200"),
-    V4Range { loopback: true, ..v4(127, 0, 0, 0, 8, "loopback") },
-    v4(169, 254, 0, 0, 16, "link-local, incl. cloud metadata 169.254.169.254"),
-    v4(172, 16, 0, 0, 12, "private (RFC 1918)"),
-    v4(192, 168, 0, 0, 16, "private (RFC 1918)"),
-    v4(224, 0, 0, 0, 4, "multicast"),
-    v4(240, 0, 0, 0, 4, "reserved, incl. broadcast 255.255.255.255"),
-    v4(168, 63, 129, 16, 32, "Azure wireserver"),
+    v4(0, 0, 0, 0, 8, "this-network", "\"this network\" (RFC 1122)"),
+    v4(10, 0, 0, 0, 8, "private", "private (RFC 1918)"),
+    v4(100, 64, 0, 0, 10, "cgnat", "shared/CGNAT space (RFC 6598), incl. Alibaba Cloud metadata 100.100.100.200"),
+    V4Range { loopback: true, ..v4(127, 0, 0, 0, 8, "loopback", "loopback") },
+    v4(169, 254, 0, 0, 16, "link-local", "link-local, incl. cloud metadata 169.254.169.254"),
+    v4(172, 16, 0, 0, 12, "private", "private (RFC 1918)"),
+    v4(192, 168, 0, 0, 16, "private", "private (RFC 1918)"),
+    v4(224, 0, 0, 0, 4, "multicast", "multicast"),
+    v4(240, 0, 0, 0, 4, "reserved", "reserved, incl. broadcast 255.255.255.255"),
+    v4(168, 63, 129, 16, 32, "metadata", "Azure wireserver"),
 ];
 
 const V6_RANGES: [V6Range; 7] = [
-    V6Range { loopback: true, ..v6(1, 128, "loopback") },
-    v6(0, 128, "unspecified address"),
-    v6(0, 96, "deprecated IPv4-compatible IPv6 (RFC 4291)"),
-    v6(0xfe80 << 112, 10, "link-local"),
-    v6(0xfc00 << 112, 7, "unique local, incl. AWS metadata fd00:ec2::254"),
-    v6(0xff00 << 112, 8, "multicast"),
-    v6(0x0064_ff9b_0001 << 80, 48, "local-use NAT64 (RFC 8215)"),
+    V6Range { loopback: true, ..v6(1, 128, "loopback", "loopback") },
+    v6(0, 128, "unspecified", "unspecified address"),
+    v6(0, 96, "ipv4-compatible", "deprecated IPv4-compatible IPv6 (RFC 4291)"),
+    v6(0xfe80 << 112, 10, "link-local", "link-local"),
+    v6(0xfc00 << 112, 7, "unique-local", "unique local, incl. AWS metadata fd00:ec2::254"),
+    v6(0xff00 << 112, 8, "multicast", "multicast"),
+    v6(0x0064_ff9b_0001 << 80, 48, "nat64", "local-use NAT64 (RFC 8215)"),
 ];
+
+/// Cloud metadata services inside the ranges above (AWS, GCP, Azure, Oracle
+/// and OpenStack 169.254.169.254; AWS ECS task metadata 169.254.170.2;
+/// Alibaba 100.100.100.200; AWS over IPv6 fd00:ec2::254): named
+/// `metadata` rather than after their range, because reaching one is the
+/// credential theft the ranges are there to stop.
+const METADATA_V4: [Ipv4Addr; 3] =
+    [Ipv4Addr::new(169, 254, 169, 254), Ipv4Addr::new(169, 254, 170, 2), Ipv4Addr::new(100, 100, 100, 200)];
+const METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+
+/// Every value `range_name` can return: a bounded set (metric labels),
+/// the kernel's range classes (`agent_common::flow::range::NAMES`).
+pub const RANGE_NAMES: [&str; 13] = range::NAMES;
 
 /// `::ffff:0:0/96`: how the kernel (and our maps) key IPv4 destinations.
 const MAPPED_PREFIX: u128 = 0xffff << 32;
@@ -127,69 +143,21 @@ fn embed(prefix: u128, n: Ipv4Net) -> Ipv6Net {
     Ipv6Net::new_assert(Ipv6Addr::from_bits(bits), 96 + n.prefix_len())
 }
 
-/// The class (`agent_common::flow::range`) of an always-denied range,
-/// given as listed or in its kernel form (IPv4-mapped or NAT64), for the
-/// kernel's per-range counts and the blocked log's `range`.
+/// The class (`agent_common::flow::range` id) of an always-denied range
+/// or host, given in its kernel form (IPv4-mapped or NAT64): the class of
+/// its first address, named as `range_name` names it.
 pub fn range_class(net: Ipv6Net) -> u32 {
-    let a = net.network();
-    let v4 =
-        a.to_ipv4_mapped().or_else(|| (a.to_bits() >> 32 == NAT64_PREFIX >> 32).then(|| Ipv4Addr::from_bits(a.to_bits() as u32)));
-    match v4 {
-        Some(v4) => match v4.octets() {
-            [169, 254, 169, 254] | [168, 63, 129, 16] | [100, 100, 100, 200] => range::METADATA,
-            [169, 254, ..] => range::LINK_LOCAL,
-            [10, ..] | [192, 168, ..] => range::PRIVATE,
-            [172, b, ..] if b & 0xf0 == 16 => range::PRIVATE,
-            [100, b, ..] if b & 0xc0 == 64 => range::CGNAT,
-            [127, ..] => range::LOOPBACK,
-            [0, ..] => range::THIS_NETWORK,
-            [a, ..] if a & 0xf0 == 224 => range::MULTICAST,
-            _ => range::RESERVED,
-        },
-        None => {
-            let s = a.segments();
-            if a.segments() == [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254] {
-                range::METADATA
-            } else if a.is_loopback() {
-                range::LOOPBACK
-            } else if a.is_unspecified() && net.prefix_len() == 128 {
-                range::UNSPECIFIED
-            } else if s[0] & 0xffc0 == 0xfe80 {
-                range::LINK_LOCAL
-            } else if s[0] & 0xfe00 == 0xfc00 {
-                range::UNIQUE_LOCAL
-            } else if s[0] & 0xff00 == 0xff00 {
-                range::MULTICAST
-            } else if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
-                range::NAT64_LOCAL
-            } else {
-                range::RESERVED
-            }
-        }
-    }
-}
-
-/// The class name of the range `ip` falls in (`metadata`, `private`...),
-/// for the blocked log and metrics; `None` outside every range.
-pub fn range_name(ip: IpAddr) -> Option<&'static str> {
-    let r = deny_reason(ip)?;
-    let net = match r.net {
-        IpNet::V4(n) => embed(MAPPED_PREFIX, n),
-        IpNet::V6(n) => n,
-    };
-    // The metadata addresses are single hosts inside wider ranges.
-    let host = match ip {
-        IpAddr::V4(a) => Some(a),
-        IpAddr::V6(a) => a
-            .to_ipv4_mapped()
-            .or_else(|| (a.to_bits() >> 32 == NAT64_PREFIX >> 32).then(|| Ipv4Addr::from_bits(a.to_bits() as u32))),
-    };
-    if host.is_some_and(|h| h.octets() == [169, 254, 169, 254] || h.octets() == [100, 100, 100, 200])
-        || ip == IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254))
-    {
-        return Some(range::name(range::METADATA));
-    }
-    Some(range::name(range_class(net)))
+    let listed = V4_RANGES
+        .iter()
+        .find(|r| embed(MAPPED_PREFIX, r.net) == net || embed(NAT64_PREFIX, r.net) == net)
+        .map(|r| r.name)
+        .or_else(|| V6_RANGES.iter().find(|r| r.net == net).map(|r| r.name));
+    let name = listed.or_else(|| {
+        // A host inside a range (the metadata services).
+        let a = net.network();
+        range_name(a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4))
+    });
+    name.map_or(range::NONE, range::id_of)
 }
 
 /// Which always-denied range `ip` falls in (the most specific one, as the
@@ -224,6 +192,35 @@ fn v4_reason(a: Ipv4Addr, via: Embedding) -> Option<DeniedRange> {
     })
 }
 
+/// The stable short name of the always-denied range `ip` falls in
+/// (`metadata`, `link-local`, `private`, `loopback`, `cgnat`, ...; one of
+/// `RANGE_NAMES`), for the blocked log's `range` field and metric labels.
+/// An address reached through IPv4-mapped or NAT64 IPv6 is named after the
+/// IPv4 range it embeds. `None` when `ip` is in no such range.
+pub fn range_name(ip: IpAddr) -> Option<&'static str> {
+    let r = deny_reason(ip)?;
+    let v4 = match ip {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(a) if r.via == Embedding::Ipv4Mapped => a.to_ipv4_mapped(),
+        // Low 32 bits are the IPv4 address; truncation is the point.
+        IpAddr::V6(a) if r.via == Embedding::Nat64 => Some(Ipv4Addr::from_bits(a.to_bits() as u32)),
+        IpAddr::V6(_) => None,
+    };
+    let metadata = match (v4, ip) {
+        (Some(a), _) => METADATA_V4.contains(&a),
+        (None, IpAddr::V6(a)) => a == METADATA_V6,
+        (None, IpAddr::V4(_)) => false,
+    };
+    if metadata {
+        return Some("metadata");
+    }
+    let name = match r.net {
+        IpNet::V4(n) => V4_RANGES.iter().find(|x| x.net == n).map(|x| x.name),
+        IpNet::V6(n) => V6_RANGES.iter().find(|x| x.net == n).map(|x| x.name),
+    };
+    Some(name.unwrap_or("other"))
+}
+
 /// True when `ip` may never be opened by DNS learning, loopback included.
 /// (Only an explicit CIDR rule can open a hole in these ranges.)
 pub fn is_always_denied(ip: IpAddr) -> bool {
@@ -236,12 +233,12 @@ pub fn is_always_denied(ip: IpAddr) -> bool {
 /// form (IPv4 mapped and NAT64).
 pub fn kernel_metadata_hosts() -> Vec<Ipv6Net> {
     let mut out = Vec::new();
-    for v4 in [Ipv4Addr::new(169, 254, 169, 254), Ipv4Addr::new(100, 100, 100, 200)] {
+    for v4 in METADATA_V4 {
         let n = Ipv4Net::new_assert(v4, 32);
         out.push(embed(MAPPED_PREFIX, n));
         out.push(embed(NAT64_PREFIX, n));
     }
-    out.push(Ipv6Net::new_assert(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254), 128));
+    out.push(Ipv6Net::new_assert(METADATA_V6, 128));
     out
 }
 
@@ -376,6 +373,47 @@ mod tests {
             let a = ip(addr);
             let want = deny_reason(a).map(|r| r.kernel_kind());
             assert_eq!(lpm(&entries, canonical(a)), want, "{addr}");
+        }
+    }
+
+    #[test]
+    fn every_denied_address_has_a_stable_short_name() {
+        let want = [
+            ("169.254.169.254", "metadata"),
+            ("::ffff:169.254.169.254", "metadata"),
+            ("64:ff9b::a9fe:a9fe", "metadata"),
+            ("169.254.170.2", "metadata"),
+            ("100.100.100.200", "metadata"),
+            ("fd00:ec2::254", "metadata"),
+            ("168.63.129.16", "metadata"),
+            ("169.254.1.1", "link-local"),
+            ("fe80::1", "link-local"),
+            ("10.1.2.3", "private"),
+            ("172.16.0.1", "private"),
+            ("192.168.1.1", "private"),
+            ("::ffff:10.0.0.1", "private"),
+            ("fd00::1", "unique-local"),
+            ("127.0.0.1", "loopback"),
+            ("::1", "loopback"),
+            ("100.64.0.1", "cgnat"),
+            ("224.0.0.251", "multicast"),
+            ("ff02::1", "multicast"),
+            ("255.255.255.255", "reserved"),
+            ("0.0.0.0", "this-network"),
+            ("::", "unspecified"),
+            ("::a9fe:a9fe", "ipv4-compatible"),
+            ("64:ff9b:1::8.8.8.8", "nat64"),
+        ];
+        for (addr, name) in want {
+            assert_eq!(range_name(ip(addr)), Some(name), "{addr}");
+            assert!(RANGE_NAMES.contains(&name), "{name} listed");
+        }
+        for addr in ["8.8.8.8", "203.0.113.10", "2001:db8::1", "64:ff9b::8.8.8.8"] {
+            assert_eq!(range_name(ip(addr)), None, "{addr}");
+        }
+        // Every range has a listed name.
+        for n in V4_RANGES.iter().map(|r| r.name).chain(V6_RANGES.iter().map(|r| r.name)) {
+            assert!(RANGE_NAMES.contains(&n), "{n}");
         }
     }
 

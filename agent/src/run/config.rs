@@ -23,7 +23,9 @@ use crate::{
 #[derive(Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NodeConfig {
-    /// Blocked-connection log (JSON lines); default stderr.
+    /// The blocked-connection log's file (JSON lines, rotated by size as
+    /// `--blocked-log-max-bytes` and `--blocked-log-files` say); the records
+    /// also go to stdout.
     #[serde(default)]
     pub log: Option<PathBuf>,
     /// Prometheus `/metrics` listen address (e.g. `0.0.0.0:9464`).

@@ -80,7 +80,7 @@ fn agent_options(cfg: &NodeConfig, args: &RunArgs) -> Result<AgentOptions> {
             max: Duration::from_secs(cfg.max_ttl_seconds.max(cfg.min_ttl_seconds)),
         },
         caps: Caps { ips_per_name: cfg.max_ips_per_name, names_per_endpoint: cfg.max_names_per_endpoint, ..Caps::default() },
-        log: crate::blocked::open_log(cfg.log.as_deref())?,
+        log: crate::blocked::node_log(crate::blocked::hostname(), &args.blocked_log, cfg.log.as_deref(), None, Vec::new())?,
         unmanaged_allow: true,
         events_per_sec: 50,
         events_burst: 200,

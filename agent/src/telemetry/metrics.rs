@@ -45,6 +45,8 @@ pub struct Sources {
     pub config: Arc<ConfigStats>,
     /// Pods gone within the grace period.
     pub departed: Arc<Departed>,
+    /// The blocked log's writer.
+    pub blocked: Arc<crate::blocked::LogStats>,
     /// The Kubernetes agent's pods and readiness (`portcullis agent`).
     pub k8s: Option<Arc<super::k8s::K8sStats>>,
 }
@@ -171,6 +173,23 @@ fn encode_node(src: &Sources, pods_now: usize, enc: &mut DescriptorEncoder) -> f
         g.queries.latency(),
     )?;
     gauge(enc, "portcullis_endpoints", "Endpoints enforced by this agent.", [(NO_LABELS, pods_now as i64)])?;
+    let b = &*src.blocked;
+    counter(
+        enc,
+        "portcullis_blocked_log_total",
+        "The blocked log: attempts handed to it, records written, attempts folded into a later record, records the node-wide rate limit held back and the attempts they stood for (written as `lost` records), failed writes, rotations.",
+        [
+            ("attempts", &b.attempts),
+            ("records-written", &b.records_written),
+            ("attempts-folded", &b.attempts_folded),
+            ("records-rate-limited", &b.records_rate_limited),
+            ("attempts-lost", &b.attempts_lost),
+            ("lost-records-written", &b.lost_records_written),
+            ("write-errors", &b.write_errors),
+            ("rotations", &b.rotations),
+        ]
+        .map(|(w, v)| (one("what", w), v.load(Relaxed))),
+    )?;
     let cs = &src.config;
     counter(
         enc,

@@ -3,19 +3,34 @@
 use serde_json::Value;
 use std::path::Path;
 
-/// The blocked-connection log of one run.
+/// The blocked-connection log of one run: one entry in `records` per
+/// attempt (a record folding `count` repeats stands for that many); the
+/// rate limit's `lost` records apart.
 #[derive(Debug)]
 pub struct Log {
     pub records: Vec<Value>,
+    pub lost: Vec<Value>,
     pub raw: String,
 }
 
 impl Log {
     pub fn read(path: &Path) -> Log {
-        let raw = super::read(path);
-        let records =
-            raw.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"))).collect();
-        Log { records, raw }
+        Self::parse(super::read(path))
+    }
+
+    pub fn parse(raw: String) -> Log {
+        let (mut records, mut lost) = (Vec::new(), Vec::new());
+        for l in raw.lines() {
+            let r: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"));
+            if r["kind"] == "lost" {
+                lost.push(r);
+                continue;
+            }
+            let n = r["count"].as_u64().unwrap_or(1);
+            assert!(n >= 1, "a record for no attempt: {l}");
+            records.extend(std::iter::repeat_n(r, n as usize));
+        }
+        Log { records, lost, raw }
     }
 
     /// Records for `dst` (as the log prints it) and `dport`.
@@ -37,7 +52,7 @@ impl Log {
     /// Only the records of one protocol ("tcp", "udp", ...).
     pub fn only(&self, protocol: &str) -> Log {
         let records: Vec<Value> = self.records.iter().filter(|r| r["protocol"] == protocol).cloned().collect();
-        Log { records, raw: self.raw.clone() }
+        Log { records, lost: Vec::new(), raw: self.raw.clone() }
     }
 
     /// No record at all for `dst` (any port).
@@ -49,7 +64,21 @@ impl Log {
     /// Every record has the common fields of the format.
     pub fn expect_well_formed(&self, endpoint_prefix: &str) {
         for r in &self.records {
-            for k in ["time", "verdict", "reason", "endpoint", "protocol", "dst", "dport", "hook", "cgroup_id"] {
+            for k in [
+                "v",
+                "kind",
+                "time",
+                "node",
+                "verdict",
+                "reason",
+                "endpoint",
+                "protocol",
+                "dst",
+                "dport",
+                "hook",
+                "cgroup_id",
+                "count",
+            ] {
                 assert!(r.get(k).is_some(), "record without {k}: {r}");
             }
             assert!(r["endpoint"].as_str().unwrap().starts_with(endpoint_prefix), "endpoint of {r}");

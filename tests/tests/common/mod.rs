@@ -47,7 +47,12 @@ pub use kernel::*;
 pub use log::*;
 pub use running::{Running, VETH_ATTACHED};
 
-const AGENT_ENV: [&str; 8] = [
+const AGENT_ENV: [&str; 13] = [
+    "PORTCULLIS_BLOCKED_LOG_DIR",
+    "PORTCULLIS_BLOCKED_LOG_MAX_BYTES",
+    "PORTCULLIS_BLOCKED_LOG_FILES",
+    "PORTCULLIS_BLOCKED_LOG_FOLD",
+    "PORTCULLIS_STATE_DIR",
     "PORTCULLIS_POLICY",
     "PORTCULLIS_AUDIT",
     "PORTCULLIS_LOG",
