@@ -288,3 +288,38 @@ fn audit_and_exempt_let_everything_through() {
     assert_eq!(h.send("169.254.169.254", L4::Tcp(80, true)), NEXT);
     assert_eq!(h.counter(Reason::AllowedExempt), 1);
 }
+
+#[test]
+fn flow_counts_on_the_veth_only_where_it_counts() {
+    use portcullis::enforcer::FlowCounts;
+    let Some(mut h) = harness(Mode::Enforce) else { return };
+    let flows = h.state.maps.counter_reader();
+    h.learn("203.0.113.10");
+    assert_eq!(h.send("203.0.113.10", L4::Tcp(443, true)), NEXT);
+    assert_eq!(h.send("203.0.113.10", L4::Tcp(443, false)), NEXT, "a known flow: bytes only");
+    assert_eq!(h.send("10.1.2.3", L4::Tcp(8080, true)), NEXT);
+    assert_eq!(h.send("169.254.169.254", L4::Tcp(80, true)), DROP);
+    assert_eq!(h.send("203.0.113.99", L4::Udp(9)), DROP);
+    assert_eq!(h.sent_by_pod(&frame("198.18.9.9", "203.0.113.10", L4::Udp(443))), DROP, "forged source");
+    let rules: Vec<String> = (1..=3).map(|i| format!("rule {i}")).collect();
+    let c = FlowCounts::from_kernel(&flows.flows.read(h.ep).unwrap(), &rules);
+    assert_eq!(c.connections[Reason::AllowedFqdn as usize], 1, "the SYN opens a connection");
+    assert_eq!(c.connections[Reason::AllowedCidr as usize], 1);
+    assert_eq!(c.connections[Reason::DeniedRange as usize], 1);
+    assert_eq!(c.datagrams[Reason::DeniedDefault as usize], 1);
+    assert_eq!(c.datagrams[Reason::DeniedSpoofed as usize], 1);
+    assert_eq!(c.rules[0], ("rule 1".to_owned(), 1));
+    assert_eq!(c.rules[1], ("rule 2".to_owned(), 1));
+    assert!(c.ranges.contains(&("metadata", 1)), "{:?}", c.ranges);
+    assert_eq!(c.egress_packets, 3, "the packets let through");
+    assert!(c.egress_bytes > 3 * 54);
+
+    // Without the interface's flag (the cgroup hooks count that pod) the
+    // veth adds nothing: no flow is counted twice.
+    let before = flows.flows.read(h.ep).unwrap();
+    h.state.remove_veth(h.ep, IFINDEX).unwrap();
+    h.state.add_veth(h.ep, IFINDEX, &[POD4.parse().unwrap()], false).unwrap();
+    assert_eq!(h.send("10.1.2.3", L4::Tcp(8080, true)), NEXT);
+    assert_eq!(h.send("169.254.169.254", L4::Tcp(80, true)), DROP);
+    assert_eq!(flows.flows.read(h.ep).unwrap(), before);
+}

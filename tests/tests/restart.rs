@@ -86,6 +86,16 @@ fn pinned_enforcement_outlives_the_agent_and_a_restart_adopts_it() {
         return;
     }
     let (bench, cg, pins, state, cfg) = setup("pinrestart", false);
+    // Metrics, to see the per-pod counts go on over the restart.
+    let metrics: std::net::SocketAddr =
+        format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).parse().unwrap();
+    let text = std::fs::read_to_string(&cfg).unwrap().replacen("endpoints:", &format!("metricsAddr: {metrics}\nendpoints:"), 1);
+    std::fs::write(&cfg, text).unwrap();
+    let pod = r#"source_namespace="team-a",source_pod="pod-a""#;
+    let conn = |reason: &str| {
+        let verdict = if reason.starts_with("allowed") { "allowed" } else { "denied" };
+        format!(r#"portcullis_connections_total{{{pod},kind="connection",verdict="{verdict}",reason="{reason}"}}"#)
+    };
     let mut a = NodeAgent::start(&bench, &cfg, &pins, &state);
     let first = attached(&cg.path);
     first.expect_all_hooks();
@@ -99,6 +109,11 @@ fn pinned_enforcement_outlives_the_agent_and_a_restart_adopts_it() {
     // Let the snapshot (about once a second) see the learned name: a crash
     // loses at most that second.
     std::thread::sleep(Duration::from_millis(1500));
+    let text = common::scrape(metrics);
+    assert_eq!(common::series(&text, &conn("allowed-fqdn")), Some(2.0), "{text}");
+    let forwarded = format!(r#"portcullis_dns_queries_total{{{pod},decision="forwarded",rcode="NOERROR"}}"#);
+    let dns_before = common::series(&text, &forwarded).unwrap();
+    assert!(dns_before >= 1.0, "{text}");
 
     a.sigkill();
     // Down: the pinned programs still enforce. The learned address works
@@ -114,6 +129,17 @@ fn pinned_enforcement_outlives_the_agent_and_a_restart_adopts_it() {
     let mut b = NodeAgent::start(&bench, &cfg, &pins, &state);
     let adopted = b.wait_message("adopted learned names");
     assert!(adopted["pairs"].as_u64().unwrap() >= 1, "{adopted}");
+    // The per-pod counts went on (pinned, counted by the kernel while no
+    // agent ran): never back to 0. The gate's own (user-space) counts come
+    // back from the snapshot.
+    let text = common::scrape(metrics);
+    assert_eq!(common::series(&text, &conn("allowed-fqdn")), Some(3.0), "{text}");
+    assert_eq!(common::series(&text, &conn("denied-range")), Some(2.0), "{text}");
+    assert_eq!(common::series(&text, &conn("denied-default")), Some(1.0), "{text}");
+    let range = |r: &str| format!(r#"portcullis_denied_range_total{{{pod},range="{r}"}}"#);
+    assert_eq!(common::series(&text, &range("metadata")), Some(1.0), "{text}");
+    assert_eq!(common::series(&text, &range("private")), Some(1.0), "{text}");
+    assert!(common::series(&text, &forwarded).unwrap() >= dns_before, "{text}");
     let after = attached(&cg.path);
     after.expect_all_hooks();
     assert_eq!(after.shared_maps, att.shared_maps, "a restart must keep the pinned maps");
