@@ -116,6 +116,22 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> HandoverError + '_ {
 /// Asks the agent listening in `dir` to hand over. `Ok(None)`: nobody
 /// listens (no socket, or a stale one).
 pub fn request(dir: &Path) -> Result<Option<Handover>, HandoverError> {
+    // A previous release does not know the request with counters: it
+    // closes the connection without a word, having handed nothing over
+    // (its gate still runs). Then ask the way it knows.
+    match ask(dir, REQUEST_COUNTERS)? {
+        Some(text) if text.is_empty() => {}
+        Some(text) => return parse(dir, &text).map(Some),
+        None => return Ok(None),
+    }
+    match ask(dir, REQUEST)? {
+        Some(text) => parse(dir, &text).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The raw answer to `request`; `None`: nobody listens.
+fn ask(dir: &Path, request: &str) -> Result<Option<Vec<u8>>, HandoverError> {
     let path = dir.join(SOCKET);
     let mut stream = match UnixStream::connect(&path) {
         Ok(s) => s,
@@ -124,10 +140,14 @@ pub fn request(dir: &Path) -> Result<Option<Handover>, HandoverError> {
     };
     // The old agent answers once its gate stopped (at most one poll period).
     stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(io_err(&path))?;
-    writeln!(stream, "{REQUEST_COUNTERS}").map_err(io_err(&path))?;
+    writeln!(stream, "{request}").map_err(io_err(&path))?;
     let mut text = Vec::new();
     stream.take(MAX_MESSAGE).read_to_end(&mut text).map_err(io_err(&path))?;
-    serde_json::from_slice(&text).map(Some).map_err(|source| HandoverError::Format { path, source })
+    Ok(Some(text))
+}
+
+fn parse(dir: &Path, text: &[u8]) -> Result<Handover, HandoverError> {
+    serde_json::from_slice(text).map_err(|source| HandoverError::Format { path: dir.join(SOCKET), source })
 }
 
 /// Answers handover requests on `dir/agent.sock` from a thread, until
@@ -317,6 +337,30 @@ mod tests {
         assert!(state.get("counters").is_none(), "{state}");
         fs::write(d.join(SNAPSHOT), b"{\"pending\": 1}").unwrap();
         assert!(matches!(read_snapshot(&d), Err(HandoverError::Format { .. })));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn asking_a_previous_release_falls_back_to_its_request() {
+        let d = tempdir("oldsrv");
+        let listener = listen(&d).unwrap();
+        let old = Handover { counters: Counters::default(), ..sample() };
+        let want = old.clone();
+        // The previous release's server: only `takeover`, else close.
+        let server = thread::spawn(move || {
+            for _ in 0..2 {
+                let (s, _) = listener.accept().unwrap();
+                let mut line = String::new();
+                BufReader::new(s.try_clone().unwrap()).read_line(&mut line).unwrap();
+                if line.trim() == REQUEST {
+                    serde_json::to_writer(&s, &old).unwrap();
+                    return true;
+                }
+            }
+            false
+        });
+        assert_eq!(request(&d).unwrap(), Some(want));
+        assert!(server.join().unwrap());
         fs::remove_dir_all(&d).unwrap();
     }
 

@@ -88,7 +88,9 @@ fn pinned_enforcement_outlives_the_agent_and_a_restart_adopts_it() {
     let (bench, cg, pins, state, cfg) = setup("pinrestart", false);
     // Metrics, to see the per-pod counts go on over the restart.
     let metrics: std::net::SocketAddr =
-        format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).parse().unwrap();
+        format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+            .parse()
+            .unwrap();
     let text = std::fs::read_to_string(&cfg).unwrap().replacen("endpoints:", &format!("metricsAddr: {metrics}\nendpoints:"), 1);
     std::fs::write(&cfg, text).unwrap();
     let pod = r#"source_namespace="team-a",source_pod="pod-a""#;
