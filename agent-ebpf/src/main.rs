@@ -10,6 +10,7 @@ mod flow;
 mod maps;
 mod netns;
 mod parse;
+mod rare;
 mod skb;
 mod skb_dns;
 mod skb_sock;

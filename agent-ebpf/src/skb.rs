@@ -24,6 +24,7 @@ use crate::{
     maps::{CONFIG, INBOUND, SOCK_OWNERS},
     netns,
     parse::{Flow, Frame, TCP_ACK, TCP_SYN, parse},
+    rare,
     skb_dns::{gate_port, hold, note_tcp_gate_client, sunk_query, to_gate},
     skb_sock::{full_sock, socket_flow},
     verdict::{Dest, decide, is_trusted_resolver},
@@ -141,6 +142,7 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let Some(cfg) = CONFIG.get(0) else {
         count(hook, Reason::DeniedInternal);
+        rare::no_config(ctx, hook as u32);
         return DROP;
     };
     let skb = ctx.skb.skb;
@@ -311,6 +313,7 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let Some(cfg) = CONFIG.get(0) else {
         count(hook, Reason::DeniedInternal);
+        rare::no_config(ctx, hook as u32);
         return DROP;
     };
     // Our own re-injected answer: already learned, let it through once.

@@ -136,6 +136,7 @@ pub(crate) fn hold(
     }
     let Some(mut entry) = DNS_HOLD.reserve::<DnsHeldPacket>(0) else {
         bump(loss::DNS_RINGBUF_FULL);
+        crate::rare::hold_ring_full(ctx, endpoint);
         return false;
     };
     let p = entry.as_mut_ptr();

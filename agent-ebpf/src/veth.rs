@@ -62,6 +62,7 @@ pub fn from_pod(ctx: &TcContext) -> i32 {
     }
     let Some(cfg) = CONFIG.get(0) else {
         count(hook, Reason::DeniedInternal);
+        crate::rare::no_config(ctx, hook as u32);
         return TC_DROP;
     };
     let ep = EndpointInfo { endpoint: iface.endpoint, flags: iface.flags, generation: 0 };
@@ -130,7 +131,9 @@ fn judge(ctx: &TcContext, iface: &TcIface, ep: &EndpointInfo, ifindex: u32, cfg:
     if !reason.is_allowed() {
         return Err((reason, dest));
     }
-    remember_flow(ifindex, iface.epoch, &f);
+    if !remember_flow(ifindex, iface.epoch, &f) {
+        crate::rare::flow_table_full(ctx, ifindex);
+    }
     count(hook, reason);
     Ok(TC_NEXT)
 }
@@ -231,10 +234,10 @@ fn flow_known(ifindex: u32, epoch: u32, f: &Flow) -> bool {
     unsafe { TC_FLOWS.get(flow_key(ifindex, f)) }.is_some_and(|v| v.epoch == epoch)
 }
 
-/// A failed insert only costs the next packet a verdict.
+/// A failed insert only costs the next packet a verdict (false: logged).
 #[inline(never)]
-fn remember_flow(ifindex: u32, epoch: u32, f: &Flow) {
-    let _ = TC_FLOWS.insert(flow_key(ifindex, f), TcFlowValue { epoch, flags: TC_FLOW_F_JUDGED }, 0);
+fn remember_flow(ifindex: u32, epoch: u32, f: &Flow) -> bool {
+    TC_FLOWS.insert(flow_key(ifindex, f), TcFlowValue { epoch, flags: TC_FLOW_F_JUDGED }, 0).is_ok()
 }
 
 #[inline(always)]
@@ -329,6 +332,7 @@ fn hold(ctx: &TcContext, agent_ready: u32, endpoint: u32, ifindex: u32, v6: bool
     }
     let Some(mut entry) = DNS_HOLD.reserve::<DnsHeldPacket>(0) else {
         bump(loss::DNS_RINGBUF_FULL);
+        crate::rare::hold_ring_full(ctx, endpoint);
         return false;
     };
     let p = entry.as_mut_ptr();

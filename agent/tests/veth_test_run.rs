@@ -323,3 +323,29 @@ fn flow_counts_on_the_veth_only_where_it_counts() {
     assert_eq!(h.send("169.254.169.254", L4::Tcp(80, true)), DROP);
     assert_eq!(flows.flows.read(h.ep).unwrap(), before);
 }
+
+/// A full `DNS_HOLD` ring (no agent reading it): the query is dropped,
+/// counted, and the kernel says so in the agent's log (aya-log), once per
+/// event, not per packet passed.
+#[test]
+fn a_full_hold_ring_reaches_the_agents_log() {
+    use agent_common::loss;
+    let Some(mut h) = harness(Mode::Enforce) else { return };
+    let mut log = h.dp.take_kernel_log().expect("the kernel log ring");
+    h.learn("203.0.113.10");
+    assert_eq!(h.send("203.0.113.10", L4::Tcp(443, true)), NEXT);
+    log.drain();
+    assert!(log.lines().is_empty(), "an allowed packet logs nothing: {:?}", log.lines());
+    let query = frame(POD4, "198.51.100.53", L4::Udp(53));
+    let full = |h: &Harness| h.state.maps.counters().unwrap()[loss::DNS_RINGBUF_FULL as usize];
+    let mut sent = 0;
+    while full(&h) == 0 && sent < 100_000 {
+        assert_eq!(h.sent_by_pod(&query), DROP);
+        sent += 1;
+    }
+    assert_eq!(full(&h), 1, "the ring filled after {sent} queries");
+    log.drain();
+    let lines = log.lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("DNS_HOLD ring full") && lines[0].contains(&format!("endpoint {}", h.ep)), "{lines:?}");
+}

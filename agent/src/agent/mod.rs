@@ -96,6 +96,8 @@ struct Idle {
     hold: RingBuf<MapData>,
     denied: RingBuf<MapData>,
     log: LogSink,
+    /// The kernel's rare events (aya-log), if its ring was found.
+    kernel_log: Option<crate::datapath::kernel_log::KernelLog>,
 }
 
 /// The part a handover request (from another thread) needs.
@@ -256,6 +258,7 @@ impl Agent {
         let maps = datapath.take_maps().context("policy maps already taken")?;
         let hold = datapath.take_dns_hold().context("DNS hold ring missing")?;
         let denied = datapath.take_denied_events().context("event ring missing")?;
+        let kernel_log = datapath.take_kernel_log();
         // A previous agent's mark when adopting: its re-injected answers
         // and ours must both pass while the two overlap.
         let mark = maps.config().inject_mark;
@@ -304,7 +307,7 @@ impl Agent {
             datapath,
             rt,
             core,
-            idle: Some(Idle { gate, hold, denied, log }),
+            idle: Some(Idle { gate, hold, denied, log, kernel_log }),
             dns_gates,
             pins: opts.pins,
             attachment: opts.attachment,
@@ -359,7 +362,7 @@ impl Agent {
     /// Starts consuming: the DNS gate thread, the blocked log, expiry (and
     /// in node mode the snapshot and the handover listener).
     pub fn go(&mut self, handover: Option<&Handover>) -> Result<()> {
-        let Some(Idle { mut gate, hold, denied, log }) = self.idle.take() else { return Ok(()) };
+        let Some(Idle { mut gate, hold, denied, log, kernel_log }) = self.idle.take() else { return Ok(()) };
         if let Some(h) = handover {
             gate.import_pending(&h.pending);
         }
@@ -375,6 +378,7 @@ impl Agent {
         let opener = gate_opener(self.dns_gates.clone());
         let mut tasks = vec![
             self.rt.spawn(blocked::run(denied, self.enforcer.clone(), log, opener, stop_rx.clone())),
+            self.rt.spawn(kernel_log_task(kernel_log, stop_rx.clone())),
             self.rt.spawn(expire_learned(
                 self.enforcer.clone(),
                 self.gate_stats.clone(),
@@ -593,5 +597,12 @@ impl Agent {
             warn!(error = %e, "writing the state snapshot failed; the next agent starts without it");
         }
         drop(self.datapath);
+    }
+}
+
+/// Runs the kernel's rare-event log, if there is one.
+async fn kernel_log_task(log: Option<crate::datapath::kernel_log::KernelLog>, stop: watch::Receiver<bool>) {
+    if let Some(l) = log {
+        l.run(stop).await;
     }
 }

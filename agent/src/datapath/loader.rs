@@ -53,6 +53,7 @@ pub struct Datapath {
     maps: Option<PolicyMaps>,
     denied_events: Option<RingBuf<MapData>>,
     dns_hold: Option<RingBuf<MapData>>,
+    kernel_log: Option<super::kernel_log::KernelLog>,
     /// Loaded for one attach point (`load`): its own verdict cache, handed
     /// out at that attach; the attach point, once attached.
     one_attach_point: bool,
@@ -136,11 +137,16 @@ impl Datapath {
         maps.set_config(&config)?;
         let denied_events = Some(ring(&mut ebpf, "DENIED_EVENTS")?);
         let dns_hold = Some(ring(&mut ebpf, "DNS_HOLD")?);
+        // Without it the rare events still count; they are not logged.
+        let kernel_log = super::kernel_log::KernelLog::take(&mut ebpf)
+            .map_err(|e| tracing::warn!(error = %e, "no kernel log ring; rare kernel events are only counted"))
+            .ok();
         Ok(Self {
             ebpf,
             maps: Some(maps),
             denied_events,
             dns_hold,
+            kernel_log,
             one_attach_point,
             own_cache,
             attached_at: None,
@@ -266,6 +272,11 @@ impl Datapath {
 
     pub fn take_denied_events(&mut self) -> Option<RingBuf<MapData>> {
         self.denied_events.take()
+    }
+
+    /// The kernel's rare-event log (`kernel_log`), for the agent to run.
+    pub fn take_kernel_log(&mut self) -> Option<super::kernel_log::KernelLog> {
+        self.kernel_log.take()
     }
 
     pub fn take_dns_hold(&mut self) -> Option<RingBuf<MapData>> {

@@ -1,0 +1,28 @@
+//! Rare events that, besides their counter, reach the agent's log through
+//! aya-log (`AYA_LOGS`, read by `datapath/kernel_log.rs`): an internal
+//! error that failed closed, a ring or map that was full. Each is its own
+//! BPF function called only on its failure branch, so the per-packet path
+//! carries no logging code and the callers' stack frames do not grow.
+
+use aya_ebpf::EbpfContext;
+use aya_log_ebpf::{error, warn};
+
+/// No `CONFIG` entry: the hook denied (`denied-internal`).
+#[inline(never)]
+pub fn no_config<C: EbpfContext>(ctx: &C, hook: u32) {
+    error!(ctx, "no CONFIG entry: hook {} denied the packet (failed closed)", hook);
+}
+
+/// A DNS answer or query could not be held: the `DNS_HOLD` ring is full
+/// (the agent is not keeping up); it is dropped, never let through.
+#[inline(never)]
+pub fn hold_ring_full<C: EbpfContext>(ctx: &C, endpoint: u32) {
+    warn!(ctx, "DNS_HOLD ring full: a DNS packet of endpoint {} was dropped", endpoint);
+}
+
+/// A judged flow could not be remembered on a veth (`TC_FLOWS` insert
+/// failed): its next packets are judged again.
+#[inline(never)]
+pub fn flow_table_full<C: EbpfContext>(ctx: &C, ifindex: u32) {
+    warn!(ctx, "TC_FLOWS insert failed on interface {}: the flow is judged again per packet", ifindex);
+}
