@@ -68,6 +68,23 @@ fn pods_get_the_union_of_their_policies_and_unclassified_pods_are_denied() {
     assert!(a.connect(OTHER_IP, 443).is_err(), "a: nothing else");
     assert!(a.reach("other.example.test", 443).is_err());
     assert!(a.connect("169.254.169.254", 80).unwrap_err().contains("EPERM"));
+    // `portcullis explain` from the node agent's live maps agrees, by pod.
+    let explain = |target: &str| {
+        let out = common::agent_cmd()
+            .args(["explain", "-n", "ws-acme-corp", "--pod", "a", "-o", "json", "--state-dir"])
+            .arg(bench.workdir().join("state"))
+            .arg(target)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("explain {target}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+        v
+    };
+    assert_eq!(explain("api.example.test:443")["verdict"], "allowed");
+    assert_eq!(explain(&format!("{OTHER_IP}:443"))["verdict"], "blocked");
+    assert_eq!(explain("other.example.test:443")["verdict"], "blocked");
+    let meta = explain("169.254.169.254:80");
+    assert_eq!((&meta["verdict"], &meta["addresses"][0]["range"]), (&json!("blocked"), &json!("metadata")), "{meta}");
     own.connect("169.254.169.254", 80).expect("the agent's own pod is exempt");
     sys.connect("169.254.169.254", 80).expect("kube-system is exempt");
     assert_eq!(
