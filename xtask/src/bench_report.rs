@@ -114,10 +114,13 @@ pub fn report(results: &Results, progs: &Progs, cpu: &Cpu, args: &BenchArgs, log
     let empty = Vec::new();
     for ((mode, _), runs) in progs.iter().filter(|((_, cfg), _)| *cfg == Config::Portcullis) {
         // name -> (total ns, total ns net of that round's overhead, runs),
-        // of ours and of the empty programs that ran the same workload.
+        // of ours in portcullis's slices and of the empty programs in the
+        // floor's: a slice reads every program, and runs of ours that some
+        // other process makes during a floor slice are no part of either.
         let mut sum: BTreeMap<&str, (f64, f64, u64)> = BTreeMap::new();
-        for (run, overhead) in runs.iter().chain(progs.get(&(mode, Config::Floor)).unwrap_or(&empty)) {
-            for (name, (ns, cnt)) in run {
+        let floor_runs = progs.get(&(mode, Config::Floor)).unwrap_or(&empty);
+        for ((run, overhead), in_floor) in runs.iter().map(|r| (r, false)).chain(floor_runs.iter().map(|r| (r, true))) {
+            for (name, (ns, cnt)) in run.iter().filter(|(n, _)| floor::is_twin(n) == in_floor) {
                 let e = sum.entry(name.as_str()).or_default();
                 e.0 += ns * *cnt as f64;
                 e.1 += (ns - overhead) * *cnt as f64;
