@@ -8,8 +8,11 @@
 //! previous one ends and the slices of one round see the same machine.
 //! Per-program cost comes from the kernel's own BPF statistics
 //! (`kernel.bpf_stats_enabled`: run_time_ns / run_cnt), which that noise
-//! does not touch, read in separate portcullis slices: statistics add ~70 ns
-//! to every program run, so they are off in the ratio slices.
+//! does not touch, read in separate slices of portcullis, uncounted and the
+//! floor: statistics add ~70 ns to every program run, so they are off in
+//! the ratio slices. Every instance of a program has the same name, so a
+//! statistics slice reads all of them and only the client that runs makes
+//! them run.
 //!
 //! Configurations, each with its client in its own pod namespace of the
 //! bench (identical veths to the node namespace):
@@ -22,7 +25,12 @@
 //! - `veth`: the pod's veth alone (`exec --veth-only`: what a gVisor or
 //!   Kata pod gets), DNS taken off the wire (pod `veth`);
 //! - `backstop`: `portcullis` plus the veth programs on the pod's veth
-//!   (what every pod on a Kubernetes node gets) (pod `pcv`).
+//!   (what every pod on a Kubernetes node gets) (pod `pcv`);
+//! - `uncounted`: `portcullis` loaded with `--no-flow-counters` (the
+//!   verifier removes every per-endpoint counting branch), same policy and
+//!   prelearning: portcullis / uncounted, per round, and the programs'
+//!   cost with counting on minus off in the statistics slices are what
+//!   counting costs (pod `pcnc`).
 //!
 //! - `floor`, for the statistics slices only: an empty program at our
 //!   hooks (`floor`), so the report can show what our code adds there.
@@ -31,15 +39,14 @@
 //!   `/metrics` is scraped 50 times a second and a blocked-log flood runs,
 //!   next to baseline lookups under the same load (pod `pcrun`).
 //!
-//! The agent runs all along; its CPU time during the portcullis slices is
-//! reported. The report is printed by `bench_report`.
+//! The agents run all along; their CPU time during the portcullis and
+//! uncounted slices is reported. The report is printed by `bench_report`.
 
 use std::{
     collections::BTreeMap,
     fs,
-    io::{BufRead as _, BufReader, Write as _},
     path::PathBuf,
-    process::{ChildStdin, ChildStdout, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -50,7 +57,8 @@ use portcullis_tests::{Bench, ChildGuard};
 use serde_json::Value;
 
 use crate::{
-    bench_env::{BpfStats, ProgStats, cpu_ns, nft, nft_script, prog_delta, prog_snapshot},
+    bench_client::{Client, pinning},
+    bench_env::{BpfStats, ProgStats, nft, nft_script},
     bench_load::{Load, RunAgent},
     demo::workspace_root,
     floor::Floor,
@@ -88,27 +96,40 @@ pub enum Config {
     Veth = 3,
     /// The cgroup hooks and the veth programs.
     Backstop = 4,
+    /// `portcullis` without flow counting (`--no-flow-counters`).
+    Uncounted = 5,
     /// Statistics slices only: the empty programs of `floor`.
-    Floor = 5,
+    Floor = 6,
     /// DNS slices only: `portcullis run` with metrics (`bench_load`).
-    RunMode = 6,
+    RunMode = 7,
 }
 
 /// The configurations, in client order (`Config as usize`).
-const CONFIGS: [Config; 7] =
-    [Config::Baseline, Config::Portcullis, Config::Nftables, Config::Veth, Config::Backstop, Config::Floor, Config::RunMode];
+const CONFIGS: [Config; 8] = [
+    Config::Baseline,
+    Config::Portcullis,
+    Config::Nftables,
+    Config::Veth,
+    Config::Backstop,
+    Config::Uncounted,
+    Config::Floor,
+    Config::RunMode,
+];
 /// The ratio slices rotate the clients before the floor.
 const RATIO_CONFIGS: usize = Config::Floor as usize;
 const PC: usize = Config::Portcullis as usize;
+const NC: usize = Config::Uncounted as usize;
+const FLOOR: usize = Config::Floor as usize;
 
 impl Config {
-    fn pod(self) -> &'static str {
+    pub fn pod(self) -> &'static str {
         match self {
             Config::Baseline => "base",
             Config::Portcullis => "pc",
             Config::Nftables => "nft",
             Config::Veth => "veth",
             Config::Backstop => "pcv",
+            Config::Uncounted => "pcnc",
             Config::Floor => "floor",
             Config::RunMode => crate::bench_load::POD,
         }
@@ -130,118 +151,15 @@ const BULK: (&str, &str) = ("bulk", "api.example.test:7002");
 /// Length of the slices with BPF statistics on and of the DNS slices.
 const STATS_SECS: f64 = 1.0;
 
-/// One configuration's load client, alive for the whole run: it prelearns
-/// once, then runs one workload per request (`load client --sync`).
-struct Client {
-    cfg: Config,
-    stdin: Option<ChildStdin>,
-    out: BufReader<ChildStdout>,
-    guard: ChildGuard,
-    /// portcullis: the agent's CPU time and the wall time of its slices,
-    /// per workload.
-    cpu: BTreeMap<String, (u64, u64)>,
-}
-
-impl Client {
-    fn start(bench: &Bench, cfg: Config, portcullis: &PathBuf, policy: &PathBuf, floor: &Floor, run: &RunAgent) -> Result<Self> {
-        let xtask = std::env::current_exe()?;
-        let load = ["load", "client", "--mode", "crr", "--target", "-", "--prelearn", "1000", "--sync"];
-        let pin = pinning().map(|(client, _)| client.to_string());
-        let mut cmd = match cfg {
-            Config::Portcullis | Config::Veth | Config::Backstop => {
-                let mut c = Command::new(portcullis);
-                c.arg("exec").arg("--policy").arg(policy).arg("--netns").arg(bench.pod_netns_path(cfg.pod()));
-                if cfg != Config::Portcullis {
-                    c.arg("--veth-netns").arg(bench.node_netns_path());
-                }
-                if cfg == Config::Veth {
-                    c.arg("--veth-only");
-                }
-                c.arg("--").arg(&xtask);
-                c
-            }
-            Config::Floor => {
-                // Into the floor's cgroup first: `ip netns exec` remounts /sys.
-                let mut c = Command::new("sh");
-                c.args(["-c", "echo $$ > \"$0/cgroup.procs\" && exec \"$@\""]).arg(floor.dir());
-                c.args(["ip", "netns", "exec", bench.pod_ns_name(cfg.pod())]).arg(&xtask);
-                c
-            }
-            Config::RunMode => run.cmd(bench, &xtask),
-            Config::Baseline | Config::Nftables => bench.cmd_in_pod(cfg.pod(), &xtask.to_string_lossy()),
-        };
-        cmd.args(load)
-            .args(pin.iter().flat_map(|c| ["--cpu", c]))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut guard = ChildGuard::spawn(cmd).context("starting a load client")?;
-        let child = guard.child_mut();
-        let (stdin, stdout) = (child.stdin.take().context("no stdin")?, child.stdout.take().context("no stdout")?);
-        let mut c = Self { cfg, stdin: Some(stdin), out: BufReader::new(stdout), guard, cpu: BTreeMap::new() };
-        c.expect("prelearned")?;
-        Ok(c)
-    }
-
-    fn expect(&mut self, want: &str) -> Result<String> {
-        let mut line = String::new();
-        self.out.read_line(&mut line)?;
-        if want.is_empty() || line.trim() == want {
-            return Ok(line);
-        }
-        bail!("{:?} load client: expected {want:?}, got {line:?}", self.cfg)
-    }
-
-    /// One timed workload of `secs`. For portcullis, also the agent's CPU
-    /// time during it and, if `progs`, the programs' own cost (read with
-    /// bpftool, so only in the statistics slices).
-    fn run(&mut self, mode: &str, target: &str, secs: f64, agent: u32, progs: bool) -> Result<(Value, Option<ProgStats>)> {
-        let mine = self.cfg == Config::Portcullis;
-        let snapshot = progs.then(prog_snapshot);
-        let before = mine.then(|| (cpu_ns(agent), Instant::now()));
-        let stdin = self.stdin.as_mut().context("client closed")?;
-        writeln!(stdin, "go {mode} {target} {secs}")?;
-        stdin.flush()?;
-        let result = self.expect("")?;
-        self.expect("done")?;
-        if let Some((cpu, t)) = before {
-            let e = self.cpu.entry(format!("{mode} {target}")).or_default();
-            e.0 += cpu_ns(agent).saturating_sub(cpu);
-            e.1 += t.elapsed().as_nanos() as u64;
-        }
-        let stats = snapshot.map(|s| prog_delta(&s, &prog_snapshot()));
-        let last = result.trim();
-        Ok((serde_json::from_str(last).with_context(|| format!("client output {last}"))?, stats))
-    }
-
-    /// Ends the client (end of input) and, for portcullis, the agent.
-    fn finish(mut self) -> Result<()> {
-        drop(self.stdin.take());
-        let status = self.guard.child_mut().wait()?;
-        if !status.success() {
-            bail!("{:?} load client failed: {status}", self.cfg);
-        }
-        Ok(())
-    }
-}
-
-/// CPUs for the load client and server: the first two this process may
-/// use, so each run has them on different cores (none on a 1-CPU machine).
-fn pinning() -> Option<(usize, usize)> {
-    // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity fills it.
-    let set = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        (libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) == 0).then_some(set)?
-    };
-    // SAFETY: CPU_ISSET reads within the set.
-    let mut cpus = (0..libc::CPU_SETSIZE as usize).filter(|c| unsafe { libc::CPU_ISSET(*c, &set) });
-    Some((cpus.next()?, cpus.next()?))
-}
-
 pub type Results = BTreeMap<(&'static str, Config), Vec<f64>>;
-/// Per workload: each slice's program statistics, with the `bpf_stats`
-/// overhead measured in the same round.
-pub type Progs = BTreeMap<&'static str, Vec<(ProgStats, f64)>>;
+/// Per workload and configuration (portcullis, uncounted, floor): each
+/// statistics round's program statistics, with the `bpf_stats` overhead
+/// measured in the same round; the n-th entries of one workload are of the
+/// same round.
+pub type Progs = BTreeMap<(&'static str, Config), Vec<(ProgStats, f64)>>;
+/// Per configuration that runs an agent: its CPU time and the wall time
+/// of its slices, per workload.
+pub type Cpu = Vec<(Config, BTreeMap<String, (u64, u64)>)>;
 
 pub fn run(args: &BenchArgs, env: &Env) -> Result<()> {
     if args.rounds == 0 || !(0.05..=60.0).contains(&args.secs) {
@@ -301,15 +219,14 @@ pub fn run(args: &BenchArgs, env: &Env) -> Result<()> {
     for cfg in CONFIGS {
         clients.push(Client::start(&bench, cfg, &portcullis, &policy, &floor, &run_agent)?);
     }
-    let agent = clients[PC].guard.pid();
-    let (results, progs) = measure(&mut clients, agent, &stats, args, (&bench, &run_agent))?;
-    let cpu = clients[PC].cpu.clone();
+    let (results, progs) = measure(&mut clients, &stats, args, (&bench, &run_agent))?;
+    let cpu: Cpu = [PC, NC].iter().map(|&k| (clients[k].cfg, clients[k].cpu.clone())).collect();
     for c in clients {
         c.finish()?;
     }
     let log = run_agent.log_summary();
     let k8s = k8s_row(&bench)?;
-    crate::bench_report::report(&results, &progs, cpu, args, log);
+    crate::bench_report::report(&results, &progs, &cpu, args, log);
     if let Some(line) = k8s {
         println!("\nKubernetes agent: time from a pod's cgroup appearing to its policy in force: {line}");
     }
@@ -321,18 +238,13 @@ pub fn run(args: &BenchArgs, env: &Env) -> Result<()> {
 
 /// The rounds: each configuration runs crr and bulk in turn (order rotated
 /// per round so drift hits all alike) with BPF statistics off. Every few
-/// rounds, with them on, portcullis alone runs crr, bulk and crr-spread for
-/// the programs' costs, and baseline and portcullis getaddrinfo latency.
-fn measure(
-    clients: &mut [Client],
-    agent: u32,
-    bpf_stats: &BpfStats,
-    args: &BenchArgs,
-    side: Side<'_>,
-) -> Result<(Results, Progs)> {
+/// rounds, with them on, portcullis, uncounted and the floor run crr, bulk
+/// and crr-spread in turn for the programs' costs, and baseline and
+/// portcullis getaddrinfo latency.
+fn measure(clients: &mut [Client], bpf_stats: &BpfStats, args: &BenchArgs, side: Side<'_>) -> Result<(Results, Progs)> {
     let (mut results, mut progs) = (Results::new(), Progs::new());
-    // Baseline, portcullis, nftables take turns; the floor client runs in
-    // the statistics slices only.
+    // The clients before the floor take turns; the floor and run-mode
+    // clients run in the statistics and DNS slices only.
     let n = RATIO_CONFIGS;
     let every = (args.rounds / args.stats_rounds.max(1)).max(1);
     let started = Instant::now();
@@ -340,13 +252,13 @@ fn measure(
         for (mode, target) in [CRR, BULK] {
             for k in 0..n {
                 let c = &mut clients[(k + round) % n];
-                let (r, _) = c.run(mode, target, args.secs, agent, false)?;
+                let (r, _) = c.run(mode, target, args.secs, false)?;
                 let v = r.get("per_sec").and_then(Value::as_f64).context("per_sec missing")?;
                 results.entry((mode, c.cfg)).or_default().push(v);
             }
         }
         if args.stats_rounds > 0 && round % every == every / 2 {
-            stats_round(clients, agent, bpf_stats, round, &mut results, &mut progs)?;
+            stats_round(clients, bpf_stats, round, &mut results, &mut progs)?;
             dns_under_load(clients, side, round, &mut results)?;
         }
         if (round + 1) % 10 == 0 || round + 1 == args.rounds {
@@ -358,7 +270,6 @@ fn measure(
 
 fn stats_round(
     clients: &mut [Client],
-    agent: u32,
     bpf_stats: &BpfStats,
     round: usize,
     results: &mut Results,
@@ -370,23 +281,27 @@ fn stats_round(
     let overhead = crate::calibrate::stats_overhead_ns().context("calibrating bpf_stats overhead")?;
     // crr-spread: every connection to another address (64 in turn), so
     // the connect hooks' verdict cache never hits: the full lookup's cost.
-    // crr and bulk also run on the floor client, next to portcullis's
-    // slice (order alternating by round).
-    const FLOOR: usize = Config::Floor as usize;
-    let pair = if round.is_multiple_of(2) { [PC, FLOOR] } else { [FLOOR, PC] };
+    // Portcullis, uncounted (counting's cost) and, for crr and bulk, the
+    // floor client run each workload back to back, order rotated by round.
+    let mut trio = [PC, NC, FLOOR];
+    trio.rotate_left(round % 3);
+    let pair = if round.is_multiple_of(2) { [PC, NC] } else { [NC, PC] };
     for (key, target) in [CRR, BULK, ("crr-spread", "spread:64:7001")] {
         let mode = if key == "bulk" { "bulk" } else { "crr" };
-        let who: &[usize] = if key == "crr-spread" { &[PC] } else { &pair };
+        let who: &[usize] = if key == "crr-spread" { &pair } else { &trio };
         for &k in who {
-            let (_, stats) = clients[k].run(mode, target, STATS_SECS, agent, true)?;
-            progs.entry(key).or_default().extend(stats.map(|s| (s, overhead)));
+            if let (_, Some(stats)) = clients[k].run(mode, target, STATS_SECS, true)? {
+                progs.entry((key, clients[k].cfg)).or_default().push((stats, overhead));
+            }
         }
     }
     // getaddrinfo latency: baseline (0) and portcullis (1), order alternating.
     for k in [round % 2, 1 - round % 2] {
         let c = &mut clients[k];
-        let (r, stats) = c.run("dns", "api.example.test", STATS_SECS, agent, k == PC)?;
-        progs.entry("dns").or_default().extend(stats.map(|s| (s, overhead)));
+        let (r, stats) = c.run("dns", "api.example.test", STATS_SECS, k == PC)?;
+        if let Some(stats) = stats {
+            progs.entry(("dns", c.cfg)).or_default().push((stats, overhead));
+        }
         for (key, field) in [("dns-p50", "p50_ns"), ("dns-p99", "p99_ns")] {
             results.entry((key, c.cfg)).or_default().push(r.get(field).and_then(Value::as_f64).unwrap_or(0.0));
         }
@@ -410,11 +325,11 @@ fn dns_under_load(clients: &mut [Client], (bench, run): Side<'_>, round: usize, 
             results.entry((key, cfg)).or_default().push(r.get(field).and_then(Value::as_f64).unwrap_or(0.0));
         }
     };
-    let (r, _) = clients[RUN].run("dns", target, STATS_SECS, 0, false)?;
+    let (r, _) = clients[RUN].run("dns", target, STATS_SECS, false)?;
     record(["dns-p50", "dns-p99"], Config::RunMode, &r);
     let load = Load::start(bench, run, 2.0 * STATS_SECS)?;
     for k in if round.is_multiple_of(2) { [BASE, RUN] } else { [RUN, BASE] } {
-        let (r, _) = clients[k].run("dns", target, STATS_SECS, 0, false)?;
+        let (r, _) = clients[k].run("dns", target, STATS_SECS, false)?;
         record(["dns-load-p50", "dns-load-p99"], clients[k].cfg, &r);
     }
     let seen = load.finish()?;

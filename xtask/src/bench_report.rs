@@ -4,14 +4,14 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    bench::{BenchArgs, Config, Progs, Results},
+    bench::{BenchArgs, Config, Cpu, Progs, Results},
     floor,
 };
 
 /// A distribution-free 95 % confidence interval of the median of sorted
 /// `v`: the order statistics n/2 -+ 1.96 sqrt(n)/2 (normal approximation
 /// of the binomial; every round's ratio is one independent draw).
-fn median_ci(sorted: &[f64]) -> (f64, f64) {
+pub fn median_ci(sorted: &[f64]) -> (f64, f64) {
     let n = sorted.len();
     if n == 0 {
         return (0.0, 0.0);
@@ -26,7 +26,17 @@ pub fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
 }
 
-pub fn report(results: &Results, progs: &Progs, cpu: BTreeMap<String, (u64, u64)>, args: &BenchArgs, log: (usize, u64)) {
+/// The median and its 95 % CI of `num / den`, round by round (both ran in
+/// every round of `mode`).
+pub fn ratio(results: &Results, mode: &'static str, num: Config, den: Config) -> Option<(f64, f64, f64)> {
+    let (d, n) = (results.get(&(mode, den))?, results.get(&(mode, num))?);
+    let mut ratios: Vec<f64> = d.iter().zip(n).map(|(d, n)| n / d).collect();
+    let med = median(&mut ratios);
+    let (lo, hi) = median_ci(&ratios);
+    Some((med, lo, hi))
+}
+
+pub fn report(results: &Results, progs: &Progs, cpu: &Cpu, args: &BenchArgs, log: (usize, u64)) {
     println!(
         "\nbench: {} rounds x {} s slices, 1,000 learned IPs, each client in its own pod netns, server in inet",
         args.rounds, args.secs
@@ -35,7 +45,7 @@ pub fn report(results: &Results, progs: &Progs, cpu: BTreeMap<String, (u64, u64)
         [("crr", "short TCP connections/s", 1.0, 0.95), ("bulk", "bulk TCP throughput MB/s", 1e6, 0.97)]
     {
         let base = &results[&(mode, Config::Baseline)];
-        for cfg in [Config::Portcullis, Config::Nftables, Config::Veth, Config::Backstop] {
+        for cfg in [Config::Portcullis, Config::Nftables, Config::Veth, Config::Backstop, Config::Uncounted] {
             let other = &results[&(mode, cfg)];
             let mut ratios: Vec<f64> = base.iter().zip(other).map(|(b, o)| o / b).collect();
             let (lo, hi) = ratios.iter().fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));
@@ -57,6 +67,7 @@ pub fn report(results: &Results, progs: &Progs, cpu: BTreeMap<String, (u64, u64)
         }
     }
     backstop_vs_cgroup(results);
+    crate::bench_counting::ratios(results);
     let med = |k: &'static str, cfg| median(&mut results.get(&(k, cfg)).cloned().unwrap_or_default());
     let (b50, b99, p50, p99) = (
         med("dns-p50", Config::Baseline),
@@ -76,9 +87,15 @@ pub fn report(results: &Results, progs: &Progs, cpu: BTreeMap<String, (u64, u64)
     dns_under_load(results, log);
     // The agent's own work (DNS gates, TTL sweeps, events) while each
     // workload ran: part of what the ratios above measure.
-    let share: Vec<String> =
-        cpu.iter().map(|(w, (cpu, busy))| format!("{w}: {:.2} %", *cpu as f64 / (*busy).max(1) as f64 * 100.0)).collect();
-    println!("  agent CPU time, % of one core, during the portcullis slices: {}", share.join(", "));
+    for (cfg, cpu) in cpu {
+        let share: Vec<String> =
+            cpu.iter().map(|(w, (cpu, busy))| format!("{w}: {:.2} %", *cpu as f64 / (*busy).max(1) as f64 * 100.0)).collect();
+        println!(
+            "  agent CPU time, % of one core, during the {} slices: {}",
+            format!("{cfg:?}").to_lowercase(),
+            share.join(", ")
+        );
+    }
     let mut overheads: Vec<f64> = progs.values().flatten().map(|(_, o)| *o).collect();
     let (lo, hi) = overheads.iter().fold((f64::MAX, f64::MIN), |(l, h), o| (l.min(*o), h.max(*o)));
     let overhead = median(&mut overheads);
@@ -94,11 +111,16 @@ pub fn report(results: &Results, progs: &Progs, cpu: BTreeMap<String, (u64, u64)
          destination connected to before, decided from the verdict cache). crr-spread: every connection to another of\n  \
          64 addresses, so the cache never hits (the full lookup); dns: the DNS path (gate redirect, ring copies):"
     );
-    for (mode, runs) in progs {
-        // name -> (total ns, total ns net of that round's overhead, runs)
+    let empty = Vec::new();
+    for ((mode, _), runs) in progs.iter().filter(|((_, cfg), _)| *cfg == Config::Portcullis) {
+        // name -> (total ns, total ns net of that round's overhead, runs),
+        // of ours in portcullis's slices and of the empty programs in the
+        // floor's: a slice reads every program, and runs of ours that some
+        // other process makes during a floor slice are no part of either.
         let mut sum: BTreeMap<&str, (f64, f64, u64)> = BTreeMap::new();
-        for (run, overhead) in runs {
-            for (name, (ns, cnt)) in run {
+        let floor_runs = progs.get(&(mode, Config::Floor)).unwrap_or(&empty);
+        for ((run, overhead), in_floor) in runs.iter().map(|r| (r, false)).chain(floor_runs.iter().map(|r| (r, true))) {
+            for (name, (ns, cnt)) in run.iter().filter(|(n, _)| floor::is_twin(n) == in_floor) {
                 let e = sum.entry(name.as_str()).or_default();
                 e.0 += ns * *cnt as f64;
                 e.1 += (ns - overhead) * *cnt as f64;
@@ -120,26 +142,22 @@ pub fn report(results: &Results, progs: &Progs, cpu: BTreeMap<String, (u64, u64)
             .collect();
         println!("    {mode:<5} {}", line.join("\n          "));
     }
+    crate::bench_counting::programs(progs);
 }
 
-/// The run-mode rows: the same lookups quiet and under the side load
-/// (`bench_load`), each against baseline lookups in the same conditions.
 /// The backstop's own cost: the cgroup hooks with the veth programs next
 /// to the cgroup hooks alone, round by round (both ran in every round).
 fn backstop_vs_cgroup(results: &Results) {
     for (mode, label) in [("crr", "short TCP connections/s"), ("bulk", "bulk TCP throughput MB/s")] {
-        let (Some(cg), Some(bs)) = (results.get(&(mode, Config::Portcullis)), results.get(&(mode, Config::Backstop))) else {
-            continue;
-        };
-        let mut ratios: Vec<f64> = cg.iter().zip(bs).map(|(c, b)| b / c).collect();
-        let med = median(&mut ratios);
-        let (ci_lo, ci_hi) = median_ci(&ratios);
+        let Some((med, ci_lo, ci_hi)) = ratio(results, mode, Config::Backstop, Config::Portcullis) else { continue };
         println!(
             "  {label:<26} backstop / portcullis ratio {med:.3} (95% CI of the median {ci_lo:.3}-{ci_hi:.3})  target >= 0.98"
         );
     }
 }
 
+/// The run-mode rows: the same lookups quiet and under the side load
+/// (`bench_load`), each against baseline lookups in the same conditions.
 fn dns_under_load(results: &Results, (records, limited): (usize, u64)) {
     let med = |k: &'static str, cfg| median(&mut results.get(&(k, cfg)).cloned().unwrap_or_default());
     let us = |v: f64| v / 1e3;

@@ -14,6 +14,8 @@
 //!   validated without a cluster (`deploy_check.rs`); `test` runs it too.
 
 mod bench;
+mod bench_client;
+mod bench_counting;
 mod bench_env;
 mod bench_k8s;
 mod bench_load;
