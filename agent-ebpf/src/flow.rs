@@ -2,21 +2,20 @@
 //! `agent_common::flow`): bumped only where the endpoint is already known,
 //! so counting costs a per-CPU array lookup (inlined by the verifier,
 //! kernel/bpf/arraymap.c `percpu_array_map_gen_lookup`) and an add, never a
-//! hash lookup. With `FLOW_COUNTING` 0 the verifier drops all of it.
+//! hash lookup or a helper call. Verdicts are counted where they are made;
+//! bytes only on the pod's veth, which sees every packet of the pod once
+//! (the cgroup programs' established fast path knows no endpoint, and a
+//! `bpf_skb_cgroup_id` call per packet costs ~30 ns on these VMs: more
+//! than the budget of counting). With `FLOW_COUNTING` 0 the verifier drops
+//! all of it.
 
 use core::ptr::read_volatile;
 
-use agent_common::{FLOW_SLOTS, FlowCounters, Reason, flow::slot, range_slot, rule_slot};
+use agent_common::{ENDPOINT_F_EXEMPT, FLOW_SLOTS, FlowCounters, Reason, flow::slot, range_slot, rule_slot};
 
-use aya_ebpf::{
-    helpers::generated::{bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
-    programs::SkBuffContext,
-};
+use aya_ebpf::programs::TcContext;
 
-use crate::{
-    endpoint,
-    maps::{CONFIG, FLOW_COUNTERS, FLOW_COUNTING, SKB_EP_MEMO, SKB_MEMO_ENTRIES},
-};
+use crate::maps::{CONFIG, FLOW_COUNTERS, FLOW_COUNTING, TC_IFACES, VETH_EP_MEMO, VETH_MEMO_ENTRIES};
 
 #[inline(always)]
 fn counters(endpoint: u32) -> Option<&'static mut FlowCounters> {
@@ -63,30 +62,32 @@ pub fn bytes(endpoint: u32, egress: bool, len: u32) {
     bump(c, p, 1);
 }
 
-/// A packet of an established flow in a cgroup program, whose endpoint
-/// nobody looked up: found through `SKB_EP_MEMO` (this CPU's last
-/// endpoints by cgroup, direct-mapped), so a steady flow costs two array
-/// lookups and no hash; a miss resolves the cgroup once.
+/// A packet to a pod on its veth (`pc_to_pod`), whose endpoint the
+/// program does not look up: found through `VETH_EP_MEMO` (this CPU's last
+/// interfaces, direct-mapped by ifindex, valid for one `CONFIG`
+/// generation, which the agent moves on whenever it assigns an interface),
+/// so a steady flow costs two inlined array lookups, no hash and no helper
+/// call; a miss looks the interface up once.
 #[inline(always)]
-pub fn skb_bytes(ctx: &SkBuffContext, egress: bool) {
+pub fn veth_ingress_bytes(ctx: &TcContext) {
     // SAFETY: a constant the agent set at load (read-only data).
     if unsafe { read_volatile(&FLOW_COUNTING) } == 0 {
         return;
     }
-    let skb = ctx.skb.skb;
-    let cgid = unsafe { bpf_skb_cgroup_id(skb) };
-    let Some(m) = SKB_EP_MEMO.get_ptr_mut((cgid & (SKB_MEMO_ENTRIES as u64 - 1)) as u32) else { return };
+    // SAFETY: the kernel's skb for the whole run.
+    let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
+    let Some(m) = VETH_EP_MEMO.get_ptr_mut(ifindex & (VETH_MEMO_ENTRIES - 1)) else { return };
     let Some(cfg) = CONFIG.get(0) else { return };
     // SAFETY: this CPU's own entry.
     let m = unsafe { &mut *m };
-    if m.cgroup_id != cgid || m.generation != cfg.generation {
-        let ep = endpoint::resolve(cgid, |l| unsafe { bpf_skb_ancestor_cgroup_id(skb, l) }, || Some(cfg));
-        m.cgroup_id = cgid;
+    if m.ifindex != ifindex || m.generation != cfg.generation {
+        // SAFETY: plain data copied out.
+        let iface = unsafe { TC_IFACES.get(ifindex) };
+        m.ifindex = ifindex;
         m.generation = cfg.generation;
-        m.endpoint = ep.map_or(0, |e| e.endpoint);
+        m.endpoint = iface.filter(|i| i.flags & ENDPOINT_F_EXEMPT == 0).map_or(0, |i| i.endpoint);
     }
     if m.endpoint != 0 {
-        // SAFETY: the kernel's skb for the whole run.
-        bytes(m.endpoint, egress, unsafe { (*skb).len });
+        bytes(m.endpoint, false, len);
     }
 }

@@ -83,18 +83,17 @@ pub static FLOW_COUNTERS: PerCpuArray<FlowCounters> = PerCpuArray::with_max_entr
 #[unsafe(no_mangle)]
 pub static FLOW_COUNTING: u32 = 1;
 
-/// This CPU's endpoints of recently seen cgroups, for the packet
-/// programs' byte counts (`flow::skb_bytes`): not pinned, a cache.
+/// This CPU's endpoints of recently seen veths, for the bytes to a pod
+/// (`flow::veth_ingress_bytes`): not pinned, a cache.
 #[map]
-pub static SKB_EP_MEMO: PerCpuArray<SkbMemo> = PerCpuArray::with_max_entries(SKB_MEMO_ENTRIES, 0);
-pub const SKB_MEMO_ENTRIES: u32 = 64;
+pub static VETH_EP_MEMO: PerCpuArray<VethMemo> = PerCpuArray::with_max_entries(VETH_MEMO_ENTRIES, 0);
+pub const VETH_MEMO_ENTRIES: u32 = 64;
 
 #[repr(C)]
-pub struct SkbMemo {
-    pub cgroup_id: u64,
+pub struct VethMemo {
     pub generation: u64,
+    pub ifindex: u32,
     pub endpoint: u32,
-    pub _pad: u32,
 }
 
 /// Per-endpoint, per-CPU token bucket for denied-attempt events.

@@ -136,7 +136,6 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     // counted at connect time): every map touched here is a cache miss on
     // busy nodes. Resolver sockets go on: their queries are copied below.
     if egress_established(ctx) {
-        flow::skb_bytes(ctx, true);
         return PASS;
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -242,8 +241,6 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     if reason.is_allowed() {
         count(hook, reason);
         flow::verdict(ep.endpoint, false, reason, rule, 0);
-        // SAFETY: the kernel's skb for the whole run.
-        flow::bytes(ep.endpoint, true, unsafe { (*skb).len });
         return PASS;
     }
     deny(cfg, cgid, &ep, cookie, reason, &dest, range)
@@ -307,7 +304,6 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
     // Hot path: traffic into an established flow, unless it talks to a
     // resolver (its answers are held below) or is a listener (SYNs noted).
     if ingress_established(ctx) {
-        flow::skb_bytes(ctx, false);
         return PASS;
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };

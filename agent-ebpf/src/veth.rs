@@ -68,10 +68,11 @@ pub fn from_pod(ctx: &TcContext) -> i32 {
     let ep = EndpointInfo { endpoint: iface.endpoint, flags: iface.flags, generation: 0 };
     // One place reports and drops: every inlined copy of it would cost
     // the record's stack again (the verifier's 512 bytes; Linux 6.1).
-    let counts = iface.flags & TC_IFACE_F_FLOW_COUNTS != 0;
     match judge(ctx, &iface, &ep, ifindex, cfg) {
         Ok(verdict) => {
-            if counts && verdict != TC_DROP {
+            // Every pod's bytes are counted here (no cgroup program counts
+            // bytes), its verdicts only where the veth alone judges it.
+            if verdict != TC_DROP {
                 flow::bytes(ep.endpoint, true, ctx.len());
             }
             verdict
@@ -139,6 +140,7 @@ fn judge(ctx: &TcContext, iface: &TcIface, ep: &EndpointInfo, ifindex: u32, cfg:
 }
 
 pub fn to_pod(ctx: &TcContext) -> i32 {
+    flow::veth_ingress_bytes(ctx);
     // Most packets to a pod are TCP segments of known flows: passed on
     // before any parsing or lookup.
     if is_plain_tcp_ack(ctx) {

@@ -415,6 +415,6 @@ fn flow_counts_per_endpoint_with_rule_and_range() {
     assert_eq!(by_range(range::METADATA), 2, "169.254.169.254, also IPv4-mapped, is counted as metadata");
     assert_eq!(by_range(range::PRIVATE), 1);
     assert_eq!(by_range(range::LINK_LOCAL), 0);
-    assert!(c.egress_bytes >= 3 * 40, "bytes of the allowed packets: {}", c.egress_bytes);
-    assert_eq!(c.egress_packets, 3);
+    // Bytes are the veth's to count (`veth_test_run`): none here.
+    assert_eq!((c.egress_bytes, c.egress_packets), (0, 0));
 }

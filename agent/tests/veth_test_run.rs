@@ -313,15 +313,38 @@ fn flow_counts_on_the_veth_only_where_it_counts() {
     assert!(c.ranges.contains(&("metadata", 1)), "{:?}", c.ranges);
     assert_eq!(c.egress_packets, 3, "the packets let through");
     assert!(c.egress_bytes > 3 * 54);
+    // To the pod: counted through the per-CPU interface memo.
+    let reply = frame("203.0.113.10", POD4, L4::Tcp(443, false));
+    assert_eq!(h.to_pod(&reply), NEXT);
+    assert_eq!(h.to_pod(&reply), NEXT);
+    let c = FlowCounts::from_kernel(&flows.flows.read(h.ep).unwrap(), &rules);
+    assert_eq!(c.ingress_packets, 2);
+    assert_eq!(c.ingress_bytes, 2 * reply.len() as u64);
 
-    // Without the interface's flag (the cgroup hooks count that pod) the
-    // veth adds nothing: no flow is counted twice.
-    let before = flows.flows.read(h.ep).unwrap();
+    // Without the interface's flag (the cgroup hooks judge that pod and
+    // count its verdicts) the veth counts bytes only: no verdict is
+    // counted twice.
+    let verdicts = |c: &FlowCounts| (c.connections, c.datagrams, c.rules.clone(), c.ranges.clone());
+    let before = FlowCounts::from_kernel(&flows.flows.read(h.ep).unwrap(), &rules);
     h.state.remove_veth(h.ep, IFINDEX).unwrap();
     h.state.add_veth(h.ep, IFINDEX, &[POD4.parse().unwrap()], false).unwrap();
     assert_eq!(h.send("10.1.2.3", L4::Tcp(8080, true)), NEXT);
     assert_eq!(h.send("169.254.169.254", L4::Tcp(80, true)), DROP);
-    assert_eq!(flows.flows.read(h.ep).unwrap(), before);
+    let after = FlowCounts::from_kernel(&flows.flows.read(h.ep).unwrap(), &rules);
+    assert_eq!(verdicts(&after), verdicts(&before));
+    assert_eq!(after.egress_packets, before.egress_packets + 1);
+
+    // An interface given to another pod: its bytes go there at once
+    // (the memo is valid for one generation of the maps).
+    let policy = compile(&Policy::from_yaml_str(NOTHING, "t").unwrap(), || Ok::<_, std::io::Error>(vec![])).unwrap();
+    let other = h.state.add_endpoint(Identity::default(), 424_242, policy, Mode::Enforce).unwrap();
+    assert_eq!(h.to_pod(&reply), NEXT, "the memo now holds this pod");
+    h.state.remove_veth(h.ep, IFINDEX).unwrap();
+    h.state.add_veth(other, IFINDEX, &[POD4.parse().unwrap()], false).unwrap();
+    assert_eq!(h.to_pod(&reply), NEXT);
+    let c = FlowCounts::from_kernel(&flows.flows.read(h.ep).unwrap(), &rules);
+    assert_eq!(c.ingress_packets, 3, "not the previous pod's");
+    assert_eq!(FlowCounts::from_kernel(&flows.flows.read(other).unwrap(), &rules).ingress_packets, 1);
 }
 
 /// A full `DNS_HOLD` ring (no agent reading it): the query is dropped,

@@ -88,6 +88,13 @@ impl PolicyMaps {
         self.bump_generation()
     }
 
+    /// A veth was (re)assigned or forgotten: a new generation, so the
+    /// kernel's per-CPU memos of interface -> endpoint (`VETH_EP_MEMO`,
+    /// the bytes to a pod) look it up again.
+    pub fn veths_changed(&mut self) -> Result<(), MapError> {
+        self.bump_generation()
+    }
+
     fn bump_generation(&mut self) -> Result<(), MapError> {
         let mut cfg = self.current;
         // From the kernel's value if that is ahead: while a new agent

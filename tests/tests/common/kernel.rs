@@ -135,8 +135,7 @@ pub struct Attached {
     pub progs: Vec<(u64, String, String)>,
     pub maps: BTreeSet<u64>,
     /// `maps` but those of one load only (global data, its own verdict
-    /// cache, `SKB_EP_MEMO`): the maps every load shares (pinned in node
-    /// mode).
+    /// cache): the maps every load shares (pinned in node mode).
     pub shared_maps: BTreeSet<u64>,
     /// Each program's name and its maps.
     pub prog_maps: Vec<(String, BTreeSet<u64>)>,
@@ -157,14 +156,13 @@ pub fn attached(cgroup: &Path) -> Attached {
         prog_maps.push((name, used));
     }
     progs.sort();
-    // Maps of one load only: its global data, its own verdict cache, the
-    // packet programs' endpoint memo.
+    // Maps of one load only: its global data and its own verdict cache.
     let shared_maps = maps
         .iter()
         .copied()
         .filter(|id| {
             let name = bpftool_json(&["map", "show", "id", &id.to_string()])["name"].as_str().unwrap_or("").to_owned();
-            name != "SOLO_CACHE" && name != "SKB_EP_MEMO" && ![".rodata", ".data", ".bss"].iter().any(|s| name.contains(s))
+            name != "SOLO_CACHE" && ![".rodata", ".data", ".bss"].iter().any(|s| name.contains(s))
         })
         .collect();
     Attached { cgroup: cgroup.to_owned(), progs, maps, shared_maps, prog_maps }

@@ -64,6 +64,7 @@ impl State {
             for ifindex in veths {
                 self.maps.veth().set_flags(ifindex, mode.flags()).map_err(map_err("TC_IFACES"))?;
             }
+            self.maps.veths_changed().map_err(map_err("CONFIG"))?;
         }
         self.maps.verdict_cache().invalidate(id).map_err(map_err("VERDICT_CACHE"))?;
         // On the veth, flows the old policy let through: TCP connections go

@@ -19,6 +19,7 @@ impl State {
         let ep = self.endpoints.get(&id).ok_or(StateError::UnknownEndpoint(id))?;
         let flags = ep.mode.flags() | if counts { agent_common::TC_IFACE_F_FLOW_COUNTS } else { 0 };
         self.maps.veth().assign(ifindex, id, flags, addrs).map_err(map_err("TC_IFACES"))?;
+        self.maps.veths_changed().map_err(map_err("CONFIG"))?;
         let ep = self.endpoints.get_mut(&id).ok_or(StateError::UnknownEndpoint(id))?;
         if !ep.veths.contains(&ifindex) {
             ep.veths.push(ifindex);
@@ -31,6 +32,7 @@ impl State {
     pub fn remove_veth(&mut self, id: u32, ifindex: u32) -> Result<(), StateError> {
         let ep = self.endpoints.get_mut(&id).ok_or(StateError::UnknownEndpoint(id))?;
         ep.veths.retain(|i| *i != ifindex);
-        self.maps.veth().unassign(ifindex).map_err(map_err("TC_IFACES"))
+        self.maps.veth().unassign(ifindex).map_err(map_err("TC_IFACES"))?;
+        self.maps.veths_changed().map_err(map_err("CONFIG"))
     }
 }
