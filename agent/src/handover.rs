@@ -41,8 +41,6 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tracing::{info, warn};
 
-use crate::telemetry::carry::Counters;
-
 pub const SOCKET: &str = "agent.sock";
 /// A query of live state (`portcullis explain`): this word, a space and a
 /// JSON request on one line; one JSON answer back.
@@ -78,8 +76,8 @@ pub struct Handover {
     pub learned: Vec<LearnedRecord>,
     /// User-space counters (`telemetry::carry`): absent from a previous
     /// release's message, so optional.
-    #[serde(default, skip_serializing_if = "Counters::is_empty")]
-    pub counters: Counters,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<serde_json::Value>,
 }
 
 /// A query the old agent let through whose answer has not come yet.
@@ -240,7 +238,7 @@ pub fn serve(stream: UnixStream, hand_over: impl FnOnce() -> Handover, ask: Opti
     };
     let mut h = hand_over();
     if !with_counters {
-        h.counters = Counters::default();
+        h.counters = None;
     }
     let mut stream = stream;
     serde_json::to_writer(&mut stream, &h).map_err(io::Error::other)?;
@@ -253,9 +251,12 @@ pub fn serve(stream: UnixStream, hand_over: impl FnOnce() -> Handover, ask: Opti
 /// release's format.
 pub fn write_snapshot(dir: &Path, h: &Handover) -> Result<(), HandoverError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let state = Handover { pending: h.pending.clone(), learned: h.learned.clone(), counters: Counters::default() };
+    let state = Handover { pending: h.pending.clone(), learned: h.learned.clone(), counters: None };
     write_atomic(dir, SNAPSHOT, &state)?;
-    write_atomic(dir, COUNTERS, &h.counters)
+    match &h.counters {
+        Some(c) => write_atomic(dir, COUNTERS, c),
+        None => Ok(()),
+    }
 }
 
 fn write_atomic(dir: &Path, name: &str, value: &impl Serialize) -> Result<(), HandoverError> {
@@ -277,8 +278,8 @@ pub fn read_snapshot(dir: &Path) -> Result<Option<Handover>, HandoverError> {
     let mut h: Handover = serde_json::from_slice(&text).map_err(|source| HandoverError::Format { path, source })?;
     // Counters that do not read are only counters: start from 0.
     let counters = dir.join(COUNTERS);
-    match fs::read(&counters).map(|t| serde_json::from_slice::<Counters>(&t)) {
-        Ok(Ok(c)) => h.counters = c,
+    match fs::read(&counters).map(|t| serde_json::from_slice::<serde_json::Value>(&t)) {
+        Ok(Ok(c)) => h.counters = Some(c),
         Ok(Err(e)) => warn!(path = %counters.display(), error = %e, "unreadable counters; they start from 0"),
         Err(_) => {}
     }
@@ -307,15 +308,7 @@ mod tests {
                 ip: "203.0.113.10".parse().unwrap(),
                 expires_ns: 123,
             }],
-            counters: Counters {
-                endpoints: vec![crate::telemetry::carry::EndpointCounters {
-                    cgroup_id: 99,
-                    queries: [[1, 2, 3, 4, 5]; 4],
-                    dns: crate::dnsgate::EndpointDnsStats { refused: 6, ..Default::default() },
-                }],
-                node: vec![("released".into(), 7)],
-                latency: (1, 1000, vec![1; 10]),
-            },
+            counters: Some(serde_json::json!({"endpoints": [{"cgroup_id": 99, "refused": 6}], "node": [["released", 7]]})),
         }
     }
 
@@ -344,7 +337,7 @@ mod tests {
     fn asking_a_previous_release_falls_back_to_its_request() {
         let d = tempdir("oldsrv");
         let listener = listen(&d).unwrap();
-        let old = Handover { counters: Counters::default(), ..sample() };
+        let old = Handover { counters: None, ..sample() };
         let want = old.clone();
         // The previous release's server: only `takeover`, else close.
         let server = thread::spawn(move || {
@@ -380,7 +373,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert!(v.get("counters").is_none(), "{v}");
         let h: Handover = serde_json::from_str(&text).unwrap();
-        assert_eq!(h, Handover { counters: Counters::default(), ..sample() });
+        assert_eq!(h, Handover { counters: None, ..sample() });
         fs::remove_dir_all(&d).unwrap();
     }
 

@@ -225,8 +225,9 @@ pub fn run(args: &BenchArgs, env: &Env) -> Result<()> {
         c.finish()?;
     }
     let log = run_agent.log_summary();
-    let k8s = k8s_row(&bench)?;
+    // The report first: a failed row at the end must not lose the run.
     crate::bench_report::report(&results, &progs, &cpu, args, log);
+    let k8s = k8s_row(&bench)?;
     if let Some(line) = k8s {
         println!("\nKubernetes agent: time from a pod's cgroup appearing to its policy in force: {line}");
     }

@@ -177,7 +177,8 @@ fn ready(addr: std::net::SocketAddr) -> bool {
     let _ = write!(s, "GET /readyz HTTP/1.0\r\n\r\n");
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);
-    text.starts_with("HTTP/1.1 200")
+    // HTTP/1.0 or 1.1: the server answers in the request's version.
+    text.split_whitespace().nth(1) == Some("200")
 }
 
 /// The report line: median, p90 and worst of `ms`.

@@ -125,7 +125,7 @@ impl Core {
             }
         });
         let learned = self.enforcer.export_learned();
-        let counters = crate::telemetry::carry::export(&self.enforcer, &self.gate_stats);
+        let counters = crate::telemetry::carry::export_value(&self.enforcer, &self.gate_stats);
         Some(Handover { pending, learned, counters })
     }
 }
@@ -279,7 +279,7 @@ impl Agent {
         self.dns_gates.retire_ports(ports);
         info!(pairs = n, orphans, "adopted learned names");
         if let Some(h) = &h {
-            let carried = crate::telemetry::carry::import(&self.enforcer, &self.gate_stats, &h.counters);
+            let carried = crate::telemetry::carry::import_value(&self.enforcer, &self.gate_stats, h.counters.as_ref());
             info!(endpoints = carried, "carried the previous agent's DNS counters over");
         }
         if let Some(p) = &self.pins {

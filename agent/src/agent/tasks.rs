@@ -49,7 +49,7 @@ pub(super) async fn expire_learned(
                 if n % 4 != 0 || written == Some(version) {
                     continue;
                 }
-                let counters = crate::telemetry::carry::export(&enforcer, &gate_stats);
+                let counters = crate::telemetry::carry::export_value(&enforcer, &gate_stats);
                 let h = Handover { pending: Vec::new(), learned: enforcer.export_learned(), counters };
                 written = Some(version);
                 if let Err(e) = handover::write_snapshot(dir, &h) {

@@ -135,10 +135,11 @@ impl Enforcer {
         Some((EndpointView::of(e), e.name_for(ip).map(str::to_owned)))
     }
 
-    /// `portcullis explain`: the kernel's decision over the live maps, under
-    /// the state lock for a handful of lookups.
-    pub fn explain(&self, req: &crate::explain::Request) -> Result<crate::explain::Explanation, crate::explain::ExplainError> {
-        crate::explain::evaluate(&lock(&self.state), req)
+    /// Runs `f` on the state under its lock: for rare questions about live
+    /// state (`portcullis explain`: a handful of map lookups), never from
+    /// the DNS or connect paths' readers.
+    pub fn read_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&lock(&self.state))
     }
 
     /// Every endpoint with its learned-key count, by id.

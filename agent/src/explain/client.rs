@@ -24,7 +24,7 @@ enum Answer {
 /// The agent's side of a query: request JSON -> answer JSON.
 pub fn answer(enforcer: &Enforcer, query: &str) -> String {
     let a = match serde_json::from_str::<Request>(query) {
-        Ok(req) => match enforcer.explain(&req) {
+        Ok(req) => match enforcer.read_state(|st| super::evaluate(st, &req)) {
             Ok(e) => Answer::Ok(Box::new(e)),
             Err(e) => Answer::Error(e.to_string()),
         },

@@ -59,6 +59,25 @@ fn node_counters(g: &DnsStats) -> [(&'static str, &AtomicU64); 12] {
     ]
 }
 
+/// `export` in the handover's form (which does not know these types).
+pub fn export_value(enforcer: &Enforcer, g: &DnsStats) -> Option<serde_json::Value> {
+    let c = export(enforcer, g);
+    if c.is_empty() { None } else { serde_json::to_value(c).ok() }
+}
+
+/// `import` from the handover's form; counters that do not read start
+/// from 0 (they are only counters).
+pub fn import_value(enforcer: &Enforcer, g: &DnsStats, v: Option<&serde_json::Value>) -> usize {
+    let Some(v) = v else { return 0 };
+    match Counters::deserialize(v) {
+        Ok(c) => import(enforcer, g, &c),
+        Err(e) => {
+            tracing::warn!(error = %e, "the previous agent's counters do not read; they start from 0");
+            0
+        }
+    }
+}
+
 /// What this agent counted, for the next one.
 pub fn export(enforcer: &Enforcer, g: &DnsStats) -> Counters {
     let endpoints = enforcer

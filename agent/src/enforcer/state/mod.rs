@@ -396,7 +396,11 @@ impl State {
 
     /// The addresses endpoint `id` learned for `name`, oldest first.
     pub fn learned_ips(&self, id: u32, name: &str) -> Vec<IpAddr> {
-        self.learned.ips_of(id, name).into_iter().map(crate::blocked::display_ip).collect()
+        let shown = |k: [u8; 16]| {
+            let v6 = Ipv6Addr::from(k);
+            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+        };
+        self.learned.ips_of(id, name).into_iter().map(shown).collect()
     }
 
     /// Kernel `LEARNED` keys of one endpoint.
