@@ -8,8 +8,11 @@
 //! terminal; `writer.rs` the writer (folding: `fold.rs`, the fair rate
 //! limit: `limit.rs`, the rotated file: `rotate.rs`, counters:
 //! `stats.rs`); `open.rs` each command's outputs and flags; `query/` the
-//! reading side; `suggest.rs` policy lines from the records.
+//! reading side; `suggest.rs` policy lines from the records; `clickhouse/`
+//! the records to and from ClickHouse (the writer's tap, the table rows,
+//! `portcullis blocked --clickhouse`).
 
+pub mod clickhouse;
 pub mod escape;
 pub mod fold;
 pub mod limit;

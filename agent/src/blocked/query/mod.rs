@@ -1,7 +1,8 @@
 //! `portcullis blocked`: the node's blocked log, filtered as `hubble
 //! observe` filters flows, read straight from the files (no server, no
 //! socket: it runs wherever the files are, e.g. in the agent's pod through
-//! `kubectl exec`).
+//! `kubectl exec`); with `--clickhouse URL`, every node's records from
+//! ClickHouse, filtered the same way (`blocked/clickhouse/cluster.rs`).
 
 pub mod args;
 pub mod entry;
@@ -73,6 +74,12 @@ fn show(a: &BlockedArgs, out: &mut impl Write) -> anyhow::Result<()> {
         () if a.since.is_some() || a.until.is_some() || a.summary => usize::MAX,
         () => DEFAULT_LAST,
     });
+    if let Some(server) = &a.clickhouse {
+        // Every record the summary counts; else only the last N.
+        let limit = (!a.summary && last != usize::MAX).then_some(last);
+        let all = crate::blocked::clickhouse::fetch(server, &a.clickhouse_conn, &filter, limit)?;
+        return print_all(out, a, &all, true);
+    }
     let live = a.source.live();
     let all = match matching(&a.source, &filter) {
         Ok(all) => all,
@@ -121,13 +128,26 @@ fn show(a: &BlockedArgs, out: &mut impl Write) -> anyhow::Result<()> {
         return failed.map_or(Ok(()), |e| Err(e.into()));
     }
     let shown: Vec<Entry> = shown.into();
+    print_all(out, a, &shown, false)
+}
+
+/// The records in the format asked for (`nodes`: of many nodes).
+fn print_all(out: &mut impl Write, a: &BlockedArgs, shown: &[Entry], nodes: bool) -> anyhow::Result<()> {
+    if a.summary {
+        summary::summary(out, shown)?;
+        return Ok(());
+    }
     match a.output {
         Format::Table => {
             if shown.is_empty() {
                 writeln!(out, "no blocked attempts match")?;
                 return Ok(());
             }
-            print::table(out, &shown)?;
+            if nodes {
+                print::table_with_nodes(out, shown)?;
+            } else {
+                print::table(out, shown)?;
+            }
             let attempts: u64 = shown.iter().filter(|e| !e.is_lost()).map(Entry::count).sum();
             let lost: u64 = shown.iter().filter(|e| e.is_lost()).map(Entry::count).sum();
             writeln!(
@@ -138,8 +158,13 @@ fn show(a: &BlockedArgs, out: &mut impl Write) -> anyhow::Result<()> {
                 print::plural(lost, "attempt")
             )?;
         }
+        Format::Compact if nodes => {
+            for e in shown {
+                print::compact_with_node(out, e)?;
+            }
+        }
         f => {
-            for e in &shown {
+            for e in shown {
                 print::one(out, f, e)?;
             }
         }

@@ -1,0 +1,40 @@
+//! The blocked log and ClickHouse: the writer's tap that hands each line
+//! to the ClickHouse output's buffer (`tap`), the records as table rows
+//! (`row.rs`), and `portcullis blocked --clickhouse` (`cluster.rs`).
+
+pub mod cluster;
+pub mod row;
+
+use std::sync::Arc;
+
+use super::{Output, query::filter::Filter};
+use crate::clickhouse::{Buffer, ConnArgs, http::Server, sender::Convert};
+
+/// An output of the blocked log that appends each line to `buffer`: one
+/// short lock, no I/O (the line becomes a row in the sender, off the DNS
+/// and connect paths).
+pub fn tap(buffer: Arc<Buffer>) -> Output {
+    Output::Tap(Box::new(move |line: &str| {
+        buffer.push(line.to_owned());
+    }))
+}
+
+/// What the sender makes of a buffered line.
+pub fn converter() -> Convert {
+    Arc::new(row::Row::from_line)
+}
+
+/// The matching records of every node in ClickHouse, oldest first (with
+/// `last`, the newest that many).
+pub fn fetch(
+    server: &Server,
+    conn: &ConnArgs,
+    filter: &Filter,
+    last: Option<usize>,
+) -> anyhow::Result<Vec<super::query::entry::Entry>> {
+    let client = conn.client(server.clone()).map_err(anyhow::Error::msg)?;
+    let statement = cluster::statement(&conn.blocked(), filter, last);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let answer = rt.block_on(client.select(&statement))?;
+    cluster::entries(&answer, filter)
+}
