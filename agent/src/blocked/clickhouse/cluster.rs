@@ -109,18 +109,21 @@ pub fn statement(table: &str, f: &Filter, last: Option<usize>) -> String {
     }
 }
 
-/// The answer's rows as records that pass `f` (checked again here).
-pub fn entries(answer: &str, f: &Filter) -> anyhow::Result<Vec<Entry>> {
-    let mut out = Vec::new();
+/// The answer's rows as records that pass `f` (checked again here), and
+/// how many did not (the SQL and the filter disagree: said on stderr).
+pub fn entries(answer: &str, f: &Filter) -> anyhow::Result<(Vec<Entry>, usize)> {
+    let (mut out, mut rejected) = (Vec::new(), 0);
     for line in answer.lines().filter(|l| !l.trim().is_empty()) {
         let row: Row =
             serde_json::from_str(line).map_err(|e| anyhow::anyhow!("an unexpected row from ClickHouse ({e}): {line}"))?;
         let e = row.into_entry();
         if f.matches(&e) {
             out.push(e);
+        } else {
+            rejected += 1;
         }
     }
-    Ok(out)
+    Ok((out, rejected))
 }
 
 #[cfg(test)]

@@ -36,5 +36,9 @@ pub fn fetch(
     let statement = cluster::statement(&conn.blocked(), filter, last);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let answer = rt.block_on(client.select(&statement))?;
-    cluster::entries(&answer, filter)
+    let (entries, rejected) = cluster::entries(&answer, filter)?;
+    if rejected > 0 {
+        eprintln!("portcullis: {rejected} rows from ClickHouse did not match the filters after all; not shown");
+    }
+    Ok(entries)
 }
