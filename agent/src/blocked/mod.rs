@@ -40,6 +40,15 @@ pub use writer::{BlockedLog, LogSink, Output, Settings, hostname, log_sink};
 
 use crate::enforcer::Enforcer;
 
+/// `portcullis blocked`: this node's files, or with `--clickhouse` every
+/// node's records; the exit status.
+pub fn blocked(a: &query::BlockedArgs) -> i32 {
+    match &a.clickhouse {
+        Some(server) => query::exit_code(clickhouse::show(a, server, &mut std::io::stdout().lock())),
+        None => query::run(a),
+    }
+}
+
 /// Hands one record to the log (kept for the DNS gates' call sites).
 pub fn write_record(sink: &LogSink, rec: BlockedRecord) {
     sink.record(rec);

@@ -5,9 +5,12 @@
 pub mod cluster;
 pub mod row;
 
-use std::sync::Arc;
+use std::{io::Write, sync::Arc};
 
-use super::{Output, query::filter::Filter};
+use super::{
+    Output,
+    query::{self, BlockedArgs, entry::Entry, filter::Filter},
+};
 use crate::clickhouse::{Buffer, ConnArgs, http::Server, sender::Convert};
 
 /// An output of the blocked log that appends each line to `buffer`: one
@@ -26,12 +29,7 @@ pub fn converter() -> Convert {
 
 /// The matching records of every node in ClickHouse, oldest first (with
 /// `last`, the newest that many).
-pub fn fetch(
-    server: &Server,
-    conn: &ConnArgs,
-    filter: &Filter,
-    last: Option<usize>,
-) -> anyhow::Result<Vec<super::query::entry::Entry>> {
+pub fn fetch(server: &Server, conn: &ConnArgs, filter: &Filter, last: Option<usize>) -> anyhow::Result<Vec<Entry>> {
     let client = conn.client(server.clone()).map_err(anyhow::Error::msg)?;
     let statement = cluster::statement(&conn.blocked(), filter, last);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -41,4 +39,15 @@ pub fn fetch(
         eprintln!("portcullis: {rejected} rows from ClickHouse did not match the filters after all; not shown");
     }
     Ok(entries)
+}
+
+/// `portcullis blocked --clickhouse URL`: the records, filtered and
+/// printed as from the files, with the node of each.
+pub fn show(a: &BlockedArgs, server: &Server, out: &mut impl Write) -> anyhow::Result<()> {
+    let filter = query::filter_of(a).map_err(anyhow::Error::msg)?;
+    let last = query::last_of(a);
+    // The summary counts every record; else only the last N.
+    let limit = (!a.summary && last != usize::MAX).then_some(last);
+    let all = fetch(server, &a.clickhouse_conn, &filter, limit)?;
+    query::print_all(out, a, &all, true)
 }
