@@ -225,3 +225,51 @@ impl Output {
         senders.finish().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clickhouse::Limits;
+
+    fn rows(b: &Buffer) -> Vec<serde_json::Value> {
+        let batch = b.take(&|s: &str| Some(s.to_owned())).map(|x| String::from_utf8(x.body).unwrap()).unwrap_or_default();
+        batch.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    #[test]
+    fn each_minute_has_the_deltas_of_the_rules_that_moved() {
+        let limits = Limits { records: 100, bytes: 1 << 20, batch: 100 };
+        let (rules, names) = (Arc::new(Buffer::new("r", limits)), Arc::new(Buffer::new("n", limits)));
+        let f = Flows::new("node-a", rules.clone(), names, Arc::default());
+        let who = Identity { name: "ep".into(), namespace: Some("ns".into()), pod: Some("p".into()) };
+        let counts = |a: u64, other: u64| FlowCounts {
+            rules: vec![("egress[0] toFQDNs a.test ports 443/tcp".into(), a), ("other".into(), other)],
+            ..FlowCounts::default()
+        };
+        let mut prev = HashMap::new();
+        f.push_rules(60, (1, 9), &who, &counts(5, 0), &mut prev);
+        let got = rows(&rules);
+        assert_eq!(got.len(), 1, "no row for a rule at 0: {got:?}");
+        let r = &got[0];
+        assert_eq!(
+            (r["minute"].as_u64(), r["node"].as_str(), r["namespace"].as_str(), r["pod"].as_str()),
+            (Some(60), Some("node-a"), Some("ns"), Some("p"))
+        );
+        assert_eq!(
+            (r["rule"].as_str(), r["allowed_connections_and_datagrams"].as_u64()),
+            (Some("egress[0] toFQDNs a.test ports 443/tcp"), Some(5))
+        );
+        f.push_rules(120, (1, 9), &who, &counts(7, 1), &mut prev);
+        let got: Vec<u64> = rows(&rules).iter().map(|r| r["allowed_connections_and_datagrams"].as_u64().unwrap()).collect();
+        assert_eq!(got, [2, 1]);
+        f.push_rules(180, (1, 9), &who, &counts(7, 1), &mut prev);
+        assert!(rows(&rules).is_empty(), "nothing moved: no rows");
+        // A counter that went back started again: all of it is new.
+        f.push_rules(240, (1, 9), &who, &counts(3, 1), &mut prev);
+        assert_eq!(rows(&rules)[0]["allowed_connections_and_datagrams"], 3);
+        // Another cgroup under the same id is another endpoint.
+        f.push_rules(240, (1, 10), &who, &counts(4, 0), &mut prev);
+        assert_eq!(rows(&rules)[0]["allowed_connections_and_datagrams"], 4);
+        assert_eq!(minute_of(UNIX_EPOCH + Duration::from_secs(3599)), 3540);
+    }
+}

@@ -135,3 +135,104 @@ impl Sender {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        convert::Infallible,
+        sync::{Mutex, atomic::Ordering::Relaxed},
+    };
+
+    use http_body_util::{BodyExt as _, Full};
+    use hyper::{Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
+    use hyper_util::rt::TokioIo;
+
+    use super::*;
+    use crate::clickhouse::{Limits, http::parse_url};
+
+    /// A server that fails the first `fail` requests (500), then takes
+    /// every body; returns its address and what it took.
+    async fn server(fail: usize) -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let took = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::new(Mutex::new(0usize));
+        let (t, s) = (took.clone(), seen.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else { return };
+                let (t, s) = (t.clone(), s.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (t, s) = (t.clone(), s.clone());
+                        async move {
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let n = {
+                                let mut s = s.lock().unwrap();
+                                *s += 1;
+                                *s
+                            };
+                            let status = if n <= fail { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK };
+                            if status == StatusCode::OK {
+                                t.lock().unwrap().push(String::from_utf8(body.to_vec()).unwrap());
+                            }
+                            Ok::<_, Infallible>(Response::builder().status(status).body(Full::new(Bytes::new())).unwrap())
+                        }
+                    });
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(conn), svc).await;
+                });
+            }
+        });
+        (format!("http://{addr}"), took)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failed_batch_is_sent_again_whole_and_in_order_then_the_rest() {
+        let (url, took) = server(2).await;
+        let buffer = Arc::new(Buffer::new("t", Limits { records: 10, bytes: 1 << 20, batch: 2 }));
+        for r in ["a", "b", "c"] {
+            buffer.push(r.into());
+        }
+        let sender = Sender {
+            buffer: buffer.clone(),
+            client: Client::new(parse_url(&url).unwrap(), "default", None).unwrap(),
+            statement: "INSERT INTO db.t FORMAT JSONEachRow".into(),
+            convert: Arc::new(|s: &str| Some(s.to_owned())),
+            interval: Duration::from_millis(10),
+        };
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(sender.run(rx, Duration::from_secs(1)));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while buffer.stats.sent.load(Relaxed) < 3 {
+            assert!(Instant::now() < deadline, "not all sent");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = stop.send(true);
+        task.await.unwrap();
+        assert_eq!(*took.lock().unwrap(), ["a\nb\n", "c\n"]);
+        let s = &buffer.stats;
+        assert_eq!((s.sent.load(Relaxed), s.retried.load(Relaxed), s.dropped.load(Relaxed), s.held.load(Relaxed)), (3, 4, 0, 0));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn what_clickhouse_does_not_take_by_the_deadline_is_counted_as_dropped() {
+        let (url, took) = server(usize::MAX).await;
+        let buffer = Arc::new(Buffer::new("t", Limits { records: 10, bytes: 1 << 20, batch: 2 }));
+        for r in ["a", "b", "c"] {
+            buffer.push(r.into());
+        }
+        let sender = Sender {
+            buffer: buffer.clone(),
+            client: Client::new(parse_url(&url).unwrap(), "default", None).unwrap(),
+            statement: "INSERT INTO db.t FORMAT JSONEachRow".into(),
+            convert: Arc::new(|s: &str| Some(s.to_owned())),
+            interval: Duration::from_secs(3600),
+        };
+        let (stop, rx) = watch::channel(false);
+        let _ = stop.send(true);
+        sender.run(rx, Duration::from_millis(200)).await;
+        assert!(took.lock().unwrap().is_empty());
+        let s = &buffer.stats;
+        assert_eq!((s.sent.load(Relaxed), s.dropped.load(Relaxed), s.held.load(Relaxed)), (0, 3, 0));
+    }
+}
