@@ -138,10 +138,7 @@ impl Sender {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        convert::Infallible,
-        sync::{Mutex, atomic::Ordering::Relaxed},
-    };
+    use std::{convert::Infallible, sync::Mutex};
 
     use http_body_util::{BodyExt as _, Full};
     use hyper::{Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
@@ -157,7 +154,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let took = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::new(Mutex::new(0usize));
-        let (t, s) = (took.clone(), seen.clone());
+        let (t, s) = (took.clone(), seen);
         tokio::spawn(async move {
             loop {
                 let Ok((conn, _)) = listener.accept().await else { return };
