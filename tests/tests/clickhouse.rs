@@ -341,6 +341,12 @@ fn two_nodes_send_to_clickhouse_through_a_restart_and_blocked_queries_both() {
         assert_eq!(names.trim(), format!("api.example.test\t443/tcp\t{n}\t{n}"), "{node}");
     }
     eprintln!("{allowed} allowed connections per node in allowed_by_rule");
+    // The on-call queries of deploy/README.md, for node A's pod.
+    for sql in on_call_queries() {
+        let sql = sql.replace("'ws-globex'", "'team-a'").replace("'agent-0'", "'pod-a'");
+        let answer = ch.query(&sql).unwrap_or_else(|e| panic!("deploy/README.md's query fails: {e}"));
+        assert!(!answer.trim().is_empty(), "no answer to {sql}");
+    }
 
     // Retention without TTL (18.16): a day older than 30 days goes, today stays.
     ch.query(
@@ -353,6 +359,22 @@ fn two_nodes_send_to_clickhouse_through_a_restart_and_blocked_queries_both() {
     assert_eq!(rows(&ch, "node-old"), 0);
     assert_eq!(rows(&ch, "node-a"), held_a);
     eprintln!("the whole test took {:?}", t0.elapsed());
+}
+
+/// The SQL block of deploy/README.md that reads the tables, statement by
+/// statement.
+fn on_call_queries() -> Vec<String> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/README.md")).unwrap();
+    let block = doc
+        .split("```sql")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("FROM portcullis.blocked"))
+        .expect("the on-call SQL in deploy/README.md");
+    let code: String = block.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
+    let out: Vec<String> = code.split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+    assert_eq!(out.len(), 3, "{out:?}");
+    out
 }
 
 /// A record's time (RFC 3339 in UTC with milliseconds: sorts as text).
