@@ -13,8 +13,9 @@
 //!
 //! Rows are written at each wall-clock minute (`minute` is its start, UTC),
 //! for the part of a minute before an endpoint is removed, and for the
-//! part before the agent stops; so a minute may have more than one row per
-//! key (a restart, a takeover): sum them. Zero rows are not written.
+//! part before the agent stops or hands over to a newer agent (which counts
+//! from its own start: the two never write the same counts); so a minute
+//! may have more than one row per key: sum them. Zero rows are not written.
 
 use std::{
     collections::HashMap,
@@ -189,40 +190,41 @@ async fn every_minute(flows: Arc<Flows>, enforcer: Enforcer, mut stop: watch::Re
 pub struct Output {
     pipeline: Pipeline,
     pub flows: Arc<Flows>,
-    live: Option<(Running, watch::Sender<bool>, JoinHandle<()>)>,
+    senders: Option<Running>,
 }
 
 impl Output {
     pub fn new(pipeline: Pipeline, gate: Arc<DnsStats>) -> Self {
         gate.names.enable();
         let flows = Arc::new(Flows::new(&pipeline.node, pipeline.rules.clone(), pipeline.names.clone(), gate));
-        Self { pipeline, flows, live: None }
+        Self { pipeline, flows, senders: None }
     }
 
     pub fn stats(&self) -> Arc<crate::clickhouse::Stats> {
         self.pipeline.stats()
     }
 
-    /// Starts sending, and counting from now.
-    pub fn start(&mut self, rt: &Handle, enforcer: &Enforcer) {
-        if self.live.is_some() {
-            return;
+    /// Starts sending, and counting from now. The minute writer is one of
+    /// the agent's consumers (its task is returned): it writes the minute
+    /// so far and ends when they stop, at a stop or a handover, so two
+    /// agents never both write the same counters' deltas.
+    pub fn start(&mut self, rt: &Handle, enforcer: &Enforcer, stop: watch::Receiver<bool>) -> Option<JoinHandle<()>> {
+        if self.senders.is_some() {
+            return None;
         }
         self.flows.baseline(enforcer);
-        let senders = self.pipeline.start(rt, crate::blocked::clickhouse::converter());
-        let (stop, rx) = watch::channel(false);
-        let task = rt.spawn(every_minute(self.flows.clone(), enforcer.clone(), rx));
+        self.senders = Some(self.pipeline.start(rt, crate::blocked::clickhouse::converter()));
         tracing::info!(clickhouse = %self.pipeline.server(), node = %self.pipeline.node, "sending flow records to ClickHouse");
-        self.live = Some((senders, stop, task));
+        Some(rt.spawn(every_minute(self.flows.clone(), enforcer.clone(), stop)))
     }
 
-    /// Writes the current minute, then sends what is held (until the
-    /// senders' deadline). Call after the blocked log's last records.
+    /// Sends what is held (until the senders' deadline). Call after the
+    /// consumers stopped: the blocked log's last records and the last
+    /// minute are in the buffers then.
     pub async fn finish(self) {
-        let Some((senders, stop, task)) = self.live else { return };
-        let _ = stop.send(true);
-        let _ = task.await;
-        senders.finish().await;
+        if let Some(senders) = self.senders {
+            senders.finish().await;
+        }
     }
 }
 

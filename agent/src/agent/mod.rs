@@ -314,9 +314,7 @@ impl Agent {
             thread::Builder::new().name("dns-gate".into()).spawn(move || gate.run(hold, stop))?
         };
         let (stop, stop_rx) = watch::channel(false);
-        if let Some(ch) = &mut self.clickhouse {
-            ch.start(self.rt.handle(), &self.enforcer);
-        }
+        let minutes = self.clickhouse.as_mut().and_then(|ch| ch.start(self.rt.handle(), &self.enforcer, stop_rx.clone()));
         let opener = gate_opener(self.dns_gates.clone());
         let mut tasks = vec![
             self.rt.spawn(blocked::run(denied, self.enforcer.clone(), log, opener, stop_rx.clone())),
@@ -329,6 +327,7 @@ impl Agent {
                 stop_rx.clone(),
             )),
         ];
+        tasks.extend(minutes);
         if let Some(addr) = self.metrics_addr {
             let listener = {
                 let _rt = self.rt.enter();
@@ -537,8 +536,8 @@ impl Agent {
             server.stop();
         }
         let h = self.core.hand_over();
-        // After the blocked log's last records (written as its reader
-        // stopped): the current minute, then what ClickHouse has not taken.
+        // After the consumers stopped (the blocked log's last records and
+        // the minute so far are buffered): what ClickHouse has not taken.
         if let Some(ch) = self.clickhouse.take() {
             self.rt.block_on(ch.finish());
         }
