@@ -163,6 +163,8 @@ pub struct AgentArgs {
     /// pod per 10 minutes), pointing at the blocked log.
     #[arg(long, env = "PORTCULLIS_POD_EVENTS")]
     pub pod_events: bool,
+    #[command(flatten)]
+    pub clickhouse: crate::clickhouse::ClickHouseArgs,
 }
 
 #[derive(Debug, Args)]
@@ -200,6 +202,11 @@ node.yaml:
       cgroup: /sys/fs/cgroup/kubepods.slice/kubepods-pod1234.slice
       policyFile: /etc/portcullis/agent-a.yaml   # or an inline `policy:` block
       audit: false
+
+  # Blocked records, allowed connections per policy entry and names resolved per minute
+  # also to ClickHouse (deploy/clickhouse/schema.sql), password from a file:
+  portcullis run --config node.yaml --clickhouse-url http://clickhouse.example:8123 \\
+    --clickhouse-user portcullis --clickhouse-password-file /etc/portcullis/clickhouse-password
 
   # DaemonSet mode: programs and maps pinned in bpffs keep enforcing while the
   # agent is down; a new agent adopts them and takes over from a running one
@@ -334,6 +341,12 @@ pub struct RunArgs {
     /// The blocked log's files (the config's `log:` names the file itself).
     #[command(flatten)]
     pub blocked_log: crate::blocked::BlockedLogArgs,
+    /// This node's name in the records (the blocked log's `node`, the
+    /// ClickHouse rows'). Default: the host name.
+    #[arg(long, env = "PORTCULLIS_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+    #[command(flatten)]
+    pub clickhouse: crate::clickhouse::ClickHouseArgs,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@ pub mod blocked;
 pub mod cgroup;
 pub mod check;
 pub mod cli;
+pub mod clickhouse;
 pub mod datapath;
 pub mod dns;
 pub mod dnsgate;

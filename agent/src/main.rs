@@ -62,7 +62,7 @@ fn main() -> ExitCode {
         }
         Command::CheckPolicy(args) => check::run(args).map(|()| 0).map_err(Into::into),
         Command::Explain(args) => portcullis::explain::run(args),
-        Command::Blocked(args) => Ok(portcullis::blocked::query::run(args)),
+        Command::Blocked(args) => Ok(portcullis::blocked::blocked(args)),
         Command::Suggest(args) => Ok(portcullis::blocked::suggest::run(args)),
         #[cfg(feature = "k8s")]
         Command::Crds(args) => portcullis::k8s::crd::print(args.out.as_deref()).map(|()| 0),

@@ -28,11 +28,13 @@
 //! a bench pod's network namespace, for the TC datapath's sandboxed pods.
 //! And [`kata`]: a bench pod in Kata Containers' tcfilter network shape,
 //! with a namespace as the guest and a relay process as the VMM.
+//! And [`clickhouse`]: a private `clickhouse-server` on loopback.
 
 pub mod addr;
 mod bench;
 pub mod bpfmap;
 mod builder;
+pub mod clickhouse;
 pub mod dns;
 pub mod fakeapi;
 mod guard;

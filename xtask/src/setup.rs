@@ -34,6 +34,10 @@ pub const PACKAGES: &[&str] = &[
     // A real Prometheus scraping the agent, and promtool for the alert
     // rules' unit tests (`prometheus_scrape`, `alert_rules`).
     "prometheus",
+    // A real ClickHouse (18.16 on Debian 12) the agents send flow records
+    // to, and its client for the schema (`clickhouse`).
+    "clickhouse-server",
+    "clickhouse-client",
 ];
 const BPFFS: &str = "/sys/fs/bpf";
 

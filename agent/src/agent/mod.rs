@@ -2,6 +2,7 @@
 //! a small tokio runtime (blocked-connection log, expiry). Used by both
 //! `portcullis exec` and `portcullis run`.
 
+mod flows;
 mod tasks;
 mod veth;
 
@@ -81,6 +82,9 @@ pub struct AgentOptions {
     /// DNS they take off a pod's wire is served, and the DNS gates forward
     /// from there (never across a pod's veth).
     pub node_netns: Option<OwnedFd>,
+    /// Flow records to ClickHouse (`agent/flows.rs`); its blocked-record
+    /// tap is one of `log`'s outputs already.
+    pub clickhouse: Option<crate::clickhouse::Pipeline>,
 }
 
 /// The consumers of the kernel's rings and the expiry task, while this
@@ -160,6 +164,8 @@ pub struct Agent {
     departed: Arc<Departed>,
     /// The veth programs' interfaces (with `AgentOptions::node_netns`).
     veths: Option<veth::Veths>,
+    /// The ClickHouse output, if any.
+    clickhouse: Option<flows::Output>,
 }
 
 /// A random non-zero mark for re-injected answers: a workload cannot guess
@@ -208,6 +214,7 @@ impl Agent {
         let records = RecordLimit::new(opts.events_per_sec, opts.events_burst);
         let gate = HoldPath::new(enforcer.clone(), mark, log.clone(), opts.gate, records);
         let gate_stats = gate.engine().stats.clone();
+        let clickhouse = opts.clickhouse.map(|p| flows::Output::new(p, gate_stats.clone()));
         let mut dns_gates = NamespaceGates::new(gate.engine().clone(), enforcer.clone(), opts.gate.dns_gates, mark, live.clone());
         let (gate, veths) = match opts.node_netns {
             Some(ns) => {
@@ -252,6 +259,7 @@ impl Agent {
             k8s: None,
             departed: Arc::new(Departed::new(opts.metrics_pod_grace)),
             veths,
+            clickhouse,
         })
     }
 
@@ -306,6 +314,7 @@ impl Agent {
             thread::Builder::new().name("dns-gate".into()).spawn(move || gate.run(hold, stop))?
         };
         let (stop, stop_rx) = watch::channel(false);
+        let minutes = self.clickhouse.as_mut().and_then(|ch| ch.start(self.rt.handle(), &self.enforcer, stop_rx.clone()));
         let opener = gate_opener(self.dns_gates.clone());
         let mut tasks = vec![
             self.rt.spawn(blocked::run(denied, self.enforcer.clone(), log, opener, stop_rx.clone())),
@@ -318,6 +327,7 @@ impl Agent {
                 stop_rx.clone(),
             )),
         ];
+        tasks.extend(minutes);
         if let Some(addr) = self.metrics_addr {
             let listener = {
                 let _rt = self.rt.enter();
@@ -347,6 +357,7 @@ impl Agent {
             departed: self.departed.clone(),
             blocked: self.blocked_stats.clone(),
             k8s: self.k8s.clone(),
+            clickhouse: self.clickhouse.as_ref().map(flows::Output::stats),
         }
     }
 
@@ -393,6 +404,9 @@ impl Agent {
         let cgroup_id = view.cgroup_id;
         // Its final values, before its counters are forgotten.
         let (labels, values) = crate::telemetry::metrics::final_values(&self.metric_sources(), &view);
+        if let Some(ch) = &self.clickhouse {
+            ch.flows.depart(&view, Some(&values.flow));
+        }
         self.detach_veths_of(id)?;
         if self.attached.iter().any(|(_, c)| *c == cgroup_id) {
             self.datapath.detach(cgroup_id, self.pins.as_ref()).with_context(|| format!("detaching from cgroup {cgroup_id}"))?;
@@ -522,6 +536,11 @@ impl Agent {
             server.stop();
         }
         let h = self.core.hand_over();
+        // After the consumers stopped (the blocked log's last records and
+        // the minute so far are buffered): what ClickHouse has not taken.
+        if let Some(ch) = self.clickhouse.take() {
+            self.rt.block_on(ch.finish());
+        }
         if let (Some(h), Some(dir)) = (h, &self.state_dir)
             && let Err(e) = handover::write_snapshot(dir, &h)
         {

@@ -8,8 +8,11 @@
 //! terminal; `writer.rs` the writer (folding: `fold.rs`, the fair rate
 //! limit: `limit.rs`, the rotated file: `rotate.rs`, counters:
 //! `stats.rs`); `open.rs` each command's outputs and flags; `query/` the
-//! reading side; `suggest.rs` policy lines from the records.
+//! reading side; `suggest.rs` policy lines from the records; `clickhouse/`
+//! the records to and from ClickHouse (the writer's tap, the table rows,
+//! `portcullis blocked --clickhouse`).
 
+pub mod clickhouse;
 pub mod escape;
 pub mod fold;
 pub mod limit;
@@ -36,6 +39,15 @@ pub use stats::LogStats;
 pub use writer::{BlockedLog, LogSink, Output, Settings, hostname, log_sink};
 
 use crate::enforcer::Enforcer;
+
+/// `portcullis blocked`: this node's files, or with `--clickhouse` every
+/// node's records; the exit status.
+pub fn blocked(a: &query::BlockedArgs) -> i32 {
+    match &a.clickhouse {
+        Some(server) => query::exit_code(clickhouse::show(a, server, &mut std::io::stdout().lock())),
+        None => query::run(a),
+    }
+}
 
 /// Hands one record to the log (kept for the DNS gates' call sites).
 pub fn write_record(sink: &LogSink, rec: BlockedRecord) {

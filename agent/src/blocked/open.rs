@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
+pub use crate::util::parse_size;
+
 use super::{
     fold::DEFAULT_WINDOW,
     limit::Limits,
@@ -55,27 +57,6 @@ impl Default for BlockedLogArgs {
     }
 }
 
-/// `10MiB`, `512K`, `2000`: a size in bytes (K, M and G are powers of
-/// 1024 with or without `B`/`iB`).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 10MiB, 512K, 2000)"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        other => return Err(format!("unknown size unit {other:?} in {s:?} (use K, M or G)")),
-    };
-    match n.checked_mul(mult) {
-        Some(b) if b >= 256 => Ok(b),
-        Some(_) => Err(format!("{s:?} is too small: a record is a few hundred bytes (256 at least)")),
-        None => Err(format!("{s:?} is too large")),
-    }
-}
-
 fn settings(args: &BlockedLogArgs) -> Settings {
     Settings { fold_window: args.blocked_log_fold, limits: Limits::default() }
 }
@@ -114,21 +95,4 @@ pub fn node_log(
     }
     outs.extend(extra);
     Ok(BlockedLog::new(node, outs, settings(args)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("10MiB"), Ok(10 << 20));
-        assert_eq!(parse_size("10M"), Ok(10 << 20));
-        assert_eq!(parse_size("512k"), Ok(512 << 10));
-        assert_eq!(parse_size("2000"), Ok(2000));
-        assert_eq!(parse_size("1G"), Ok(1 << 30));
-        for bad in ["", "ten", "10 TB", "-5", "100", "99999999999999999999G"] {
-            assert!(parse_size(bad).is_err(), "{bad}");
-        }
-    }
 }

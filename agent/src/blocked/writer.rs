@@ -2,7 +2,8 @@
 //! goes through `BlockedLog::record`, which escapes names, folds repeats
 //! (`fold.rs`), applies the fair rate limit (`limit.rs`), and writes one
 //! JSON line to each output: stdout, stderr or any stream (the Kubernetes
-//! Events tap), and the size-bounded file (`rotate.rs`). `tick` (every
+//! Events tap), the size-bounded file (`rotate.rs`), and a line tap (the
+//! ClickHouse output). `tick` (every
 //! second, from the kernel-event reader) writes the folded records and the
 //! `lost` records whose window ended; `flush_all` writes everything
 //! pending at shutdown.
@@ -30,6 +31,9 @@ pub enum Output {
     /// stdout, stderr, a test buffer, the Events tap: flushed per line.
     Stream(Box<dyn Write + Send>),
     File(Rotating),
+    /// Each record's line, without its newline (the ClickHouse output's
+    /// buffer): must return at once, whatever happens downstream.
+    Tap(Box<dyn FnMut(&str) + Send>),
 }
 
 /// How records are folded and limited.
@@ -207,6 +211,10 @@ impl Inner {
                         LogStats::add(&stats.rotations, 1);
                     }
                 }),
+                Output::Tap(f) => {
+                    f(line.trim_end_matches('\n'));
+                    Ok(())
+                }
             };
             if let Err(e) = r {
                 LogStats::add(&stats.write_errors, 1);
@@ -215,7 +223,7 @@ impl Inner {
                 if !*warned {
                     *warned = true;
                     let what = match out {
-                        Output::Stream(_) => "a stream".to_owned(),
+                        Output::Stream(_) | Output::Tap(_) => "a stream".to_owned(),
                         Output::File(f) => f.path().display().to_string(),
                     };
                     warn!(error = %e, output = %what, "writing the blocked log failed (counted from now on, not logged again)");

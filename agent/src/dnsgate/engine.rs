@@ -193,10 +193,14 @@ impl Engine {
         // Only audit mode forwards a query the policy does not allow.
         let decision = if ep.mode.audits() && !ep.policy.may_resolve(&q.qname) { Decision::Audited } else { Decision::Forwarded };
         let mut refused = Vec::new();
+        let mut taught = 0;
         if let Some(l) = &learned {
             let addrs: Vec<(IpAddr, u32)> = l.addrs.iter().map(|a| (a.ip, a.ttl)).collect();
             match self.learner.learn(who.endpoint, &l.qname, &addrs) {
-                Ok(out) => refused = self.note_learned(who.endpoint, &l.qname, out),
+                Ok(out) => {
+                    taught = out.allowed.len();
+                    refused = self.note_learned(who.endpoint, &l.qname, out);
+                }
                 Err(e) => {
                     warn!(error = %e, "learning failed; answer held back");
                     DnsStats::bump(&self.stats.dropped_inject_failed);
@@ -206,14 +210,21 @@ impl Engine {
             }
         }
         let stripped = self.strip(&ep, who, &q.qname, &refused, &mut msg);
+        // Allowed lookups answered, for the names-resolved table.
+        let delivered = |s: &DnsStats| {
+            s.queries.count(who.endpoint, decision, rcode);
+            if decision == Decision::Forwarded {
+                s.names.note(&ep, &q.qname, taught);
+            }
+        };
         if stripped.is_empty() {
-            self.stats.queries.count(who.endpoint, decision, rcode);
+            delivered(&self.stats);
             return Some(Cow::Borrowed(bytes));
         }
         DnsStats::bump(&self.stats.answers_stripped);
         match msg.to_vec() {
             Ok(v) => {
-                self.stats.queries.count(who.endpoint, decision, rcode);
+                delivered(&self.stats);
                 Some(Cow::Owned(v))
             }
             Err(_) => {

@@ -195,3 +195,34 @@ fn queries_are_counted_per_endpoint_by_decision_and_rcode() {
     assert!(e.on_answer(&who(1), &q("evil.example.test", 11), &evil).is_some());
     assert_eq!(cell(&e, Decision::Audited, Rcode::NoError), 1);
 }
+
+#[test]
+fn allowed_names_answered_are_tallied_once_turned_on() {
+    let (e, _, _) = engine(false, false);
+    let answer = |id| {
+        response(id, "api.example.test", RecordType::A, vec![a("api.example.test", [203, 0, 113, 10], 60)]).to_vec().unwrap()
+    };
+    assert!(e.on_answer(&who(1), &q("api.example.test", 7), &answer(7)).is_some());
+    assert!(e.stats.names.take().is_empty(), "off by default");
+    e.stats.names.enable();
+    for id in [8, 9] {
+        assert!(e.on_answer(&who(1), &q("api.example.test", id), &answer(id)).is_some());
+    }
+    assert!(e.on_answer(&who(1), &q("api.example.test", 99), &answer(10)).is_none(), "unsolicited: not counted");
+    let mut nx = response(11, "api.example.test", RecordType::A, vec![]);
+    nx.metadata.response_code = ResponseCode::NXDomain;
+    assert!(e.on_answer(&who(1), &q("api.example.test", 11), &nx.to_vec().unwrap()).is_some(), "NXDOMAIN: a lookup, no address");
+    let got = e.stats.names.take();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let (name, c) = &got[0];
+    assert_eq!((name.as_str(), c.ports.as_str(), c.lookups, c.addresses), ("api.example.test", "443/tcp", 3, 2));
+    assert_eq!((c.who.name.as_str(), c.who.namespace.as_deref()), ("ep", Some("ns")));
+    assert!(e.stats.names.take().is_empty(), "taken");
+    // Audit mode: a name the policy does not allow is no allowed lookup.
+    let (e, _, _) = engine(true, false);
+    e.stats.names.enable();
+    let evil =
+        response(12, "evil.example.test", RecordType::A, vec![a("evil.example.test", [203, 0, 113, 11], 60)]).to_vec().unwrap();
+    assert!(e.on_answer(&who(1), &q("evil.example.test", 12), &evil).is_some());
+    assert!(e.stats.names.take().is_empty());
+}

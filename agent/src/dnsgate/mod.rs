@@ -9,11 +9,13 @@
 //!   (network namespace, endpoint, resolver) inside the workload's
 //!   namespace, where the socket hooks send DNS once they exist.
 //! - `inject`: sending a packet from inside a workload's namespace.
+//! - `names`: the allowed names each endpoint resolved (ClickHouse).
 
 pub mod engine;
 pub mod hold;
 mod ids;
 pub mod inject;
+pub mod names;
 pub mod netns;
 pub mod queries;
 pub mod ratelimit;
@@ -57,6 +59,8 @@ pub struct DnsStats {
     /// Per endpoint: queries by decision and rcode (lock-free), and the
     /// gate's answer latency.
     pub queries: queries::QueryCounts,
+    /// Allowed names resolved per endpoint (on with the ClickHouse output).
+    pub names: names::NameTally,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -85,6 +85,7 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
             Some(p) => Some(File::open(p).with_context(|| format!("opening {}", p.display()))?.into()),
             None => None,
         },
+        clickhouse: None,
     })?;
     agent.go(None)?;
     let name = args.name.clone().unwrap_or_else(|| format!("exec-{pid}"));

@@ -102,6 +102,8 @@ pub fn run(args: &AgentArgs) -> Result<()> {
     }
     // Records on stdout (tracing is on stderr) and in rotated files on the
     // node, where `portcullis blocked` reads them.
+    let clickhouse = crate::clickhouse::Pipeline::from_args(&args.clickhouse, &args.node_name).map_err(anyhow::Error::msg)?;
+    extra.extend(clickhouse.iter().map(|p| crate::blocked::clickhouse::tap(p.blocked.clone())));
     let log =
         crate::blocked::node_log(args.node_name.clone(), &args.blocked_log, args.log.as_deref(), Some(&args.state_dir), extra)?;
     let mut agent = Agent::start(AgentOptions {
@@ -124,6 +126,7 @@ pub fn run(args: &AgentArgs) -> Result<()> {
             true => None,
             false => Some(open_netns(&args.node_netns)?),
         },
+        clickhouse,
     })?;
     // Before anything is written or taken over: an agent that cannot
     // attach must not have stopped the running one, nor touched its maps.

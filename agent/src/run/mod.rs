@@ -70,6 +70,9 @@ pub(crate) fn wait_signal(set: &SigSet, timeout: Duration) -> Result<Option<Sign
 }
 
 fn agent_options(cfg: &NodeConfig, args: &RunArgs) -> Result<AgentOptions> {
+    let node = args.node_name.clone().unwrap_or_else(crate::blocked::hostname);
+    let clickhouse = crate::clickhouse::Pipeline::from_args(&args.clickhouse, &node).map_err(anyhow::Error::msg)?;
+    let extra = clickhouse.iter().map(|p| crate::blocked::clickhouse::tap(p.blocked.clone())).collect();
     let deny_rcode = match &cfg.dns_deny_rcode {
         Some(s) => parse_deny_rcode(s).map_err(|e| BadPolicy(anyhow::anyhow!("dnsDenyRcode: {e}")))?,
         None => GateOptions::default().deny_rcode,
@@ -80,7 +83,7 @@ fn agent_options(cfg: &NodeConfig, args: &RunArgs) -> Result<AgentOptions> {
             max: Duration::from_secs(cfg.max_ttl_seconds.max(cfg.min_ttl_seconds)),
         },
         caps: Caps { ips_per_name: cfg.max_ips_per_name, names_per_endpoint: cfg.max_names_per_endpoint, ..Caps::default() },
-        log: crate::blocked::node_log(crate::blocked::hostname(), &args.blocked_log, cfg.log.as_deref(), None, Vec::new())?,
+        log: crate::blocked::node_log(node, &args.blocked_log, cfg.log.as_deref(), None, extra)?,
         unmanaged_allow: true,
         events_per_sec: 50,
         events_burst: 200,
@@ -92,6 +95,7 @@ fn agent_options(cfg: &NodeConfig, args: &RunArgs) -> Result<AgentOptions> {
         metrics_addr: args.metrics_addr.or(cfg.metrics_addr),
         metrics_pod_grace: args.metrics_pod_grace,
         node_netns: None,
+        clickhouse,
     })
 }
 

@@ -49,6 +49,8 @@ pub struct Sources {
     pub blocked: Arc<crate::blocked::LogStats>,
     /// The Kubernetes agent's pods and readiness (`portcullis agent`).
     pub k8s: Option<Arc<super::k8s::K8sStats>>,
+    /// The ClickHouse output's tables, when it is on.
+    pub clickhouse: Option<Arc<crate::clickhouse::Stats>>,
 }
 
 impl fmt::Debug for Sources {
@@ -190,6 +192,9 @@ fn encode_node(src: &Sources, pods_now: usize, enc: &mut DescriptorEncoder) -> f
         ]
         .map(|(w, v)| (one("what", w), v.load(Relaxed))),
     )?;
+    if let Some(ch) = &src.clickhouse {
+        clickhouse(enc, ch)?;
+    }
     let cs = &src.config;
     counter(
         enc,
@@ -203,6 +208,25 @@ fn encode_node(src: &Sources, pods_now: usize, enc: &mut DescriptorEncoder) -> f
         "portcullis_build_info",
         "1, labelled with the agent's version.",
         [([("version", env!("CARGO_PKG_VERSION")), ("commit", option_env!("PORTCULLIS_COMMIT").unwrap_or("unknown"))], 1)],
+    )
+}
+
+/// The ClickHouse output's families (only when it is on).
+fn clickhouse(enc: &mut DescriptorEncoder, ch: &crate::clickhouse::Stats) -> fmt::Result {
+    counter(
+        enc,
+        "portcullis_clickhouse_records_total",
+        "Records for ClickHouse by table: sent (ClickHouse took them), dropped (the buffer was full, or still held when the agent stopped with ClickHouse away), retried (in a batch that failed and was kept for another try; once per try).",
+        ch.tables.iter().flat_map(|(table, s)| {
+            [("sent", &s.sent), ("dropped", &s.dropped), ("retried", &s.retried)]
+                .map(|(o, v)| ([("table", *table), ("outcome", o)], v.load(Relaxed)))
+        }),
+    )?;
+    gauge(
+        enc,
+        "portcullis_clickhouse_buffered_records",
+        "Records held in memory for ClickHouse by table (waiting, or in a batch being sent).",
+        ch.tables.iter().map(|(table, s)| (one("table", table), i64::try_from(s.held.load(Relaxed)).unwrap_or(i64::MAX))),
     )
 }
 

@@ -47,7 +47,7 @@ pub use kernel::*;
 pub use log::*;
 pub use running::{Running, VETH_ATTACHED};
 
-const AGENT_ENV: [&str; 13] = [
+const AGENT_ENV: [&str; 18] = [
     "PORTCULLIS_BLOCKED_LOG_DIR",
     "PORTCULLIS_BLOCKED_LOG_MAX_BYTES",
     "PORTCULLIS_BLOCKED_LOG_FILES",
@@ -61,6 +61,11 @@ const AGENT_ENV: [&str; 13] = [
     "PORTCULLIS_NAME",
     "PORTCULLIS_CONFIG",
     "PORTCULLIS_LOG_LEVEL",
+    "PORTCULLIS_NODE_NAME",
+    "PORTCULLIS_CLICKHOUSE_URL",
+    "PORTCULLIS_CLICKHOUSE_USER",
+    "PORTCULLIS_CLICKHOUSE_PASSWORD",
+    "PORTCULLIS_CLICKHOUSE_PASSWORD_FILE",
 ];
 
 pub(crate) static SEQ: AtomicU32 = AtomicU32::new(0);

@@ -81,6 +81,9 @@ Examples:
   # Follow new records of one namespace:
   portcullis blocked -n team-a -f
 
+  # Every node's records, from ClickHouse (deploy/clickhouse/):
+  PORTCULLIS_CLICKHOUSE_PASSWORD_FILE=/secrets/ch portcullis blocked --clickhouse http://clickhouse:8123 -n team-a --since 24h
+
 From a laptop: `kubectl portcullis blocked -n team-a --pod agent-a-0` (deploy/kubectl-portcullis)
 runs it in the agent pod on that pod's node.";
 
@@ -133,6 +136,14 @@ pub struct BlockedArgs {
     /// Counts by namespace/pod, reason and destination instead of records.
     #[arg(long)]
     pub summary: bool,
+    /// Query every node's records in ClickHouse (its HTTP interface,
+    /// http://HOST[:PORT]) instead of this node's files (--dir and --file
+    /// are not read); the table gets a NODE column.
+    #[arg(long, value_name = "URL", value_parser = crate::clickhouse::http::parse_url,
+        conflicts_with = "follow")]
+    pub clickhouse: Option<crate::clickhouse::http::Server>,
+    #[command(flatten)]
+    pub clickhouse_conn: crate::clickhouse::ConnArgs,
 }
 
 pub const SUGGEST_EXAMPLES: &str = "\

@@ -70,6 +70,14 @@ impl Entry {
     pub fn parse(line: &str) -> Option<Self> {
         let mut e: Self = serde_json::from_str(line).ok()?;
         e.time.as_ref()?;
+        e.escape_strings();
+        Some(e)
+    }
+
+    /// Escapes every string (`Entry::parse` does; records read from
+    /// elsewhere, such as ClickHouse, must too).
+    pub fn escape_strings(&mut self) {
+        let e = self;
         for s in [
             &mut e.kind,
             &mut e.time,
@@ -91,7 +99,6 @@ impl Entry {
         ] {
             escape_opt(s);
         }
-        Some(e)
     }
 
     pub fn is_lost(&self) -> bool {

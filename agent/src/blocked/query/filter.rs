@@ -111,6 +111,11 @@ impl Glob {
         Ok(Self(s.to_lowercase().chars().collect()))
     }
 
+    /// The pattern, lower-cased (`*` and `?` its wildcards).
+    pub fn chars(&self) -> &[char] {
+        &self.0
+    }
+
     pub fn matches(&self, name: &str) -> bool {
         let name: Vec<char> = name.to_lowercase().chars().collect();
         let (p, n) = (&self.0, &name);

@@ -1,7 +1,8 @@
 //! `portcullis blocked`: the node's blocked log, filtered as `hubble
 //! observe` filters flows, read straight from the files (no server, no
 //! socket: it runs wherever the files are, e.g. in the agent's pod through
-//! `kubectl exec`).
+//! `kubectl exec`). With `--clickhouse URL`, `blocked/clickhouse/` reads
+//! every node's records from ClickHouse instead, and prints them here.
 
 pub mod args;
 pub mod entry;
@@ -24,7 +25,8 @@ use print::Format;
 /// Default `--last` when nothing else bounds the output, as hubble's.
 const DEFAULT_LAST: usize = 20;
 
-fn filter_of(a: &BlockedArgs) -> Result<Filter, String> {
+/// The filters the flags give.
+pub fn filter_of(a: &BlockedArgs) -> Result<Filter, String> {
     Filter {
         namespace: a.namespace.clone(),
         pod: None,
@@ -39,9 +41,15 @@ fn filter_of(a: &BlockedArgs) -> Result<Filter, String> {
     .with_pod(a.pod.as_deref())
 }
 
-/// Runs `portcullis blocked`; the exit status (1: no log, bad arguments).
+/// Runs `portcullis blocked` on this node's files; the exit status (1: no
+/// log, bad arguments).
 pub fn run(a: &BlockedArgs) -> i32 {
-    match show(a, &mut std::io::stdout().lock()) {
+    exit_code(show(a, &mut std::io::stdout().lock()))
+}
+
+/// The exit status of a `portcullis blocked` (its error said on stderr).
+pub fn exit_code(r: anyhow::Result<()>) -> i32 {
+    match r {
         Ok(()) => 0,
         // `| head`: the reader went away; not an error.
         Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == ErrorKind::BrokenPipe) => 0,
@@ -66,13 +74,18 @@ pub fn matching(source: &Source, filter: &Filter) -> anyhow::Result<Vec<Entry>> 
     Ok(out)
 }
 
-fn show(a: &BlockedArgs, out: &mut impl Write) -> anyhow::Result<()> {
-    let filter = filter_of(a).map_err(anyhow::Error::msg)?;
-    let last = a.last.unwrap_or(match () {
+/// How many of the newest matching records are shown (`usize::MAX`: all).
+pub fn last_of(a: &BlockedArgs) -> usize {
+    a.last.unwrap_or(match () {
         () if a.follow => 0,
         () if a.since.is_some() || a.until.is_some() || a.summary => usize::MAX,
         () => DEFAULT_LAST,
-    });
+    })
+}
+
+fn show(a: &BlockedArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    let filter = filter_of(a).map_err(anyhow::Error::msg)?;
+    let last = last_of(a);
     let live = a.source.live();
     let all = match matching(&a.source, &filter) {
         Ok(all) => all,
@@ -121,13 +134,26 @@ fn show(a: &BlockedArgs, out: &mut impl Write) -> anyhow::Result<()> {
         return failed.map_or(Ok(()), |e| Err(e.into()));
     }
     let shown: Vec<Entry> = shown.into();
+    print_all(out, a, &shown, false)
+}
+
+/// The records in the format asked for (`nodes`: of many nodes).
+pub fn print_all(out: &mut impl Write, a: &BlockedArgs, shown: &[Entry], nodes: bool) -> anyhow::Result<()> {
+    if a.summary {
+        summary::summary(out, shown)?;
+        return Ok(());
+    }
     match a.output {
         Format::Table => {
             if shown.is_empty() {
                 writeln!(out, "no blocked attempts match")?;
                 return Ok(());
             }
-            print::table(out, &shown)?;
+            if nodes {
+                print::table_with_nodes(out, shown)?;
+            } else {
+                print::table(out, shown)?;
+            }
             let attempts: u64 = shown.iter().filter(|e| !e.is_lost()).map(Entry::count).sum();
             let lost: u64 = shown.iter().filter(|e| e.is_lost()).map(Entry::count).sum();
             writeln!(
@@ -138,8 +164,13 @@ fn show(a: &BlockedArgs, out: &mut impl Write) -> anyhow::Result<()> {
                 print::plural(lost, "attempt")
             )?;
         }
+        Format::Compact if nodes => {
+            for e in shown {
+                print::compact_with_node(out, e)?;
+            }
+        }
         f => {
-            for e in &shown {
+            for e in shown {
                 print::one(out, f, e)?;
             }
         }

@@ -57,8 +57,18 @@ fn verdict(e: &Entry) -> &str {
 
 const HEADER: [&str; 7] = ["TIME (UTC)", "POD", "VERDICT", "REASON", "DESTINATION", "COUNT", "COMM"];
 
-fn row(e: &Entry) -> [String; 7] {
-    [
+/// Columns of the table: with `nodes` (records of many nodes, from
+/// ClickHouse), a NODE column after the time.
+fn header(nodes: bool) -> Vec<String> {
+    let mut h: Vec<String> = HEADER.map(str::to_owned).to_vec();
+    if nodes {
+        h.insert(1, "NODE".into());
+    }
+    h
+}
+
+fn row(e: &Entry, nodes: bool) -> Vec<String> {
+    let mut r = vec![
         short_time(e.time.as_deref().unwrap_or("")),
         e.who(),
         verdict(e).to_owned(),
@@ -66,18 +76,25 @@ fn row(e: &Entry) -> [String; 7] {
         destination(e),
         e.count().to_string(),
         e.comm.clone().unwrap_or_else(|| "-".into()),
-    ]
+    ];
+    if nodes {
+        r.insert(1, e.node.clone().unwrap_or_else(|| "-".into()));
+    }
+    r
 }
 
 /// Widths for `--follow`, which cannot look ahead.
 const FOLLOW_WIDTHS: [usize; 7] = [23, 28, 7, 26, 48, 5, 15];
 
-fn write_row(out: &mut impl Write, cells: &[String; 7], widths: &[usize; 7]) -> std::io::Result<()> {
+/// One line; COUNT (the last but one) is right-aligned, COMM (the last)
+/// not padded.
+fn write_row(out: &mut impl Write, cells: &[String], widths: &[usize]) -> std::io::Result<()> {
     let mut line = String::new();
+    let n = cells.len();
     for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
-        if i == 5 {
+        if i + 2 == n {
             line.push_str(&format!("{c:>w$}  "));
-        } else if i == 6 {
+        } else if i + 1 == n {
             line.push_str(c);
         } else {
             line.push_str(&format!("{c:<w$}  "));
@@ -88,14 +105,24 @@ fn write_row(out: &mut impl Write, cells: &[String; 7], widths: &[usize; 7]) -> 
 
 /// A whole table, widths from its rows.
 pub fn table(out: &mut impl Write, entries: &[Entry]) -> std::io::Result<()> {
-    let rows: Vec<[String; 7]> = entries.iter().map(row).collect();
-    let mut widths = HEADER.map(|h| h.chars().count());
+    table_of(out, entries, false)
+}
+
+/// A whole table of many nodes' records (a NODE column).
+pub fn table_with_nodes(out: &mut impl Write, entries: &[Entry]) -> std::io::Result<()> {
+    table_of(out, entries, true)
+}
+
+fn table_of(out: &mut impl Write, entries: &[Entry], nodes: bool) -> std::io::Result<()> {
+    let rows: Vec<Vec<String>> = entries.iter().map(|e| row(e, nodes)).collect();
+    let head = header(nodes);
+    let mut widths: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
         }
     }
-    write_row(out, &HEADER.map(str::to_owned), &widths)?;
+    write_row(out, &head, &widths)?;
     for r in &rows {
         write_row(out, r, &widths)?;
     }
@@ -103,19 +130,30 @@ pub fn table(out: &mut impl Write, entries: &[Entry]) -> std::io::Result<()> {
 }
 
 pub fn table_header_follow(out: &mut impl Write) -> std::io::Result<()> {
-    write_row(out, &HEADER.map(str::to_owned), &FOLLOW_WIDTHS)
+    write_row(out, &header(false), &FOLLOW_WIDTHS)
 }
 
 pub fn table_row_follow(out: &mut impl Write, e: &Entry) -> std::io::Result<()> {
-    write_row(out, &row(e), &FOLLOW_WIDTHS)
+    write_row(out, &row(e, false), &FOLLOW_WIDTHS)
 }
 
 pub fn compact(out: &mut impl Write, e: &Entry) -> std::io::Result<()> {
+    compact_of(out, e, false)
+}
+
+/// `compact` with the node after the time, as `hubble observe
+/// --print-node-name` prints it.
+pub fn compact_with_node(out: &mut impl Write, e: &Entry) -> std::io::Result<()> {
+    compact_of(out, e, true)
+}
+
+fn compact_of(out: &mut impl Write, e: &Entry, node: bool) -> std::io::Result<()> {
     let comm = e.comm.as_deref().map(|c| format!(" ({c})")).unwrap_or_default();
     let count = if e.count() > 1 { format!(" x{}", e.count()) } else { String::new() };
+    let node = if node { format!(" [{}]:", e.node.as_deref().unwrap_or("-")) } else { String::new() };
     writeln!(
         out,
-        "{} {}{comm} -> {} {} {}{count}",
+        "{}{node} {}{comm} -> {} {} {}{count}",
         e.time.as_deref().unwrap_or(""),
         e.who(),
         destination(e),
@@ -171,6 +209,18 @@ mod tests {
         ));
         let j: serde_json::Value = serde_json::from_str(&text(|o| json(o, &e))).unwrap();
         assert_eq!((j["count"].as_u64(), j["range"].as_str()), (Some(3), Some("metadata")));
+    }
+
+    #[test]
+    fn records_of_many_nodes_have_a_node_column() {
+        let a = Entry::parse(REC).unwrap();
+        let b = Entry::parse(&REC.replace(r#""node":"n""#, r#""node":"node-b""#)).unwrap();
+        let t = text(|o| table_with_nodes(o, &[a.clone(), b.clone()]));
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("TIME (UTC)               NODE    POD"), "{t}");
+        assert!(lines[1].starts_with("2026-11-23 09:59:29.814  n       team-a/agent-a-0"), "{t}");
+        assert!(lines[2].contains("  node-b  team-a/agent-a-0  blocked") && lines[2].ends_with("3  curl"), "{t}");
+        assert!(text(|o| compact_with_node(o, &b)).starts_with("2026-11-23T09:59:29.814Z [node-b]: team-a/agent-a-0 (curl) -> "));
     }
 
     #[test]
