@@ -152,3 +152,99 @@ fn explain_agrees_with_the_datapath() {
         assert!(!out.status.success() && err.contains(want), "{args:?}: {err}");
     }
 }
+
+/// The cases of `enforce_ranges.rs` (always-denied ranges directly, through
+/// allowed names, IPv4-mapped and NAT64; CIDR rules wider than and inside a
+/// range), each tried for real, then asked of explain: the same verdict.
+#[test]
+fn explain_agrees_on_the_always_denied_ranges() {
+    if !require_root() {
+        return;
+    }
+    let bench = Bench::start().unwrap();
+    let names = TestCgroup::create("explain-names");
+    let cidrs = TestCgroup::create("explain-cidrs");
+    let pins = PinDir::new("explain-ranges");
+    let state = bench.workdir().join("state");
+    let log = fresh_path(bench.workdir(), "blocked.jsonl");
+    let cfg = format!(
+        r#"log: {log}
+endpoints:
+  - name: names
+    namespace: team-a
+    pod: by-name
+    cgroup: {names}
+    policy:
+      egress:
+        - toFQDNs:
+            - matchName: meta.example.test
+            - matchName: meta6.example.test
+            - matchName: internal.example.test
+            - matchName: api.example.test
+          ports: [{{port: 80}}]
+      dns:
+        servers: ["198.51.100.53"]
+  - name: cidrs
+    namespace: team-a
+    pod: by-cidr
+    cgroup: {cidrs}
+    policy:
+      egress:
+        - toCIDRs: ["0.0.0.0/0", "::/0"]
+        - toCIDRs: ["10.96.0.10/32"]
+          ports: [{{port: 80}}]
+      dns:
+        servers: ["198.51.100.53"]
+"#,
+        log = log.display(),
+        names = names.path.display(),
+        cidrs = cidrs.path.display()
+    );
+    let cfg = common::write_file(bench.workdir(), "node.yaml", &cfg);
+    let _agent = NodeAgent::start(&bench, &cfg, &pins, &state);
+    let py_connect = |ip: &str, port: u16| {
+        format!(
+            "python3 -c \"import socket,sys; s=socket.socket(socket.AF_INET6); s.settimeout(3); \
+             sys.exit(0 if s.connect_ex(('{ip}', {port})) == 0 else 7)\""
+        )
+    };
+    // (pod, command, explain's target, allowed?)
+    let cases: Vec<(&str, &TestCgroup, String, &str, bool)> = vec![
+        ("by-name", &names, "curl -sS --max-time 3 -4 http://api.example.test/".into(), "api.example.test:80", true),
+        ("by-name", &names, "curl -sS --max-time 3 http://169.254.169.254:80/".into(), "169.254.169.254:80", false),
+        ("by-name", &names, "curl -sS --max-time 3 -4 http://meta.example.test/".into(), "meta.example.test:80", false),
+        ("by-name", &names, "curl -sS --max-time 3 http://100.100.100.200/".into(), "100.100.100.200:80", false),
+        ("by-name", &names, "curl -sS --max-time 3 http://10.96.0.10/".into(), "10.96.0.10:80", false),
+        ("by-name", &names, "curl -sS --max-time 3 -4 http://internal.example.test/".into(), "internal.example.test:80", false),
+        ("by-name", &names, "curl -sS --max-time 3 -6 'http://[fd00:ec2::254]/'".into(), "[fd00:ec2::254]:80", false),
+        ("by-name", &names, "curl -sS --max-time 3 -6 http://meta6.example.test/".into(), "meta6.example.test:80", false),
+        ("by-name", &names, py_connect("::ffff:169.254.169.254", 8080), "[::ffff:169.254.169.254]:8080", false),
+        ("by-name", &names, py_connect("64:ff9b::a9fe:a9fe", 80), "[64:ff9b::a9fe:a9fe]:80", false),
+        ("by-cidr", &cidrs, "curl -sS --max-time 3 http://203.0.113.20:8443/".into(), "203.0.113.20:8443", true),
+        ("by-cidr", &cidrs, "curl -sS --max-time 3 'http://[2001:db8:100::20]:8080/'".into(), "[2001:db8:100::20]:8080", true),
+        ("by-cidr", &cidrs, "curl -sS --max-time 3 http://169.254.169.254/".into(), "169.254.169.254:80", false),
+        ("by-cidr", &cidrs, "curl -sS --max-time 3 'http://[fd00:ec2::254]/'".into(), "[fd00:ec2::254]:80", false),
+        ("by-cidr", &cidrs, "curl -sS --max-time 3 http://10.96.0.10/".into(), "10.96.0.10:80", true),
+        ("by-cidr", &cidrs, "curl -sS --max-time 3 http://10.96.0.10:8080/".into(), "10.96.0.10:8080", false),
+        ("by-cidr", &cidrs, py_connect("::ffff:169.254.169.254", 80), "[::ffff:169.254.169.254]:80", false),
+        ("by-cidr", &cidrs, py_connect("::ffff:10.96.0.10", 80), "[::ffff:10.96.0.10]:80", true),
+    ];
+    for (pod, cg, cmd, target, allowed) in cases {
+        let c = in_cgroup_cmd(&bench, &cg.path, &cmd);
+        let code = run_with_deadline(bench.workdir(), c, Duration::from_secs(10)).code;
+        assert_eq!(code == 0, allowed, "{pod}: {cmd}: exit {code}");
+        let out = agent_cmd()
+            .args(["explain", "-n", "team-a", "--pod", pod, "-o", "json", "--port", "8080", "--state-dir"])
+            .arg(&state)
+            .arg(target)
+            .output()
+            .unwrap();
+        let e: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|err| panic!("explain {target}: {err}: {}", String::from_utf8_lossy(&out.stderr)));
+        let says = matches!(e["verdict"].as_str(), Some("allowed" | "allowed-after-lookup"));
+        assert_eq!(says, allowed, "{pod}: explain {target} disagrees with the datapath: {e:#}");
+        if !allowed && e["dns"].is_null() {
+            assert!(e["change"].is_null(), "never a change for an always-denied range: {e:#}");
+        }
+    }
+}

@@ -92,6 +92,14 @@ pub fn evaluate(st: &State, req: &Request) -> Result<Explanation, ExplainError> 
             rule: ep.policy.rule_text(rule).map(str::to_owned),
         });
         out.addresses = st.learned_ips(ep.id, &host).into_iter().map(|ip| address(st, ep, ip, req.port, proto)).collect();
+        if out.addresses.is_empty() {
+            // Nothing learned: the addresses its answers held, if every one
+            // is always denied (stripped: the name does not resolve here).
+            let seen = ep.seen_addresses(&host);
+            if !seen.is_empty() && seen.iter().all(|ip| ep.unreachable(*ip)) {
+                out.addresses = seen.into_iter().map(|ip| address(st, ep, ip, req.port, proto)).collect();
+            }
+        }
     }
     render::conclude(&mut out, ep);
     Ok(out)

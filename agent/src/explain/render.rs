@@ -74,6 +74,14 @@ pub fn conclude(out: &mut Explanation, _ep: &Endpoint) {
                 out.verdict = "allowed".to_owned();
                 out.why =
                     format!("allowed: {} resolves through the pod's DNS gate and {rule} allows it on {port}/{proto}", out.host);
+            } else if d.allowed_here && !out.addresses.is_empty() {
+                out.verdict = "blocked".to_owned();
+                out.why = format!(
+                    "blocked: {rule} allows {} on {port}/{proto}, but its answers held only always-denied addresses, \
+                     which the DNS gate strips (DNS rebinding): the name does not resolve for this pod",
+                    out.host
+                );
+                out.why_no_change = Some(NEVER_OPENED.to_owned());
             } else if d.allowed_here {
                 out.verdict = "allowed-after-lookup".to_owned();
                 out.why = format!(

@@ -129,6 +129,12 @@ impl Endpoint {
         self.names.get(ip)
     }
 
+    /// The addresses this endpoint's answers for `name` last held, learned
+    /// or not (`portcullis explain`).
+    pub fn seen_addresses(&self, name: &str) -> Vec<IpAddr> {
+        self.names.addresses_of(name)
+    }
+
     pub fn remember(&mut self, ip: IpAddr, name: &Arc<str>) {
         self.names.insert(ip, name);
     }

@@ -30,6 +30,20 @@ impl RecentNames {
         }
     }
 
+    /// The addresses `name` was last seen with (a scan of the table: for
+    /// `portcullis explain`, not for any packet's path).
+    pub fn addresses_of(&self, name: &str) -> Vec<IpAddr> {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|(_, n)| &**n == name)
+            .map(|(k, _)| {
+                let v6 = std::net::Ipv6Addr::from(*k);
+                v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+            })
+            .collect()
+    }
+
     pub fn insert(&mut self, ip: IpAddr, name: &Arc<str>) {
         if self.slots.is_empty() {
             self.slots = vec![None; SLOTS];
@@ -52,6 +66,8 @@ mod tests {
         r.insert("192.0.2.1".parse().unwrap(), &a);
         r.insert("::ffff:192.0.2.1".parse().unwrap(), &b);
         assert_eq!(r.get("192.0.2.1".parse().unwrap()), Some("b.test"), "IPv4 and its mapped form are one address");
+        assert_eq!(r.addresses_of("b.test"), vec!["192.0.2.1".parse::<IpAddr>().unwrap()]);
+        assert!(r.addresses_of("a.test").is_empty());
         for i in 0..100_000u32 {
             r.insert(IpAddr::from(std::net::Ipv6Addr::from(u128::from(i))), &a);
         }
