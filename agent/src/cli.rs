@@ -390,7 +390,8 @@ pub struct ExplainArgs {
     /// Port when TARGET has none.
     #[arg(long, default_value = "443")]
     pub port: u16,
-    #[arg(long, default_value = "tcp", value_parser = ["tcp", "udp", "TCP", "UDP"])]
+    /// tcp, udp, sctp or icmp (ICMPv6 to an IPv6 address; no port).
+    #[arg(long, default_value = "tcp", value_parser = ["tcp", "udp", "sctp", "icmp", "TCP", "UDP", "SCTP", "ICMP"])]
     pub protocol: String,
     /// The agent's state directory (its socket is there).
     #[arg(long, env = "PORTCULLIS_STATE_DIR", value_name = "DIR", default_value = "/var/run/portcullis")]

@@ -55,13 +55,19 @@ fn address(st: &State, ep: &Endpoint, ip: IpAddr, port: u16, proto: u8) -> Addre
 }
 
 pub fn evaluate(st: &State, req: &Request) -> Result<Explanation, ExplainError> {
+    let ep = find(st, req)?;
+    let host = req.host.trim_end_matches('.').to_ascii_lowercase();
+    let v6 = host.parse::<IpAddr>().is_ok_and(|ip| ip.is_ipv6() && canonical(ip).to_ipv4_mapped().is_none());
     let proto = match req.protocol.as_str() {
         "tcp" => proto::TCP,
         "udp" => proto::UDP,
+        "sctp" => proto::SCTP,
+        // ICMP has no ports: the kernel keys it with port 0.
+        "icmp" if v6 => proto::ICMPV6,
+        "icmp" => proto::ICMP,
         other => return Err(ExplainError::Protocol(other.to_owned())),
     };
-    let ep = find(st, req)?;
-    let host = req.host.trim_end_matches('.').to_ascii_lowercase();
+    let req = &Request { port: if proto::has_ports(proto) { req.port } else { 0 }, ..req.clone() };
     let mut out = Explanation {
         endpoint: ep.identity.name.clone(),
         namespace: ep.identity.namespace.clone(),

@@ -28,7 +28,7 @@ pub struct Request {
     pub endpoint: Option<String>,
     pub host: String,
     pub port: u16,
-    /// "tcp" or "udp".
+    /// "tcp", "udp", "sctp" or "icmp" (ICMPv6 for an IPv6 address).
     pub protocol: String,
 }
 
@@ -99,7 +99,7 @@ pub enum ExplainError {
     NoEndpoint(String),
     #[error("give --pod (with -n NAMESPACE) or --endpoint")]
     NoTarget,
-    #[error("protocol {0:?}: use tcp or udp")]
+    #[error("protocol {0:?}: use tcp, udp, sctp or icmp")]
     Protocol(String),
     #[error("{0:?} is not a host name or IP address")]
     Host(String),
