@@ -59,9 +59,6 @@ impl SoloHooks {
         loader.override_global("SOLO_ATTACH", &1u32, true);
         let flow_counting = super::programs::flow_counting();
         loader.override_global("FLOW_COUNTING", &flow_counting, true);
-        // Nobody reads this load's log ring (the cached hooks log nothing
-        // today): one page, not the main load's 128 KiB, per attach point.
-        loader.map_max_entries("AYA_LOGS", 4096);
         let started = Instant::now();
         let mut ebpf = loader.load(OBJECT)?;
         for p in cached() {
