@@ -90,57 +90,6 @@ pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
 /// The fuzz step of `cargo xtask test`: every target, `$PORTCULLIS_FUZZ_SECS`
 /// (default 20) seconds each.
 pub fn test_step() -> anyhow::Result<()> {
-    test_step_after(None)
-}
-
-/// The fuzz build, started in the background (`cargo fuzz build`, its
-/// output in a file): `cargo xtask test` overlaps it with the kernel
-/// matrix, whose guest uses one core, so the two cores are both busy.
-pub struct Build {
-    child: std::process::Child,
-    log: PathBuf,
-}
-
-impl Drop for Build {
-    /// A build the test run no longer waits for (a step before it failed)
-    /// is stopped: we started it.
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Starts the fuzz build if the fuzz step will run (`None`: it will not,
-/// or it could not start; `test_step_after` then builds as usual).
-pub fn start_build() -> Option<Build> {
-    if secs_from_env().ok()? == 0 {
-        return None;
-    }
-    let dir = fuzz_dir().ok()?;
-    let log = dir.join("target").join("build.log");
-    fs::create_dir_all(log.parent()?).ok()?;
-    let out = fs::File::create(&log).ok()?;
-    let err = out.try_clone().ok()?;
-    let mut c = cargo_fuzz(&dir, &["build"]);
-    c.stdout(out).stderr(err);
-    println!("xtask fuzz: started `{}` in the background (output in {})", util::display(&c), log.display());
-    let child = c.spawn().ok()?;
-    Some(Build { child, log })
-}
-
-/// `test_step`, after a build `start_build` began (waited for here).
-pub fn test_step_after(build: Option<Build>) -> anyhow::Result<()> {
-    if let Some(mut b) = build {
-        let st = b.child.wait().context("waiting for the fuzz build")?;
-        if !st.success() {
-            let text = fs::read_to_string(&b.log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            eprintln!("{}", lines[lines.len().saturating_sub(40)..].join("\n"));
-            bail!("the fuzz build failed ({st}); its output: {}", b.log.display());
-        }
-    }
     let secs = secs_from_env()?;
     if secs == 0 {
         if util::env_flag("CI") {

@@ -261,8 +261,6 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
             println!("xtask test: the kernel matrix was NOT run (--no-vm): {}", kernel_matrix::KERNELS.join(", "));
         } else {
             let bins = kernel_matrix::binaries(&ws.root)?;
-            // The guests use one core: the fuzz build takes the other.
-            let fuzz_build = crate::fuzz::start_build();
             for kernel in kernel_matrix::KERNELS {
                 let line = kernel_matrix::guest_line(kernel, &bins, args.filter.as_deref());
                 println!("xtask test: the kernel matrix on Linux {kernel} (QEMU)");
@@ -270,7 +268,6 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
                 guest.env("PORTCULLIS_PREVIOUS_BIN", &previous);
                 cargo_counting(guest, &mut tally)?;
             }
-            return crate::fuzz::test_step_after(fuzz_build);
         }
         crate::fuzz::test_step()
     })();
