@@ -12,15 +12,7 @@ use super::Enforcer;
 /// Names of the always-denied range classes (`range` label of
 /// `portcullis_denied_range_total`), a fixed table: every pod's series
 /// exist at 0 for each of them. Index + 1 is the kernel's range id.
-pub const RANGE_NAMES: [&str; (slot::RANGES - 1) as usize] = {
-    let mut out = [""; (slot::RANGES - 1) as usize];
-    let mut i = 0;
-    while i < out.len() {
-        out[i] = range::name(i as u32 + 1);
-        i += 1;
-    }
-    out
-};
+pub use agent_common::flow::range::NAMES as RANGE_NAMES;
 
 /// One endpoint's counts since its id was given out (pinned: they survive
 /// an agent restart or upgrade).
@@ -94,7 +86,7 @@ impl FlowCounts {
             datagrams[r as usize] = at(slot::DATAGRAM + r);
         }
         let mut listed: Vec<(String, u64)> = Vec::with_capacity(rules.len() + 1);
-        let mut other = at(slot::RULE);
+        let other = at(slot::RULE);
         for (i, text) in rules.iter().enumerate() {
             let id = u32::try_from(i + 1).unwrap_or(u32::MAX);
             if id < slot::RULES {
@@ -103,10 +95,9 @@ impl FlowCounts {
         }
         // Ids past the counted ones share the "other" slot with id 0.
         if rules.len() as u32 >= slot::RULES || other > 0 {
-            other = other.max(at(slot::RULE));
             listed.push(("other".to_owned(), other));
         }
-        let ranges = (1..slot::RANGES).map(|r| (RANGE_NAMES[r as usize - 1], at(slot::RANGE + r))).collect();
+        let ranges = (1..=range::OTHER).map(|r| (range::name(r), at(slot::RANGE + r))).collect();
         Self {
             connections,
             datagrams,
