@@ -310,6 +310,11 @@ pub struct ExecArgs {
     /// pod gets.
     #[arg(long, env = "PORTCULLIS_VETH_ONLY", requires = "veth_netns")]
     pub veth_only: bool,
+    /// Answer `portcullis explain --state-dir DIR --endpoint NAME` on
+    /// DIR/agent.sock while the command runs (root only; exec hands
+    /// nothing over to another agent).
+    #[arg(long, env = "PORTCULLIS_EXEC_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -372,7 +377,11 @@ const EXPLAIN_EXAMPLES: &str = "\
 Examples:
   portcullis explain -n ws-acme --pod agent-7f9c api.openai.com:443
   portcullis explain -n ws-acme --pod agent-7f9c 169.254.169.254:80 -o json
-  portcullis explain --endpoint worker --state-dir /var/run/portcullis '[2001:db8::5]:8443'";
+  portcullis explain --endpoint worker --state-dir /var/run/portcullis '[2001:db8::5]:8443'
+  portcullis explain --state-dir /tmp/exec-state 203.0.113.7 --protocol 47   (a `portcullis exec --state-dir`)
+
+Exit status: 0 allowed (also once the name is looked up), 1 blocked (or, in audit
+mode, let through only because the endpoint audits), 2 a bad question.";
 
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
@@ -381,8 +390,9 @@ pub struct ExplainArgs {
     /// The pod's namespace.
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
-    /// The pod's name.
-    #[arg(long, required_unless_present = "endpoint")]
+    /// The pod's name (not needed when the agent enforces one endpoint,
+    /// as `exec` does).
+    #[arg(long)]
     pub pod: Option<String>,
     /// An endpoint by name (`run` configs) instead of a pod.
     #[arg(long, conflicts_with = "pod")]
@@ -390,8 +400,9 @@ pub struct ExplainArgs {
     /// Port when TARGET has none.
     #[arg(long, default_value = "443")]
     pub port: u16,
-    /// tcp, udp, sctp or icmp (ICMPv6 to an IPv6 address; no port).
-    #[arg(long, default_value = "tcp", value_parser = ["tcp", "udp", "sctp", "icmp", "TCP", "UDP", "SCTP", "ICMP"])]
+    /// tcp, udp, sctp, icmp (ICMPv6 to an IPv6 address; no port) or
+    /// another IP protocol by number (no port).
+    #[arg(long, default_value = "tcp")]
     pub protocol: String,
     /// The agent's state directory (its socket is there).
     #[arg(long, env = "PORTCULLIS_STATE_DIR", value_name = "DIR", default_value = "/var/run/portcullis")]

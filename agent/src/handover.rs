@@ -50,6 +50,8 @@ const MAX_QUERY: u64 = 64 << 10;
 
 /// Answers queries of live state (`EXPLAIN`): request JSON -> answer JSON.
 pub type Ask = Arc<dyn Fn(&str) -> String + Send + Sync>;
+/// What a takeover request gets (node mode only).
+pub type HandOver = Box<dyn Fn() -> Handover + Send>;
 pub const SNAPSHOT: &str = "state.json";
 const REQUEST: &str = "takeover";
 /// The request of an agent that also takes the user-space counters. A
@@ -123,6 +125,9 @@ pub fn request(dir: &Path) -> Result<Option<Handover>, HandoverError> {
         None => return Ok(None),
     }
     match ask(dir, REQUEST)? {
+        // An agent that hands nothing over (`exec`, an unpinned `run`:
+        // its socket answers `explain` only).
+        Some(text) if text.is_empty() => Ok(None),
         Some(text) => parse(dir, &text).map(Some),
         None => Ok(None),
     }
@@ -159,7 +164,7 @@ impl Server {
     /// Binds the socket (replacing a dead agent's stale one) and serves it;
     /// `hand_over` runs once per takeover request.
     /// `ask` answers `EXPLAIN` queries (root only).
-    pub fn start(dir: &Path, hand_over: impl Fn() -> Handover + Send + 'static, ask: Option<Ask>) -> Result<Self, HandoverError> {
+    pub fn start(dir: &Path, hand_over: Option<HandOver>, ask: Option<Ask>) -> Result<Self, HandoverError> {
         let listener = listen(dir)?;
         let path = dir.join(SOCKET);
         listener.set_nonblocking(true).map_err(io_err(&path))?;
@@ -172,7 +177,7 @@ impl Server {
                     match listener.accept() {
                         Ok((s, _)) => {
                             let _ = s.set_nonblocking(false);
-                            match serve(s, &hand_over, ask.as_ref()) {
+                            match serve(s, hand_over.as_deref(), ask.as_ref()) {
                                 Ok(true) => info!("handed over to the next agent; enforcement stays pinned"),
                                 Ok(false) => {}
                                 Err(e) => warn!(error = %e, "handover request failed"),
@@ -216,7 +221,7 @@ pub fn listen(dir: &Path) -> Result<UnixListener, HandoverError> {
 
 /// Serves one connection: `Ok(true)` if it asked for a takeover (then
 /// `hand_over` ran and its answer was sent).
-pub fn serve(stream: UnixStream, hand_over: impl FnOnce() -> Handover, ask: Option<&Ask>) -> io::Result<bool> {
+pub fn serve(stream: UnixStream, hand_over: Option<&(dyn Fn() -> Handover + Send)>, ask: Option<&Ask>) -> io::Result<bool> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new(stream.try_clone()?.take(MAX_QUERY)).read_line(&mut line)?;
@@ -235,6 +240,12 @@ pub fn serve(stream: UnixStream, hand_over: impl FnOnce() -> Handover, ask: Opti
         REQUEST => false,
         REQUEST_COUNTERS => true,
         _ => return Ok(false),
+    };
+    let Some(hand_over) = hand_over else {
+        // Nothing to hand over: closed without a word, which the asking
+        // agent reads as "nobody to take over from".
+        warn!("another agent asked this one to hand over; it has nothing to hand over");
+        return Ok(false);
     };
     let mut h = hand_over();
     if !with_counters {
@@ -363,7 +374,7 @@ mod tests {
         let listener = listen(&d).unwrap();
         let server = thread::spawn(move || {
             let (s, _) = listener.accept().unwrap();
-            serve(s, sample, None).unwrap()
+            serve(s, Some(&sample), None).unwrap()
         });
         let mut s = UnixStream::connect(d.join(SOCKET)).unwrap();
         writeln!(s, "{REQUEST}").unwrap();
@@ -377,6 +388,25 @@ mod tests {
         fs::remove_dir_all(&d).unwrap();
     }
 
+    /// `exec` and an unpinned agent answer `explain` only: a takeover
+    /// request gets nothing, which the asking agent reads as nobody there
+    /// (it starts fresh rather than failing).
+    #[test]
+    fn an_agent_without_state_hands_nothing_over() {
+        let d = tempdir("none");
+        let ask: Ask = Arc::new(|q: &str| format!("answer to {q}"));
+        let server = Server::start(&d, None, Some(ask)).unwrap();
+        assert_eq!(request(&d).unwrap(), None);
+        let mut s = UnixStream::connect(d.join(SOCKET)).unwrap();
+        writeln!(s, "{EXPLAIN} {{}}").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let want = if nix::unistd::geteuid().is_root() { "answer to {}\n" } else { "{\"error\":\"only root may ask\"}\n" };
+        assert_eq!(text, want);
+        server.stop();
+        fs::remove_dir_all(&d).unwrap();
+    }
+
     #[test]
     fn takeover_over_the_socket() {
         let d = tempdir("sock");
@@ -384,7 +414,7 @@ mod tests {
         let listener = listen(&d).unwrap();
         let server = thread::spawn(move || {
             let (s, _) = listener.accept().unwrap();
-            serve(s, sample, None).unwrap()
+            serve(s, Some(&sample), None).unwrap()
         });
         assert_eq!(request(&d).unwrap(), Some(sample()));
         assert!(server.join().unwrap());

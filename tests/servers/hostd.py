@@ -115,6 +115,24 @@ async def handle_tcp_echo(reader, writer):
         pass
 
 
+UDP_SEEN = set()
+UDP_SEEN_MAX = 4096
+
+
+def log_udp(sock, peer, dst):
+    """Logs the first datagram of each (peer, local address) pair: what
+    arrived here (the tests' target-side record), without a line per
+    datagram of a flood."""
+    if len(UDP_SEEN) >= UDP_SEEN_MAX or dst is None:
+        return
+    port = sock.getsockname()[1]
+    key = (peer[0], peer[1], dst, port)
+    if key in UDP_SEEN:
+        return
+    UDP_SEEN.add(key)
+    log(f"udp {fmt(unmap(peer[0]), peer[1])} -> {fmt(unmap(dst), port)} ")
+
+
 def on_udp_readable(sock):
     """Echo one datagram back, sourced from the address it was sent to."""
     while True:
@@ -126,15 +144,19 @@ def on_udp_readable(sock):
             log(f"udp recv error: {err}")
             return
         cmsgs = []
+        local = None
         for level, ctype, cdata in ancdata:
             if level == socket.IPPROTO_IP and ctype == IP_PKTINFO:
                 # struct in_pktinfo { int ifindex; in_addr spec_dst; in_addr addr; }
                 _ifindex, _spec, dst = struct.unpack("=I4s4s", cdata[:12])
                 cmsgs = [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=I4s4s", 0, dst, bytes(4)))]
+                local = str(ipaddress.IPv4Address(dst))
             elif level == socket.IPPROTO_IPV6 and ctype == IPV6_PKTINFO:
                 # struct in6_pktinfo { in6_addr addr; int ifindex; }
                 dst, _ifindex = struct.unpack("=16sI", cdata[:20])
                 cmsgs = [(socket.IPPROTO_IPV6, IPV6_PKTINFO, struct.pack("=16sI", dst, 0))]
+                local = str(ipaddress.IPv6Address(dst))
+        log_udp(sock, peer, local)
         try:
             sock.sendmsg([data], cmsgs, 0, peer)
         except OSError as err:

@@ -7,6 +7,7 @@ use crate::guard::ChildGuard;
 use crate::netns;
 use crate::topology::Teardown;
 use anyhow::{Context, Result, bail, ensure};
+use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -210,8 +211,16 @@ impl Bench {
                     let ips = dns::query(addr::DNS_V4.into(), READY_NAME, Qtype::A, Duration::from_millis(200))?;
                     ensure!(ips.contains(&addr::API_V4.into()), "unexpected answer {ips:?}");
                     for ip in [IpAddr::V4(addr::API_V4), IpAddr::V6(addr::API_V6)] {
-                        TcpStream::connect_timeout(&SocketAddr::new(ip, 80), Duration::from_millis(500))
+                        // A whole exchange: hostd logs a connection before it
+                        // answers, so the probe's line is in its log before
+                        // any test reads it (tests read what arrived after).
+                        let mut s = TcpStream::connect_timeout(&SocketAddr::new(ip, 80), Duration::from_millis(500))
                             .with_context(|| format!("connect {ip}:80"))?;
+                        s.set_read_timeout(Some(Duration::from_millis(500)))?;
+                        s.write_all(b"GET /bench-ready HTTP/1.0\r\n\r\n")?;
+                        let mut reply = Vec::new();
+                        s.read_to_end(&mut reply).with_context(|| format!("reply from {ip}:80"))?;
+                        ensure!(reply.starts_with(b"HTTP/1.0 200"), "reply from {ip}:80: {:?}", String::from_utf8_lossy(&reply));
                     }
                     Ok(())
                 })?;

@@ -278,3 +278,56 @@ endpoints:
         }
     }
 }
+
+/// `portcullis exec --state-dir DIR`: its socket answers explain about its
+/// one endpoint (no --pod needed), refuses a takeover (a pinned agent
+/// started on the same directory starts fresh), and goes when exec ends.
+/// In audit mode the verdict says what the datapath does: let through,
+/// logged (`audit`, exit 1: enforcing would block it). Any IP protocol
+/// can be asked about by number.
+#[test]
+fn an_exec_answers_about_its_own_endpoint() {
+    if !require_root() {
+        return;
+    }
+    let bench = Bench::start().unwrap();
+    let ask = |state: &Path, args: &[&str]| {
+        let out = agent_cmd().args(["explain", "-o", "json", "--state-dir"]).arg(state).args(args).output().unwrap();
+        let e: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|err| panic!("explain {args:?}: {err}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code().unwrap_or(-1), e)
+    };
+    for (audit, verdict) in [(false, "blocked"), (true, "audit")] {
+        let mut exec = common::Exec::new(&bench).policy(common::API_POLICY).enter(common::Enter::AsIs);
+        if audit {
+            exec = exec.arg("--audit");
+        }
+        let running = exec.spawn(&["sleep", "3600"]);
+        let socket = running.state.join("agent.sock");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(std::time::Instant::now() < deadline, "no explain socket at {}", socket.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (code, e) = ask(&running.state, &["169.254.169.254:80"]);
+        assert_eq!((code, e["verdict"].as_str()), (1, Some(verdict)), "{e:#}");
+        assert_eq!(e["addresses"][0]["range"], "metadata", "{e:#}");
+        assert!(e["endpoint"].as_str().unwrap().starts_with("exec-"), "{e:#}");
+        let (code, e) = ask(&running.state, &["203.0.113.20", "--protocol", "47"]);
+        assert_eq!((code, e["verdict"].as_str()), (1, Some(verdict)), "{e:#}");
+        assert_eq!((e["port"].as_u64(), e["addresses"][0]["reason"].as_str()), (Some(0), Some("denied-default")), "{e:#}");
+        let (code, e) = ask(&running.state, &["api.example.test:443"]);
+        assert_eq!((code, e["verdict"].as_str()), (0, Some("allowed-after-lookup")), "{e:#}");
+        // A takeover request gets nothing: the asker finds nobody to take
+        // over from, and the exec goes on answering.
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        use std::io::{Read as _, Write as _};
+        writeln!(s, "takeover").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "", "an exec hands nothing over");
+        assert_eq!(ask(&running.state, &["169.254.169.254:80"]).0, 1);
+        let out = running.stop();
+        assert!(!socket.exists(), "the socket outlived the exec: {}", out.ran.stderr);
+    }
+}

@@ -48,8 +48,13 @@ fn gvisor_sandbox_is_enforced_on_its_pods_veth() {
     // The agent on the pod's veth (attached while the pod's eth0 still has
     // its addresses: runsc takes them into the Sentry when the sandbox starts).
     let agent = probe::veth_only_agent(&bench);
+    let from = agent.mark(&bench);
     let w = Window::open(&bench, &sniffer);
     let v = run_probe(&sandbox, &bench, "veth", true);
+    // explain agrees with every verdict of the run: each record, and each
+    // arrival (the allowed name, 1,000 race addresses).
+    let agreed = agent.agree(&bench, "pod", from);
+    assert!(agreed.allowances >= 1000 && agreed.denials >= 8, "{agreed:?}");
     let out = agent.stop();
     // SIGTERM went to `sleep`; the agent passed its status on and exited.
     out.expect_code(143);

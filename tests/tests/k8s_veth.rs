@@ -88,6 +88,9 @@ fn enforced_from_before_known_and_through_restarts(env: &[(&str, &str)]) {
         (g("veth-not-found") == Some(0.0) && g("cap-net-raw") == Some(0.0)).then_some(())
     });
     w.eventually("api.example.test", 443, true);
+    let log = bench.workdir().join("blocked.jsonl");
+    let from = common::agree::mark(&bench, &log);
+    w.reach("api.example.test", 443).unwrap();
     assert_eq!(packet_socket(&bench, &raw_cg, "raw", META4, 5), 5, "sent, and dropped on the veth");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(meta.arrivals().len(), before, "frames to the metadata host got past the veth");
@@ -99,6 +102,12 @@ fn enforced_from_before_known_and_through_restarts(env: &[(&str, &str)]) {
     assert_eq!(packet_socket(&bench, &late_cg, "late", "203.0.113.20", 3), 3);
     std::thread::sleep(Duration::from_millis(300));
     assert!(other.arrivals().is_empty(), "an unclassified pod's frames left its veth: {:?}", other.arrivals());
+
+    // explain agrees with the verdicts since (the frames' records on the
+    // veth, the connection that reached its host).
+    let pods = common::agree::pod_addrs(&bench, "raw", "ws-a", "raw");
+    let agreed = common::agree::ask_all(&bench, &bench.workdir().join("state"), &log, from, &pods);
+    assert!(agreed.denials >= 1 && agreed.allowances >= 1, "{agreed:?}");
 
     // Killed: the pinned veth links stay; the frames still go nowhere.
     agent.sigkill();
@@ -177,7 +186,10 @@ fn a_gvisor_pod_and_a_plain_pod_each_get_their_own_policy() {
         (g("veth-not-found") == Some(0.0) && g("sandboxed-runtime") == Some(0.0)).then_some(())
     });
     p.eventually("api.example.test", 443, true);
+    let log = bench.workdir().join("blocked.jsonl");
+    let from = common::agree::mark(&bench, &log);
     assert!(p.reach("other.example.test", 443).is_err(), "plain: other.example.test is not its");
+    p.reach("api.example.test", 443).unwrap();
 
     let probe = common::write_file(bench.workdir(), "sandbox_probe.py", SANDBOX_PROBE);
     let args = ["python3", probe.to_str().unwrap(), "other.example.test", "api.example.test", "203.0.113.10"];
@@ -187,7 +199,8 @@ fn a_gvisor_pod_and_a_plain_pod_each_get_their_own_policy() {
     assert!(v["other.example.test"].as_str().is_some_and(|s| s.contains("200 OK") && s.contains("203.0.113.20:443")), "{v}");
     assert!(v["api.example.test"].as_str().is_some_and(|s| s.contains("gaierror")), "refused name: {v}");
     assert!(v["203.0.113.10"].as_str().is_some_and(|s| s.starts_with("error")), "never learned by this pod: {v}");
-    let log = std::fs::read_to_string(bench.workdir().join("blocked.jsonl")).unwrap_or_default();
+    let log_path = log;
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     let blocked: Vec<serde_json::Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     assert!(
         blocked.iter().any(|r| r["pod"] == "gv" && r["dst"] == "203.0.113.10" && r["hook"] == "tc-egress"),
@@ -197,4 +210,10 @@ fn a_gvisor_pod_and_a_plain_pod_each_get_their_own_policy() {
         blocked.iter().any(|r| r["pod"] == "gv" && r["host"] == "api.example.test" && r["reason"] == "denied-dns-name"),
         "{log}"
     );
+    // explain agrees with each verdict since, of either pod: the records
+    // (the sandbox's on its veth, the plain pod's at its hooks) and what
+    // reached the hosts.
+    let pods = [common::agree::pod_addrs(&bench, "gv", "ws-a", "gv"), common::agree::pod_addrs(&bench, "plain", "ws-a", "plain")];
+    let agreed = common::agree::ask_all(&bench, &bench.workdir().join("state"), &log_path, from, &pods.join(","));
+    assert!(agreed.denials >= 3 && agreed.allowances >= 2, "{agreed:?}");
 }

@@ -78,9 +78,14 @@ fn kata_shaped_pod_is_enforced_on_its_pods_veth() {
     // The agent first (it reads the pod's addresses off eth0), then the
     // "VM" takes them.
     let agent = probe::veth_only_agent(&bench);
+    let from = agent.mark(&bench);
     let kata = KataPod::start(&bench, "pod").unwrap();
     let w = Window::open(&bench, &sniffer);
     let v = run_probe(&kata, &bench, "veth", true);
+    // explain agrees with every verdict of the run: each record, and each
+    // arrival (the allowed name, 1,000 race addresses).
+    let agreed = agent.agree(&bench, "pod", from);
+    assert!(agreed.allowances >= 1000 && agreed.denials >= 8, "{agreed:?}");
     let out = agent.stop();
     // SIGTERM went to `sleep`; the agent passed its status on and exited.
     out.expect_code(143);

@@ -73,6 +73,9 @@ pub struct AgentOptions {
     pub attachment: Attachment,
     /// Node mode: the handover socket and the learned-state snapshot.
     pub state_dir: Option<PathBuf>,
+    /// `exec`: a socket here answers `explain` only (no takeover, no
+    /// snapshot); removed at shutdown.
+    pub explain_dir: Option<PathBuf>,
     /// Serve Prometheus metrics here (`metrics`).
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// How long a removed endpoint's series stay (`telemetry::grace`).
@@ -147,6 +150,7 @@ pub struct Agent {
     pins: Option<Pins>,
     attachment: Attachment,
     state_dir: Option<PathBuf>,
+    explain_dir: Option<PathBuf>,
     metrics_addr: Option<std::net::SocketAddr>,
     /// Answers the next agent's handover request.
     listener: Option<handover::Server>,
@@ -250,6 +254,7 @@ impl Agent {
             pins: opts.pins,
             attachment: opts.attachment,
             state_dir: opts.state_dir,
+            explain_dir: opts.explain_dir,
             metrics_addr: opts.metrics_addr,
             listener: None,
             attached: Vec::new(),
@@ -338,11 +343,14 @@ impl Agent {
         *lock(&self.core.running) = Some(Consumers { stop_gate, gate_thread, stop, tasks });
         // Only now may the kernel hold answers for us: someone is listening.
         self.enforcer.set_agent_ready()?;
+        let enforcer = self.enforcer.clone();
+        let ask: handover::Ask = Arc::new(move |q: &str| crate::explain::answer(&enforcer, q));
         if let Some(dir) = &self.state_dir {
             let core = self.core.clone();
-            let enforcer = self.enforcer.clone();
-            let ask: handover::Ask = Arc::new(move |q: &str| crate::explain::answer(&enforcer, q));
-            self.listener = Some(handover::Server::start(dir, move || core.hand_over().unwrap_or_default(), Some(ask))?);
+            let hand_over: handover::HandOver = Box::new(move || core.hand_over().unwrap_or_default());
+            self.listener = Some(handover::Server::start(dir, Some(hand_over), Some(ask))?);
+        } else if let Some(dir) = &self.explain_dir {
+            self.listener = Some(handover::Server::start(dir, None, Some(ask))?);
         }
         Ok(())
     }
@@ -534,6 +542,9 @@ impl Agent {
         self.stop_veths();
         if let Some(server) = self.listener.take() {
             server.stop();
+            if let Some(dir) = &self.explain_dir {
+                let _ = std::fs::remove_file(dir.join(handover::SOCKET));
+            }
         }
         let h = self.core.hand_over();
         // After the consumers stopped (the blocked log's last records and

@@ -79,6 +79,7 @@ pub fn run(args: &ExecArgs) -> Result<i32> {
         one_attach_point: true,
         attachment: crate::datapath::loader::Attachment::UntilCgroupRemoved,
         state_dir: None,
+        explain_dir: args.state_dir.clone(),
         metrics_addr: None,
         metrics_pod_grace: crate::telemetry::grace::DEFAULT_GRACE,
         node_netns: match &args.veth_netns {

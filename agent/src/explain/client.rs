@@ -62,5 +62,5 @@ pub fn run(args: &ExplainArgs) -> Result<i32> {
     } else {
         print!("{}", render::text(&e));
     }
-    Ok(if e.verdict == "blocked" { 1 } else { 0 })
+    Ok(if matches!(e.verdict.as_str(), "blocked" | "audit") { 1 } else { 0 })
 }

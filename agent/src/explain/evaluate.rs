@@ -21,7 +21,12 @@ fn find<'a>(st: &'a State, req: &Request) -> Result<&'a Endpoint, ExplainError> 
         (None, None) => false,
     };
     if req.endpoint.is_none() && req.pod.is_none() {
-        return Err(ExplainError::NoTarget);
+        // `exec` (one endpoint): no need to name it.
+        let mut all = st.endpoints();
+        return match (all.next(), all.next()) {
+            (Some(only), None) => Ok(only),
+            _ => Err(ExplainError::NoTarget),
+        };
     }
     st.endpoints().find(want).ok_or_else(|| {
         let who = match (&req.endpoint, &req.namespace, &req.pod) {
@@ -54,6 +59,11 @@ fn address(st: &State, ep: &Endpoint, ip: IpAddr, port: u16, proto: u8) -> Addre
     }
 }
 
+/// "47" or "ip-proto-47" (the blocked log's name for it).
+fn other_protocol(s: &str) -> Option<u8> {
+    s.strip_prefix("ip-proto-").unwrap_or(s).parse().ok()
+}
+
 pub fn evaluate(st: &State, req: &Request) -> Result<Explanation, ExplainError> {
     let ep = find(st, req)?;
     let host = req.host.trim_end_matches('.').to_ascii_lowercase();
@@ -65,7 +75,8 @@ pub fn evaluate(st: &State, req: &Request) -> Result<Explanation, ExplainError> 
         // ICMP has no ports: the kernel keys it with port 0.
         "icmp" if v6 => proto::ICMPV6,
         "icmp" => proto::ICMP,
-        other => return Err(ExplainError::Protocol(other.to_owned())),
+        "icmpv6" => proto::ICMPV6,
+        other => other_protocol(other).ok_or_else(|| ExplainError::Protocol(other.to_owned()))?,
     };
     let req = &Request { port: if proto::has_ports(proto) { req.port } else { 0 }, ..req.clone() };
     let mut out = Explanation {

@@ -28,7 +28,9 @@ pub struct Request {
     pub endpoint: Option<String>,
     pub host: String,
     pub port: u16,
-    /// "tcp", "udp", "sctp" or "icmp" (ICMPv6 for an IPv6 address).
+    /// "tcp", "udp", "sctp", "icmp" (ICMPv6 for an IPv6 address), or any
+    /// other IP protocol by number ("47") or as the blocked log names it
+    /// ("ip-proto-47").
     pub protocol: String,
 }
 
@@ -43,8 +45,10 @@ pub struct Explanation {
     pub host: String,
     pub port: u16,
     pub protocol: String,
-    /// "allowed", "blocked", or "allowed-after-lookup" (a name the policy
-    /// allows that this pod has not resolved yet: its next lookup opens it).
+    /// "allowed", "blocked", "allowed-after-lookup" (a name the policy
+    /// allows that this pod has not resolved yet: its next lookup opens
+    /// it), or "audit" (the policy blocks it, but the endpoint is in audit
+    /// mode: let through and logged).
     pub verdict: String,
     /// For a name: whether its DNS query is answered, and by which rule.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -97,9 +101,9 @@ pub struct AddressVerdict {
 pub enum ExplainError {
     #[error("no enforced endpoint {0}")]
     NoEndpoint(String),
-    #[error("give --pod (with -n NAMESPACE) or --endpoint")]
+    #[error("this agent enforces several endpoints: give --pod (with -n NAMESPACE) or --endpoint")]
     NoTarget,
-    #[error("protocol {0:?}: use tcp, udp, sctp or icmp")]
+    #[error("protocol {0:?}: use tcp, udp, sctp, icmp or an IP protocol number")]
     Protocol(String),
     #[error("{0:?} is not a host name or IP address")]
     Host(String),

@@ -41,8 +41,18 @@ fn address_why(a: &AddressVerdict) -> String {
     }
 }
 
-/// Sets the verdict, the reason in one sentence and the change.
-pub fn conclude(out: &mut Explanation, _ep: &Endpoint) {
+/// Sets the verdict, the reason in one sentence and the change. An
+/// endpoint in audit mode lets through what its policy blocks (and logs it
+/// with verdict `audit`): so does its explanation.
+pub fn conclude(out: &mut Explanation, ep: &Endpoint) {
+    decide_verdict(out);
+    if ep.mode.audits() && out.verdict == "blocked" {
+        out.verdict = "audit".to_owned();
+        out.why = format!("audit mode lets it through (and logs it); enforcing, it would be {}", out.why);
+    }
+}
+
+fn decide_verdict(out: &mut Explanation) {
     let (port, proto) = (out.port, out.protocol.clone());
     match out.dns.clone() {
         None => {

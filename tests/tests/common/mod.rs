@@ -20,6 +20,7 @@ pub const RACE_PY: &str = include_str!("../../clients/race.py");
 pub const DNSQ_PY: &str = include_str!("../../clients/dnsq.py");
 pub const HOLD_PY: &str = include_str!("../../clients/hold.py");
 pub const ATTACK_PY: &str = target::ATTACK_PY;
+pub const AGREE_PY: &str = include_str!("../../clients/agree.py");
 
 /// The policy most tests start from: `api.example.test` on 443, DNS only
 /// to the bench's resolver.
@@ -36,6 +37,7 @@ pub const DNS_TRUSTED: &str = "dns:\n  servers: [\"198.51.100.53\"]\n";
 
 /// Environment variables of the agent's CLI that must not leak in from the
 /// caller's environment.
+pub mod agree;
 pub mod cni;
 mod kernel;
 mod log;
@@ -233,19 +235,58 @@ impl<'b> Exec<'b> {
     }
 
     /// Runs `portcullis exec [--policy P] --log L ARGS <enter> -- CMD...`.
+    /// CMD runs under a small `sh` wrapper that, once it exited, asks the
+    /// agent's `explain` about every verdict of the run (`agree`) and exits
+    /// with CMD's status.
     pub fn run(&self, cmd: &[&str]) -> Outcome {
-        let log = fresh_path(self.bench.workdir(), "blocked.jsonl");
-        let ran = run_with_deadline(self.bench.workdir(), self.command(&log, cmd), self.limit);
-        Outcome { log: Log::read(&log), ran }
+        if self.args.iter().any(|a| a == "--user") {
+            // Another user can neither write the wrapper's files nor ask
+            // the root-only socket: CMD as is.
+            let log = fresh_path(self.bench.workdir(), "blocked.jsonl");
+            return self.run_logging(&log, None, cmd);
+        }
+        let dir = fresh_path(self.bench.workdir(), "run");
+        std::fs::create_dir(&dir).unwrap();
+        let agree = Agree::new(self, &dir);
+        let wrapper = dir.join("run.sh");
+        let (started, err) = (dir.join("started"), dir.join("agree.err"));
+        std::fs::write(
+            &wrapper,
+            format!(
+                ": >{}\n\"$@\"\nrc=$?\n{} {} 0 {} 2>{}\nexit $rc\n",
+                started.display(),
+                python().display(),
+                client(self.bench, "agree.py", AGREE_PY).display(),
+                agree.args,
+                err.display()
+            ),
+        )
+        .unwrap();
+        let mut wrapped = vec!["sh", wrapper.to_str().unwrap()];
+        wrapped.extend_from_slice(cmd);
+        let outcome = self.run_logging(&agree.log, Some(&agree.state), &wrapped);
+        if started.exists() {
+            agree.check(1, &read(&err), &|_| format!("`{}`", cmd.join(" ")));
+        }
+        outcome
     }
 
-    /// `portcullis exec [--policy P] --log LOG ARGS <enter> -- CMD...`.
-    fn command(&self, log: &Path, cmd: &[&str]) -> Command {
+    fn run_logging(&self, log: &Path, state: Option<&Path>, cmd: &[&str]) -> Outcome {
+        let ran = run_with_deadline(self.bench.workdir(), self.command(log, state, cmd), self.limit);
+        Outcome { log: Log::read(log), ran }
+    }
+
+    /// `portcullis exec [--policy P] --log LOG [--state-dir STATE] ARGS
+    /// <enter> -- CMD...`.
+    fn command(&self, log: &Path, state: Option<&Path>, cmd: &[&str]) -> Command {
         let work = self.bench.workdir();
         let mut c = agent_cmd();
         c.arg("exec");
         if let Some(p) = &self.policy {
             c.arg("--policy").arg(write_file(work, "policy.yaml", p));
+        }
+        if let Some(dir) = state {
+            c.arg("--state-dir").arg(dir);
         }
         c.arg("--log").arg(log).args(&self.args);
         c.envs(self.env.iter().map(|(k, v)| (k, v)));
@@ -271,9 +312,14 @@ impl<'b> Exec<'b> {
     /// `$PY` (python3), `$SOCK` (clients/sock.py), `$RACE` (clients/race.py),
     /// `$DNSQ` (clients/dnsq.py), `$HOLD` (clients/hold.py) and `$ATTACK`
     /// (clients/attack.py).
+    ///
+    /// After each step, `clients/agree.py` asks the agent's `explain` about
+    /// every verdict the step produced (`agree`): a disagreement fails the
+    /// test, whatever the test itself checks.
     pub fn steps(&self, steps: &[(&str, &str)]) -> Steps {
         let dir = fresh_path(self.bench.workdir(), "steps");
         std::fs::create_dir(&dir).unwrap();
+        let agree = Agree::new(self, &dir);
         let mut sh = String::from("#!/bin/sh\n");
         sh += &format!(
             "PY={}\nSOCK={}\nRACE={}\nDNSQ={}\nHOLD={}\nATTACK={}\n",
@@ -284,16 +330,19 @@ impl<'b> Exec<'b> {
             client(self.bench, "hold.py", HOLD_PY).display(),
             client(self.bench, "attack.py", ATTACK_PY).display()
         );
+        sh += &format!("AGREE={}\n", client(self.bench, "agree.py", AGREE_PY).display());
         for (i, (_, cmd)) in steps.iter().enumerate() {
             let d = dir.display();
             sh += &format!(
                 "s=$(date +%s%N); ( {cmd}\n) >{d}/{i}.out 2>{d}/{i}.err </dev/null; rc=$?; \
-                 e=$(date +%s%N); echo \"$rc $(( (e - s) / 1000000 ))\" >{d}/{i}.rc\n"
+                 e=$(date +%s%N); echo \"$rc $(( (e - s) / 1000000 ))\" >{d}/{i}.rc\n\
+                 $PY $AGREE {i} {}\n",
+                agree.args
             );
         }
         let script = dir.join("script.sh");
         std::fs::write(&script, sh).unwrap();
-        let outcome = self.run(&["sh", script.to_str().unwrap()]);
+        let outcome = self.run_logging(&agree.log, Some(&agree.state), &["sh", script.to_str().unwrap()]);
         let results = steps
             .iter()
             .enumerate()
@@ -311,8 +360,51 @@ impl<'b> Exec<'b> {
                     stderr: read(&dir.join(format!("{i}.err"))),
                 }
             })
-            .collect();
-        Steps { outcome, results }
+            .collect::<Vec<Step>>();
+        let step_name = |i: usize| steps.get(i).map(|(n, c)| format!("step {n} `{c}`")).unwrap_or_default();
+        let agreement = agree.check(steps.len(), &outcome.ran.stderr, &step_name);
+        Steps { outcome, results, agreement }
+    }
+}
+
+/// The files of one run's `agree` checks (in `dir`), and the arguments
+/// `clients/agree.py` takes after the step number.
+struct Agree {
+    log: PathBuf,
+    state: PathBuf,
+    out: PathBuf,
+    offsets: PathBuf,
+    args: String,
+}
+
+impl Agree {
+    fn new(exec: &Exec<'_>, dir: &Path) -> Self {
+        let (log, state) = (dir.join("blocked.jsonl"), dir.join("state"));
+        let (out, offsets) = (dir.join("agree.jsonl"), dir.join("offsets.json"));
+        // Only what arrives at hostd from now on is this run's.
+        let hostd_at = std::fs::metadata(exec.bench.hostd_log_path()).map(|m| m.len()).unwrap_or(0);
+        std::fs::write(&offsets, format!("{{\"blocked\": 0, \"hostd\": {hostd_at}}}")).unwrap();
+        let args = format!(
+            "{} {} {} {} {} {},{}",
+            out.display(),
+            state.join("agent.sock").display(),
+            log.display(),
+            exec.bench.hostd_log_path().display(),
+            offsets.display(),
+            exec.bench.pod_v4(&exec.pod),
+            exec.bench.pod_v6(&exec.pod)
+        );
+        Self { log, state, out, offsets, args }
+    }
+
+    /// `agree.py` ran `times` times (else `stderr` says why) and explain
+    /// agreed with every verdict.
+    fn check(&self, times: usize, stderr: &str, context: &dyn Fn(usize) -> String) -> agree::Agreement {
+        let checked: Value = serde_json::from_str(&read(&self.offsets)).unwrap_or_default();
+        assert_eq!(checked["checked"].as_u64(), Some(times as u64), "agree.py did not run each time; stderr:\n{stderr}");
+        let agreement = agree::check(&read(&self.out), context);
+        eprintln!("explain agreed with the datapath: {agreement:?}");
+        agreement
     }
 }
 
@@ -360,6 +452,8 @@ pub struct Step {
 pub struct Steps {
     pub outcome: Outcome,
     pub results: Vec<Step>,
+    /// What explain was asked and agreed on.
+    pub agreement: agree::Agreement,
 }
 
 impl Steps {

@@ -3,8 +3,9 @@
 //! veth the agent judges (`--veth-pod`, `--veth-only`), while the command
 //! is a placeholder (`sleep`, as a pod's pause container).
 
+use super::agree::{self, Agreement};
 use super::{Exec, Log, Outcome, Ran, fresh_path, read, shell_code, time_scale};
-use portcullis_tests::ChildGuard;
+use portcullis_tests::{Bench, ChildGuard};
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -23,6 +24,8 @@ pub const VETH_ATTACHED: &str = "veth programs attached";
 pub struct Running {
     child: ChildGuard,
     log: PathBuf,
+    /// Its `--state-dir` (the explain socket).
+    pub state: PathBuf,
     stdout: PathBuf,
     stderr: PathBuf,
     started: Instant,
@@ -35,14 +38,15 @@ impl Exec<'_> {
         let work = self.bench.workdir();
         let log = fresh_path(work, "blocked.jsonl");
         let (stdout, stderr) = (fresh_path(work, "stdout"), fresh_path(work, "stderr"));
-        let mut c = self.command(&log, cmd);
+        let state = fresh_path(work, "state");
+        let mut c = self.command(&log, Some(&state), cmd);
         // The readiness line is an info message of the exec module; the
         // rest stays at the agent's default (or the debugging level asked for).
         let base = std::env::var("PORTCULLIS_TEST_AGENT_LOG").unwrap_or_else(|_| "warn".into());
         c.env("PORTCULLIS_LOG_LEVEL", format!("{base},portcullis::exec=info"));
         c.stdin(Stdio::null()).stdout(File::create(&stdout).unwrap()).stderr(File::create(&stderr).unwrap());
         let child = ChildGuard::spawn(c).expect("spawn portcullis exec").with_grace(STOP_GRACE);
-        Running { child, log, stdout, stderr, started: Instant::now() }
+        Running { child, log, state, stdout, stderr, started: Instant::now() }
     }
 }
 
@@ -70,6 +74,19 @@ impl Running {
             assert!(Instant::now() < deadline, "no {what:?} from the agent after {limit:?}; stderr:\n{}", read(&self.stderr));
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Asks this agent's `explain` about every verdict it logged and every
+    /// arrival at a bench host from `pod` after `from`, as `Exec::steps`
+    /// does after each step; panics on a disagreement.
+    pub fn agree(&self, bench: &Bench, pod: &str, from: agree::Mark) -> Agreement {
+        let pods = format!("{},{}", bench.pod_v4(pod), bench.pod_v6(pod));
+        agree::ask_all(bench, &self.state, &self.log, from, &pods)
+    }
+
+    /// Where [`Running::agree`] starts.
+    pub fn mark(&self, bench: &Bench) -> agree::Mark {
+        agree::mark(bench, &self.log)
     }
 
     /// The blocked-connection log so far.
