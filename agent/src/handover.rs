@@ -125,8 +125,8 @@ pub fn request(dir: &Path) -> Result<Option<Handover>, HandoverError> {
         None => return Ok(None),
     }
     match ask(dir, REQUEST)? {
-        // An agent that hands nothing over (`exec`, an unpinned `run`:
-        // its socket answers `explain` only).
+        // An agent that hands nothing over (`exec --state-dir`: its
+        // socket answers `explain` only).
         Some(text) if text.is_empty() => Ok(None),
         Some(text) => parse(dir, &text).map(Some),
         None => Ok(None),
@@ -165,6 +165,15 @@ impl Server {
     /// `hand_over` runs once per takeover request.
     /// `ask` answers `EXPLAIN` queries (root only).
     pub fn start(dir: &Path, hand_over: Option<HandOver>, ask: Option<Ask>) -> Result<Self, HandoverError> {
+        if hand_over.is_none() && UnixStream::connect(dir.join(SOCKET)).is_ok() {
+            // Only a node agent replaces a live socket (it took over from
+            // the agent behind it); an explain-only one must not cut a
+            // node agent off from its successor.
+            return Err(HandoverError::Io {
+                path: dir.join(SOCKET),
+                source: io::Error::new(io::ErrorKind::AddrInUse, "another agent answers on this socket: use another --state-dir"),
+            });
+        }
         let listener = listen(dir)?;
         let path = dir.join(SOCKET);
         listener.set_nonblocking(true).map_err(io_err(&path))?;
@@ -403,6 +412,9 @@ mod tests {
         s.read_to_string(&mut text).unwrap();
         let want = if nix::unistd::geteuid().is_root() { "answer to {}\n" } else { "{\"error\":\"only root may ask\"}\n" };
         assert_eq!(text, want);
+        // A second one on the same directory does not cut the first off.
+        let Err(e) = Server::start(&d, None, None) else { panic!("a second explain-only server replaced the first") };
+        assert!(e.to_string().contains("another agent answers"), "{e}");
         server.stop();
         fs::remove_dir_all(&d).unwrap();
     }

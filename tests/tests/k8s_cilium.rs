@@ -82,6 +82,9 @@ fn behind_a_socket_lb_verdicts_are_on_the_cluster_ip_and_the_backends_are_opened
     // it), which the veth lets through as the Service's backend.
     let body = wait_for("policies in force", Duration::from_secs(10), || svc.get("192.0.2.10", PORT).ok());
     assert_eq!(body.trim(), format!("hello from 203.0.113.10:{TARGET}"), "through the LB to the backend's target port");
+    let log = bench.workdir().join("blocked.jsonl");
+    let from = common::agree::mark(&bench, &log);
+    svc.get("192.0.2.10", PORT).expect("again, now that the policies hold");
     // Unconnected UDP: judged at sendmsg on the ClusterIP, per packet
     // (cgroup_skb, the veth) on the backend the LB chose.
     svc.udp("192.0.2.10", ECHO).expect("a datagram to the ClusterIP, rewritten to the backend, and its echo");
@@ -100,6 +103,11 @@ fn behind_a_socket_lb_verdicts_are_on_the_cluster_ip_and_the_backends_are_opened
     assert!(other.connect("192.0.2.10", PORT).unwrap_err().contains("EPERM"), "other: the ClusterIP");
     assert!(other.connect("203.0.113.10", TARGET).unwrap_err().contains("EPERM"), "other: the Service's backend");
     other.connect("203.0.113.20", TARGET).expect("other: its own CIDR rule");
+    // explain agrees with every verdict of the three pods since (what
+    // arrived at the backends after the LB's rewrite, each denial).
+    let pods: Vec<String> = ["svc", "backend", "other"].iter().map(|p| common::agree::pod_addrs(&bench, p, "ws-a", p)).collect();
+    let agreed = common::agree::ask_all(&bench, &bench.workdir().join("state"), &log, from, &pods.join(","));
+    assert!(agreed.denials >= 5 && agreed.allowances >= 3, "{agreed:?}");
     // Churn: a second slice brings .20 in, the first one's .10 goes not
     // ready; the backends follow, aggregated over both slices.
     api.apply(&slice("control-plane-b", &[("203.0.113.20", true)])).unwrap();

@@ -73,8 +73,9 @@ pub struct AgentOptions {
     pub attachment: Attachment,
     /// Node mode: the handover socket and the learned-state snapshot.
     pub state_dir: Option<PathBuf>,
-    /// `exec`: a socket here answers `explain` only (no takeover, no
-    /// snapshot); removed at shutdown.
+    /// `exec --state-dir`: a socket here answers `explain` only (no
+    /// takeover, no snapshot); removed at shutdown. (An unpinned `run`
+    /// serves none: its default directory may be a pinned agent's.)
     pub explain_dir: Option<PathBuf>,
     /// Serve Prometheus metrics here (`metrics`).
     pub metrics_addr: Option<std::net::SocketAddr>,

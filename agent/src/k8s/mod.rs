@@ -119,7 +119,7 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         one_attach_point: false,
         attachment: Attachment::Links,
         state_dir: pins.as_ref().map(|_| args.state_dir.clone()),
-        explain_dir: pins.is_none().then(|| args.state_dir.clone()),
+        explain_dir: None,
         pins,
         metrics_addr: args.metrics_addr,
         metrics_pod_grace: args.metrics_pod_grace,

@@ -92,9 +92,7 @@ fn agent_options(cfg: &NodeConfig, args: &RunArgs) -> Result<AgentOptions> {
         attachment: crate::datapath::loader::Attachment::Links,
         pins: args.pin_path.as_deref().map(Pins::open).transpose().context("--pin-path")?,
         state_dir: args.pin_path.as_ref().map(|_| args.state_dir.clone()),
-        // Unpinned, nothing outlives this process: the socket answers
-        // `explain` only.
-        explain_dir: args.pin_path.is_none().then(|| args.state_dir.clone()),
+        explain_dir: None,
         metrics_addr: args.metrics_addr.or(cfg.metrics_addr),
         metrics_pod_grace: args.metrics_pod_grace,
         node_netns: None,
