@@ -83,7 +83,9 @@ fn allowed_name_port_and_learned_ip_only() {
     assert_eq!(tcp.records.len(), 4, "one record per blocked attempt:\n{}", log.raw);
     // explain was asked about each of them, and about what arrived (v4 and
     // v6 at 443), and agreed (`common::agree`).
-    assert!(r.agreement.denials >= 5 && r.agreement.allowances == 2, "{:?}", r.agreement);
+    if common::checks_agreement() {
+        assert!(r.agreement.denials >= 5 && r.agreement.allowances == 2, "{:?}", r.agreement);
+    }
 }
 
 #[test]
