@@ -26,3 +26,17 @@ pub fn hold_ring_full<C: EbpfContext>(ctx: &C, endpoint: u32) {
 pub fn flow_table_full<C: EbpfContext>(ctx: &C, ifindex: u32) {
     warn!(ctx, "TC_FLOWS insert failed on interface {}: the flow is judged again per packet", ifindex);
 }
+
+/// A DNS packet longer than a `DNS_HOLD` record (`DNS_MAX_PACKET`): it
+/// cannot be judged, so it is dropped.
+#[inline(never)]
+pub fn dns_too_large<C: EbpfContext>(ctx: &C, endpoint: u32, len: u32) {
+    warn!(ctx, "a DNS packet of endpoint {} was dropped: {} bytes, longer than the agent takes", endpoint, len);
+}
+
+/// A DNS answer to a socket the socket hooks did not record (`DNS_SOCKS`
+/// full, or the socket gone): nobody to judge it for, so it is dropped.
+#[inline(never)]
+pub fn dns_no_owner<C: EbpfContext>(ctx: &C, endpoint: u32) {
+    warn!(ctx, "a DNS packet of endpoint {} was dropped: its socket is not in DNS_SOCKS (full?)", endpoint);
+}

@@ -125,10 +125,12 @@ pub(crate) fn hold(
     let len = ctx.len();
     if len == 0 || len as usize > DNS_MAX_PACKET {
         bump(loss::DNS_TOO_LARGE);
+        crate::rare::dns_too_large(ctx, endpoint, len);
         return false;
     }
     let Some(owner) = (unsafe { DNS_SOCKS.get(cookie) }) else {
         bump(loss::DNS_NO_OWNER);
+        crate::rare::dns_no_owner(ctx, endpoint);
         return false;
     };
     if agent_ready == 0 {

@@ -356,6 +356,7 @@ fn hold(ctx: &TcContext, agent_ready: u32, endpoint: u32, ifindex: u32, v6: bool
         if m >= DNS_MAX_PACKET as u64 {
             entry.discard(0);
             bump(loss::DNS_TOO_LARGE);
+            crate::rare::dns_too_large(ctx, endpoint, len);
             return false;
         }
         if bpf_skb_load_bytes(ctx.as_ptr(), 0, (*p).data.as_mut_ptr().cast(), (m + 1) as u32) != 0 {

@@ -229,7 +229,8 @@ fn exempt_endpoints_pass_where_unknown_cgroups_are_denied() {
 
 #[test]
 fn dns_answer_without_owner_is_held_back() {
-    let Some(h) = harness(false) else { return };
+    let Some(mut h) = harness(false) else { return };
+    let mut log = h.dp.take_kernel_log().expect("the kernel log ring");
     let ingress = h.dp.ingress_program().unwrap();
     let answer = packet("198.51.100.53".parse().unwrap(), "198.18.1.2".parse().unwrap(), L4::Udp(40000));
     // The synthetic socket never sent a query: no owner, fail closed.
@@ -238,6 +239,11 @@ fn dns_answer_without_owner_is_held_back() {
     assert_eq!(run(ingress, &answer_from_53, 0), DROP);
     let c = h.state.maps.counters().unwrap();
     assert_eq!(c[loss::DNS_NO_OWNER as usize], 1);
+    // Also in the agent's log (aya-log), once.
+    log.drain();
+    let lines = log.lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("not in DNS_SOCKS") && lines[0].contains(&format!("endpoint {}", h.ep)), "{lines:?}");
     assert_eq!(c[counter_index(Hook::SkbIngress, Reason::DnsHoldFailed) as usize], 1);
     // The agent's re-injected copy carries the mark and passes.
     assert_eq!(run(ingress, &answer_from_53, MARK), ALLOW);

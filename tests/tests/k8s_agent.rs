@@ -56,7 +56,10 @@ fn pods_get_the_union_of_their_policies_and_unclassified_pods_are_denied() {
     // Pod a runs before the agent starts; its policy is on record.
     let ua = create_pod(&api, "ws-acme-corp", "a", json!({"app": "agent"}));
     let ca = kubelet.create_pod(&ua, "BestEffort");
-    let mut a = Workload::start(&bench, &ca, "a");
+    // Each connection of a, b and c (not the polls while a change lands)
+    // is also asked of explain, which must agree.
+    let state = bench.workdir().join("state");
+    let mut a = Workload::start(&bench, &ca, "a").explained_by(&state, "ws-acme-corp");
     api.apply(&policy("ws-acme-corp", "models", json!({"matchLabels": {"app": "agent"}}), &["api.example.test"])).unwrap();
     let mut agent = start_agent(&bench, &api, &kubelet, &pins, metrics);
     agent.wait_message("ready: every watch listed, pods reconciled");
@@ -97,7 +100,7 @@ fn pods_get_the_union_of_their_policies_and_unclassified_pods_are_denied() {
     api.pause();
     let ub = create_pod(&api, "ws-acme-corp", "b", json!({"app": "tool"}));
     let cb = kubelet.create_pod(&ub, "BestEffort");
-    let mut b = Workload::start(&bench, &cb, "b");
+    let mut b = Workload::start(&bench, &cb, "b").explained_by(&state, "ws-acme-corp");
     assert!(b.connect(API_IP, 443).unwrap_err().contains("EPERM"), "b: not classified: denied");
     assert!(b.connect(OTHER_IP, 443).unwrap_err().contains("EPERM"));
     assert!(b.reach("api.example.test", 443).is_err(), "b: no DNS either");
@@ -156,7 +159,7 @@ fn pods_get_the_union_of_their_policies_and_unclassified_pods_are_denied() {
     api.apply(&policy("ws-acme-corp", "models", json!({"matchLabels": {"app": "agent"}}), &["api.example.test"])).unwrap();
     let uc = create_pod(&api, "ws-acme-corp", "c", json!({"app": "agent"}));
     let cc = kubelet.create_pod(&uc, "BestEffort");
-    let mut c = Workload::start(&bench, &cc, "c");
+    let mut c = Workload::start(&bench, &cc, "c").explained_by(&state, "ws-acme-corp");
     c.eventually("api.example.test", 443, true);
     assert!(c.connect(OTHER_IP, 443).is_err());
 

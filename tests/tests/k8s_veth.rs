@@ -90,7 +90,20 @@ fn enforced_from_before_known_and_through_restarts(env: &[(&str, &str)]) {
     w.eventually("api.example.test", 443, true);
     let log = bench.workdir().join("blocked.jsonl");
     let from = common::agree::mark(&bench, &log);
+    let bytes = |dir: &str| {
+        let text = scrape(metrics);
+        series(&text, &format!("portcullis_{dir}_bytes_total{{source_namespace=\"ws-a\",source_pod=\"raw\"}}")).unwrap_or(0.0)
+    };
+    let (out_before, in_before) = (bytes("egress"), bytes("ingress"));
     w.reach("api.example.test", 443).unwrap();
+    let body = w.get("203.0.113.10", 443).unwrap();
+    assert_eq!(body, "hello from 203.0.113.10:443\n");
+    // The pod's bytes, counted on its veth (a cgroup-mode pod's too): at
+    // least the request one way and hostd's answer (170 bytes of HTTP) the
+    // other, with their packets' headers.
+    wait_for("the connections' bytes counted", Duration::from_secs(5), || {
+        (bytes("egress") > out_before + 100.0 && bytes("ingress") > in_before + 250.0).then_some(())
+    });
     assert_eq!(packet_socket(&bench, &raw_cg, "raw", META4, 5), 5, "sent, and dropped on the veth");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(meta.arrivals().len(), before, "frames to the metadata host got past the veth");

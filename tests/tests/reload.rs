@@ -32,17 +32,20 @@ struct Workload {
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
     name: &'static str,
+    /// The agent's state dir: each connect's verdict is asked of its
+    /// explain (`common::agree::expect_same`); `None` while no agent runs.
+    state: Option<PathBuf>,
 }
 
 impl Workload {
-    fn start(bench: &Bench, cg: &Path, name: &'static str) -> Self {
+    fn start(bench: &Bench, state: &Path, cg: &Path, name: &'static str) -> Self {
         let script = common::write_file(bench.workdir(), "reload.py", RELOAD_PY);
         let mut c = in_cgroup_cmd(bench, cg, &format!("{} -u {}", python().display(), script.display()));
         c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
         let mut child = ChildGuard::spawn(c).unwrap();
         let stdin = child.child_mut().stdin.take().unwrap();
         let stdout = BufReader::new(child.child_mut().stdout.take().unwrap());
-        let mut w = Self { _child: child, stdin, stdout, name };
+        let mut w = Self { _child: child, stdin, stdout, name, state: Some(state.to_owned()) };
         assert_eq!(w.read(), json!({"ready": true}));
         w
     }
@@ -61,12 +64,22 @@ impl Workload {
     fn ok(&mut self, cmd: &str) {
         let r = self.ask(cmd);
         assert_eq!(r["ok"], true, "{}: {cmd}: {r}", self.name);
+        self.explained(cmd, true);
     }
 
     /// `connect` is refused at once by the connect hook.
     fn eperm(&mut self, cmd: &str) {
         let r = self.ask(cmd);
         assert_eq!(r["errno"], "EPERM", "{}: {cmd}: {r}", self.name);
+        self.explained(cmd, false);
+    }
+
+    /// `connect IP PORT` or `hold IP PORT`: explain agrees.
+    fn explained(&self, cmd: &str, connected: bool) {
+        if let (Some(state), ["connect" | "hold", ip, port]) = (&self.state, &cmd.split(' ').collect::<Vec<_>>()[..]) {
+            let who = common::agree::Who::Endpoint(self.name);
+            common::agree::expect_same(state, &who, true, ip, port.parse().unwrap(), connected);
+        }
     }
 
     fn resolves(&mut self, name: &str, ip: &str) {
@@ -176,7 +189,7 @@ fn a_reload_applies_only_the_difference_and_a_removed_endpoint_leaves_nothing() 
     let mut cm = ConfigMap::new(bench.workdir().join("configmap"), &v1);
     let mut agent = NodeAgent::start(&bench, &cm.path(), &pins, &state);
     let mut w = [(&same, "same"), (&narrow, "narrow"), (&widen, "widen"), (&gone, "gone"), (&new, "new")]
-        .map(|(cg, name)| Workload::start(&bench, &cg.path, name));
+        .map(|(cg, name)| Workload::start(&bench, &state, &cg.path, name));
     let [ws, wn, ww, wg, wa] = w.each_mut();
 
     ws.resolves("api.example.test", API);
@@ -311,7 +324,7 @@ fn a_restarted_agent_whose_config_is_late_detaches_nothing() {
     let text = config(&log, metrics, &[("late", &cg.path, &rule("api.example.test", &[443]))]);
     let cfg = common::write_file(bench.workdir(), "node.yaml", &text);
     let mut first = NodeAgent::start(&bench, &cfg, &pins, &state);
-    let mut w = Workload::start(&bench, &cg.path, "late");
+    let mut w = Workload::start(&bench, &state, &cg.path, "late");
     w.resolves("api.example.test", API);
     w.ok(&format!("connect {API} 443"));
     w.eperm(&format!("connect {OTHER} 443"));
@@ -326,8 +339,11 @@ fn a_restarted_agent_whose_config_is_late_detaches_nothing() {
     second.wait_message("waiting for the config file");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(pins.links_of(cgroup_id(&cg.path)), links, "links unpinned before the config came");
+    // The pins enforce; no agent answers explain until its config came.
+    let state_dir = w.state.take();
     w.eperm(&format!("connect {OTHER} 443"));
     w.ok(&format!("connect {API} 443"));
+    w.state = state_dir;
 
     std::fs::rename(&later, &cfg).unwrap();
     second.wait_message("ready");

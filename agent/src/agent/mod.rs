@@ -2,19 +2,22 @@
 //! a small tokio runtime (blocked-connection log, expiry). Used by both
 //! `portcullis exec` and `portcullis run`.
 
+mod findings;
 mod flows;
+mod options;
 mod tasks;
 mod veth;
 
+pub use options::AgentOptions;
+
 use std::{
-    os::fd::OwnedFd,
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     thread::{self, JoinHandle},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use agent_common::Config;
@@ -32,12 +35,12 @@ use crate::{
     },
     dnsgate::netns::NamespaceGates,
     dnsgate::{
-        DnsStats, GateOptions,
+        DnsStats,
         hold::{HoldPath, PendingQueries},
         ratelimit::RecordLimit,
     },
     enforcer::live::LiveConns,
-    enforcer::{Caps, Enforcer, Identity, Mode, PolicyChange, State, TtlBounds},
+    enforcer::{Enforcer, Identity, Mode, PolicyChange, State},
     handover::{self, Handover},
     policy::CompiledPolicy,
     telemetry::{
@@ -47,49 +50,6 @@ use crate::{
     },
     util::lock,
 };
-
-pub struct AgentOptions {
-    pub ttl: TtlBounds,
-    /// Limits on what endpoints learn from DNS.
-    pub caps: Caps,
-    /// The blocked-connection log (`blocked::exec_log`, `blocked::node_log`).
-    pub log: LogSink,
-    /// Let cgroups below an attach point that are not endpoints pass.
-    pub unmanaged_allow: bool,
-    /// Denied-attempt events per endpoint per second (per CPU) and burst;
-    /// the DNS gates' records per endpoint too (`gate::ratelimit`).
-    pub events_per_sec: u32,
-    pub events_burst: u32,
-    pub gate: GateOptions,
-    /// Node mode: pin programs and maps here (they outlive the process) and
-    /// adopt what a previous agent pinned.
-    pub pins: Option<Pins>,
-    /// The programs go to one cgroup only, the endpoint's own (`exec`):
-    /// their verdict cache is then the load's own map, which a cache hit
-    /// reaches without a helper call (`Datapath::load`).
-    pub one_attach_point: bool,
-    /// Without pins: how the programs are attached (`exec`: to the cgroup
-    /// for as long as it exists, so a killed agent leaves it enforced).
-    pub attachment: Attachment,
-    /// Node mode: the handover socket and the learned-state snapshot.
-    pub state_dir: Option<PathBuf>,
-    /// `exec --state-dir`: a socket here answers `explain` only (no
-    /// takeover, no snapshot); removed at shutdown. (An unpinned `run`
-    /// serves none: its default directory may be a pinned agent's.)
-    pub explain_dir: Option<PathBuf>,
-    /// Serve Prometheus metrics here (`metrics`).
-    pub metrics_addr: Option<std::net::SocketAddr>,
-    /// How long a removed endpoint's series stay (`telemetry::grace`).
-    pub metrics_pod_grace: Duration,
-    /// The network namespace holding the pods' host-side veths (the node's):
-    /// with it, the veth programs can be attached there (`attach_veth`),
-    /// DNS they take off a pod's wire is served, and the DNS gates forward
-    /// from there (never across a pod's veth).
-    pub node_netns: Option<OwnedFd>,
-    /// Flow records to ClickHouse (`agent/flows.rs`); its blocked-record
-    /// tap is one of `log`'s outputs already.
-    pub clickhouse: Option<crate::clickhouse::Pipeline>,
-}
 
 /// The consumers of the kernel's rings and the expiry task, while this
 /// agent is the one consuming.
@@ -482,51 +442,6 @@ impl Agent {
         self.enforcer.refresh_caches(&self.attached).map_err(|(cgroup_id, e)| {
             anyhow::Error::new(e).context(format!("turning the verdict cache off at cgroup {cgroup_id}"))
         })
-    }
-
-    /// Kernel loss counters worth telling a human about, and the DNS
-    /// gates' records held back by the same rate limit, as (what, count).
-    pub fn losses(&self) -> Vec<(&'static str, u64)> {
-        use agent_common::loss;
-        let c = self.enforcer.counters();
-        let at = |i: u32| c.get(i as usize).copied().unwrap_or(0);
-        [
-            ("blocked-attempt records suppressed by the rate limit", at(loss::EVENT_RATE_LIMITED)),
-            (
-                "DNS-gate records (refused names, rebinding) suppressed by the rate limit",
-                self.gate_stats.sum(|s| s.records_suppressed),
-            ),
-            ("blocked-attempt records lost (ring buffer full)", at(loss::EVENT_RINGBUF_FULL)),
-            ("DNS answers dropped (hold buffer full)", at(loss::DNS_RINGBUF_FULL)),
-            ("DNS answers dropped (no owning process recorded)", at(loss::DNS_NO_OWNER)),
-            ("DNS answers dropped (larger than the hold buffer)", at(loss::DNS_TOO_LARGE)),
-        ]
-        .into_iter()
-        .filter(|(_, n)| *n > 0)
-        .collect()
-    }
-
-    /// DNS-gate findings worth telling a human about, as (what, count).
-    pub fn dns_findings(&self) -> Vec<(&'static str, u64)> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let g = &self.gate_stats;
-        let mut suspicious = 0;
-        if let Ok(m) = g.per_endpoint.lock() {
-            suspicious = m.values().map(|s| s.suspicious_long_label + s.suspicious_entropy + s.high_rate).sum();
-        }
-        [
-            ("DNS answers dropped: they matched no query (forged, unsolicited or late)", g.answers_unsolicited.load(Relaxed)),
-            ("DNS queries with names that look like tunnelled data, or too many per second", suspicious),
-            (
-                "addresses not learned because a cap was reached and all older ones had live connections",
-                g.ips_refused_cap.load(Relaxed),
-            ),
-            ("DNS-over-TCP connections refused: the gate's connection cap was reached", g.sum(|s| s.tcp_refused)),
-            ("idle DNS-over-TCP connections closed to make room under the gate's connection cap", g.sum(|s| s.tcp_evicted)),
-        ]
-        .into_iter()
-        .filter(|(_, n)| *n > 0)
-        .collect()
     }
 
     /// Stops the workers (the log drains what is queued). Unpinned, the

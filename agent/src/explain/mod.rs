@@ -99,7 +99,10 @@ pub struct AddressVerdict {
 
 #[derive(Debug, Error)]
 pub enum ExplainError {
-    #[error("no enforced endpoint {0}")]
+    #[error(
+        "no enforced endpoint {0} here (Kubernetes: a pod of this node not classified yet is denied until it is, \
+         a pod of another node is its node's agent's; `run`: a cgroup outside the config is not enforced)"
+    )]
     NoEndpoint(String),
     #[error("this agent enforces several endpoints: give --pod (with -n NAMESPACE) or --endpoint")]
     NoTarget,

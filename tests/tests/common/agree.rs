@@ -7,7 +7,7 @@
 
 use portcullis_tests::{Bench, servers::python};
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The denial reasons `agent_common::decide` gives, so `explain` must give
 /// the same. Other records (a spoofed source, a malformed packet, a DNS
@@ -152,4 +152,91 @@ pub fn ask_all(bench: &Bench, state: &Path, log: &Path, from: Mark, pods: &str) 
 /// Kubernetes pod `ns`/`pod`.
 pub fn pod_addrs(bench: &Bench, bench_pod: &str, ns: &str, pod: &str) -> String {
     format!("{}={ns}/{pod},{}={ns}/{pod}", bench.pod_v4(bench_pod), bench.pod_v6(bench_pod))
+}
+
+/// One question (an explain request) to the agent whose state dir is
+/// `state`: its answer
+/// (`{"ok": explanation}` or `{"error": message}`).
+pub fn ask(state: &Path, q: &Value) -> Value {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let mut s =
+        std::os::unix::net::UnixStream::connect(state.join("agent.sock")).unwrap_or_else(|e| panic!("explain socket: {e}"));
+    writeln!(s, "explain {q}").unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("explain's answer ({e}): {line:?}"))
+}
+
+/// Whom a question is about.
+pub enum Who<'a> {
+    Endpoint(&'a str),
+    Pod { namespace: &'a str, pod: &'a str },
+}
+
+/// A workload's connection to `ip`:`port` just `connected` (or was
+/// refused): explain, asked at once, must say the same of `who`. A
+/// workload the agent does not know must have done what `unknown` says
+/// (`run`: not enforced, connects; Kubernetes: not classified, denied).
+pub fn expect_same(state: &Path, who: &Who<'_>, unknown_connects: bool, ip: &str, port: u16, connected: bool) {
+    let (endpoint, namespace, pod) = match who {
+        Who::Endpoint(e) => (Some(*e), None, None),
+        Who::Pod { namespace, pod } => (None, Some(*namespace), Some(*pod)),
+    };
+    let a = ask(
+        state,
+        &serde_json::json!({"namespace": namespace, "pod": pod, "endpoint": endpoint, "host": ip, "port": port, "protocol": "tcp"}),
+    );
+    let endpoint = endpoint.map(str::to_owned).unwrap_or_else(|| format!("{}/{}", namespace.unwrap_or(""), pod.unwrap_or("")));
+    let says = match (a["ok"]["verdict"].as_str(), a["error"].as_str()) {
+        (Some(v), _) => v == "allowed" || v == "audit",
+        (None, Some(e)) if e.starts_with("no enforced endpoint") => unknown_connects,
+        _ => panic!("{endpoint}: explain {ip}:{port}: {a}"),
+    };
+    assert_eq!(
+        says,
+        connected,
+        "{endpoint}: {ip}:{port} {}, explain disagrees: {a}",
+        if connected { "connected" } else { "was refused" }
+    );
+}
+
+/// The files of one run's `agree` checks (in `dir`), and the arguments
+/// `clients/agree.py` takes after the step number.
+pub(super) struct Agree {
+    pub log: PathBuf,
+    pub state: PathBuf,
+    out: PathBuf,
+    offsets: PathBuf,
+    pub args: String,
+}
+
+impl Agree {
+    pub fn new(exec: &super::Exec<'_>, dir: &Path) -> Self {
+        let (log, state) = (dir.join("blocked.jsonl"), dir.join("state"));
+        let (out, offsets) = (dir.join("agree.jsonl"), dir.join("offsets.json"));
+        // Only what arrives at hostd from now on is this run's.
+        let hostd_at = std::fs::metadata(exec.bench.hostd_log_path()).map(|m| m.len()).unwrap_or(0);
+        std::fs::write(&offsets, format!("{{\"blocked\": 0, \"hostd\": {hostd_at}}}")).unwrap();
+        let args = format!(
+            "{} {} {} {} {} {},{}",
+            out.display(),
+            state.join("agent.sock").display(),
+            log.display(),
+            exec.bench.hostd_log_path().display(),
+            offsets.display(),
+            exec.bench.pod_v4(&exec.pod),
+            exec.bench.pod_v6(&exec.pod)
+        );
+        Self { log, state, out, offsets, args }
+    }
+
+    /// `agree.py` ran `times` times (else `stderr` says why) and explain
+    /// agreed with every verdict.
+    pub fn check(&self, times: usize, stderr: &str, context: &dyn Fn(usize) -> String) -> Agreement {
+        let checked: Value = serde_json::from_str(&super::read(&self.offsets)).unwrap_or_default();
+        assert_eq!(checked["checked"].as_u64(), Some(times as u64), "agree.py did not run each time; stderr:\n{stderr}");
+        let agreement = check(&super::read(&self.out), context);
+        eprintln!("explain agreed with the datapath: {agreement:?}");
+        agreement
+    }
 }

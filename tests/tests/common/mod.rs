@@ -41,12 +41,14 @@ pub mod agree;
 pub mod cni;
 mod kernel;
 mod log;
+mod outcome;
 pub mod pins;
 pub mod probe;
 mod running;
 pub mod target;
 pub use kernel::*;
 pub use log::*;
+pub use outcome::{Outcome, Step, Steps};
 pub use running::{Running, VETH_ATTACHED};
 
 const AGENT_ENV: [&str; 18] = [
@@ -256,7 +258,7 @@ impl<'b> Exec<'b> {
         }
         let dir = fresh_path(self.bench.workdir(), "run");
         std::fs::create_dir(&dir).unwrap();
-        let agree = Agree::new(self, &dir);
+        let agree = agree::Agree::new(self, &dir);
         let wrapper = dir.join("run.sh");
         let (started, err) = (dir.join("started"), dir.join("agree.err"));
         std::fs::write(
@@ -328,7 +330,7 @@ impl<'b> Exec<'b> {
     pub fn steps(&self, steps: &[(&str, &str)]) -> Steps {
         let dir = fresh_path(self.bench.workdir(), "steps");
         std::fs::create_dir(&dir).unwrap();
-        let agree = Agree::new(self, &dir);
+        let agree = agree::Agree::new(self, &dir);
         let mut sh = String::from("#!/bin/sh\n");
         sh += &format!(
             "PY={}\nSOCK={}\nRACE={}\nDNSQ={}\nHOLD={}\nATTACK={}\n",
@@ -381,47 +383,6 @@ impl<'b> Exec<'b> {
     }
 }
 
-/// The files of one run's `agree` checks (in `dir`), and the arguments
-/// `clients/agree.py` takes after the step number.
-struct Agree {
-    log: PathBuf,
-    state: PathBuf,
-    out: PathBuf,
-    offsets: PathBuf,
-    args: String,
-}
-
-impl Agree {
-    fn new(exec: &Exec<'_>, dir: &Path) -> Self {
-        let (log, state) = (dir.join("blocked.jsonl"), dir.join("state"));
-        let (out, offsets) = (dir.join("agree.jsonl"), dir.join("offsets.json"));
-        // Only what arrives at hostd from now on is this run's.
-        let hostd_at = std::fs::metadata(exec.bench.hostd_log_path()).map(|m| m.len()).unwrap_or(0);
-        std::fs::write(&offsets, format!("{{\"blocked\": 0, \"hostd\": {hostd_at}}}")).unwrap();
-        let args = format!(
-            "{} {} {} {} {} {},{}",
-            out.display(),
-            state.join("agent.sock").display(),
-            log.display(),
-            exec.bench.hostd_log_path().display(),
-            offsets.display(),
-            exec.bench.pod_v4(&exec.pod),
-            exec.bench.pod_v6(&exec.pod)
-        );
-        Self { log, state, out, offsets, args }
-    }
-
-    /// `agree.py` ran `times` times (else `stderr` says why) and explain
-    /// agreed with every verdict.
-    fn check(&self, times: usize, stderr: &str, context: &dyn Fn(usize) -> String) -> agree::Agreement {
-        let checked: Value = serde_json::from_str(&read(&self.offsets)).unwrap_or_default();
-        assert_eq!(checked["checked"].as_u64(), Some(times as u64), "agree.py did not run each time; stderr:\n{stderr}");
-        let agreement = agree::check(&read(&self.out), context);
-        eprintln!("explain agreed with the datapath: {agreement:?}");
-        agreement
-    }
-}
-
 /// Writes a client script into the bench's work dir (once per bench).
 pub fn client(bench: &Bench, name: &str, text: &str) -> PathBuf {
     let p = bench.workdir().join(name);
@@ -429,85 +390,6 @@ pub fn client(bench: &Bench, name: &str, text: &str) -> PathBuf {
         std::fs::write(&p, text).unwrap();
     }
     p
-}
-
-#[derive(Debug)]
-pub struct Outcome {
-    pub ran: Ran,
-    pub log: Log,
-}
-
-impl Outcome {
-    pub fn code(&self) -> i32 {
-        self.ran.code
-    }
-    /// Asserts the exit code, showing outputs and log otherwise.
-    pub fn expect_code(&self, want: i32) -> &Self {
-        assert_eq!(
-            self.ran.code, want,
-            "exit code; stdout:\n{}\nstderr:\n{}\nlog:\n{}",
-            self.ran.stdout, self.ran.stderr, self.log.raw
-        );
-        self
-    }
-}
-
-#[derive(Debug)]
-pub struct Step {
-    pub name: String,
-    pub cmd: String,
-    pub code: i32,
-    pub ms: u64,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-#[derive(Debug)]
-pub struct Steps {
-    pub outcome: Outcome,
-    pub results: Vec<Step>,
-    /// What explain was asked and agreed on.
-    pub agreement: agree::Agreement,
-}
-
-impl Steps {
-    pub fn get(&self, name: &str) -> &Step {
-        self.results.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no step {name}"))
-    }
-    pub fn log(&self) -> &Log {
-        &self.outcome.log
-    }
-    fn show(&self, s: &Step) -> String {
-        format!(
-            "step {} `{}`: exit {} after {} ms\nstdout: {}\nstderr: {}\nlog:\n{}",
-            s.name, s.cmd, s.code, s.ms, s.stdout, s.stderr, self.outcome.log.raw
-        )
-    }
-    /// The step succeeded and printed exactly `stdout`.
-    pub fn ok(&self, name: &str, stdout: &str) {
-        let s = self.get(name);
-        assert!(s.code == 0 && s.stdout == stdout, "want exit 0, stdout {stdout:?}; {}", self.show(s));
-    }
-    /// The step exited with `code` within `max_ms`.
-    pub fn fails(&self, name: &str, code: i32, max_ms: u64) -> &Step {
-        let s = self.get(name);
-        assert!(s.code == code && s.ms <= max_ms, "want exit {code} within {max_ms} ms; {}", self.show(s));
-        s
-    }
-    /// A `sock.py` step: its JSON result.
-    pub fn sock(&self, name: &str) -> Value {
-        let s = self.get(name);
-        serde_json::from_str(s.stdout.trim()).unwrap_or_else(|e| panic!("sock.py output ({e}); {}", self.show(s)))
-    }
-    /// A `sock.py` step failed at `stage` with `errno` (e.g. EPERM).
-    pub fn sock_errno(&self, name: &str, stage: &str, errno: &str) {
-        let v = self.sock(name);
-        assert!(
-            v["ok"] == false && v["stage"] == stage && v["errno"] == errno,
-            "want {stage} failing with {errno}; {}",
-            self.show(self.get(name))
-        );
-    }
 }
 
 /// GET `http://addr/metrics` (loopback of the root namespace, where the

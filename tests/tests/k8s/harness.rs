@@ -211,6 +211,9 @@ pub struct Workload {
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
     pub name: String,
+    /// The agent's state dir and the pod's namespace: `reach` and
+    /// `connect` ask explain about each verdict (`explained_by`).
+    explained: Option<(PathBuf, String)>,
 }
 
 impl Workload {
@@ -224,7 +227,7 @@ impl Workload {
         let mut child = ChildGuard::spawn(c).unwrap();
         let stdin = child.child_mut().stdin.take().unwrap();
         let stdout = BufReader::new(child.child_mut().stdout.take().unwrap());
-        let mut w = Self { _child: child, stdin, stdout, name: name.to_owned() };
+        let mut w = Self { _child: child, stdin, stdout, name: name.to_owned(), explained: None };
         assert_eq!(w.ask_raw(None), json!({"ready": true}));
         w
     }
@@ -242,18 +245,52 @@ impl Workload {
         self.ask_raw(Some(cmd))
     }
 
+    /// From now on, each `reach` and `connect` (not the `eventually`
+    /// polls: a policy may change between a poll's connect and the
+    /// question) asks the agent with state dir `state` about its verdict,
+    /// as pod `namespace`/`self.name`: explain must agree.
+    pub fn explained_by(mut self, state: &Path, namespace: &str) -> Self {
+        self.explained = Some((state.to_owned(), namespace.to_owned()));
+        self
+    }
+
+    fn check(&self, ip: &str, port: u16, connected: bool) {
+        if let Some((state, namespace)) = &self.explained {
+            let who = crate::common::agree::Who::Pod { namespace, pod: &self.name };
+            // A pod the agent has not classified is denied (fail closed).
+            crate::common::agree::expect_same(state, &who, false, ip, port, connected);
+        }
+    }
+
     /// Resolves `name` and connects to what it resolved to on `port`.
     pub fn reach(&mut self, name: &str, port: u16) -> Result<(), String> {
+        let r = self.reach_unchecked(name, port);
+        if let Some((ip, ok)) = &r {
+            self.check(ip, port, *ok);
+        }
+        match r {
+            Some((_, true)) => Ok(()),
+            Some((ip, false)) => Err(format!("connect {ip}:{port} refused")),
+            None => Err(format!("resolve {name} failed")),
+        }
+    }
+
+    /// `Some((ip, connected))`, or `None` if `name` did not resolve.
+    fn reach_unchecked(&mut self, name: &str, port: u16) -> Option<(String, bool)> {
         let r = self.ask(&format!("resolve {name}"));
-        let Some(ip) = r["ips"].get(0).and_then(Value::as_str).map(str::to_owned) else {
-            return Err(format!("resolve {name}: {r}"));
-        };
+        let ip = r["ips"].get(0).and_then(Value::as_str).map(str::to_owned)?;
         let c = self.ask(&format!("connect {ip} {port}"));
-        if c["ok"] == true { Ok(()) } else { Err(format!("connect {ip}:{port}: {c}")) }
+        Some((ip, c["ok"] == true))
     }
 
     /// Connects to an address directly.
     pub fn connect(&mut self, ip: &str, port: u16) -> Result<(), String> {
+        let r = self.connect_unchecked(ip, port);
+        self.check(ip, port, r.is_ok());
+        r
+    }
+
+    fn connect_unchecked(&mut self, ip: &str, port: u16) -> Result<(), String> {
         let c = self.ask(&format!("connect {ip} {port}"));
         if c["ok"] == true { Ok(()) } else { Err(c.to_string()) }
     }
@@ -280,14 +317,14 @@ impl Workload {
     pub fn eventually(&mut self, name: &str, port: u16, want: bool) {
         let who = self.name.clone();
         wait_for(&format!("{who}: {name}:{port} reachable={want}"), Duration::from_secs(10), || {
-            (self.reach(name, port).is_ok() == want).then_some(())
+            (self.reach_unchecked(name, port).is_some_and(|(_, ok)| ok) == want).then_some(())
         });
     }
 
     pub fn eventually_ip(&mut self, ip: &str, port: u16, want: bool) {
         let who = self.name.clone();
         wait_for(&format!("{who}: {ip}:{port} reachable={want}"), Duration::from_secs(10), || {
-            (self.connect(ip, port).is_ok() == want).then_some(())
+            (self.connect_unchecked(ip, port).is_ok() == want).then_some(())
         });
     }
 }
