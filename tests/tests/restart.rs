@@ -155,6 +155,11 @@ fn pinned_enforcement_outlives_the_agent_and_a_restart_adopts_it() {
     assert_eq!(curl(&bench, &cg.path, "-4 http://api.example.test:443/"), (0, hello));
     assert_eq!(curl(&bench, &cg.path, "-4 http://race-7.test:443/").0, 0, "a new name learns");
     assert_eq!(curl(&bench, &cg.path, "http://169.254.169.254/").0, 7);
+    // The restarted agent's explain agrees with what its adopted state did.
+    let who = common::agree::Who::Endpoint("pinned-ep");
+    for (ip, port, connected) in [("203.0.113.10", 443, true), ("169.254.169.254", 80, false)] {
+        common::agree::expect_same(&state, &who, false, ip, port, connected);
+    }
 
     // A clean stop leaves enforcement pinned; `unpin` ends it.
     b.sigterm();
