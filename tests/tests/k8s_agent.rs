@@ -222,7 +222,7 @@ fn cluster_policies_select_by_namespace_label_and_services_are_followed() {
     ] {
         let stored = api.apply(&pod_qos(ns, name, json!({"app": "agent"}), qos)).unwrap();
         let container = kubelet.create_pod_of(stored["metadata"]["uid"].as_str().unwrap(), qos, runtime);
-        pods.push(Workload::start(&bench, &container, name));
+        pods.push(Workload::start(&bench, &container, name).explained_by(&bench.workdir().join("state"), ns));
     }
     // Kubelet's config names the cluster's DNS (the bench's resolver).
     std::fs::write(bench.workdir().join("kubelet-config.yaml"), "kind: KubeletConfiguration\nclusterDNS: [198.51.100.53]\n")
@@ -348,7 +348,10 @@ fn outages_gone_lists_and_restarts_never_open_or_prune() {
     api.apply(&policy("ws-a", "models", json!({}), &["api.example.test"])).unwrap();
     let ua = create_pod(&api, "ws-a", "a", json!({}));
     let ca = kubelet.create_pod(&ua, "BestEffort");
-    let mut a = Workload::start(&bench, &ca, "a");
+    // Each connection (not the polls) also asked of explain, while an
+    // agent runs.
+    let state = bench.workdir().join("state");
+    let mut a = Workload::start(&bench, &ca, "a").explained_by(&state, "ws-a");
     let mut agent = start_agent_with(&bench, &api, &kubelet, &pins, metrics, CLUSTER_DNS);
     agent.wait_message("ready: every watch listed, pods reconciled");
     a.reach("api.example.test", 443).expect("a: allowed");
@@ -379,14 +382,16 @@ fn outages_gone_lists_and_restarts_never_open_or_prune() {
     api.apply(&policy("ws-a", "models", json!({}), &["api.example.test"])).unwrap();
     let ub = create_pod(&api, "ws-a", "b", json!({}));
     let cb = kubelet.create_pod(&ub, "BestEffort");
-    let mut b = Workload::start(&bench, &cb, "b");
+    let mut b = Workload::start(&bench, &cb, "b").explained_by(&state, "ws-a");
     if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.eventually("api.example.test", 443, true))) {
         eprintln!("{}", std::fs::read_to_string(&agent.stderr).unwrap());
         std::panic::resume_unwind(e);
     }
     let idb = cgroup_id(cb.parent().unwrap());
     agent.child.stop();
-    // No agent: pinned links keep enforcing; a new pod is denied.
+    // No agent: pinned links keep enforcing; a new pod is denied. (Nobody
+    // to ask explain meanwhile.)
+    let explained = b.explained.take();
     b.connect(API_IP, 443).expect("b: its learned address stays in the pinned maps");
     assert!(b.connect(OTHER_IP, 443).unwrap_err().contains("EPERM"));
     let ud = create_pod(&api, "ws-a", "d", json!({}));
@@ -395,6 +400,8 @@ fn outages_gone_lists_and_restarts_never_open_or_prune() {
     assert!(d.connect(API_IP, 443).unwrap_err().contains("EPERM"), "d: created while no agent ran: denied");
     api.stop();
     let mut agent = start_agent_with(&bench, &api, &kubelet, &pins, metrics, CLUSTER_DNS);
+    b.explained = explained;
+    let mut d = d.explained_by(&state, "ws-a");
     let restored = agent.wait_message("pods of the previous agent enforced");
     assert_eq!(restored["restored"], 1, "{restored}");
     agent.wait_message("attached: pods not classified yet are denied");

@@ -213,7 +213,7 @@ pub struct Workload {
     pub name: String,
     /// The agent's state dir and the pod's namespace: `reach` and
     /// `connect` ask explain about each verdict (`explained_by`).
-    explained: Option<(PathBuf, String)>,
+    pub explained: Option<(PathBuf, String)>,
 }
 
 impl Workload {
