@@ -5,7 +5,7 @@
 use agent_common::{
     COUNTERS_LEN, Config, DeniedEvent, ENDPOINT_F_AUDIT, EndpointInfo, Hook, MAX_ENDPOINTS, Reason, counter_index, loss,
 };
-use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
+use aya_ebpf::{EbpfContext, helpers::generated::bpf_ktime_get_boot_ns};
 
 use crate::{
     maps::{COUNTERS, DENIED_EVENTS, EVENT_RATE, VETH_COUNTERS},
@@ -70,16 +70,18 @@ pub struct Attempt {
     pub ifindex: u32,
 }
 
+/// Records a denied attempt; `false` when `DENIED_EVENTS` was full (the
+/// caller, which has the context aya-log needs, says so: `rare`).
 #[inline(always)]
-pub fn emit(cfg: &Config, a: &Attempt) {
+pub fn emit(cfg: &Config, a: &Attempt) -> bool {
     let now = unsafe { bpf_ktime_get_boot_ns() };
     if !take_token(cfg, a.endpoint, now) {
         bump(loss::EVENT_RATE_LIMITED);
-        return;
+        return true;
     }
     let Some(mut entry) = DENIED_EVENTS.reserve::<DeniedEvent>(0) else {
         bump(loss::EVENT_RINGBUF_FULL);
-        return;
+        return false;
     };
     // Written in place: a whole `DeniedEvent` built first would cost its
     // 72 bytes of stack again (the veth program's frames are near the
@@ -101,6 +103,7 @@ pub fn emit(cfg: &Config, a: &Attempt) {
         (*p).comm = a.comm;
     }
     entry.submit(0);
+    true
 }
 
 /// Reports a denied attempt (an event, rate-limited) and returns whether the
@@ -110,7 +113,8 @@ pub fn emit(cfg: &Config, a: &Attempt) {
     clippy::too_many_arguments,
     reason = "inlined into the hooks: a struct of arguments would cost stack the verifier counts"
 )]
-pub fn report(
+pub fn report<C: EbpfContext>(
+    ctx: &C,
     cfg: &Config,
     cgroup_id: u64,
     ep: &EndpointInfo,
@@ -121,7 +125,7 @@ pub fn report(
     comm: [u8; 16],
 ) -> bool {
     let audit = ep.flags & ENDPOINT_F_AUDIT != 0;
-    emit(
+    let recorded = emit(
         cfg,
         &Attempt {
             cgroup_id,
@@ -137,5 +141,8 @@ pub fn report(
             ifindex: 0,
         },
     );
+    if !recorded {
+        crate::rare::events_ring_full(ctx, ep.endpoint);
+    }
     audit
 }

@@ -40,3 +40,10 @@ pub fn dns_too_large<C: EbpfContext>(ctx: &C, endpoint: u32, len: u32) {
 pub fn dns_no_owner<C: EbpfContext>(ctx: &C, endpoint: u32) {
     warn!(ctx, "a DNS packet of endpoint {} was dropped: its socket is not in DNS_SOCKS (full?)", endpoint);
 }
+
+/// A denied attempt's record could not be written: `DENIED_EVENTS` is full
+/// (the agent is not keeping up). The attempt was still denied.
+#[inline(never)]
+pub fn events_ring_full<C: EbpfContext>(ctx: &C, endpoint: u32) {
+    warn!(ctx, "DENIED_EVENTS ring full: a blocked attempt of endpoint {} was denied but not recorded", endpoint);
+}

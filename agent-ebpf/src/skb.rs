@@ -160,6 +160,7 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
             // The IP destination is only the first hop: never judged as
             // the destination, never let out (`Reason::DeniedSourceRoute`).
             return deny(
+                ctx,
                 cfg,
                 cgid,
                 &ep,
@@ -243,19 +244,32 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
         flow::verdict(ep.endpoint, false, reason, rule, 0);
         return PASS;
     }
-    deny(cfg, cgid, &ep, cookie, reason, &dest, range)
+    deny(ctx, cfg, cgid, &ep, cookie, reason, &dest, range)
 }
 
 /// A denied egress packet: counted, reported (the process behind a
 /// deferred UDP `connect()`'s datagrams named), dropped unless audited.
 #[inline(always)]
-fn deny(cfg: &Config, cgid: u64, ep: &EndpointInfo, cookie: u64, reason: Reason, dest: &Dest, range: u32) -> i32 {
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined into the hooks: a struct of arguments would cost stack the verifier counts"
+)]
+fn deny(
+    ctx: &SkBuffContext,
+    cfg: &Config,
+    cgid: u64,
+    ep: &EndpointInfo,
+    cookie: u64,
+    reason: Reason,
+    dest: &Dest,
+    range: u32,
+) -> i32 {
     let hook = Hook::SkbEgress;
     count(hook, reason);
     flow::verdict(ep.endpoint, false, reason, 0, range);
     let owner = unsafe { SOCK_OWNERS.get(cookie) };
     let (tgid, comm) = owner.map_or((0, [0; 16]), |o| (o.tgid, o.comm));
-    if report(cfg, cgid, ep, hook, reason, dest, tgid, comm) { PASS } else { DROP }
+    if report(ctx, cfg, cgid, ep, hook, reason, dest, tgid, comm) { PASS } else { DROP }
 }
 
 /// A reply to a peer that contacted the endpoint (checked only for packets

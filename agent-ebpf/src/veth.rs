@@ -77,7 +77,7 @@ pub fn from_pod(ctx: &TcContext) -> i32 {
             }
             verdict
         }
-        Err((reason, dest)) => deny(cfg, &ep, ifindex, reason, &dest),
+        Err((reason, dest)) => deny(ctx, &ep, ifindex, reason, &dest),
     }
 }
 
@@ -369,14 +369,20 @@ fn hold(ctx: &TcContext, agent_ready: u32, endpoint: u32, ifindex: u32, v6: bool
 }
 
 /// Counts and records a denied packet; audit mode lets it through.
+/// (`CONFIG` is looked up again here, on the denial path only: a BPF
+/// function takes at most five arguments, and the context aya-log needs
+/// is one.)
 #[inline(never)]
-fn deny(cfg: &Config, ep: &EndpointInfo, ifindex: u32, reason: Reason, dest: &Dest) -> i32 {
+fn deny(ctx: &TcContext, ep: &EndpointInfo, ifindex: u32, reason: Reason, dest: &Dest) -> i32 {
+    let Some(cfg) = CONFIG.get(0) else {
+        return TC_DROP;
+    };
     count(Hook::TcEgress, reason);
     if ep.flags & TC_IFACE_F_FLOW_COUNTS != 0 && !counted_by_verdict(reason) {
         flow::verdict(ep.endpoint, false, reason, 0, 0);
     }
     let audit = ep.flags & ENDPOINT_F_AUDIT != 0;
-    emit(
+    let recorded = emit(
         cfg,
         &Attempt {
             cgroup_id: 0,
@@ -392,5 +398,8 @@ fn deny(cfg: &Config, ep: &EndpointInfo, ifindex: u32, reason: Reason, dest: &De
             ifindex,
         },
     );
+    if !recorded {
+        crate::rare::events_ring_full(ctx, ep.endpoint);
+    }
     if audit { TC_NEXT } else { TC_DROP }
 }

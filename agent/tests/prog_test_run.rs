@@ -42,7 +42,13 @@ fn harness(unmanaged_allow: bool) -> Option<Harness> {
     if !privileged() {
         return None;
     }
-    let cfg = test_config(unmanaged_allow);
+    harness_with(test_config(unmanaged_allow))
+}
+
+fn harness_with(cfg: Config) -> Option<Harness> {
+    if !privileged() {
+        return None;
+    }
     let (dp, state, ep) = load_endpoint(cfg, Caps::default(), POLICY);
     Some(Harness { dp, state, ep, cfg })
 }
@@ -423,4 +429,25 @@ fn flow_counts_per_endpoint_with_rule_and_range() {
     assert_eq!(by_range(range::LINK_LOCAL), 0);
     // Bytes are the veth's to count (`veth_test_run`): none here.
     assert_eq!((c.egress_bytes, c.egress_packets), (0, 0));
+}
+
+/// A denied packet whose record finds `DENIED_EVENTS` full (nobody reads
+/// it here; no rate limit): still dropped, and said once in the agent's
+/// log through aya-log (the socket hooks report the same way).
+#[test]
+fn a_full_event_ring_reaches_the_agents_log() {
+    let unlimited = Config { events_per_sec: u32::MAX, events_burst: u32::MAX, ..test_config(false) };
+    let Some(mut h) = harness_with(unlimited) else { return };
+    let mut log = h.dp.take_kernel_log().expect("the kernel log ring");
+    let full = |h: &Harness| h.state.maps.counters().unwrap()[loss::EVENT_RINGBUF_FULL as usize];
+    let mut sent = 0;
+    while full(&h) == 0 && sent < 100_000 {
+        assert_eq!(h.egress("203.0.113.20", L4::Tcp(443)), DROP);
+        sent += 1;
+    }
+    assert_eq!(full(&h), 1, "the ring filled after {sent} denials");
+    log.drain();
+    let lines = log.lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("DENIED_EVENTS ring full") && lines[0].contains(&format!("endpoint {}", h.ep)), "{lines:?}");
 }

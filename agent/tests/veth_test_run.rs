@@ -45,10 +45,14 @@ struct Harness {
 }
 
 fn harness(mode: Mode) -> Option<Harness> {
+    harness_with(mode, test_config(false))
+}
+
+fn harness_with(mode: Mode, config: agent_common::Config) -> Option<Harness> {
     if !privileged() {
         return None;
     }
-    let (dp, mut state, ep) = load_endpoint(test_config(false), Caps::default(), POLICY);
+    let (dp, mut state, ep) = load_endpoint(config, Caps::default(), POLICY);
     if mode != Mode::Enforce {
         let policy = compile(&Policy::from_yaml_str(POLICY, "t").unwrap(), || Ok::<_, std::io::Error>(vec![])).unwrap();
         state.set_policy(ep, Identity { name: "t".into(), ..Default::default() }, policy, mode).unwrap();
@@ -371,4 +375,26 @@ fn a_full_hold_ring_reaches_the_agents_log() {
     let lines = log.lines();
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("DNS_HOLD ring full") && lines[0].contains(&format!("endpoint {}", h.ep)), "{lines:?}");
+}
+
+/// A denied packet whose record finds `DENIED_EVENTS` full (nobody reads
+/// it here; no rate limit): still dropped, counted, and said once in the
+/// agent's log through aya-log.
+#[test]
+fn a_full_event_ring_reaches_the_agents_log() {
+    use agent_common::loss;
+    let unlimited = agent_common::Config { events_per_sec: u32::MAX, events_burst: u32::MAX, ..test_config(false) };
+    let Some(mut h) = harness_with(Mode::Enforce, unlimited) else { return };
+    let mut log = h.dp.take_kernel_log().expect("the kernel log ring");
+    let full = |h: &Harness| h.state.maps.counters().unwrap()[loss::EVENT_RINGBUF_FULL as usize];
+    let mut sent = 0;
+    while full(&h) == 0 && sent < 100_000 {
+        assert_eq!(h.send("203.0.113.20", L4::Tcp(443, true)), DROP);
+        sent += 1;
+    }
+    assert_eq!(full(&h), 1, "the ring filled after {sent} denials");
+    log.drain();
+    let lines = log.lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("DENIED_EVENTS ring full") && lines[0].contains(&format!("endpoint {}", h.ep)), "{lines:?}");
 }
