@@ -90,6 +90,26 @@ impl Default for FlowCounters {
     }
 }
 
+/// `FLOW_DESTS`: an endpoint's allowed connections by destination (IP,
+/// protocol, port), for the agent's per-name flow records (the name is the
+/// one the pod resolved to the IP). Counted once per connection (`connect()`,
+/// a SYN the veth alone judges), never per packet; an LRU per-CPU hash, so
+/// a flood of destinations pushes out the oldest, never fails a verdict.
+pub const FLOW_DESTS_ENTRIES: u32 = 16384;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowDestKey {
+    pub endpoint: u32,
+    pub proto: u8,
+    pub _pad: u8,
+    /// Network byte order.
+    pub port: [u8; 2],
+    /// IPv6 or IPv4-mapped.
+    pub ip: [u8; 16],
+}
+const _: () = assert!(size_of::<FlowDestKey>() == 24);
+
 /// The slot counting an allowance by `rule`.
 #[inline(always)]
 pub const fn rule_slot(rule: u32) -> u32 {

@@ -19,7 +19,7 @@ pub mod veth;
 
 pub use decide::{Dest, PolicyMaps, Verdict, decide};
 pub use event::*;
-pub use flow::{FLOW_ENDPOINTS, FLOW_SLOTS, FlowCounters, range_slot, rule_slot};
+pub use flow::{FLOW_DESTS_ENTRIES, FLOW_ENDPOINTS, FLOW_SLOTS, FlowCounters, FlowDestKey, range_slot, rule_slot};
 pub use maps::*;
 pub use reason::*;
 pub use verdict_cache::*;

@@ -337,4 +337,5 @@ mod user {
     unsafe impl aya::Pod for InboundKey {}
     unsafe impl aya::Pod for SockOwner {}
     unsafe impl aya::Pod for crate::FlowCounters {}
+    unsafe impl aya::Pod for crate::flow::FlowDestKey {}
 }

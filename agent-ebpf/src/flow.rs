@@ -11,11 +11,11 @@
 
 use core::ptr::read_volatile;
 
-use agent_common::{ENDPOINT_F_EXEMPT, FLOW_SLOTS, FlowCounters, Reason, flow::slot, range_slot, rule_slot};
+use agent_common::{Dest, ENDPOINT_F_EXEMPT, FLOW_SLOTS, FlowCounters, FlowDestKey, Reason, flow::slot, range_slot, rule_slot};
 
 use aya_ebpf::programs::TcContext;
 
-use crate::maps::{CONFIG, FLOW_COUNTERS, FLOW_COUNTING, TC_IFACES, VETH_EP_MEMO, VETH_MEMO_ENTRIES};
+use crate::maps::{CONFIG, FLOW_COUNTERS, FLOW_COUNTING, FLOW_DESTS, TC_IFACES, VETH_EP_MEMO, VETH_MEMO_ENTRIES};
 
 #[inline(always)]
 fn counters(endpoint: u32) -> Option<&'static mut FlowCounters> {
@@ -50,6 +50,28 @@ pub fn verdict(endpoint: u32, conn: bool, reason: Reason, rule: u32, range: u32)
         }
     } else if reason == Reason::DeniedRange {
         bump(c, range_slot(range), 1);
+    }
+}
+
+/// An allowed connection by a policy entry (a learned name or a CIDR
+/// rule), by destination: once per connection, so a hash update is
+/// affordable here (it never is per packet). Inlined: `dest` must not
+/// escape into a call (LLVM would then stop knowing its bytes, and a
+/// connect4 program would keep IPv6 code the verifier refuses there).
+#[inline(always)]
+pub fn dest(endpoint: u32, reason: Reason, d: &Dest) {
+    // SAFETY: a constant the agent set at load (read-only data).
+    if unsafe { read_volatile(&FLOW_COUNTING) } == 0 || !matches!(reason, Reason::AllowedFqdn | Reason::AllowedCidr) {
+        return;
+    }
+    let key = FlowDestKey { endpoint, proto: d.proto, _pad: 0, port: d.port, ip: d.ip };
+    match FLOW_DESTS.get_ptr_mut(key) {
+        // SAFETY: this CPU's own value (a lost increment under preemption
+        // only undercounts).
+        Some(n) => unsafe { *n += 1 },
+        None => {
+            let _ = FLOW_DESTS.insert(key, 1, 0);
+        }
     }
 }
 

@@ -2,15 +2,16 @@
 //! Names stay within 15 characters: the kernel truncates object names.
 
 use agent_common::{
-    COUNTERS_LEN, CidrKey, CidrValue, Config, DnsServerKey, DnsSockInfo, EndpointInfo, FLOW_ENDPOINTS, FlowCounters, GateKey,
-    GatePortKey, GatePortValue, GateValue, InboundKey, LearnedKey, LearnedValue, LiveFlow, MAX_ENDPOINTS, PodAddrKey, RateState,
-    SockOwner, TcFlowKey, TcFlowValue, TcIface, VETH_COUNTERS_LEN, VerdictCache, VethTcpDns, limits,
+    COUNTERS_LEN, CidrKey, CidrValue, Config, DnsServerKey, DnsSockInfo, EndpointInfo, FLOW_DESTS_ENTRIES, FLOW_ENDPOINTS,
+    FlowCounters, FlowDestKey, GateKey, GatePortKey, GatePortValue, GateValue, InboundKey, LearnedKey, LearnedValue, LiveFlow,
+    MAX_ENDPOINTS, PodAddrKey, RateState, SockOwner, TcFlowKey, TcFlowValue, TcIface, VETH_COUNTERS_LEN, VerdictCache,
+    VethTcpDns, limits,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 
 /// Runtime knobs, one entry (see `agent_common::Config`).
@@ -76,6 +77,11 @@ pub static VETH_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(VETH_
 /// Per-endpoint flow counters (`flow.rs`, `agent_common::flow`).
 #[map]
 pub static FLOW_COUNTERS: PerCpuArray<FlowCounters> = PerCpuArray::with_max_entries(FLOW_ENDPOINTS, 0);
+
+/// Allowed connections per endpoint and destination (`flow::dest`,
+/// `agent_common::flow::FlowDestKey`).
+#[map]
+pub static FLOW_DESTS: LruPerCpuHashMap<FlowDestKey, u64> = LruPerCpuHashMap::with_max_entries(FLOW_DESTS_ENTRIES, 0);
 
 /// Whether the programs count per endpoint (`FLOW_COUNTERS`): set by the
 /// agent at load (`.rodata`; 0 makes the verifier drop every counting

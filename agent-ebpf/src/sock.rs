@@ -44,6 +44,9 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
     if let Lookup::Hit { reason, endpoint, rule } = cached {
         count(hook, reason);
         flow::verdict(endpoint, connect, reason, rule, 0);
+        if connect {
+            flow::dest(endpoint, reason, &dest);
+        }
         if connect && dest.proto != proto::TCP {
             // As on the full path below: the socket's packets pass on it.
             remember_flow(ctx, &dest, endpoint, 0);
@@ -119,6 +122,9 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
     if reason.is_allowed() {
         count(hook, reason);
         flow::verdict(ep.endpoint, connect, reason, verdict.rule, 0);
+        if connect {
+            flow::dest(ep.endpoint, reason, &dest);
+        }
         cache::remember(&cached, &dest, &verdict);
         if reason == Reason::AllowedDns || reason == Reason::DnsCaught {
             // The cookie only when needed: its first use on a socket writes

@@ -34,6 +34,24 @@ pub(crate) fn words_of(ip: &[u8; 16]) -> [u32; 4] {
     ]
 }
 
+/// Writes `bpf_sock_addr.user_ip6` one 32-bit word at a time: the verifier
+/// accepts only 4-byte stores there (net/core/filter.c
+/// `sock_addr_is_valid_access`), and LLVM may merge a plain array
+/// assignment into 8-byte stores.
+#[inline(always)]
+pub(crate) fn set_user_ip6(sa: *mut aya_ebpf::bindings::bpf_sock_addr, ip: &[u8; 16]) {
+    let w = words_of(ip);
+    // SAFETY: the kernel's bpf_sock_addr of this run; each store is one
+    // aligned u32 of `user_ip6`.
+    unsafe {
+        let p = core::ptr::addr_of_mut!((*sa).user_ip6).cast::<u32>();
+        core::ptr::write_volatile(p, w[0]);
+        core::ptr::write_volatile(p.add(1), w[1]);
+        core::ptr::write_volatile(p.add(2), w[2]);
+        core::ptr::write_volatile(p.add(3), w[3]);
+    }
+}
+
 /// Stores (or overwrites, on a reconnect) what the socket's `connect()` was
 /// judged for: exactly `dest` (its port only where the protocol has ports,
 /// as `parse` reports them), with `flags`.

@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 
-use crate::sock_addr::{ALLOW, ip_of, is_v4, remember_flow, words_of};
+use crate::sock_addr::{ALLOW, ip_of, is_v4, remember_flow, set_user_ip6};
 use crate::{
     maps::{GATE_PORTS, GATES, SK_FLOWS},
     verdict::Dest,
@@ -100,7 +100,7 @@ pub(crate) fn catch_via_placeholder(ctx: &SockAddrContext) -> Placeholder {
         return Placeholder::Failed;
     }
     // SAFETY: the kernel's bpf_sock_addr, writable in connect hooks.
-    unsafe { (*ctx.sock_addr).user_ip6 = words_of(&DNS_PLACEHOLDER) };
+    set_user_ip6(ctx.sock_addr, &DNS_PLACEHOLDER);
     Placeholder::Caught
 }
 
@@ -131,9 +131,9 @@ pub(crate) fn point_at_loopback(ctx: &SockAddrContext, v6: bool, d: &Dest, port:
     if !v6 {
         sa.user_ip4 = u32::from_ne_bytes([127, 0, 0, 1]);
     } else if is_v4(d) {
-        sa.user_ip6 = words_of(&v4_mapped([127, 0, 0, 1]));
+        set_user_ip6(sa, &v4_mapped([127, 0, 0, 1]));
     } else {
-        sa.user_ip6 = words_of(&LOOPBACK_V6);
+        set_user_ip6(sa, &LOOPBACK_V6);
     }
     sa.user_port = u32::from(u16::from_ne_bytes(port));
 }
@@ -195,7 +195,7 @@ pub fn recvmsg(ctx: &SockAddrContext, v6: bool) -> i32 {
     if !v6 {
         sa.user_ip4 = u32::from_ne_bytes(v4);
     } else {
-        sa.user_ip6 = words_of(&if mapped { v4_mapped(v4) } else { ip });
+        set_user_ip6(sa, &if mapped { v4_mapped(v4) } else { ip });
     }
     sa.user_port = u32::from(u16::from_ne_bytes(r.port));
     ALLOW
@@ -212,6 +212,6 @@ pub(crate) fn show_caught_resolver(ctx: &SockAddrContext) {
         return;
     }
     if let Some(f) = caught_flow(ctx) {
-        sa.user_ip6 = words_of(&f.ip);
+        set_user_ip6(sa, &f.ip);
     }
 }

@@ -217,6 +217,9 @@ fn verdict(ep: &EndpointInfo, dest: &Dest, conn: bool) -> Reason {
     let v = decide(ep, dest, || true);
     if ep.flags & TC_IFACE_F_FLOW_COUNTS != 0 {
         flow::verdict(ep.endpoint, conn, v.reason, v.rule, v.range);
+        if conn {
+            flow::dest(ep.endpoint, v.reason, dest);
+        }
     }
     v.reason
 }

@@ -317,6 +317,13 @@ fn flow_counts_on_the_veth_only_where_it_counts() {
     assert!(c.ranges.contains(&("metadata", 1)), "{:?}", c.ranges);
     assert_eq!(c.egress_packets, 3, "the packets let through");
     assert!(c.egress_bytes > 3 * 54);
+    // Each allowed connection once by destination (`FLOW_DESTS`): the
+    // learned name's and the CIDR rule's; no denial, no datagram.
+    let mut dests: Vec<(u32, [u8; 16], u16, u64)> =
+        flows.dests.read().into_iter().map(|(k, n)| (k.endpoint, k.ip, u16::from_be_bytes(k.port), n)).collect();
+    dests.sort();
+    let mapped = |a: [u8; 4]| agent_common::v4_mapped(a);
+    assert_eq!(dests, [(h.ep, mapped([10, 1, 2, 3]), 8080, 1), (h.ep, mapped([203, 0, 113, 10]), 443, 1)]);
     // To the pod: counted through the per-CPU interface memo.
     let reply = frame("203.0.113.10", POD4, L4::Tcp(443, false));
     assert_eq!(h.to_pod(&reply), NEXT);
@@ -349,6 +356,9 @@ fn flow_counts_on_the_veth_only_where_it_counts() {
     let c = FlowCounts::from_kernel(&flows.flows.read(h.ep).unwrap(), &rules);
     assert_eq!(c.ingress_packets, 3, "not the previous pod's");
     assert_eq!(FlowCounts::from_kernel(&flows.flows.read(other).unwrap(), &rules).ingress_packets, 1);
+    // A removed endpoint's destinations go with it.
+    h.state.remove_endpoint(h.ep).unwrap();
+    assert!(flows.dests.read().iter().all(|(k, _)| k.endpoint != h.ep), "{:?}", flows.dests.read());
 }
 
 /// A full `DNS_HOLD` ring (no agent reading it): the query is dropped,

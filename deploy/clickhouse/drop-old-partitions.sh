@@ -25,7 +25,7 @@ esac
 # Partitions are toYYYYMMDD of the row's time: a day older than the cut
 # has a smaller number.
 $client --query "SELECT table, partition FROM system.parts
-    WHERE database = '$db' AND table IN ('blocked', 'allowed_by_rule', 'names_resolved') AND active
+    WHERE database = '$db' AND table IN ('blocked', 'allowed_by_rule', 'names_resolved', 'allowed_flows') AND active
       AND toUInt32(partition) < toUInt32(toYYYYMMDD(today() - $days))
     GROUP BY table, partition ORDER BY table, partition FORMAT TSV" |
 while read -r table partition; do

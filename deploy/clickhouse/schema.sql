@@ -90,3 +90,24 @@ CREATE TABLE IF NOT EXISTS portcullis.names_resolved
 ENGINE = MergeTree
 PARTITION BY toYYYYMMDD(minute)
 ORDER BY (node, namespace, pod, minute);
+
+-- Per pod, destination and minute: the connections the kernel allowed
+-- (counted once per connection: a connect(), or a TCP SYN the pod's veth
+-- alone judges), by the name the pod resolved to the address it reached
+-- (the address itself when a toCIDRs entry allowed it), port and
+-- protocol. A name's addresses are summed into one row.
+CREATE TABLE IF NOT EXISTS portcullis.allowed_flows
+(
+    minute      DateTime,                -- start of the minute, UTC
+    node        LowCardinality(String),
+    namespace   LowCardinality(String),
+    pod         String,
+    endpoint    String,
+    destination String,                  -- api.openai.com | 198.51.100.7
+    port        UInt16,
+    protocol    LowCardinality(String),  -- tcp, udp, sctp
+    connections UInt64
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMMDD(minute)
+ORDER BY (node, namespace, pod, minute);

@@ -6,3 +6,4 @@
 ALTER TABLE portcullis.blocked MODIFY TTL time + INTERVAL 30 DAY;
 ALTER TABLE portcullis.allowed_by_rule MODIFY TTL minute + INTERVAL 30 DAY;
 ALTER TABLE portcullis.names_resolved MODIFY TTL minute + INTERVAL 30 DAY;
+ALTER TABLE portcullis.allowed_flows MODIFY TTL minute + INTERVAL 30 DAY;

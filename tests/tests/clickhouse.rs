@@ -339,6 +339,15 @@ fn two_nodes_send_to_clickhouse_through_a_restart_and_blocked_queries_both() {
             .unwrap();
         let n = allowed + if node == "node-a" { 3 } else { 1 };
         assert_eq!(names.trim(), format!("api.example.test\t443/tcp\t{n}\t{n}"), "{node}");
+        // Per destination name and port: every allowed connection, under
+        // the name the pod resolved to the address it reached.
+        let flows = ch
+            .query(&format!(
+                "SELECT destination, port, protocol, sum(connections) FROM portcullis.allowed_flows \
+             WHERE node = '{node}' AND pod = '{pod}' GROUP BY destination, port, protocol FORMAT TSV"
+            ))
+            .unwrap();
+        assert_eq!(flows.trim(), format!("api.example.test\t443\ttcp\t{allowed}"), "{node}");
     }
     eprintln!("{allowed} allowed connections per node in allowed_by_rule");
     // The on-call queries of deploy/README.md, for node A's pod.
@@ -373,7 +382,7 @@ fn on_call_queries() -> Vec<String> {
         .expect("the on-call SQL in deploy/README.md");
     let code: String = block.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
     let out: Vec<String> = code.split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
-    assert_eq!(out.len(), 3, "{out:?}");
+    assert_eq!(out.len(), 4, "{out:?}");
     out
 }
 

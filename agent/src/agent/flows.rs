@@ -1,5 +1,5 @@
-//! Allowed traffic for ClickHouse, per pod and minute, from what the agent
-//! already counts (no per-connection event exists, and none is added):
+//! Allowed traffic for ClickHouse, per pod and minute, from what the
+//! kernel counts (no per-connection event exists, and none is added):
 //!
 //! - `allowed_by_rule`: per pod and policy entry, the connections and
 //!   datagrams the kernel allowed by that entry in the minute: the delta of
@@ -10,6 +10,10 @@
 //! - `names_resolved`: per pod and DNS name, the allowed lookups the gate
 //!   answered in the minute, the addresses they taught the kernel, and the
 //!   ports the policy opens for the name (`dnsgate/names.rs`).
+//! - `allowed_flows`: per pod, destination and minute, the connections the
+//!   kernel allowed (deltas of `FLOW_DESTS`, counted per connection, never
+//!   per packet), by the name the pod resolved to the address (the address
+//!   itself for a CIDR rule's), port and protocol.
 //!
 //! Rows are written at each wall-clock minute (`minute` is its start, UTC),
 //! for the part of a minute before an endpoint is removed, and for the
@@ -29,7 +33,7 @@ use tokio::{runtime::Handle, sync::watch, task::JoinHandle};
 use crate::{
     clickhouse::{Buffer, Pipeline, Running},
     dnsgate::DnsStats,
-    enforcer::{EndpointView, Enforcer, FlowCounts, Identity},
+    enforcer::{DestCount, EndpointView, Enforcer, FlowCounts, Identity},
     util::lock,
 };
 
@@ -38,6 +42,22 @@ type Slot = usize;
 /// An endpoint's counters: (endpoint id, cgroup id), so a reused id starts
 /// afresh.
 type Key = (u32, u64);
+/// One destination's counter: its endpoint, address, protocol, port.
+type DestKey = (Key, std::net::IpAddr, u8, u16);
+
+#[derive(Serialize)]
+struct FlowRow<'a> {
+    minute: u64,
+    node: &'a str,
+    namespace: &'a str,
+    pod: &'a str,
+    endpoint: &'a str,
+    /// The name the pod resolved to the address, else the address.
+    destination: &'a str,
+    port: u16,
+    protocol: &'a str,
+    connections: u64,
+}
 
 #[derive(Serialize)]
 struct RuleRow<'a> {
@@ -78,23 +98,66 @@ pub struct Flows {
     rules: Arc<Buffer>,
     names: Arc<Buffer>,
     gate: Arc<DnsStats>,
+    dests: Arc<Buffer>,
     /// The counts last written, per endpoint and slot.
     prev: Mutex<HashMap<Key, HashMap<Slot, u64>>>,
+    /// The per-destination counts last written.
+    prev_dests: Mutex<HashMap<DestKey, u64>>,
 }
 
 impl Flows {
-    pub fn new(node: &str, rules: Arc<Buffer>, names: Arc<Buffer>, gate: Arc<DnsStats>) -> Self {
-        Self { node: node.to_owned(), rules, names, gate, prev: Mutex::default() }
+    pub fn new(node: &str, rules: Arc<Buffer>, names: Arc<Buffer>, dests: Arc<Buffer>, gate: Arc<DnsStats>) -> Self {
+        Self { node: node.to_owned(), rules, names, gate, dests, prev: Mutex::default(), prev_dests: Mutex::default() }
     }
 
     /// The counts now are where the first minute starts (an adopted
     /// endpoint's pinned counts are not this agent's traffic).
     pub fn baseline(&self, enforcer: &Enforcer) {
         let mut counts = enforcer.flow_counts();
+        let mut dests = enforcer.flow_dests();
         let mut prev = lock(&self.prev);
+        let mut prev_dests = lock(&self.prev_dests);
         for row in enforcer.snapshot() {
+            let key = (row.view.id, row.view.cgroup_id);
+            for d in dests.remove(&row.view.id).unwrap_or_default() {
+                prev_dests.insert((key, d.ip, d.proto, d.port), d.connections);
+            }
             let Some(c) = counts.remove(&row.view.id) else { continue };
-            prev.insert((row.view.id, row.view.cgroup_id), slots(&c).map(|(s, _, n)| (s, n)).collect());
+            prev.insert(key, slots(&c).map(|(s, _, n)| (s, n)).collect());
+        }
+    }
+
+    /// Pushes one endpoint's per-destination deltas since the last write,
+    /// one row per destination name (its addresses summed), port and
+    /// protocol.
+    fn push_dests(&self, minute: u64, key: Key, who: &Identity, dests: &[DestCount], prev: &mut HashMap<DestKey, u64>) {
+        let mut rows: HashMap<(String, u16, u8), u64> = HashMap::new();
+        for d in dests {
+            let before = prev.insert((key, d.ip, d.proto, d.port), d.connections).unwrap_or(0);
+            // Lower than before: the kernel evicted the entry (LRU) and
+            // counted it again from 0: all of it is new.
+            let delta = if d.connections >= before { d.connections - before } else { d.connections };
+            if delta > 0 {
+                let dest = d.name.clone().unwrap_or_else(|| d.ip.to_string());
+                *rows.entry((dest, d.port, d.proto)).or_default() += delta;
+            }
+        }
+        for ((destination, port, proto), connections) in rows {
+            let protocol = crate::blocked::schema::protocol_name(proto);
+            let row = FlowRow {
+                minute,
+                node: &self.node,
+                namespace: who.namespace.as_deref().unwrap_or(""),
+                pod: who.pod.as_deref().unwrap_or(""),
+                endpoint: &who.name,
+                destination: &destination,
+                port,
+                protocol: &protocol,
+                connections,
+            };
+            if let Ok(line) = serde_json::to_string(&row) {
+                self.dests.push(line);
+            }
         }
     }
 
@@ -128,16 +191,24 @@ impl Flows {
     /// deltas and the names tallied since the last write.
     pub fn write(&self, enforcer: &Enforcer, minute: u64) {
         let mut counts = enforcer.flow_counts();
+        let mut dests = enforcer.flow_dests();
         let mut prev = lock(&self.prev);
+        let mut prev_dests = lock(&self.prev_dests);
         let mut seen = Vec::new();
         for row in enforcer.snapshot() {
             let v = &row.view;
+            let key = (v.id, v.cgroup_id);
+            seen.push(key);
+            let now = dests.remove(&v.id).unwrap_or_default();
+            self.push_dests(minute, key, &v.identity, &now, &mut prev_dests);
             let Some(c) = counts.remove(&v.id) else { continue };
-            seen.push((v.id, v.cgroup_id));
-            self.push_rules(minute, (v.id, v.cgroup_id), &v.identity, &c, &mut prev);
+            self.push_rules(minute, key, &v.identity, &c, &mut prev);
         }
         prev.retain(|k, _| seen.contains(k));
-        drop(prev);
+        // Gone endpoints' and evicted destinations' last counts.
+        let live: std::collections::HashSet<DestKey> = prev_dests.keys().copied().filter(|k| seen.contains(&k.0)).collect();
+        prev_dests.retain(|k, _| live.contains(k));
+        drop((prev, prev_dests));
         for (name, n) in self.gate.names.take() {
             let row = NameRow {
                 minute,
@@ -158,13 +229,19 @@ impl Flows {
 
     /// An endpoint about to be removed: its deltas of this minute, now
     /// (its counters go with it).
-    pub fn depart(&self, view: &EndpointView, counts: Option<&FlowCounts>) {
+    pub fn depart(&self, view: &EndpointView, counts: Option<&FlowCounts>, dests: Option<&[DestCount]>) {
         let key = (view.id, view.cgroup_id);
+        let minute = minute_of(SystemTime::now());
         let mut prev = lock(&self.prev);
         if let Some(c) = counts {
-            self.push_rules(minute_of(SystemTime::now()), key, &view.identity, c, &mut prev);
+            self.push_rules(minute, key, &view.identity, c, &mut prev);
         }
         prev.remove(&key);
+        let mut prev_dests = lock(&self.prev_dests);
+        if let Some(d) = dests {
+            self.push_dests(minute, key, &view.identity, d, &mut prev_dests);
+        }
+        prev_dests.retain(|k, _| k.0 != key);
     }
 }
 
@@ -196,7 +273,8 @@ pub struct Output {
 impl Output {
     pub fn new(pipeline: Pipeline, gate: Arc<DnsStats>) -> Self {
         gate.names.enable();
-        let flows = Arc::new(Flows::new(&pipeline.node, pipeline.rules.clone(), pipeline.names.clone(), gate));
+        let flows =
+            Arc::new(Flows::new(&pipeline.node, pipeline.rules.clone(), pipeline.names.clone(), pipeline.flows.clone(), gate));
         Self { pipeline, flows, senders: None }
     }
 
@@ -242,7 +320,7 @@ mod tests {
     fn each_minute_has_the_deltas_of_the_rules_that_moved() {
         let limits = Limits { records: 100, bytes: 1 << 20, batch: 100 };
         let (rules, names) = (Arc::new(Buffer::new("r", limits)), Arc::new(Buffer::new("n", limits)));
-        let f = Flows::new("node-a", rules.clone(), names, Arc::default());
+        let f = Flows::new("node-a", rules.clone(), names.clone(), names, Arc::default());
         let who = Identity { name: "ep".into(), namespace: Some("ns".into()), pod: Some("p".into()) };
         let counts = |a: u64, other: u64| FlowCounts {
             rules: vec![("egress[0] toFQDNs a.test ports 443/tcp".into(), a), ("other".into(), other)],
@@ -273,5 +351,63 @@ mod tests {
         f.push_rules(240, (1, 10), &who, &counts(4, 0), &mut prev);
         assert_eq!(rows(&rules)[0]["allowed_connections_and_datagrams"], 4);
         assert_eq!(minute_of(UNIX_EPOCH + Duration::from_secs(3599)), 3540);
+    }
+
+    #[test]
+    fn each_minute_has_the_connections_per_destination_name_and_port() {
+        let limits = Limits { records: 100, bytes: 1 << 20, batch: 100 };
+        let (dests, other) = (Arc::new(Buffer::new("d", limits)), Arc::new(Buffer::new("o", limits)));
+        let f = Flows::new("node-a", other.clone(), other, dests.clone(), Arc::default());
+        let who = Identity { name: "ep".into(), namespace: Some("ns".into()), pod: Some("p".into()) };
+        let d = |ip: &str, name: Option<&str>, port: u16, n: u64| DestCount {
+            ip: ip.parse().unwrap(),
+            name: name.map(str::to_owned),
+            proto: agent_common::proto::TCP,
+            port,
+            connections: n,
+        };
+        let mut prev = HashMap::new();
+        // Two addresses of one name on 443 make one row; the name on
+        // another port, and an address a CIDR rule allows, their own.
+        let now = [
+            d("203.0.113.10", Some("api.example.test"), 443, 3),
+            d("2001:db8::10", Some("api.example.test"), 443, 2),
+            d("203.0.113.10", Some("api.example.test"), 8443, 1),
+            d("198.51.100.7", None, 443, 4),
+        ];
+        f.push_dests(60, (1, 9), &who, &now, &mut prev);
+        let mut got: Vec<(String, u64, u64)> = rows(&dests)
+            .iter()
+            .map(|r| {
+                assert_eq!((r["minute"].as_u64(), r["pod"].as_str(), r["protocol"].as_str()), (Some(60), Some("p"), Some("tcp")));
+                (r["destination"].as_str().unwrap().to_owned(), r["port"].as_u64().unwrap(), r["connections"].as_u64().unwrap())
+            })
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("198.51.100.7".to_owned(), 443, 4),
+                ("api.example.test".to_owned(), 443, 5),
+                ("api.example.test".to_owned(), 8443, 1)
+            ]
+        );
+        // The next minute: deltas only; an evicted entry counted again
+        // from 0 is all new; nothing moved, no row.
+        let later = [
+            d("203.0.113.10", Some("api.example.test"), 443, 4),
+            d("2001:db8::10", Some("api.example.test"), 443, 2),
+            d("203.0.113.10", Some("api.example.test"), 8443, 1),
+            d("198.51.100.7", None, 443, 1),
+        ];
+        f.push_dests(120, (1, 9), &who, &later, &mut prev);
+        let mut got: Vec<(String, u64)> = rows(&dests)
+            .iter()
+            .map(|r| (r["destination"].as_str().unwrap().to_owned(), r["connections"].as_u64().unwrap()))
+            .collect();
+        got.sort();
+        assert_eq!(got, [("198.51.100.7".to_owned(), 1), ("api.example.test".to_owned(), 1)]);
+        f.push_dests(180, (1, 9), &who, &later, &mut prev);
+        assert!(rows(&dests).is_empty());
     }
 }

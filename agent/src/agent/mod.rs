@@ -374,7 +374,8 @@ impl Agent {
         // Its final values, before its counters are forgotten.
         let (labels, values) = crate::telemetry::metrics::final_values(&self.metric_sources(), &view);
         if let Some(ch) = &self.clickhouse {
-            ch.flows.depart(&view, Some(&values.flow));
+            let dests = self.enforcer.flow_dests().remove(&id);
+            ch.flows.depart(&view, Some(&values.flow), dests.as_deref());
         }
         self.detach_veths_of(id)?;
         if self.attached.iter().any(|(_, c)| *c == cgroup_id) {

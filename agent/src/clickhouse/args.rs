@@ -78,6 +78,11 @@ pub struct ClickHouseArgs {
     #[arg(long = "clickhouse-names-table", env = "PORTCULLIS_CLICKHOUSE_NAMES_TABLE", value_name = "NAME",
         default_value = "names_resolved", value_parser = identifier)]
     pub names_table: String,
+    /// Table of the allowed connections per pod, destination name, port
+    /// and minute.
+    #[arg(long = "clickhouse-flows-table", env = "PORTCULLIS_CLICKHOUSE_FLOWS_TABLE", value_name = "NAME",
+        default_value = "allowed_flows", value_parser = identifier)]
+    pub flows_table: String,
     /// Send a table's records once this many wait ...
     #[arg(long = "clickhouse-batch", env = "PORTCULLIS_CLICKHOUSE_BATCH", value_name = "RECORDS", default_value_t = 5000,
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
@@ -110,6 +115,7 @@ impl Default for ClickHouseArgs {
             },
             rules_table: "allowed_by_rule".into(),
             names_table: "names_resolved".into(),
+            flows_table: "allowed_flows".into(),
             batch: 5000,
             flush_interval: Duration::from_secs(5),
             buffer_records: 100_000,

@@ -2,13 +2,15 @@
 //! node's rotated files (deploy/clickhouse/, docs/ARCHITECTURE.md
 //! "ClickHouse"). Off unless `--clickhouse-url` is given.
 //!
-//! Three tables, one bounded buffer and one sender each:
+//! Four tables, one bounded buffer and one sender each:
 //! - the blocked records, as the blocked log writes them (its tap:
 //!   `blocked/clickhouse/`);
 //! - allowed connections and datagrams per pod and policy entry per minute
 //!   (deltas of the kernel's per-endpoint rule counters: `agent/flows.rs`);
 //! - names resolved per pod and name per minute (the DNS gates' tally,
-//!   `dnsgate/names.rs`).
+//!   `dnsgate/names.rs`);
+//! - allowed connections per pod, destination name, port and minute
+//!   (deltas of the kernel's per-destination counts, `FLOW_DESTS`).
 //!
 //! `http.rs` the HTTP client; `sql.rs` literals and identifiers; `buffer.rs`
 //! the bounded buffer and its counters; `sender.rs` batches, retries and
@@ -28,11 +30,12 @@ pub use buffer::{Buffer, Limits, TableStats};
 use sender::{Convert, Sender};
 use tokio::{runtime::Handle, sync::watch, task::JoinHandle};
 
-/// The three tables, as the metrics name them (whatever the flags call
+/// The four tables, as the metrics name them (whatever the flags call
 /// them in the database).
 pub const BLOCKED: &str = "blocked";
 pub const RULES: &str = "allowed_by_rule";
 pub const NAMES: &str = "names_resolved";
+pub const FLOWS: &str = "allowed_flows";
 
 /// How long the last flush at stop may take.
 pub const STOP_DEADLINE: Duration = Duration::from_secs(5);
@@ -52,7 +55,8 @@ pub struct Pipeline {
     pub blocked: Arc<Buffer>,
     pub rules: Arc<Buffer>,
     pub names: Arc<Buffer>,
-    statements: [String; 3],
+    pub flows: Arc<Buffer>,
+    statements: [String; 4],
     interval: Duration,
 }
 
@@ -81,7 +85,13 @@ impl Pipeline {
             blocked: Arc::new(Buffer::new(BLOCKED, limits)),
             rules: Arc::new(Buffer::new(RULES, limits)),
             names: Arc::new(Buffer::new(NAMES, limits)),
-            statements: [insert(&args.conn.blocked_table), insert(&args.rules_table), insert(&args.names_table)],
+            flows: Arc::new(Buffer::new(FLOWS, limits)),
+            statements: [
+                insert(&args.conn.blocked_table),
+                insert(&args.rules_table),
+                insert(&args.names_table),
+                insert(&args.flows_table),
+            ],
             interval: args.flush_interval,
         }))
     }
@@ -92,16 +102,19 @@ impl Pipeline {
 
     pub fn stats(&self) -> Arc<Stats> {
         Arc::new(Stats {
-            tables: [&self.blocked, &self.rules, &self.names].iter().map(|b| (table_kind(b), b.stats.clone())).collect(),
+            tables: [&self.blocked, &self.rules, &self.names, &self.flows]
+                .iter()
+                .map(|b| (table_kind(b), b.stats.clone()))
+                .collect(),
         })
     }
 
-    /// Starts the three senders on `rt`; blocked lines are made rows by
+    /// Starts the four senders on `rt`; blocked lines are made rows by
     /// `blocked_row` (the others are rows already).
     pub fn start(&self, rt: &Handle, blocked_row: Convert) -> Running {
         let (stop, rx) = watch::channel(false);
         let same: Convert = Arc::new(|s: &str| Some(s.to_owned()));
-        let tasks = [(&self.blocked, blocked_row), (&self.rules, same.clone()), (&self.names, same)]
+        let tasks = [(&self.blocked, blocked_row), (&self.rules, same.clone()), (&self.names, same.clone()), (&self.flows, same)]
             .into_iter()
             .zip(&self.statements)
             .map(|((buffer, convert), statement)| {
@@ -120,7 +133,7 @@ impl Pipeline {
 }
 
 fn table_kind(b: &Buffer) -> &'static str {
-    [BLOCKED, RULES, NAMES].into_iter().find(|k| *k == b.table).unwrap_or(BLOCKED)
+    [BLOCKED, RULES, NAMES, FLOWS].into_iter().find(|k| *k == b.table).unwrap_or(BLOCKED)
 }
 
 impl Running {

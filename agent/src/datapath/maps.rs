@@ -12,7 +12,10 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 
-use super::{error::LoadError, flow_counters::FlowCounterMap, take, verdict_cache::VerdictCacheMap, veth_maps::VethMaps};
+use super::{
+    error::LoadError, flow_counters::FlowCounterMap, flow_dests::FlowDestMap, take, verdict_cache::VerdictCacheMap,
+    veth_maps::VethMaps,
+};
 
 pub struct PolicyMaps {
     config: Array<MapData, Config>,
@@ -43,6 +46,7 @@ impl PolicyMaps {
                 cgroup: take(ebpf, "COUNTERS")?,
                 veth: take(ebpf, "VETH_COUNTERS")?,
                 flows: FlowCounterMap::new(take(ebpf, "FLOW_COUNTERS")?),
+                dests: FlowDestMap::new(take(ebpf, "FLOW_DESTS")?),
             }),
             dns_socks: take(ebpf, "DNS_SOCKS")?,
             inbound: take(ebpf, "INBOUND")?,
@@ -268,7 +272,13 @@ impl PolicyMaps {
 
     /// Zeroes a fresh endpoint id's flow counts.
     pub fn reset_flow_counters(&self, id: u32) -> Result<(), MapError> {
-        self.counters.flows.reset(id)
+        self.counters.flows.reset(id)?;
+        self.counters.dests.forget(id)
+    }
+
+    /// A removed endpoint's destinations go with it.
+    pub fn forget_flow_dests(&self, id: u32) -> Result<(), MapError> {
+        self.counters.dests.forget(id)
     }
 
     /// Every learned key with its expiry.
@@ -306,6 +316,8 @@ pub struct KernelCounters {
     veth: PerCpuArray<MapData, u64>,
     /// Per endpoint (`FLOW_COUNTERS`).
     pub flows: FlowCounterMap,
+    /// Allowed connections per endpoint and destination (`FLOW_DESTS`).
+    pub dests: FlowDestMap,
 }
 
 impl KernelCounters {

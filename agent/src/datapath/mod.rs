@@ -7,6 +7,7 @@ pub mod attach;
 pub mod decide;
 mod error;
 pub mod flow_counters;
+pub mod flow_dests;
 pub mod kernel_log;
 pub mod loader;
 pub mod local_route;

@@ -3,7 +3,10 @@
 //! while it reads per-CPU values. Rule ids become the policy entries' text
 //! here (`CompiledPolicy::rules`), range ids their class names.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv6Addr},
+};
 
 use agent_common::{FlowCounters, Reason, flow::range, flow::slot};
 
@@ -111,7 +114,36 @@ impl FlowCounts {
     }
 }
 
+/// An endpoint's allowed connections to one destination (`FLOW_DESTS`),
+/// with the name the endpoint last resolved to the address (none for a
+/// CIDR rule's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DestCount {
+    pub ip: IpAddr,
+    pub name: Option<String>,
+    pub proto: u8,
+    pub port: u16,
+    pub connections: u64,
+}
+
 impl Enforcer {
+    /// Every endpoint's allowed connections by destination, by endpoint id:
+    /// the map is read first, then the names in one short state lock.
+    pub fn flow_dests(&self) -> HashMap<u32, Vec<DestCount>> {
+        let raw = self.counters.dests.read();
+        self.read_state(|st| {
+            let mut out: HashMap<u32, Vec<DestCount>> = HashMap::new();
+            for (k, n) in raw {
+                let v6 = Ipv6Addr::from(k.ip);
+                let ip = v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4);
+                let name = st.endpoint(k.endpoint).and_then(|e| e.name_for(ip)).map(str::to_owned);
+                let port = u16::from_be_bytes(k.port);
+                out.entry(k.endpoint).or_default().push(DestCount { ip, name, proto: k.proto, port, connections: n });
+            }
+            out
+        })
+    }
+
     /// Every endpoint's flow counts, by endpoint id. The endpoints (and
     /// their rules) are copied out in one short lock; the per-CPU reads
     /// happen after it.

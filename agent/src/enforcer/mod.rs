@@ -24,7 +24,7 @@ use agent_common::{GateKey, GatePortKey, GatePortValue, GateValue};
 use aya::maps::MapError;
 
 pub use self::{
-    flow_counts::{FlowCounts, RANGE_NAMES},
+    flow_counts::{DestCount, FlowCounts, RANGE_NAMES},
     state::*,
 };
 use crate::{

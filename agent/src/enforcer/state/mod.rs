@@ -304,6 +304,7 @@ impl State {
             self.maps.remove_dns_server(&dns_key(id, *s)).map_err(map_err("DNS_SERVERS"))?;
         }
         self.maps.purge_flows(id).map_err(map_err("DNS_SOCKS/INBOUND"))?;
+        self.maps.forget_flow_dests(id).map_err(map_err("FLOW_DESTS"))?;
         let removes = self.learned.remove_endpoint(id);
         self.apply(Changes { removes, inserts: Vec::new() })
     }
