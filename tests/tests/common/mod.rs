@@ -210,7 +210,7 @@ impl<'b> Exec<'b> {
             policy: None,
             args: vec![],
             enter: Enter::NetnsExec,
-            limit: Duration::from_secs(30),
+            limit: Duration::from_secs(30) * time_scale(),
             env: vec![],
         }
     }
