@@ -90,12 +90,44 @@ impl Default for FlowCounters {
     }
 }
 
-/// `FLOW_DESTS`: an endpoint's allowed connections by destination (IP,
-/// protocol, port), for the agent's per-name flow records (the name is the
-/// one the pod resolved to the IP). Counted once per connection (`connect()`,
-/// a SYN the veth alone judges), never per packet; an LRU per-CPU hash, so
-/// a flood of destinations pushes out the oldest, never fails a verdict.
+/// An endpoint's allowed connections by destination (IP, protocol, port),
+/// for the agent's per-name flow records (the name is the one the pod
+/// resolved to the IP). Counted once per connection (`connect()`, a SYN the
+/// veth alone judges), never per packet, in two places:
+/// - `FLOW_DEST_SLOTS`: per CPU, direct-mapped by a hash of the key
+///   (`dest_slot`), one array lookup (inlined by the verifier), a compare
+///   and an add: what a connection pays;
+/// - `FLOW_DESTS`: an LRU per-CPU hash that takes a slot's count when
+///   another destination claims the slot (so nothing is lost; a flood of
+///   destinations pushes out the oldest there, never fails a verdict).
+///
+/// A destination's count is its `FLOW_DESTS` value plus every CPU's slot
+/// holding its key; the agent reads the hash first, then the slots, so a
+/// count moving between them is at worst missed once, never counted twice.
 pub const FLOW_DESTS_ENTRIES: u32 = 16384;
+/// Slots per CPU; a power of two.
+pub const FLOW_DEST_SLOT_ENTRIES: u32 = 4096;
+
+/// A slot of `FLOW_DEST_SLOTS`: a key and its connections since the slot
+/// took it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowDestSlot {
+    pub key: FlowDestKey,
+    pub connections: u64,
+}
+const _: () = assert!(size_of::<FlowDestSlot>() == 32);
+
+/// The slot of `key`: a cheap mix of its last address bytes, port and
+/// endpoint (destinations of one pod differ there).
+#[inline(always)]
+pub fn dest_slot(endpoint: u32, port: [u8; 2], ip: &[u8; 16]) -> u32 {
+    let a = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
+    let b = u32::from_ne_bytes([ip[8], ip[9], ip[10], ip[11]]);
+    let h = (a ^ b.rotate_left(7) ^ (u32::from(u16::from_ne_bytes(port)) << 11) ^ endpoint.wrapping_mul(0x9e37_79b1))
+        .wrapping_mul(0x85eb_ca6b);
+    (h >> 16 ^ h) & (FLOW_DEST_SLOT_ENTRIES - 1)
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -109,6 +141,21 @@ pub struct FlowDestKey {
     pub ip: [u8; 16],
 }
 const _: () = assert!(size_of::<FlowDestKey>() == 24);
+
+impl FlowDestKey {
+    /// The key as three words, for a compare without `memcmp` (which a BPF
+    /// program cannot call).
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 3] {
+        let e = self.endpoint.to_ne_bytes();
+        let ip = &self.ip;
+        [
+            u64::from_ne_bytes([e[0], e[1], e[2], e[3], self.proto, self._pad, self.port[0], self.port[1]]),
+            u64::from_ne_bytes([ip[0], ip[1], ip[2], ip[3], ip[4], ip[5], ip[6], ip[7]]),
+            u64::from_ne_bytes([ip[8], ip[9], ip[10], ip[11], ip[12], ip[13], ip[14], ip[15]]),
+        ]
+    }
+}
 
 /// The slot counting an allowance by `rule`.
 #[inline(always)]

@@ -19,7 +19,10 @@ pub mod veth;
 
 pub use decide::{Dest, PolicyMaps, Verdict, decide};
 pub use event::*;
-pub use flow::{FLOW_DESTS_ENTRIES, FLOW_ENDPOINTS, FLOW_SLOTS, FlowCounters, FlowDestKey, range_slot, rule_slot};
+pub use flow::{
+    FLOW_DEST_SLOT_ENTRIES, FLOW_DESTS_ENTRIES, FLOW_ENDPOINTS, FLOW_SLOTS, FlowCounters, FlowDestKey, FlowDestSlot, dest_slot,
+    range_slot, rule_slot,
+};
 pub use maps::*;
 pub use reason::*;
 pub use verdict_cache::*;

@@ -338,4 +338,5 @@ mod user {
     unsafe impl aya::Pod for SockOwner {}
     unsafe impl aya::Pod for crate::FlowCounters {}
     unsafe impl aya::Pod for crate::flow::FlowDestKey {}
+    unsafe impl aya::Pod for crate::flow::FlowDestSlot {}
 }

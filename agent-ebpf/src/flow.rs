@@ -11,11 +11,16 @@
 
 use core::ptr::read_volatile;
 
-use agent_common::{Dest, ENDPOINT_F_EXEMPT, FLOW_SLOTS, FlowCounters, FlowDestKey, Reason, flow::slot, range_slot, rule_slot};
+use agent_common::{
+    Dest, ENDPOINT_F_EXEMPT, FLOW_SLOTS, FlowCounters, FlowDestKey, FlowDestSlot, Reason, dest_slot, flow::slot, range_slot,
+    rule_slot,
+};
 
 use aya_ebpf::programs::TcContext;
 
-use crate::maps::{CONFIG, FLOW_COUNTERS, FLOW_COUNTING, FLOW_DESTS, TC_IFACES, VETH_EP_MEMO, VETH_MEMO_ENTRIES};
+use crate::maps::{
+    CONFIG, FLOW_COUNTERS, FLOW_COUNTING, FLOW_DEST_SLOTS, FLOW_DESTS, TC_IFACES, VETH_EP_MEMO, VETH_MEMO_ENTRIES,
+};
 
 #[inline(always)]
 fn counters(endpoint: u32) -> Option<&'static mut FlowCounters> {
@@ -54,23 +59,45 @@ pub fn verdict(endpoint: u32, conn: bool, reason: Reason, rule: u32, range: u32)
 }
 
 /// An allowed connection by a policy entry (a learned name or a CIDR
-/// rule), by destination: once per connection, so a hash update is
-/// affordable here (it never is per packet). Inlined: `dest` must not
-/// escape into a call (LLVM would then stop knowing its bytes, and a
-/// connect4 program would keep IPv6 code the verifier refuses there).
+/// rule), by destination, once per connection: this CPU's slot for it
+/// (`agent_common::flow`) gets the count, no hash lookup unless the slot
+/// held another destination. Inlined: `d` must not escape into a call
+/// (LLVM would then stop knowing its bytes, and a connect4 program would
+/// keep IPv6 code the verifier refuses there).
 #[inline(always)]
 pub fn dest(endpoint: u32, reason: Reason, d: &Dest) {
     // SAFETY: a constant the agent set at load (read-only data).
     if unsafe { read_volatile(&FLOW_COUNTING) } == 0 || !matches!(reason, Reason::AllowedFqdn | Reason::AllowedCidr) {
         return;
     }
+    let Some(s) = FLOW_DEST_SLOTS.get_ptr_mut(dest_slot(endpoint, d.port, &d.ip)) else { return };
+    // SAFETY: this CPU's own slot (a run preempting this one on the same
+    // CPU could interleave: at worst a count is lost, never a verdict).
+    let s = unsafe { &mut *s };
     let key = FlowDestKey { endpoint, proto: d.proto, _pad: 0, port: d.port, ip: d.ip };
+    let (w, k) = (s.key.words(), key.words());
+    if w[0] == k[0] && w[1] == k[1] && w[2] == k[2] {
+        s.connections += 1;
+        return;
+    }
+    if s.connections != 0 {
+        give_up_slot(s);
+    }
+    s.key = key;
+    s.connections = 1;
+}
+
+/// Moves a slot's count to `FLOW_DESTS` before another destination takes
+/// the slot (its own BPF function: rare, and its key copy stays off the
+/// hooks' frames).
+#[inline(never)]
+fn give_up_slot(s: &FlowDestSlot) {
+    let key = s.key;
     match FLOW_DESTS.get_ptr_mut(key) {
-        // SAFETY: this CPU's own value (a lost increment under preemption
-        // only undercounts).
-        Some(n) => unsafe { *n += 1 },
+        // SAFETY: this CPU's own value.
+        Some(n) => unsafe { *n += s.connections },
         None => {
-            let _ = FLOW_DESTS.insert(key, 1, 0);
+            let _ = FLOW_DESTS.insert(key, s.connections, 0);
         }
     }
 }

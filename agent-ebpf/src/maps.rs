@@ -2,10 +2,10 @@
 //! Names stay within 15 characters: the kernel truncates object names.
 
 use agent_common::{
-    COUNTERS_LEN, CidrKey, CidrValue, Config, DnsServerKey, DnsSockInfo, EndpointInfo, FLOW_DESTS_ENTRIES, FLOW_ENDPOINTS,
-    FlowCounters, FlowDestKey, GateKey, GatePortKey, GatePortValue, GateValue, InboundKey, LearnedKey, LearnedValue, LiveFlow,
-    MAX_ENDPOINTS, PodAddrKey, RateState, SockOwner, TcFlowKey, TcFlowValue, TcIface, VETH_COUNTERS_LEN, VerdictCache,
-    VethTcpDns, limits,
+    COUNTERS_LEN, CidrKey, CidrValue, Config, DnsServerKey, DnsSockInfo, EndpointInfo, FLOW_DEST_SLOT_ENTRIES,
+    FLOW_DESTS_ENTRIES, FLOW_ENDPOINTS, FlowCounters, FlowDestKey, FlowDestSlot, GateKey, GatePortKey, GatePortValue, GateValue,
+    InboundKey, LearnedKey, LearnedValue, LiveFlow, MAX_ENDPOINTS, PodAddrKey, RateState, SockOwner, TcFlowKey, TcFlowValue,
+    TcIface, VETH_COUNTERS_LEN, VerdictCache, VethTcpDns, limits,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
@@ -79,7 +79,10 @@ pub static VETH_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(VETH_
 pub static FLOW_COUNTERS: PerCpuArray<FlowCounters> = PerCpuArray::with_max_entries(FLOW_ENDPOINTS, 0);
 
 /// Allowed connections per endpoint and destination (`flow::dest`,
-/// `agent_common::flow::FlowDestKey`).
+/// `agent_common::flow`): the slots a connection bumps, and the hash their
+/// counts move to when another destination claims the slot.
+#[map]
+pub static FLOW_DEST_SLOTS: PerCpuArray<FlowDestSlot> = PerCpuArray::with_max_entries(FLOW_DEST_SLOT_ENTRIES, 0);
 #[map]
 pub static FLOW_DESTS: LruPerCpuHashMap<FlowDestKey, u64> = LruPerCpuHashMap::with_max_entries(FLOW_DESTS_ENTRIES, 0);
 

@@ -408,3 +408,26 @@ fn a_full_event_ring_reaches_the_agents_log() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("DENIED_EVENTS ring full") && lines[0].contains(&format!("endpoint {}", h.ep)), "{lines:?}");
 }
+
+/// Two destinations that share a `FLOW_DEST_SLOTS` slot: the second takes
+/// the slot and the first's count moves to `FLOW_DESTS`; neither is lost.
+#[test]
+fn a_destination_slot_taken_over_keeps_both_counts() {
+    use agent_common::{dest_slot, v4_mapped};
+    let Some(mut h) = harness(Mode::Enforce) else { return };
+    let flows = h.state.maps.counter_reader();
+    let port = 443u16.to_be_bytes();
+    let slot = |last: u8| dest_slot(h.ep, port, &v4_mapped([203, 0, 113, last]));
+    let (a, b) = (1..=255u8)
+        .flat_map(|x| (x + 1..=255).map(move |y| (x, y)))
+        .find(|(x, y)| x != y && slot(*x) == slot(*y))
+        .expect("two addresses of 203.0.113.0/24 in one slot");
+    for last in [a, b] {
+        h.learn(&format!("203.0.113.{last}"));
+        assert_eq!(h.send(&format!("203.0.113.{last}"), L4::Tcp(443, true)), NEXT);
+    }
+    let mut got: Vec<([u8; 16], u64)> =
+        flows.dests.read().into_iter().filter(|(k, _)| k.endpoint == h.ep).map(|(k, n)| (k.ip, n)).collect();
+    got.sort();
+    assert_eq!(got, [(v4_mapped([203, 0, 113, a]), 1), (v4_mapped([203, 0, 113, b]), 1)]);
+}

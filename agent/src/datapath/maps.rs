@@ -46,7 +46,7 @@ impl PolicyMaps {
                 cgroup: take(ebpf, "COUNTERS")?,
                 veth: take(ebpf, "VETH_COUNTERS")?,
                 flows: FlowCounterMap::new(take(ebpf, "FLOW_COUNTERS")?),
-                dests: FlowDestMap::new(take(ebpf, "FLOW_DESTS")?),
+                dests: FlowDestMap::new(take(ebpf, "FLOW_DESTS")?, take(ebpf, "FLOW_DEST_SLOTS")?),
             }),
             dns_socks: take(ebpf, "DNS_SOCKS")?,
             inbound: take(ebpf, "INBOUND")?,

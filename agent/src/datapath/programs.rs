@@ -115,7 +115,7 @@ const fn v2(name: &'static str) -> MapPin {
 
 /// Every map of the object, pinned in node mode. (`SOLO_CACHE` is not here:
 /// each load has its own; `solo` pins those, at `SOLO_CACHE_VERSION`.)
-pub const MAPS: [MapPin; 27] = [
+pub const MAPS: [MapPin; 28] = [
     v1("CONFIG"),
     v1("ENDPOINTS"),
     v1("EP_CACHE"),
@@ -142,6 +142,7 @@ pub const MAPS: [MapPin; 27] = [
     v1("VETH_TCP_DNS"),
     v1("VETH_COUNTERS"),
     v1("FLOW_COUNTERS"),
+    v1("FLOW_DEST_SLOTS"),
     v1("FLOW_DESTS"),
     // aya-log's ring (`datapath/kernel_log.rs`): one for every load, so the
     // per-attach-point loads' events are read too, and a restarted agent
