@@ -108,15 +108,34 @@ pub const FLOW_DESTS_ENTRIES: u32 = 16384;
 /// Slots per CPU; a power of two.
 pub const FLOW_DEST_SLOT_ENTRIES: u32 = 4096;
 
-/// A slot of `FLOW_DEST_SLOTS`: a key and its connections since the slot
-/// took it.
+/// A slot of `FLOW_DEST_SLOTS`: a destination in the words a connection
+/// compares at once (the verdict cache's: `ip_words`, `slot_tag`), and its
+/// connections since the slot took it. `tag` 0: free.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowDestSlot {
-    pub key: FlowDestKey,
+    pub endpoint: u32,
+    pub tag: u32,
+    pub ip_hi: u64,
+    pub ip_lo: u64,
     pub connections: u64,
 }
 const _: () = assert!(size_of::<FlowDestSlot>() == 32);
+
+impl FlowDestSlot {
+    /// The destination as `FLOW_DESTS` keys it.
+    #[inline(always)]
+    pub fn key(&self) -> FlowDestKey {
+        let (h, l) = (self.ip_hi.to_ne_bytes(), self.ip_lo.to_ne_bytes());
+        FlowDestKey {
+            endpoint: self.endpoint,
+            proto: (self.tag >> 16) as u8,
+            _pad: 0,
+            port: [(self.tag >> 8) as u8, self.tag as u8],
+            ip: [h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7]],
+        }
+    }
+}
 
 /// The slot of a key: its address's last eight bytes, port and endpoint
 /// through murmur3's 32-bit finalizer (every input bit reaches the low
@@ -164,21 +183,6 @@ pub struct FlowDestKey {
     pub ip: [u8; 16],
 }
 const _: () = assert!(size_of::<FlowDestKey>() == 24);
-
-impl FlowDestKey {
-    /// The key as three words, for a compare without `memcmp` (which a BPF
-    /// program cannot call).
-    #[inline(always)]
-    pub fn words(&self) -> [u64; 3] {
-        let e = self.endpoint.to_ne_bytes();
-        let ip = &self.ip;
-        [
-            u64::from_ne_bytes([e[0], e[1], e[2], e[3], self.proto, self._pad, self.port[0], self.port[1]]),
-            u64::from_ne_bytes([ip[0], ip[1], ip[2], ip[3], ip[4], ip[5], ip[6], ip[7]]),
-            u64::from_ne_bytes([ip[8], ip[9], ip[10], ip[11], ip[12], ip[13], ip[14], ip[15]]),
-        ]
-    }
-}
 
 /// The slot counting an allowance by `rule`.
 #[inline(always)]

@@ -12,8 +12,8 @@
 use core::ptr::read_volatile;
 
 use agent_common::{
-    Dest, ENDPOINT_F_EXEMPT, FLOW_SLOTS, FlowCounters, FlowDestKey, FlowDestSlot, Reason, dest_slot, flow::slot, range_slot,
-    rule_slot,
+    Dest, ENDPOINT_F_EXEMPT, FLOW_SLOTS, FlowCounters, FlowDestSlot, Reason, dest_slot, flow::slot, ip_words, range_slot,
+    rule_slot, slot_tag,
 };
 
 use aya_ebpf::programs::TcContext;
@@ -74,25 +74,24 @@ pub fn dest(endpoint: u32, reason: Reason, d: &Dest) {
     // SAFETY: this CPU's own slot (a run preempting this one on the same
     // CPU could interleave: at worst a count is lost, never a verdict).
     let s = unsafe { &mut *s };
-    let key = FlowDestKey { endpoint, proto: d.proto, _pad: 0, port: d.port, ip: d.ip };
-    let (w, k) = (s.key.words(), key.words());
-    if w[0] == k[0] && w[1] == k[1] && w[2] == k[2] {
+    let (ip_hi, ip_lo) = ip_words(&d.ip);
+    let tag = slot_tag(d.proto, d.port);
+    if s.tag == tag && s.ip_lo == ip_lo && s.ip_hi == ip_hi && s.endpoint == endpoint {
         s.connections += 1;
         return;
     }
     if s.connections != 0 {
         give_up_slot(s);
     }
-    s.key = key;
-    s.connections = 1;
+    *s = FlowDestSlot { endpoint, tag, ip_hi, ip_lo, connections: 1 };
 }
 
 /// Moves a slot's count to `FLOW_DESTS` before another destination takes
-/// the slot (its own BPF function: rare, and its key copy stays off the
-/// hooks' frames).
+/// the slot (its own BPF function: rare, and its key stays off the hooks'
+/// frames).
 #[inline(never)]
 fn give_up_slot(s: &FlowDestSlot) {
-    let key = s.key;
+    let key = s.key();
     match FLOW_DESTS.get_ptr_mut(key) {
         // SAFETY: this CPU's own value.
         Some(n) => unsafe { *n += s.connections },

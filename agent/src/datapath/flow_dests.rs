@@ -34,7 +34,7 @@ impl FlowDestMap {
         for i in 0..FLOW_DEST_SLOT_ENTRIES {
             let Ok(per_cpu) = slots.get(&i, 0) else { continue };
             for s in per_cpu.iter().filter(|s| s.connections != 0) {
-                *out.entry(s.key).or_default() += s.connections;
+                *out.entry(s.key()).or_default() += s.connections;
             }
         }
         out.into_iter().collect()
@@ -55,13 +55,13 @@ impl FlowDestMap {
         let mut slots = lock(&self.slots);
         for i in 0..FLOW_DEST_SLOT_ENTRIES {
             let per_cpu = slots.get(&i, 0)?;
-            if !per_cpu.iter().any(|s| s.key.endpoint == id && s.connections != 0) {
+            if !per_cpu.iter().any(|s| s.endpoint == id && s.connections != 0) {
                 continue;
             }
             // A slot the kernel bumps meanwhile on another CPU loses that
             // count: the endpoint is going, or its id is not given out yet.
             let kept: Vec<FlowDestSlot> =
-                per_cpu.iter().map(|s| if s.key.endpoint == id { FlowDestSlot::default() } else { *s }).collect();
+                per_cpu.iter().map(|s| if s.endpoint == id { FlowDestSlot::default() } else { *s }).collect();
             slots.set(i, PerCpuValues::try_from(kept)?, 0)?;
         }
         Ok(())
