@@ -108,13 +108,16 @@ pub fn emit(cfg: &Config, a: &Attempt) -> bool {
 
 /// Reports a denied attempt (an event, rate-limited) and returns whether the
 /// endpoint is in audit mode, i.e. whether the caller must let it through.
+/// With `ctx`, a record the full ring could not take is also logged
+/// (`rare`). The socket hooks pass none: with that call in `pc_sendmsg4`,
+/// Linux 6.1's verifier refused the program (`R9 !read_ok`).
 #[inline(always)]
 #[expect(
     clippy::too_many_arguments,
     reason = "inlined into the hooks: a struct of arguments would cost stack the verifier counts"
 )]
 pub fn report<C: EbpfContext>(
-    ctx: &C,
+    ctx: Option<&C>,
     cfg: &Config,
     cgroup_id: u64,
     ep: &EndpointInfo,
@@ -141,7 +144,7 @@ pub fn report<C: EbpfContext>(
             ifindex: 0,
         },
     );
-    if !recorded {
+    if let (false, Some(ctx)) = (recorded, ctx) {
         crate::rare::events_ring_full(ctx, ep.endpoint);
     }
     audit

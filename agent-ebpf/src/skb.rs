@@ -269,7 +269,7 @@ fn deny(
     flow::verdict(ep.endpoint, false, reason, 0, range);
     let owner = unsafe { SOCK_OWNERS.get(cookie) };
     let (tgid, comm) = owner.map_or((0, [0; 16]), |o| (o.tgid, o.comm));
-    if report(ctx, cfg, cgid, ep, hook, reason, dest, tgid, comm) { PASS } else { DROP }
+    if report(Some(ctx), cfg, cgid, ep, hook, reason, dest, tgid, comm) { PASS } else { DROP }
 }
 
 /// A reply to a peer that contacted the endpoint (checked only for packets

@@ -174,7 +174,7 @@ pub fn handle(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
         Some(_) => endpoint::resolve(cgid, ancestor, || Some(cfg)).map_or(ep, |r| EndpointInfo { endpoint: ep.endpoint, ..r }),
         None => ep,
     };
-    let audit = report(ctx, cfg, cgid, &ep, hook, reason, &shown, tgid, comm);
+    let audit = report(None::<&SockAddrContext>, cfg, cgid, &ep, hook, reason, &shown, tgid, comm);
     if !audit {
         return DENY;
     }

@@ -77,5 +77,5 @@ pub fn setsockopt(ctx: &SockoptContext) -> i32 {
     let dest = Dest { proto: sk_proto, port: [0; 2], ip: any };
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    if report(ctx, cfg, cgid, &ep, Hook::Setsockopt, Reason::DeniedSourceRoute, &dest, tgid, comm) { PASS } else { REFUSE }
+    if report(Some(ctx), cfg, cgid, &ep, Hook::Setsockopt, Reason::DeniedSourceRoute, &dest, tgid, comm) { PASS } else { REFUSE }
 }
