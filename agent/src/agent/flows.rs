@@ -83,6 +83,14 @@ struct NameRow<'a> {
     addresses_learned: u64,
 }
 
+/// One row, as the JSON line its table's sender sends (a row that does
+/// not serialize, which these plain structs cannot fail to, is skipped).
+fn push_row(buffer: &Buffer, row: &impl Serialize) {
+    if let Ok(line) = serde_json::to_string(row) {
+        buffer.push(line);
+    }
+}
+
 /// The start of the minute `t` is in, in seconds since the epoch.
 fn minute_of(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() / 60 * 60)
@@ -155,9 +163,7 @@ impl Flows {
                 protocol: &protocol,
                 connections,
             };
-            if let Ok(line) = serde_json::to_string(&row) {
-                self.dests.push(line);
-            }
+            push_row(&self.dests, &row);
         }
     }
 
@@ -181,9 +187,7 @@ impl Flows {
                 rule: text,
                 allowed_connections_and_datagrams: delta,
             };
-            if let Ok(line) = serde_json::to_string(&row) {
-                self.rules.push(line);
-            }
+            push_row(&self.rules, &row);
         }
     }
 
@@ -221,9 +225,7 @@ impl Flows {
                 lookups_answered: n.lookups,
                 addresses_learned: n.addresses,
             };
-            if let Ok(line) = serde_json::to_string(&row) {
-                self.names.push(line);
-            }
+            push_row(&self.names, &row);
         }
     }
 
